@@ -1,0 +1,50 @@
+# libmessidge: the two commands.
+#   make demo   install what is missing, build, run the notes demo on loopback
+#   make test   install what is missing, build with ASan+UBSan, run ctest
+#   make fuzz   run the wire-decoder fuzzer for FUZZ_SECONDS (default 60)
+#   make install   build (release) and install under PREFIX (default /usr/local)
+
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+FUZZ_SECONDS ?= 60
+DEBS = build-essential cmake pkg-config libzmq3-dev libsodium-dev libcbor-dev \
+       clang libclang-rt-14-dev
+
+.PHONY: all deps build demo test fuzz install clean
+
+all: build
+
+# Install only the Debian packages that are missing (needs root for apt-get).
+deps:
+	@missing=""; for p in $(DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	cmake --build build -j $(JOBS)
+
+demo: build
+	./demo/run-demo.sh build
+
+test: deps
+	CC=clang cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DMDG_SANITIZE=ON -DMDG_FUZZ=ON >/dev/null
+	cmake --build build-test -j $(JOBS)
+	cd build-test && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+fuzz: deps
+	CC=clang cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DMDG_SANITIZE=ON -DMDG_FUZZ=ON >/dev/null
+	cmake --build build-test -j $(JOBS) --target fuzz_wire
+	mkdir -p build-test/fuzz-corpus
+	build-test/tests/fuzz_wire -max_total_time=$(FUZZ_SECONDS) build-test/fuzz-corpus tests/fuzz-seeds
+
+install: build
+	cmake --install build
+
+clean:
+	rm -rf build build-test

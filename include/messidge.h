@@ -1,0 +1,350 @@
+/*
+ * messidge.h - libmessidge public API.
+ *
+ * Messidge is a brokered, authenticated and encrypted messaging framework:
+ * many users and many nodes connect to one broker over ZeroMQ with CURVE;
+ * everything is named by its Curve25519 public key (pk).
+ *
+ * Conventions (as in nng / CZMQ):
+ *  - functions return 0 or a negative MDG_E... code; mdg_strerror() names it
+ *    and mdg_last_error() gives a longer, thread-local detail text (which
+ *    file, which param, the remote error text...);
+ *  - objects are made with *_new() and freed with *_destroy(&p), which
+ *    sets p to NULL and accepts NULL / a pointer to NULL;
+ *  - every function says who owns what: "borrowed" results stay owned by
+ *    the object they came from, "taken" arguments become the library's
+ *    even when the call fails.
+ */
+#ifndef MESSIDGE_H
+#define MESSIDGE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cbor.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MDG_VERSION_MAJOR 0
+#define MDG_VERSION_MINOR 1
+#define MDG_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------ errors */
+
+enum mdg_error {
+    MDG_OK = 0,
+    MDG_EINVAL = -1,     /* bad argument from the application */
+    MDG_ENOMEM = -2,     /* out of memory */
+    MDG_ENOENT = -3,     /* a file (key, location) does not exist */
+    MDG_EBADKEY = -4,    /* a key file or key text is not a valid key */
+    MDG_EIO = -5,        /* reading or writing a file failed */
+    MDG_ETIMEDOUT = -6,  /* the operation did not finish in time */
+    MDG_EREMOTE = -7,    /* the remote handler failed the message; see text */
+    MDG_EPROTO = -8,     /* the peer broke the wire protocol */
+    MDG_ECLOSED = -9,    /* the connection, broker or session is closed */
+    MDG_EAUTH = -10,     /* the broker refused our key */
+    MDG_EHANDSHAKE = -11,/* CURVE handshake failed (wrong server key?) */
+    MDG_ENOTFOUND = -12, /* no such param / command / session */
+    MDG_ETYPE = -13,     /* a param exists but has another type */
+    MDG_ESTATE = -14,    /* call not valid in this state (e.g. after start) */
+    MDG_EAGAIN = -15,    /* would block */
+    MDG_ESYS = -16,      /* a system or libzmq call failed; see text */
+};
+
+/* Short fixed text for an error code. Never NULL. */
+const char *mdg_strerror(int err);
+
+/* Detail of the last error set by a libmessidge call in this thread
+ * (e.g. "cannot read key file /home/u/.messidge/localhost: No such file").
+ * Borrowed, valid until the next libmessidge call in this thread. */
+const char *mdg_last_error(void);
+
+/* ------------------------------------------------------------------ logging */
+
+enum mdg_log_level { MDG_LOG_ERROR = 0, MDG_LOG_WARN, MDG_LOG_INFO, MDG_LOG_DEBUG };
+
+typedef void (*mdg_log_fn)(int level, const char *text, void *arg);
+
+/* Where library log lines go (process-wide). Default: stderr, levels up to
+ * MDG_LOG_WARN (or MDG_LOG_LEVEL from the environment: 0..3). fn may be
+ * called from any library thread at once; NULL restores the default. */
+void mdg_set_log(mdg_log_fn fn, void *arg, int max_level);
+
+/* -------------------------------------------------------------------- keys */
+
+#define MDG_KEY_BYTES 32   /* raw Curve25519 key */
+#define MDG_KEY_B64_LEN 44 /* standard base64 with padding, as in key files */
+
+typedef struct mdg_keys mdg_keys; /* a public/secret key pair */
+
+/* New random key pair. */
+int mdg_keys_new(mdg_keys **out);
+/* Key pair from raw keys, or from base64 text (44 chars each). */
+int mdg_keys_from_raw(mdg_keys **out, const uint8_t pk[MDG_KEY_BYTES],
+                      const uint8_t sk[MDG_KEY_BYTES]);
+int mdg_keys_from_b64(mdg_keys **out, const char *pk_b64, const char *sk_b64);
+void mdg_keys_destroy(mdg_keys **keys);
+
+/* Borrowed raw keys, MDG_KEY_BYTES long. */
+const uint8_t *mdg_keys_public(const mdg_keys *keys);
+const uint8_t *mdg_keys_secret(const mdg_keys *keys);
+
+/* Key files, in the layout of the original library (one dir serves both):
+ *   PREFIX/NAME        secret key, base64, mode 0600
+ *   PREFIX/NAME.pub    public key, base64
+ *   PREFIX/NAME.spub   the broker's public key for location NAME
+ *   PREFIX/default_location
+ * prefix NULL means $MESSIDGE_PREFIX if set, else ~/.messidge. */
+int mdg_keys_load(mdg_keys **out, const char *name, const char *prefix);
+/* Creates PREFIX (mode 0700) if missing; the secret file is 0600. */
+int mdg_keys_save(const mdg_keys *keys, const char *name, const char *prefix);
+
+/* PREFIX/LOCATION.spub */
+int mdg_server_pk_load(uint8_t pk[MDG_KEY_BYTES], const char *location, const char *prefix);
+int mdg_server_pk_save(const uint8_t pk[MDG_KEY_BYTES], const char *location,
+                       const char *prefix);
+
+/* PREFIX/default_location into buf (NUL-terminated). */
+int mdg_default_location(char *buf, size_t len, const char *prefix);
+int mdg_default_location_save(const char *location, const char *prefix);
+
+/* Resolve the prefix into buf (NUL-terminated). */
+int mdg_prefix_path(char *buf, size_t len, const char *prefix);
+
+/* Base64 text <-> raw key. out gets MDG_KEY_B64_LEN chars plus NUL. */
+int mdg_pk_from_b64(uint8_t pk[MDG_KEY_BYTES], const char *b64);
+void mdg_pk_to_b64(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1]);
+
+/* ------------------------------------------------------------------ params */
+
+/* A params map: text keys -> CBOR values (strings, byte strings, integers,
+ * doubles, booleans, null, arrays, nested maps). Public keys are bytes. */
+typedef struct mdg_params mdg_params;
+
+mdg_params *mdg_params_new(void); /* empty map; NULL only when out of memory */
+void mdg_params_destroy(mdg_params **p);
+
+/* Setters replace an existing value of the same key. */
+int mdg_params_set_str(mdg_params *p, const char *key, const char *value);
+int mdg_params_set_bytes(mdg_params *p, const char *key, const void *data, size_t len);
+int mdg_params_set_int(mdg_params *p, const char *key, int64_t value);
+int mdg_params_set_double(mdg_params *p, const char *key, double value);
+int mdg_params_set_bool(mdg_params *p, const char *key, bool value);
+int mdg_params_set_null(mdg_params *p, const char *key);
+/* Any libcbor item (arrays, maps...). The item is taken: its reference
+ * passes to the params, even on failure. */
+int mdg_params_set_item(mdg_params *p, const char *key, cbor_item_t *item);
+int mdg_params_remove(mdg_params *p, const char *key);
+
+bool mdg_params_has(const mdg_params *p, const char *key);
+size_t mdg_params_count(const mdg_params *p);
+
+/* Getters return MDG_ENOTFOUND when the key is absent and MDG_ETYPE when
+ * it has another type. Strings come back NUL-terminated; the pointer is
+ * borrowed and valid as long as p. Bytes are borrowed likewise. */
+int mdg_params_get_str(const mdg_params *p, const char *key, const char **value);
+int mdg_params_get_bytes(const mdg_params *p, const char *key, const uint8_t **data,
+                         size_t *len);
+int mdg_params_get_int(const mdg_params *p, const char *key, int64_t *value);
+/* Floats of any width; integers are not silently converted. */
+int mdg_params_get_double(const mdg_params *p, const char *key, double *value);
+int mdg_params_get_bool(const mdg_params *p, const char *key, bool *value);
+/* The CBOR item itself (borrowed), or NULL when absent. */
+cbor_item_t *mdg_params_get(const mdg_params *p, const char *key);
+/* The whole map (borrowed). */
+cbor_item_t *mdg_params_map(const mdg_params *p);
+
+/* Human-readable JSON-like text of a CBOR item or a whole params map, for
+ * printing and logs (bytes as "b64:..."). Caller frees with free(). */
+char *mdg_item_to_text(const cbor_item_t *item);
+char *mdg_params_to_text(const mdg_params *p);
+
+/* ---------------------------------------------------------------- messages */
+
+/* A received message: a command (or a reply) with params and optional
+ * bulk. Messages passed to handlers and callbacks are borrowed for the
+ * call; messages returned by mdg_conn_call are the caller's to destroy. */
+typedef struct mdg_msg mdg_msg;
+
+/* Command name; "" for a reply. Borrowed. */
+const char *mdg_msg_command(const mdg_msg *m);
+/* Params map (borrowed; never NULL). */
+mdg_params *mdg_msg_params(const mdg_msg *m);
+/* Raw bulk frame (borrowed), or NULL with *len 0 when there is none. */
+const void *mdg_msg_bulk(const mdg_msg *m, size_t *len);
+/* Whether the sender wants a reply (the message carries a correlation id). */
+bool mdg_msg_replyable(const mdg_msg *m);
+/* For replies: whether this reply says the command failed, and the text.
+ * mdg_msg_error returns NULL for a successful reply. Borrowed. */
+bool mdg_msg_is_error(const mdg_msg *m);
+const char *mdg_msg_error(const mdg_msg *m);
+/* True when more replies will follow on this channel (long-term channel). */
+bool mdg_msg_more(const mdg_msg *m);
+
+/* Reply to a replyable message. results is taken (NULL = empty map); bulk
+ * is copied. Replying to a message that is not replyable is MDG_EINVAL.
+ * mdg_msg_reply closes the channel; mdg_msg_reply_more keeps it open so the
+ * caller's reply callback fires again for each further reply. Call from
+ * the handler's thread (the loop thread). */
+int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
+int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
+/* Fail the message: the caller's blocking call returns MDG_EREMOTE with
+ * this text (the seed's ValueError); a reply callback gets an error reply.
+ * printf-style. For a message that is not replyable the text is logged
+ * and sent to the peer's error hook. */
+int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Per-session / per-peer application data of the broker session the
+ * message came from (the value returned by the session_new hook); NULL on
+ * connections. */
+void *mdg_msg_session_data(const mdg_msg *m);
+
+void mdg_msg_destroy(mdg_msg **m);
+
+/* ----------------------------------------------------------- command table */
+
+typedef void (*mdg_handler_fn)(mdg_msg *msg, void *arg);
+
+enum mdg_cmd_flags {
+    MDG_CMD_NEEDS_REPLY = 1u << 0, /* only accept replyable messages */
+    MDG_CMD_NODE_ONLY = 1u << 1,   /* only accept from nodes (broker only) */
+};
+
+/* One row of a static command table; a table ends with a row whose name is
+ * NULL. `required` is a NULL-terminated list of param names that must be
+ * present (type is the handler's business), or NULL. Tables and their
+ * strings are borrowed and must outlive the broker / connection. */
+typedef struct mdg_cmd {
+    const char *name;
+    mdg_handler_fn handler;
+    const char *const *required;
+    unsigned flags;
+} mdg_cmd;
+
+/* Helper for the required list: MDG_REQUIRE("dividend", "devisor"). */
+#define MDG_REQUIRE(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define MDG_CMD_END {NULL, NULL, NULL, 0}
+
+/* ------------------------------------------------------------------ broker */
+
+#define MDG_DEFAULT_PORT 2020
+
+typedef struct mdg_broker mdg_broker;
+
+enum mdg_role { MDG_ROLE_NONE = 0, MDG_ROLE_USER = 1, MDG_ROLE_NODE = 2 };
+
+/* Decides who may connect: the role of a client key (MDG_ROLE_NONE to
+ * refuse). Called on the broker's loop thread during the handshake. */
+typedef int (*mdg_auth_fn)(const uint8_t pk[MDG_KEY_BYTES], void *arg);
+
+/* Session hooks, called on the broker loop thread. */
+typedef struct mdg_broker_hooks {
+    /* A new user session: return its per-session data (may be NULL). */
+    void *(*session_new)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
+                         const uint8_t *session_id, size_t id_len, void *arg);
+    /* The session ended (client said goodbye, or the broker is going). */
+    void (*session_closed)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
+                           void *session_data, void *arg);
+} mdg_broker_hooks;
+
+typedef struct mdg_broker_options {
+    const char *bind_address; /* interface to bind; default "*" (all) */
+    int port;                 /* base port; default 2020; 0 = pick a free one */
+} mdg_broker_options;
+
+/* keys: the broker's key pair (copied). opts may be NULL for defaults. */
+int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_options *opts);
+void mdg_broker_destroy(mdg_broker **b);
+
+/* Configuration: only before mdg_broker_start / mdg_broker_run. */
+int mdg_broker_set_commands(mdg_broker *b, const mdg_cmd *table, void *arg);
+int mdg_broker_set_hooks(mdg_broker *b, const mdg_broker_hooks *hooks, void *arg);
+int mdg_broker_set_auth(mdg_broker *b, mdg_auth_fn fn, void *arg);
+/* Static allow-list (stands in for the identity store): admit pk in role. */
+int mdg_broker_allow(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], int role);
+/* Admit every key as a user (tests and demos only; logged loudly). */
+int mdg_broker_allow_any(mdg_broker *b);
+
+/* Bind and serve on the calling thread until mdg_broker_stop. */
+int mdg_broker_run(mdg_broker *b);
+/* Bind, then serve on a background thread; returns once bound. */
+int mdg_broker_start(mdg_broker *b);
+/* Ask the loop to end; safe from any thread and from a signal handler.
+ * After stop, run() returns; destroy() joins a started thread. */
+void mdg_broker_stop(mdg_broker *b);
+/* The TCP port actually bound (useful with port 0), or 0 before binding. */
+int mdg_broker_port(const mdg_broker *b);
+
+/* -------------------------------------------------------------- connection */
+
+typedef struct mdg_conn mdg_conn;
+
+/* Reply callback: called on the loop thread once per reply (several times
+ * on a long-term channel). The reply is borrowed for the call. */
+typedef void (*mdg_reply_fn)(mdg_msg *reply, void *arg);
+/* Uncorrelated errors the broker reports (e.g. a fire-and-forget message
+ * it refused): default prints a log line. */
+typedef void (*mdg_error_fn)(const char *command, const char *text, void *arg);
+
+typedef struct mdg_conn_options {
+    int port;                 /* broker base port; default 2020 */
+    bool reflect_errors;      /* send handler failures back to the caller */
+} mdg_conn_options;
+
+/* Connect to `location` (host name or address) using the key files in
+ * prefix (NULL = default): PREFIX/LOCATION, .pub and .spub. */
+int mdg_conn_new(mdg_conn **out, const char *location, const char *prefix,
+                 const mdg_conn_options *opts);
+/* Or with explicit keys (copied) and pinned broker pk, as nodes do. */
+int mdg_conn_new_with_keys(mdg_conn **out, const char *location,
+                           const uint8_t server_pk[MDG_KEY_BYTES], const mdg_keys *keys,
+                           const mdg_conn_options *opts);
+/* Disconnects if needed, joins the loop thread, frees everything. Pending
+ * blocking calls return MDG_ECLOSED. */
+void mdg_conn_destroy(mdg_conn **c);
+
+/* Before start: commands the broker may push (e.g. resource_offer). */
+int mdg_conn_register_commands(mdg_conn *c, const mdg_cmd *table, void *arg);
+int mdg_conn_set_error_handler(mdg_conn *c, mdg_error_fn fn, void *arg);
+
+/* Start the loop thread and begin connecting. */
+int mdg_conn_start(mdg_conn *c);
+/* Wait until the session is established: 0, MDG_ETIMEDOUT, MDG_EAUTH (the
+ * broker refused our key), MDG_EHANDSHAKE (server key mismatch), or
+ * MDG_ECLOSED. timeout_ms < 0 waits forever. */
+int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms);
+
+/* Fire and forget. params taken (NULL = empty); bulk copied. Messages from
+ * one connection are processed in the order they were sent. */
+int mdg_conn_send(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
+                  size_t bulk_len);
+/* Send expecting replies: cb runs on the loop thread for each reply. */
+int mdg_conn_send_cb(mdg_conn *c, const char *command, mdg_params *params,
+                     const void *bulk, size_t bulk_len, mdg_reply_fn cb, void *arg);
+/* Blocking call: waits up to timeout_ms (< 0: forever) for the reply. On 0,
+ * *reply is the caller's (mdg_msg_destroy). When the handler failed the
+ * message the result is MDG_EREMOTE, *reply is NULL and mdg_last_error()
+ * holds the remote text. Safe from any thread, including inside handlers
+ * and reply callbacks. */
+int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
+                  size_t bulk_len, int timeout_ms, mdg_msg **reply);
+
+/* Block until the connection's loop ends (disconnect, or the broker closed
+ * the session), as the seed's wait_until_complete. */
+int mdg_conn_wait_until_complete(mdg_conn *c, int timeout_ms);
+/* Say goodbye to the broker (flushing what is queued, bounded time) and
+ * stop the loop. Safe from any thread. */
+void mdg_conn_disconnect(mdg_conn *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,30 @@
+/* internal.h - helpers shared by the library's layers (not installed). */
+#ifndef MDG_INTERNAL_H
+#define MDG_INTERNAL_H
+
+#include "messidge.h"
+
+#include <stdio.h>
+
+/* Set the thread-local detail text and return err, so that error paths
+ * read: return mdg_fail(MDG_ENOENT, "cannot read %s: %s", path, why); */
+int mdg_fail(int err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Set the detail text to err's short text (for paths with nothing to add). */
+int mdg_fail_plain(int err);
+
+/* Log a line through the configured sink. */
+void mdg_log(int level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+bool mdg_log_enabled(int level);
+
+/* Monotonic clock in milliseconds. */
+int64_t mdg_now_ms(void);
+
+#endif
