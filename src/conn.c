@@ -1,0 +1,983 @@
+/* conn.c - the connection, for users and nodes alike: one DEALER socket
+ * with CURVE, owned by a background loop thread.
+ *
+ * Application threads never touch the socket: they encode their message,
+ * put it on a locked queue and wake the loop, which numbers and sends it.
+ * Replies are matched to pending calls by correlation id. A blocking call
+ * made on the loop thread itself (from a handler or callback) runs a nested
+ * wait that handles replies to blocking calls at once and defers all else,
+ * so callbacks never nest and messages are dispatched in arrival order. */
+#include "internal.h"
+#include "loop.h"
+#include "map.h"
+#include "msg.h"
+#include "params.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#define CONN_HWM 10000
+#define CONN_LINGER_MS 1000   /* bounded flush on disconnect */
+#define CONN_MAX_MSG (256LL << 20)
+#define RECV_BATCH 256
+#define SESSION_ID_MAX 64
+
+enum conn_state { C_NEW, C_CONNECTING, C_READY, C_CLOSED };
+
+typedef struct out_item {
+    struct out_item *next;
+    mdg_header h; /* kind, corr, flags, command; seq and ack are set at send */
+    zmq_msg_t params;
+    zmq_msg_t bulk;
+    bool has_bulk;
+} out_item;
+
+typedef struct pending {
+    uint64_t corr;
+    bool blocking;
+    /* callback calls */
+    mdg_reply_fn cb;
+    void *arg;
+    /* blocking calls: the waiter's stack frame; touched only under lock */
+    pthread_cond_t cond;
+    bool done;
+    int err;
+    mdg_msg *reply;
+} pending;
+
+typedef struct deferred {
+    struct deferred *next;
+    mdg_header h;
+    mdg_frames f;
+} deferred;
+
+struct mdg_conn {
+    char endpoint[300];
+    uint8_t server_pk[MDG_KEY_BYTES];
+    mdg_keys *keys;
+    mdg_conn_options opts;
+    void *ctx, *sock, *mon;
+    mdg_loop *loop;
+    pthread_t thread;
+    bool thread_started;
+
+    /* shared with application threads, under lock */
+    pthread_mutex_t lock;
+    pthread_cond_t state_cond;
+    int state;
+    int fail_err; /* why the handshake failed, or 0 */
+    char fail_text[512];
+    bool closing;
+    out_item *out_head, *out_tail;
+    mdg_map *pending; /* corr -> pending */
+    uint64_t next_corr;
+
+    /* loop thread only */
+    uint64_t tx_seq, rx_seq;
+    uint8_t session_id[SESSION_ID_MAX];
+    size_t session_id_len;
+    bool handshaken; /* CURVE handshake done on the current TCP link */
+    bool pollout;    /* waiting for room in the socket's queue */
+    deferred *def_head, *def_tail;
+    const mdg_cmd *cmds;
+    void *cmd_arg;
+    mdg_error_fn on_error;
+    void *err_arg;
+};
+
+/* ------------------------------------------------------------------ set-up */
+
+static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server_pk[MDG_KEY_BYTES],
+                      const mdg_keys *keys, const mdg_conn_options *opts)
+{
+    if (!out || !location || !*location || !server_pk || !keys)
+        return mdg_fail(MDG_EINVAL, "a connection needs a location, keys and the broker's key");
+    *out = NULL;
+    if (sodium_init() < 0)
+        return mdg_fail(MDG_ESYS, "libsodium failed to initialise");
+    mdg_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return MDG_ENOMEM;
+    c->opts.port = MDG_DEFAULT_PORT;
+    if (opts) {
+        c->opts = *opts;
+        if (!c->opts.port)
+            c->opts.port = MDG_DEFAULT_PORT;
+    }
+    if (c->opts.port < 1 || c->opts.port > 65535) {
+        free(c);
+        return mdg_fail(MDG_EINVAL, "port %d out of range", c->opts.port);
+    }
+    if (snprintf(c->endpoint, sizeof c->endpoint, "tcp://%s:%d", location, c->opts.port) >=
+        (int)sizeof c->endpoint) {
+        free(c);
+        return mdg_fail(MDG_EINVAL, "location too long");
+    }
+    memcpy(c->server_pk, server_pk, MDG_KEY_BYTES);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->state_cond, NULL);
+    c->state = C_NEW;
+    if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
+        !(c->pending = mdg_map_new()) || !(c->loop = mdg_loop_new())) {
+        mdg_conn_destroy(&c);
+        return mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
+    }
+    *out = c;
+    return 0;
+}
+
+int mdg_conn_new_with_keys(mdg_conn **out, const char *location,
+                           const uint8_t server_pk[MDG_KEY_BYTES], const mdg_keys *keys,
+                           const mdg_conn_options *opts)
+{
+    return conn_alloc(out, location, server_pk, keys, opts);
+}
+
+int mdg_conn_new(mdg_conn **out, const char *location, const char *prefix,
+                 const mdg_conn_options *opts)
+{
+    char loc[256];
+    uint8_t spk[MDG_KEY_BYTES];
+    mdg_keys *keys = NULL;
+    int rc;
+    if (!out)
+        return MDG_EINVAL;
+    if (!location) {
+        if ((rc = mdg_default_location(loc, sizeof loc, prefix)) != 0)
+            return rc;
+        location = loc;
+    }
+    if ((rc = mdg_keys_load(&keys, location, prefix)) != 0)
+        return rc;
+    if ((rc = mdg_server_pk_load(spk, location, prefix)) == 0)
+        rc = conn_alloc(out, location, spk, keys, opts);
+    mdg_keys_destroy(&keys);
+    return rc;
+}
+
+int mdg_conn_register_commands(mdg_conn *c, const mdg_cmd *table, void *arg)
+{
+    if (!c)
+        return MDG_EINVAL;
+    if (c->state != C_NEW)
+        return mdg_fail(MDG_ESTATE, "register commands before mdg_conn_start");
+    c->cmds = table;
+    c->cmd_arg = arg;
+    return 0;
+}
+
+int mdg_conn_set_error_handler(mdg_conn *c, mdg_error_fn fn, void *arg)
+{
+    if (!c)
+        return MDG_EINVAL;
+    if (c->state != C_NEW)
+        return mdg_fail(MDG_ESTATE, "set the error handler before mdg_conn_start");
+    c->on_error = fn;
+    c->err_arg = arg;
+    return 0;
+}
+
+static bool on_loop_thread(mdg_conn *c)
+{
+    return c->thread_started && pthread_equal(pthread_self(), c->thread);
+}
+
+/* ------------------------------------------------------------- the queue */
+
+static void out_free(out_item *o)
+{
+    zmq_msg_close(&o->params);
+    if (o->has_bulk)
+        zmq_msg_close(&o->bulk);
+    free(o);
+}
+
+/* Build an outgoing message; params taken, bulk copied. */
+static int out_new(out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
+                   mdg_params *params, const void *bulk, size_t bulk_len)
+{
+    int rc;
+    out_item *o = calloc(1, sizeof *o);
+    if (!o) {
+        mdg_params_destroy(&params);
+        return MDG_ENOMEM;
+    }
+    o->h.kind = (uint8_t)kind;
+    o->h.corr = corr;
+    o->h.flags = flags;
+    if ((rc = mdg_header_set_command(&o->h, command)) != 0 ||
+        (rc = mdg_wire_encode_params(params, &o->params)) != 0) {
+        mdg_params_destroy(&params);
+        free(o);
+        return rc;
+    }
+    mdg_params_destroy(&params);
+    if (bulk_len) {
+        o->has_bulk = true;
+        zmq_msg_init_size(&o->bulk, bulk_len);
+        memcpy(zmq_msg_data(&o->bulk), bulk, bulk_len);
+    }
+    *out = o;
+    return 0;
+}
+
+static void flush(mdg_conn *c);
+
+/* Queue a message for the loop thread to send. Caller holds no lock. */
+static void enqueue(mdg_conn *c, out_item *o)
+{
+    pthread_mutex_lock(&c->lock);
+    bool was_empty = !c->out_head;
+    if (c->out_tail)
+        c->out_tail->next = o;
+    else
+        c->out_head = o;
+    c->out_tail = o;
+    pthread_mutex_unlock(&c->lock);
+    if (on_loop_thread(c))
+        flush(c);
+    else if (was_empty)
+        mdg_loop_wake(c->loop);
+}
+
+/* Send what is queued, in order. Commands wait for the session (WELCOME);
+ * on a full socket queue the rest waits for POLLOUT. Loop thread only. */
+static void flush(mdg_conn *c)
+{
+    for (;;) {
+        pthread_mutex_lock(&c->lock);
+        out_item *o = c->out_head;
+        if (!o || c->state != C_READY) {
+            pthread_mutex_unlock(&c->lock);
+            break;
+        }
+        c->out_head = o->next;
+        if (!c->out_head)
+            c->out_tail = NULL;
+        pthread_mutex_unlock(&c->lock);
+
+        o->h.seq = mdg_kind_sequenced(o->h.kind) ? c->tx_seq + 1 : 0;
+        o->h.ack = c->rx_seq;
+        int rc = mdg_wire_send(c->sock, NULL, 0, &o->h, &o->params, o->has_bulk ? &o->bulk : NULL);
+        if (rc == MDG_EAGAIN) { /* put it back at the head and wait for room */
+            pthread_mutex_lock(&c->lock);
+            o->next = c->out_head;
+            c->out_head = o;
+            if (!c->out_tail)
+                c->out_tail = o;
+            pthread_mutex_unlock(&c->lock);
+            if (!c->pollout) {
+                c->pollout = true;
+                mdg_loop_set_events(c->loop, c->sock, -1, ZMQ_POLLIN | ZMQ_POLLOUT);
+            }
+            return;
+        }
+        if (rc == 0 && o->h.seq)
+            c->tx_seq = o->h.seq;
+        if (rc != 0)
+            mdg_log(MDG_LOG_ERROR, "cannot send '%s': %s", o->h.command, mdg_last_error());
+        o->has_bulk = false; /* sent or closed by mdg_wire_send */
+        free(o);
+    }
+    if (c->pollout) {
+        c->pollout = false;
+        mdg_loop_set_events(c->loop, c->sock, -1, ZMQ_POLLIN);
+    }
+}
+
+/* Unsequenced control messages (HELLO, BYE) go straight out. */
+static void send_control(mdg_conn *c, int kind, mdg_params *params)
+{
+    mdg_header h = {.kind = (uint8_t)kind, .ack = c->rx_seq};
+    zmq_msg_t pm;
+    if (mdg_wire_encode_params(params, &pm) == 0 &&
+        mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) == MDG_EAGAIN)
+        zmq_msg_close(&pm);
+    mdg_params_destroy(&params);
+}
+
+static void send_hello(mdg_conn *c)
+{
+    mdg_params *p = mdg_params_new();
+    if (p) {
+        mdg_params_set_int(p, "version", MDG_WIRE_VERSION);
+        mdg_params_set_int(p, "ack", (int64_t)c->rx_seq);
+    }
+    send_control(c, MDG_K_HELLO, p);
+}
+
+/* ----------------------------------------------------------- replying */
+
+static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results,
+                           const void *bulk, size_t bulk_len)
+{
+    mdg_conn *c = m->owner;
+    out_item *o;
+    if (kind == MDG_K_ERROR && !c->opts.reflect_errors) {
+        /* The text stays here; the caller still learns that it failed. */
+        const char *text = "";
+        mdg_params_get_str(results, "error", &text);
+        mdg_log(MDG_LOG_WARN, "handler for '%s' failed: %s", m->h.command, text);
+        mdg_params_destroy(&results);
+        results = mdg_params_new();
+        if (results)
+            mdg_params_set_str(results, "error", "the handler failed (errors are not reflected)");
+    }
+    int rc = out_new(&o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
+    if (rc == 0)
+        enqueue(c, o);
+    return rc;
+}
+
+/* ------------------------------------------------------------- receiving */
+
+/* First step for every received message, in arrival order: header and
+ * sequence. Returns 0 when the message should be dispatched. */
+static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
+{
+    if (f->dropped || f->n < 2) {
+        mdg_log(MDG_LOG_WARN, "malformed message from the broker dropped (%d frames)", f->n + f->dropped);
+        return -1;
+    }
+    if (mdg_wire_decode_header(zmq_msg_data(&f->part[0]), zmq_msg_size(&f->part[0]), h) != 0) {
+        mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
+        return -1;
+    }
+    if (mdg_kind_sequenced(h->kind)) {
+        if (h->seq <= c->rx_seq) {
+            mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
+            return -1;
+        }
+        if (h->seq != c->rx_seq + 1)
+            mdg_log(MDG_LOG_ERROR, "seq gap from the broker: expected %llu, got %llu",
+                    (unsigned long long)c->rx_seq + 1, (unsigned long long)h->seq);
+        c->rx_seq = h->seq;
+    }
+    return 0;
+}
+
+static void on_welcome(mdg_conn *c, mdg_msg *m)
+{
+    const uint8_t *sid;
+    size_t len;
+    if (mdg_params_get_bytes(m->params, "session", &sid, &len) == 0 && len <= SESSION_ID_MAX) {
+        memcpy(c->session_id, sid, len);
+        c->session_id_len = len;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (c->state == C_CONNECTING)
+        c->state = C_READY;
+    c->fail_err = 0;
+    pthread_cond_broadcast(&c->state_cond);
+    pthread_mutex_unlock(&c->lock);
+    mdg_log(MDG_LOG_DEBUG, "session open with %s", c->endpoint);
+    flush(c);
+}
+
+static void on_command(mdg_conn *c, mdg_msg *m)
+{
+    char why[512];
+    m->send_reply = conn_send_reply;
+    m->owner = c;
+    const mdg_cmd *cmd = mdg_cmd_check(c->cmds, m, false, why, sizeof why);
+    if (!cmd) {
+        mdg_log(MDG_LOG_WARN, "'%s' from the broker refused: %s", m->h.command, why);
+        bool reflect = c->opts.reflect_errors;
+        c->opts.reflect_errors = true; /* the library's own checks always reach the caller */
+        mdg_msg_fail(m, "%s", why);
+        c->opts.reflect_errors = reflect;
+        return;
+    }
+    cmd->handler(m, c->cmd_arg);
+}
+
+static void on_reply(mdg_conn *c, mdg_msg *m)
+{
+    if (m->h.corr == 0) { /* an uncorrelated error notice */
+        const char *command = "";
+        mdg_params_get_str(m->params, "command", &command);
+        if (c->on_error)
+            c->on_error(command, m->error ? m->error : "", c->err_arg);
+        else
+            mdg_log(MDG_LOG_WARN, "broker reports an error for '%s': %s", command, m->error ? m->error : "");
+        mdg_msg_destroy(&m);
+        return;
+    }
+    bool final = !(m->h.flags & MDG_F_MORE);
+    pthread_mutex_lock(&c->lock);
+    pending *pd = final ? mdg_map_take_u64(c->pending, m->h.corr) : mdg_map_get_u64(c->pending, m->h.corr);
+    if (pd && pd->blocking) {
+        if (!final) /* a blocking call takes one reply: the first */
+            mdg_map_take_u64(c->pending, m->h.corr);
+        pd->reply = m;
+        pd->done = true;
+        pthread_cond_signal(&pd->cond);
+        pthread_mutex_unlock(&c->lock);
+        return;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (!pd) {
+        mdg_log(MDG_LOG_INFO, "reply to call %llu that no one waits for (timed out?) dropped",
+                (unsigned long long)m->h.corr);
+    } else {
+        pd->cb(m, pd->arg);
+        if (final)
+            free(pd);
+    }
+    mdg_msg_destroy(&m);
+}
+
+/* Second step: build the message and hand it to whoever wants it. */
+static void dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
+{
+    mdg_msg *m = NULL;
+    if (mdg_msg_from_frames(&m, h, f, 1) != 0) {
+        mdg_log(MDG_LOG_WARN, "%s from the broker dropped: %s", mdg_kind_name(h->kind), mdg_last_error());
+        return;
+    }
+    switch (h->kind) {
+    case MDG_K_WELCOME:
+        on_welcome(c, m);
+        break;
+    case MDG_K_CMD:
+        on_command(c, m);
+        break;
+    case MDG_K_REPLY:
+    case MDG_K_ERROR:
+        on_reply(c, m);
+        return; /* on_reply owns m */
+    default:
+        mdg_log(MDG_LOG_WARN, "unexpected %s from the broker dropped", mdg_kind_name(h->kind));
+    }
+    mdg_msg_destroy(&m);
+}
+
+static bool pop_deferred(mdg_conn *c, mdg_header *h, mdg_frames *f)
+{
+    deferred *d = c->def_head;
+    if (!d)
+        return false;
+    c->def_head = d->next;
+    if (!c->def_head)
+        c->def_tail = NULL;
+    *h = d->h;
+    mdg_frames_move(f, &d->f);
+    free(d);
+    return true;
+}
+
+static int on_socket(mdg_loop *loop, void *arg, short revents)
+{
+    mdg_conn *c = arg;
+    mdg_header h;
+    mdg_frames f;
+    if (revents & ZMQ_POLLOUT)
+        flush(c);
+    for (int i = 0; i < RECV_BATCH && !mdg_loop_stopping(loop); i++) {
+        if (pop_deferred(c, &h, &f)) {
+            dispatch(c, &h, &f);
+            mdg_frames_close(&f);
+            continue;
+        }
+        if (mdg_frames_recv(c->sock, &f) != 0)
+            break;
+        if (ingest(c, &f, &h) == 0)
+            dispatch(c, &h, &f);
+        mdg_frames_close(&f);
+    }
+    if (c->def_head)
+        mdg_loop_wake(loop); /* come back for what a nested wait left */
+    return 0;
+}
+
+/* A blocking call on the loop thread: read the socket here until the reply
+ * comes, answering other blocking calls' replies and deferring the rest. */
+static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
+{
+    flush(c);
+    while (!pd->done) {
+        int64_t left = deadline < 0 ? -1 : deadline - mdg_now_ms();
+        if (deadline >= 0 && left <= 0)
+            return MDG_ETIMEDOUT;
+        zmq_pollitem_t it = {.socket = c->sock, .events = ZMQ_POLLIN};
+        if (zmq_poll(&it, 1, left < 0 ? 100 : (long)(left < 100 ? left : 100)) < 0 && errno != EINTR)
+            return mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
+        pthread_mutex_lock(&c->lock);
+        bool closing = c->closing;
+        pthread_mutex_unlock(&c->lock);
+        if (closing)
+            return mdg_fail(MDG_ECLOSED, "connection closing");
+        mdg_header h;
+        mdg_frames f;
+        while (!pd->done && mdg_frames_recv(c->sock, &f) == 0) {
+            if (ingest(c, &f, &h) != 0) {
+                mdg_frames_close(&f);
+                continue;
+            }
+            bool answers_blocking = false;
+            if ((h.kind == MDG_K_REPLY || h.kind == MDG_K_ERROR) && h.corr) {
+                pthread_mutex_lock(&c->lock);
+                pending *other = mdg_map_get_u64(c->pending, h.corr);
+                answers_blocking = other && other->blocking;
+                pthread_mutex_unlock(&c->lock);
+            }
+            if (answers_blocking) {
+                dispatch(c, &h, &f);
+                mdg_frames_close(&f);
+                continue;
+            }
+            deferred *d = malloc(sizeof *d);
+            if (!d) {
+                mdg_log(MDG_LOG_ERROR, "out of memory: message dropped during a nested call");
+                mdg_frames_close(&f);
+                continue;
+            }
+            d->next = NULL;
+            d->h = h;
+            mdg_frames_move(&d->f, &f);
+            if (c->def_tail)
+                c->def_tail->next = d;
+            else
+                c->def_head = d;
+            c->def_tail = d;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------- monitor */
+
+static int on_monitor(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_conn *c = arg;
+    mdg_frames f;
+    while (mdg_frames_recv(c->mon, &f) == 0) {
+        if (f.n < 1 || zmq_msg_size(&f.part[0]) < 6) {
+            mdg_frames_close(&f);
+            continue;
+        }
+        uint16_t event;
+        uint32_t value;
+        memcpy(&event, zmq_msg_data(&f.part[0]), 2);
+        memcpy(&value, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
+        mdg_frames_close(&f);
+        int err = 0;
+        const char *text = NULL;
+        switch (event) {
+        case ZMQ_EVENT_CONNECTED:
+            c->handshaken = false;
+            break;
+        case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+            c->handshaken = true;
+            break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+            err = MDG_EAUTH;
+            text = "the broker refused our key";
+            break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            err = MDG_EHANDSHAKE;
+            text = "CURVE handshake failed: the broker's key is not the one pinned";
+            break;
+        case ZMQ_EVENT_DISCONNECTED:
+            /* A broker that cannot open our HELLO (we pinned the wrong key)
+             * just drops the link before the handshake completes. */
+            if (!c->handshaken) {
+                err = MDG_EHANDSHAKE;
+                text = "the broker closed the link during the CURVE handshake: "
+                       "the broker's key is probably not the one pinned";
+            }
+            c->handshaken = false;
+            break;
+        default:
+            break;
+        }
+        if (err) {
+            pthread_mutex_lock(&c->lock);
+            if (c->state == C_CONNECTING && c->fail_err == 0) {
+                c->fail_err = err;
+                snprintf(c->fail_text, sizeof c->fail_text, "%s (%s)", text, c->endpoint);
+                mdg_log(MDG_LOG_ERROR, "%s", c->fail_text);
+                pthread_cond_broadcast(&c->state_cond);
+            }
+            pthread_mutex_unlock(&c->lock);
+        }
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------- start / stop */
+
+static int on_wake(mdg_loop *loop, void *arg, short revents)
+{
+    (void)revents;
+    mdg_conn *c = arg;
+    pthread_mutex_lock(&c->lock);
+    bool closing = c->closing;
+    pthread_mutex_unlock(&c->lock);
+    flush(c);
+    if (closing) {
+        send_control(c, MDG_K_BYE, NULL);
+        return 1;
+    }
+    if (c->def_head)
+        on_socket(loop, c, 0);
+    return 0;
+}
+
+static void fail_one(void *value, void *arg)
+{
+    (void)arg;
+    pending *pd = value;
+    if (pd->blocking) {
+        pd->err = MDG_ECLOSED;
+        pd->done = true;
+        pthread_cond_signal(&pd->cond);
+    }
+}
+
+/* The loop has ended: every pending call learns it, nothing hangs. */
+static void fail_all_pending(mdg_conn *c)
+{
+    pending *cbs = NULL;
+    pthread_mutex_lock(&c->lock);
+    mdg_map_each(c->pending, fail_one, NULL);
+    pending *pd;
+    /* callback calls get an error reply, outside the lock */
+    mdg_map *keep = c->pending;
+    while ((pd = mdg_map_pop(keep)) != NULL) {
+        if (pd->blocking)
+            continue;
+        pd->reply = (mdg_msg *)cbs; /* chain through an unused field */
+        cbs = pd;
+    }
+    pthread_mutex_unlock(&c->lock);
+    while (cbs) {
+        pending *next = (pending *)cbs->reply;
+        mdg_msg m = {.h = {.kind = MDG_K_ERROR, .corr = cbs->corr}, .error = "connection closed"};
+        m.params = mdg_params_new();
+        cbs->cb(&m, cbs->arg);
+        mdg_params_destroy(&m.params);
+        free(cbs);
+        cbs = next;
+    }
+}
+
+static void *conn_thread(void *arg)
+{
+    mdg_conn *c = arg;
+    send_hello(c);
+    if (mdg_loop_run(c->loop) != 0)
+        mdg_log(MDG_LOG_ERROR, "connection loop failed: %s", mdg_last_error());
+    pthread_mutex_lock(&c->lock);
+    c->state = C_CLOSED;
+    c->closing = true;
+    pthread_cond_broadcast(&c->state_cond);
+    pthread_mutex_unlock(&c->lock);
+    fail_all_pending(c);
+    mdg_header h;
+    mdg_frames f;
+    while (pop_deferred(c, &h, &f))
+        mdg_frames_close(&f);
+    return NULL;
+}
+
+static int set(void *s, int opt, const void *v, size_t len)
+{
+    return zmq_setsockopt(s, opt, v, len) == 0 ? 0
+                                               : mdg_fail(MDG_ESYS, "socket option %d: %s", opt, zmq_strerror(errno));
+}
+
+int mdg_conn_start(mdg_conn *c)
+{
+    int hwm = CONN_HWM, linger = CONN_LINGER_MS, rc;
+    int64_t maxmsg = CONN_MAX_MSG;
+    char mon_ep[64];
+    if (!c)
+        return MDG_EINVAL;
+    if (c->state != C_NEW)
+        return mdg_fail(MDG_ESTATE, "connection already started");
+    if (!(c->ctx = zmq_ctx_new()) || !(c->sock = zmq_socket(c->ctx, ZMQ_DEALER)))
+        return mdg_fail(MDG_ESYS, "cannot create the socket: %s", zmq_strerror(errno));
+    if ((rc = set(c->sock, ZMQ_CURVE_SERVERKEY, c->server_pk, MDG_KEY_BYTES)) ||
+        (rc = set(c->sock, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(c->keys), MDG_KEY_BYTES)) ||
+        (rc = set(c->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(c->keys), MDG_KEY_BYTES)) ||
+        (rc = set(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm)) ||
+        (rc = set(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm)) ||
+        (rc = set(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
+        (rc = set(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)))
+        return rc;
+    /* The monitor tells us why a handshake failed (refused key, wrong
+     * server key) so wait_until_ready can say so instead of timing out. */
+    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-monitor-%p", (void *)c);
+    if (zmq_socket_monitor(c->sock, mon_ep,
+                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0 ||
+        !(c->mon = zmq_socket(c->ctx, ZMQ_PAIR)) || zmq_connect(c->mon, mon_ep) != 0)
+        return mdg_fail(MDG_ESYS, "cannot monitor the socket: %s", zmq_strerror(errno));
+    if (zmq_connect(c->sock, c->endpoint) != 0)
+        return mdg_fail(MDG_EINVAL, "cannot connect to %s: %s", c->endpoint, zmq_strerror(errno));
+    if ((rc = mdg_loop_watch(c->loop, c->sock, -1, ZMQ_POLLIN, on_socket, c)) ||
+        (rc = mdg_loop_watch(c->loop, c->mon, -1, ZMQ_POLLIN, on_monitor, c)))
+        return rc;
+    mdg_loop_on_wake(c->loop, on_wake, c);
+    c->state = C_CONNECTING;
+    if (pthread_create(&c->thread, NULL, conn_thread, c) != 0) {
+        c->state = C_CLOSED;
+        return mdg_fail(MDG_ESYS, "cannot start the connection thread");
+    }
+    c->thread_started = true;
+    return 0;
+}
+
+static void deadline_ts(struct timespec *ts, int64_t deadline_ms)
+{
+    /* condvars use CLOCK_REALTIME by default: convert from monotonic */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t left = deadline_ms - mdg_now_ms();
+    if (left < 0)
+        left = 0;
+    ts->tv_sec = now.tv_sec + left / 1000;
+    ts->tv_nsec = now.tv_nsec + (left % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+/* Wait on cond under c->lock until *flag or the deadline (< 0: none). */
+static bool wait_locked(mdg_conn *c, pthread_cond_t *cond, int64_t deadline)
+{
+    if (deadline < 0) {
+        pthread_cond_wait(cond, &c->lock);
+        return true;
+    }
+    struct timespec ts;
+    deadline_ts(&ts, deadline);
+    return pthread_cond_timedwait(cond, &c->lock, &ts) != ETIMEDOUT || mdg_now_ms() < deadline;
+}
+
+static int64_t deadline_of(int timeout_ms)
+{
+    return timeout_ms < 0 ? -1 : mdg_now_ms() + timeout_ms;
+}
+
+int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms)
+{
+    if (!c)
+        return MDG_EINVAL;
+    if (c->state == C_NEW)
+        return mdg_fail(MDG_ESTATE, "mdg_conn_start first");
+    int64_t deadline = deadline_of(timeout_ms);
+    int rc = 0;
+    pthread_mutex_lock(&c->lock);
+    while (c->state == C_CONNECTING && !c->fail_err && wait_locked(c, &c->state_cond, deadline))
+        ;
+    if (c->state == C_READY)
+        rc = 0;
+    else if (c->fail_err)
+        rc = mdg_fail(c->fail_err, "%s", c->fail_text);
+    else if (c->state == C_CLOSED)
+        rc = mdg_fail(MDG_ECLOSED, "connection closed");
+    else
+        rc = mdg_fail(MDG_ETIMEDOUT, "no session with %s after %d ms", c->endpoint, timeout_ms);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+/* Common checks for every send: refuse early with the reason. */
+static int can_send(mdg_conn *c)
+{
+    int rc = 0;
+    pthread_mutex_lock(&c->lock);
+    if (c->state == C_NEW)
+        rc = mdg_fail(MDG_ESTATE, "mdg_conn_start first");
+    else if (c->state == C_CLOSED || c->closing)
+        rc = mdg_fail(MDG_ECLOSED, "connection closed");
+    else if (c->fail_err)
+        rc = mdg_fail(c->fail_err, "%s", c->fail_text);
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
+                    size_t bulk_len, pending *pd)
+{
+    out_item *o;
+    int rc;
+    if (!c || !command || !*command || (!bulk && bulk_len)) {
+        mdg_params_destroy(&params);
+        return mdg_fail(MDG_EINVAL, "a command needs a name");
+    }
+    if ((rc = can_send(c)) != 0) {
+        mdg_params_destroy(&params);
+        return rc;
+    }
+    uint64_t corr = 0;
+    if (pd) {
+        pthread_mutex_lock(&c->lock);
+        corr = pd->corr = ++c->next_corr;
+        rc = mdg_map_put_u64(c->pending, corr, pd);
+        pthread_mutex_unlock(&c->lock);
+        if (rc) {
+            mdg_params_destroy(&params);
+            return rc;
+        }
+    }
+    if ((rc = out_new(&o, MDG_K_CMD, command, corr, 0, params, bulk, bulk_len)) != 0) {
+        if (pd) {
+            pthread_mutex_lock(&c->lock);
+            mdg_map_take_u64(c->pending, corr);
+            pthread_mutex_unlock(&c->lock);
+        }
+        return rc;
+    }
+    enqueue(c, o);
+    return 0;
+}
+
+int mdg_conn_send(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
+                  size_t bulk_len)
+{
+    return send_cmd(c, command, params, bulk, bulk_len, NULL);
+}
+
+int mdg_conn_send_cb(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
+                     size_t bulk_len, mdg_reply_fn cb, void *arg)
+{
+    if (!cb)
+        return send_cmd(c, command, params, bulk, bulk_len, NULL);
+    pending *pd = calloc(1, sizeof *pd);
+    if (!pd) {
+        mdg_params_destroy(&params);
+        return MDG_ENOMEM;
+    }
+    pd->cb = cb;
+    pd->arg = arg;
+    int rc = send_cmd(c, command, params, bulk, bulk_len, pd);
+    if (rc)
+        free(pd);
+    return rc;
+}
+
+int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
+                  size_t bulk_len, int timeout_ms, mdg_msg **reply)
+{
+    pending pd = {.blocking = true};
+    int rc;
+    if (!reply) {
+        mdg_params_destroy(&params);
+        return mdg_fail(MDG_EINVAL, "mdg_conn_call needs somewhere to put the reply");
+    }
+    *reply = NULL;
+    pthread_cond_init(&pd.cond, NULL);
+    int64_t deadline = deadline_of(timeout_ms);
+    if ((rc = send_cmd(c, command, params, bulk, bulk_len, &pd)) != 0) {
+        pthread_cond_destroy(&pd.cond);
+        return rc;
+    }
+    if (on_loop_thread(c))
+        rc = nested_wait(c, &pd, deadline);
+    pthread_mutex_lock(&c->lock);
+    while (rc == 0 && !pd.done && wait_locked(c, &pd.cond, deadline))
+        ;
+    if (!pd.done) /* timed out: the late reply will find no one and be logged */
+        mdg_map_take_u64(c->pending, pd.corr);
+    pthread_mutex_unlock(&c->lock);
+    pthread_cond_destroy(&pd.cond);
+
+    if (!pd.done)
+        return rc ? rc : mdg_fail(MDG_ETIMEDOUT, "no reply to '%s' within %d ms", command, timeout_ms);
+    if (pd.err)
+        return mdg_fail(pd.err, "connection closed before '%s' was answered", command);
+    if (mdg_msg_is_error(pd.reply)) {
+        rc = mdg_fail(MDG_EREMOTE, "%s", mdg_msg_error(pd.reply));
+        mdg_msg_destroy(&pd.reply);
+        return rc;
+    }
+    *reply = pd.reply;
+    return 0;
+}
+
+/* ------------------------------------------------------------- shutdown */
+
+int mdg_conn_wait_until_complete(mdg_conn *c, int timeout_ms)
+{
+    if (!c)
+        return MDG_EINVAL;
+    if (on_loop_thread(c))
+        return mdg_fail(MDG_ESTATE, "cannot wait for the loop from the loop thread");
+    int64_t deadline = deadline_of(timeout_ms);
+    pthread_mutex_lock(&c->lock);
+    while (c->state != C_CLOSED && c->state != C_NEW && wait_locked(c, &c->state_cond, deadline))
+        ;
+    int rc = c->state == C_CLOSED || c->state == C_NEW ? 0 : mdg_fail(MDG_ETIMEDOUT, "still running");
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+void mdg_conn_disconnect(mdg_conn *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->lock);
+    c->closing = true;
+    if (c->state == C_NEW)
+        c->state = C_CLOSED;
+    pthread_mutex_unlock(&c->lock);
+    if (c->thread_started)
+        mdg_loop_wake(c->loop);
+}
+
+void mdg_conn_destroy(mdg_conn **pc)
+{
+    if (!pc || !*pc)
+        return;
+    mdg_conn *c = *pc;
+    if (c->thread_started) {
+        if (on_loop_thread(c)) {
+            mdg_log(MDG_LOG_ERROR, "mdg_conn_destroy called from its own loop thread: refused");
+            return;
+        }
+        mdg_conn_disconnect(c);
+        pthread_join(c->thread, NULL);
+    }
+    out_item *o = c->out_head;
+    while (o) {
+        out_item *n = o->next;
+        mdg_log(MDG_LOG_WARN, "'%s' not sent: connection destroyed", o->h.command);
+        out_free(o);
+        o = n;
+    }
+    if (c->pending) {
+        pending *pd;
+        while ((pd = mdg_map_pop(c->pending)) != NULL)
+            if (!pd->blocking)
+                free(pd);
+    }
+    if (c->mon)
+        zmq_close(c->mon);
+    if (c->sock)
+        zmq_close(c->sock);
+    if (c->ctx)
+        zmq_ctx_term(c->ctx);
+    mdg_loop_destroy(&c->loop);
+    mdg_map_destroy(&c->pending);
+    mdg_keys_destroy(&c->keys);
+    pthread_cond_destroy(&c->state_cond);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+    *pc = NULL;
+}

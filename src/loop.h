@@ -1,0 +1,38 @@
+/* loop.h - the event loop: zmq_poll over sockets and fds, timers, and a
+ * wake-up that other threads (and signal handlers) can trigger. One loop
+ * per broker or connection, run by one thread. */
+#ifndef MDG_LOOP_H
+#define MDG_LOOP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct mdg_loop mdg_loop;
+
+/* Called when the socket/fd is ready, or when a timer fires (revents 0).
+ * Returning non-zero ends mdg_loop_run. */
+typedef int (*mdg_loop_fn)(mdg_loop *loop, void *arg, short revents);
+
+mdg_loop *mdg_loop_new(void);
+void mdg_loop_destroy(mdg_loop **loop);
+
+/* Watch a zmq socket (fd < 0) or a file descriptor for ZMQ_POLLIN/OUT. */
+int mdg_loop_watch(mdg_loop *loop, void *socket, int fd, short events, mdg_loop_fn fn, void *arg);
+/* Change the events watched on a socket / fd. */
+void mdg_loop_set_events(mdg_loop *loop, void *socket, int fd, short events);
+
+/* Timers fire every interval_ms (or once). Returns an id > 0, or < 0. */
+int mdg_loop_timer(mdg_loop *loop, int interval_ms, bool repeat, mdg_loop_fn fn, void *arg);
+void mdg_loop_cancel(mdg_loop *loop, int timer_id);
+
+/* Called on the loop thread after every wake-up (see mdg_loop_wake). */
+void mdg_loop_on_wake(mdg_loop *loop, mdg_loop_fn fn, void *arg);
+
+/* Run until mdg_loop_stop or a callback returns non-zero. */
+int mdg_loop_run(mdg_loop *loop);
+/* Thread-safe and async-signal-safe. */
+void mdg_loop_wake(mdg_loop *loop);
+void mdg_loop_stop(mdg_loop *loop);
+bool mdg_loop_stopping(mdg_loop *loop);
+
+#endif

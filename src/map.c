@@ -1,0 +1,165 @@
+/* map.c - open-addressing hash map with linear probing and tombstones. */
+#include "map.h"
+
+#include "internal.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAP_KEY_MAX 255 /* routing ids are at most 255 bytes in ZMTP */
+
+typedef struct slot {
+    uint64_t hash;  /* 0 = empty, 1 = tombstone, else a live entry */
+    void *value;
+    uint8_t klen;
+    uint8_t key[MAP_KEY_MAX];
+} slot;
+
+struct mdg_map {
+    slot *slots;
+    size_t cap;   /* power of two */
+    size_t used;  /* live entries */
+    size_t dirty; /* live entries + tombstones */
+    uint8_t sipkey[crypto_shorthash_KEYBYTES];
+};
+
+static uint64_t hash_key(const mdg_map *m, const void *key, size_t klen)
+{
+    uint64_t h;
+    crypto_shorthash((unsigned char *)&h, key, klen, m->sipkey);
+    return h < 2 ? h + 2 : h; /* 0 and 1 mark empty and tombstone slots */
+}
+
+mdg_map *mdg_map_new(void)
+{
+    mdg_map *m = calloc(1, sizeof *m);
+    if (!m || sodium_init() < 0)
+        goto fail;
+    m->cap = 16;
+    m->slots = calloc(m->cap, sizeof(slot));
+    if (!m->slots)
+        goto fail;
+    randombytes_buf(m->sipkey, sizeof m->sipkey);
+    return m;
+fail:
+    free(m);
+    return NULL;
+}
+
+void mdg_map_destroy(mdg_map **pm)
+{
+    if (!pm || !*pm)
+        return;
+    free((*pm)->slots);
+    free(*pm);
+    *pm = NULL;
+}
+
+static slot *find(const mdg_map *m, const void *key, size_t klen, uint64_t h)
+{
+    size_t mask = m->cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        slot *s = &m->slots[i];
+        if (s->hash == 0)
+            return NULL;
+        if (s->hash == h && s->klen == klen && memcmp(s->key, key, klen) == 0)
+            return s;
+    }
+}
+
+static int grow(mdg_map *m)
+{
+    size_t ncap = m->used * 4 > m->cap ? m->cap * 2 : m->cap; /* else just purge tombstones */
+    slot *old = m->slots, *ns = calloc(ncap, sizeof(slot));
+    if (!ns)
+        return MDG_ENOMEM;
+    for (size_t i = 0; i < m->cap; i++) {
+        if (old[i].hash < 2)
+            continue;
+        size_t j = old[i].hash & (ncap - 1);
+        while (ns[j].hash)
+            j = (j + 1) & (ncap - 1);
+        ns[j] = old[i];
+    }
+    free(old);
+    m->slots = ns;
+    m->cap = ncap;
+    m->dirty = m->used;
+    return 0;
+}
+
+int mdg_map_put(mdg_map *m, const void *key, size_t klen, void *value)
+{
+    if (klen > MAP_KEY_MAX)
+        return MDG_EINVAL;
+    uint64_t h = hash_key(m, key, klen);
+    slot *s = find(m, key, klen, h);
+    if (s) {
+        s->value = value;
+        return 0;
+    }
+    if ((m->dirty + 1) * 4 > m->cap * 3 && grow(m) != 0)
+        return MDG_ENOMEM;
+    size_t mask = m->cap - 1, i = h & mask;
+    while (m->slots[i].hash >= 2)
+        i = (i + 1) & mask;
+    s = &m->slots[i];
+    if (s->hash == 0)
+        m->dirty++;
+    s->hash = h;
+    s->value = value;
+    s->klen = (uint8_t)klen;
+    memcpy(s->key, key, klen);
+    m->used++;
+    return 0;
+}
+
+void *mdg_map_get(const mdg_map *m, const void *key, size_t klen)
+{
+    if (klen > MAP_KEY_MAX)
+        return NULL;
+    slot *s = find(m, key, klen, hash_key(m, key, klen));
+    return s ? s->value : NULL;
+}
+
+void *mdg_map_take(mdg_map *m, const void *key, size_t klen)
+{
+    if (klen > MAP_KEY_MAX)
+        return NULL;
+    slot *s = find(m, key, klen, hash_key(m, key, klen));
+    if (!s)
+        return NULL;
+    void *v = s->value;
+    s->hash = 1;
+    s->value = NULL;
+    m->used--;
+    return v;
+}
+
+size_t mdg_map_size(const mdg_map *m)
+{
+    return m->used;
+}
+
+void mdg_map_each(const mdg_map *m, void (*fn)(void *value, void *arg), void *arg)
+{
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->slots[i].hash >= 2)
+            fn(m->slots[i].value, arg);
+}
+
+void *mdg_map_pop(mdg_map *m)
+{
+    for (size_t i = 0; i < m->cap; i++) {
+        slot *s = &m->slots[i];
+        if (s->hash >= 2) {
+            void *v = s->value;
+            s->hash = 1;
+            s->value = NULL;
+            m->used--;
+            return v;
+        }
+    }
+    return NULL;
+}

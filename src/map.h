@@ -1,0 +1,34 @@
+/* map.h - a small hash map from byte-string keys to pointers.
+ *
+ * Used for the broker's peers (by routing id) and the connection's pending
+ * replies (by correlation id). Keys are hashed with SipHash under a random
+ * key so that a peer cannot choose colliding routing ids. Not thread-safe:
+ * each map belongs to one thread or is guarded by its owner's lock. */
+#ifndef MDG_MAP_H
+#define MDG_MAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mdg_map mdg_map;
+
+mdg_map *mdg_map_new(void);
+/* Frees the map only; values are the owner's. */
+void mdg_map_destroy(mdg_map **m);
+/* 0, or MDG_ENOMEM. An existing key gets the new value. */
+int mdg_map_put(mdg_map *m, const void *key, size_t klen, void *value);
+void *mdg_map_get(const mdg_map *m, const void *key, size_t klen);
+/* Removes and returns the value, or NULL. */
+void *mdg_map_take(mdg_map *m, const void *key, size_t klen);
+size_t mdg_map_size(const mdg_map *m);
+/* Calls fn for each value; fn must not change the map. */
+void mdg_map_each(const mdg_map *m, void (*fn)(void *value, void *arg), void *arg);
+/* Removes and returns any one value, or NULL when empty (for draining). */
+void *mdg_map_pop(mdg_map *m);
+
+/* uint64 keys, stored as 8 bytes. */
+static inline void *mdg_map_get_u64(const mdg_map *m, uint64_t k) { return mdg_map_get(m, &k, sizeof k); }
+static inline int mdg_map_put_u64(mdg_map *m, uint64_t k, void *v) { return mdg_map_put(m, &k, sizeof k, v); }
+static inline void *mdg_map_take_u64(mdg_map *m, uint64_t k) { return mdg_map_take(m, &k, sizeof k); }
+
+#endif

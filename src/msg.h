@@ -1,0 +1,37 @@
+/* msg.h - message internals shared by the broker and the connection. */
+#ifndef MDG_MSG_H
+#define MDG_MSG_H
+
+#include "messidge.h"
+#include "wire.h"
+
+/* How a message's replies travel back: set by whoever received it. kind is
+ * MDG_K_REPLY or MDG_K_ERROR; results are taken; bulk is copied. */
+typedef int (*mdg_reply_send_fn)(mdg_msg *m, int kind, uint32_t flags, mdg_params *results,
+                                 const void *bulk, size_t bulk_len);
+
+struct mdg_msg {
+    mdg_header h;
+    mdg_params *params;
+    zmq_msg_t bulk;
+    bool has_bulk;
+    bool closed;            /* the final reply has been sent */
+    const char *error;      /* error text of an MDG_K_ERROR message */
+    mdg_reply_send_fn send_reply;
+    void *owner;            /* the broker or connection that received it */
+    void *session_data;     /* broker: the sender's session data */
+    uint8_t rid_len;        /* broker: routing id of the sender */
+    uint8_t rid[255];
+};
+
+/* Build a message from received frames: header already decoded; frames
+ * params (and bulk, moved out of f) start at index first. 0 or MDG_EPROTO
+ * with the reason in mdg_last_error(). */
+int mdg_msg_from_frames(mdg_msg **out, const mdg_header *h, mdg_frames *f, int first);
+
+/* The library's checks before a handler runs. Returns the matching row, or
+ * NULL with the reason written to why (for the error reply and the log). */
+const mdg_cmd *mdg_cmd_check(const mdg_cmd *table, const mdg_msg *m, bool from_node, char *why,
+                             size_t why_len);
+
+#endif

@@ -1,0 +1,422 @@
+/* wire.c - encoding and decoding of native frames, with libcbor.
+ *
+ * Everything from the network passes mdg_wire_check_cbor first: it walks the
+ * bytes with libcbor's streaming decoder and refuses what could make the
+ * loader allocate or recurse without bound (huge declared lengths, deep
+ * nesting), so that cbor_load only ever sees sane input. */
+#include "wire.h"
+
+#include "internal.h"
+#include "params.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *mdg_kind_name(int kind)
+{
+    static const char *names[] = {"?", "hello", "welcome", "command", "reply", "error", "bye", "ack"};
+    return kind >= 1 && kind <= MDG_K_MAX ? names[kind] : "?";
+}
+
+int mdg_header_set_command(mdg_header *h, const char *command)
+{
+    size_t n = command ? strlen(command) : 0;
+    if (n > MDG_MAX_COMMAND)
+        return mdg_fail(MDG_EINVAL, "command name longer than %d bytes", MDG_MAX_COMMAND);
+    memcpy(h->command, command ? command : "", n);
+    h->command[n] = '\0';
+    h->command_len = (uint8_t)n;
+    return 0;
+}
+
+size_t mdg_wire_encode_header(const mdg_header *h, uint8_t *buf, size_t cap)
+{
+    size_t n = 0;
+#define ENC(call)                   \
+    do {                            \
+        size_t w = (call);          \
+        if (!w)                     \
+            return 0;               \
+        n += w;                     \
+    } while (0)
+    ENC(cbor_encode_array_start(7, buf + n, cap - n));
+    ENC(cbor_encode_uint(MDG_WIRE_VERSION, buf + n, cap - n));
+    ENC(cbor_encode_uint(h->kind, buf + n, cap - n));
+    ENC(cbor_encode_uint(h->seq, buf + n, cap - n));
+    ENC(cbor_encode_uint(h->ack, buf + n, cap - n));
+    ENC(cbor_encode_uint(h->corr, buf + n, cap - n));
+    ENC(cbor_encode_string_start(h->command_len, buf + n, cap - n));
+    if (cap - n < h->command_len)
+        return 0;
+    memcpy(buf + n, h->command, h->command_len);
+    n += h->command_len;
+    ENC(cbor_encode_uint(h->flags, buf + n, cap - n));
+#undef ENC
+    return n;
+}
+
+/* ---------------------------------------------------------- header decode */
+
+/* The header is decoded with the streaming decoder: one callback per field,
+ * no allocation. Any item of the wrong type sets `bad`. */
+typedef struct hdr_state {
+    mdg_header *h;
+    int field; /* -1 before the array start */
+    const char *bad;
+} hdr_state;
+
+static void hdr_uint(hdr_state *s, uint64_t v)
+{
+    mdg_header *h = s->h;
+    switch (s->field++) {
+    case 0:
+        if (v != MDG_WIRE_VERSION)
+            s->bad = "unsupported protocol version";
+        break;
+    case 1:
+        if (v < 1 || v > MDG_K_MAX)
+            s->bad = "unknown message kind";
+        h->kind = (uint8_t)v;
+        break;
+    case 2: h->seq = v; break;
+    case 3: h->ack = v; break;
+    case 4: h->corr = v; break;
+    case 6:
+        if (v > UINT32_MAX)
+            s->bad = "flags out of range";
+        h->flags = (uint32_t)v;
+        break;
+    default: s->bad = "field 'command' must be a text string";
+    }
+}
+
+static void cb_u8(void *c, uint8_t v) { hdr_uint(c, v); }
+static void cb_u16(void *c, uint16_t v) { hdr_uint(c, v); }
+static void cb_u32(void *c, uint32_t v) { hdr_uint(c, v); }
+static void cb_u64(void *c, uint64_t v) { hdr_uint(c, v); }
+
+static void cb_string(void *c, cbor_data data, uint64_t len)
+{
+    hdr_state *s = c;
+    if (s->field++ != 5) {
+        s->bad = "a header field other than 'command' is a string";
+        return;
+    }
+    if (len > MDG_MAX_COMMAND) {
+        s->bad = "command name too long";
+        return;
+    }
+    memcpy(s->h->command, data, len);
+    s->h->command[len] = '\0';
+    s->h->command_len = (uint8_t)len;
+    if (memchr(s->h->command, '\0', len))
+        s->bad = "command name contains NUL";
+}
+
+static void cb_array(void *c, uint64_t size)
+{
+    hdr_state *s = c;
+    if (s->field != -1 || size != 7)
+        s->bad = "header must be an array of 7 fields";
+    s->field = 0;
+}
+
+static void cb_other(void *c)
+{
+    ((hdr_state *)c)->bad = "header field has the wrong type";
+}
+static void cb_other_u64(void *c, uint64_t v) { (void)v; cb_other(c); }
+static void cb_other_data(void *c, cbor_data d, uint64_t l) { (void)d; (void)l; cb_other(c); }
+static void cb_other_f(void *c, float v) { (void)v; cb_other(c); }
+static void cb_other_d(void *c, double v) { (void)v; cb_other(c); }
+static void cb_other_b(void *c, bool v) { (void)v; cb_other(c); }
+static void cb_other_u8(void *c, uint8_t v) { (void)v; cb_other(c); }
+static void cb_other_u16(void *c, uint16_t v) { (void)v; cb_other(c); }
+static void cb_other_u32(void *c, uint32_t v) { (void)v; cb_other(c); }
+
+static const struct cbor_callbacks hdr_callbacks = {
+    .uint8 = cb_u8, .uint16 = cb_u16, .uint32 = cb_u32, .uint64 = cb_u64,
+    .negint8 = cb_other_u8, .negint16 = cb_other_u16, .negint32 = cb_other_u32,
+    .negint64 = cb_other_u64,
+    .string = cb_string, .string_start = cb_other,
+    .byte_string = cb_other_data, .byte_string_start = cb_other,
+    .array_start = cb_array, .indef_array_start = cb_other,
+    .map_start = cb_other_u64, .indef_map_start = cb_other,
+    .tag = cb_other_u64,
+    .float2 = cb_other_f, .float4 = cb_other_f, .float8 = cb_other_d,
+    .undefined = cb_other, .null = cb_other, .boolean = cb_other_b, .indef_break = cb_other,
+};
+
+int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h)
+{
+    hdr_state s = {.h = h, .field = -1};
+    size_t off = 0;
+
+    memset(h, 0, sizeof *h);
+    if (len > MDG_MAX_HEADER)
+        return mdg_fail(MDG_EPROTO, "header frame too large (%zu bytes)", len);
+    /* 8 items: the array start and its 7 fields */
+    for (int i = 0; i < 8 && !s.bad; i++) {
+        struct cbor_decoder_result r =
+            cbor_stream_decode((cbor_data)buf + off, len - off, &hdr_callbacks, &s);
+        if (r.status != CBOR_DECODER_FINISHED)
+            return mdg_fail(MDG_EPROTO, "header is not valid CBOR (truncated or malformed)");
+        off += r.read;
+        if (i == 0 && s.field != 0)
+            s.bad = "header must be an array of 7 fields";
+    }
+    if (!s.bad && off != len)
+        s.bad = "trailing bytes after the header";
+    if (s.bad)
+        return mdg_fail(MDG_EPROTO, "bad header: %s", s.bad);
+    return 0;
+}
+
+/* -------------------------------------------------------------- CBOR check */
+
+typedef struct check_state {
+    uint64_t left[MDG_MAX_DEPTH + 1]; /* items left per open container; UINT64_MAX = indefinite */
+    int depth;                       /* open containers; -1 when the top item is done */
+    size_t avail;                    /* bytes not yet decoded */
+    const char *bad;
+} check_state;
+
+/* One item (leaf or container start) fills a slot of the enclosing one. */
+static void take_slot(check_state *s)
+{
+    if (s->depth < 0) {
+        s->bad = "more than one item";
+        return;
+    }
+    if (s->left[s->depth] != UINT64_MAX)
+        s->left[s->depth]--;
+}
+
+/* Close finished definite containers. */
+static void settle(check_state *s)
+{
+    while (s->depth >= 0 && s->left[s->depth] == 0)
+        s->depth--;
+}
+
+static void leaf(check_state *s)
+{
+    take_slot(s);
+    settle(s);
+}
+
+static void open_container(check_state *s, uint64_t items)
+{
+    take_slot(s);
+    if (s->bad)
+        return;
+    if (items != UINT64_MAX && items > s->avail) {
+        s->bad = "declared length longer than the frame";
+        return;
+    }
+    if (items == 0) {
+        settle(s);
+        return;
+    }
+    if (s->depth + 1 > MDG_MAX_DEPTH) {
+        s->bad = "nested too deeply";
+        return;
+    }
+    s->left[++s->depth] = items;
+}
+
+static void ck_leaf(void *c) { leaf(c); }
+static void ck_u8(void *c, uint8_t v) { (void)v; leaf(c); }
+static void ck_u16(void *c, uint16_t v) { (void)v; leaf(c); }
+static void ck_u32(void *c, uint32_t v) { (void)v; leaf(c); }
+static void ck_u64(void *c, uint64_t v) { (void)v; leaf(c); }
+static void ck_data(void *c, cbor_data d, uint64_t l) { (void)d; (void)l; leaf(c); }
+static void ck_f(void *c, float v) { (void)v; leaf(c); }
+static void ck_d(void *c, double v) { (void)v; leaf(c); }
+static void ck_b(void *c, bool v) { (void)v; leaf(c); }
+static void ck_indef_string(void *c) { ((check_state *)c)->bad = "indefinite-length strings are not accepted"; }
+static void ck_array(void *c, uint64_t n) { open_container(c, n); }
+static void ck_map(void *c, uint64_t n) { open_container(c, n > UINT64_MAX / 2 ? UINT64_MAX - 1 : n * 2); }
+static void ck_indef(void *c) { open_container(c, UINT64_MAX); }
+static void ck_tag(void *c, uint64_t t) { (void)t; open_container(c, 1); }
+static void ck_break(void *c)
+{
+    check_state *s = c;
+    if (s->depth < 0 || s->left[s->depth] != UINT64_MAX) {
+        s->bad = "unexpected break";
+        return;
+    }
+    s->depth--;
+    settle(s);
+}
+
+static const struct cbor_callbacks check_callbacks = {
+    .uint8 = ck_u8, .uint16 = ck_u16, .uint32 = ck_u32, .uint64 = ck_u64,
+    .negint8 = ck_u8, .negint16 = ck_u16, .negint32 = ck_u32, .negint64 = ck_u64,
+    .string = ck_data, .string_start = ck_indef_string,
+    .byte_string = ck_data, .byte_string_start = ck_indef_string,
+    .array_start = ck_array, .indef_array_start = ck_indef,
+    .map_start = ck_map, .indef_map_start = ck_indef,
+    .tag = ck_tag,
+    .float2 = ck_f, .float4 = ck_f, .float8 = ck_d,
+    .undefined = ck_leaf, .null = ck_leaf, .boolean = ck_b, .indef_break = ck_break,
+};
+
+int mdg_wire_check_cbor(const void *buf, size_t len)
+{
+    check_state s = {.depth = 0, .left = {1}};
+    size_t off = 0;
+
+    while (s.depth >= 0 && !s.bad) {
+        s.avail = len - off;
+        struct cbor_decoder_result r =
+            cbor_stream_decode((cbor_data)buf + off, len - off, &check_callbacks, &s);
+        if (r.status == CBOR_DECODER_NEDATA)
+            return mdg_fail(MDG_EPROTO, "CBOR truncated at byte %zu", off);
+        if (r.status != CBOR_DECODER_FINISHED)
+            return mdg_fail(MDG_EPROTO, "malformed CBOR at byte %zu", off);
+        off += r.read;
+    }
+    if (s.bad)
+        return mdg_fail(MDG_EPROTO, "refused CBOR: %s", s.bad);
+    if (off != len)
+        return mdg_fail(MDG_EPROTO, "trailing bytes after CBOR item");
+    return 0;
+}
+
+int mdg_wire_decode_params(const void *buf, size_t len, mdg_params **out)
+{
+    struct cbor_load_result res;
+    int rc = mdg_wire_check_cbor(buf, len);
+    if (rc)
+        return rc;
+    cbor_item_t *item = cbor_load(buf, len, &res);
+    if (!item)
+        return res.error.code == CBOR_ERR_MEMERROR
+                   ? mdg_fail(MDG_ENOMEM, "out of memory decoding params")
+                   : mdg_fail(MDG_EPROTO, "params are not valid CBOR");
+    if (!cbor_isa_map(item)) {
+        cbor_decref(&item);
+        return mdg_fail(MDG_EPROTO, "params must be a map");
+    }
+    struct cbor_pair *pairs = cbor_map_handle(item);
+    for (size_t i = 0; i < cbor_map_size(item); i++) {
+        if (!cbor_isa_string(pairs[i].key)) {
+            cbor_decref(&item);
+            return mdg_fail(MDG_EPROTO, "params keys must be text strings");
+        }
+    }
+    *out = mdg_params_wrap(item);
+    return *out ? 0 : MDG_ENOMEM;
+}
+
+static void free_cbor_buf(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+int mdg_wire_encode_params(const mdg_params *p, zmq_msg_t *out)
+{
+    static const uint8_t empty_map = 0xa0;
+    if (!p || mdg_params_count(p) == 0) {
+        zmq_msg_init_size(out, 1);
+        memcpy(zmq_msg_data(out), &empty_map, 1);
+        return 0;
+    }
+    unsigned char *data = NULL;
+    size_t cap = 0, n = cbor_serialize_alloc(mdg_params_map(p), &data, &cap);
+    if (!n) {
+        free(data);
+        return mdg_fail(MDG_ENOMEM, "cannot encode params");
+    }
+    if (zmq_msg_init_data(out, data, n, free_cbor_buf, NULL) != 0) {
+        free(data);
+        return mdg_fail(MDG_ENOMEM, "cannot encode params");
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------- frames */
+
+int mdg_frames_recv(void *sock, mdg_frames *f)
+{
+    zmq_msg_t extra;
+    int more = 1;
+    f->n = 0;
+    f->dropped = 0;
+    while (more) {
+        zmq_msg_t *m = f->n < MDG_MAX_FRAMES ? &f->part[f->n] : &extra;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, f->n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+            int e = errno;
+            zmq_msg_close(m);
+            mdg_frames_close(f);
+            return e == EAGAIN ? MDG_EAGAIN : mdg_fail(MDG_ESYS, "receive: %s", zmq_strerror(e));
+        }
+        more = zmq_msg_more(m);
+        if (m == &extra) {
+            zmq_msg_close(m);
+            f->dropped++;
+        } else {
+            f->n++;
+        }
+    }
+    return 0;
+}
+
+void mdg_frames_close(mdg_frames *f)
+{
+    for (int i = 0; i < f->n; i++)
+        zmq_msg_close(&f->part[i]);
+    f->n = 0;
+}
+
+void mdg_frames_move(mdg_frames *dst, mdg_frames *src)
+{
+    for (int i = 0; i < src->n; i++) {
+        zmq_msg_init(&dst->part[i]);
+        zmq_msg_move(&dst->part[i], &src->part[i]);
+        zmq_msg_close(&src->part[i]);
+    }
+    dst->n = src->n;
+    dst->dropped = src->dropped;
+    src->n = 0;
+}
+
+int mdg_wire_send(void *sock, const void *rid, size_t rid_len, const mdg_header *h,
+                  zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    uint8_t hbuf[MDG_MAX_HEADER];
+    size_t hlen = mdg_wire_encode_header(h, hbuf, sizeof hbuf);
+    int rc = 0;
+
+    /* Only the first part can meet a full queue: then nothing is sent and
+     * the caller keeps params and bulk to try again. */
+    if (rid && zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        goto first;
+    if (zmq_send(sock, hbuf, hlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        if (!rid)
+            goto first;
+        goto fail;
+    }
+    if (zmq_msg_send(params, sock, (bulk ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
+        goto fail;
+    params = NULL;
+    if (bulk && zmq_msg_send(bulk, sock, ZMQ_DONTWAIT) < 0)
+        goto fail;
+    return 0;
+first:
+    if (errno == EAGAIN)
+        return MDG_EAGAIN;
+fail:
+    rc = errno == EAGAIN        ? MDG_EAGAIN
+         : errno == EHOSTUNREACH ? mdg_fail(MDG_ECLOSED, "peer is not connected")
+                                 : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));
+    if (params)
+        zmq_msg_close(params);
+    if (bulk)
+        zmq_msg_close(bulk);
+    return rc;
+}

@@ -1,0 +1,90 @@
+/* wire.h - the native wire format (see docs/protocol.md).
+ *
+ * A message is 2 or 3 ZMQ frames (plus the routing id at a ROUTER):
+ *   header  CBOR array [version, kind, seq, ack, corr, command, flags]
+ *   params  CBOR map with text keys
+ *   bulk    optional raw bytes, never inside CBOR */
+#ifndef MDG_WIRE_H
+#define MDG_WIRE_H
+
+#include "messidge.h"
+
+#include <zmq.h>
+
+#define MDG_WIRE_VERSION 1
+#define MDG_MAX_COMMAND 255     /* bytes in a command name */
+#define MDG_MAX_HEADER 512      /* bytes in an encoded header */
+#define MDG_MAX_DEPTH 32        /* nesting of params */
+
+enum mdg_kind {
+    MDG_K_HELLO = 1,   /* client -> broker: open or resume a session */
+    MDG_K_WELCOME = 2, /* broker -> client: the session is open */
+    MDG_K_CMD = 3,     /* a command, either way */
+    MDG_K_REPLY = 4,   /* a reply to a command (corr says which) */
+    MDG_K_ERROR = 5,   /* a failure: reply (corr != 0) or notice (corr 0) */
+    MDG_K_BYE = 6,     /* client -> broker: closing the session */
+    MDG_K_ACK = 7,     /* acknowledgement only (reliability layer) */
+    MDG_K_MAX = 7,
+};
+
+enum mdg_header_flags {
+    MDG_F_MORE = 1u << 0, /* a reply on a long-term channel: more follow */
+};
+
+typedef struct mdg_header {
+    uint8_t kind;
+    uint32_t flags;
+    uint64_t seq;  /* per-direction sequence number; 0 = unsequenced */
+    uint64_t ack;  /* highest seq received from the peer */
+    uint64_t corr; /* correlation id; 0 = no reply wanted */
+    uint8_t command_len;
+    char command[MDG_MAX_COMMAND + 1];
+} mdg_header;
+
+/* Whether kind carries a sequence number. */
+static inline bool mdg_kind_sequenced(int kind)
+{
+    return kind == MDG_K_CMD || kind == MDG_K_REPLY || kind == MDG_K_ERROR;
+}
+
+const char *mdg_kind_name(int kind);
+
+/* Header <-> bytes. decode returns 0 or MDG_EPROTO with mdg_last_error(). */
+size_t mdg_wire_encode_header(const mdg_header *h, uint8_t *buf, size_t cap);
+int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h);
+/* Fill command/command_len from a C string; MDG_EINVAL if too long. */
+int mdg_header_set_command(mdg_header *h, const char *command);
+
+/* Check that buf is one well-formed CBOR item within our limits (depth,
+ * declared lengths that fit in the buffer, definite strings only), without
+ * allocating. 0 or MDG_EPROTO with detail. */
+int mdg_wire_check_cbor(const void *buf, size_t len);
+/* Decode a params frame: a CBOR map whose keys are all text. On 0 *out is
+ * a new params (the caller's). */
+int mdg_wire_decode_params(const void *buf, size_t len, mdg_params **out);
+/* Encode params (NULL = empty map) into a new zmq message without copying. */
+int mdg_wire_encode_params(const mdg_params *p, zmq_msg_t *out);
+
+/* The frames of one received message. */
+#define MDG_MAX_FRAMES 4
+typedef struct mdg_frames {
+    zmq_msg_t part[MDG_MAX_FRAMES];
+    int n;          /* parts kept (at most MDG_MAX_FRAMES) */
+    int dropped;    /* extra parts received and discarded */
+} mdg_frames;
+
+/* Receive all parts of one message (non-blocking: MDG_EAGAIN if none). */
+int mdg_frames_recv(void *sock, mdg_frames *f);
+void mdg_frames_close(mdg_frames *f);
+/* Move all parts from src to dst (src is left empty). */
+void mdg_frames_move(mdg_frames *dst, mdg_frames *src);
+
+/* Send a message: optional routing id (copied), header, params (moved),
+ * optional bulk (moved). Non-blocking; returns 0, MDG_EAGAIN (nothing was
+ * sent, params and bulk are still the caller's), MDG_ECLOSED for an
+ * unroutable peer (ROUTER_MANDATORY) or another error; on those errors
+ * params and bulk are closed. */
+int mdg_wire_send(void *sock, const void *rid, size_t rid_len, const mdg_header *h,
+                  zmq_msg_t *params, zmq_msg_t *bulk);
+
+#endif

@@ -1,0 +1,132 @@
+/* testutil.h - what every test program shares: checks that count, and a
+ * broker on loopback on a free port with clients that connect to it. */
+#ifndef MDG_TESTUTIL_H
+#define MDG_TESTUTIL_H
+
+#include "messidge.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int t_checks, t_failed;
+
+#define CHECK(expr)                                                                          \
+    do {                                                                                     \
+        t_checks++;                                                                          \
+        if (!(expr)) {                                                                       \
+            t_failed++;                                                                      \
+            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__, __LINE__, \
+                    #expr, mdg_last_error());                                                \
+        }                                                                                    \
+    } while (0)
+
+#define CHECK_RC(call, want)                                                                      \
+    do {                                                                                          \
+        int rc_ = (call);                                                                         \
+        t_checks++;                                                                               \
+        if (rc_ != (want)) {                                                                      \
+            t_failed++;                                                                           \
+            fprintf(stderr, "%s:%d: %s returned %d (%s), wanted %d (%s); last error: %s\n",        \
+                    __FILE__, __LINE__, #call, rc_, mdg_strerror(rc_), want, mdg_strerror(want), \
+                    mdg_last_error());                                                            \
+        }                                                                                         \
+    } while (0)
+
+static inline int t_done(const char *name)
+{
+    printf("%s: %d checks, %d failed\n", name, t_checks, t_failed);
+    return t_failed ? 1 : 0;
+}
+
+/* Log capture: tests assert that the broker logged a refusal. */
+static pthread_mutex_t t_log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char t_log[1 << 16];
+
+static void t_log_fn(int level, const char *text, void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&t_log_lock);
+    size_t n = strlen(t_log);
+    if (n + strlen(text) + 2 < sizeof t_log) {
+        strcat(t_log, text);
+        strcat(t_log, "\n");
+    }
+    pthread_mutex_unlock(&t_log_lock);
+    if (level <= MDG_LOG_WARN || getenv("MDG_TEST_VERBOSE"))
+        fprintf(stderr, "  [log] %s\n", text);
+}
+
+static inline void t_capture_log(void)
+{
+    mdg_set_log(t_log_fn, NULL, MDG_LOG_DEBUG);
+}
+
+static inline bool t_logged(const char *needle)
+{
+    pthread_mutex_lock(&t_log_lock);
+    bool found = strstr(t_log, needle) != NULL;
+    pthread_mutex_unlock(&t_log_lock);
+    return found;
+}
+
+static inline void t_clear_log(void)
+{
+    pthread_mutex_lock(&t_log_lock);
+    t_log[0] = '\0';
+    pthread_mutex_unlock(&t_log_lock);
+}
+
+/* Poll for a condition (other threads set it) for up to ms. */
+#define WAIT_FOR(cond, ms)                                       \
+    do {                                                         \
+        for (int w_ = 0; w_ < (ms) / 10 && !(cond); w_++)        \
+            usleep(10000);                                       \
+    } while (0)
+
+/* A started broker on 127.0.0.1 on a free port. */
+static inline mdg_broker *t_broker(mdg_keys **bkeys, const mdg_cmd *cmds, void *arg,
+                                   const mdg_broker_hooks *hooks, bool allow_any)
+{
+    mdg_broker *b = NULL;
+    mdg_broker_options o = {.bind_address = "127.0.0.1", .port = 0};
+    if (mdg_keys_new(bkeys) || mdg_broker_new(&b, *bkeys, &o)) {
+        fprintf(stderr, "cannot make a broker: %s\n", mdg_last_error());
+        exit(2);
+    }
+    if (cmds)
+        mdg_broker_set_commands(b, cmds, arg);
+    if (hooks)
+        mdg_broker_set_hooks(b, hooks, arg);
+    if (allow_any)
+        mdg_broker_allow_any(b);
+    if (mdg_broker_start(b)) {
+        fprintf(stderr, "cannot start the broker: %s\n", mdg_last_error());
+        exit(2);
+    }
+    return b;
+}
+
+/* A client with new keys for broker b (keys returned when wanted). */
+static inline mdg_conn *t_client(const mdg_broker *b, const mdg_keys *bkeys, mdg_keys **ckeys_out,
+                                 const mdg_cmd *cmds, void *arg)
+{
+    mdg_keys *ck = NULL;
+    mdg_conn *c = NULL;
+    mdg_conn_options o = {.port = mdg_broker_port(b)};
+    if (mdg_keys_new(&ck) || mdg_conn_new_with_keys(&c, "127.0.0.1", mdg_keys_public(bkeys), ck, &o)) {
+        fprintf(stderr, "cannot make a client: %s\n", mdg_last_error());
+        exit(2);
+    }
+    if (cmds)
+        mdg_conn_register_commands(c, cmds, arg);
+    if (ckeys_out)
+        *ckeys_out = ck;
+    else
+        mdg_keys_destroy(&ck);
+    return c;
+}
+
+#endif
