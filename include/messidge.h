@@ -189,7 +189,8 @@ bool mdg_msg_more(const mdg_msg *m);
  * is copied. Replying to a message that is not replyable is MDG_EINVAL.
  * mdg_msg_reply closes the channel; mdg_msg_reply_more keeps it open so the
  * caller's reply callback fires again for each further reply. Call from
- * the handler's thread (the loop thread). */
+ * the handler, or later from any thread on a kept message (mdg_msg_keep),
+ * one thread at a time per message; replies leave in the order made. */
 int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 /* Fail the message: the caller's blocking call returns MDG_EREMOTE with
@@ -201,6 +202,12 @@ int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)))
 #endif
     ;
+
+/* Keep a message past its handler (for later replies on a long-term
+ * channel, from any thread). Returns m, now the caller's: reply to it as
+ * often as needed, then mdg_msg_destroy it. Without keep, the library
+ * destroys the message when the handler returns. */
+mdg_msg *mdg_msg_keep(mdg_msg *m);
 
 /* Per-session / per-peer application data of the broker session the
  * message came from (the value returned by the session_new hook); NULL on
@@ -216,6 +223,7 @@ typedef void (*mdg_handler_fn)(mdg_msg *msg, void *arg);
 enum mdg_cmd_flags {
     MDG_CMD_NEEDS_REPLY = 1u << 0, /* only accept replyable messages */
     MDG_CMD_NODE_ONLY = 1u << 1,   /* only accept from nodes (broker only) */
+    MDG_CMD_USER_ONLY = 1u << 2,   /* only accept from users (broker only) */
 };
 
 /* One row of a static command table; a table ends with a row whose name is
@@ -245,14 +253,26 @@ enum mdg_role { MDG_ROLE_NONE = 0, MDG_ROLE_USER = 1, MDG_ROLE_NODE = 2 };
  * refuse). Called on the broker's loop thread during the handshake. */
 typedef int (*mdg_auth_fn)(const uint8_t pk[MDG_KEY_BYTES], void *arg);
 
-/* Session hooks, called on the broker loop thread. */
+/* Hooks, all optional, all called on the broker loop thread. They mirror
+ * the seed's SessionMinimal / NodeMinimal / ModelMinimal.resources. */
 typedef struct mdg_broker_hooks {
-    /* A new user session: return its per-session data (may be NULL). */
+    /* A new user session: return its per-session data (may be NULL); it is
+     * passed back to session_closed and given to handlers through
+     * mdg_msg_session_data(). */
     void *(*session_new)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
                          const uint8_t *session_id, size_t id_len, void *arg);
-    /* The session ended (client said goodbye, or the broker is going). */
+    /* The session ended (goodbye, link lost, or the broker is stopping). */
     void (*session_closed)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
                            void *session_data, void *arg);
+    /* A node connected (a reconnecting node first leaves): per-node data. */
+    void *(*node_joined)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *arg);
+    void (*node_left)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *node_data,
+                      void *arg);
+    /* The resource offer pushed to each new session as the command
+     * "resource_offer": return new params (taken by the broker), or NULL
+     * to send none. Without this hook the broker offers
+     * {"nodes": [pk, ...]}, the connected nodes' keys as bytes. */
+    mdg_params *(*resources)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *arg);
 } mdg_broker_hooks;
 
 typedef struct mdg_broker_options {
@@ -282,6 +302,21 @@ int mdg_broker_start(mdg_broker *b);
 void mdg_broker_stop(mdg_broker *b);
 /* The TCP port actually bound (useful with port 0), or 0 before binding. */
 int mdg_broker_port(const mdg_broker *b);
+
+/* Send a command (no reply expected) to a user session, by the id the
+ * broker put in msg params "session", or to a node by its pk: the seed's
+ * send_cmd(rid, ...). Safe from any thread; params taken, bulk copied.
+ * MDG_ENOTFOUND when no such session / node is connected (checked on the
+ * loop thread: from other threads the message is queued and a vanished
+ * target is logged). */
+int mdg_broker_send_session(mdg_broker *b, const uint8_t *session_id, size_t id_len,
+                            const char *command, mdg_params *params, const void *bulk,
+                            size_t bulk_len);
+int mdg_broker_send_node(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *command,
+                         mdg_params *params, const void *bulk, size_t bulk_len);
+/* Number of connected user sessions and nodes (loop thread, or approximate). */
+size_t mdg_broker_session_count(const mdg_broker *b);
+size_t mdg_broker_node_count(const mdg_broker *b);
 
 /* -------------------------------------------------------------- connection */
 

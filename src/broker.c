@@ -32,7 +32,8 @@ typedef struct peer {
     uint8_t pk[MDG_KEY_BYTES];
     int role;
     uint8_t session_id[SESSION_ID_BYTES];
-    void *data;      /* the application's per-session data */
+    int fd;          /* the connection's socket, to notice it closing */
+    void *data;      /* the application's per-session / per-node data */
     uint64_t tx_seq; /* last seq we sent */
     uint64_t rx_seq; /* last seq we received */
     uint64_t acked;  /* last of ours the peer has acknowledged */
@@ -53,10 +54,42 @@ struct mdg_broker {
     void *auth_arg;
     mdg_map *allow; /* pk -> role, when no auth function is given */
     bool allow_any;
-    mdg_map *peers; /* routing id -> peer */
+    mdg_map *peers;    /* routing id -> peer */
+    mdg_map *sessions; /* session id -> peer (users and nodes) */
+    mdg_map *nodes;    /* node pk -> peer: one live connection per node */
+    mdg_map *by_fd;    /* socket fd -> peer */
+    mdg_map *fwds;     /* forwarded call id -> fwd */
+    uint64_t next_fwd;
+    void *mon;         /* ROUTER monitor: tells us when a connection drops */
     pthread_t thread;
     bool thread_started;
+    pthread_t loop_thread;
+    bool loop_running;
+    /* messages from other threads, sent by the loop thread */
+    pthread_mutex_t qlock;
+    struct queued *q_head, *q_tail;
 };
+
+/* A call forwarded to a node: only that node may answer it, and its
+ * replies go to the calling session only. */
+typedef struct fwd {
+    uint64_t id; /* the correlation id the node sees */
+    uint8_t node_pk[MDG_KEY_BYTES];
+    uint8_t session_id[SESSION_ID_BYTES];
+    uint64_t user_corr;
+    char command[64];
+} fwd;
+
+/* A message queued by another thread for a session or a node. */
+typedef struct queued {
+    struct queued *next;
+    bool to_node;
+    uint8_t key[MDG_KEY_BYTES]; /* session id or node pk */
+    size_t key_len;
+    mdg_header h;
+    zmq_msg_t params, bulk;
+    bool has_bulk;
+} queued;
 
 static void pk_short(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1])
 {
@@ -87,8 +120,11 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
         free(b);
         return mdg_fail(MDG_EINVAL, "port %d out of range", b->port);
     }
+    pthread_mutex_init(&b->qlock, NULL);
     if (mdg_keys_from_raw(&b->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
-        !(b->allow = mdg_map_new()) || !(b->peers = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
+        !(b->allow = mdg_map_new()) || !(b->peers = mdg_map_new()) ||
+        !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
+        !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
         !(b->ctx = zmq_ctx_new())) {
         mdg_broker_destroy(&b);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the broker");
@@ -244,10 +280,45 @@ static int on_zap(mdg_loop *loop, void *arg, short revents)
 
 /* ---------------------------------------------------------------- sending */
 
-/* Send one message to a peer, sequenced when its kind is. params taken;
- * bulk copied. A peer that is gone closes its session. */
 static void close_session(mdg_broker *b, peer *p, const char *why);
 
+static bool on_loop(const mdg_broker *b)
+{
+    return __atomic_load_n(&b->loop_running, __ATOMIC_ACQUIRE) &&
+           pthread_equal(pthread_self(), b->loop_thread);
+}
+
+/* Send encoded frames to a peer, numbering them when the kind is
+ * sequenced. params and bulk are moved. A peer that is gone is closed. */
+static int send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    h->seq = mdg_kind_sequenced(h->kind) ? p->tx_seq + 1 : 0;
+    h->ack = p->rx_seq;
+    int rc = mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk);
+    if (rc == 0) {
+        if (h->seq)
+            p->tx_seq = h->seq;
+        return 0;
+    }
+    if (rc == MDG_EAGAIN) {
+        /* The peer has BROKER_HWM messages unread. The reliability layer
+         * will queue instead; until then the refusal is loud, never silent. */
+        zmq_msg_close(params);
+        if (bulk)
+            zmq_msg_close(bulk);
+        char who[MDG_KEY_B64_LEN + 1];
+        pk_short(p->pk, who);
+        mdg_log(MDG_LOG_ERROR, "%s '%s' to %s refused: its queue is full (peer not reading)",
+                mdg_kind_name(h->kind), h->command, who);
+        return mdg_fail(MDG_EAGAIN, "peer's queue is full");
+    }
+    if (rc == MDG_ECLOSED)
+        close_session(b, p, "connection gone");
+    return rc;
+}
+
+/* Encode and send; params taken, bulk copied. With no peer (a sender that
+ * has no session) the message goes unsequenced to the routing id. */
 static int send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind,
                    uint64_t corr, uint32_t flags, const char *command, mdg_params *params,
                    const void *bulk, size_t bulk_len)
@@ -264,30 +335,20 @@ static int send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, i
         zmq_msg_init_size(&bm, bulk_len);
         memcpy(zmq_msg_data(&bm), bulk, bulk_len);
     }
-    if (p) {
-        h.seq = mdg_kind_sequenced(kind) ? p->tx_seq + 1 : 0;
-        h.ack = p->rx_seq;
-    }
+    if (p)
+        return send_frames(b, p, &h, &pm, bulk_len ? &bm : NULL);
+    h.kind = (uint8_t)kind;
     rc = mdg_wire_send(b->router, rid, rid_len, &h, &pm, bulk_len ? &bm : NULL);
     if (rc == MDG_EAGAIN) {
-        /* The peer's queue is full (BROKER_HWM messages unread). The
-         * reliability layer will queue instead; until then, say so loudly. */
         zmq_msg_close(&pm);
         if (bulk_len)
             zmq_msg_close(&bm);
-        mdg_log(MDG_LOG_ERROR, "%s '%s' to a peer not reading: its queue is full, message refused",
-                mdg_kind_name(kind), command ? command : "");
-        return mdg_fail(MDG_EAGAIN, "peer's queue is full");
     }
-    if (rc == 0 && p && h.seq)
-        p->tx_seq = h.seq;
-    if (rc == MDG_ECLOSED && p)
-        close_session(b, p, "connection gone");
     return rc;
 }
 
 /* An error for the sender of a message: a reply when it waits for one
- * (corr), else a notice its error hook sees. Also logged here. */
+ * (corr), else a notice its error hook sees. */
 static void send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, uint64_t corr,
                        const char *command, const char *text)
 {
@@ -299,53 +360,289 @@ static void send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *
     send_to(b, rid, rid_len, p, MDG_K_ERROR, corr, 0, "", e, NULL, 0);
 }
 
+static void refuse(mdg_broker *b, peer *p, const mdg_header *h, const char *why)
+{
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(p->pk, who);
+    mdg_log(MDG_LOG_WARN, "'%s' from %s %s refused: %s", h->command,
+            p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+    send_error(b, p->rid, p->rid_len, p, h->corr, h->command, why);
+}
+
+/* Other threads queue; the loop thread sends (it owns the socket). */
+static int queue_send(mdg_broker *b, bool to_node, const uint8_t *key, size_t key_len,
+                      mdg_header *h, mdg_params *params, const void *bulk, size_t bulk_len)
+{
+    queued *q = calloc(1, sizeof *q);
+    int rc = q ? mdg_wire_encode_params(params, &q->params) : MDG_ENOMEM;
+    mdg_params_destroy(&params);
+    if (rc) {
+        free(q);
+        return rc;
+    }
+    q->to_node = to_node;
+    memcpy(q->key, key, key_len);
+    q->key_len = key_len;
+    q->h = *h;
+    if (bulk_len) {
+        q->has_bulk = true;
+        zmq_msg_init_size(&q->bulk, bulk_len);
+        memcpy(zmq_msg_data(&q->bulk), bulk, bulk_len);
+    }
+    pthread_mutex_lock(&b->qlock);
+    bool was_empty = !b->q_head;
+    if (b->q_tail)
+        b->q_tail->next = q;
+    else
+        b->q_head = q;
+    b->q_tail = q;
+    pthread_mutex_unlock(&b->qlock);
+    if (was_empty)
+        mdg_loop_wake(b->loop);
+    return 0;
+}
+
+static void free_queued(queued *q)
+{
+    zmq_msg_close(&q->params);
+    if (q->has_bulk)
+        zmq_msg_close(&q->bulk);
+    free(q);
+}
+
+static int on_wake(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    pthread_mutex_lock(&b->qlock);
+    queued *q = b->q_head;
+    b->q_head = b->q_tail = NULL;
+    pthread_mutex_unlock(&b->qlock);
+    while (q) {
+        queued *next = q->next;
+        peer *p = mdg_map_get(q->to_node ? b->nodes : b->sessions, q->key, q->key_len);
+        if (p) {
+            send_frames(b, p, &q->h, &q->params, q->has_bulk ? &q->bulk : NULL);
+            q->has_bulk = false;
+            free(q);
+        } else {
+            mdg_log(MDG_LOG_WARN, "%s '%s' not delivered: the %s has gone", mdg_kind_name(q->h.kind),
+                    q->h.command, q->to_node ? "node" : "session");
+            free_queued(q);
+        }
+        q = next;
+    }
+    return 0;
+}
+
+/* Send to a session or a node from any thread. */
+static int send_cmd_to(mdg_broker *b, bool to_node, const uint8_t *key, size_t key_len,
+                       const char *command, mdg_params *params, const void *bulk, size_t bulk_len)
+{
+    mdg_header h = {.kind = MDG_K_CMD};
+    int rc = MDG_EINVAL;
+    if (!b || !key || key_len != (to_node ? MDG_KEY_BYTES : SESSION_ID_BYTES) || !command ||
+        !*command || (!bulk && bulk_len) || (rc = mdg_header_set_command(&h, command)) != 0) {
+        mdg_params_destroy(&params);
+        return rc == MDG_EINVAL ? mdg_fail(MDG_EINVAL, "bad target or command") : rc;
+    }
+    if (!on_loop(b))
+        return queue_send(b, to_node, key, key_len, &h, params, bulk, bulk_len);
+    peer *p = mdg_map_get(to_node ? b->nodes : b->sessions, key, key_len);
+    if (!p) {
+        mdg_params_destroy(&params);
+        return mdg_fail(MDG_ENOTFOUND, "no such %s connected", to_node ? "node" : "session");
+    }
+    return send_to(b, NULL, 0, p, MDG_K_CMD, 0, 0, command, params, bulk, bulk_len);
+}
+
+int mdg_broker_send_session(mdg_broker *b, const uint8_t *session_id, size_t id_len,
+                            const char *command, mdg_params *params, const void *bulk,
+                            size_t bulk_len)
+{
+    return send_cmd_to(b, false, session_id, id_len, command, params, bulk, bulk_len);
+}
+
+int mdg_broker_send_node(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *command,
+                         mdg_params *params, const void *bulk, size_t bulk_len)
+{
+    return send_cmd_to(b, true, pk, MDG_KEY_BYTES, command, params, bulk, bulk_len);
+}
+
+size_t mdg_broker_session_count(const mdg_broker *b)
+{
+    return b ? mdg_map_size(b->sessions) - mdg_map_size(b->nodes) : 0;
+}
+
+size_t mdg_broker_forward_count(const mdg_broker *b)
+{
+    return b ? mdg_map_size(b->fwds) : 0;
+}
+
+size_t mdg_broker_node_count(const mdg_broker *b)
+{
+    return b ? mdg_map_size(b->nodes) : 0;
+}
+
+/* Replies of broker handlers go to the session that sent the command, and
+ * only while that session lives. */
 static int broker_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results,
                              const void *bulk, size_t bulk_len)
 {
     mdg_broker *b = m->owner;
-    peer *p = mdg_map_get(b->peers, m->rid, m->rid_len);
+    if (kind == MDG_K_ERROR) {
+        char who[MDG_KEY_B64_LEN + 1];
+        const char *text = "";
+        pk_short(m->pk, who);
+        mdg_params_get_str(results, "error", &text);
+        mdg_log(MDG_LOG_INFO, "'%s' from %s failed: %s", m->h.command, who, text);
+    }
+    mdg_header h = {.kind = (uint8_t)kind, .corr = m->h.corr, .flags = flags};
+    if (!on_loop(b))
+        return queue_send(b, false, m->session_id, SESSION_ID_BYTES, &h, results, bulk, bulk_len);
+    peer *p = mdg_map_get(b->sessions, m->session_id, SESSION_ID_BYTES);
     if (!p) {
         mdg_params_destroy(&results);
         return mdg_fail(MDG_ECLOSED, "the session that sent '%s' has closed", m->h.command);
     }
-    if (kind == MDG_K_ERROR) {
-        char who[MDG_KEY_B64_LEN + 1];
-        const char *text = "";
-        pk_short(p->pk, who);
-        mdg_params_get_str(results, "error", &text);
-        mdg_log(MDG_LOG_INFO, "'%s' from %s failed: %s", m->h.command, who, text);
-    }
-    return send_to(b, m->rid, m->rid_len, p, kind, m->h.corr, flags, "", results, bulk, bulk_len);
+    return send_to(b, NULL, 0, p, kind, m->h.corr, flags, "", results, bulk, bulk_len);
 }
 
 /* --------------------------------------------------------------- sessions */
+
+/* Collect forwarded calls matching a predicate (the map cannot change
+ * while it is walked). */
+typedef struct fwd_scan {
+    const uint8_t *key;
+    bool by_node; /* match node_pk, else session_id */
+    fwd **found;
+    size_t n, cap;
+} fwd_scan;
+
+static void scan_one(void *value, void *arg)
+{
+    fwd *f = value;
+    fwd_scan *s = arg;
+    bool match = s->by_node ? memcmp(f->node_pk, s->key, MDG_KEY_BYTES) == 0
+                            : memcmp(f->session_id, s->key, SESSION_ID_BYTES) == 0;
+    if (!match)
+        return;
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? s->cap * 2 : 16;
+        fwd **nf = realloc(s->found, nc * sizeof *nf);
+        if (!nf)
+            return;
+        s->found = nf;
+        s->cap = nc;
+    }
+    s->found[s->n++] = f;
+}
+
+/* A peer has gone: forwarded calls it made are forgotten; calls waiting on
+ * it (a node) are failed to their callers, so no one waits forever. */
+static void drop_fwds(mdg_broker *b, peer *p)
+{
+    fwd_scan s = {.key = p->role == MDG_ROLE_NODE ? p->pk : p->session_id,
+                  .by_node = p->role == MDG_ROLE_NODE};
+    mdg_map_each(b->fwds, scan_one, &s);
+    for (size_t i = 0; i < s.n; i++) {
+        fwd *f = s.found[i];
+        mdg_map_take_u64(b->fwds, f->id);
+        if (s.by_node) {
+            peer *caller = mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
+            char who[MDG_KEY_B64_LEN + 1], why[160];
+            mdg_pk_to_b64(f->node_pk, who);
+            snprintf(why, sizeof why, "node %s went away before answering", who);
+            if (caller)
+                send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
+        }
+        free(f);
+    }
+    free(s.found);
+}
 
 static void close_session(mdg_broker *b, peer *p, const char *why)
 {
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
-    mdg_log(MDG_LOG_INFO, "session of %s closed: %s", who, why);
+    mdg_log(MDG_LOG_INFO, "%s %s: session closed: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
     mdg_map_take(b->peers, p->rid, p->rid_len);
-    if (p->role == MDG_ROLE_USER && b->hooks.session_closed)
+    mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
+    if (mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
+        mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
+    if (p->role == MDG_ROLE_NODE) {
+        if (mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p)
+            mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
+        if (b->hooks.node_left)
+            b->hooks.node_left(b, p->pk, p->data, b->hook_arg);
+    } else if (b->hooks.session_closed) {
         b->hooks.session_closed(b, p->pk, p->data, b->hook_arg);
+    }
+    drop_fwds(b, p);
     free(p);
 }
 
-static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id)
+static void collect_node(void *value, void *arg)
+{
+    peer *p = value;
+    cbor_item_t *list = arg;
+    cbor_item_t *pk = cbor_build_bytestring(p->pk, MDG_KEY_BYTES);
+    if (pk) {
+        cbor_array_push(list, pk);
+        cbor_decref(&pk);
+    }
+}
+
+/* The default resource offer: the keys of the connected nodes. */
+static mdg_params *default_offer(mdg_broker *b)
+{
+    mdg_params *o = mdg_params_new();
+    cbor_item_t *list = cbor_new_definite_array(mdg_map_size(b->nodes));
+    if (!o || !list) {
+        mdg_params_destroy(&o);
+        if (list)
+            cbor_decref(&list);
+        return NULL;
+    }
+    mdg_map_each(b->nodes, collect_node, list);
+    mdg_params_set_item(o, "nodes", list);
+    return o;
+}
+
+static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd)
 {
     peer *p = calloc(1, sizeof *p);
-    if (!p || mdg_pk_from_b64(p->pk, user_id + 1) != 0 ||
-        mdg_map_put(b->peers, rid, rid_len, p) != 0) {
+    if (!p || mdg_pk_from_b64(p->pk, user_id + 1) != 0) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
         free(p);
         return;
     }
     memcpy(p->rid, rid, rid_len);
     p->rid_len = (uint8_t)rid_len;
+    p->fd = fd;
     snprintf(p->user_id, sizeof p->user_id, "%s", user_id);
     p->role = user_id[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER;
     randombytes_buf(p->session_id, sizeof p->session_id);
-    if (p->role == MDG_ROLE_USER && b->hooks.session_new)
+    if (p->role == MDG_ROLE_NODE) {
+        /* one live connection per node: a reconnecting node replaces it */
+        peer *old = mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES);
+        if (old)
+            close_session(b, old, "replaced by a new connection");
+    }
+    if (mdg_map_put(b->peers, rid, rid_len, p) || mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p) ||
+        mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p) ||
+        (p->role == MDG_ROLE_NODE && mdg_map_put(b->nodes, p->pk, MDG_KEY_BYTES, p))) {
+        mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
+        mdg_map_take(b->peers, rid, rid_len);
+        mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
+        mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
+        free(p);
+        return;
+    }
+    if (p->role == MDG_ROLE_NODE && b->hooks.node_joined)
+        p->data = b->hooks.node_joined(b, p->pk, b->hook_arg);
+    else if (p->role == MDG_ROLE_USER && b->hooks.session_new)
         p->data = b->hooks.session_new(b, p->pk, p->session_id, sizeof p->session_id, b->hook_arg);
 
     mdg_params *w = mdg_params_new();
@@ -357,7 +654,11 @@ static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "new %s session for %s", p->role == MDG_ROLE_NODE ? "node" : "user", who);
-    send_to(b, rid, rid_len, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
+    if (send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0) != 0 || p->role != MDG_ROLE_USER)
+        return;
+    mdg_params *offer = b->hooks.resources ? b->hooks.resources(b, p->pk, b->hook_arg) : default_offer(b);
+    if (offer)
+        send_to(b, NULL, 0, p, MDG_K_CMD, 0, 0, "resource_offer", offer, NULL, 0);
 }
 
 /* -------------------------------------------------------------- dispatch */
@@ -373,39 +674,152 @@ static int stamp_identity(mdg_msg *m, peer *p)
     return rc ? rc : mdg_params_set_bytes(m->params, "session", p->session_id, SESSION_ID_BYTES);
 }
 
+static bool in_table(const mdg_cmd *t, const char *name)
+{
+    for (; t && t->name; t++)
+        if (strcmp(t->name, name) == 0)
+            return true;
+    return false;
+}
+
+/* A user's call to a node: check the node, stamp who calls, remember who
+ * may answer, and pass it on (the bulk frame is moved, not copied). */
+static void forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
+{
+    const uint8_t *pk;
+    size_t len;
+    char why[200], who[MDG_KEY_B64_LEN + 1];
+    if (mdg_params_get_bytes(m->params, "node", &pk, &len) != 0 || len != MDG_KEY_BYTES) {
+        refuse(b, p, &m->h, "param 'node' must be a node's public key (32 bytes)");
+        return;
+    }
+    peer *node = mdg_map_get(b->nodes, pk, MDG_KEY_BYTES);
+    if (!node) {
+        mdg_pk_to_b64(pk, who);
+        snprintf(why, sizeof why, "node %s is not connected", who);
+        refuse(b, p, &m->h, why);
+        return;
+    }
+    zmq_msg_t pm, bm;
+    if (mdg_params_remove(m->params, "node") != 0 || stamp_identity(m, p) != 0 ||
+        mdg_wire_encode_params(m->params, &pm) != 0) {
+        refuse(b, p, &m->h, "broker out of memory");
+        return;
+    }
+    fwd *f = NULL;
+    if (m->h.corr) {
+        f = calloc(1, sizeof *f);
+        if (!f || mdg_map_put_u64(b->fwds, b->next_fwd + 1, f) != 0) {
+            free(f);
+            zmq_msg_close(&pm);
+            refuse(b, p, &m->h, "broker out of memory");
+            return;
+        }
+        f->id = ++b->next_fwd;
+        memcpy(f->node_pk, node->pk, MDG_KEY_BYTES);
+        memcpy(f->session_id, p->session_id, SESSION_ID_BYTES);
+        f->user_corr = m->h.corr;
+        snprintf(f->command, sizeof f->command, "%.63s", m->h.command);
+    }
+    mdg_header h = {.kind = MDG_K_CMD, .corr = f ? f->id : 0};
+    mdg_header_set_command(&h, m->h.command);
+    if (m->has_bulk) {
+        zmq_msg_init(&bm);
+        zmq_msg_move(&bm, &m->bulk);
+    }
+    if (send_frames(b, node, &h, &pm, m->has_bulk ? &bm : NULL) != 0 && f) {
+        mdg_map_take_u64(b->fwds, f->id);
+        free(f);
+        pk_short(pk, who);
+        snprintf(why, sizeof why, "node %s cannot take the call: %s", who, mdg_last_error());
+        refuse(b, p, &m->h, why);
+    }
+}
+
+/* A node's reply: only the node the call went to may answer, and the reply
+ * goes to the calling session only. Frames are passed on as they came. */
+static void route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f)
+{
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(node->pk, who);
+    if (h->corr == 0) { /* the node reports an error about a fire-and-forget call */
+        mdg_log(MDG_LOG_WARN, "node %s reports an error it cannot route (no caller waits)", who);
+        return;
+    }
+    fwd *fw = mdg_map_get_u64(b->fwds, h->corr);
+    if (!fw || memcmp(fw->node_pk, node->pk, MDG_KEY_BYTES) != 0) {
+        mdg_log(MDG_LOG_WARN, "reply from node %s to call %llu, not pending for it (never sent, or its caller left): refused", who,
+                (unsigned long long)h->corr);
+        send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: no such call pending for this node");
+        return;
+    }
+    int nparts = f->n - 2;
+    if (nparts < 1 || nparts > 2 || f->dropped ||
+        mdg_wire_check_cbor(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2])) != 0 ||
+        (((uint8_t *)zmq_msg_data(&f->part[2]))[0] >> 5) != 5 /* a CBOR map */) {
+        mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", who);
+        send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
+        return;
+    }
+    bool final = !(h->flags & MDG_F_MORE);
+    peer *caller = mdg_map_get(b->sessions, fw->session_id, SESSION_ID_BYTES);
+    if (caller) {
+        mdg_header out = {.kind = h->kind, .corr = fw->user_corr, .flags = h->flags};
+        zmq_msg_t pm, bm;
+        zmq_msg_init(&pm);
+        zmq_msg_move(&pm, &f->part[2]);
+        if (nparts == 2) {
+            zmq_msg_init(&bm);
+            zmq_msg_move(&bm, &f->part[3]);
+        }
+        send_frames(b, caller, &out, &pm, nparts == 2 ? &bm : NULL);
+    }
+    if (final || !caller) {
+        mdg_map_take_u64(b->fwds, fw->id);
+        free(fw);
+    }
+}
+
 static void dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
 {
-    char who[MDG_KEY_B64_LEN + 1], why[512];
+    char why[512];
     mdg_msg *m = NULL;
-    pk_short(p->pk, who);
     int rc = mdg_msg_from_frames(&m, h, f, 2);
     if (rc) {
         snprintf(why, sizeof why, "bad message: %s", mdg_last_error());
-        mdg_log(MDG_LOG_WARN, "'%s' from %s refused: %s", h->command, who, why);
-        send_error(b, p->rid, p->rid_len, p, h->corr, h->command, why);
+        refuse(b, p, h, why);
         return;
     }
     m->send_reply = broker_send_reply;
     m->owner = b;
     m->session_data = p->data;
-    m->rid_len = p->rid_len;
-    memcpy(m->rid, p->rid, p->rid_len);
+    memcpy(m->session_id, p->session_id, SESSION_ID_BYTES);
+    memcpy(m->pk, p->pk, MDG_KEY_BYTES);
 
-    const mdg_cmd *c = mdg_cmd_check(b->cmds, m, p->role == MDG_ROLE_NODE, why, sizeof why);
-    if (!c) {
-        mdg_log(MDG_LOG_WARN, "'%s' from %s refused: %s", h->command, who, why);
-        send_error(b, p->rid, p->rid_len, p, h->corr, h->command, why);
-    } else if (stamp_identity(m, p) != 0) {
-        mdg_msg_fail(m, "broker out of memory");
-    } else {
-        c->handler(m, b->cmd_arg);
+    if (!in_table(b->cmds, h->command) && mdg_params_has(m->params, "node")) {
+        if (p->role == MDG_ROLE_NODE)
+            refuse(b, p, h, "nodes cannot call nodes");
+        else
+            forward_to_node(b, p, m);
+        mdg_msg_destroy(&m);
+        return;
     }
-    mdg_msg_destroy(&m);
+    const mdg_cmd *c = mdg_cmd_check(b->cmds, m, p->role == MDG_ROLE_NODE, why, sizeof why);
+    if (!c)
+        refuse(b, p, h, why);
+    else if (stamp_identity(m, p) != 0)
+        mdg_msg_fail(m, "broker out of memory");
+    else
+        c->handler(m, b->cmd_arg);
+    if (!m->kept)
+        mdg_msg_destroy(&m);
 }
 
 /* Sequence check: true when the message is the next one expected. */
 static bool in_sequence(peer *p, const mdg_header *h, const char *who)
 {
+    if (h->ack > p->acked && h->ack <= p->tx_seq)
+        p->acked = h->ack;
     if (!mdg_kind_sequenced(h->kind))
         return true;
     if (h->seq <= p->rx_seq) {
@@ -416,8 +830,6 @@ static bool in_sequence(peer *p, const mdg_header *h, const char *who)
         mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu", who,
                 (unsigned long long)p->rx_seq + 1, (unsigned long long)h->seq);
     p->rx_seq = h->seq;
-    if (h->ack > p->acked && h->ack <= p->tx_seq)
-        p->acked = h->ack;
     return true;
 }
 
@@ -451,19 +863,20 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         send_error(b, rid, rid_len, p, 0, "", mdg_last_error());
         return;
     }
+    if (f->dropped || f->n > 4) {
+        mdg_log(MDG_LOG_WARN, "'%s' from %s with too many frames dropped", h.command, who);
+        send_error(b, rid, rid_len, p, h.corr, h.command, "a message has a header, params and at most one bulk frame");
+        return;
+    }
     switch (h.kind) {
     case MDG_K_HELLO:
         if (p)
             close_session(b, p, "replaced by a new hello");
-        open_session(b, rid, rid_len, uid);
+        open_session(b, rid, rid_len, uid, zmq_msg_get(&f->part[1], ZMQ_SRCFD));
         return;
     case MDG_K_BYE:
         if (p)
             close_session(b, p, "client said goodbye");
-        return;
-    case MDG_K_ACK:
-        if (p && h.ack > p->acked && h.ack <= p->tx_seq)
-            p->acked = h.ack;
         return;
     default:
         break;
@@ -475,26 +888,62 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     }
     if (!in_sequence(p, &h, who))
         return;
-    if (h.kind == MDG_K_CMD) {
+    switch (h.kind) {
+    case MDG_K_CMD:
         dispatch_command(b, p, &h, f);
-    } else {
-        /* Replies from clients answer commands the broker sent; routing
-         * node replies is the nodes layer's work. */
+        break;
+    case MDG_K_REPLY:
+    case MDG_K_ERROR:
+        if (p->role == MDG_ROLE_NODE) {
+            route_node_reply(b, p, &h, f);
+        } else {
+            mdg_log(MDG_LOG_WARN, "%s from user %s refused: users do not answer calls", mdg_kind_name(h.kind), who);
+            send_error(b, rid, rid_len, p, 0, "", "replies are only accepted from the node a call went to");
+        }
+        break;
+    case MDG_K_ACK:
+        break;
+    default:
         mdg_log(MDG_LOG_WARN, "unexpected %s from %s dropped", mdg_kind_name(h.kind), who);
     }
 }
 
-static int on_router(mdg_loop *loop, void *arg, short revents)
+/* A connection dropped: its session goes (the reliability layer will keep
+ * it for a grace period instead). */
+static int on_monitor(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
     (void)revents;
     mdg_broker *b = arg;
     mdg_frames f;
+    while (mdg_frames_recv(b->mon, &f) == 0) {
+        uint16_t event = 0;
+        uint32_t fd = 0;
+        if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 6) {
+            memcpy(&event, zmq_msg_data(&f.part[0]), 2);
+            memcpy(&fd, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
+        }
+        mdg_frames_close(&f);
+        if (event == ZMQ_EVENT_DISCONNECTED) {
+            int ifd = (int)fd;
+            peer *p = mdg_map_get(b->by_fd, &ifd, sizeof ifd);
+            if (p)
+                close_session(b, p, "connection lost");
+        }
+    }
+    return 0;
+}
+
+static int on_router(mdg_loop *loop, void *arg, short revents)
+{
+    (void)revents;
+    mdg_broker *b = arg;
+    mdg_frames f;
+    /* Connection events first: a socket fd closes before it can be reused
+     * by a new connection whose messages follow. */
+    on_monitor(loop, b, 0);
     for (int i = 0; i < RECV_BATCH && mdg_frames_recv(b->router, &f) == 0; i++) {
-        if (f.dropped)
-            mdg_log(MDG_LOG_WARN, "message with %d extra frames dropped", f.dropped);
-        else
-            handle_message(b, &f);
+        handle_message(b, &f);
         mdg_frames_close(&f);
     }
     return 0;
@@ -512,8 +961,10 @@ static int setsock(void *s, int opt, const void *v, size_t len, const char *name
 static int bind_sockets(mdg_broker *b)
 {
     int one = 1, hwm = BROKER_HWM, linger = BROKER_LINGER_MS;
+    int hb_ivl = 2000, hb_timeout = 6000;
     int64_t maxmsg = BROKER_MAX_MSG;
     int rc;
+    char mon_ep[64];
     if (b->router)
         return 0;
     /* The ZAP handler must be bound before the ROUTER accepts anyone. */
@@ -530,8 +981,14 @@ static int bind_sockets(mdg_broker *b)
         (rc = setsock(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm, "SNDHWM")) ||
         (rc = setsock(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm, "RCVHWM")) ||
         (rc = setsock(b->router, ZMQ_LINGER, &linger, sizeof linger, "LINGER")) ||
+        (rc = setsock(b->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl, "HEARTBEAT_IVL")) ||
+        (rc = setsock(b->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout, "HEARTBEAT_TIMEOUT")) ||
         (rc = setsock(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg, "MAXMSGSIZE")))
         return rc;
+    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-monitor-%p", (void *)b);
+    if (zmq_socket_monitor(b->router, mon_ep, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        !(b->mon = zmq_socket(b->ctx, ZMQ_PAIR)) || zmq_connect(b->mon, mon_ep) != 0)
+        return mdg_fail(MDG_ESYS, "cannot monitor the ROUTER: %s", zmq_strerror(errno));
     char ep[160], last[256];
     size_t len = sizeof last;
     if (b->port)
@@ -545,27 +1002,35 @@ static int bind_sockets(mdg_broker *b)
         b->bound_port = colon ? atoi(colon + 1) : b->port;
     }
     if ((rc = mdg_loop_watch(b->loop, b->zap, -1, ZMQ_POLLIN, on_zap, b)) ||
+        (rc = mdg_loop_watch(b->loop, b->mon, -1, ZMQ_POLLIN, on_monitor, b)) ||
         (rc = mdg_loop_watch(b->loop, b->router, -1, ZMQ_POLLIN, on_router, b)))
         return rc;
+    mdg_loop_on_wake(b->loop, on_wake, b);
     mdg_log(MDG_LOG_INFO, "broker listening on %s (port %d)", ep, b->bound_port);
     return 0;
-}
-
-static void close_one(void *value, void *arg)
-{
-    peer *p = value;
-    mdg_broker *b = arg;
-    if (p->role == MDG_ROLE_USER && b->hooks.session_closed)
-        b->hooks.session_closed(b, p->pk, p->data, b->hook_arg);
-    free(p);
 }
 
 /* The loop has ended: every session is closed (hooks fired), once. */
 static void close_all_sessions(mdg_broker *b)
 {
-    mdg_map_each(b->peers, close_one, b);
-    while (mdg_map_pop(b->peers))
-        ;
+    peer *p;
+    if (!b->peers || !b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop)
+        return; /* a broker that failed half-way through mdg_broker_new */
+    while ((p = mdg_map_pop(b->peers)) != NULL) {
+        mdg_map_put(b->peers, p->rid, p->rid_len, p); /* close_session takes it out */
+        close_session(b, p, "broker stopping");
+    }
+    on_wake(b->loop, b, 0); /* log what other threads queued too late */
+}
+
+static int run_loop(mdg_broker *b)
+{
+    b->loop_thread = pthread_self();
+    __atomic_store_n(&b->loop_running, true, __ATOMIC_RELEASE);
+    int rc = mdg_loop_run(b->loop);
+    close_all_sessions(b);
+    __atomic_store_n(&b->loop_running, false, __ATOMIC_RELEASE);
+    return rc;
 }
 
 int mdg_broker_run(mdg_broker *b)
@@ -573,19 +1038,14 @@ int mdg_broker_run(mdg_broker *b)
     if (!b)
         return MDG_EINVAL;
     int rc = bind_sockets(b);
-    if (rc)
-        return rc;
-    rc = mdg_loop_run(b->loop);
-    close_all_sessions(b);
-    return rc;
+    return rc ? rc : run_loop(b);
 }
 
 static void *broker_thread(void *arg)
 {
     mdg_broker *b = arg;
-    if (mdg_loop_run(b->loop) != 0)
+    if (run_loop(b) != 0)
         mdg_log(MDG_LOG_ERROR, "broker loop failed: %s", mdg_last_error());
-    close_all_sessions(b);
     return NULL;
 }
 
@@ -621,14 +1081,31 @@ void mdg_broker_destroy(mdg_broker **pb)
     } else if (b->peers) {
         close_all_sessions(b);
     }
+    if (b->mon)
+        zmq_close(b->mon);
     if (b->router)
         zmq_close(b->router);
     if (b->zap)
         zmq_close(b->zap);
     if (b->ctx)
         zmq_ctx_term(b->ctx);
+    fwd *f;
+    while (b->fwds && (f = mdg_map_pop(b->fwds)) != NULL)
+        free(f);
+    pthread_mutex_lock(&b->qlock);
+    while (b->q_head) {
+        queued *n = b->q_head->next;
+        free_queued(b->q_head);
+        b->q_head = n;
+    }
+    pthread_mutex_unlock(&b->qlock);
+    pthread_mutex_destroy(&b->qlock);
     mdg_loop_destroy(&b->loop);
     mdg_map_destroy(&b->peers);
+    mdg_map_destroy(&b->sessions);
+    mdg_map_destroy(&b->nodes);
+    mdg_map_destroy(&b->by_fd);
+    mdg_map_destroy(&b->fwds);
     mdg_map_destroy(&b->allow);
     mdg_keys_destroy(&b->keys);
     free(b);

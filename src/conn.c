@@ -319,6 +319,13 @@ static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *res
 {
     mdg_conn *c = m->owner;
     out_item *o;
+    if (m->h.corr == 0) { /* nobody waits for it: the failure stays here */
+        const char *text = "";
+        mdg_params_get_str(results, "error", &text);
+        mdg_log(MDG_LOG_WARN, "handler for '%s' failed: %s", m->h.command, text);
+        mdg_params_destroy(&results);
+        return 0;
+    }
     if (kind == MDG_K_ERROR && !c->opts.reflect_errors) {
         /* The text stays here; the caller still learns that it failed. */
         const char *text = "";
@@ -387,14 +394,23 @@ static void on_command(mdg_conn *c, mdg_msg *m)
     m->owner = c;
     const mdg_cmd *cmd = mdg_cmd_check(c->cmds, m, false, why, sizeof why);
     if (!cmd) {
-        mdg_log(MDG_LOG_WARN, "'%s' from the broker refused: %s", m->h.command, why);
-        bool reflect = c->opts.reflect_errors;
-        c->opts.reflect_errors = true; /* the library's own checks always reach the caller */
-        mdg_msg_fail(m, "%s", why);
-        c->opts.reflect_errors = reflect;
+        /* An application that registered no resource_offer handler simply
+         * does not want the offer (as in the seed). */
+        bool quiet = strcmp(m->h.command, "resource_offer") == 0 && !mdg_msg_replyable(m);
+        mdg_log(quiet ? MDG_LOG_DEBUG : MDG_LOG_WARN, "'%s' from the broker refused: %s", m->h.command, why);
+        if (mdg_msg_replyable(m)) {
+            /* the library's own checks always reach the caller */
+            bool reflect = c->opts.reflect_errors;
+            c->opts.reflect_errors = true;
+            mdg_msg_fail(m, "%s", why);
+            c->opts.reflect_errors = reflect;
+        }
+        mdg_msg_destroy(&m);
         return;
     }
     cmd->handler(m, c->cmd_arg);
+    if (!m->kept)
+        mdg_msg_destroy(&m);
 }
 
 static void on_reply(mdg_conn *c, mdg_msg *m)
@@ -447,7 +463,7 @@ static void dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
         break;
     case MDG_K_CMD:
         on_command(c, m);
-        break;
+        return; /* on_command owns m */
     case MDG_K_REPLY:
     case MDG_K_ERROR:
         on_reply(c, m);
@@ -699,6 +715,7 @@ static int set(void *s, int opt, const void *v, size_t len)
 int mdg_conn_start(mdg_conn *c)
 {
     int hwm = CONN_HWM, linger = CONN_LINGER_MS, rc;
+    int hb_ivl = 2000, hb_timeout = 6000; /* a silent broker is noticed within ~8 s */
     int64_t maxmsg = CONN_MAX_MSG;
     char mon_ep[64];
     if (!c)
@@ -713,7 +730,9 @@ int mdg_conn_start(mdg_conn *c)
         (rc = set(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm)) ||
         (rc = set(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm)) ||
         (rc = set(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
-        (rc = set(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)))
+        (rc = set(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) ||
+        (rc = set(c->sock, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl)) ||
+        (rc = set(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)))
         return rc;
     /* The monitor tells us why a handshake failed (refused key, wrong
      * server key) so wait_until_ready can say so instead of timing out. */

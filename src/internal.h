@@ -28,3 +28,8 @@ bool mdg_log_enabled(int level);
 int64_t mdg_now_ms(void);
 
 #endif
+
+/* Introspection for tests: calls the broker has forwarded to nodes and is
+ * still routing replies for (loop thread, or approximate). */
+struct mdg_broker;
+size_t mdg_broker_forward_count(const struct mdg_broker *b);

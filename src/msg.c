@@ -89,6 +89,13 @@ bool mdg_msg_more(const mdg_msg *m)
     return m && (m->h.flags & MDG_F_MORE);
 }
 
+mdg_msg *mdg_msg_keep(mdg_msg *m)
+{
+    if (m)
+        m->kept = true;
+    return m;
+}
+
 void *mdg_msg_session_data(const mdg_msg *m)
 {
     return m ? m->session_data : NULL;
@@ -159,6 +166,10 @@ const mdg_cmd *mdg_cmd_check(const mdg_cmd *table, const mdg_msg *m, bool from_n
     }
     if ((c->flags & MDG_CMD_NODE_ONLY) && !from_node) {
         snprintf(why, why_len, "command '%s' may only be sent by a node", c->name);
+        return NULL;
+    }
+    if ((c->flags & MDG_CMD_USER_ONLY) && from_node) {
+        snprintf(why, why_len, "command '%s' may only be sent by a user", c->name);
         return NULL;
     }
     if ((c->flags & MDG_CMD_NEEDS_REPLY) && !mdg_msg_replyable(m)) {

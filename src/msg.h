@@ -16,12 +16,13 @@ struct mdg_msg {
     zmq_msg_t bulk;
     bool has_bulk;
     bool closed;            /* the final reply has been sent */
+    bool kept;              /* the application owns it (mdg_msg_keep) */
     const char *error;      /* error text of an MDG_K_ERROR message */
     mdg_reply_send_fn send_reply;
     void *owner;            /* the broker or connection that received it */
     void *session_data;     /* broker: the sender's session data */
-    uint8_t rid_len;        /* broker: routing id of the sender */
-    uint8_t rid[255];
+    uint8_t session_id[16]; /* broker: the sender's session (replies go there only) */
+    uint8_t pk[MDG_KEY_BYTES]; /* broker: the sender's key */
 };
 
 /* Build a message from received frames: header already decoded; frames

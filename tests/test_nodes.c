@@ -1,0 +1,521 @@
+/* test_nodes.c - nodes over real sockets: routing user calls to nodes by
+ * public key, reply routing, long-term channels, resource offers, the
+ * broker's own sends, and every bad input of the nodes issue. */
+#include "internal.h"
+#include "testutil.h"
+#include "wire.h"
+
+#include <stdatomic.h>
+#include <zmq.h>
+
+#define STREAM_PARTS 10000
+
+/* ------------------------------------------------------------ the broker */
+
+typedef struct world {
+    atomic_int joined, left;
+    atomic_int broker_cmd_seen;
+} world;
+
+static void *node_joined(mdg_broker *b, const uint8_t pk[32], void *arg)
+{
+    (void)b; (void)pk;
+    world *w = arg;
+    atomic_fetch_add(&w->joined, 1);
+    return w;
+}
+
+static void node_left(mdg_broker *b, const uint8_t pk[32], void *data, void *arg)
+{
+    (void)b; (void)pk; (void)data;
+    world *w = arg;
+    atomic_fetch_add(&w->left, 1);
+}
+
+static void h_user_only(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    mdg_msg_reply(m, NULL, NULL, 0);
+}
+
+static void h_node_report(mdg_msg *m, void *arg)
+{
+    world *w = arg;
+    const uint8_t *pk;
+    size_t len;
+    /* the broker stamps 'node' on messages from nodes, and no session */
+    if (mdg_params_get_bytes(mdg_msg_params(m), "node", &pk, &len) == 0 && len == 32 &&
+        !mdg_params_has(mdg_msg_params(m), "session"))
+        atomic_fetch_add(&w->broker_cmd_seen, 1);
+    mdg_msg_reply(m, NULL, NULL, 0);
+}
+
+static const mdg_cmd broker_cmds[] = {
+    {"user_only", h_user_only, NULL, MDG_CMD_NEEDS_REPLY | MDG_CMD_USER_ONLY},
+    {"node_report", h_node_report, NULL, MDG_CMD_NEEDS_REPLY | MDG_CMD_NODE_ONLY},
+    MDG_CMD_END,
+};
+
+/* -------------------------------------------------------------- the node */
+
+typedef struct node_state {
+    atomic_int pushed; /* commands the broker sent us directly */
+    mdg_msg *hung;     /* a call we never answer */
+} node_state;
+
+static void h_divide(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    double a, b;
+    if (mdg_params_get_double(mdg_msg_params(m), "dividend", &a) ||
+        mdg_params_get_double(mdg_msg_params(m), "devisor", &b)) {
+        mdg_msg_fail(m, "Divide only takes two floats.");
+        return;
+    }
+    if (b == 0) {
+        mdg_msg_fail(m, "Devisor cannot be zero");
+        return;
+    }
+    mdg_params *r = mdg_params_new();
+    mdg_params_set_double(r, "quotient", a / b);
+    mdg_msg_reply(m, r, NULL, 0);
+}
+
+/* Say who the broker says called: user and session stamped, no node. */
+static void h_whoami(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
+    const uint8_t *v;
+    size_t len;
+    if (mdg_params_get_bytes(mdg_msg_params(m), "user", &v, &len) == 0)
+        mdg_params_set_bytes(r, "user", v, len);
+    if (mdg_params_get_bytes(mdg_msg_params(m), "session", &v, &len) == 0)
+        mdg_params_set_bytes(r, "session", v, len);
+    mdg_params_set_bool(r, "saw_node", mdg_params_has(mdg_msg_params(m), "node"));
+    size_t blen;
+    const void *bulk = mdg_msg_bulk(m, &blen);
+    mdg_msg_reply(m, r, bulk, blen);
+}
+
+/* A long-term channel: many replies from another thread, then a final one. */
+static void *stream_thread(void *arg)
+{
+    mdg_msg *m = arg;
+    for (int i = 0; i < STREAM_PARTS; i++) {
+        mdg_params *r = mdg_params_new();
+        mdg_params_set_int(r, "i", i);
+        if (i + 1 < STREAM_PARTS)
+            mdg_msg_reply_more(m, r, NULL, 0);
+        else
+            mdg_msg_reply(m, r, NULL, 0);
+    }
+    mdg_msg_destroy(&m);
+    return NULL;
+}
+
+static void h_stream(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    pthread_t t;
+    pthread_create(&t, NULL, stream_thread, mdg_msg_keep(m));
+    pthread_detach(t);
+}
+
+static void h_hang(mdg_msg *m, void *arg)
+{
+    node_state *ns = arg;
+    ns->hung = mdg_msg_keep(m); /* never answered */
+}
+
+static void h_pushed(mdg_msg *m, void *arg)
+{
+    (void)m;
+    node_state *ns = arg;
+    atomic_fetch_add(&ns->pushed, 1);
+}
+
+static const mdg_cmd node_cmds[] = {
+    {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    {"whoami", h_whoami, NULL, MDG_CMD_NEEDS_REPLY},
+    {"stream", h_stream, NULL, MDG_CMD_NEEDS_REPLY},
+    {"hang", h_hang, NULL, MDG_CMD_NEEDS_REPLY},
+    {"pushed", h_pushed, NULL, 0},
+    MDG_CMD_END,
+};
+
+static mdg_conn *start_node(mdg_broker *b, const mdg_keys *bkeys, const mdg_keys *nkeys, node_state *ns)
+{
+    mdg_conn *c = NULL;
+    mdg_conn_options o = {.port = mdg_broker_port(b), .reflect_errors = true};
+    if (mdg_conn_new_with_keys(&c, "127.0.0.1", mdg_keys_public(bkeys), nkeys, &o) ||
+        mdg_conn_register_commands(c, node_cmds, ns) || mdg_conn_start(c) ||
+        mdg_conn_wait_until_ready(c, 5000)) {
+        fprintf(stderr, "node failed to start: %s\n", mdg_last_error());
+        exit(2);
+    }
+    return c;
+}
+
+/* -------------------------------------------------------------- the user */
+
+typedef struct user_state {
+    pthread_mutex_t lock;
+    uint8_t offered[8][32];
+    atomic_int n_offered, offers;
+    atomic_int parts, out_of_order, finals, pushed;
+} user_state;
+
+static void h_offer(mdg_msg *m, void *arg)
+{
+    user_state *u = arg;
+    cbor_item_t *list = mdg_params_get(mdg_msg_params(m), "nodes");
+    pthread_mutex_lock(&u->lock);
+    int n = 0;
+    if (list && cbor_isa_array(list)) {
+        for (size_t i = 0; i < cbor_array_size(list) && n < 8; i++) {
+            cbor_item_t *it = cbor_array_get(list, i);
+            if (cbor_isa_bytestring(it) && cbor_bytestring_length(it) == 32)
+                memcpy(u->offered[n++], cbor_bytestring_handle(it), 32);
+            cbor_decref(&it);
+        }
+    }
+    atomic_store(&u->n_offered, n);
+    pthread_mutex_unlock(&u->lock);
+    atomic_fetch_add(&u->offers, 1);
+}
+
+static void h_user_pushed(mdg_msg *m, void *arg)
+{
+    (void)m;
+    user_state *u = arg;
+    atomic_fetch_add(&u->pushed, 1);
+}
+
+static const mdg_cmd user_cmds[] = {
+    {"resource_offer", h_offer, MDG_REQUIRE("nodes"), 0},
+    {"pushed", h_user_pushed, NULL, 0},
+    MDG_CMD_END,
+};
+
+static void on_part(mdg_msg *reply, void *arg)
+{
+    user_state *u = arg;
+    int64_t i = -1;
+    mdg_params_get_int(mdg_msg_params(reply), "i", &i);
+    if (i != atomic_load(&u->parts))
+        atomic_fetch_add(&u->out_of_order, 1);
+    atomic_fetch_add(&u->parts, 1);
+    if (!mdg_msg_more(reply))
+        atomic_fetch_add(&u->finals, 1);
+}
+
+static mdg_params *to_node(const uint8_t *pk, size_t len)
+{
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_bytes(p, "node", pk, len);
+    return p;
+}
+
+/* A raw CURVE DEALER, to say what a well-behaved connection never would. */
+static void *raw_connect(void *ctx, const mdg_broker *b, const mdg_keys *bkeys, const mdg_keys *keys)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    char ep[64];
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, mdg_keys_public(bkeys), 32);
+    zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(keys), 32);
+    zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(keys), 32);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", mdg_broker_port(b));
+    zmq_connect(s, ep);
+    return s;
+}
+
+static void raw_send(void *s, int kind, uint64_t seq, uint64_t corr, const char *cmd,
+                     const void *params, size_t plen)
+{
+    mdg_header h = {.kind = (uint8_t)kind, .seq = seq, .corr = corr};
+    uint8_t buf[MDG_MAX_HEADER];
+    mdg_header_set_command(&h, cmd);
+    size_t n = mdg_wire_encode_header(&h, buf, sizeof buf);
+    zmq_send(s, buf, n, ZMQ_SNDMORE);
+    zmq_send(s, params, plen, 0);
+}
+
+/* Receive until a message of `kind` (or timeout); returns its header. */
+static bool raw_recv(void *s, int kind, mdg_header *h, char *params_text, size_t text_len, int ms)
+{
+    zmq_pollitem_t it = {.socket = s, .events = ZMQ_POLLIN};
+    int64_t end = mdg_now_ms() + ms;
+    while (mdg_now_ms() < end) {
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        mdg_frames f;
+        if (mdg_frames_recv(s, &f) != 0)
+            continue;
+        bool ok = f.n >= 2 && mdg_wire_decode_header(zmq_msg_data(&f.part[0]), zmq_msg_size(&f.part[0]), h) == 0 &&
+                  h->kind == kind;
+        if (ok && params_text) {
+            mdg_params *p = NULL;
+            params_text[0] = '\0';
+            if (mdg_wire_decode_params(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &p) == 0) {
+                char *t = mdg_params_to_text(p);
+                snprintf(params_text, text_len, "%s", t ? t : "");
+                free(t);
+                mdg_params_destroy(&p);
+            }
+        }
+        mdg_frames_close(&f);
+        if (ok)
+            return true;
+    }
+    return false;
+}
+
+typedef struct blocked_call {
+    mdg_conn *user;
+    const uint8_t *pk;
+    int rc;
+    char err[256];
+} blocked_call;
+
+static void *blocked_caller(void *arg)
+{
+    blocked_call *bc = arg;
+    mdg_msg *r = NULL;
+    bc->rc = mdg_conn_call(bc->user, "anything", to_node(bc->pk, 32), NULL, 0, 8000, &r);
+    snprintf(bc->err, sizeof bc->err, "%s", mdg_last_error());
+    mdg_msg_destroy(&r);
+    return NULL;
+}
+
+int main(void)
+{
+    t_capture_log();
+    world w = {0};
+    mdg_broker_hooks hooks = {.node_joined = node_joined, .node_left = node_left};
+    mdg_keys *bkeys = NULL, *ukeys = NULL, *nkeys = NULL, *n2keys = NULL;
+    mdg_keys_new(&ukeys);
+    mdg_keys_new(&nkeys);
+    mdg_keys_new(&n2keys);
+
+    mdg_broker *b = NULL;
+    mdg_broker_options bo = {.bind_address = "127.0.0.1", .port = 0};
+    mdg_keys_new(&bkeys);
+    CHECK_RC(mdg_broker_new(&b, bkeys, &bo), 0);
+    mdg_broker_set_commands(b, broker_cmds, &w);
+    mdg_broker_set_hooks(b, &hooks, &w);
+    mdg_broker_allow(b, mdg_keys_public(ukeys), MDG_ROLE_USER);
+    mdg_broker_allow(b, mdg_keys_public(nkeys), MDG_ROLE_NODE);
+    mdg_broker_allow(b, mdg_keys_public(n2keys), MDG_ROLE_NODE);
+    CHECK_RC(mdg_broker_start(b), 0);
+
+    node_state ns = {0};
+    mdg_conn *node = start_node(b, bkeys, nkeys, &ns);
+    WAIT_FOR(atomic_load(&w.joined) == 1, 2000);
+    CHECK(atomic_load(&w.joined) == 1);
+    const uint8_t *npk = mdg_keys_public(nkeys);
+
+    /* the user gets a resource offer listing the node */
+    user_state us = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    mdg_conn *user = NULL;
+    mdg_conn_options uo = {.port = mdg_broker_port(b)};
+    CHECK_RC(mdg_conn_new_with_keys(&user, "127.0.0.1", mdg_keys_public(bkeys), ukeys, &uo), 0);
+    mdg_conn_register_commands(user, user_cmds, &us);
+    CHECK_RC(mdg_conn_start(user), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(user, 5000), 0);
+    WAIT_FOR(atomic_load(&us.offers) == 1, 2000);
+    CHECK(atomic_load(&us.offers) == 1);
+    CHECK(atomic_load(&us.n_offered) == 1 && memcmp(us.offered[0], npk, 32) == 0);
+
+    /* the seed's demo: 10.0/5.0 = 2.0, and the expected error */
+    mdg_msg *r = NULL;
+    mdg_params *p = to_node(npk, 32);
+    mdg_params_set_double(p, "dividend", 10.0);
+    mdg_params_set_double(p, "devisor", 5.0);
+    CHECK_RC(mdg_conn_call(user, "divide", p, NULL, 0, 5000, &r), 0);
+    double q = 0;
+    CHECK_RC(mdg_params_get_double(mdg_msg_params(r), "quotient", &q), 0);
+    CHECK(q == 2.0);
+    mdg_msg_destroy(&r);
+    p = to_node(npk, 32);
+    mdg_params_set_double(p, "dividend", 10.0);
+    mdg_params_set_double(p, "devisor", 0.0);
+    CHECK_RC(mdg_conn_call(user, "divide", p, NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strcmp(mdg_last_error(), "Devisor cannot be zero") == 0);
+    /* the node's own table validates too: a missing param */
+    p = to_node(npk, 32);
+    mdg_params_set_double(p, "dividend", 1.0);
+    CHECK_RC(mdg_conn_call(user, "divide", p, NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "missing required param 'devisor'") != NULL);
+
+    /* the node learns who called from the broker, not from the caller */
+    p = to_node(npk, 32);
+    uint8_t forged[32] = {9};
+    mdg_params_set_bytes(p, "user", forged, 32);
+    uint8_t blob[3000];
+    for (size_t i = 0; i < sizeof blob; i++)
+        blob[i] = (uint8_t)i;
+    CHECK_RC(mdg_conn_call(user, "whoami", p, blob, sizeof blob, 5000, &r), 0);
+    const uint8_t *v;
+    size_t len;
+    bool saw_node = true;
+    CHECK_RC(mdg_params_get_bytes(mdg_msg_params(r), "user", &v, &len), 0);
+    CHECK(len == 32 && memcmp(v, mdg_keys_public(ukeys), 32) == 0);
+    CHECK_RC(mdg_params_get_bytes(mdg_msg_params(r), "session", &v, &len), 0);
+    CHECK(len == 16);
+    uint8_t session[16];
+    memcpy(session, v, 16);
+    CHECK_RC(mdg_params_get_bool(mdg_msg_params(r), "saw_node", &saw_node), 0);
+    CHECK(!saw_node);
+    const void *rb = mdg_msg_bulk(r, &len);
+    CHECK(len == sizeof blob && memcmp(rb, blob, len) == 0);
+    mdg_msg_destroy(&r);
+
+    /* a long-term channel: 10,000 replies, complete and in order */
+    CHECK_RC(mdg_conn_send_cb(user, "stream", to_node(npk, 32), NULL, 0, on_part, &us), 0);
+    WAIT_FOR(atomic_load(&us.finals) == 1, 30000);
+    CHECK(atomic_load(&us.parts) == STREAM_PARTS);
+    CHECK(atomic_load(&us.out_of_order) == 0);
+    CHECK(atomic_load(&us.finals) == 1);
+    WAIT_FOR(mdg_broker_forward_count(b) == 0, 2000);
+    CHECK(mdg_broker_forward_count(b) == 0);
+    printf("stream: %d parts received in order, %d final\n", atomic_load(&us.parts), atomic_load(&us.finals));
+
+    /* bad node params: unknown, wrong length, not bytes */
+    uint8_t unknown[32];
+    memset(unknown, 0x42, sizeof unknown);
+    CHECK_RC(mdg_conn_call(user, "divide", to_node(unknown, 32), NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "is not connected") != NULL);
+    CHECK(strstr(mdg_last_error(), "QkJCQkJC") != NULL); /* names the node */
+    CHECK_RC(mdg_conn_call(user, "divide", to_node(npk, 16), NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "32 bytes") != NULL);
+    p = mdg_params_new();
+    mdg_params_set_str(p, "node", "not bytes");
+    CHECK_RC(mdg_conn_call(user, "divide", p, NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "32 bytes") != NULL);
+    CHECK(t_logged("refused"));
+
+    /* a node may not use user-only commands, nor call other nodes */
+    CHECK_RC(mdg_conn_call(node, "user_only", NULL, NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "may only be sent by a user") != NULL);
+    CHECK_RC(mdg_conn_call(node, "divide", to_node(npk, 32), NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "nodes cannot call nodes") != NULL);
+    CHECK_RC(mdg_conn_call(node, "node_report", NULL, NULL, 0, 5000, &r), 0);
+    mdg_msg_destroy(&r);
+    CHECK(atomic_load(&w.broker_cmd_seen) == 1);
+    /* a user may not impersonate a node */
+    CHECK_RC(mdg_conn_call(user, "node_report", NULL, NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "may only be sent by a node") != NULL);
+
+    /* the broker sends to a node and to a session, from another thread */
+    CHECK_RC(mdg_broker_send_node(b, npk, "pushed", NULL, NULL, 0), 0);
+    CHECK_RC(mdg_broker_send_session(b, session, 16, "pushed", NULL, NULL, 0), 0);
+    WAIT_FOR(atomic_load(&ns.pushed) == 1 && atomic_load(&us.pushed) == 1, 5000);
+    CHECK(atomic_load(&ns.pushed) == 1);
+    CHECK(atomic_load(&us.pushed) == 1);
+
+    /* raw peers: a node replying to a call it was never sent, a user
+     * replying at all, a node sending garbage */
+    void *ctx = zmq_ctx_new();
+    mdg_keys *rawkeys = NULL;
+    mdg_keys_new(&rawkeys);
+    mdg_broker_allow(b, mdg_keys_public(rawkeys), MDG_ROLE_USER); /* allow-list is live */
+    void *rawn = raw_connect(ctx, b, bkeys, n2keys); /* the second node key */
+    mdg_header h;
+    char text[512];
+    raw_send(rawn, MDG_K_HELLO, 0, 0, "", "\xa0", 1);
+    CHECK(raw_recv(rawn, MDG_K_WELCOME, &h, NULL, 0, 5000));
+    t_clear_log();
+    raw_send(rawn, MDG_K_REPLY, 1, 999, "", "\xa0", 1);
+    CHECK(raw_recv(rawn, MDG_K_ERROR, &h, text, sizeof text, 5000));
+    CHECK(strstr(text, "no such call") != NULL);
+    CHECK(t_logged("not pending for it"));
+
+    void *rawu = raw_connect(ctx, b, bkeys, rawkeys);
+    raw_send(rawu, MDG_K_HELLO, 0, 0, "", "\xa0", 1);
+    CHECK(raw_recv(rawu, MDG_K_WELCOME, &h, NULL, 0, 5000));
+    raw_send(rawu, MDG_K_REPLY, 1, 1, "", "\xa0", 1);
+    CHECK(raw_recv(rawu, MDG_K_ERROR, &h, text, sizeof text, 5000));
+    CHECK(strstr(text, "only accepted from the node") != NULL);
+
+    /* the raw node gets a real call and first answers garbage */
+    mdg_conn_call(user, "noop", to_node(mdg_keys_public(n2keys), 32), NULL, 0, 1, &r); /* times out: fine */
+    CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
+    uint64_t call_corr = h.corr;
+    raw_send(rawn, MDG_K_REPLY, 2, call_corr, "", "\xff\xff", 2);
+    CHECK(raw_recv(rawn, MDG_K_ERROR, &h, text, sizeof text, 5000));
+    CHECK(strstr(text, "malformed") != NULL);
+    CHECK(mdg_broker_forward_count(b) == 1); /* the call still waits for a proper answer */
+    raw_send(rawn, MDG_K_REPLY, 3, call_corr, "", "\xa0", 1);
+    WAIT_FOR(mdg_broker_forward_count(b) == 0, 2000);
+    CHECK(mdg_broker_forward_count(b) == 0);
+
+    /* a node that dies with a blocking call pending: the caller gets an
+     * error quickly, not a hang (raw node closed without a goodbye, so the
+     * broker learns it from the dropped connection) */
+    blocked_call bc = {.user = user, .pk = mdg_keys_public(n2keys)};
+    pthread_t caller_t;
+    pthread_create(&caller_t, NULL, blocked_caller, &bc);
+    CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
+    int64_t t0 = mdg_now_ms();
+    zmq_close(rawn);
+    pthread_join(caller_t, NULL);
+    CHECK_RC(bc.rc, MDG_EREMOTE);
+    CHECK(strstr(bc.err, "went away before answering") != NULL);
+    printf("call to a node that died: failed %lld ms after the link dropped: %s\n",
+           (long long)(mdg_now_ms() - t0), bc.err);
+    CHECK(mdg_now_ms() - t0 < 3000);
+
+    /* the same with a well-behaved node holding the call */
+    node_state ns2 = {0};
+    mdg_conn *node2 = start_node(b, bkeys, n2keys, &ns2);
+    WAIT_FOR(mdg_broker_node_count(b) == 2, 2000);
+    int rc = mdg_conn_send_cb(user, "hang", to_node(mdg_keys_public(n2keys), 32), NULL, 0, on_part, &us);
+    CHECK_RC(rc, 0);
+    WAIT_FOR(ns2.hung != NULL, 5000);
+    CHECK(ns2.hung != NULL);
+    int finals_before = atomic_load(&us.finals);
+    mdg_msg_destroy(&ns2.hung);
+    mdg_conn_destroy(&node2);
+    WAIT_FOR(atomic_load(&us.finals) == finals_before + 1, 5000);
+    CHECK(atomic_load(&us.finals) == finals_before + 1);
+    CHECK(mdg_broker_forward_count(b) == 0);
+
+    /* a node that reconnects replaces its old connection */
+    int joined = atomic_load(&w.joined), left = atomic_load(&w.left);
+    node_state ns3 = {0};
+    mdg_conn *node3 = start_node(b, bkeys, nkeys, &ns3); /* same key as `node` */
+    WAIT_FOR(atomic_load(&w.joined) == joined + 1 && atomic_load(&w.left) == left + 1, 5000);
+    CHECK(atomic_load(&w.joined) == joined + 1);
+    CHECK(atomic_load(&w.left) == left + 1);
+    p = to_node(npk, 32);
+    mdg_params_set_double(p, "dividend", 9.0);
+    mdg_params_set_double(p, "devisor", 3.0);
+    CHECK_RC(mdg_conn_call(user, "divide", p, NULL, 0, 5000, &r), 0);
+    mdg_msg_destroy(&r);
+
+    /* channels whose caller went away are cleaned up */
+    CHECK_RC(mdg_conn_send_cb(user, "hang", to_node(npk, 32), NULL, 0, on_part, &us), 0);
+    WAIT_FOR(ns3.hung != NULL, 5000);
+    CHECK(mdg_broker_forward_count(b) == 1);
+    mdg_conn_destroy(&user);
+    WAIT_FOR(mdg_broker_forward_count(b) == 0, 5000);
+    CHECK(mdg_broker_forward_count(b) == 0);
+    /* the node's late answer goes nowhere and disturbs nothing */
+    CHECK_RC(mdg_msg_reply(ns3.hung, NULL, NULL, 0), 0);
+    mdg_msg_destroy(&ns3.hung);
+
+    zmq_close(rawu);
+    zmq_ctx_term(ctx);
+    mdg_conn_destroy(&node3);
+    mdg_conn_destroy(&node);
+    mdg_broker_destroy(&b);
+    mdg_keys_destroy(&bkeys);
+    mdg_keys_destroy(&ukeys);
+    mdg_keys_destroy(&nkeys);
+    mdg_keys_destroy(&n2keys);
+    mdg_keys_destroy(&rawkeys);
+    return t_done("test_nodes");
+}
