@@ -69,9 +69,10 @@ enum mdg_log_level { MDG_LOG_ERROR = 0, MDG_LOG_WARN, MDG_LOG_INFO, MDG_LOG_DEBU
 
 typedef void (*mdg_log_fn)(int level, const char *text, void *arg);
 
-/* Where library log lines go (process-wide). Default: stderr, levels up to
- * MDG_LOG_WARN (or MDG_LOG_LEVEL from the environment: 0..3). fn may be
- * called from any library thread at once; NULL restores the default. */
+/* Where library log lines go (process-wide), and up to which level. The
+ * default sink (fn NULL) is stderr; max_level < 0 means MDG_LOG_LEVEL from
+ * the environment (0..3), else MDG_LOG_WARN. fn may be called from any
+ * library thread, one line at a time. */
 void mdg_set_log(mdg_log_fn fn, void *arg, int max_level);
 
 /* -------------------------------------------------------------------- keys */
@@ -314,6 +315,19 @@ int mdg_broker_send_session(mdg_broker *b, const uint8_t *session_id, size_t id_
                             size_t bulk_len);
 int mdg_broker_send_node(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *command,
                          mdg_params *params, const void *bulk, size_t bulk_len);
+/* Close every session of a key (all of a user's sessions, or a node's
+ * connection), telling each client why (it sees MDG_ECLOSED and the
+ * reason); used when a key is revoked. A later hello from the key is
+ * refused unless the auth function admits it again. Safe from any thread
+ * (queued to the loop thread); returns how many sessions were closed when
+ * called on the loop thread, else 0. */
+int mdg_broker_disconnect_key(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *reason);
+
+/* Call fn on the loop thread every interval_ms (e.g. to poll an identity
+ * store for revocations). Before start / run; at most 8 timers. */
+typedef void (*mdg_broker_timer_fn)(mdg_broker *b, void *arg);
+int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn, void *arg);
+
 /* Number of connected user sessions and nodes (loop thread, or approximate). */
 size_t mdg_broker_session_count(const mdg_broker *b);
 size_t mdg_broker_node_count(const mdg_broker *b);

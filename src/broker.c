@@ -68,6 +68,12 @@ struct mdg_broker {
     /* messages from other threads, sent by the loop thread */
     pthread_mutex_t qlock;
     struct queued *q_head, *q_tail;
+    struct broker_timer {
+        mdg_broker_timer_fn fn;
+        void *arg;
+        mdg_broker *b;
+    } timers[8];
+    int ntimers;
 };
 
 /* A call forwarded to a node: only that node may answer it, and its
@@ -84,6 +90,7 @@ typedef struct fwd {
 typedef struct queued {
     struct queued *next;
     bool to_node;
+    bool kick;                  /* disconnect the key instead of sending */
     uint8_t key[MDG_KEY_BYTES]; /* session id or node pk */
     size_t key_len;
     mdg_header h;
@@ -421,6 +428,15 @@ static int on_wake(mdg_loop *loop, void *arg, short revents)
     pthread_mutex_unlock(&b->qlock);
     while (q) {
         queued *next = q->next;
+        if (q->kick) {
+            char reason[256];
+            snprintf(reason, sizeof reason, "%.*s", (int)zmq_msg_size(&q->params),
+                     (const char *)zmq_msg_data(&q->params));
+            mdg_broker_disconnect_key(b, q->key, reason);
+            free_queued(q);
+            q = next;
+            continue;
+        }
         peer *p = mdg_map_get(q->to_node ? b->nodes : b->sessions, q->key, q->key_len);
         if (p) {
             send_frames(b, p, &q->h, &q->params, q->has_bulk ? &q->bulk : NULL);
@@ -661,6 +677,89 @@ static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
         send_to(b, NULL, 0, p, MDG_K_CMD, 0, 0, "resource_offer", offer, NULL, 0);
 }
 
+/* Sessions of one key, collected first: closing changes the maps. */
+typedef struct key_scan {
+    const uint8_t *pk;
+    peer *found[64];
+    int n;
+} key_scan;
+
+static void scan_key(void *value, void *arg)
+{
+    peer *p = value;
+    key_scan *k = arg;
+    if (k->n < 64 && memcmp(p->pk, k->pk, MDG_KEY_BYTES) == 0)
+        k->found[k->n++] = p;
+}
+
+int mdg_broker_disconnect_key(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *reason)
+{
+    if (!b || !pk)
+        return MDG_EINVAL;
+    if (!reason)
+        reason = "disconnected by the broker";
+    if (!on_loop(b)) {
+        queued *q = calloc(1, sizeof *q);
+        if (!q)
+            return MDG_ENOMEM;
+        q->kick = true;
+        memcpy(q->key, pk, MDG_KEY_BYTES);
+        q->key_len = MDG_KEY_BYTES;
+        zmq_msg_init_size(&q->params, strlen(reason));
+        memcpy(zmq_msg_data(&q->params), reason, strlen(reason));
+        pthread_mutex_lock(&b->qlock);
+        if (b->q_tail)
+            b->q_tail->next = q;
+        else
+            b->q_head = q;
+        b->q_tail = q;
+        pthread_mutex_unlock(&b->qlock);
+        mdg_loop_wake(b->loop);
+        return 0;
+    }
+    int closed = 0;
+    key_scan k;
+    do {
+        k = (key_scan){.pk = pk};
+        mdg_map_each(b->sessions, scan_key, &k);
+        for (int i = 0; i < k.n; i++) {
+            mdg_params *why = mdg_params_new();
+            if (why)
+                mdg_params_set_str(why, "reason", reason);
+            send_to(b, NULL, 0, k.found[i], MDG_K_BYE, 0, 0, "", why, NULL, 0);
+            close_session(b, k.found[i], reason);
+            closed++;
+        }
+    } while (k.n == 64);
+    return closed;
+}
+
+static int on_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    struct broker_timer *t = arg;
+    t->fn(t->b, t->arg);
+    return 0;
+}
+
+int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn, void *arg)
+{
+    if (!b || !fn || interval_ms <= 0)
+        return mdg_fail(MDG_EINVAL, "a timer needs a function and an interval");
+    if (b->router)
+        return mdg_fail(MDG_ESTATE, "timers must be added before the broker starts");
+    if (b->ntimers == 8)
+        return mdg_fail(MDG_ENOMEM, "at most 8 broker timers");
+    struct broker_timer *t = &b->timers[b->ntimers];
+    *t = (struct broker_timer){fn, arg, b};
+    int id = mdg_loop_timer(b->loop, interval_ms, true, on_timer, t);
+    if (id < 0)
+        return mdg_fail(MDG_ENOMEM, "no room for another timer");
+    b->ntimers++;
+    return 0;
+}
+
 /* -------------------------------------------------------------- dispatch */
 
 /* Params the broker vouches for replace whatever the sender put there. */
@@ -869,11 +968,24 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         return;
     }
     switch (h.kind) {
-    case MDG_K_HELLO:
+    case MDG_K_HELLO: {
         if (p)
             close_session(b, p, "replaced by a new hello");
+        /* The key was admitted when its connection was made; it may have
+         * been revoked since (the connection outlives the revocation). */
+        uint8_t pk[MDG_KEY_BYTES];
+        int role = mdg_pk_from_b64(pk, uid + 1) == 0 ? role_of(b, pk) : MDG_ROLE_NONE;
+        if (role != (uid[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER)) {
+            mdg_log(MDG_LOG_WARN, "hello from %s refused: key no longer admitted in that role", who);
+            mdg_params *why = mdg_params_new();
+            if (why)
+                mdg_params_set_str(why, "reason", "key not admitted (revoked?)");
+            send_to(b, rid, rid_len, NULL, MDG_K_BYE, 0, 0, "", why, NULL, 0);
+            return;
+        }
         open_session(b, rid, rid_len, uid, zmq_msg_get(&f->part[1], ZMQ_SRCFD));
         return;
+    }
     case MDG_K_BYE:
         if (p)
             close_session(b, p, "client said goodbye");

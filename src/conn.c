@@ -468,6 +468,18 @@ static void dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
     case MDG_K_ERROR:
         on_reply(c, m);
         return; /* on_reply owns m */
+    case MDG_K_BYE: { /* the broker closed our session (e.g. key revoked) */
+        const char *reason = "no reason given";
+        mdg_params_get_str(m->params, "reason", &reason);
+        pthread_mutex_lock(&c->lock);
+        c->fail_err = MDG_ECLOSED;
+        snprintf(c->fail_text, sizeof c->fail_text, "session closed by the broker: %s", reason);
+        mdg_log(MDG_LOG_WARN, "%s", c->fail_text);
+        pthread_cond_broadcast(&c->state_cond);
+        pthread_mutex_unlock(&c->lock);
+        mdg_loop_stop(c->loop);
+        break;
+    }
     default:
         mdg_log(MDG_LOG_WARN, "unexpected %s from the broker dropped", mdg_kind_name(h->kind));
     }
@@ -919,8 +931,13 @@ int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const vo
 
     if (!pd.done)
         return rc ? rc : mdg_fail(MDG_ETIMEDOUT, "no reply to '%s' within %d ms", command, timeout_ms);
-    if (pd.err)
-        return mdg_fail(pd.err, "connection closed before '%s' was answered", command);
+    if (pd.err) {
+        pthread_mutex_lock(&c->lock);
+        rc = c->fail_err ? mdg_fail(pd.err, "'%s' not answered: %s", command, c->fail_text)
+                         : mdg_fail(pd.err, "connection closed before '%s' was answered", command);
+        pthread_mutex_unlock(&c->lock);
+        return rc;
+    }
     if (mdg_msg_is_error(pd.reply)) {
         rc = mdg_fail(MDG_EREMOTE, "%s", mdg_msg_error(pd.reply));
         mdg_msg_destroy(&pd.reply);

@@ -73,7 +73,7 @@ void mdg_set_log(mdg_log_fn fn, void *arg, int max_level)
     pthread_mutex_lock(&log_lock);
     log_fn = fn;
     log_arg = arg;
-    log_level = fn ? max_level : default_level();
+    log_level = max_level >= 0 ? max_level : default_level();
     pthread_mutex_unlock(&log_lock);
 }
 
