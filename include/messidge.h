@@ -343,10 +343,36 @@ typedef void (*mdg_reply_fn)(mdg_msg *reply, void *arg);
  * it refused): default prints a log line. */
 typedef void (*mdg_error_fn)(const char *command, const char *text, void *arg);
 
+/* Connection options; zero means the default for every field. */
 typedef struct mdg_conn_options {
-    int port;                 /* broker base port; default 2020 */
-    bool reflect_errors;      /* send handler failures back to the caller */
+    int port;            /* broker base port; default 2020 */
+    bool reflect_errors; /* send handler failures' text back to the caller */
+    /* Messages queued or sent but not yet acknowledged by the broker (kept
+     * to be resent after a reconnect). Default 10000. When it is full a
+     * send blocks until there is room, or with `nonblocking` fails with
+     * MDG_EAGAIN; sends from the loop thread (handlers, callbacks) never
+     * block and get MDG_EAGAIN. Nothing is dropped silently. */
+    int queue_limit;
+    bool nonblocking;
+    /* ZMTP heartbeat interval: a broker silent for 3 intervals is taken as
+     * gone and the link is remade. Default 2000 ms (noticed within ~8 s). */
+    int heartbeat_ms;
+    /* Reconnect backoff: from min to max, doubling, with +-50% jitter.
+     * Defaults 100 ms and 5000 ms. */
+    int reconnect_min_ms;
+    int reconnect_max_ms;
 } mdg_conn_options;
+
+/* What happens to the link and the session, for mdg_conn_set_event_handler. */
+enum mdg_conn_event {
+    MDG_EV_CONNECTED = 1, /* first session open */
+    MDG_EV_DISCONNECTED,  /* the link dropped; reconnecting with backoff */
+    MDG_EV_RECOVERED,     /* reconnected and the session resumed: nothing lost */
+    MDG_EV_LOST,          /* reconnected but the broker no longer had the
+                             session: pending calls failed (MDG_ECLOSED), a
+                             new session (and resource offer) follows */
+};
+typedef void (*mdg_event_fn)(mdg_conn *c, int event, const char *detail, void *arg);
 
 /* Connect to `location` (host name or address) using the key files in
  * prefix (NULL = default): PREFIX/LOCATION, .pub and .spub. */
@@ -363,6 +389,10 @@ void mdg_conn_destroy(mdg_conn **c);
 /* Before start: commands the broker may push (e.g. resource_offer). */
 int mdg_conn_register_commands(mdg_conn *c, const mdg_cmd *table, void *arg);
 int mdg_conn_set_error_handler(mdg_conn *c, mdg_error_fn fn, void *arg);
+/* Before start: link and session events, called on the loop thread. */
+int mdg_conn_set_event_handler(mdg_conn *c, mdg_event_fn fn, void *arg);
+/* The session id the broker gave (borrowed; len 0 before the first). */
+const uint8_t *mdg_conn_session_id(const mdg_conn *c, size_t *len);
 
 /* Start the loop thread and begin connecting. */
 int mdg_conn_start(mdg_conn *c);
@@ -389,8 +419,9 @@ int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const vo
 /* Block until the connection's loop ends (disconnect, or the broker closed
  * the session), as the seed's wait_until_complete. */
 int mdg_conn_wait_until_complete(mdg_conn *c, int timeout_ms);
-/* Say goodbye to the broker (flushing what is queued, bounded time) and
- * stop the loop. Safe from any thread. */
+/* Say goodbye to the broker and stop the loop: what is queued is sent and
+ * the broker's acknowledgement awaited for up to 2 s first. Safe from any
+ * thread. */
 void mdg_conn_disconnect(mdg_conn *c);
 
 #ifdef __cplusplus

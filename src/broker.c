@@ -124,8 +124,9 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     strcpy(b->bind_address, addr);
     b->port = opts ? opts->port : MDG_DEFAULT_PORT;
     if (b->port < 0 || b->port > 65535) {
+        int bad = b->port;
         free(b);
-        return mdg_fail(MDG_EINVAL, "port %d out of range", b->port);
+        return mdg_fail(MDG_EINVAL, "port %d out of range", bad);
     }
     pthread_mutex_init(&b->qlock, NULL);
     if (mdg_keys_from_raw(&b->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
@@ -903,11 +904,12 @@ static void dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
         mdg_msg_destroy(&m);
         return;
     }
-    const mdg_cmd *c = mdg_cmd_check(b->cmds, m, p->role == MDG_ROLE_NODE, why, sizeof why);
-    if (!c)
+    /* stamped first, so a table may list user/session/node as required */
+    const mdg_cmd *c = NULL;
+    if (stamp_identity(m, p) != 0)
+        refuse(b, p, h, "broker out of memory");
+    else if (!(c = mdg_cmd_check(b->cmds, m, p->role == MDG_ROLE_NODE, why, sizeof why)))
         refuse(b, p, h, why);
-    else if (stamp_identity(m, p) != 0)
-        mdg_msg_fail(m, "broker out of memory");
     else
         c->handler(m, b->cmd_arg);
     if (!m->kept)

@@ -6,7 +6,14 @@
  * Replies are matched to pending calls by correlation id. A blocking call
  * made on the loop thread itself (from a handler or callback) runs a nested
  * wait that handles replies to blocking calls at once and defers all else,
- * so callbacks never nest and messages are dispatched in arrival order. */
+ * so callbacks never nest and messages are dispatched in arrival order.
+ *
+ * Reliability: every numbered message is kept until the broker acknowledges
+ * it. When the link drops the socket is thrown away (so nothing stale
+ * lingers in libzmq's queues), a new one is made after a backoff, and the
+ * hello names the session and the last message received; the broker then
+ * resends what we missed and we resend what it missed. Receivers drop
+ * duplicates by sequence number: in order, exactly once. */
 #include "internal.h"
 #include "loop.h"
 #include "map.h"
@@ -23,16 +30,20 @@
 #include <zmq.h>
 
 #define CONN_HWM 10000
-#define CONN_LINGER_MS 1000   /* bounded flush on disconnect */
 #define CONN_MAX_MSG (256LL << 20)
 #define RECV_BATCH 256
 #define SESSION_ID_MAX 64
+#define ACK_EVERY 32         /* acknowledge at least every N messages... */
+#define ACK_DELAY_MS 20      /* ...or this long after the first unacked one */
+#define CLOSE_FLUSH_MS 2000  /* disconnect waits this long for acks */
 
-enum conn_state { C_NEW, C_CONNECTING, C_READY, C_CLOSED };
+enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 
+/* A numbered message: queued (not yet sent) or sent and kept until the
+ * broker acknowledges it. */
 typedef struct out_item {
     struct out_item *next;
-    mdg_header h; /* kind, corr, flags, command; seq and ack are set at send */
+    mdg_header h; /* kind, corr, flags, command; seq set when first sent */
     zmq_msg_t params;
     zmq_msg_t bulk;
     bool has_bulk;
@@ -63,32 +74,42 @@ struct mdg_conn {
     mdg_keys *keys;
     mdg_conn_options opts;
     void *ctx, *sock, *mon;
+    unsigned sock_gen; /* names each socket's monitor endpoint */
     mdg_loop *loop;
     pthread_t thread;
     bool thread_started;
 
     /* shared with application threads, under lock */
     pthread_mutex_t lock;
-    pthread_cond_t state_cond;
+    pthread_cond_t state_cond; /* state changes */
+    pthread_cond_t room_cond;  /* backlog shrank */
     int state;
-    int fail_err; /* why the handshake failed, or 0 */
+    int fail_err; /* why the session cannot go on, or 0 */
     char fail_text[512];
     bool closing;
-    out_item *out_head, *out_tail;
-    mdg_map *pending; /* corr -> pending */
+    out_item *out_head, *out_tail; /* not yet sent */
+    size_t backlog;                /* queued + sent-but-unacked */
+    mdg_map *pending;              /* corr -> pending */
     uint64_t next_corr;
-
-    /* loop thread only */
-    uint64_t tx_seq, rx_seq;
     uint8_t session_id[SESSION_ID_MAX];
     size_t session_id_len;
-    bool handshaken; /* CURVE handshake done on the current TCP link */
+
+    /* loop thread only */
+    out_item *sent_head, *sent_tail; /* sent, awaiting the broker's ack */
+    uint64_t tx_seq, rx_seq, ack_sent;
+    bool had_session;
+    bool handshaken; /* CURVE handshake done on the current link */
     bool pollout;    /* waiting for room in the socket's queue */
+    int attempt;     /* reconnects since the last session */
+    int ack_timer;
+    int64_t close_deadline;
     deferred *def_head, *def_tail;
     const mdg_cmd *cmds;
     void *cmd_arg;
     mdg_error_fn on_error;
     void *err_arg;
+    mdg_event_fn on_event;
+    void *ev_arg;
 };
 
 /* ------------------------------------------------------------------ set-up */
@@ -104,17 +125,25 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     mdg_conn *c = calloc(1, sizeof *c);
     if (!c)
         return MDG_ENOMEM;
-    c->opts.port = MDG_DEFAULT_PORT;
-    if (opts) {
+    if (opts)
         c->opts = *opts;
-        if (!c->opts.port)
-            c->opts.port = MDG_DEFAULT_PORT;
-    }
-    if (c->opts.port < 1 || c->opts.port > 65535) {
+    mdg_conn_options *o = &c->opts;
+    if (!o->port)
+        o->port = MDG_DEFAULT_PORT;
+    if (o->queue_limit <= 0)
+        o->queue_limit = 10000;
+    if (o->heartbeat_ms <= 0)
+        o->heartbeat_ms = 2000;
+    if (o->reconnect_min_ms <= 0)
+        o->reconnect_min_ms = 100;
+    if (o->reconnect_max_ms < o->reconnect_min_ms)
+        o->reconnect_max_ms = o->reconnect_min_ms > 5000 ? o->reconnect_min_ms : 5000;
+    if (o->port < 1 || o->port > 65535) {
+        int bad = o->port;
         free(c);
-        return mdg_fail(MDG_EINVAL, "port %d out of range", c->opts.port);
+        return mdg_fail(MDG_EINVAL, "port %d out of range", bad);
     }
-    if (snprintf(c->endpoint, sizeof c->endpoint, "tcp://%s:%d", location, c->opts.port) >=
+    if (snprintf(c->endpoint, sizeof c->endpoint, "tcp://%s:%d", location, o->port) >=
         (int)sizeof c->endpoint) {
         free(c);
         return mdg_fail(MDG_EINVAL, "location too long");
@@ -122,6 +151,7 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     memcpy(c->server_pk, server_pk, MDG_KEY_BYTES);
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->state_cond, NULL);
+    pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
     if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
         !(c->pending = mdg_map_new()) || !(c->loop = mdg_loop_new())) {
@@ -183,9 +213,36 @@ int mdg_conn_set_error_handler(mdg_conn *c, mdg_error_fn fn, void *arg)
     return 0;
 }
 
+int mdg_conn_set_event_handler(mdg_conn *c, mdg_event_fn fn, void *arg)
+{
+    if (!c)
+        return MDG_EINVAL;
+    if (c->state != C_NEW)
+        return mdg_fail(MDG_ESTATE, "set the event handler before mdg_conn_start");
+    c->on_event = fn;
+    c->ev_arg = arg;
+    return 0;
+}
+
+const uint8_t *mdg_conn_session_id(const mdg_conn *c, size_t *len)
+{
+    if (len)
+        *len = c ? c->session_id_len : 0;
+    return c ? c->session_id : NULL;
+}
+
 static bool on_loop_thread(mdg_conn *c)
 {
     return c->thread_started && pthread_equal(pthread_self(), c->thread);
+}
+
+static void event(mdg_conn *c, int ev, const char *detail)
+{
+    static const char *names[] = {"?", "connected", "disconnected", "session recovered", "session lost"};
+    mdg_log(ev == MDG_EV_LOST ? MDG_LOG_WARN : MDG_LOG_INFO, "%s: %s%s%s", c->endpoint, names[ev],
+            detail ? ": " : "", detail ? detail : "");
+    if (c->on_event)
+        c->on_event(c, ev, detail, c->ev_arg);
 }
 
 /* ------------------------------------------------------------- the queue */
@@ -229,10 +286,28 @@ static int out_new(out_item **out, int kind, const char *command, uint64_t corr,
 
 static void flush(mdg_conn *c);
 
-/* Queue a message for the loop thread to send. Caller holds no lock. */
-static void enqueue(mdg_conn *c, out_item *o)
+/* Queue a message for the loop thread to send, within the backlog limit:
+ * wait for room, or refuse with MDG_EAGAIN when waiting is not allowed. */
+static int enqueue(mdg_conn *c, out_item *o)
 {
+    bool loop = on_loop_thread(c);
     pthread_mutex_lock(&c->lock);
+    while (c->backlog >= (size_t)c->opts.queue_limit && !c->closing && !c->fail_err) {
+        if (loop || c->opts.nonblocking) {
+            size_t n = c->backlog;
+            pthread_mutex_unlock(&c->lock);
+            out_free(o);
+            return mdg_fail(MDG_EAGAIN, "would block: %zu messages await the broker's acknowledgement (queue_limit)", n);
+        }
+        pthread_cond_wait(&c->room_cond, &c->lock);
+    }
+    if (c->closing || c->fail_err) {
+        int rc = c->fail_err ? mdg_fail(c->fail_err, "%s", c->fail_text) : mdg_fail(MDG_ECLOSED, "connection closed");
+        pthread_mutex_unlock(&c->lock);
+        out_free(o);
+        return rc;
+    }
+    c->backlog++;
     bool was_empty = !c->out_head;
     if (c->out_tail)
         c->out_tail->next = o;
@@ -240,14 +315,65 @@ static void enqueue(mdg_conn *c, out_item *o)
         c->out_head = o;
     c->out_tail = o;
     pthread_mutex_unlock(&c->lock);
-    if (on_loop_thread(c))
+    if (loop)
         flush(c);
     else if (was_empty)
         mdg_loop_wake(c->loop);
+    return 0;
 }
 
-/* Send what is queued, in order. Commands wait for the session (WELCOME);
- * on a full socket queue the rest waits for POLLOUT. Loop thread only. */
+/* Forget sent messages the broker has acknowledged; room for more. */
+static void trim_sent(mdg_conn *c, uint64_t ack)
+{
+    size_t n = 0;
+    while (c->sent_head && c->sent_head->h.seq <= ack) {
+        out_item *o = c->sent_head;
+        c->sent_head = o->next;
+        out_free(o);
+        n++;
+    }
+    if (!c->sent_head)
+        c->sent_tail = NULL;
+    if (n) {
+        pthread_mutex_lock(&c->lock);
+        c->backlog -= n;
+        pthread_cond_broadcast(&c->room_cond);
+        pthread_mutex_unlock(&c->lock);
+    }
+}
+
+/* Send one numbered message, keeping a copy until it is acknowledged. */
+static int send_numbered(mdg_conn *c, out_item *o)
+{
+    zmq_msg_t pm, bm;
+    zmq_msg_init(&pm);
+    zmq_msg_copy(&pm, &o->params);
+    if (o->has_bulk) {
+        zmq_msg_init(&bm);
+        zmq_msg_copy(&bm, &o->bulk);
+    }
+    o->h.ack = c->rx_seq;
+    int rc = mdg_wire_send(c->sock, NULL, 0, &o->h, &pm, o->has_bulk ? &bm : NULL);
+    if (rc == MDG_EAGAIN) {
+        zmq_msg_close(&pm);
+        if (o->has_bulk)
+            zmq_msg_close(&bm);
+    } else if (rc == 0) {
+        c->ack_sent = c->rx_seq;
+    }
+    return rc;
+}
+
+static void want_pollout(mdg_conn *c, bool on)
+{
+    if (c->pollout != on && c->sock) {
+        c->pollout = on;
+        mdg_loop_set_events(c->loop, c->sock, -1, on ? ZMQ_POLLIN | ZMQ_POLLOUT : ZMQ_POLLIN);
+    }
+}
+
+/* Send what is queued, in order, once the session is open. On a full
+ * socket queue the rest waits for POLLOUT. Loop thread only. */
 static void flush(mdg_conn *c)
 {
     for (;;) {
@@ -257,48 +383,43 @@ static void flush(mdg_conn *c)
             pthread_mutex_unlock(&c->lock);
             break;
         }
+        pthread_mutex_unlock(&c->lock);
+
+        o->h.seq = c->tx_seq + 1;
+        int rc = send_numbered(c, o);
+        if (rc == MDG_EAGAIN) {
+            want_pollout(c, true);
+            return;
+        }
+        if (rc != 0) /* kept anyway: it goes again after the reconnect */
+            mdg_log(MDG_LOG_WARN, "cannot send '%s' now: %s", o->h.command, mdg_last_error());
+        c->tx_seq = o->h.seq;
+        pthread_mutex_lock(&c->lock);
         c->out_head = o->next;
         if (!c->out_head)
             c->out_tail = NULL;
         pthread_mutex_unlock(&c->lock);
-
-        o->h.seq = mdg_kind_sequenced(o->h.kind) ? c->tx_seq + 1 : 0;
-        o->h.ack = c->rx_seq;
-        int rc = mdg_wire_send(c->sock, NULL, 0, &o->h, &o->params, o->has_bulk ? &o->bulk : NULL);
-        if (rc == MDG_EAGAIN) { /* put it back at the head and wait for room */
-            pthread_mutex_lock(&c->lock);
-            o->next = c->out_head;
-            c->out_head = o;
-            if (!c->out_tail)
-                c->out_tail = o;
-            pthread_mutex_unlock(&c->lock);
-            if (!c->pollout) {
-                c->pollout = true;
-                mdg_loop_set_events(c->loop, c->sock, -1, ZMQ_POLLIN | ZMQ_POLLOUT);
-            }
-            return;
-        }
-        if (rc == 0 && o->h.seq)
-            c->tx_seq = o->h.seq;
-        if (rc != 0)
-            mdg_log(MDG_LOG_ERROR, "cannot send '%s': %s", o->h.command, mdg_last_error());
-        o->has_bulk = false; /* sent or closed by mdg_wire_send */
-        free(o);
+        o->next = NULL;
+        if (c->sent_tail)
+            c->sent_tail->next = o;
+        else
+            c->sent_head = o;
+        c->sent_tail = o;
     }
-    if (c->pollout) {
-        c->pollout = false;
-        mdg_loop_set_events(c->loop, c->sock, -1, ZMQ_POLLIN);
-    }
+    want_pollout(c, false);
 }
 
-/* Unsequenced control messages (HELLO, BYE) go straight out. */
+/* Unnumbered control messages (HELLO, BYE, ACK) go straight out. */
 static void send_control(mdg_conn *c, int kind, mdg_params *params)
 {
     mdg_header h = {.kind = (uint8_t)kind, .ack = c->rx_seq};
     zmq_msg_t pm;
-    if (mdg_wire_encode_params(params, &pm) == 0 &&
-        mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) == MDG_EAGAIN)
-        zmq_msg_close(&pm);
+    if (c->sock && mdg_wire_encode_params(params, &pm) == 0) {
+        if (mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) == MDG_EAGAIN)
+            zmq_msg_close(&pm);
+        else
+            c->ack_sent = c->rx_seq;
+    }
     mdg_params_destroy(&params);
 }
 
@@ -308,8 +429,31 @@ static void send_hello(mdg_conn *c)
     if (p) {
         mdg_params_set_int(p, "version", MDG_WIRE_VERSION);
         mdg_params_set_int(p, "ack", (int64_t)c->rx_seq);
+        if (c->had_session)
+            mdg_params_set_bytes(p, "session", c->session_id, c->session_id_len);
     }
     send_control(c, MDG_K_HELLO, p);
+}
+
+static int on_ack_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_conn *c = arg;
+    c->ack_timer = 0;
+    if (c->rx_seq > c->ack_sent && c->state == C_READY)
+        send_control(c, MDG_K_ACK, NULL);
+    return 0;
+}
+
+/* Acknowledge what we received: at once after ACK_EVERY messages, else a
+ * little later unless a message of ours carries the ack first. */
+static void schedule_ack(mdg_conn *c)
+{
+    if (c->rx_seq - c->ack_sent >= ACK_EVERY)
+        send_control(c, MDG_K_ACK, NULL);
+    else if (!c->ack_timer)
+        c->ack_timer = mdg_loop_timer(c->loop, ACK_DELAY_MS, false, on_ack_timer, c);
 }
 
 /* ----------------------------------------------------------- replying */
@@ -337,15 +481,13 @@ static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *res
             mdg_params_set_str(results, "error", "the handler failed (errors are not reflected)");
     }
     int rc = out_new(&o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
-    if (rc == 0)
-        enqueue(c, o);
-    return rc;
+    return rc ? rc : enqueue(c, o);
 }
 
 /* ------------------------------------------------------------- receiving */
 
-/* First step for every received message, in arrival order: header and
- * sequence. Returns 0 when the message should be dispatched. */
+/* First step for every received message, in arrival order: header,
+ * acknowledgement and sequence. Returns 0 when it should be dispatched. */
 static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
 {
     if (f->dropped || f->n < 2) {
@@ -356,6 +498,8 @@ static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
         mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
         return -1;
     }
+    if (h->kind != MDG_K_WELCOME && h->ack <= c->tx_seq)
+        trim_sent(c, h->ack);
     if (mdg_kind_sequenced(h->kind)) {
         if (h->seq <= c->rx_seq) {
             mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
@@ -365,25 +509,75 @@ static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
             mdg_log(MDG_LOG_ERROR, "seq gap from the broker: expected %llu, got %llu",
                     (unsigned long long)c->rx_seq + 1, (unsigned long long)h->seq);
         c->rx_seq = h->seq;
+        schedule_ack(c);
     }
-    return 0;
+    return h->kind == MDG_K_ACK ? -1 : 0;
+}
+
+static void fail_all_pending(mdg_conn *c, int err, const char *text);
+
+/* Drop everything sent but unacknowledged (a session that is gone). */
+static size_t drop_sent(mdg_conn *c)
+{
+    size_t n = 0;
+    while (c->sent_head) {
+        out_item *o = c->sent_head;
+        c->sent_head = o->next;
+        out_free(o);
+        n++;
+    }
+    c->sent_tail = NULL;
+    pthread_mutex_lock(&c->lock);
+    c->backlog -= n;
+    pthread_cond_broadcast(&c->room_cond);
+    pthread_mutex_unlock(&c->lock);
+    return n;
 }
 
 static void on_welcome(mdg_conn *c, mdg_msg *m)
 {
-    const uint8_t *sid;
-    size_t len;
-    if (mdg_params_get_bytes(m->params, "session", &sid, &len) == 0 && len <= SESSION_ID_MAX) {
-        memcpy(c->session_id, sid, len);
-        c->session_id_len = len;
+    const uint8_t *sid = NULL;
+    size_t len = 0;
+    bool resumed = false;
+    int64_t ack = 0;
+    mdg_params_get_bytes(m->params, "session", &sid, &len);
+    mdg_params_get_bool(m->params, "resumed", &resumed);
+    mdg_params_get_int(m->params, "ack", &ack);
+    if (!sid || len > SESSION_ID_MAX) {
+        mdg_log(MDG_LOG_ERROR, "welcome without a session id from %s", c->endpoint);
+        return;
+    }
+    int ev = MDG_EV_CONNECTED;
+    if (c->had_session && resumed) {
+        /* the broker has what we sent up to ack: resend the rest, in order */
+        trim_sent(c, (uint64_t)ack);
+        for (out_item *o = c->sent_head; o; o = o->next)
+            if (send_numbered(c, o) != 0)
+                mdg_log(MDG_LOG_WARN, "resend of seq %llu deferred", (unsigned long long)o->h.seq);
+        ev = MDG_EV_RECOVERED;
+    } else if (c->had_session) {
+        size_t lost = drop_sent(c);
+        char why[200];
+        snprintf(why, sizeof why, "the broker no longer knew our session (restarted, or away longer "
+                                  "than its grace period); %zu unacknowledged message(s) not delivered", lost);
+        fail_all_pending(c, MDG_ECLOSED, why);
+        c->tx_seq = 0;
+        c->rx_seq = 0;
+        c->ack_sent = 0;
+        event(c, MDG_EV_LOST, why);
+        ev = 0;
     }
     pthread_mutex_lock(&c->lock);
-    if (c->state == C_CONNECTING)
-        c->state = C_READY;
+    memcpy(c->session_id, sid, len);
+    c->session_id_len = len;
+    c->state = C_READY;
     c->fail_err = 0;
     pthread_cond_broadcast(&c->state_cond);
     pthread_mutex_unlock(&c->lock);
-    mdg_log(MDG_LOG_DEBUG, "session open with %s", c->endpoint);
+    c->had_session = true;
+    c->attempt = 0;
+    if (ev)
+        event(c, ev, NULL);
     flush(c);
 }
 
@@ -449,6 +643,20 @@ static void on_reply(mdg_conn *c, mdg_msg *m)
     mdg_msg_destroy(&m);
 }
 
+static void on_bye(mdg_conn *c, mdg_msg *m)
+{
+    const char *reason = "no reason given";
+    mdg_params_get_str(m->params, "reason", &reason);
+    pthread_mutex_lock(&c->lock);
+    c->fail_err = MDG_ECLOSED;
+    snprintf(c->fail_text, sizeof c->fail_text, "session closed by the broker: %s", reason);
+    mdg_log(MDG_LOG_WARN, "%s", c->fail_text);
+    pthread_cond_broadcast(&c->state_cond);
+    pthread_cond_broadcast(&c->room_cond);
+    pthread_mutex_unlock(&c->lock);
+    mdg_loop_stop(c->loop);
+}
+
 /* Second step: build the message and hand it to whoever wants it. */
 static void dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
 {
@@ -468,18 +676,9 @@ static void dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
     case MDG_K_ERROR:
         on_reply(c, m);
         return; /* on_reply owns m */
-    case MDG_K_BYE: { /* the broker closed our session (e.g. key revoked) */
-        const char *reason = "no reason given";
-        mdg_params_get_str(m->params, "reason", &reason);
-        pthread_mutex_lock(&c->lock);
-        c->fail_err = MDG_ECLOSED;
-        snprintf(c->fail_text, sizeof c->fail_text, "session closed by the broker: %s", reason);
-        mdg_log(MDG_LOG_WARN, "%s", c->fail_text);
-        pthread_cond_broadcast(&c->state_cond);
-        pthread_mutex_unlock(&c->lock);
-        mdg_loop_stop(c->loop);
+    case MDG_K_BYE:
+        on_bye(c, m);
         break;
-    }
     default:
         mdg_log(MDG_LOG_WARN, "unexpected %s from the broker dropped", mdg_kind_name(h->kind));
     }
@@ -507,13 +706,14 @@ static int on_socket(mdg_loop *loop, void *arg, short revents)
     mdg_frames f;
     if (revents & ZMQ_POLLOUT)
         flush(c);
-    for (int i = 0; i < RECV_BATCH && !mdg_loop_stopping(loop); i++) {
+    void *sock = c->sock;
+    for (int i = 0; i < RECV_BATCH && !mdg_loop_stopping(loop) && c->sock == sock; i++) {
         if (pop_deferred(c, &h, &f)) {
             dispatch(c, &h, &f);
             mdg_frames_close(&f);
             continue;
         }
-        if (mdg_frames_recv(c->sock, &f) != 0)
+        if (!sock || mdg_frames_recv(sock, &f) != 0)
             break;
         if (ingest(c, &f, &h) == 0)
             dispatch(c, &h, &f);
@@ -533,6 +733,8 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
         int64_t left = deadline < 0 ? -1 : deadline - mdg_now_ms();
         if (deadline >= 0 && left <= 0)
             return MDG_ETIMEDOUT;
+        if (!c->sock)
+            return mdg_fail(MDG_ECLOSED, "the link to the broker is down");
         zmq_pollitem_t it = {.socket = c->sock, .events = ZMQ_POLLIN};
         if (zmq_poll(&it, 1, left < 0 ? 100 : (long)(left < 100 ? left : 100)) < 0 && errno != EINTR)
             return mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
@@ -579,7 +781,80 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
     return 0;
 }
 
-/* ------------------------------------------------------------- monitor */
+/* --------------------------------------------------------------- the link */
+
+static int open_socket(mdg_conn *c);
+
+static void close_socket(mdg_conn *c)
+{
+    if (c->sock) {
+        int zero = 0;
+        mdg_loop_unwatch(c->loop, c->sock, -1);
+        zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_close(c->sock);
+        c->sock = NULL;
+    }
+    if (c->mon) {
+        mdg_loop_unwatch(c->loop, c->mon, -1);
+        zmq_close(c->mon);
+        c->mon = NULL;
+    }
+    c->pollout = false;
+    c->handshaken = false;
+}
+
+static int on_reconnect_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_conn *c = arg;
+    if (open_socket(c) != 0) {
+        mdg_log(MDG_LOG_ERROR, "cannot remake the socket: %s", mdg_last_error());
+        return 0;
+    }
+    send_hello(c);
+    return 0;
+}
+
+/* The link dropped: throw the socket away and make a new one after a
+ * backoff with jitter, so that many clients do not come back at once. */
+static void link_lost(mdg_conn *c, const char *why)
+{
+    pthread_mutex_lock(&c->lock);
+    bool was_ready = c->state == C_READY;
+    if (c->state == C_READY || c->state == C_CONNECTING)
+        c->state = C_RECONNECTING;
+    pthread_mutex_unlock(&c->lock);
+    close_socket(c);
+    long delay = c->opts.reconnect_min_ms;
+    for (int i = 0; i < c->attempt && delay < c->opts.reconnect_max_ms; i++)
+        delay *= 2;
+    if (delay > c->opts.reconnect_max_ms)
+        delay = c->opts.reconnect_max_ms;
+    delay = delay / 2 + (long)randombytes_uniform((uint32_t)delay + 1); /* 50%..150% */
+    c->attempt++;
+    if (was_ready)
+        event(c, MDG_EV_DISCONNECTED, why);
+    mdg_loop_timer(c->loop, (int)delay, false, on_reconnect_timer, c);
+}
+
+static void fatal(mdg_conn *c, int err, const char *text)
+{
+    pthread_mutex_lock(&c->lock);
+    bool first = c->state == C_CONNECTING && !c->had_session;
+    if (!c->fail_err) {
+        c->fail_err = err;
+        snprintf(c->fail_text, sizeof c->fail_text, "%s (%s)", text, c->endpoint);
+        mdg_log(MDG_LOG_ERROR, "%s", c->fail_text);
+    }
+    pthread_cond_broadcast(&c->state_cond);
+    pthread_cond_broadcast(&c->room_cond);
+    pthread_mutex_unlock(&c->lock);
+    /* Before the first session libzmq keeps retrying (a broker being set up
+     * may admit us soon); a key refused on a reconnect is final. */
+    if (!first)
+        mdg_loop_stop(c->loop);
+}
 
 static int on_monitor(mdg_loop *loop, void *arg, short revents)
 {
@@ -587,19 +862,15 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_conn *c = arg;
     mdg_frames f;
-    while (mdg_frames_recv(c->mon, &f) == 0) {
+    while (c->mon && mdg_frames_recv(c->mon, &f) == 0) {
         if (f.n < 1 || zmq_msg_size(&f.part[0]) < 6) {
             mdg_frames_close(&f);
             continue;
         }
-        uint16_t event;
-        uint32_t value;
-        memcpy(&event, zmq_msg_data(&f.part[0]), 2);
-        memcpy(&value, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
+        uint16_t ev;
+        memcpy(&ev, zmq_msg_data(&f.part[0]), 2);
         mdg_frames_close(&f);
-        int err = 0;
-        const char *text = NULL;
-        switch (event) {
+        switch (ev) {
         case ZMQ_EVENT_CONNECTED:
             c->handshaken = false;
             break;
@@ -607,42 +878,111 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             c->handshaken = true;
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-            err = MDG_EAUTH;
-            text = "the broker refused our key";
+            fatal(c, MDG_EAUTH, "the broker refused our key");
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            err = MDG_EHANDSHAKE;
-            text = "CURVE handshake failed: the broker's key is not the one pinned";
+            fatal(c, MDG_EHANDSHAKE, "CURVE handshake failed: the broker's key is not the one pinned");
             break;
         case ZMQ_EVENT_DISCONNECTED:
+            if (c->handshaken) {
+                link_lost(c, "the link to the broker dropped");
+                return 0; /* the monitor socket is gone */
+            }
             /* A broker that cannot open our HELLO (we pinned the wrong key)
              * just drops the link before the handshake completes. */
-            if (!c->handshaken) {
-                err = MDG_EHANDSHAKE;
-                text = "the broker closed the link during the CURVE handshake: "
-                       "the broker's key is probably not the one pinned";
-            }
-            c->handshaken = false;
+            fatal(c, MDG_EHANDSHAKE, "the broker closed the link during the CURVE handshake: "
+                                     "the broker's key is probably not the one pinned");
             break;
         default:
             break;
-        }
-        if (err) {
-            pthread_mutex_lock(&c->lock);
-            if (c->state == C_CONNECTING && c->fail_err == 0) {
-                c->fail_err = err;
-                snprintf(c->fail_text, sizeof c->fail_text, "%s (%s)", text, c->endpoint);
-                mdg_log(MDG_LOG_ERROR, "%s", c->fail_text);
-                pthread_cond_broadcast(&c->state_cond);
-            }
-            pthread_mutex_unlock(&c->lock);
         }
     }
     return 0;
 }
 
+static int set(void *s, int opt, const void *v, size_t len)
+{
+    return zmq_setsockopt(s, opt, v, len) == 0 ? 0
+                                               : mdg_fail(MDG_ESYS, "socket option %d: %s", opt, zmq_strerror(errno));
+}
+
+static int open_socket(mdg_conn *c)
+{
+    int hwm = CONN_HWM, linger = CLOSE_FLUSH_MS, rc;
+    int hb_ivl = c->opts.heartbeat_ms, hb_timeout = 3 * c->opts.heartbeat_ms;
+    int rmin = c->opts.reconnect_min_ms, rmax = c->opts.reconnect_max_ms;
+    int64_t maxmsg = CONN_MAX_MSG;
+    char mon_ep[80];
+    if (!(c->sock = zmq_socket(c->ctx, ZMQ_DEALER)))
+        return mdg_fail(MDG_ESYS, "cannot create the socket: %s", zmq_strerror(errno));
+    if ((rc = set(c->sock, ZMQ_CURVE_SERVERKEY, c->server_pk, MDG_KEY_BYTES)) ||
+        (rc = set(c->sock, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(c->keys), MDG_KEY_BYTES)) ||
+        (rc = set(c->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(c->keys), MDG_KEY_BYTES)) ||
+        (rc = set(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm)) ||
+        (rc = set(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm)) ||
+        (rc = set(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
+        (rc = set(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) ||
+        (rc = set(c->sock, ZMQ_RECONNECT_IVL, &rmin, sizeof rmin)) ||
+        (rc = set(c->sock, ZMQ_RECONNECT_IVL_MAX, &rmax, sizeof rmax)) ||
+        (rc = set(c->sock, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl)) ||
+        (rc = set(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)) ||
+        (rc = set(c->sock, ZMQ_HEARTBEAT_TTL, &hb_timeout, sizeof hb_timeout)))
+        goto fail;
+    /* The monitor says when the link drops and why a handshake failed
+     * (refused key, wrong server key), so nothing just times out. */
+    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-monitor-%p-%u", (void *)c, ++c->sock_gen);
+    if (zmq_socket_monitor(c->sock, mon_ep,
+                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0 ||
+        !(c->mon = zmq_socket(c->ctx, ZMQ_PAIR)) || zmq_connect(c->mon, mon_ep) != 0) {
+        rc = mdg_fail(MDG_ESYS, "cannot monitor the socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (zmq_connect(c->sock, c->endpoint) != 0) {
+        rc = mdg_fail(MDG_EINVAL, "cannot connect to %s: %s", c->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
+    if ((rc = mdg_loop_watch(c->loop, c->sock, -1, ZMQ_POLLIN, on_socket, c)) ||
+        (rc = mdg_loop_watch(c->loop, c->mon, -1, ZMQ_POLLIN, on_monitor, c)))
+        goto fail;
+    return 0;
+fail:
+    close_socket(c);
+    return rc;
+}
+
 /* --------------------------------------------------------- start / stop */
+
+static int on_close_timer(mdg_loop *loop, void *arg, short revents);
+
+/* Disconnecting: send what is queued, wait (bounded) for the broker to
+ * acknowledge it, then say goodbye. Returns true when done. */
+static bool close_step(mdg_conn *c)
+{
+    flush(c);
+    pthread_mutex_lock(&c->lock);
+    bool queued = c->out_head != NULL, ready = c->state == C_READY;
+    pthread_mutex_unlock(&c->lock);
+    if ((queued || c->sent_head) && ready && mdg_now_ms() < c->close_deadline) {
+        mdg_loop_timer(c->loop, 10, false, on_close_timer, c);
+        return false;
+    }
+    if (queued || c->sent_head)
+        mdg_log(MDG_LOG_WARN, "disconnecting with messages the broker has not acknowledged");
+    if (ready)
+        send_control(c, MDG_K_BYE, NULL);
+    return true;
+}
+
+static int on_close_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)revents;
+    if (close_step(arg))
+        mdg_loop_stop(loop);
+    return 0;
+}
 
 static int on_wake(mdg_loop *loop, void *arg, short revents)
 {
@@ -651,46 +991,40 @@ static int on_wake(mdg_loop *loop, void *arg, short revents)
     pthread_mutex_lock(&c->lock);
     bool closing = c->closing;
     pthread_mutex_unlock(&c->lock);
-    flush(c);
     if (closing) {
-        send_control(c, MDG_K_BYE, NULL);
-        return 1;
+        if (!c->close_deadline) {
+            c->close_deadline = mdg_now_ms() + CLOSE_FLUSH_MS;
+            if (close_step(c))
+                return 1;
+        }
+        return 0;
     }
+    flush(c);
     if (c->def_head)
         on_socket(loop, c, 0);
     return 0;
 }
 
-static void fail_one(void *value, void *arg)
+/* Fail every pending call: blocking ones wake with err, callbacks get an
+ * error reply. Loop thread (or after it ended). */
+static void fail_all_pending(mdg_conn *c, int err, const char *text)
 {
-    (void)arg;
-    pending *pd = value;
-    if (pd->blocking) {
-        pd->err = MDG_ECLOSED;
-        pd->done = true;
-        pthread_cond_signal(&pd->cond);
-    }
-}
-
-/* The loop has ended: every pending call learns it, nothing hangs. */
-static void fail_all_pending(mdg_conn *c)
-{
-    pending *cbs = NULL;
+    pending *cbs = NULL, *pd;
     pthread_mutex_lock(&c->lock);
-    mdg_map_each(c->pending, fail_one, NULL);
-    pending *pd;
-    /* callback calls get an error reply, outside the lock */
-    mdg_map *keep = c->pending;
-    while ((pd = mdg_map_pop(keep)) != NULL) {
-        if (pd->blocking)
-            continue;
-        pd->reply = (mdg_msg *)cbs; /* chain through an unused field */
-        cbs = pd;
+    while ((pd = mdg_map_pop(c->pending)) != NULL) {
+        if (pd->blocking) {
+            pd->err = err;
+            pd->done = true;
+            pthread_cond_signal(&pd->cond);
+        } else {
+            pd->reply = (mdg_msg *)cbs; /* chain through an unused field */
+            cbs = pd;
+        }
     }
     pthread_mutex_unlock(&c->lock);
     while (cbs) {
         pending *next = (pending *)cbs->reply;
-        mdg_msg m = {.h = {.kind = MDG_K_ERROR, .corr = cbs->corr}, .error = "connection closed"};
+        mdg_msg m = {.h = {.kind = MDG_K_ERROR, .corr = cbs->corr}, .error = text};
         m.params = mdg_params_new();
         cbs->cb(&m, cbs->arg);
         mdg_params_destroy(&m.params);
@@ -708,57 +1042,30 @@ static void *conn_thread(void *arg)
     pthread_mutex_lock(&c->lock);
     c->state = C_CLOSED;
     c->closing = true;
+    char text[sizeof c->fail_text];
+    snprintf(text, sizeof text, "%s", c->fail_err ? c->fail_text : "connection closed");
     pthread_cond_broadcast(&c->state_cond);
+    pthread_cond_broadcast(&c->room_cond);
     pthread_mutex_unlock(&c->lock);
-    fail_all_pending(c);
+    fail_all_pending(c, MDG_ECLOSED, text);
     mdg_header h;
     mdg_frames f;
     while (pop_deferred(c, &h, &f))
         mdg_frames_close(&f);
+    close_socket(c);
     return NULL;
-}
-
-static int set(void *s, int opt, const void *v, size_t len)
-{
-    return zmq_setsockopt(s, opt, v, len) == 0 ? 0
-                                               : mdg_fail(MDG_ESYS, "socket option %d: %s", opt, zmq_strerror(errno));
 }
 
 int mdg_conn_start(mdg_conn *c)
 {
-    int hwm = CONN_HWM, linger = CONN_LINGER_MS, rc;
-    int hb_ivl = 2000, hb_timeout = 6000; /* a silent broker is noticed within ~8 s */
-    int64_t maxmsg = CONN_MAX_MSG;
-    char mon_ep[64];
+    int rc;
     if (!c)
         return MDG_EINVAL;
     if (c->state != C_NEW)
         return mdg_fail(MDG_ESTATE, "connection already started");
-    if (!(c->ctx = zmq_ctx_new()) || !(c->sock = zmq_socket(c->ctx, ZMQ_DEALER)))
-        return mdg_fail(MDG_ESYS, "cannot create the socket: %s", zmq_strerror(errno));
-    if ((rc = set(c->sock, ZMQ_CURVE_SERVERKEY, c->server_pk, MDG_KEY_BYTES)) ||
-        (rc = set(c->sock, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(c->keys), MDG_KEY_BYTES)) ||
-        (rc = set(c->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(c->keys), MDG_KEY_BYTES)) ||
-        (rc = set(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm)) ||
-        (rc = set(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm)) ||
-        (rc = set(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
-        (rc = set(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) ||
-        (rc = set(c->sock, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl)) ||
-        (rc = set(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)))
-        return rc;
-    /* The monitor tells us why a handshake failed (refused key, wrong
-     * server key) so wait_until_ready can say so instead of timing out. */
-    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-monitor-%p", (void *)c);
-    if (zmq_socket_monitor(c->sock, mon_ep,
-                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
-                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0 ||
-        !(c->mon = zmq_socket(c->ctx, ZMQ_PAIR)) || zmq_connect(c->mon, mon_ep) != 0)
-        return mdg_fail(MDG_ESYS, "cannot monitor the socket: %s", zmq_strerror(errno));
-    if (zmq_connect(c->sock, c->endpoint) != 0)
-        return mdg_fail(MDG_EINVAL, "cannot connect to %s: %s", c->endpoint, zmq_strerror(errno));
-    if ((rc = mdg_loop_watch(c->loop, c->sock, -1, ZMQ_POLLIN, on_socket, c)) ||
-        (rc = mdg_loop_watch(c->loop, c->mon, -1, ZMQ_POLLIN, on_monitor, c)))
+    if (!(c->ctx = zmq_ctx_new()))
+        return mdg_fail(MDG_ESYS, "cannot create a ZMQ context: %s", zmq_strerror(errno));
+    if ((rc = open_socket(c)) != 0)
         return rc;
     mdg_loop_on_wake(c->loop, on_wake, c);
     c->state = C_CONNECTING;
@@ -786,7 +1093,8 @@ static void deadline_ts(struct timespec *ts, int64_t deadline_ms)
     }
 }
 
-/* Wait on cond under c->lock until *flag or the deadline (< 0: none). */
+/* Wait on cond under c->lock until signalled or the deadline (< 0: none);
+ * false once the deadline has passed. */
 static bool wait_locked(mdg_conn *c, pthread_cond_t *cond, int64_t deadline)
 {
     if (deadline < 0) {
@@ -812,12 +1120,13 @@ int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms)
     int64_t deadline = deadline_of(timeout_ms);
     int rc = 0;
     pthread_mutex_lock(&c->lock);
-    while (c->state == C_CONNECTING && !c->fail_err && wait_locked(c, &c->state_cond, deadline))
+    while (c->state != C_READY && c->state != C_CLOSED && !c->fail_err &&
+           wait_locked(c, &c->state_cond, deadline))
         ;
-    if (c->state == C_READY)
-        rc = 0;
-    else if (c->fail_err)
+    if (c->fail_err)
         rc = mdg_fail(c->fail_err, "%s", c->fail_text);
+    else if (c->state == C_READY)
+        rc = 0;
     else if (c->state == C_CLOSED)
         rc = mdg_fail(MDG_ECLOSED, "connection closed");
     else
@@ -835,10 +1144,10 @@ static int can_send(mdg_conn *c)
     pthread_mutex_lock(&c->lock);
     if (c->state == C_NEW)
         rc = mdg_fail(MDG_ESTATE, "mdg_conn_start first");
-    else if (c->state == C_CLOSED || c->closing)
-        rc = mdg_fail(MDG_ECLOSED, "connection closed");
     else if (c->fail_err)
         rc = mdg_fail(c->fail_err, "%s", c->fail_text);
+    else if (c->state == C_CLOSED || c->closing)
+        rc = mdg_fail(MDG_ECLOSED, "connection closed");
     pthread_mutex_unlock(&c->lock);
     return rc;
 }
@@ -856,27 +1165,24 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
         mdg_params_destroy(&params);
         return rc;
     }
-    uint64_t corr = 0;
+    if ((rc = out_new(&o, MDG_K_CMD, command, 0, 0, params, bulk, bulk_len)) != 0)
+        return rc;
     if (pd) {
         pthread_mutex_lock(&c->lock);
-        corr = pd->corr = ++c->next_corr;
-        rc = mdg_map_put_u64(c->pending, corr, pd);
+        o->h.corr = pd->corr = ++c->next_corr;
+        rc = mdg_map_put_u64(c->pending, pd->corr, pd);
         pthread_mutex_unlock(&c->lock);
         if (rc) {
-            mdg_params_destroy(&params);
+            out_free(o);
             return rc;
         }
     }
-    if ((rc = out_new(&o, MDG_K_CMD, command, corr, 0, params, bulk, bulk_len)) != 0) {
-        if (pd) {
-            pthread_mutex_lock(&c->lock);
-            mdg_map_take_u64(c->pending, corr);
-            pthread_mutex_unlock(&c->lock);
-        }
-        return rc;
+    if ((rc = enqueue(c, o)) != 0 && pd) {
+        pthread_mutex_lock(&c->lock);
+        mdg_map_take_u64(c->pending, pd->corr);
+        pthread_mutex_unlock(&c->lock);
     }
-    enqueue(c, o);
-    return 0;
+    return rc;
 }
 
 int mdg_conn_send(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
@@ -926,18 +1232,17 @@ int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const vo
         ;
     if (!pd.done) /* timed out: the late reply will find no one and be logged */
         mdg_map_take_u64(c->pending, pd.corr);
+    bool link_down = c->state == C_RECONNECTING;
     pthread_mutex_unlock(&c->lock);
     pthread_cond_destroy(&pd.cond);
 
     if (!pd.done)
-        return rc ? rc : mdg_fail(MDG_ETIMEDOUT, "no reply to '%s' within %d ms", command, timeout_ms);
-    if (pd.err) {
-        pthread_mutex_lock(&c->lock);
-        rc = c->fail_err ? mdg_fail(pd.err, "'%s' not answered: %s", command, c->fail_text)
-                         : mdg_fail(pd.err, "connection closed before '%s' was answered", command);
-        pthread_mutex_unlock(&c->lock);
-        return rc;
-    }
+        return rc ? rc
+                  : mdg_fail(MDG_ETIMEDOUT, "no reply to '%s' within %d ms%s", command, timeout_ms,
+                             link_down ? " (the link to the broker is down; reconnecting)" : "");
+    if (pd.err)
+        return mdg_fail(pd.err, "'%s' not answered: %s", command,
+                        pd.reply ? "" : (c->fail_err ? c->fail_text : "the session ended"));
     if (mdg_msg_is_error(pd.reply)) {
         rc = mdg_fail(MDG_EREMOTE, "%s", mdg_msg_error(pd.reply));
         mdg_msg_destroy(&pd.reply);
@@ -972,6 +1277,7 @@ void mdg_conn_disconnect(mdg_conn *c)
     c->closing = true;
     if (c->state == C_NEW)
         c->state = C_CLOSED;
+    pthread_cond_broadcast(&c->room_cond);
     pthread_mutex_unlock(&c->lock);
     if (c->thread_started)
         mdg_loop_wake(c->loop);
@@ -990,29 +1296,32 @@ void mdg_conn_destroy(mdg_conn **pc)
         mdg_conn_disconnect(c);
         pthread_join(c->thread, NULL);
     }
-    out_item *o = c->out_head;
-    while (o) {
-        out_item *n = o->next;
-        mdg_log(MDG_LOG_WARN, "'%s' not sent: connection destroyed", o->h.command);
+    size_t unsent = 0;
+    for (out_item *o = c->out_head, *n; o; o = n) {
+        n = o->next;
         out_free(o);
-        o = n;
+        unsent++;
     }
+    for (out_item *o = c->sent_head, *n; o; o = n) {
+        n = o->next;
+        out_free(o);
+    }
+    if (unsent)
+        mdg_log(MDG_LOG_WARN, "%zu queued message(s) not sent: connection destroyed", unsent);
     if (c->pending) {
         pending *pd;
         while ((pd = mdg_map_pop(c->pending)) != NULL)
             if (!pd->blocking)
                 free(pd);
     }
-    if (c->mon)
-        zmq_close(c->mon);
-    if (c->sock)
-        zmq_close(c->sock);
+    close_socket(c);
     if (c->ctx)
         zmq_ctx_term(c->ctx);
     mdg_loop_destroy(&c->loop);
     mdg_map_destroy(&c->pending);
     mdg_keys_destroy(&c->keys);
     pthread_cond_destroy(&c->state_cond);
+    pthread_cond_destroy(&c->room_cond);
     pthread_mutex_destroy(&c->lock);
     free(c);
     *pc = NULL;

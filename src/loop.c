@@ -39,6 +39,7 @@ struct mdg_loop {
     volatile int stop; /* set from other threads / signal handlers */
     mdg_loop_fn wake_fn;
     void *wake_arg;
+    bool changed; /* the watch list changed during dispatch: re-poll */
 };
 
 mdg_loop *mdg_loop_new(void)
@@ -73,6 +74,19 @@ int mdg_loop_watch(mdg_loop *l, void *socket, int fd, short events, mdg_loop_fn 
     l->watches[l->nitems] = (watch){fn, arg};
     l->nitems++;
     return 0;
+}
+
+void mdg_loop_unwatch(mdg_loop *l, void *socket, int fd)
+{
+    for (int i = 1; i < l->nitems; i++) {
+        if (l->items[i].socket != socket || (!socket && l->items[i].fd != fd))
+            continue;
+        memmove(&l->items[i], &l->items[i + 1], (size_t)(l->nitems - i - 1) * sizeof l->items[0]);
+        memmove(&l->watches[i], &l->watches[i + 1], (size_t)(l->nitems - i - 1) * sizeof l->watches[0]);
+        l->nitems--;
+        l->changed = true;
+        return;
+    }
 }
 
 void mdg_loop_set_events(mdg_loop *l, void *socket, int fd, short events)
@@ -177,7 +191,8 @@ int mdg_loop_run(mdg_loop *l)
             if (l->wake_fn && l->wake_fn(l, l->wake_arg, ZMQ_POLLIN))
                 break;
         }
-        for (int i = 1; i < l->nitems && !l->stop; i++) {
+        l->changed = false;
+        for (int i = 1; i < l->nitems && !l->stop && !l->changed; i++) {
             short re = l->items[i].revents;
             if (re && l->watches[i].fn(l, l->watches[i].arg, re))
                 return 0;

@@ -18,6 +18,8 @@ void mdg_loop_destroy(mdg_loop **loop);
 
 /* Watch a zmq socket (fd < 0) or a file descriptor for ZMQ_POLLIN/OUT. */
 int mdg_loop_watch(mdg_loop *loop, void *socket, int fd, short events, mdg_loop_fn fn, void *arg);
+/* Stop watching a socket / fd (before closing it). */
+void mdg_loop_unwatch(mdg_loop *loop, void *socket, int fd);
 /* Change the events watched on a socket / fd. */
 void mdg_loop_set_events(mdg_loop *loop, void *socket, int fd, short events);
 

@@ -170,7 +170,17 @@ int mdg_params_set_bytes(mdg_params *p, const char *key, const void *data, size_
 
 cbor_item_t *mdg_cbor_int(int64_t v)
 {
-    return v >= 0 ? cbor_build_uint64((uint64_t)v) : cbor_build_negint64((uint64_t)(-(v + 1)));
+    /* libcbor writes an integer in the width of its item: pick the
+     * smallest, so that 1 costs one byte on the wire and not nine */
+    bool neg = v < 0;
+    uint64_t u = neg ? (uint64_t)(-(v + 1)) : (uint64_t)v;
+    if (u <= UINT8_MAX)
+        return neg ? cbor_build_negint8((uint8_t)u) : cbor_build_uint8((uint8_t)u);
+    if (u <= UINT16_MAX)
+        return neg ? cbor_build_negint16((uint16_t)u) : cbor_build_uint16((uint16_t)u);
+    if (u <= UINT32_MAX)
+        return neg ? cbor_build_negint32((uint32_t)u) : cbor_build_uint32((uint32_t)u);
+    return neg ? cbor_build_negint64(u) : cbor_build_uint64(u);
 }
 
 int mdg_params_set_int(mdg_params *p, const char *key, int64_t value)
@@ -228,13 +238,14 @@ static bool isa_double(const cbor_item_t *it)
 
 static bool isa_bool(const cbor_item_t *it)
 {
-    return cbor_isa_float_ctrl(it) && cbor_is_bool(it);
+    /* cbor_is_bool asserts on floats: check the width first */
+    return cbor_isa_float_ctrl(it) && cbor_float_get_width(it) == CBOR_FLOAT_0 && cbor_is_bool(it);
 }
 
 int mdg_params_get_str(const mdg_params *cp, const char *key, const char **value)
 {
     mdg_params *p = (mdg_params *)cp; /* the cache is not part of the value */
-    cbor_item_t *it;
+    cbor_item_t *it = NULL;
     int rc = lookup(p, key, isa_def_string, "a text string", &it);
     if (rc)
         return rc;
@@ -259,7 +270,7 @@ int mdg_params_get_str(const mdg_params *cp, const char *key, const char **value
 int mdg_params_get_bytes(const mdg_params *p, const char *key, const uint8_t **data,
                          size_t *len)
 {
-    cbor_item_t *it;
+    cbor_item_t *it = NULL;
     int rc = lookup(p, key, isa_def_bytes, "a byte string", &it);
     if (rc)
         return rc;
@@ -270,7 +281,7 @@ int mdg_params_get_bytes(const mdg_params *p, const char *key, const uint8_t **d
 
 int mdg_params_get_int(const mdg_params *p, const char *key, int64_t *value)
 {
-    cbor_item_t *it;
+    cbor_item_t *it = NULL;
     int rc = lookup(p, key, isa_int, "an integer", &it);
     if (rc)
         return rc;
@@ -283,7 +294,7 @@ int mdg_params_get_int(const mdg_params *p, const char *key, int64_t *value)
 
 int mdg_params_get_double(const mdg_params *p, const char *key, double *value)
 {
-    cbor_item_t *it;
+    cbor_item_t *it = NULL;
     int rc = lookup(p, key, isa_double, "a float", &it);
     if (rc)
         return rc;
@@ -293,7 +304,7 @@ int mdg_params_get_double(const mdg_params *p, const char *key, double *value)
 
 int mdg_params_get_bool(const mdg_params *p, const char *key, bool *value)
 {
-    cbor_item_t *it;
+    cbor_item_t *it = NULL;
     int rc = lookup(p, key, isa_bool, "a boolean", &it);
     if (rc)
         return rc;
@@ -367,7 +378,11 @@ static void item_text(buf *b, const cbor_item_t *it, int depth)
         puts_(b, num);
         break;
     case CBOR_TYPE_NEGINT:
-        snprintf(num, sizeof num, "-%llu", (unsigned long long)cbor_get_int(it) + 1ULL);
+        /* the value is -1 - n; n + 1 overflows for n = 2^64 - 1 */
+        if (cbor_get_int(it) == UINT64_MAX)
+            snprintf(num, sizeof num, "-18446744073709551616");
+        else
+            snprintf(num, sizeof num, "-%llu", (unsigned long long)cbor_get_int(it) + 1ULL);
         puts_(b, num);
         break;
     case CBOR_TYPE_BYTESTRING:
@@ -420,9 +435,12 @@ static void item_text(buf *b, const cbor_item_t *it, int depth)
         puts_(b, "}");
         break;
     }
-    case CBOR_TYPE_TAG:
-        item_text(b, cbor_tag_item(it), depth + 1);
+    case CBOR_TYPE_TAG: {
+        cbor_item_t *tagged = cbor_tag_item(it); /* libcbor increfs it */
+        item_text(b, tagged, depth + 1);
+        cbor_decref(&tagged);
         break;
+    }
     case CBOR_TYPE_FLOAT_CTRL:
         if (cbor_float_get_width(it) != CBOR_FLOAT_0) {
             snprintf(num, sizeof num, "%.17g", cbor_float_get_float(it));
