@@ -1,0 +1,418 @@
+/* notes_broker.c - the demo broker of "Using Messidge", in C.
+ *
+ * It keeps a list of notes for every user (namespaced by the user's public
+ * key: there are no user names) and serves three commands:
+ *
+ *   write_note       {note}    store a note (fire and forget)
+ *   fetch_notes      {}        reply {notes: [...]} (needs a reply)
+ *   raise_exception  {}        fail, so the caller sees the error text
+ *
+ * The seed's MyModel, MyController and MySession map onto a model struct,
+ * a static command table with one handler per command, and session hooks.
+ *
+ *   notes_broker [--prefix DIR] [--port N] [--port-file FILE]
+ *                [--bind ADDR] [--allow-pk B64]... [--verbose]
+ */
+#include "messidge.h"
+
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ logging */
+
+static int log_level = MDG_LOG_INFO;
+
+/* One sink for the library's lines and ours, so they read as one log. */
+static void log_sink(int level, const char *text, void *arg)
+{
+    static const char *names[] = {"error", "warn", "info", "debug"};
+    (void)arg;
+    fprintf(stderr, "notes_broker %s: %s\n", names[level & 3], text);
+}
+
+static void logf_(int level, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    if (level > log_level)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    log_sink(level, text, NULL);
+}
+
+/* -------------------------------------------------------------------- model */
+
+/* The notes of one user. */
+typedef struct user_notes {
+    uint8_t pk[MDG_KEY_BYTES];
+    char **notes;
+    size_t n, cap;
+} user_notes;
+
+/* The seed's MyModel: user pk -> list of notes. A linear search is fine
+ * for a demo; a real broker would use a hash map. Only the broker's loop
+ * thread touches it, so it needs no lock. */
+typedef struct model {
+    user_notes *users;
+    size_t n, cap;
+} model;
+
+static user_notes *model_find(model *m, const uint8_t pk[MDG_KEY_BYTES], bool create)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (memcmp(m->users[i].pk, pk, MDG_KEY_BYTES) == 0)
+            return &m->users[i];
+    if (!create)
+        return NULL;
+    if (m->n == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 8;
+        user_notes *u = realloc(m->users, cap * sizeof *u);
+        if (!u)
+            return NULL;
+        m->users = u;
+        m->cap = cap;
+    }
+    user_notes *u = &m->users[m->n++];
+    memset(u, 0, sizeof *u);
+    memcpy(u->pk, pk, MDG_KEY_BYTES);
+    return u;
+}
+
+static int model_add_note(model *m, const uint8_t pk[MDG_KEY_BYTES], const char *note)
+{
+    user_notes *u = model_find(m, pk, true);
+    if (!u)
+        return MDG_ENOMEM;
+    if (u->n == u->cap) {
+        size_t cap = u->cap ? u->cap * 2 : 8;
+        char **n = realloc(u->notes, cap * sizeof *n);
+        if (!n)
+            return MDG_ENOMEM;
+        u->notes = n;
+        u->cap = cap;
+    }
+    if (!(u->notes[u->n] = strdup(note)))
+        return MDG_ENOMEM;
+    u->n++;
+    return 0;
+}
+
+static void model_free(model *m)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        for (size_t j = 0; j < m->users[i].n; j++)
+            free(m->users[i].notes[j]);
+        free(m->users[i].notes);
+    }
+    free(m->users);
+    memset(m, 0, sizeof *m);
+}
+
+/* --------------------------------------------------------------- controller */
+
+/* The broker stamps 'user' on every message from a user: it is the key the
+ * connection authenticated with, whatever the sender put in its params. */
+static const uint8_t *sender_pk(mdg_msg *msg)
+{
+    const uint8_t *pk;
+    size_t len;
+    if (mdg_params_get_bytes(mdg_msg_params(msg), "user", &pk, &len) != 0 || len != MDG_KEY_BYTES)
+        return NULL;
+    return pk;
+}
+
+static void h_write_note(mdg_msg *msg, void *arg)
+{
+    model *m = arg;
+    const char *note;
+    const uint8_t *pk = sender_pk(msg);
+    /* The table checked that 'note' exists; its type is ours to check. */
+    if (mdg_params_get_str(mdg_msg_params(msg), "note", &note) != 0) {
+        mdg_msg_fail(msg, "'note' must be a text string");
+        return;
+    }
+    if (!pk) {
+        mdg_msg_fail(msg, "write_note is for users");
+        return;
+    }
+    if (model_add_note(m, pk, note) != 0)
+        mdg_msg_fail(msg, "out of memory");
+}
+
+static void h_fetch_notes(mdg_msg *msg, void *arg)
+{
+    model *m = arg;
+    const uint8_t *pk = sender_pk(msg);
+    user_notes *u = pk ? model_find(m, pk, false) : NULL;
+    size_t n = u ? u->n : 0;
+    cbor_item_t *list = cbor_new_definite_array(n);
+    mdg_params *results = mdg_params_new();
+    bool ok = list && results;
+
+    for (size_t i = 0; ok && i < n; i++) {
+        cbor_item_t *s = cbor_build_string(u->notes[i]);
+        ok = s && cbor_array_push(list, s);
+        if (s)
+            cbor_decref(&s); /* the array holds its own reference */
+    }
+    /* set_item takes the list's reference, even when it fails */
+    if (ok && mdg_params_set_item(results, "notes", list) == 0) {
+        mdg_msg_reply(msg, results, NULL, 0);
+        return;
+    }
+    if (!ok && list)
+        cbor_decref(&list);
+    mdg_params_destroy(&results);
+    mdg_msg_fail(msg, "out of memory");
+}
+
+static void h_raise_exception(mdg_msg *msg, void *arg)
+{
+    (void)arg;
+    /* The seed raises ValueError; here the caller's blocking call returns
+     * MDG_EREMOTE with this text in mdg_last_error(). */
+    mdg_msg_fail(msg, "raise_exception was called");
+}
+
+/* The seed's controller.commands: the library checks the required params
+ * and the flags before a handler runs. */
+static const mdg_cmd commands[] = {
+    {"write_note", h_write_note, MDG_REQUIRE("note"), 0},
+    {"fetch_notes", h_fetch_notes, NULL, MDG_CMD_NEEDS_REPLY},
+    {"raise_exception", h_raise_exception, NULL, MDG_CMD_NEEDS_REPLY},
+    MDG_CMD_END,
+};
+
+/* ----------------------------------------------------------------- sessions */
+
+/* The seed's MySession: per-session data the broker hands back with every
+ * message of the session (mdg_msg_session_data). */
+typedef struct session {
+    char pk_b64[MDG_KEY_B64_LEN + 1];
+} session;
+
+static void *on_session_new(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
+                            const uint8_t *session_id, size_t id_len, void *arg)
+{
+    (void)b;
+    (void)session_id;
+    (void)id_len;
+    (void)arg;
+    session *s = calloc(1, sizeof *s);
+    if (s)
+        mdg_pk_to_b64(pk, s->pk_b64);
+    logf_(MDG_LOG_DEBUG, "I am the right kind of session object.");
+    return s;
+}
+
+static void on_session_closed(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *data,
+                              void *arg)
+{
+    (void)b;
+    (void)pk;
+    (void)arg;
+    session *s = data;
+    logf_(MDG_LOG_DEBUG, "session of %s closed", s ? s->pk_b64 : "?");
+    free(s);
+}
+
+/* NODES (later issue): the node hooks go here, next to the session hooks -
+ * node joined / left (the seed's MyNode: "I am the right kind of node
+ * object.") and resources(pk), whose result the broker pushes to each new
+ * session as the resource_offer, e.g. {"nodes": [pk, ...]} so that clients
+ * can call the divide node. */
+
+/* ------------------------------------------------------------------ options */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: notes_broker [options]\n"
+            "  --prefix DIR      key directory (default $MESSIDGE_PREFIX or ~/.messidge);\n"
+            "                    the broker's keys are DIR/localhost_broker(.pub), made if missing\n"
+            "  --port N          base port (default %d; 0 = any free port)\n"
+            "  --port-file FILE  write the bound port to FILE once listening\n"
+            "  --bind ADDR       interface to listen on (default 127.0.0.1)\n"
+            "  --allow-pk B64    admit this user public key (repeatable)\n"
+            "  --verbose         debug logging\n"
+            "  --help            this text\n"
+            "Runs until SIGINT or SIGTERM.\n",
+            MDG_DEFAULT_PORT);
+}
+
+/* Write the port to path via a temporary file and rename, so a reader that
+ * polls for the file never sees it half written. */
+static int write_port_file(const char *path, int port)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return -1;
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    int ok = fprintf(f, "%d\n", port) > 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* -------------------------------------------------------------------- main */
+
+static mdg_broker *the_broker;
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+    mdg_broker_stop(the_broker); /* async-signal-safe */
+}
+
+/* The seed's try: KeyPair('localhost_broker') except: KeyPair.new(...) */
+static int broker_keys(mdg_keys **keys, const char *prefix)
+{
+    int rc = mdg_keys_load(keys, "localhost_broker", prefix);
+    if (rc != MDG_ENOENT)
+        return rc;
+    logf_(MDG_LOG_INFO, "no broker keys yet: making localhost_broker");
+    if ((rc = mdg_keys_new(keys)) != 0)
+        return rc;
+    if ((rc = mdg_keys_save(*keys, "localhost_broker", prefix)) != 0)
+        mdg_keys_destroy(keys);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_PREFIX = 1, O_PORT, O_PORT_FILE, O_BIND, O_ALLOW, O_VERBOSE, O_HELP };
+    static const struct option longopts[] = {
+        {"prefix", required_argument, NULL, O_PREFIX},
+        {"port", required_argument, NULL, O_PORT},
+        {"port-file", required_argument, NULL, O_PORT_FILE},
+        {"bind", required_argument, NULL, O_BIND},
+        {"allow-pk", required_argument, NULL, O_ALLOW},
+        {"verbose", no_argument, NULL, O_VERBOSE},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    const char *prefix = NULL, *port_file = NULL, *bind_addr = "127.0.0.1";
+    int port = MDG_DEFAULT_PORT, opt, rc, status = 1;
+    char *end;
+    mdg_keys *keys = NULL;
+    mdg_broker *b = NULL;
+    model notes = {0};
+    mdg_broker_hooks hooks = {.session_new = on_session_new, .session_closed = on_session_closed};
+    sigset_t block, old;
+    struct sigaction sa = {.sa_handler = on_signal};
+    /* argv strings live as long as main: no copies needed */
+    const char **allow = calloc((size_t)argc, sizeof *allow);
+    size_t nallow = 0;
+
+    if (!allow)
+        return 1;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (opt) {
+        case O_PREFIX: prefix = optarg; break;
+        case O_PORT:
+            port = (int)strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || port < 0 || port > 65535) {
+                fprintf(stderr, "notes_broker: bad port '%s'\n", optarg);
+                goto out;
+            }
+            break;
+        case O_PORT_FILE: port_file = optarg; break;
+        case O_BIND: bind_addr = optarg; break;
+        case O_ALLOW: allow[nallow++] = optarg; break;
+        case O_VERBOSE: log_level = MDG_LOG_DEBUG; break;
+        case O_HELP:
+            usage(stdout);
+            status = 0;
+            goto out;
+        default:
+            usage(stderr);
+            goto out;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        goto out;
+    }
+    mdg_set_log(log_sink, NULL, log_level);
+    mdg_broker_options bo = {.bind_address = bind_addr, .port = port};
+
+    if ((rc = broker_keys(&keys, prefix)) != 0) {
+        fprintf(stderr, "notes_broker: broker keys: %s\n", mdg_last_error());
+        goto done;
+    }
+    if ((rc = mdg_broker_new(&b, keys, &bo)) != 0 ||
+        (rc = mdg_broker_set_commands(b, commands, &notes)) != 0 ||
+        (rc = mdg_broker_set_hooks(b, &hooks, NULL)) != 0) {
+        fprintf(stderr, "notes_broker: %s\n", mdg_last_error());
+        goto done;
+    }
+
+    /* IDENTITY STORE (later issue): who may connect will come from the
+     * identity store that `messidge-admin invite` / `messidge confirm`
+     * fill, plugged in here with mdg_broker_set_auth(). Until then the
+     * users are listed on the command line. */
+    for (size_t i = 0; i < nallow; i++) {
+        uint8_t pk[MDG_KEY_BYTES];
+        if (mdg_pk_from_b64(pk, allow[i]) != 0 ||
+            (rc = mdg_broker_allow(b, pk, MDG_ROLE_USER)) != 0) {
+            fprintf(stderr, "notes_broker: --allow-pk '%s' is not a base64 public key\n", allow[i]);
+            goto done;
+        }
+        logf_(MDG_LOG_INFO, "admitting user %s", allow[i]);
+    }
+    if (nallow == 0)
+        logf_(MDG_LOG_WARN, "no --allow-pk given: every connection will be refused");
+
+    /* Signals are blocked while the broker thread starts, so it inherits a
+     * blocked mask and they are delivered to this thread's sigsuspend. */
+    sigemptyset(&sa.sa_mask);
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    the_broker = b;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+
+    /* start, not run: the port must be known (port 0) before serving */
+    if ((rc = mdg_broker_start(b)) != 0) {
+        fprintf(stderr, "notes_broker: %s\n", mdg_last_error());
+        goto done;
+    }
+    logf_(MDG_LOG_INFO, "serving notes on %s port %d", bind_addr, mdg_broker_port(b));
+    if (port_file && write_port_file(port_file, mdg_broker_port(b)) != 0) {
+        perror("notes_broker: cannot write the port file");
+        mdg_broker_stop(b);
+        goto done;
+    }
+    while (!stop_requested)
+        sigsuspend(&old);
+    logf_(MDG_LOG_INFO, "stopping");
+    status = 0;
+
+done:
+    /* destroy joins the broker thread; session_closed runs for every
+     * session still open, which frees its data */
+    mdg_broker_destroy(&b);
+    the_broker = NULL;
+    mdg_keys_destroy(&keys);
+    model_free(&notes);
+out:
+    free(allow);
+    return status;
+}
