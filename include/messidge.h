@@ -262,7 +262,11 @@ typedef struct mdg_broker_hooks {
      * mdg_msg_session_data(). */
     void *(*session_new)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
                          const uint8_t *session_id, size_t id_len, void *arg);
-    /* The session ended (goodbye, link lost, or the broker is stopping). */
+    /* The client came back on a new link and resumed its session. */
+    void (*session_recovered)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
+                              void *session_data, void *arg);
+    /* The session ended: goodbye, its grace period passed, replaced, or
+     * the broker is stopping. */
     void (*session_closed)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
                            void *session_data, void *arg);
     /* A node connected (a reconnecting node first leaves): per-node data. */
@@ -276,9 +280,21 @@ typedef struct mdg_broker_hooks {
     mdg_params *(*resources)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *arg);
 } mdg_broker_hooks;
 
+/* Broker options; zero means the default for every field but port. */
 typedef struct mdg_broker_options {
     const char *bind_address; /* interface to bind; default "*" (all) */
     int port;                 /* base port; default 2020; 0 = pick a free one */
+    /* How long a user session whose link dropped is kept for the client to
+     * resume it (same key, same session id): default 60000 ms. Then it is
+     * closed (session_closed fires) and its queue freed. */
+    int session_grace_ms;
+    /* The same for nodes; calls waiting on a node that does not come back
+     * fail when it ends. Default 5000 ms. */
+    int node_grace_ms;
+    /* Messages queued to one session or node and not yet acknowledged
+     * (kept to resend after a reconnect): default 10000. Past it, what
+     * would be sent to that peer is refused to its sender with an error. */
+    int queue_limit;
 } mdg_broker_options;
 
 /* keys: the broker's key pair (copied). opts may be NULL for defaults. */

@@ -24,6 +24,10 @@
 #define BROKER_HWM 10000
 #define BROKER_MAX_MSG (256LL << 20)       /* ZMQ_MAXMSGSIZE: one frame */
 #define BROKER_LINGER_MS 1000              /* bounded flush at shutdown */
+#define ACK_EVERY 32                       /* acknowledge at least every N messages... */
+#define ACK_DELAY_MS 20                    /* ...or this long after the first */
+#define BACKLOG_RETRY_MS 5                 /* retry peers whose pipe was full */
+#define GRACE_CHECK_MS 250
 
 typedef struct peer {
     uint8_t rid[255];
@@ -37,7 +41,22 @@ typedef struct peer {
     uint64_t tx_seq; /* last seq we sent */
     uint64_t rx_seq; /* last seq we received */
     uint64_t acked;  /* last of ours the peer has acknowledged */
+    uint64_t ack_sent; /* last rx_seq we told the peer about */
+    bool attached;     /* has a live link (rid and fd are valid) */
+    int64_t detached_at;
+    /* numbered messages not yet acknowledged, oldest first; from `unsent`
+     * on they have not been handed to libzmq yet */
+    struct kept *out_head, *out_tail, *unsent;
+    size_t out_len;
 } peer;
+
+/* A numbered message kept until the peer acknowledges it. */
+typedef struct kept {
+    struct kept *next;
+    mdg_header h;
+    zmq_msg_t params, bulk;
+    bool has_bulk;
+} kept;
 
 struct mdg_broker {
     mdg_keys *keys;
@@ -60,6 +79,9 @@ struct mdg_broker {
     mdg_map *by_fd;    /* socket fd -> peer */
     mdg_map *fwds;     /* forwarded call id -> fwd */
     uint64_t next_fwd;
+    int grace_ms, node_grace_ms, queue_limit;
+    mdg_map *owed_ack; /* session id -> peer owed an ACK */
+    mdg_map *backlog;  /* session id -> peer with messages libzmq would not take yet */
     void *mon;         /* ROUTER monitor: tells us when a connection drops */
     pthread_t thread;
     bool thread_started;
@@ -123,6 +145,9 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     }
     strcpy(b->bind_address, addr);
     b->port = opts ? opts->port : MDG_DEFAULT_PORT;
+    b->grace_ms = opts && opts->session_grace_ms > 0 ? opts->session_grace_ms : 60000;
+    b->node_grace_ms = opts && opts->node_grace_ms > 0 ? opts->node_grace_ms : 5000;
+    b->queue_limit = opts && opts->queue_limit > 0 ? opts->queue_limit : 10000;
     if (b->port < 0 || b->port > 65535) {
         int bad = b->port;
         free(b);
@@ -133,6 +158,7 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
         !(b->allow = mdg_map_new()) || !(b->peers = mdg_map_new()) ||
         !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
         !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
+        !(b->owed_ack = mdg_map_new()) || !(b->backlog = mdg_map_new()) ||
         !(b->ctx = zmq_ctx_new())) {
         mdg_broker_destroy(&b);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the broker");
@@ -296,33 +322,134 @@ static bool on_loop(const mdg_broker *b)
            pthread_equal(pthread_self(), b->loop_thread);
 }
 
-/* Send encoded frames to a peer, numbering them when the kind is
- * sequenced. params and bulk are moved. A peer that is gone is closed. */
+/* Hand one kept message to libzmq (a copy: the original stays until it is
+ * acknowledged). 0, MDG_EAGAIN when the peer's pipe is full, or an error. */
+static int push(mdg_broker *b, peer *p, kept *k)
+{
+    zmq_msg_t pm, bm;
+    zmq_msg_init(&pm);
+    zmq_msg_copy(&pm, &k->params);
+    if (k->has_bulk) {
+        zmq_msg_init(&bm);
+        zmq_msg_copy(&bm, &k->bulk);
+    }
+    k->h.ack = p->rx_seq;
+    int rc = mdg_wire_send(b->router, p->rid, p->rid_len, &k->h, &pm, k->has_bulk ? &bm : NULL);
+    if (rc == MDG_EAGAIN) {
+        zmq_msg_close(&pm);
+        if (k->has_bulk)
+            zmq_msg_close(&bm);
+    } else if (rc == 0) {
+        p->ack_sent = p->rx_seq;
+    }
+    return rc;
+}
+
+/* Send what a peer has not been sent yet, in order, while it is attached.
+ * A full pipe (a slow reader) leaves the rest for the backlog timer. */
+static void flush_peer(mdg_broker *b, peer *p)
+{
+    while (p->attached && p->unsent) {
+        int rc = push(b, p, p->unsent);
+        if (rc == MDG_EAGAIN) {
+            mdg_map_put(b->backlog, p->session_id, SESSION_ID_BYTES, p);
+            return;
+        }
+        if (rc != 0) { /* the link is gone: the monitor will detach it */
+            mdg_log(MDG_LOG_DEBUG, "send failed (%s): kept for resume", mdg_last_error());
+            return;
+        }
+        p->unsent = p->unsent->next;
+    }
+}
+
+/* Queue a message to a peer (params and bulk moved). Numbered kinds are
+ * kept until acknowledged, within the peer's queue limit; past it the
+ * message is refused, loudly. Unnumbered ones go now or not at all. */
 static int send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
-    h->seq = mdg_kind_sequenced(h->kind) ? p->tx_seq + 1 : 0;
-    h->ack = p->rx_seq;
-    int rc = mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk);
-    if (rc == 0) {
-        if (h->seq)
-            p->tx_seq = h->seq;
-        return 0;
+    if (!mdg_kind_sequenced(h->kind)) {
+        h->seq = 0;
+        h->ack = p->rx_seq;
+        int rc = p->attached ? mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk)
+                             : mdg_fail(MDG_ECLOSED, "peer is away");
+        if (rc == MDG_EAGAIN || (rc && !p->attached)) {
+            zmq_msg_close(params);
+            if (bulk)
+                zmq_msg_close(bulk);
+        }
+        return rc;
     }
-    if (rc == MDG_EAGAIN) {
-        /* The peer has BROKER_HWM messages unread. The reliability layer
-         * will queue instead; until then the refusal is loud, never silent. */
+    if (p->out_len >= (size_t)b->queue_limit) {
+        char who[MDG_KEY_B64_LEN + 1];
+        pk_short(p->pk, who);
         zmq_msg_close(params);
         if (bulk)
             zmq_msg_close(bulk);
-        char who[MDG_KEY_B64_LEN + 1];
-        pk_short(p->pk, who);
-        mdg_log(MDG_LOG_ERROR, "%s '%s' to %s refused: its queue is full (peer not reading)",
-                mdg_kind_name(h->kind), h->command, who);
-        return mdg_fail(MDG_EAGAIN, "peer's queue is full");
+        mdg_log(MDG_LOG_ERROR, "%s '%s' to %s refused: %zu messages already wait for it (queue_limit)",
+                mdg_kind_name(h->kind), h->command, who, p->out_len);
+        return mdg_fail(MDG_EAGAIN, "the receiver's queue is full (%zu messages unacknowledged)", p->out_len);
     }
-    if (rc == MDG_ECLOSED)
-        close_session(b, p, "connection gone");
-    return rc;
+    kept *k = calloc(1, sizeof *k);
+    if (!k) {
+        zmq_msg_close(params);
+        if (bulk)
+            zmq_msg_close(bulk);
+        return mdg_fail(MDG_ENOMEM, "out of memory queueing a message");
+    }
+    h->seq = ++p->tx_seq;
+    k->h = *h;
+    zmq_msg_init(&k->params);
+    zmq_msg_move(&k->params, params);
+    zmq_msg_close(params);
+    if (bulk) {
+        k->has_bulk = true;
+        zmq_msg_init(&k->bulk);
+        zmq_msg_move(&k->bulk, bulk);
+        zmq_msg_close(bulk);
+    }
+    if (p->out_tail)
+        p->out_tail->next = k;
+    else
+        p->out_head = k;
+    p->out_tail = k;
+    p->out_len++;
+    if (!p->unsent)
+        p->unsent = k;
+    flush_peer(b, p);
+    return 0;
+}
+
+static void free_kept(peer *p)
+{
+    while (p->out_head) {
+        kept *k = p->out_head;
+        p->out_head = k->next;
+        zmq_msg_close(&k->params);
+        if (k->has_bulk)
+            zmq_msg_close(&k->bulk);
+        free(k);
+    }
+    p->out_tail = p->unsent = NULL;
+    p->out_len = 0;
+}
+
+/* The peer has everything up to ack: forget it (never what was not sent). */
+static void trim_kept(peer *p, uint64_t ack)
+{
+    while (p->out_head && p->out_head != p->unsent && p->out_head->h.seq <= ack) {
+        kept *k = p->out_head;
+        p->out_head = k->next;
+        zmq_msg_close(&k->params);
+        if (k->has_bulk)
+            zmq_msg_close(&k->bulk);
+        free(k);
+        p->out_len--;
+    }
+    if (!p->out_head)
+        p->out_tail = NULL;
+    if (ack > p->acked)
+        p->acked = ack;
 }
 
 /* Encode and send; params taken, bulk copied. With no peer (a sender that
@@ -584,10 +711,15 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "%s %s: session closed: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
-    mdg_map_take(b->peers, p->rid, p->rid_len);
+    if (p->attached) {
+        if (mdg_map_get(b->peers, p->rid, p->rid_len) == p)
+            mdg_map_take(b->peers, p->rid, p->rid_len);
+        if (mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
+            mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
+    }
     mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
-    if (mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
-        mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
+    mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
+    mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
     if (p->role == MDG_ROLE_NODE) {
         if (mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p)
             mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
@@ -597,7 +729,42 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
         b->hooks.session_closed(b, p->pk, p->data, b->hook_arg);
     }
     drop_fwds(b, p);
+    free_kept(p);
     free(p);
+}
+
+/* The link dropped: keep the session (and what it has not acknowledged)
+ * for its grace period, so the client can resume it on a new link. */
+static void detach(mdg_broker *b, peer *p, const char *why)
+{
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(p->pk, who);
+    mdg_log(MDG_LOG_INFO, "%s %s: link lost (%s); session kept %d ms for a resume",
+            p->role == MDG_ROLE_NODE ? "node" : "user", who, why,
+            p->role == MDG_ROLE_NODE ? b->node_grace_ms : b->grace_ms);
+    if (mdg_map_get(b->peers, p->rid, p->rid_len) == p)
+        mdg_map_take(b->peers, p->rid, p->rid_len);
+    if (mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
+        mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
+    mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
+    mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
+    p->attached = false;
+    p->detached_at = mdg_now_ms();
+    p->unsent = p->out_head; /* whatever was not acknowledged goes again */
+}
+
+/* Attach a session to a (new) link. */
+static int attach(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, int fd)
+{
+    memcpy(p->rid, rid, rid_len);
+    p->rid_len = (uint8_t)rid_len;
+    p->fd = fd;
+    if (mdg_map_put(b->peers, rid, rid_len, p) || mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p)) {
+        mdg_map_take(b->peers, rid, rid_len);
+        return MDG_ENOMEM;
+    }
+    p->attached = true;
+    return 0;
 }
 
 static void collect_node(void *value, void *arg)
@@ -627,6 +794,18 @@ static mdg_params *default_offer(mdg_broker *b)
     return o;
 }
 
+static void welcome(mdg_broker *b, peer *p, bool resumed)
+{
+    mdg_params *w = mdg_params_new();
+    if (w) {
+        mdg_params_set_bytes(w, "session", p->session_id, sizeof p->session_id);
+        mdg_params_set_str(w, "role", p->role == MDG_ROLE_NODE ? "node" : "user");
+        mdg_params_set_bool(w, "resumed", resumed);
+        mdg_params_set_int(w, "ack", (int64_t)p->rx_seq);
+    }
+    send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
+}
+
 static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd)
 {
     peer *p = calloc(1, sizeof *p);
@@ -635,25 +814,22 @@ static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
         free(p);
         return;
     }
-    memcpy(p->rid, rid, rid_len);
-    p->rid_len = (uint8_t)rid_len;
-    p->fd = fd;
     snprintf(p->user_id, sizeof p->user_id, "%s", user_id);
     p->role = user_id[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER;
     randombytes_buf(p->session_id, sizeof p->session_id);
     if (p->role == MDG_ROLE_NODE) {
-        /* one live connection per node: a reconnecting node replaces it */
+        /* one live connection per node: a restarted node replaces it, and
+         * calls waiting on the old one fail to their callers */
         peer *old = mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES);
         if (old)
             close_session(b, old, "replaced by a new connection");
     }
-    if (mdg_map_put(b->peers, rid, rid_len, p) || mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p) ||
-        mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p) ||
+    if (attach(b, p, rid, rid_len, fd) || mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p) ||
         (p->role == MDG_ROLE_NODE && mdg_map_put(b->nodes, p->pk, MDG_KEY_BYTES, p))) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
         mdg_map_take(b->peers, rid, rid_len);
-        mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
+        mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
         free(p);
         return;
     }
@@ -662,20 +838,69 @@ static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
     else if (p->role == MDG_ROLE_USER && b->hooks.session_new)
         p->data = b->hooks.session_new(b, p->pk, p->session_id, sizeof p->session_id, b->hook_arg);
 
-    mdg_params *w = mdg_params_new();
-    if (w) {
-        mdg_params_set_bytes(w, "session", p->session_id, sizeof p->session_id);
-        mdg_params_set_str(w, "role", p->role == MDG_ROLE_NODE ? "node" : "user");
-        mdg_params_set_bool(w, "resumed", false);
-    }
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "new %s session for %s", p->role == MDG_ROLE_NODE ? "node" : "user", who);
-    if (send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0) != 0 || p->role != MDG_ROLE_USER)
+    welcome(b, p, false);
+    if (p->role != MDG_ROLE_USER)
         return;
     mdg_params *offer = b->hooks.resources ? b->hooks.resources(b, p->pk, b->hook_arg) : default_offer(b);
     if (offer)
         send_to(b, NULL, 0, p, MDG_K_CMD, 0, 0, "resource_offer", offer, NULL, 0);
+}
+
+/* A hello that names a session: resume it on this link when it belongs to
+ * the same key (never another's: the id alone proves nothing), then send
+ * what the client has not acknowledged. False when there is nothing to
+ * resume (the client gets a new session). */
+static bool resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
+                           const uint8_t *sid, size_t sid_len, uint64_t ack)
+{
+    peer *p = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
+    if (!p)
+        return false;
+    if (strcmp(p->user_id, uid) != 0) {
+        mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of another key: refused", uid + 1);
+        return false;
+    }
+    if (p->attached) /* the old link has not been seen to drop yet */
+        detach(b, p, "superseded by a new link");
+    if (attach(b, p, rid, rid_len, fd) != 0) {
+        close_session(b, p, "out of memory");
+        return false;
+    }
+    trim_kept(p, ack < p->tx_seq ? ack : p->tx_seq);
+    p->unsent = p->out_head;
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(p->pk, who);
+    mdg_log(MDG_LOG_INFO, "%s %s resumed its session; resending %zu message(s)",
+            p->role == MDG_ROLE_NODE ? "node" : "user", who, p->out_len);
+    welcome(b, p, true);
+    flush_peer(b, p);
+    if (p->role == MDG_ROLE_USER && b->hooks.session_recovered)
+        b->hooks.session_recovered(b, p->pk, p->data, b->hook_arg);
+    return true;
+}
+
+/* A hello: a new session, or the resume of one. */
+static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, const char *uid,
+                     int fd, mdg_frames *f)
+{
+    mdg_params *hp = NULL;
+    const uint8_t *sid = NULL;
+    size_t sid_len = 0;
+    int64_t ack = 0;
+    if (f->n >= 3 &&
+        mdg_wire_decode_params(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2]), &hp) == 0) {
+        mdg_params_get_bytes(hp, "session", &sid, &sid_len);
+        if (mdg_params_get_int(hp, "ack", &ack) != 0 || ack < 0)
+            ack = 0;
+    }
+    if (p && !(sid && sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
+        close_session(b, p, "replaced by a new hello");
+    if (!sid || !resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack))
+        open_session(b, rid, rid_len, uid, fd);
+    mdg_params_destroy(&hp);
 }
 
 /* Sessions of one key, collected first: closing changes the maps. */
@@ -872,7 +1097,12 @@ static void route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
             zmq_msg_init(&bm);
             zmq_msg_move(&bm, &f->part[3]);
         }
-        send_frames(b, caller, &out, &pm, nparts == 2 ? &bm : NULL);
+        if (send_frames(b, caller, &out, &pm, nparts == 2 ? &bm : NULL) != 0) {
+            char why[300];
+            snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
+            mdg_log(MDG_LOG_ERROR, "from node %s: %s", who, why);
+            send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
+        }
     }
     if (final || !caller) {
         mdg_map_take_u64(b->fwds, fw->id);
@@ -916,11 +1146,13 @@ static void dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
         mdg_msg_destroy(&m);
 }
 
-/* Sequence check: true when the message is the next one expected. */
-static bool in_sequence(peer *p, const mdg_header *h, const char *who)
+/* Acknowledgements and sequence: what the peer acknowledges is forgotten;
+ * true when the message is the next one expected (duplicates, resent after
+ * a resume, are dropped here). */
+static bool in_sequence(mdg_broker *b, peer *p, const mdg_header *h, const char *who)
 {
-    if (h->ack > p->acked && h->ack <= p->tx_seq)
-        p->acked = h->ack;
+    if (h->ack)
+        trim_kept(p, h->ack < p->tx_seq ? h->ack : p->tx_seq);
     if (!mdg_kind_sequenced(h->kind))
         return true;
     if (h->seq <= p->rx_seq) {
@@ -931,6 +1163,10 @@ static bool in_sequence(peer *p, const mdg_header *h, const char *who)
         mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu", who,
                 (unsigned long long)p->rx_seq + 1, (unsigned long long)h->seq);
     p->rx_seq = h->seq;
+    if (p->rx_seq - p->ack_sent >= ACK_EVERY)
+        send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
+    else
+        mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
     return true;
 }
 
@@ -954,7 +1190,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     if (p && strcmp(p->user_id, uid) != 0) {
         /* The routing id now belongs to another key (ids can be chosen by
          * clients): the old session must not be reachable by the new one. */
-        close_session(b, p, "routing id taken by another key");
+        detach(b, p, "routing id taken by another key");
         p = NULL;
     }
 
@@ -971,8 +1207,6 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     }
     switch (h.kind) {
     case MDG_K_HELLO: {
-        if (p)
-            close_session(b, p, "replaced by a new hello");
         /* The key was admitted when its connection was made; it may have
          * been revoked since (the connection outlives the revocation). */
         uint8_t pk[MDG_KEY_BYTES];
@@ -985,7 +1219,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
             send_to(b, rid, rid_len, NULL, MDG_K_BYE, 0, 0, "", why, NULL, 0);
             return;
         }
-        open_session(b, rid, rid_len, uid, zmq_msg_get(&f->part[1], ZMQ_SRCFD));
+        on_hello(b, p, rid, rid_len, uid, zmq_msg_get(&f->part[1], ZMQ_SRCFD), f);
         return;
     }
     case MDG_K_BYE:
@@ -1000,7 +1234,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         send_error(b, rid, rid_len, NULL, h.corr, h.command, "no session: send hello first");
         return;
     }
-    if (!in_sequence(p, &h, who))
+    if (!in_sequence(b, p, &h, who))
         return;
     switch (h.kind) {
     case MDG_K_CMD:
@@ -1042,7 +1276,7 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             int ifd = (int)fd;
             peer *p = mdg_map_get(b->by_fd, &ifd, sizeof ifd);
             if (p)
-                close_session(b, p, "connection lost");
+                detach(b, p, "connection lost");
         }
     }
     return 0;
@@ -1060,6 +1294,78 @@ static int on_router(mdg_loop *loop, void *arg, short revents)
         handle_message(b, &f);
         mdg_frames_close(&f);
     }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- timers */
+
+static int on_ack_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    peer *p;
+    while ((p = mdg_map_pop(b->owed_ack)) != NULL)
+        if (p->attached && p->rx_seq > p->ack_sent)
+            send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
+    return 0;
+}
+
+static int on_backlog_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    size_t n = mdg_map_size(b->backlog);
+    if (!n)
+        return 0;
+    peer **ps = malloc(n * sizeof *ps);
+    if (!ps)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        ps[i] = mdg_map_pop(b->backlog);
+    for (size_t i = 0; i < n; i++)
+        flush_peer(b, ps[i]); /* puts it back if its pipe is still full */
+    free(ps);
+    return 0;
+}
+
+typedef struct expired {
+    mdg_broker *b;
+    int64_t now;
+    peer **found;
+    size_t n, cap;
+} expired;
+
+static void find_expired(void *value, void *arg)
+{
+    peer *p = value;
+    expired *e = arg;
+    int grace = p->role == MDG_ROLE_NODE ? e->b->node_grace_ms : e->b->grace_ms;
+    if (p->attached || e->now - p->detached_at < grace)
+        return;
+    if (e->n == e->cap) {
+        size_t nc = e->cap ? e->cap * 2 : 16;
+        peer **nf = realloc(e->found, nc * sizeof *nf);
+        if (!nf)
+            return;
+        e->found = nf;
+        e->cap = nc;
+    }
+    e->found[e->n++] = p;
+}
+
+/* Sessions away longer than their grace period are closed for good. */
+static int on_grace_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    expired e = {.b = b, .now = mdg_now_ms()};
+    mdg_map_each(b->sessions, find_expired, &e);
+    for (size_t i = 0; i < e.n; i++)
+        close_session(b, e.found[i], "not resumed within its grace period");
+    free(e.found);
     return 0;
 }
 
@@ -1119,6 +1425,10 @@ static int bind_sockets(mdg_broker *b)
         (rc = mdg_loop_watch(b->loop, b->mon, -1, ZMQ_POLLIN, on_monitor, b)) ||
         (rc = mdg_loop_watch(b->loop, b->router, -1, ZMQ_POLLIN, on_router, b)))
         return rc;
+    if (mdg_loop_timer(b->loop, ACK_DELAY_MS, true, on_ack_timer, b) < 0 ||
+        mdg_loop_timer(b->loop, BACKLOG_RETRY_MS, true, on_backlog_timer, b) < 0 ||
+        mdg_loop_timer(b->loop, GRACE_CHECK_MS, true, on_grace_timer, b) < 0)
+        return mdg_fail(MDG_ENOMEM, "no room for the broker's timers");
     mdg_loop_on_wake(b->loop, on_wake, b);
     mdg_log(MDG_LOG_INFO, "broker listening on %s (port %d)", ep, b->bound_port);
     return 0;
@@ -1128,10 +1438,11 @@ static int bind_sockets(mdg_broker *b)
 static void close_all_sessions(mdg_broker *b)
 {
     peer *p;
-    if (!b->peers || !b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop)
+    if (!b->peers || !b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop || !b->owed_ack ||
+        !b->backlog)
         return; /* a broker that failed half-way through mdg_broker_new */
-    while ((p = mdg_map_pop(b->peers)) != NULL) {
-        mdg_map_put(b->peers, p->rid, p->rid_len, p); /* close_session takes it out */
+    while ((p = mdg_map_pop(b->sessions)) != NULL) {
+        mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p); /* close_session takes it out */
         close_session(b, p, "broker stopping");
     }
     on_wake(b->loop, b, 0); /* log what other threads queued too late */
@@ -1220,6 +1531,8 @@ void mdg_broker_destroy(mdg_broker **pb)
     mdg_map_destroy(&b->nodes);
     mdg_map_destroy(&b->by_fd);
     mdg_map_destroy(&b->fwds);
+    mdg_map_destroy(&b->owed_ack);
+    mdg_map_destroy(&b->backlog);
     mdg_map_destroy(&b->allow);
     mdg_keys_destroy(&b->keys);
     free(b);
