@@ -69,6 +69,10 @@ typedef struct hdr_state {
 static void hdr_uint(hdr_state *s, uint64_t v)
 {
     mdg_header *h = s->h;
+    if (s->field < 0) { /* the first item is not the array */
+        s->bad = "header must be an array of 7 fields";
+        return;
+    }
     switch (s->field++) {
     case 0:
         if (v != MDG_WIRE_VERSION)
@@ -180,6 +184,7 @@ typedef struct check_state {
     int depth;                       /* open containers; -1 when the top item is done */
     size_t avail;                    /* bytes not yet decoded */
     const char *bad;
+    bool halves;                     /* saw a half-precision float */
 } check_state;
 
 /* One item (leaf or container start) fills a slot of the enclosing one. */
@@ -233,13 +238,30 @@ static void ck_u32(void *c, uint32_t v) { (void)v; leaf(c); }
 static void ck_u64(void *c, uint64_t v) { (void)v; leaf(c); }
 static void ck_data(void *c, cbor_data d, uint64_t l) { (void)d; (void)l; leaf(c); }
 static void ck_f(void *c, float v) { (void)v; leaf(c); }
+static void ck_f2(void *c, float v)
+{
+    ((check_state *)c)->halves = true;
+    ck_f(c, v);
+}
 static void ck_d(void *c, double v) { (void)v; leaf(c); }
 static void ck_b(void *c, bool v) { (void)v; leaf(c); }
 static void ck_indef_string(void *c) { ((check_state *)c)->bad = "indefinite-length strings are not accepted"; }
-static void ck_array(void *c, uint64_t n) { open_container(c, n); }
+/* UINT64_MAX marks indefinite containers: a definite array declaring
+ * 2^64 - 1 items must not pass for one (any count above avail is refused). */
+static void ck_array(void *c, uint64_t n) { open_container(c, n == UINT64_MAX ? UINT64_MAX - 1 : n); }
 static void ck_map(void *c, uint64_t n) { open_container(c, n > UINT64_MAX / 2 ? UINT64_MAX - 1 : n * 2); }
 static void ck_indef(void *c) { open_container(c, UINT64_MAX); }
-static void ck_tag(void *c, uint64_t t) { (void)t; open_container(c, 1); }
+/* libcbor 0.8 writes tags 6..20 in their one-byte form, which its own
+ * decoder refuses: a params map carrying one (sent in a longer form) would
+ * decode here but not where the broker relays it. Refused at the door. */
+static void ck_tag(void *c, uint64_t t)
+{
+    if (t >= 6 && t <= 20) {
+        ((check_state *)c)->bad = "CBOR tags 6 to 20 are not accepted";
+        return;
+    }
+    open_container(c, 1);
+}
 static void ck_break(void *c)
 {
     check_state *s = c;
@@ -259,11 +281,12 @@ static const struct cbor_callbacks check_callbacks = {
     .array_start = ck_array, .indef_array_start = ck_indef,
     .map_start = ck_map, .indef_map_start = ck_indef,
     .tag = ck_tag,
-    .float2 = ck_f, .float4 = ck_f, .float8 = ck_d,
+    .float2 = ck_f2, .float4 = ck_f, .float8 = ck_d,
     .undefined = ck_leaf, .null = ck_leaf, .boolean = ck_b, .indef_break = ck_break,
 };
 
-int mdg_wire_check_cbor(const void *buf, size_t len)
+/* The check, also telling whether half floats were seen. */
+static int check_cbor(const void *buf, size_t len, bool *halves)
 {
     check_state s = {.depth = 0, .left = {1}};
     size_t off = 0;
@@ -282,13 +305,111 @@ int mdg_wire_check_cbor(const void *buf, size_t len)
         return mdg_fail(MDG_EPROTO, "refused CBOR: %s", s.bad);
     if (off != len)
         return mdg_fail(MDG_EPROTO, "trailing bytes after CBOR item");
+    *halves = s.halves;
     return 0;
+}
+
+int mdg_wire_check_cbor(const void *buf, size_t len)
+{
+    bool halves;
+    return check_cbor(buf, len, &halves);
+}
+
+/* libcbor 0.8 re-encodes half floats lossily (subnormals lose digits, a
+ * NaN loses its sign), so a value relayed by the broker would change.
+ * Decoded halves become singles, which hold every half exactly and
+ * re-encode bit for bit. Depth is bounded by the check. */
+static int widen_halves(cbor_item_t **slot)
+{
+    cbor_item_t *it = *slot;
+    switch (cbor_typeof(it)) {
+    case CBOR_TYPE_FLOAT_CTRL:
+        if (cbor_float_get_width(it) == CBOR_FLOAT_16) {
+            cbor_item_t *w = cbor_build_float4(cbor_float_get_float2(it));
+            if (!w)
+                return MDG_ENOMEM;
+            cbor_decref(slot);
+            *slot = w;
+        }
+        return 0;
+    case CBOR_TYPE_ARRAY: {
+        cbor_item_t **h = cbor_array_handle(it);
+        for (size_t i = 0; i < cbor_array_size(it); i++)
+            if (widen_halves(&h[i]))
+                return MDG_ENOMEM;
+        return 0;
+    }
+    case CBOR_TYPE_MAP: {
+        struct cbor_pair *h = cbor_map_handle(it);
+        for (size_t i = 0; i < cbor_map_size(it); i++)
+            if (widen_halves(&h[i].key) || widen_halves(&h[i].value))
+                return MDG_ENOMEM;
+        return 0;
+    }
+    case CBOR_TYPE_TAG: {
+        cbor_item_t *inner = cbor_tag_item(it), *orig = inner; /* incref'd */
+        int rc = widen_halves(&inner);
+        if (!rc && inner != orig) {
+            cbor_tag_set_item(it, inner); /* increfs inner, keeps orig's ref */
+            cbor_decref(&orig);           /* the tag's old reference */
+        }
+        cbor_decref(&inner);
+        return rc;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* Order of text keys for the duplicate check: length, then bytes. */
+static int key_cmp(const void *a, const void *b)
+{
+    const cbor_item_t *x = *(cbor_item_t *const *)a, *y = *(cbor_item_t *const *)b;
+    size_t lx = cbor_string_length(x), ly = cbor_string_length(y);
+    if (lx != ly)
+        return lx < ly ? -1 : 1;
+    return lx ? memcmp(cbor_string_handle(x), cbor_string_handle(y), lx) : 0;
+}
+
+/* A key may appear once: with duplicates, our getters see the first value
+ * while another decoder (or a forwarded copy) may keep the last, so a
+ * sender could slip a forged "user" past the broker's stamp. Sorting keeps
+ * this O(n log n) for maps with many keys. Keys are definite text (the
+ * check above refuses indefinite strings). */
+static int check_unique_keys(const cbor_item_t *map)
+{
+    size_t n = cbor_map_size(map);
+    if (n < 2)
+        return 0;
+    cbor_item_t **keys = malloc(n * sizeof *keys);
+    if (!keys)
+        return mdg_fail(MDG_ENOMEM, "out of memory decoding params");
+    struct cbor_pair *pairs = cbor_map_handle(map);
+    for (size_t i = 0; i < n; i++)
+        keys[i] = pairs[i].key;
+    qsort(keys, n, sizeof *keys, key_cmp);
+    int rc = 0;
+    for (size_t i = 1; i < n && !rc; i++) {
+        if (key_cmp(&keys[i - 1], &keys[i]) != 0)
+            continue;
+        /* name the key in the error, printable bytes only (it is logged) */
+        char name[65];
+        size_t kl = cbor_string_length(keys[i]), j;
+        const unsigned char *kd = cbor_string_handle(keys[i]);
+        for (j = 0; j < kl && j < sizeof name - 1; j++)
+            name[j] = kd[j] >= 0x20 && kd[j] < 0x7f ? (char)kd[j] : '?';
+        name[j] = '\0';
+        rc = mdg_fail(MDG_EPROTO, "duplicate params key '%s'", name);
+    }
+    free(keys);
+    return rc;
 }
 
 int mdg_wire_decode_params(const void *buf, size_t len, mdg_params **out)
 {
     struct cbor_load_result res;
-    int rc = mdg_wire_check_cbor(buf, len);
+    bool halves = false;
+    int rc = check_cbor(buf, len, &halves);
     if (rc)
         return rc;
     cbor_item_t *item = cbor_load(buf, len, &res);
@@ -306,6 +427,10 @@ int mdg_wire_decode_params(const void *buf, size_t len, mdg_params **out)
             cbor_decref(&item);
             return mdg_fail(MDG_EPROTO, "params keys must be text strings");
         }
+    }
+    if ((rc = check_unique_keys(item)) != 0 || (halves && (rc = widen_halves(&item)) != 0)) {
+        cbor_decref(&item);
+        return rc == MDG_ENOMEM ? mdg_fail(rc, "out of memory decoding params") : rc;
     }
     *out = mdg_params_wrap(item);
     return *out ? 0 : MDG_ENOMEM;

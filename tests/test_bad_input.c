@@ -1,0 +1,618 @@
+/* test_bad_input.c - bad input over real sockets. A raw ZeroMQ DEALER with
+ * CURVE (no libmessidge on its side of the wire) sends the broker broken,
+ * refused and forged messages; for each one we check that
+ *   (a) the clear error text reaches the sender (an ERROR reply with the
+ *       sender's corr, or a notice with corr 0),
+ *   (b) the broker logged it,
+ *   (c) nothing else is disturbed: the raw client's own session still
+ *       works, and a well-behaved mdg_conn client connected at the same
+ *       time still gets correct answers.
+ */
+#include "testutil.h"
+
+#include "internal.h"
+#include "wire.h"
+
+#include <stdatomic.h>
+
+/* ------------------------------------------------------- the broker side */
+
+static atomic_int handled; /* handler calls, of any command */
+
+/* Echo i, and what the broker stamped: user, session, and whether a
+ * "node" param reached the handler (it must not, from a user). */
+static void h_echo(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&handled, 1);
+    mdg_params *in = mdg_msg_params(m), *r = mdg_params_new();
+    const uint8_t *b;
+    size_t len;
+    int64_t i;
+    if (mdg_params_get_int(in, "i", &i) == 0)
+        mdg_params_set_int(r, "i", i);
+    if (mdg_params_get_bytes(in, "user", &b, &len) == 0)
+        mdg_params_set_bytes(r, "user", b, len);
+    if (mdg_params_get_bytes(in, "session", &b, &len) == 0)
+        mdg_params_set_bytes(r, "session", b, len);
+    mdg_params_set_bool(r, "node_seen", mdg_params_has(in, "node"));
+    mdg_msg_reply(m, r, NULL, 0);
+}
+
+static void h_note(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&handled, 1);
+    if (mdg_msg_replyable(m))
+        mdg_msg_reply(m, NULL, NULL, 0);
+}
+
+static const mdg_cmd cmds[] = {
+    {"echo", h_echo, NULL, MDG_CMD_NEEDS_REPLY},
+    {"note", h_note, MDG_REQUIRE("note"), 0},
+    {"node_only", h_note, NULL, MDG_CMD_NODE_ONLY},
+    MDG_CMD_END,
+};
+
+/* --------------------------------------------------------- a raw client */
+
+typedef struct raw {
+    void *ctx, *sock;
+    mdg_keys *keys;
+    uint64_t seq;    /* last seq we sent in a valid CMD header */
+    uint64_t rx_seq; /* last seq the broker sent us */
+    uint64_t corr;   /* last corr we used */
+    uint8_t session[64];
+    size_t session_len;
+} raw;
+
+static void raw_open(raw *r, const mdg_broker *b, const mdg_keys *bkeys)
+{
+    char ep[64];
+    int linger = 0;
+    memset(r, 0, sizeof *r);
+    if (mdg_keys_new(&r->keys) || !(r->ctx = zmq_ctx_new()) ||
+        !(r->sock = zmq_socket(r->ctx, ZMQ_DEALER))) {
+        fprintf(stderr, "cannot make a raw client\n");
+        exit(2);
+    }
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", mdg_broker_port(b));
+    if (zmq_setsockopt(r->sock, ZMQ_CURVE_SERVERKEY, mdg_keys_public(bkeys), MDG_KEY_BYTES) ||
+        zmq_setsockopt(r->sock, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(r->keys), MDG_KEY_BYTES) ||
+        zmq_setsockopt(r->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(r->keys), MDG_KEY_BYTES) ||
+        zmq_setsockopt(r->sock, ZMQ_LINGER, &linger, sizeof linger) || zmq_connect(r->sock, ep)) {
+        fprintf(stderr, "cannot connect a raw client: %s\n", zmq_strerror(errno));
+        exit(2);
+    }
+}
+
+static void raw_close(raw *r)
+{
+    zmq_close(r->sock);
+    zmq_ctx_term(r->ctx);
+    mdg_keys_destroy(&r->keys);
+}
+
+/* Send n frames as one message. */
+static void raw_frames(raw *r, int n, const void *const *data, const size_t *len)
+{
+    for (int i = 0; i < n; i++)
+        zmq_send(r->sock, data[i], len[i], i < n - 1 ? ZMQ_SNDMORE : 0);
+}
+
+static size_t make_header(uint8_t *buf, int kind, uint64_t seq, uint64_t corr, const char *command)
+{
+    mdg_header h = {.kind = (uint8_t)kind, .seq = seq, .corr = corr};
+    mdg_header_set_command(&h, command);
+    return mdg_wire_encode_header(&h, buf, MDG_MAX_HEADER);
+}
+
+/* A CMD with a valid header (next seq) and the given raw params bytes. */
+static void raw_cmd_bytes(raw *r, const char *command, uint64_t corr, const void *params, size_t plen)
+{
+    uint8_t hb[MDG_MAX_HEADER];
+    size_t hl = make_header(hb, MDG_K_CMD, ++r->seq, corr, command);
+    const void *d[] = {hb, params};
+    size_t l[] = {hl, plen};
+    raw_frames(r, 2, d, l);
+}
+
+/* The same with params built with the API (taken). */
+static void raw_cmd(raw *r, const char *command, uint64_t corr, mdg_params *p)
+{
+    zmq_msg_t m;
+    mdg_wire_encode_params(p, &m);
+    raw_cmd_bytes(r, command, corr, zmq_msg_data(&m), zmq_msg_size(&m));
+    zmq_msg_close(&m);
+    mdg_params_destroy(&p);
+}
+
+/* Receive one message: 0, or -1 when nothing came in time, or -2 when
+ * what came is not a valid message. */
+static int raw_recv_any(raw *r, mdg_header *h, mdg_params **p, int timeout_ms)
+{
+    zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
+    zmq_msg_t part[4];
+    int n = 0, more = 1, rc = 0;
+    *p = NULL;
+    if (zmq_poll(&it, 1, timeout_ms) <= 0)
+        return -1;
+    while (more) {
+        zmq_msg_t tmp, *m = n < 4 ? &part[n] : &tmp;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, r->sock, 0) < 0) {
+            zmq_msg_close(m);
+            break;
+        }
+        more = zmq_msg_more(m);
+        if (m == &tmp)
+            zmq_msg_close(m);
+        n++;
+    }
+    if (n < 2 || n > 3 ||
+        mdg_wire_decode_header(zmq_msg_data(&part[0]), zmq_msg_size(&part[0]), h) != 0 ||
+        mdg_wire_decode_params(zmq_msg_data(&part[1]), zmq_msg_size(&part[1]), p) != 0)
+        rc = -2;
+    for (int i = 0; i < n && i < 4; i++)
+        zmq_msg_close(&part[i]);
+    return rc;
+}
+
+/* The same, passing over commands the broker pushes on its own (such as
+ * the resource offer at session start; they count in the sequence) and
+ * its acknowledgements. */
+static int raw_recv(raw *r, mdg_header *h, mdg_params **p, int timeout_ms)
+{
+    int64_t deadline = mdg_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - mdg_now_ms();
+        int rc = raw_recv_any(r, h, p, left > 0 ? (int)left : 0);
+        if (rc == 0 && h->kind == MDG_K_ACK) {
+            mdg_params_destroy(p);
+            continue;
+        }
+        if (rc != 0 || h->kind != MDG_K_CMD)
+            return rc;
+        if (r->session_len && h->seq == r->rx_seq + 1)
+            r->rx_seq = h->seq;
+        mdg_params_destroy(p);
+    }
+}
+
+/* HELLO, then WELCOME with a session. */
+static void raw_hello(raw *r)
+{
+    uint8_t hb[MDG_MAX_HEADER];
+    const uint8_t empty = 0xa0;
+    size_t hl = make_header(hb, MDG_K_HELLO, 0, 0, "");
+    const void *d[] = {hb, &empty};
+    size_t l[] = {hl, 1};
+    raw_frames(r, 2, d, l);
+    mdg_header h;
+    mdg_params *p = NULL;
+    const uint8_t *sid = NULL;
+    const char *role = NULL;
+    bool resumed = true;
+    CHECK_RC(raw_recv(r, &h, &p, 5000), 0);
+    CHECK(h.kind == MDG_K_WELCOME && h.seq == 0);
+    CHECK_RC(mdg_params_get_bytes(p, "session", &sid, &r->session_len), 0);
+    CHECK(r->session_len > 0 && r->session_len <= sizeof r->session);
+    if (sid && r->session_len <= sizeof r->session)
+        memcpy(r->session, sid, r->session_len);
+    CHECK_RC(mdg_params_get_str(p, "role", &role), 0);
+    CHECK(role && strcmp(role, "user") == 0);
+    CHECK_RC(mdg_params_get_bool(p, "resumed", &resumed), 0);
+    CHECK(!resumed);
+    mdg_params_destroy(&p);
+}
+
+/* Expect an ERROR for the last bad input: with corr (0 = a notice), the
+ * command name when given, `text` in the error, `log` in the broker log. */
+static void expect_error_(raw *r, uint64_t corr, const char *command, const char *text,
+                          const char *log, int line)
+{
+    mdg_header h;
+    mdg_params *p = NULL;
+    const char *err = "", *cmd = NULL;
+    int rc = raw_recv(r, &h, &p, 5000);
+    bool ok = rc == 0 && h.kind == MDG_K_ERROR && h.corr == corr;
+    if (ok)
+        mdg_params_get_str(p, "error", &err);
+    if (ok && command)
+        ok = mdg_params_get_str(p, "command", &cmd) == 0 && strcmp(cmd, command) == 0;
+    ok = ok && strstr(err, text) != NULL;
+    /* errors are sequenced like every reply: next in line after a hello */
+    if (ok && r->session_len) {
+        ok = h.seq == r->rx_seq + 1;
+        r->rx_seq = h.seq;
+    }
+    t_checks++;
+    if (!ok) {
+        t_failed++;
+        fprintf(stderr, "test_bad_input.c:%d: wanted an error (corr %llu, \"%s\"); got rc %d kind %d "
+                        "corr %llu seq %llu error \"%s\" command \"%s\"\n",
+                line, (unsigned long long)corr, text, rc, rc ? -1 : h.kind,
+                rc ? 0ULL : (unsigned long long)h.corr, rc ? 0ULL : (unsigned long long)h.seq, err,
+                cmd ? cmd : "(none)");
+    }
+    mdg_params_destroy(&p);
+    WAIT_FOR(t_logged(log), 2000);
+    t_checks++;
+    if (!t_logged(log)) {
+        t_failed++;
+        fprintf(stderr, "test_bad_input.c:%d: broker did not log \"%s\"\n", line, log);
+    }
+}
+#define EXPECT_ERROR(r, corr, command, text, log) expect_error_(r, corr, command, text, log, __LINE__)
+
+/* The raw client's own session still answers: echo i comes back as i. */
+static void raw_still_works_(raw *r, int line)
+{
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_int(p, "i", (int64_t)line);
+    raw_cmd(r, "echo", ++r->corr, p);
+    mdg_header h;
+    mdg_params *rp = NULL;
+    int64_t i = -1;
+    int rc = raw_recv(r, &h, &rp, 5000);
+    bool ok = rc == 0 && h.kind == MDG_K_REPLY && h.corr == r->corr && h.seq == r->rx_seq + 1 &&
+              mdg_params_get_int(rp, "i", &i) == 0 && i == line;
+    if (rc == 0)
+        r->rx_seq = h.seq;
+    t_checks++;
+    if (!ok) {
+        t_failed++;
+        fprintf(stderr, "test_bad_input.c:%d: raw client's session disturbed (rc %d kind %d i %lld)\n",
+                line, rc, rc ? -1 : h.kind, (long long)i);
+    }
+    mdg_params_destroy(&rp);
+}
+#define RAW_STILL_WORKS(r) raw_still_works_(r, __LINE__)
+
+/* ------------------------------------------------ the well-behaved client */
+
+typedef struct notices {
+    pthread_mutex_t lock;
+    int n;
+    char command[64];
+    char text[512];
+} notices;
+
+static void on_notice(const char *command, const char *text, void *arg)
+{
+    notices *ns = arg;
+    pthread_mutex_lock(&ns->lock);
+    ns->n++;
+    snprintf(ns->command, sizeof ns->command, "%s", command);
+    snprintf(ns->text, sizeof ns->text, "%s", text);
+    pthread_mutex_unlock(&ns->lock);
+}
+
+static int notice_count(notices *ns)
+{
+    pthread_mutex_lock(&ns->lock);
+    int n = ns->n;
+    pthread_mutex_unlock(&ns->lock);
+    return n;
+}
+
+static void good_still_works_(mdg_conn *c, int line)
+{
+    static int64_t next = 1000;
+    mdg_params *p = mdg_params_new();
+    mdg_msg *r = NULL;
+    int64_t i = -1, want = ++next;
+    mdg_params_set_int(p, "i", want);
+    int rc = mdg_conn_call(c, "echo", p, NULL, 0, 5000, &r);
+    bool ok = rc == 0 && mdg_params_get_int(mdg_msg_params(r), "i", &i) == 0 && i == want;
+    t_checks++;
+    if (!ok) {
+        t_failed++;
+        fprintf(stderr, "test_bad_input.c:%d: the good client was disturbed: rc %d (%s), i %lld\n",
+                line, rc, mdg_last_error(), (long long)i);
+    }
+    mdg_msg_destroy(&r);
+}
+#define GOOD_STILL_WORKS(c) good_still_works_(c, __LINE__)
+
+/* ------------------------------------------------------------- the cases */
+
+/* Refused by the command table: reply with corr, or notice with corr 0. */
+static void test_table_refusals(raw *r, mdg_conn *good)
+{
+    t_clear_log();
+    raw_cmd(r, "nope", ++r->corr, NULL);
+    EXPECT_ERROR(r, r->corr, "nope", "unknown command 'nope'", "refused: unknown command 'nope'");
+    RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+
+    t_clear_log();
+    raw_cmd(r, "nope", 0, NULL);
+    EXPECT_ERROR(r, 0, "nope", "unknown command 'nope'", "refused");
+    RAW_STILL_WORKS(r);
+
+    t_clear_log();
+    raw_cmd(r, "", ++r->corr, NULL);
+    EXPECT_ERROR(r, r->corr, "", "unknown command ''", "refused");
+    RAW_STILL_WORKS(r);
+
+    t_clear_log();
+    int before = atomic_load(&handled);
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_str(p, "other", "x");
+    raw_cmd(r, "note", ++r->corr, p);
+    EXPECT_ERROR(r, r->corr, "note", "command 'note' is missing required param 'note'", "refused");
+    CHECK(atomic_load(&handled) == before); /* the handler never ran */
+    t_clear_log();
+    raw_cmd(r, "note", 0, NULL);
+    EXPECT_ERROR(r, 0, "note", "missing required param 'note'", "missing required param");
+    RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+
+    t_clear_log();
+    before = atomic_load(&handled);
+    raw_cmd(r, "node_only", ++r->corr, NULL);
+    EXPECT_ERROR(r, r->corr, "node_only", "command 'node_only' may only be sent by a node", "refused");
+    CHECK(atomic_load(&handled) == before);
+    RAW_STILL_WORKS(r);
+
+    /* a fire-and-forget message to a command that needs a reply */
+    t_clear_log();
+    before = atomic_load(&handled);
+    raw_cmd(r, "echo", 0, NULL);
+    EXPECT_ERROR(r, 0, "echo", "command 'echo' needs a reply but was sent without one", "refused");
+    CHECK(atomic_load(&handled) == before);
+    RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+}
+
+/* The same refusals seen by an mdg_conn user: errors as values, notices
+ * through the error handler. */
+static void test_table_refusals_conn(mdg_conn *good, notices *ns)
+{
+    mdg_msg *r = NULL;
+    CHECK_RC(mdg_conn_call(good, "nope", NULL, NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "unknown command 'nope'") != NULL);
+    CHECK_RC(mdg_conn_call(good, "note", NULL, NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "missing required param 'note'") != NULL);
+    CHECK_RC(mdg_conn_call(good, "node_only", NULL, NULL, 0, 5000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "may only be sent by a node") != NULL);
+    CHECK(r == NULL);
+
+    int before = notice_count(ns);
+    CHECK_RC(mdg_conn_send(good, "echo", NULL, NULL, 0), 0);
+    WAIT_FOR(notice_count(ns) > before, 5000);
+    CHECK(notice_count(ns) == before + 1);
+    pthread_mutex_lock(&ns->lock);
+    CHECK(strcmp(ns->command, "echo") == 0);
+    CHECK(strstr(ns->text, "needs a reply but was sent without one") != NULL);
+    pthread_mutex_unlock(&ns->lock);
+
+    before = notice_count(ns);
+    CHECK_RC(mdg_conn_send(good, "nope", NULL, NULL, 0), 0);
+    WAIT_FOR(notice_count(ns) > before, 5000);
+    pthread_mutex_lock(&ns->lock);
+    CHECK(ns->n == before + 1 && strcmp(ns->command, "nope") == 0 &&
+          strstr(ns->text, "unknown command 'nope'") != NULL);
+    pthread_mutex_unlock(&ns->lock);
+    GOOD_STILL_WORKS(good);
+}
+
+/* Params frames that are not a params map. */
+static void test_bad_params(raw *r, mdg_conn *good)
+{
+    static const struct {
+        const char *what;
+        uint8_t bytes[16];
+        size_t len;
+        const char *text;
+    } cases[] = {
+        {"an array", {0x82, 0x01, 0x02}, 3, "params must be a map"},
+        {"an int", {0x18, 42}, 2, "params must be a map"},
+        {"a string", {0x62, '{', '}'}, 3, "params must be a map"},
+        {"an int key", {0xa1, 0x01, 0x02}, 3, "keys must be text"},
+        {"truncated", {0xa2, 0x61, 'a', 0x01}, 4, "truncated"},
+        {"garbage", {0xff, 0xfe, 0xfd}, 3, "CBOR"},
+        {"reserved bytes", {0xa1, 0x61, 'a', 0x1c}, 4, "malformed"},
+        {"trailing bytes", {0xa0, 0x00}, 2, "trailing"},
+        {"a huge declared length", {0x9b, 0x10, 0, 0, 0, 0, 0, 0, 0, 1}, 10, "declared length"},
+        {"an indefinite string", {0xa1, 0x61, 'a', 0x7f, 0xff}, 5, "indefinite"},
+        {"duplicate keys", {0xa2, 0x61, 'a', 1, 0x61, 'a', 2}, 7, "duplicate params key 'a'"},
+        {"empty", {0}, 0, "truncated"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        t_clear_log();
+        int before = atomic_load(&handled);
+        raw_cmd_bytes(r, "echo", ++r->corr, cases[k].bytes, cases[k].len);
+        fprintf(stderr, "  params: %s\n", cases[k].what);
+        EXPECT_ERROR(r, r->corr, "echo", cases[k].text, cases[k].text);
+        CHECK(atomic_load(&handled) == before);
+    }
+    /* deeper than the limit */
+    uint8_t deep[MDG_MAX_DEPTH + 4];
+    size_t n = 0;
+    deep[n++] = 0xa1;
+    deep[n++] = 0x61;
+    deep[n++] = 'd';
+    for (int i = 0; i < MDG_MAX_DEPTH; i++)
+        deep[n++] = 0x81;
+    deep[n++] = 0x00;
+    t_clear_log();
+    raw_cmd_bytes(r, "echo", ++r->corr, deep, n);
+    EXPECT_ERROR(r, r->corr, "echo", "nested too deeply", "nested too deeply");
+    /* a refused fire-and-forget message still tells its sender */
+    t_clear_log();
+    raw_cmd_bytes(r, "note", 0, "\x82\x01\x02", 3);
+    EXPECT_ERROR(r, 0, "note", "params must be a map", "refused");
+    RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+}
+
+/* Headers that cannot be read: the broker cannot know the corr, so the
+ * sender gets a notice (corr 0). */
+static void test_bad_headers(raw *r, mdg_conn *good)
+{
+    static const struct {
+        const char *what;
+        const char *bytes;
+        size_t len;
+        const char *text;
+    } cases[] = {
+        {"not CBOR", "hello, broker", 13, "bad header"},
+        {"empty", "", 0, "not valid CBOR"},
+        {"a string for seq", "\x87\x01\x03\x61x\x00\x01\x64\x65\x63\x68\x6f\x00", 13, "is a string"},
+        {"an int for the command", "\x87\x01\x03\x01\x00\x01\x05\x00", 8, "must be a text string"},
+        {"a negative seq", "\x87\x01\x03\x20\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "wrong type"},
+        {"6 fields", "\x86\x01\x03\x01\x00\x01\x64\x65\x63\x68\x6f", 11, "array of 7"},
+        {"version 2", "\x87\x02\x03\x01\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "version"},
+        {"kind 9", "\x87\x01\x09\x01\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "unknown message kind"},
+        {"a map", "\xa0", 1, "bad header"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        t_clear_log();
+        const void *d[] = {cases[k].bytes, "\xa0"};
+        size_t l[] = {cases[k].len, 1};
+        raw_frames(r, 2, d, l);
+        fprintf(stderr, "  header: %s\n", cases[k].what);
+        EXPECT_ERROR(r, 0, NULL, cases[k].text, cases[k].text);
+    }
+    /* a header frame over the limit */
+    uint8_t big[MDG_MAX_HEADER + 10];
+    memset(big, 0x60, sizeof big);
+    const void *d[] = {big, "\xa0"};
+    size_t l[] = {sizeof big, 1};
+    t_clear_log();
+    raw_frames(r, 2, d, l);
+    EXPECT_ERROR(r, 0, NULL, "too large", "too large");
+    RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+}
+
+/* Wrong numbers of frames. */
+static void test_frames(raw *r, mdg_conn *good, const mdg_broker *b, const mdg_keys *bkeys)
+{
+    uint8_t hb[MDG_MAX_HEADER];
+
+    /* only a header frame: no params */
+    t_clear_log();
+    size_t hl = make_header(hb, MDG_K_CMD, ++r->seq, ++r->corr, "echo");
+    const void *d1[] = {hb};
+    size_t l1[] = {hl};
+    raw_frames(r, 1, d1, l1);
+    EXPECT_ERROR(r, r->corr, "echo", "a message has a header, params and at most one bulk frame", "refused");
+    RAW_STILL_WORKS(r);
+
+    /* header, params, bulk, and one frame too many. A raw client of its
+     * own, so that whether the broker counts the seq does not matter. */
+    raw x;
+    raw_open(&x, b, bkeys);
+    raw_hello(&x);
+    t_clear_log();
+    hl = make_header(hb, MDG_K_CMD, ++x.seq, ++x.corr, "echo");
+    const void *d4[] = {hb, "\xa0", "bulk", "extra"};
+    size_t l4[] = {hl, 1, 4, 5};
+    raw_frames(&x, 4, d4, l4);
+    EXPECT_ERROR(&x, x.corr, "echo", "a message has a header, params and at most one bulk frame",
+                 "too many frames");
+    /* many frames more: the broker keeps only the first few */
+    t_clear_log();
+    const void *d9[] = {hb, "\xa0", "1", "2", "3", "4", "5", "6", "7"};
+    size_t l9[] = {hl, 1, 1, 1, 1, 1, 1, 1, 1};
+    raw_frames(&x, 9, d9, l9);
+    EXPECT_ERROR(&x, x.corr, "echo", "at most one bulk frame", "too many frames");
+    raw_close(&x);
+    RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+}
+
+/* A command before HELLO: "no session". */
+static void test_no_session(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn *good)
+{
+    raw x;
+    raw_open(&x, b, bkeys);
+    t_clear_log();
+    int before = atomic_load(&handled);
+    raw_cmd(&x, "echo", 7, NULL);
+    EXPECT_ERROR(&x, 7, "echo", "no session", "without a session");
+    CHECK(atomic_load(&handled) == before);
+    /* a notice when there is no corr */
+    raw_cmd(&x, "note", 0, NULL);
+    EXPECT_ERROR(&x, 0, "note", "no session", "without a session");
+    /* after a hello the same client works */
+    raw_hello(&x);
+    x.seq = 0; /* a new session counts from 1 */
+    RAW_STILL_WORKS(&x);
+    raw_close(&x);
+    GOOD_STILL_WORKS(good);
+}
+
+/* Forged identity params: the handler sees what the broker vouches for. */
+static void test_forgery(raw *r, mdg_conn *good, const mdg_keys *good_keys)
+{
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_bytes(p, "user", mdg_keys_public(good_keys), MDG_KEY_BYTES); /* someone else */
+    mdg_params_set_str(p, "session", "forged");
+    mdg_params_set_bytes(p, "node", mdg_keys_public(good_keys), MDG_KEY_BYTES);
+    mdg_params_set_int(p, "i", 5);
+    raw_cmd(r, "echo", ++r->corr, p);
+    mdg_header h;
+    mdg_params *rp = NULL;
+    const uint8_t *u = NULL, *s = NULL;
+    size_t ulen = 0, slen = 0;
+    bool node_seen = true;
+    CHECK_RC(raw_recv(r, &h, &rp, 5000), 0);
+    r->rx_seq = h.seq;
+    CHECK(h.kind == MDG_K_REPLY && h.corr == r->corr);
+    CHECK_RC(mdg_params_get_bytes(rp, "user", &u, &ulen), 0);
+    CHECK(ulen == MDG_KEY_BYTES && u && memcmp(u, mdg_keys_public(r->keys), MDG_KEY_BYTES) == 0);
+    CHECK_RC(mdg_params_get_bytes(rp, "session", &s, &slen), 0);
+    CHECK(slen == r->session_len && s && memcmp(s, r->session, slen) == 0);
+    CHECK_RC(mdg_params_get_bool(rp, "node_seen", &node_seen), 0);
+    CHECK(!node_seen); /* only the broker says who is a node */
+    mdg_params_destroy(&rp);
+
+    /* a second "user" key behind a first one is refused outright */
+    static const uint8_t dup[] = {0xa2, 0x64, 'u', 's', 'e', 'r', 0x01, 0x64, 'u', 's', 'e', 'r', 0x02};
+    t_clear_log();
+    raw_cmd_bytes(r, "echo", ++r->corr, dup, sizeof dup);
+    EXPECT_ERROR(r, r->corr, "echo", "duplicate params key 'user'", "refused");
+    RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+}
+
+int main(void)
+{
+    t_capture_log();
+    mdg_keys *bkeys = NULL, *gkeys = NULL;
+    mdg_broker *b = t_broker(&bkeys, cmds, NULL, NULL, true);
+
+    notices ns = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    mdg_conn *good = t_client(b, bkeys, &gkeys, NULL, NULL);
+    CHECK_RC(mdg_conn_set_error_handler(good, on_notice, &ns), 0);
+    CHECK_RC(mdg_conn_start(good), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(good, 5000), 0);
+
+    raw r;
+    raw_open(&r, b, bkeys);
+    raw_hello(&r);
+    RAW_STILL_WORKS(&r);
+    GOOD_STILL_WORKS(good);
+
+    test_table_refusals(&r, good);
+    test_table_refusals_conn(good, &ns);
+    test_bad_params(&r, good);
+    test_bad_headers(&r, good);
+    test_frames(&r, good, b, bkeys);
+    test_no_session(b, bkeys, good);
+    test_forgery(&r, good, gkeys);
+
+    /* none of it reached the good client as a notice it did not cause */
+    CHECK(notice_count(&ns) == 2);
+
+    raw_close(&r);
+    mdg_conn_destroy(&good);
+    mdg_broker_destroy(&b);
+    mdg_keys_destroy(&bkeys);
+    mdg_keys_destroy(&gkeys);
+    return t_done("test_bad_input");
+}
