@@ -365,9 +365,11 @@ typedef struct mdg_conn_options {
     bool reflect_errors; /* send handler failures' text back to the caller */
     /* Messages queued or sent but not yet acknowledged by the broker (kept
      * to be resent after a reconnect). Default 10000. When it is full a
-     * send blocks until there is room, or with `nonblocking` fails with
-     * MDG_EAGAIN; sends from the loop thread (handlers, callbacks) never
-     * block and get MDG_EAGAIN. Nothing is dropped silently. */
+     * send from an application thread blocks until there is room, or with
+     * `nonblocking` fails with MDG_EAGAIN. Sends from the loop thread
+     * (handlers, callbacks) are never refused nor blocked, so a reply is
+     * never lost: stream long replies from another thread (mdg_msg_keep).
+     * Nothing is dropped silently. */
     int queue_limit;
     bool nonblocking;
     /* ZMTP heartbeat interval: a broker silent for 3 intervals is taken as

@@ -32,6 +32,10 @@
 typedef struct peer {
     uint8_t rid[255];
     uint8_t rid_len;
+    /* the routing id of the link before the last drop: what it delivered
+     * before dropping may still be queued in libzmq and is read normally */
+    uint8_t stale_rid[255];
+    uint8_t stale_rid_len;
     char user_id[USER_ID_LEN + 1]; /* as set by our ZAP reply */
     uint8_t pk[MDG_KEY_BYTES];
     int role;
@@ -48,7 +52,17 @@ typedef struct peer {
      * on they have not been handed to libzmq yet */
     struct kept *out_head, *out_tail, *unsent;
     size_t out_len;
+    /* messages from this peer read but not yet processed because where
+     * they go is full: processed in order once there is room, and not
+     * acknowledged before, so the peer's own queue limit holds it back */
+    struct held *held_head, *held_tail;
 } peer;
+
+typedef struct held {
+    struct held *next;
+    mdg_header h;
+    mdg_frames f;
+} held;
 
 /* A numbered message kept until the peer acknowledges it. */
 typedef struct kept {
@@ -82,6 +96,7 @@ struct mdg_broker {
     int grace_ms, node_grace_ms, queue_limit;
     mdg_map *owed_ack; /* session id -> peer owed an ACK */
     mdg_map *backlog;  /* session id -> peer with messages libzmq would not take yet */
+    mdg_map *holding;  /* session id -> peer with held messages */
     void *mon;         /* ROUTER monitor: tells us when a connection drops */
     pthread_t thread;
     bool thread_started;
@@ -158,7 +173,7 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
         !(b->allow = mdg_map_new()) || !(b->peers = mdg_map_new()) ||
         !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
         !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
-        !(b->owed_ack = mdg_map_new()) || !(b->backlog = mdg_map_new()) ||
+        !(b->owed_ack = mdg_map_new()) || !(b->backlog = mdg_map_new()) || !(b->holding = mdg_map_new()) ||
         !(b->ctx = zmq_ctx_new())) {
         mdg_broker_destroy(&b);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the broker");
@@ -322,6 +337,8 @@ static bool on_loop(const mdg_broker *b)
            pthread_equal(pthread_self(), b->loop_thread);
 }
 
+static void detach(mdg_broker *b, peer *p, const char *why);
+
 /* Hand one kept message to libzmq (a copy: the original stays until it is
  * acknowledged). 0, MDG_EAGAIN when the peer's pipe is full, or an error. */
 static int push(mdg_broker *b, peer *p, kept *k)
@@ -355,8 +372,8 @@ static void flush_peer(mdg_broker *b, peer *p)
             mdg_map_put(b->backlog, p->session_id, SESSION_ID_BYTES, p);
             return;
         }
-        if (rc != 0) { /* the link is gone: the monitor will detach it */
-            mdg_log(MDG_LOG_DEBUG, "send failed (%s): kept for resume", mdg_last_error());
+        if (rc != 0) { /* unroutable: the link is gone (the monitor may not know yet) */
+            detach(b, p, "unroutable");
             return;
         }
         p->unsent = p->unsent->next;
@@ -711,12 +728,12 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "%s %s: session closed: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
-    if (p->attached) {
-        if (mdg_map_get(b->peers, p->rid, p->rid_len) == p)
-            mdg_map_take(b->peers, p->rid, p->rid_len);
-        if (mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
-            mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
-    }
+    if (mdg_map_get(b->peers, p->rid, p->rid_len) == p)
+        mdg_map_take(b->peers, p->rid, p->rid_len);
+    if (p->stale_rid_len && mdg_map_get(b->peers, p->stale_rid, p->stale_rid_len) == p)
+        mdg_map_take(b->peers, p->stale_rid, p->stale_rid_len);
+    if (p->attached && mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
+        mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
     mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
     mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
     mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
@@ -727,6 +744,13 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
             b->hooks.node_left(b, p->pk, p->data, b->hook_arg);
     } else if (b->hooks.session_closed) {
         b->hooks.session_closed(b, p->pk, p->data, b->hook_arg);
+    }
+    mdg_map_take(b->holding, p->session_id, SESSION_ID_BYTES);
+    while (p->held_head) {
+        held *hm = p->held_head;
+        p->held_head = hm->next;
+        mdg_frames_close(&hm->f);
+        free(hm);
     }
     drop_fwds(b, p);
     free_kept(p);
@@ -742,8 +766,12 @@ static void detach(mdg_broker *b, peer *p, const char *why)
     mdg_log(MDG_LOG_INFO, "%s %s: link lost (%s); session kept %d ms for a resume",
             p->role == MDG_ROLE_NODE ? "node" : "user", who, why,
             p->role == MDG_ROLE_NODE ? b->node_grace_ms : b->grace_ms);
-    if (mdg_map_get(b->peers, p->rid, p->rid_len) == p)
-        mdg_map_take(b->peers, p->rid, p->rid_len);
+    /* keep reading what the old link delivered (its rid stays mapped) */
+    if (p->stale_rid_len && mdg_map_get(b->peers, p->stale_rid, p->stale_rid_len) == p &&
+        (p->stale_rid_len != p->rid_len || memcmp(p->stale_rid, p->rid, p->rid_len) != 0))
+        mdg_map_take(b->peers, p->stale_rid, p->stale_rid_len);
+    memcpy(p->stale_rid, p->rid, p->rid_len);
+    p->stale_rid_len = p->rid_len;
     if (mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
     mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
@@ -869,6 +897,7 @@ static bool resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, co
         close_session(b, p, "out of memory");
         return false;
     }
+    p->unsent = NULL; /* everything kept goes again, but what the client has */
     trim_kept(p, ack < p->tx_seq ? ack : p->tx_seq);
     p->unsent = p->out_head;
     char who[MDG_KEY_B64_LEN + 1];
@@ -995,6 +1024,7 @@ static int stamp_identity(mdg_msg *m, peer *p)
         mdg_params_remove(m->params, "session");
         return mdg_params_set_bytes(m->params, "node", p->pk, MDG_KEY_BYTES);
     }
+    mdg_params_remove(m->params, "node"); /* only the broker says who is a node */
     int rc = mdg_params_set_bytes(m->params, "user", p->pk, MDG_KEY_BYTES);
     return rc ? rc : mdg_params_set_bytes(m->params, "session", p->session_id, SESSION_ID_BYTES);
 }
@@ -1009,27 +1039,35 @@ static bool in_table(const mdg_cmd *t, const char *name)
 
 /* A user's call to a node: check the node, stamp who calls, remember who
  * may answer, and pass it on (the bulk frame is moved, not copied). */
-static void forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
+static bool peer_full(const mdg_broker *b, const peer *p)
+{
+    return p->out_len >= (size_t)b->queue_limit;
+}
+
+/* Returns false when the node cannot take more now: the call waits. */
+static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
 {
     const uint8_t *pk;
     size_t len;
     char why[200], who[MDG_KEY_B64_LEN + 1];
     if (mdg_params_get_bytes(m->params, "node", &pk, &len) != 0 || len != MDG_KEY_BYTES) {
         refuse(b, p, &m->h, "param 'node' must be a node's public key (32 bytes)");
-        return;
+        return true;
     }
     peer *node = mdg_map_get(b->nodes, pk, MDG_KEY_BYTES);
     if (!node) {
         mdg_pk_to_b64(pk, who);
         snprintf(why, sizeof why, "node %s is not connected", who);
         refuse(b, p, &m->h, why);
-        return;
+        return true;
     }
+    if (peer_full(b, node))
+        return false;
     zmq_msg_t pm, bm;
     if (mdg_params_remove(m->params, "node") != 0 || stamp_identity(m, p) != 0 ||
         mdg_wire_encode_params(m->params, &pm) != 0) {
         refuse(b, p, &m->h, "broker out of memory");
-        return;
+        return true;
     }
     fwd *f = NULL;
     if (m->h.corr) {
@@ -1038,7 +1076,7 @@ static void forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
             free(f);
             zmq_msg_close(&pm);
             refuse(b, p, &m->h, "broker out of memory");
-            return;
+            return true;
         }
         f->id = ++b->next_fwd;
         memcpy(f->node_pk, node->pk, MDG_KEY_BYTES);
@@ -1059,24 +1097,25 @@ static void forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
         snprintf(why, sizeof why, "node %s cannot take the call: %s", who, mdg_last_error());
         refuse(b, p, &m->h, why);
     }
+    return true;
 }
 
 /* A node's reply: only the node the call went to may answer, and the reply
  * goes to the calling session only. Frames are passed on as they came. */
-static void route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f)
+static bool route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f)
 {
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(node->pk, who);
     if (h->corr == 0) { /* the node reports an error about a fire-and-forget call */
         mdg_log(MDG_LOG_WARN, "node %s reports an error it cannot route (no caller waits)", who);
-        return;
+        return true;
     }
     fwd *fw = mdg_map_get_u64(b->fwds, h->corr);
     if (!fw || memcmp(fw->node_pk, node->pk, MDG_KEY_BYTES) != 0) {
         mdg_log(MDG_LOG_WARN, "reply from node %s to call %llu, not pending for it (never sent, or its caller left): refused", who,
                 (unsigned long long)h->corr);
         send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: no such call pending for this node");
-        return;
+        return true;
     }
     int nparts = f->n - 2;
     if (nparts < 1 || nparts > 2 || f->dropped ||
@@ -1084,10 +1123,12 @@ static void route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
         (((uint8_t *)zmq_msg_data(&f->part[2]))[0] >> 5) != 5 /* a CBOR map */) {
         mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", who);
         send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
-        return;
+        return true;
     }
     bool final = !(h->flags & MDG_F_MORE);
     peer *caller = mdg_map_get(b->sessions, fw->session_id, SESSION_ID_BYTES);
+    if (caller && peer_full(b, caller))
+        return false; /* the node waits until its caller drains */
     if (caller) {
         mdg_header out = {.kind = h->kind, .corr = fw->user_corr, .flags = h->flags};
         zmq_msg_t pm, bm;
@@ -1108,9 +1149,11 @@ static void route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
         mdg_map_take_u64(b->fwds, fw->id);
         free(fw);
     }
+    return true;
 }
 
-static void dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
+/* Returns false when the message must wait (its node is full). */
+static bool dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
 {
     char why[512];
     mdg_msg *m = NULL;
@@ -1118,7 +1161,7 @@ static void dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
     if (rc) {
         snprintf(why, sizeof why, "bad message: %s", mdg_last_error());
         refuse(b, p, h, why);
-        return;
+        return true;
     }
     m->send_reply = broker_send_reply;
     m->owner = b;
@@ -1127,12 +1170,16 @@ static void dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
     memcpy(m->pk, p->pk, MDG_KEY_BYTES);
 
     if (!in_table(b->cmds, h->command) && mdg_params_has(m->params, "node")) {
+        bool done = true;
         if (p->role == MDG_ROLE_NODE)
             refuse(b, p, h, "nodes cannot call nodes");
         else
-            forward_to_node(b, p, m);
+            done = forward_to_node(b, p, m);
+        if (!done && m->has_bulk) { /* give the bulk back to the frames for the retry */
+            zmq_msg_move(&f->part[3], &m->bulk);
+        }
         mdg_msg_destroy(&m);
-        return;
+        return done;
     }
     /* stamped first, so a table may list user/session/node as required */
     const mdg_cmd *c = NULL;
@@ -1144,31 +1191,92 @@ static void dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
         c->handler(m, b->cmd_arg);
     if (!m->kept)
         mdg_msg_destroy(&m);
-}
-
-/* Acknowledgements and sequence: what the peer acknowledges is forgotten;
- * true when the message is the next one expected (duplicates, resent after
- * a resume, are dropped here). */
-static bool in_sequence(mdg_broker *b, peer *p, const mdg_header *h, const char *who)
-{
-    if (h->ack)
-        trim_kept(p, h->ack < p->tx_seq ? h->ack : p->tx_seq);
-    if (!mdg_kind_sequenced(h->kind))
-        return true;
-    if (h->seq <= p->rx_seq) {
-        mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
-        return false;
-    }
-    if (h->seq != p->rx_seq + 1)
-        mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu", who,
-                (unsigned long long)p->rx_seq + 1, (unsigned long long)h->seq);
-    p->rx_seq = h->seq;
-    if (p->rx_seq - p->ack_sent >= ACK_EVERY)
-        send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
-    else
-        mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
     return true;
 }
+
+/* Process one numbered (or unnumbered) message of a peer in order. False
+ * when it must wait because where it goes is full: it is then neither
+ * counted nor acknowledged. Duplicates (resent after a resume) are dropped. */
+static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who)
+{
+    bool numbered = mdg_kind_sequenced(h->kind) && h->seq != 0;
+    if (numbered && h->seq <= p->rx_seq) {
+        mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
+        return true;
+    }
+    if (numbered && h->seq != p->rx_seq + 1)
+        mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu", who,
+                (unsigned long long)p->rx_seq + 1, (unsigned long long)h->seq);
+    bool done = true;
+    switch (h->kind) {
+    case MDG_K_CMD:
+        done = dispatch_command(b, p, h, f);
+        break;
+    case MDG_K_REPLY:
+    case MDG_K_ERROR:
+        if (p->role == MDG_ROLE_NODE) {
+            done = route_node_reply(b, p, h, f);
+        } else {
+            mdg_log(MDG_LOG_WARN, "%s from user %s refused: users do not answer calls", mdg_kind_name(h->kind), who);
+            send_error(b, p->rid, p->rid_len, p, 0, "", "replies are only accepted from the node a call went to");
+        }
+        break;
+    default:
+        mdg_log(MDG_LOG_WARN, "unexpected %s from %s dropped", mdg_kind_name(h->kind), who);
+    }
+    if (done && numbered) {
+        p->rx_seq = h->seq;
+        if (p->rx_seq - p->ack_sent >= ACK_EVERY)
+            send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
+        else
+            mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
+    }
+    return done;
+}
+
+static void hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
+{
+    held *hm = malloc(sizeof *hm);
+    if (!hm) { /* not acknowledged: the peer resends it after a reconnect */
+        mdg_log(MDG_LOG_ERROR, "out of memory holding a message");
+        return;
+    }
+    hm->next = NULL;
+    hm->h = *h;
+    mdg_frames_move(&hm->f, f);
+    if (!p->held_head) {
+        char who[MDG_KEY_B64_LEN + 1];
+        pk_short(p->pk, who);
+        mdg_log(MDG_LOG_DEBUG, "%s %s paused: where its %s '%s' goes is full", p->role == MDG_ROLE_NODE ? "node" : "user",
+                who, mdg_kind_name(h->kind), h->command);
+    }
+    if (p->held_tail)
+        p->held_tail->next = hm;
+    else
+        p->held_head = hm;
+    p->held_tail = hm;
+    mdg_map_put(b->holding, p->session_id, SESSION_ID_BYTES, p);
+}
+
+/* Retry a peer's held messages, in order, until one must wait again. */
+static void release_held(mdg_broker *b, peer *p)
+{
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(p->pk, who);
+    while (p->held_head) {
+        held *hm = p->held_head;
+        if (!process(b, p, &hm->h, &hm->f, who))
+            return;
+        p->held_head = hm->next;
+        if (!p->held_head)
+            p->held_tail = NULL;
+        mdg_frames_close(&hm->f);
+        free(hm);
+    }
+    mdg_map_take(b->holding, p->session_id, SESSION_ID_BYTES);
+}
+
+static int on_monitor(mdg_loop *loop, void *arg, short revents);
 
 static void handle_message(mdg_broker *b, mdg_frames *f)
 {
@@ -1207,6 +1315,11 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     }
     switch (h.kind) {
     case MDG_K_HELLO: {
+        /* A new link's socket may reuse the fd of one that just dropped:
+         * take the drop events first (libzmq emits them before the old fd
+         * is closed, so they are queued before this hello could arrive). */
+        on_monitor(b->loop, b, 0);
+        p = mdg_map_get(b->peers, rid, rid_len);
         /* The key was admitted when its connection was made; it may have
          * been revoked since (the connection outlives the revocation). */
         uint8_t pk[MDG_KEY_BYTES];
@@ -1234,26 +1347,14 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         send_error(b, rid, rid_len, NULL, h.corr, h.command, "no session: send hello first");
         return;
     }
-    if (!in_sequence(b, p, &h, who))
+    /* acknowledgements count at once, even for a message that must wait:
+     * they are what frees the queues it waits for */
+    if (h.ack)
+        trim_kept(p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
+    if (h.kind == MDG_K_ACK)
         return;
-    switch (h.kind) {
-    case MDG_K_CMD:
-        dispatch_command(b, p, &h, f);
-        break;
-    case MDG_K_REPLY:
-    case MDG_K_ERROR:
-        if (p->role == MDG_ROLE_NODE) {
-            route_node_reply(b, p, &h, f);
-        } else {
-            mdg_log(MDG_LOG_WARN, "%s from user %s refused: users do not answer calls", mdg_kind_name(h.kind), who);
-            send_error(b, rid, rid_len, p, 0, "", "replies are only accepted from the node a call went to");
-        }
-        break;
-    case MDG_K_ACK:
-        break;
-    default:
-        mdg_log(MDG_LOG_WARN, "unexpected %s from %s dropped", mdg_kind_name(h.kind), who);
-    }
+    if (p->held_head || !process(b, p, &h, f, who))
+        hold(b, p, &h, f);
 }
 
 /* A connection dropped: its session goes (the reliability layer will keep
@@ -1311,11 +1412,29 @@ static int on_ack_timer(mdg_loop *loop, void *arg, short revents)
     return 0;
 }
 
+static void release_one(void *value, void *arg)
+{
+    peer *p = value;
+    peer ***cursor = arg;
+    *(*cursor)++ = p;
+}
+
 static int on_backlog_timer(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
     (void)revents;
     mdg_broker *b = arg;
+    size_t nh = mdg_map_size(b->holding);
+    if (nh) { /* peers whose messages waited for room elsewhere */
+        peer **ps = malloc(nh * sizeof *ps), **cur = ps;
+        if (ps) {
+            mdg_map_each(b->holding, release_one, &cur);
+            for (size_t i = 0; i < nh; i++)
+                if (mdg_map_get(b->holding, ps[i]->session_id, SESSION_ID_BYTES) == ps[i])
+                    release_held(b, ps[i]);
+            free(ps);
+        }
+    }
     size_t n = mdg_map_size(b->backlog);
     if (!n)
         return 0;
@@ -1380,7 +1499,11 @@ static int setsock(void *s, int opt, const void *v, size_t len, const char *name
 
 static int bind_sockets(mdg_broker *b)
 {
-    int one = 1, hwm = BROKER_HWM, linger = BROKER_LINGER_MS;
+    /* No receive limit in libzmq: with heartbeats on, libzmq 4.3.4 aborts
+     * (assert !_io_error, zeromq/libzmq#4364) when a link drops while its
+     * receive pipe is full. Each client keeps at most its queue_limit
+     * messages unacknowledged, which bounds what can queue here. */
+    int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS;
     int hb_ivl = 2000, hb_timeout = 6000;
     int64_t maxmsg = BROKER_MAX_MSG;
     int rc;
@@ -1399,7 +1522,7 @@ static int bind_sockets(mdg_broker *b)
         (rc = setsock(b->router, ZMQ_ZAP_DOMAIN, "messidge", 8, "ZAP_DOMAIN")) ||
         (rc = setsock(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one, "ROUTER_MANDATORY")) ||
         (rc = setsock(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm, "SNDHWM")) ||
-        (rc = setsock(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm, "RCVHWM")) ||
+        (rc = setsock(b->router, ZMQ_RCVHWM, &unlimited, sizeof unlimited, "RCVHWM")) ||
         (rc = setsock(b->router, ZMQ_LINGER, &linger, sizeof linger, "LINGER")) ||
         (rc = setsock(b->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl, "HEARTBEAT_IVL")) ||
         (rc = setsock(b->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout, "HEARTBEAT_TIMEOUT")) ||
@@ -1439,7 +1562,7 @@ static void close_all_sessions(mdg_broker *b)
 {
     peer *p;
     if (!b->peers || !b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop || !b->owed_ack ||
-        !b->backlog)
+        !b->backlog || !b->holding)
         return; /* a broker that failed half-way through mdg_broker_new */
     while ((p = mdg_map_pop(b->sessions)) != NULL) {
         mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p); /* close_session takes it out */
@@ -1533,6 +1656,7 @@ void mdg_broker_destroy(mdg_broker **pb)
     mdg_map_destroy(&b->fwds);
     mdg_map_destroy(&b->owed_ack);
     mdg_map_destroy(&b->backlog);
+    mdg_map_destroy(&b->holding);
     mdg_map_destroy(&b->allow);
     mdg_keys_destroy(&b->keys);
     free(b);

@@ -96,6 +96,7 @@ struct mdg_conn {
 
     /* loop thread only */
     out_item *sent_head, *sent_tail; /* sent, awaiting the broker's ack */
+    out_item *resend; /* first of those to send again after a resume */
     uint64_t tx_seq, rx_seq, ack_sent;
     bool had_session;
     bool handshaken; /* CURVE handshake done on the current link */
@@ -292,8 +293,12 @@ static int enqueue(mdg_conn *c, out_item *o)
 {
     bool loop = on_loop_thread(c);
     pthread_mutex_lock(&c->lock);
-    while (c->backlog >= (size_t)c->opts.queue_limit && !c->closing && !c->fail_err) {
-        if (loop || c->opts.nonblocking) {
+    /* The loop thread is never refused: it cannot wait (the acks that make
+     * room come through it), and refusing a handler's reply would lose it.
+     * What handlers send per message they handle is bounded by their code;
+     * long streams belong on another thread (mdg_msg_keep), which waits. */
+    while (!loop && c->backlog >= (size_t)c->opts.queue_limit && !c->closing && !c->fail_err) {
+        if (c->opts.nonblocking) {
             size_t n = c->backlog;
             pthread_mutex_unlock(&c->lock);
             out_free(o);
@@ -329,6 +334,8 @@ static void trim_sent(mdg_conn *c, uint64_t ack)
     while (c->sent_head && c->sent_head->h.seq <= ack) {
         out_item *o = c->sent_head;
         c->sent_head = o->next;
+        if (c->resend == o)
+            c->resend = o->next;
         out_free(o);
         n++;
     }
@@ -376,6 +383,14 @@ static void want_pollout(mdg_conn *c, bool on)
  * socket queue the rest waits for POLLOUT. Loop thread only. */
 static void flush(mdg_conn *c)
 {
+    /* first what a resume asked to send again, in order */
+    while (c->resend && c->state == C_READY) {
+        if (send_numbered(c, c->resend) == MDG_EAGAIN) {
+            want_pollout(c, true);
+            return;
+        }
+        c->resend = c->resend->next;
+    }
     for (;;) {
         pthread_mutex_lock(&c->lock);
         out_item *o = c->out_head;
@@ -500,7 +515,8 @@ static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
     }
     if (h->kind != MDG_K_WELCOME && h->ack <= c->tx_seq)
         trim_sent(c, h->ack);
-    if (mdg_kind_sequenced(h->kind)) {
+    /* seq 0: the broker answers outside any session (e.g. "no session") */
+    if (mdg_kind_sequenced(h->kind) && h->seq != 0) {
         if (h->seq <= c->rx_seq) {
             mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
             return -1;
@@ -520,6 +536,7 @@ static void fail_all_pending(mdg_conn *c, int err, const char *text);
 static size_t drop_sent(mdg_conn *c)
 {
     size_t n = 0;
+    c->resend = NULL;
     while (c->sent_head) {
         out_item *o = c->sent_head;
         c->sent_head = o->next;
@@ -551,9 +568,7 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
     if (c->had_session && resumed) {
         /* the broker has what we sent up to ack: resend the rest, in order */
         trim_sent(c, (uint64_t)ack);
-        for (out_item *o = c->sent_head; o; o = o->next)
-            if (send_numbered(c, o) != 0)
-                mdg_log(MDG_LOG_WARN, "resend of seq %llu deferred", (unsigned long long)o->h.seq);
+        c->resend = c->sent_head; /* sent by flush() below, before anything new */
         ev = MDG_EV_RECOVERED;
     } else if (c->had_session) {
         size_t lost = drop_sent(c);
@@ -785,12 +800,15 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
 
 static int open_socket(mdg_conn *c);
 
-static void close_socket(mdg_conn *c)
+/* discard: the link is dead, drop what libzmq still holds (it is in our
+ * resend buffer); else let libzmq flush it (the goodbye) for a while. */
+static void close_socket(mdg_conn *c, bool discard)
 {
     if (c->sock) {
         int zero = 0;
         mdg_loop_unwatch(c->loop, c->sock, -1);
-        zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
+        if (discard)
+            zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
         zmq_close(c->sock);
         c->sock = NULL;
     }
@@ -825,7 +843,7 @@ static void link_lost(mdg_conn *c, const char *why)
     if (c->state == C_READY || c->state == C_CONNECTING)
         c->state = C_RECONNECTING;
     pthread_mutex_unlock(&c->lock);
-    close_socket(c);
+    close_socket(c, true);
     long delay = c->opts.reconnect_min_ms;
     for (int i = 0; i < c->attempt && delay < c->opts.reconnect_max_ms; i++)
         delay *= 2;
@@ -877,22 +895,28 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
         case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
             c->handshaken = true;
             break;
-        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: /* the broker said no: final */
             fatal(c, MDG_EAUTH, "the broker refused our key");
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            fatal(c, MDG_EHANDSHAKE, "CURVE handshake failed: the broker's key is not the one pinned");
-            break;
         case ZMQ_EVENT_DISCONNECTED:
-            if (c->handshaken) {
+            if (ev == ZMQ_EVENT_DISCONNECTED && c->handshaken) {
                 link_lost(c, "the link to the broker dropped");
                 return 0; /* the monitor socket is gone */
             }
-            /* A broker that cannot open our HELLO (we pinned the wrong key)
-             * just drops the link before the handshake completes. */
-            fatal(c, MDG_EHANDSHAKE, "the broker closed the link during the CURVE handshake: "
-                                     "the broker's key is probably not the one pinned");
+            if (c->had_session) {
+                /* a link cut during the handshake: just try again */
+                link_lost(c, "the link dropped during the handshake");
+                return 0;
+            }
+            /* Before the first session this is most likely a wrong pinned
+             * key: a broker that cannot open our HELLO drops the link. It
+             * is reported (wait_until_ready) but libzmq keeps trying. */
+            fatal(c, MDG_EHANDSHAKE, ev == ZMQ_EVENT_DISCONNECTED
+                                         ? "the broker closed the link during the CURVE handshake: "
+                                           "the broker's key is probably not the one pinned"
+                                         : "CURVE handshake failed: the broker's key is not the one pinned");
             break;
         default:
             break;
@@ -909,7 +933,11 @@ static int set(void *s, int opt, const void *v, size_t len)
 
 static int open_socket(mdg_conn *c)
 {
-    int hwm = CONN_HWM, linger = CLOSE_FLUSH_MS, rc;
+    /* No receive limit in libzmq: with heartbeats on, libzmq 4.3.4 aborts
+     * (assert !_io_error, zeromq/libzmq#4364) when a link drops while its
+     * receive pipe is full. What can queue here is bounded anyway: the
+     * broker never has more than its queue_limit unacknowledged for us. */
+    int hwm = CONN_HWM, unlimited = 0, linger = CLOSE_FLUSH_MS, rc;
     int hb_ivl = c->opts.heartbeat_ms, hb_timeout = 3 * c->opts.heartbeat_ms;
     int rmin = c->opts.reconnect_min_ms, rmax = c->opts.reconnect_max_ms;
     int64_t maxmsg = CONN_MAX_MSG;
@@ -920,7 +948,7 @@ static int open_socket(mdg_conn *c)
         (rc = set(c->sock, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(c->keys), MDG_KEY_BYTES)) ||
         (rc = set(c->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(c->keys), MDG_KEY_BYTES)) ||
         (rc = set(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm)) ||
-        (rc = set(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm)) ||
+        (rc = set(c->sock, ZMQ_RCVHWM, &unlimited, sizeof unlimited)) ||
         (rc = set(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
         (rc = set(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) ||
         (rc = set(c->sock, ZMQ_RECONNECT_IVL, &rmin, sizeof rmin)) ||
@@ -949,7 +977,7 @@ static int open_socket(mdg_conn *c)
         goto fail;
     return 0;
 fail:
-    close_socket(c);
+    close_socket(c, true);
     return rc;
 }
 
@@ -1052,7 +1080,7 @@ static void *conn_thread(void *arg)
     mdg_frames f;
     while (pop_deferred(c, &h, &f))
         mdg_frames_close(&f);
-    close_socket(c);
+    close_socket(c, false); /* the goodbye may still be on its way */
     return NULL;
 }
 
@@ -1314,7 +1342,7 @@ void mdg_conn_destroy(mdg_conn **pc)
             if (!pd->blocking)
                 free(pd);
     }
-    close_socket(c);
+    close_socket(c, false);
     if (c->ctx)
         zmq_ctx_term(c->ctx);
     mdg_loop_destroy(&c->loop);

@@ -1,0 +1,186 @@
+/* faultproxy.c - see faultproxy.h. One thread polls the listening socket
+ * and every pair of connections; commands from the test arrive through a
+ * pipe so that the thread alone touches the sockets. */
+#include "faultproxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define FP_MAX_PAIRS 64
+
+struct faultproxy {
+    int listen_fd, target_port, port;
+    int cmd[2]; /* pipe: 'c' cut, 's' stall, 'r' resume, 'q' quit */
+    int pairs[FP_MAX_PAIRS][2]; /* [client side, broker side]; -1 = free */
+    int stalled;
+    atomic_int cuts;
+    pthread_t thread;
+};
+
+static void close_pair(faultproxy *fp, int i)
+{
+    close(fp->pairs[i][0]);
+    close(fp->pairs[i][1]);
+    fp->pairs[i][0] = fp->pairs[i][1] = -1;
+}
+
+static void accept_one(faultproxy *fp)
+{
+    int c = accept(fp->listen_fd, NULL, NULL);
+    if (c < 0)
+        return;
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)fp->target_port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(t, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (t < 0 || connect(t, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(c);
+        if (t >= 0)
+            close(t);
+        return;
+    }
+    for (int i = 0; i < FP_MAX_PAIRS; i++)
+        if (fp->pairs[i][0] < 0) {
+            fp->pairs[i][0] = c;
+            fp->pairs[i][1] = t;
+            return;
+        }
+    close(c);
+    close(t);
+}
+
+/* Move what is readable from one side to the other; false when closed. */
+static int pump(int from, int to)
+{
+    char buf[65536];
+    ssize_t n = read(from, buf, sizeof buf);
+    if (n <= 0)
+        return 0;
+    for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(to, buf + off, (size_t)(n - off));
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return 0;
+        }
+        off += w;
+    }
+    return 1;
+}
+
+static void *proxy_thread(void *arg)
+{
+    faultproxy *fp = arg;
+    struct pollfd pfd[2 + 2 * FP_MAX_PAIRS];
+    for (;;) {
+        int n = 0;
+        pfd[n++] = (struct pollfd){.fd = fp->cmd[0], .events = POLLIN};
+        pfd[n++] = (struct pollfd){.fd = fp->stalled ? -1 : fp->listen_fd, .events = POLLIN};
+        for (int i = 0; i < FP_MAX_PAIRS; i++)
+            for (int s = 0; s < 2; s++)
+                pfd[n++] = (struct pollfd){.fd = fp->stalled ? -1 : fp->pairs[i][s], .events = POLLIN};
+        if (poll(pfd, (nfds_t)n, 1000) < 0 && errno != EINTR)
+            break;
+        if (pfd[0].revents) {
+            char c;
+            if (read(fp->cmd[0], &c, 1) != 1 || c == 'q')
+                break;
+            if (c == 'c') {
+                for (int i = 0; i < FP_MAX_PAIRS; i++)
+                    if (fp->pairs[i][0] >= 0) {
+                        close_pair(fp, i);
+                        atomic_fetch_add(&fp->cuts, 1);
+                    }
+            }
+            fp->stalled = c == 's' ? 1 : c == 'r' ? 0 : fp->stalled;
+            continue;
+        }
+        if (pfd[1].revents)
+            accept_one(fp);
+        for (int i = 0; i < FP_MAX_PAIRS; i++)
+            for (int s = 0; s < 2; s++)
+                if (fp->pairs[i][0] >= 0 && pfd[2 + 2 * i + s].revents &&
+                    !pump(fp->pairs[i][s], fp->pairs[i][1 - s]))
+                    close_pair(fp, i);
+    }
+    for (int i = 0; i < FP_MAX_PAIRS; i++)
+        if (fp->pairs[i][0] >= 0)
+            close_pair(fp, i);
+    return NULL;
+}
+
+faultproxy *fp_new(int target_port)
+{
+    faultproxy *fp = calloc(1, sizeof *fp);
+    if (!fp)
+        return NULL;
+    fp->target_port = target_port;
+    for (int i = 0; i < FP_MAX_PAIRS; i++)
+        fp->pairs[i][0] = fp->pairs[i][1] = -1;
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    int one = 1;
+    fp->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(fp->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fp->listen_fd < 0 || bind(fp->listen_fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        listen(fp->listen_fd, 16) != 0 || getsockname(fp->listen_fd, (struct sockaddr *)&a, &len) != 0 ||
+        pipe(fp->cmd) != 0) {
+        free(fp);
+        return NULL;
+    }
+    fp->port = ntohs(a.sin_port);
+    pthread_create(&fp->thread, NULL, proxy_thread, fp);
+    return fp;
+}
+
+int fp_port(const faultproxy *fp)
+{
+    return fp->port;
+}
+
+static void command(faultproxy *fp, char c)
+{
+    ssize_t w = write(fp->cmd[1], &c, 1);
+    (void)w;
+}
+
+void fp_cut(faultproxy *fp)
+{
+    command(fp, 'c');
+}
+
+void fp_stall(faultproxy *fp, int stalled)
+{
+    command(fp, stalled ? 's' : 'r');
+}
+
+int fp_cuts(const faultproxy *fp)
+{
+    return atomic_load(&((faultproxy *)fp)->cuts);
+}
+
+void fp_destroy(faultproxy **pfp)
+{
+    if (!pfp || !*pfp)
+        return;
+    faultproxy *fp = *pfp;
+    command(fp, 'q');
+    pthread_join(fp->thread, NULL);
+    close(fp->listen_fd);
+    close(fp->cmd[0]);
+    close(fp->cmd[1]);
+    free(fp);
+    *pfp = NULL;
+}
