@@ -8,9 +8,12 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 DEBS = build-essential cmake pkg-config libzmq3-dev libsodium-dev libcbor-dev \
-       clang libclang-rt-14-dev
+       libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev clang libclang-rt-14-dev
+# What `make bench` needs on top: the NATS baseline (server, C client) and
+# openssl for its TLS certificate.
+BENCH_DEBS = nats-server libnats-dev openssl
 
-.PHONY: all deps build demo test fuzz install clean
+.PHONY: all deps build demo test fuzz install clean bench
 
 all: build
 
@@ -48,3 +51,20 @@ install: build
 
 clean:
 	rm -rf build build-test
+
+# Benchmarks (bench/README.md): install what is missing, build optimised
+# (-O2, no sanitizers) in build-bench, run every scenario on loopback, print
+# the table and write bench/results.json.
+bench: deps
+	@missing=""; for p in $(BENCH_DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" \
+	  -DMDG_BENCH=ON -DMDG_TESTS=OFF >/dev/null
+	cmake --build build-bench -j $(JOBS)
+	./bench/run-bench.sh build-bench

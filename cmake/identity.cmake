@@ -1,0 +1,17 @@
+# Layer 6: identity store (SQLite), account server (libmicrohttpd) and
+# client-side account creation (libcurl). Included from the top
+# CMakeLists.txt after the library targets are defined.
+pkg_check_modules(SQLITE3 REQUIRED IMPORTED_TARGET sqlite3)
+pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)
+pkg_check_modules(CURL REQUIRED IMPORTED_TARGET libcurl)
+
+target_sources(messidge_obj PRIVATE
+  src/identity.c        # layer 6: identity store (SQLite, WAL)
+  src/account_server.c  # layer 6: invitation confirmation over HTTP
+  src/account_client.c  # layer 6: create_account (libcurl)
+)
+foreach(t messidge_obj messidge messidge_static)
+  target_link_libraries(${t} PUBLIC PkgConfig::SQLITE3 PkgConfig::MHD PkgConfig::CURL)
+endforeach()
+
+install(FILES include/messidge_identity.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})

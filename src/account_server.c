@@ -1,0 +1,353 @@
+/* account_server.c - the HTTP server that turns invitations into users.
+ *
+ * libmicrohttpd serves one thing: POST / with the body
+ *
+ *     TOKEN PUBLIC_KEY_BASE64
+ *
+ * (one space; the key as in key files, 44 chars of standard base64). On
+ * success it answers 200 and the broker's public key in base64, exactly as
+ * the original Messidge did, so its Python create_account works against
+ * us. Every refusal answers a 4xx status (5xx for our own failures) and a
+ * text starting "Fail: " with the reason, and stores nothing; the store's
+ * confirm is one transaction, so a token races to at most one winner.
+ *
+ * The body is read into a fixed buffer of MDG_ACCOUNT_MAX_BODY bytes. A
+ * declared Content-Length over that is refused before the body is read;
+ * a chunked body that grows past it is discarded as it arrives and then
+ * refused, and one that goes on past DISCARD_CAP has its connection cut.
+ * Connections are limited in number (in all and per client address), in
+ * memory and in idle time, so a slow or greedy client cannot hold it.
+ */
+#include "internal.h"
+#include "messidge_identity.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <microhttpd.h>
+
+/* Statuses by number: their MHD_HTTP_ names changed across versions. */
+#define HTTP_OK 200
+#define HTTP_BAD_REQUEST 400
+#define HTTP_FORBIDDEN 403
+#define HTTP_NOT_FOUND 404
+#define HTTP_METHOD_NOT_ALLOWED 405
+#define HTTP_CONFLICT 409
+#define HTTP_GONE 410
+#define HTTP_TOO_LARGE 413
+#define HTTP_INTERNAL_ERROR 500
+
+#define DISCARD_CAP (64 * 1024)   /* bytes of an oversized body we drain */
+#define CONNECTION_LIMIT 64
+#define PER_IP_LIMIT 16
+#define IDLE_TIMEOUT_S 10
+#define CONNECTION_MEMORY (32 * 1024)
+
+struct mdg_account_server {
+    struct MHD_Daemon *daemon;
+    mdg_identity *id;                    /* borrowed */
+    char broker_pk_b64[MDG_KEY_B64_LEN + 1];
+    int port;
+    struct sockaddr_storage addr;
+    atomic_bool starting;                /* MHD messages go to start_error */
+    char start_error[256];
+};
+
+/* One request's body, as it arrives. */
+typedef struct request {
+    size_t len;  /* bytes kept in body */
+    size_t seen; /* bytes received in all */
+    bool too_big;
+    char body[MDG_ACCOUNT_MAX_BODY + 1];
+} request;
+
+/* ----------------------------------------------------------------- replies */
+
+static enum MHD_Result answer(struct MHD_Connection *conn, unsigned status, const char *text)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ok;
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    ok = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* The client's address, for log lines. */
+static void peer_name(struct MHD_Connection *conn, char *buf, size_t len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    snprintf(buf, len, "?");
+    if (!ci || !ci->client_addr)
+        return;
+    if (ci->client_addr->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)ci->client_addr)->sin_addr,
+                  buf, (socklen_t)len);
+    else if (ci->client_addr->sa_family == AF_INET6)
+        inet_ntop(AF_INET6,
+                  &((const struct sockaddr_in6 *)(const void *)ci->client_addr)->sin6_addr, buf,
+                  (socklen_t)len);
+}
+
+/* A refusal: log it and answer "Fail: reason". */
+static enum MHD_Result refuse(struct MHD_Connection *conn, unsigned status, const char *reason)
+{
+    char text[320], who[INET6_ADDRSTRLEN];
+    peer_name(conn, who, sizeof who);
+    mdg_log(MDG_LOG_WARN, "account server: refused a request from %s (%u): %s", who, status,
+            reason);
+    snprintf(text, sizeof text, "Fail: %s", reason);
+    return answer(conn, status, text);
+}
+
+/* ---------------------------------------------------------- confirmation */
+
+/* Parse "TOKEN KEY" and confirm; answers on conn. */
+static enum MHD_Result confirm(mdg_account_server *s, struct MHD_Connection *conn, request *r)
+{
+    char *body = r->body, *space;
+    size_t len = r->len;
+    uint8_t pk[MDG_KEY_BYTES];
+    int rc;
+
+    /* One trailing newline is tolerated, for people testing with curl. */
+    if (len > 0 && body[len - 1] == '\n')
+        len--;
+    if (len > 0 && body[len - 1] == '\r')
+        len--;
+    body[len] = '\0';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)body[i];
+        if (c < ' ' || c == 0x7f)
+            return refuse(conn, HTTP_BAD_REQUEST,
+                          "malformed request: control characters in the body");
+    }
+    space = memchr(body, ' ', len);
+    if (len == 0 || !space || space == body || space == body + len - 1 ||
+        memchr(space + 1, ' ', len - (size_t)(space + 1 - body)))
+        return refuse(conn, HTTP_BAD_REQUEST,
+                      "malformed request: expected \"TOKEN PUBLIC_KEY\" separated by one space");
+    *space = '\0';
+    if (mdg_pk_from_b64(pk, space + 1) != 0)
+        return refuse(conn, HTTP_BAD_REQUEST,
+                      "the public key is not a 32-byte key in standard base64 (44 characters)");
+
+    rc = mdg_identity_confirm(s->id, body, pk);
+    switch (rc) {
+    case 0: {
+        char who[INET6_ADDRSTRLEN];
+        peer_name(conn, who, sizeof who);
+        mdg_log(MDG_LOG_INFO, "account server: confirmed an account for %s", who);
+        return answer(conn, HTTP_OK, s->broker_pk_b64);
+    }
+    case MDG_EINVAL: return refuse(conn, HTTP_BAD_REQUEST, mdg_last_error());
+    case MDG_ENOTFOUND: return refuse(conn, HTTP_FORBIDDEN, mdg_last_error());
+    case MDG_ESTATE: return refuse(conn, HTTP_CONFLICT, mdg_last_error());
+    case MDG_ETIMEDOUT: return refuse(conn, HTTP_GONE, mdg_last_error());
+    default:
+        /* The detail names files: log it, do not send it. */
+        mdg_log(MDG_LOG_ERROR, "account server: %s", mdg_last_error());
+        return answer(conn, HTTP_INTERNAL_ERROR, "Fail: internal error, see the broker's log");
+    }
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    mdg_account_server *s = cls;
+    request *r = *con_cls;
+    (void)version;
+
+    if (!r) {
+        /* Headers only, so far: refuse what we can before reading a body. */
+        const char *cl;
+        if (strcmp(method, "POST") != 0)
+            return refuse(conn, HTTP_METHOD_NOT_ALLOWED, "only POST is served");
+        if (strcmp(url, "/") != 0)
+            return refuse(conn, HTTP_NOT_FOUND, "unknown path: POST to /");
+        cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > MDG_ACCOUNT_MAX_BODY)
+            return refuse(conn, HTTP_TOO_LARGE, "request body is over 4096 bytes");
+        r = malloc(sizeof *r);
+        if (!r)
+            return MHD_NO;
+        r->len = r->seen = 0;
+        r->too_big = false;
+        *con_cls = r;
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        r->seen += n;
+        if (r->seen > DISCARD_CAP)
+            return MHD_NO; /* drop the connection: not worth reading */
+        if (!r->too_big && r->len + n <= MDG_ACCOUNT_MAX_BODY) {
+            memcpy(r->body + r->len, upload_data, n);
+            r->len += n;
+        } else {
+            r->too_big = true;
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    /* The whole body is in. */
+    if (r->too_big)
+        return refuse(conn, HTTP_TOO_LARGE, "request body is over 4096 bytes");
+    return confirm(s, conn, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode code)
+{
+    (void)cls;
+    (void)conn;
+    (void)code;
+    free(*con_cls);
+    *con_cls = NULL;
+}
+
+/* libmicrohttpd's own messages. While starting they are kept for the
+ * error text (only this thread runs then); later they are logged. */
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    mdg_account_server *s = cls;
+    char text[256];
+    size_t n;
+    vsnprintf(text, sizeof text, fmt, ap);
+    n = strlen(text);
+    while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r'))
+        text[--n] = '\0';
+    if (atomic_load(&s->starting))
+        snprintf(s->start_error, sizeof s->start_error, "%s", text);
+    mdg_log(MDG_LOG_WARN, "account server: %s", text);
+}
+
+/* ---------------------------------------------------------------- life */
+
+/* The socket address to bind: NULL or "*" is every IPv4 interface. */
+static int resolve_bind(mdg_account_server *s, const char *bind_address, int port)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    int err;
+
+    memset(&s->addr, 0, sizeof s->addr);
+    if (!bind_address || !*bind_address || strcmp(bind_address, "*") == 0) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&s->addr;
+        in->sin_family = AF_INET;
+        in->sin_addr.s_addr = htonl(INADDR_ANY);
+        in->sin_port = htons((uint16_t)port);
+        return 0;
+    }
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    err = getaddrinfo(bind_address, NULL, &hints, &res);
+    if (err != 0 || !res)
+        return mdg_fail(MDG_EINVAL, "account server: cannot resolve bind address %s: %s",
+                        bind_address, gai_strerror(err));
+    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (s->addr.ss_family == AF_INET)
+        ((struct sockaddr_in *)&s->addr)->sin_port = htons((uint16_t)port);
+    else if (s->addr.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&s->addr)->sin6_port = htons((uint16_t)port);
+    else
+        return mdg_fail(MDG_EINVAL, "account server: %s is not an IP address", bind_address);
+    return 0;
+}
+
+/* The port the listening socket got (for port 0). */
+static int bound_port(struct MHD_Daemon *d)
+{
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (!info || getsockname(info->listen_fd, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return 0;
+}
+
+int mdg_account_server_new(mdg_account_server **out, mdg_identity *id,
+                           const uint8_t broker_pk[MDG_KEY_BYTES], const char *bind_address,
+                           int port)
+{
+    mdg_account_server *s;
+    unsigned flags = MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    int rc, err;
+
+    if (!out)
+        return mdg_fail(MDG_EINVAL, "mdg_account_server_new: out is NULL");
+    *out = NULL;
+    if (!id || !broker_pk)
+        return mdg_fail(MDG_EINVAL, "mdg_account_server_new: NULL argument");
+    if (port < 0 || port > 65535)
+        return mdg_fail(MDG_EINVAL, "account server: port %d is out of range", port);
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return mdg_fail_plain(MDG_ENOMEM);
+    s->id = id;
+    mdg_pk_to_b64(broker_pk, s->broker_pk_b64);
+    if ((rc = resolve_bind(s, bind_address, port)) != 0) {
+        free(s);
+        return rc;
+    }
+    if (s->addr.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+
+    atomic_store(&s->starting, true);
+    s->daemon = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_request, s,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, /* first, to catch every message */
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&s->addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CONNECTION_LIMIT,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)PER_IP_LIMIT,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)IDLE_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_END);
+    err = errno;
+    atomic_store(&s->starting, false);
+    if (!s->daemon) {
+        rc = mdg_fail(MDG_ESYS, "cannot start the account server on %s port %d: %s",
+                      bind_address ? bind_address : "*", port,
+                      s->start_error[0] ? s->start_error : strerror(err));
+        free(s);
+        return rc;
+    }
+    s->port = bound_port(s->daemon);
+    mdg_log(MDG_LOG_INFO, "account server listening on %s port %d",
+            bind_address ? bind_address : "*", s->port);
+    *out = s;
+    return 0;
+}
+
+int mdg_account_server_port(const mdg_account_server *s)
+{
+    return s ? s->port : 0;
+}
+
+void mdg_account_server_destroy(mdg_account_server **sp)
+{
+    if (!sp || !*sp)
+        return;
+    if ((*sp)->daemon)
+        MHD_stop_daemon((*sp)->daemon);
+    free(*sp);
+    *sp = NULL;
+}

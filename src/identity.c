@@ -1,0 +1,961 @@
+/* identity.c - the identity store: who may connect, in SQLite.
+ *
+ * One database, STATE_DIR/identity.sqlite3, in WAL mode so that lookups
+ * (the broker's ZAP handler, on its loop thread) never wait for a writer
+ * (the account server, or messidge-admin in another process). Each handle
+ * holds two connections: a read-only one for lookups and a read-write one
+ * for changes, each behind its own mutex. Every change is one transaction
+ * begun with BEGIN IMMEDIATE, which takes SQLite's write lock up front, so
+ * a check-then-write (confirming an invitation) cannot interleave with
+ * another writer, whether in this process or another.
+ *
+ * Schema (PRAGMA user_version = 1):
+ *
+ *   users       (id, pk, email, config, created, revoked, token_hash)
+ *   nodes       (id, pk, name, config, created, revoked)
+ *   pending     (token_hash, email, created, expires)
+ *   revocations (seq, pk, at)        -- append-only log for live brokers
+ *
+ * Keys are stored as standard base64 text (44 chars), as the original
+ * Messidge did, so the file reads well in the sqlite3 shell. Times are
+ * unix seconds. Invitation tokens are never stored, only a hash of them
+ * (BLAKE2b, base64): a leaked copy of the database cannot confirm a
+ * pending invitation. A confirmed user keeps the hash of the token it
+ * used, which is how "already used" is told apart from "unknown".
+ *
+ * Version 0 is either an empty file or the original Messidge 1.x schema
+ * (users/nodes/pending with pk, email and json columns); migration 0 -> 1
+ * creates the tables and carries the old rows over.
+ */
+#include "internal.h"
+#include "messidge_identity.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+/* How long a writer waits for another process's write lock. */
+#define BUSY_TIMEOUT_MS 5000
+/* Token text accepted at confirm: ours are MDG_TOKEN_LEN chars; migrated
+ * Messidge 1.x tokens (shortuuid) are 22. */
+#define TOKEN_MIN 16
+#define TOKEN_MAX 64
+#define HASH_BYTES 32
+#define HASH_B64_LEN 43 /* unpadded URL-safe base64 of HASH_BYTES */
+#define MAX_EMAIL 320
+#define MAX_NODE_NAME 256
+#define MAX_TTL ((int64_t)100 * 365 * 24 * 3600)
+
+struct mdg_identity {
+    sqlite3 *rd, *wr;
+    pthread_mutex_t rd_lock, wr_lock;
+    sqlite3_stmt *role_stmt; /* cached: the ZAP handler's lookup */
+    char path[PATH_MAX];     /* the database file, for messages */
+};
+
+/* ----------------------------------------------------------------- helpers */
+
+static int64_t now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* Fail with SQLite's message for db, naming the database file. */
+static int db_fail(const mdg_identity *id, sqlite3 *db, const char *what)
+{
+    int code = sqlite3_errcode(db) & 0xff;
+    if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
+        return mdg_fail(MDG_EIO,
+                        "identity database %s is corrupt or not an SQLite database (%s: %s); "
+                        "restore it from a backup or move it away",
+                        id->path, what, sqlite3_errmsg(db));
+    return mdg_fail(MDG_EIO, "identity database %s: %s: %s", id->path, what,
+                    sqlite3_errmsg(db));
+}
+
+/* Run SQL without results (may hold several statements). */
+static int exec(const mdg_identity *id, sqlite3 *db, const char *sql, const char *what)
+{
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return db_fail(id, db, what);
+    return 0;
+}
+
+static int prepare(const mdg_identity *id, sqlite3 *db, const char *sql, sqlite3_stmt **st)
+{
+    if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK)
+        return db_fail(id, db, "cannot prepare a statement");
+    return 0;
+}
+
+/* Step a statement that returns no rows, then finalize it. */
+static int run(const mdg_identity *id, sqlite3 *db, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(id, db, what);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static void rollback(sqlite3 *db)
+{
+    /* Harmless when no transaction is open (SQLite may already have rolled
+     * back after an error). */
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static int sodium_ready(void)
+{
+    if (sodium_init() < 0)
+        return mdg_fail(MDG_ESYS, "libsodium initialisation failed");
+    return 0;
+}
+
+/* The stored form of a token: unpadded URL-safe base64 of its BLAKE2b. */
+static void token_hash(const char *token, size_t len, char out[HASH_B64_LEN + 1])
+{
+    uint8_t h[HASH_BYTES];
+    crypto_generichash(h, sizeof h, (const unsigned char *)token, len, NULL, 0);
+    sodium_bin2base64(out, HASH_B64_LEN + 1, h, sizeof h,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+}
+
+/* SQL function mdg_token_hash(text), for migrating plaintext tokens. */
+static void sql_token_hash(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    char out[HASH_B64_LEN + 1];
+    (void)argc;
+    const unsigned char *t = sqlite3_value_text(argv[0]);
+    if (!t) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    token_hash((const char *)t, (size_t)sqlite3_value_bytes(argv[0]), out);
+    sqlite3_result_text(ctx, out, HASH_B64_LEN, SQLITE_TRANSIENT);
+}
+
+/* A token is URL-safe base64 text of a sane length. */
+static int check_token(const char *token)
+{
+    size_t n = token ? strlen(token) : 0;
+    if (n < TOKEN_MIN || n > TOKEN_MAX)
+        return mdg_fail(MDG_EINVAL, "malformed token: expected %d to %d characters, got %zu",
+                        TOKEN_MIN, TOKEN_MAX, n);
+    for (size_t i = 0; i < n; i++) {
+        char c = token[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return mdg_fail(MDG_EINVAL, "malformed token: character %zu is not URL-safe base64",
+                            i + 1);
+    }
+    return 0;
+}
+
+/* Text fields: bounded, no control characters; spaces only where allowed. */
+static int check_text(const char *s, size_t max, bool spaces, bool empty_ok, const char *what)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (!s || (n == 0 && !empty_ok))
+        return mdg_fail(MDG_EINVAL, "%s is empty", what);
+    if (n > max)
+        return mdg_fail(MDG_EINVAL, "%s is longer than %zu bytes", what, max);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < ' ' || c == 0x7f || (c == ' ' && !spaces))
+            return mdg_fail(MDG_EINVAL, "%s \"%.64s\" contains %s", what, s,
+                            c == ' ' ? "a space" : "a control character");
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- opening */
+
+/* Schema version 1. json_valid keeps configs parseable by whoever reads
+ * them; CHECKs keep hand edits honest. */
+static const char schema_v1[] =
+    "CREATE TABLE users ("
+    "  id INTEGER PRIMARY KEY,"
+    "  pk TEXT NOT NULL UNIQUE CHECK (length(pk) = 44),"
+    "  email TEXT NOT NULL,"
+    "  config TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(config)),"
+    "  created INTEGER NOT NULL,"
+    "  revoked INTEGER,"
+    "  token_hash TEXT UNIQUE);"
+    "CREATE TABLE nodes ("
+    "  id INTEGER PRIMARY KEY,"
+    "  pk TEXT NOT NULL UNIQUE CHECK (length(pk) = 44),"
+    "  name TEXT NOT NULL,"
+    "  config TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(config)),"
+    "  created INTEGER NOT NULL,"
+    "  revoked INTEGER);"
+    "CREATE TABLE pending ("
+    "  token_hash TEXT PRIMARY KEY,"
+    "  email TEXT NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  expires INTEGER NOT NULL);"
+    "CREATE TABLE revocations ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  pk TEXT NOT NULL,"
+    "  at INTEGER NOT NULL);";
+
+/* Carrying over the original Messidge 1.x tables (renamed v0_* first).
+ * Their json column holds '{}' in every path of the original; anything
+ * that is not valid JSON becomes '{}'. Pending tokens are hashed and
+ * given the default lifetime from now. */
+static const char migrate_v0_users[] =
+    "INSERT OR IGNORE INTO users (pk, email, config, created)"
+    "  SELECT pk, email,"
+    "    CASE WHEN json_valid(CAST(json AS TEXT)) THEN CAST(json AS TEXT) ELSE '{}' END,"
+    "    ?1 FROM v0_users WHERE length(pk) = 44;";
+static const char migrate_v0_nodes[] =
+    "INSERT OR IGNORE INTO nodes (pk, name, config, created)"
+    "  SELECT pk, '',"
+    "    CASE WHEN json_valid(CAST(json AS TEXT)) THEN CAST(json AS TEXT) ELSE '{}' END,"
+    "    ?1 FROM v0_nodes WHERE length(pk) = 44;";
+static const char migrate_v0_pending[] =
+    "INSERT OR IGNORE INTO pending (token_hash, email, created, expires)"
+    "  SELECT mdg_token_hash(token), email, ?1, ?1 + ?2 FROM v0_pending;";
+
+static bool table_exists(sqlite3 *db, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    bool found = false;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        found = sqlite3_step(st) == SQLITE_ROW;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+/* Run an INSERT ... SELECT with ?1 = now and ?2 = the default TTL. */
+static int copy_rows(mdg_identity *id, const char *sql)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(id, id->wr, sql, &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, now_s());
+    if (sqlite3_bind_parameter_count(st) >= 2)
+        sqlite3_bind_int64(st, 2, MDG_INVITE_DEFAULT_TTL);
+    return run(id, id->wr, st, "cannot migrate the Messidge 1.x tables");
+}
+
+/* Migration 0 -> 1: an empty database, or the original library's. */
+static int migrate_0_to_1(mdg_identity *id)
+{
+    static const char *const old[] = {"users", "nodes", "pending"};
+    bool legacy[3];
+    char sql[128];
+    int rc;
+
+    for (int i = 0; i < 3; i++) {
+        legacy[i] = table_exists(id->wr, old[i]);
+        if (legacy[i]) {
+            snprintf(sql, sizeof sql, "ALTER TABLE %s RENAME TO v0_%s", old[i], old[i]);
+            if ((rc = exec(id, id->wr, sql, "cannot rename a Messidge 1.x table")) != 0)
+                return rc;
+        }
+    }
+    if ((rc = exec(id, id->wr, schema_v1, "cannot create the tables")) != 0)
+        return rc;
+    if (legacy[0] && (rc = copy_rows(id, migrate_v0_users)) != 0)
+        return rc;
+    if (legacy[1] && (rc = copy_rows(id, migrate_v0_nodes)) != 0)
+        return rc;
+    if (legacy[2] && (rc = copy_rows(id, migrate_v0_pending)) != 0)
+        return rc;
+    for (int i = 0; i < 3; i++) {
+        if (!legacy[i])
+            continue;
+        snprintf(sql, sizeof sql, "DROP TABLE v0_%s", old[i]);
+        if ((rc = exec(id, id->wr, sql, "cannot drop a Messidge 1.x table")) != 0)
+            return rc;
+    }
+    if (legacy[0] || legacy[1] || legacy[2])
+        mdg_log(MDG_LOG_INFO, "identity database %s: migrated from the Messidge 1.x schema",
+                id->path);
+    return 0;
+}
+
+/* migrations[v] takes the schema from version v to v + 1. */
+static int (*const migrations[MDG_IDENTITY_SCHEMA])(mdg_identity *) = {migrate_0_to_1};
+
+/* Bring the schema up to date, in one transaction: concurrent openers
+ * wait for the write lock, then find the work done. */
+static int migrate(mdg_identity *id)
+{
+    sqlite3_stmt *st;
+    int version, rc;
+    char sql[64];
+
+    if ((rc = exec(id, id->wr, "BEGIN IMMEDIATE", "cannot begin the schema check")) != 0)
+        return rc;
+    if ((rc = prepare(id, id->wr, "PRAGMA user_version", &st)) != 0)
+        goto fail;
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        rc = db_fail(id, id->wr, "cannot read the schema version");
+        sqlite3_finalize(st);
+        goto fail;
+    }
+    version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (version > MDG_IDENTITY_SCHEMA || version < 0) {
+        rc = mdg_fail(MDG_EPROTO,
+                      "identity database %s has schema version %d; this library knows "
+                      "versions up to %d (made by a newer libmessidge?)",
+                      id->path, version, MDG_IDENTITY_SCHEMA);
+        goto fail;
+    }
+    if (version == MDG_IDENTITY_SCHEMA) {
+        rollback(id->wr);
+        return 0;
+    }
+    for (int v = version; v < MDG_IDENTITY_SCHEMA; v++) {
+        if ((rc = migrations[v](id)) != 0)
+            goto fail;
+        mdg_log(MDG_LOG_INFO, "identity database %s: schema %d -> %d", id->path, v, v + 1);
+    }
+    /* PRAGMA takes no bound parameters; the value is our own constant. */
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %d", MDG_IDENTITY_SCHEMA);
+    if ((rc = exec(id, id->wr, sql, "cannot set the schema version")) != 0 ||
+        (rc = exec(id, id->wr, "COMMIT", "cannot commit the schema")) != 0)
+        goto fail;
+    return 0;
+fail:
+    rollback(id->wr);
+    return rc;
+}
+
+/* Create the state directory (only its last component) or check it. */
+static int ensure_state_dir(const char *dir)
+{
+    struct stat st;
+    int err;
+
+    if (mkdir(dir, 0700) == 0) {
+        if (chmod(dir, 0700) < 0) { /* mkdir obeys the umask */
+            err = errno;
+            return mdg_fail(MDG_EIO, "cannot set mode of state directory %s: %s", dir,
+                            strerror(err));
+        }
+        return 0;
+    }
+    err = errno;
+    if (err != EEXIST)
+        return mdg_fail(MDG_EIO, "cannot create state directory %s: %s%s", dir, strerror(err),
+                        err == ENOENT ? " (its parent directory must exist)" : "");
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        return mdg_fail(MDG_EIO, "state directory %s exists but is not a directory", dir);
+    return 0;
+}
+
+/* Create an empty database file with mode 0600 if there is none. SQLite
+ * gives its -wal and -shm files the database file's mode. */
+static int ensure_db_file(const char *path)
+{
+    struct stat st;
+    int fd, err;
+
+    if (stat(path, &st) == 0) {
+        if (!S_ISREG(st.st_mode))
+            return mdg_fail(MDG_EIO, "identity database %s is not a regular file", path);
+        return 0;
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST) {
+        err = errno;
+        return mdg_fail(MDG_EIO, "cannot create identity database %s: %s", path, strerror(err));
+    }
+    if (fd >= 0)
+        close(fd);
+    return 0;
+}
+
+/* Open the read-write connection and check it really is writable. */
+static int open_writer(mdg_identity *id)
+{
+    sqlite3_stmt *st;
+
+    if (sqlite3_open_v2(id->path, &id->wr, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK)
+        return db_fail(id, id->wr, "cannot open");
+    /* SQLite falls back to read-only when the file cannot be opened for
+     * writing; an identity store must be writable. */
+    if (sqlite3_db_readonly(id->wr, "main") == 1)
+        return mdg_fail(MDG_EIO,
+                        "identity database %s is read-only (check the file's permissions, "
+                        "owner and attributes)",
+                        id->path);
+    sqlite3_busy_timeout(id->wr, BUSY_TIMEOUT_MS);
+    sqlite3_extended_result_codes(id->wr, 1);
+    if (sqlite3_create_function(id->wr, "mdg_token_hash", 1,
+                                SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL, sql_token_hash, NULL,
+                                NULL) != SQLITE_OK)
+        return db_fail(id, id->wr, "cannot register a function");
+
+    /* The first real read of the file: this is where a file that is not a
+     * database shows itself. */
+    if (sqlite3_prepare_v2(id->wr, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        int code = sqlite3_errcode(id->wr) & 0xff;
+        sqlite3_finalize(st);
+        if (code == SQLITE_NOTADB || code == SQLITE_CORRUPT)
+            return mdg_fail(MDG_EIO,
+                            "identity database %s is corrupt or not an SQLite database (%s); "
+                            "restore it from a backup or move it away",
+                            id->path, sqlite3_errmsg(id->wr));
+        if (code == SQLITE_READONLY || code == SQLITE_CANTOPEN || code == SQLITE_PERM)
+            return mdg_fail(MDG_EIO,
+                            "identity database %s cannot be written (%s): the file and its "
+                            "directory must be writable",
+                            id->path, sqlite3_errmsg(id->wr));
+        return db_fail(id, id->wr, "cannot switch to WAL mode");
+    }
+    bool wal = sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
+    sqlite3_finalize(st);
+    if (!wal)
+        return mdg_fail(MDG_EIO, "identity database %s: cannot switch to WAL mode", id->path);
+    return 0;
+}
+
+static int open_reader(mdg_identity *id)
+{
+    static const char role_sql[] =
+        "SELECT 1, config FROM users WHERE pk = ?1 AND revoked IS NULL "
+        "UNION ALL "
+        "SELECT 2, config FROM nodes WHERE pk = ?1 AND revoked IS NULL LIMIT 1";
+
+    if (sqlite3_open_v2(id->path, &id->rd, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK)
+        return db_fail(id, id->rd, "cannot open for reading");
+    sqlite3_busy_timeout(id->rd, BUSY_TIMEOUT_MS);
+    if (sqlite3_prepare_v3(id->rd, role_sql, -1, SQLITE_PREPARE_PERSISTENT, &id->role_stmt,
+                           NULL) != SQLITE_OK)
+        return db_fail(id, id->rd, "cannot prepare the key lookup");
+    return 0;
+}
+
+int mdg_identity_open(mdg_identity **out, const char *state_dir)
+{
+    mdg_identity *id;
+    int rc, n;
+
+    if (!out)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_open: out is NULL");
+    *out = NULL;
+    if (!state_dir)
+        state_dir = MDG_DEFAULT_STATE_DIR;
+    if (!*state_dir)
+        return mdg_fail(MDG_EINVAL, "state directory is empty");
+    if ((rc = sodium_ready()) != 0)
+        return rc;
+    if (!sqlite3_threadsafe())
+        return mdg_fail(MDG_ESYS, "SQLite was built without thread support");
+
+    id = calloc(1, sizeof *id);
+    if (!id)
+        return mdg_fail_plain(MDG_ENOMEM);
+    pthread_mutex_init(&id->rd_lock, NULL);
+    pthread_mutex_init(&id->wr_lock, NULL);
+    n = snprintf(id->path, sizeof id->path, "%s/%s", state_dir, MDG_IDENTITY_DB_FILE);
+    if (n < 0 || (size_t)n >= sizeof id->path) {
+        rc = mdg_fail(MDG_EINVAL, "state directory path %s is too long", state_dir);
+        goto fail;
+    }
+    if ((rc = ensure_state_dir(state_dir)) != 0 || (rc = ensure_db_file(id->path)) != 0 ||
+        (rc = open_writer(id)) != 0 || (rc = migrate(id)) != 0 || (rc = open_reader(id)) != 0)
+        goto fail;
+    *out = id;
+    return 0;
+fail:
+    mdg_identity_destroy(&id);
+    return rc;
+}
+
+void mdg_identity_destroy(mdg_identity **idp)
+{
+    mdg_identity *id;
+    if (!idp || !*idp)
+        return;
+    id = *idp;
+    sqlite3_finalize(id->role_stmt);
+    /* Reader first: the last connection to close checkpoints the WAL. */
+    sqlite3_close(id->rd);
+    sqlite3_close(id->wr);
+    pthread_mutex_destroy(&id->rd_lock);
+    pthread_mutex_destroy(&id->wr_lock);
+    free(id);
+    *idp = NULL;
+}
+
+/* ---------------------------------------------------------------- lookups */
+
+int mdg_identity_role(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES], char **config_json)
+{
+    char b64[MDG_KEY_B64_LEN + 1];
+    sqlite3_stmt *st;
+    int rc, role = MDG_ROLE_NONE;
+
+    if (config_json)
+        *config_json = NULL;
+    if (!id || !pk)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_role: NULL argument");
+    mdg_pk_to_b64(pk, b64);
+
+    pthread_mutex_lock(&id->rd_lock);
+    st = id->role_stmt;
+    sqlite3_bind_text(st, 1, b64, MDG_KEY_B64_LEN, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        role = sqlite3_column_int(st, 0);
+        if (config_json) {
+            const char *cfg = (const char *)sqlite3_column_text(st, 1);
+            *config_json = strdup(cfg ? cfg : "{}");
+            if (!*config_json)
+                role = mdg_fail_plain(MDG_ENOMEM);
+        }
+    } else if (rc != SQLITE_DONE) {
+        role = db_fail(id, id->rd, "cannot look up a key");
+    }
+    /* Reset ends the read transaction, so the next lookup sees new rows. */
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    pthread_mutex_unlock(&id->rd_lock);
+    return role;
+}
+
+int mdg_identity_auth(const uint8_t pk[MDG_KEY_BYTES], void *identity)
+{
+    int role = mdg_identity_role(identity, pk, NULL);
+    if (role < 0) {
+        mdg_log(MDG_LOG_ERROR, "refusing a key: %s", mdg_last_error());
+        return MDG_ROLE_NONE;
+    }
+    return role;
+}
+
+/* --------------------------------------------------------------- changes */
+
+static int begin(mdg_identity *id)
+{
+    pthread_mutex_lock(&id->wr_lock);
+    if (sqlite3_exec(id->wr, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        int rc = db_fail(id, id->wr, "cannot begin a transaction");
+        pthread_mutex_unlock(&id->wr_lock);
+        return rc;
+    }
+    return 0;
+}
+
+/* Commit when rc is 0, else roll back; then release the writer. */
+static int finish(mdg_identity *id, int rc)
+{
+    if (rc == 0 && sqlite3_exec(id->wr, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = db_fail(id, id->wr, "cannot commit");
+    if (rc != 0)
+        rollback(id->wr);
+    pthread_mutex_unlock(&id->wr_lock);
+    return rc;
+}
+
+/* Whether b64 is registered as a user or node (revoked or not). Within a
+ * transaction on the writer. 1 yes, 0 no, < 0 error. */
+static int key_registered(mdg_identity *id, const char *b64)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(id, id->wr,
+                     "SELECT 1 FROM users WHERE pk = ?1 UNION ALL SELECT 1 FROM nodes WHERE pk = ?1",
+                     &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    rc = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : db_fail(id, id->wr, "cannot look up a key");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int mdg_identity_invite(mdg_identity *id, const char *email, int64_t ttl_seconds, char *token,
+                        size_t token_len)
+{
+    uint8_t raw[MDG_TOKEN_BYTES];
+    char text[MDG_TOKEN_LEN + 1], hash[HASH_B64_LEN + 1];
+    sqlite3_stmt *st;
+    int64_t now = now_s();
+    int rc;
+
+    _Static_assert(sodium_base64_ENCODED_LEN(MDG_TOKEN_BYTES,
+                                             sodium_base64_VARIANT_URLSAFE_NO_PADDING) ==
+                       MDG_TOKEN_LEN + 1,
+                   "token length");
+    if (!id || !token)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_invite: NULL argument");
+    if (token_len < MDG_TOKEN_LEN + 1)
+        return mdg_fail(MDG_EINVAL, "token buffer of %zu bytes is too small (need %d)",
+                        token_len, MDG_TOKEN_LEN + 1);
+    token[0] = '\0';
+    if ((rc = check_text(email, MAX_EMAIL, false, false, "email")) != 0)
+        return rc;
+    if (ttl_seconds <= 0)
+        ttl_seconds = MDG_INVITE_DEFAULT_TTL;
+    if (ttl_seconds > MAX_TTL)
+        return mdg_fail(MDG_EINVAL, "invitation lifetime of %lld s is too long",
+                        (long long)ttl_seconds);
+
+    /* A token that starts with '-' reads as an option on command lines:
+     * draw again (this costs 1/64 of the token space, nothing). */
+    do {
+        randombytes_buf(raw, sizeof raw);
+        sodium_bin2base64(text, sizeof text, raw, sizeof raw,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    } while (text[0] == '-');
+    token_hash(text, MDG_TOKEN_LEN, hash);
+
+    if ((rc = begin(id)) != 0)
+        return rc;
+    if ((rc = prepare(id, id->wr,
+                      "INSERT INTO pending (token_hash, email, created, expires) "
+                      "VALUES (?, ?, ?, ?)",
+                      &st)) == 0) {
+        sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, email, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, now);
+        sqlite3_bind_int64(st, 4, now + ttl_seconds);
+        rc = run(id, id->wr, st, "cannot store the invitation");
+    }
+    if ((rc = finish(id, rc)) == 0) {
+        memcpy(token, text, MDG_TOKEN_LEN + 1);
+        mdg_log(MDG_LOG_INFO, "invited %s (invitation %.8s, expires in %lld s)", email, hash,
+                (long long)ttl_seconds);
+    }
+    sodium_memzero(text, sizeof text);
+    sodium_memzero(raw, sizeof raw);
+    return rc;
+}
+
+/* The body of mdg_identity_confirm, inside the transaction. */
+static int confirm_locked(mdg_identity *id, const char *hash, const char *b64)
+{
+    sqlite3_stmt *st;
+    char email[MAX_EMAIL + 1];
+    int64_t expires = 0, now = now_s();
+    int rc;
+
+    if ((rc = prepare(id, id->wr, "SELECT email, expires FROM pending WHERE token_hash = ?",
+                      &st)) != 0)
+        return rc;
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *e = (const char *)sqlite3_column_text(st, 0);
+        snprintf(email, sizeof email, "%s", e ? e : "");
+        expires = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return db_fail(id, id->wr, "cannot look up the invitation");
+
+    if (rc == SQLITE_DONE) {
+        /* Not pending: used already, or never issued. */
+        if ((rc = prepare(id, id->wr, "SELECT 1 FROM users WHERE token_hash = ?", &st)) != 0)
+            return rc;
+        sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (rc == SQLITE_ROW)
+            return mdg_fail(MDG_ESTATE, "this token has already been used");
+        if (rc != SQLITE_DONE)
+            return db_fail(id, id->wr, "cannot look up the invitation");
+        return mdg_fail(MDG_ENOTFOUND, "unknown token");
+    }
+    if (now >= expires)
+        return mdg_fail(MDG_ETIMEDOUT, "this invitation has expired");
+
+    if ((rc = key_registered(id, b64)) != 0)
+        return rc < 0 ? rc : mdg_fail(MDG_ESTATE, "this public key is already registered");
+
+    if ((rc = prepare(id, id->wr,
+                      "INSERT INTO users (pk, email, config, created, token_hash) "
+                      "VALUES (?, ?, '{}', ?, ?)",
+                      &st)) != 0)
+        return rc;
+    sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, email, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now);
+    sqlite3_bind_text(st, 4, hash, -1, SQLITE_STATIC);
+    if ((rc = run(id, id->wr, st, "cannot store the user")) != 0)
+        return rc;
+
+    if ((rc = prepare(id, id->wr, "DELETE FROM pending WHERE token_hash = ?", &st)) != 0)
+        return rc;
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    if ((rc = run(id, id->wr, st, "cannot delete the invitation")) != 0)
+        return rc;
+    mdg_log(MDG_LOG_INFO, "confirmed %s as user %.12s... (invitation %.8s)", email, b64, hash);
+    return 0;
+}
+
+int mdg_identity_confirm(mdg_identity *id, const char *token, const uint8_t pk[MDG_KEY_BYTES])
+{
+    char b64[MDG_KEY_B64_LEN + 1], hash[HASH_B64_LEN + 1];
+    int rc;
+
+    if (!id || !pk)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_confirm: NULL argument");
+    if ((rc = check_token(token)) != 0)
+        return rc;
+    if (sodium_is_zero(pk, MDG_KEY_BYTES))
+        return mdg_fail(MDG_EINVAL, "the public key is all zeros");
+    mdg_pk_to_b64(pk, b64);
+    token_hash(token, strlen(token), hash);
+    if ((rc = begin(id)) != 0)
+        return rc;
+    return finish(id, confirm_locked(id, hash, b64));
+}
+
+/* Insert a user or node directly. */
+static int add_key(mdg_identity *id, bool node, const char *name, const uint8_t pk[MDG_KEY_BYTES],
+                   const char *config_json)
+{
+    char b64[MDG_KEY_B64_LEN + 1];
+    sqlite3_stmt *st;
+    int rc;
+
+    if (!id || !pk)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_add_%s: NULL argument", node ? "node" : "user");
+    if (node ? (rc = check_text(name ? name : "", MAX_NODE_NAME, true, true, "node name")) != 0
+             : (rc = check_text(name, MAX_EMAIL, false, false, "email")) != 0)
+        return rc;
+    if (sodium_is_zero(pk, MDG_KEY_BYTES))
+        return mdg_fail(MDG_EINVAL, "the public key is all zeros");
+    if (!config_json)
+        config_json = "{}";
+    mdg_pk_to_b64(pk, b64);
+
+    if ((rc = begin(id)) != 0)
+        return rc;
+    if ((rc = key_registered(id, b64)) != 0) {
+        rc = rc < 0 ? rc : mdg_fail(MDG_ESTATE, "key %s is already registered", b64);
+        return finish(id, rc);
+    }
+    /* json_valid() first, for a clear message rather than a CHECK failure. */
+    if ((rc = prepare(id, id->wr, "SELECT json_valid(?)", &st)) != 0)
+        return finish(id, rc);
+    sqlite3_bind_text(st, 1, config_json, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == 1
+             ? 0
+             : mdg_fail(MDG_EINVAL, "config is not valid JSON: %.64s", config_json);
+    sqlite3_finalize(st);
+    if (rc)
+        return finish(id, rc);
+
+    if ((rc = prepare(id, id->wr,
+                      node ? "INSERT INTO nodes (pk, name, config, created) VALUES (?, ?, ?, ?)"
+                           : "INSERT INTO users (pk, email, config, created) VALUES (?, ?, ?, ?)",
+                      &st)) != 0)
+        return finish(id, rc);
+    sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, name ? name : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, config_json, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now_s());
+    rc = finish(id, run(id, id->wr, st, node ? "cannot store the node" : "cannot store the user"));
+    if (rc == 0)
+        mdg_log(MDG_LOG_INFO, "registered %s %s as %.12s...", node ? "node" : "user",
+                name ? name : "", b64);
+    return rc;
+}
+
+int mdg_identity_add_node(mdg_identity *id, const char *name, const uint8_t pk[MDG_KEY_BYTES],
+                          const char *config_json)
+{
+    return add_key(id, true, name, pk, config_json);
+}
+
+int mdg_identity_add_user(mdg_identity *id, const char *email, const uint8_t pk[MDG_KEY_BYTES],
+                          const char *config_json)
+{
+    return add_key(id, false, email, pk, config_json);
+}
+
+/* UPDATE table SET revoked = now for a live key: rows changed or < 0. */
+static int revoke_in(mdg_identity *id, const char *sql, const char *b64, int64_t now)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(id, id->wr, sql, &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_bind_text(st, 2, b64, -1, SQLITE_STATIC);
+    if ((rc = run(id, id->wr, st, "cannot revoke")) != 0)
+        return rc;
+    return sqlite3_changes(id->wr);
+}
+
+static int revoke_locked(mdg_identity *id, const char *b64)
+{
+    sqlite3_stmt *st;
+    int64_t now = now_s();
+    int rc;
+
+    rc = revoke_in(id, "UPDATE users SET revoked = ? WHERE pk = ? AND revoked IS NULL", b64, now);
+    if (rc == 0)
+        rc = revoke_in(id, "UPDATE nodes SET revoked = ? WHERE pk = ? AND revoked IS NULL", b64,
+                       now);
+    if (rc < 0)
+        return rc;
+    if (rc == 0) {
+        if ((rc = key_registered(id, b64)) < 0)
+            return rc;
+        return rc ? mdg_fail(MDG_ESTATE, "key %s was already revoked", b64)
+                  : mdg_fail(MDG_ENOTFOUND, "key %s is neither a user nor a node", b64);
+    }
+    if ((rc = prepare(id, id->wr, "INSERT INTO revocations (pk, at) VALUES (?, ?)", &st)) != 0)
+        return rc;
+    sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    return run(id, id->wr, st, "cannot log the revocation");
+}
+
+int mdg_identity_revoke(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES])
+{
+    char b64[MDG_KEY_B64_LEN + 1];
+    int rc;
+
+    if (!id || !pk)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_revoke: NULL argument");
+    mdg_pk_to_b64(pk, b64);
+    if ((rc = begin(id)) != 0)
+        return rc;
+    rc = finish(id, revoke_locked(id, b64));
+    if (rc == 0)
+        mdg_log(MDG_LOG_INFO, "revoked key %s", b64);
+    return rc;
+}
+
+/* ------------------------------------------------------------- reporting */
+
+int mdg_identity_revoked_since(mdg_identity *id, int64_t *cursor,
+                               void (*fn)(const uint8_t pk[MDG_KEY_BYTES], void *arg),
+                               void *arg)
+{
+    struct row { int64_t seq; uint8_t pk[MDG_KEY_BYTES]; } *rows = NULL, *grown;
+    size_t n = 0, cap = 0;
+    sqlite3_stmt *st;
+    int rc;
+
+    if (!id || !cursor)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_revoked_since: NULL argument");
+    pthread_mutex_lock(&id->rd_lock);
+    if (!fn) {
+        if ((rc = prepare(id, id->rd, "SELECT coalesce(max(seq), 0) FROM revocations", &st)) ==
+            0) {
+            if (sqlite3_step(st) == SQLITE_ROW)
+                *cursor = sqlite3_column_int64(st, 0);
+            else
+                rc = db_fail(id, id->rd, "cannot read the revocations");
+            sqlite3_finalize(st);
+        }
+        pthread_mutex_unlock(&id->rd_lock);
+        return rc;
+    }
+    if ((rc = prepare(id, id->rd, "SELECT seq, pk FROM revocations WHERE seq > ? ORDER BY seq",
+                      &st)) != 0) {
+        pthread_mutex_unlock(&id->rd_lock);
+        return rc;
+    }
+    sqlite3_bind_int64(st, 1, *cursor);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *b64 = (const char *)sqlite3_column_text(st, 1);
+        uint8_t pk[MDG_KEY_BYTES];
+        if (!b64 || mdg_pk_from_b64(pk, b64) != 0)
+            continue; /* a hand-edited row: nothing to cut */
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            grown = realloc(rows, cap * sizeof *rows);
+            if (!grown) {
+                free(rows);
+                sqlite3_finalize(st);
+                pthread_mutex_unlock(&id->rd_lock);
+                return mdg_fail_plain(MDG_ENOMEM);
+            }
+            rows = grown;
+        }
+        rows[n].seq = sqlite3_column_int64(st, 0);
+        memcpy(rows[n].pk, pk, MDG_KEY_BYTES);
+        n++;
+    }
+    rc = rc == SQLITE_DONE ? 0 : db_fail(id, id->rd, "cannot read the revocations");
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&id->rd_lock);
+
+    /* Calls without the lock: fn may use the store. */
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        fn(rows[i].pk, arg);
+        *cursor = rows[i].seq;
+    }
+    free(rows);
+    return rc;
+}
+
+int mdg_identity_list(mdg_identity *id, int (*fn)(const mdg_identity_entry *e, void *arg),
+                      void *arg)
+{
+    static const struct {
+        int kind;
+        const char *sql;
+    } queries[] = {
+        {MDG_ENTRY_USER,
+         "SELECT pk, email, config, created, coalesce(revoked, 0), NULL, 0 FROM users ORDER BY id"},
+        {MDG_ENTRY_NODE,
+         "SELECT pk, name, config, created, coalesce(revoked, 0), NULL, 0 FROM nodes ORDER BY id"},
+        {MDG_ENTRY_PENDING, "SELECT NULL, email, NULL, created, 0, substr(token_hash, 1, 8), "
+                            "expires FROM pending ORDER BY created, rowid"},
+    };
+    sqlite3_stmt *st;
+    int rc = 0;
+
+    if (!id || !fn)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_list: NULL argument");
+    pthread_mutex_lock(&id->rd_lock);
+    /* One read transaction: the three groups are one consistent picture. */
+    if ((rc = exec(id, id->rd, "BEGIN", "cannot begin reading")) != 0) {
+        pthread_mutex_unlock(&id->rd_lock);
+        return rc;
+    }
+    for (size_t q = 0; rc == 0 && q < sizeof queries / sizeof queries[0]; q++) {
+        if ((rc = prepare(id, id->rd, queries[q].sql, &st)) != 0)
+            break;
+        int step = SQLITE_DONE;
+        while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+            mdg_identity_entry e = {
+                .kind = queries[q].kind,
+                .pk_b64 = (const char *)sqlite3_column_text(st, 0),
+                .name = (const char *)sqlite3_column_text(st, 1),
+                .config = (const char *)sqlite3_column_text(st, 2),
+                .created = sqlite3_column_int64(st, 3),
+                .revoked = sqlite3_column_int64(st, 4),
+                .ref = (const char *)sqlite3_column_text(st, 5),
+                .expires = sqlite3_column_int64(st, 6),
+            };
+            if (!e.name)
+                e.name = "";
+            rc = fn(&e, arg);
+        }
+        if (rc == 0 && step != SQLITE_DONE)
+            rc = db_fail(id, id->rd, "cannot list");
+        sqlite3_finalize(st);
+    }
+    sqlite3_exec(id->rd, "COMMIT", NULL, NULL, NULL);
+    pthread_mutex_unlock(&id->rd_lock);
+    return rc;
+}

@@ -1,0 +1,12 @@
+# Identity store, account server, create_account and the command-line
+# tools (layer 6). Included from tests/CMakeLists.txt after mdg_test().
+mdg_test(test_identity)
+mdg_test(test_account)
+# test_account also drives messidge-admin and messidge end to end when
+# they are built (tools/ is added before tests/).
+if(TARGET messidge-admin AND TARGET messidge_cli)
+  add_dependencies(test_account messidge-admin messidge_cli)
+  target_compile_definitions(test_account PRIVATE
+    MDG_ADMIN_BIN="$<TARGET_FILE:messidge-admin>"
+    MDG_CLI_BIN="$<TARGET_FILE:messidge_cli>")
+endif()

@@ -1,0 +1,179 @@
+/* messidge-broker - a ready broker: no application commands of its own; it
+ * admits the users and nodes of its identity store, runs the account
+ * server on the base port + 1, routes users' calls to nodes and offers
+ * every new session the list of connected nodes. The program a new user
+ * runs first. */
+#include "messidge.h"
+#include "messidge_identity.h"
+
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: messidge-broker [options]\n"
+            "\n"
+            "A Messidge broker that routes users' calls to nodes and offers each new\n"
+            "session the public keys of the connected nodes (resource_offer).\n"
+            "Users and nodes are admitted from the identity store (see messidge-admin).\n"
+            "\n"
+            "options:\n"
+            "  -p, --port N          base port (default 2020; 0 = pick a free one);\n"
+            "                        the account server listens on N + 1\n"
+            "  -b, --bind ADDR       address to listen on (default * = all)\n"
+            "  -k, --key NAME        broker key pair name (default localhost_broker);\n"
+            "                        made and saved on first run\n"
+            "  -P, --prefix DIR      key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
+            "  -s, --state DIR       identity store directory (default ./messidge-state)\n"
+            "      --account-port N  account server port (default base port + 1; 0 = free)\n"
+            "      --no-accounts     do not run the account server\n"
+            "      --port-file FILE  write the bound base port to FILE (for scripts)\n"
+            "  -v, --verbose         log sessions and refusals (-vv: debug)\n"
+            "  -h, --help            this text\n"
+            "\n"
+            "Stop it with SIGINT or SIGTERM: sessions are closed and state is freed.\n");
+}
+
+/* Revocations reach live sessions: the store is polled every second. */
+typedef struct revoke_poll {
+    mdg_identity *id;
+    int64_t cursor;
+} revoke_poll;
+
+static void kick(const uint8_t pk[MDG_KEY_BYTES], void *arg)
+{
+    mdg_broker *b = arg;
+    char b64[MDG_KEY_B64_LEN + 1];
+    mdg_pk_to_b64(pk, b64);
+    int n = mdg_broker_disconnect_key(b, pk, "key revoked");
+    fprintf(stderr, "messidge-broker: key %s revoked: %d session(s) closed\n", b64, n);
+}
+
+static void poll_revocations(mdg_broker *b, void *arg)
+{
+    revoke_poll *rp = arg;
+    mdg_identity_revoked_since(rp->id, &rp->cursor, kick, b);
+}
+
+static int fail(const char *what, int rc)
+{
+    fprintf(stderr, "messidge-broker: %s: %s (%s)\n", what, mdg_last_error(), mdg_strerror(rc));
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_ACCOUNT_PORT = 256, OPT_NO_ACCOUNTS, OPT_PORT_FILE };
+    static const struct option longopts[] = {
+        {"port", required_argument, NULL, 'p'},
+        {"bind", required_argument, NULL, 'b'},
+        {"key", required_argument, NULL, 'k'},
+        {"prefix", required_argument, NULL, 'P'},
+        {"state", required_argument, NULL, 's'},
+        {"account-port", required_argument, NULL, OPT_ACCOUNT_PORT},
+        {"no-accounts", no_argument, NULL, OPT_NO_ACCOUNTS},
+        {"port-file", required_argument, NULL, OPT_PORT_FILE},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    mdg_broker_options bo = {.bind_address = "*", .port = MDG_DEFAULT_PORT};
+    const char *key_name = "localhost_broker", *prefix = NULL, *state = NULL, *port_file = NULL;
+    int account_port = -1, verbose = 0, opt, rc;
+    bool accounts = true;
+
+    while ((opt = getopt_long(argc, argv, "p:b:k:P:s:vh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'p': bo.port = atoi(optarg); break;
+        case 'b': bo.bind_address = optarg; break;
+        case 'k': key_name = optarg; break;
+        case 'P': prefix = optarg; break;
+        case 's': state = optarg; break;
+        case OPT_ACCOUNT_PORT: account_port = atoi(optarg); break;
+        case OPT_NO_ACCOUNTS: accounts = false; break;
+        case OPT_PORT_FILE: port_file = optarg; break;
+        case 'v': verbose++; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (verbose)
+        mdg_set_log(NULL, NULL, verbose > 1 ? MDG_LOG_DEBUG : MDG_LOG_INFO);
+    /* SIGINT/SIGTERM are taken by sigwait below: block them before any
+     * thread starts, so that every thread inherits the mask. */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+
+    /* the seed's "fetch/create the server keys" */
+    mdg_keys *keys = NULL;
+    rc = mdg_keys_load(&keys, key_name, prefix);
+    if (rc == MDG_ENOENT) {
+        if ((rc = mdg_keys_new(&keys)) || (rc = mdg_keys_save(keys, key_name, prefix)))
+            return fail("cannot make the broker's keys", rc);
+        fprintf(stderr, "messidge-broker: made a new key pair '%s'\n", key_name);
+    } else if (rc) {
+        return fail("cannot load the broker's keys", rc);
+    }
+    char pk_b64[MDG_KEY_B64_LEN + 1];
+    mdg_pk_to_b64(mdg_keys_public(keys), pk_b64);
+
+    mdg_identity *id = NULL;
+    if ((rc = mdg_identity_open(&id, state)))
+        return fail("cannot open the identity store", rc);
+    revoke_poll rp = {.id = id};
+    mdg_identity_revoked_since(id, &rp.cursor, NULL, NULL); /* from now on */
+
+    mdg_broker *b = NULL;
+    if ((rc = mdg_broker_new(&b, keys, &bo)) || (rc = mdg_broker_set_auth(b, mdg_identity_auth, id)) ||
+        (rc = mdg_broker_add_timer(b, 1000, poll_revocations, &rp)))
+        return fail("cannot make the broker", rc);
+    if ((rc = mdg_broker_start(b)))
+        return fail("cannot start the broker", rc);
+    int port = mdg_broker_port(b);
+
+    mdg_account_server *as = NULL;
+    if (accounts) {
+        int ap = account_port >= 0 ? account_port : port + 1;
+        const char *bind = strcmp(bo.bind_address, "*") == 0 ? NULL : bo.bind_address;
+        if ((rc = mdg_account_server_new(&as, id, mdg_keys_public(keys), bind, ap))) {
+            mdg_broker_destroy(&b);
+            return fail("cannot start the account server", rc);
+        }
+    }
+    printf("messidge-broker: listening on port %d", port);
+    if (as)
+        printf(", accounts on port %d", mdg_account_server_port(as));
+    printf("\nmessidge-broker: broker public key %s\n", pk_b64);
+    fflush(stdout);
+    if (port_file) {
+        FILE *f = fopen(port_file, "w");
+        if (f) {
+            fprintf(f, "%d\n", port);
+            fclose(f);
+        }
+    }
+
+    /* the loop runs on the broker's thread; wait here for a signal */
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    fprintf(stderr, "messidge-broker: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+
+    mdg_account_server_destroy(&as);
+    mdg_broker_destroy(&b);
+    mdg_identity_destroy(&id);
+    mdg_keys_destroy(&keys);
+    fprintf(stderr, "messidge-broker: stopped\n");
+    return 0;
+}

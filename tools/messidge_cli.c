@@ -1,0 +1,415 @@
+/* messidge - the user's command-line tool.
+ *
+ *   messidge confirm LOCATION TOKEN [--port N] [--prefix DIR] [--force]
+ *   messidge keygen NAME [--prefix DIR] [--force]
+ *   messidge call [--location L] [--port N] [--prefix DIR] [--node PK_B64]
+ *                 [--timeout MS] COMMAND [key=value ...]
+ *
+ * Options are parsed by hand rather than with getopt: invitation tokens are
+ * URL-safe base64 and may start with '-', which getopt would take for an
+ * option. Only the exact "--name" spellings below are options; "--" ends
+ * them.
+ */
+#include "messidge.h"
+#include "messidge_identity.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <sodium.h>
+
+#define DEFAULT_TIMEOUT_MS 10000
+#define MAX_POSITIONAL 256
+
+static const char usage_text[] =
+    "usage: messidge COMMAND [ARGS] [OPTIONS]\n"
+    "\n"
+    "Commands:\n"
+    "  confirm LOCATION TOKEN [--port N] [--prefix DIR] [--force]\n"
+    "      Create an account at the broker LOCATION (host name or address) with\n"
+    "      an invitation TOKEN from its admin (`messidge-admin invite`). Makes a\n"
+    "      key pair, sends its public key to the account server on port N\n"
+    "      (default 2021), and saves PREFIX/LOCATION, LOCATION.pub, the broker's\n"
+    "      key LOCATION.spub and default_location. Refuses to replace an existing\n"
+    "      key pair for LOCATION unless --force is given.\n"
+    "  keygen NAME [--prefix DIR] [--force]\n"
+    "      Make a key pair PREFIX/NAME (secret, mode 0600) and NAME.pub, and print\n"
+    "      the public key. Refuses to replace an existing NAME unless --force.\n"
+    "  call [--location L] [--port N] [--prefix DIR] [--node PK_B64]\n"
+    "       [--timeout MS] COMMAND [key=value ...]\n"
+    "      Connect to the broker at L (default: PREFIX/default_location) on\n"
+    "      port N (default 2020) with the key files for L, send COMMAND with\n"
+    "      the given params, wait for the reply (MS milliseconds, default\n"
+    "      10000, for connecting and again for the reply) and print its params\n"
+    "      as JSON (bytes as \"b64:...\"). --node adds the param node = that\n"
+    "      key, to address a node. Values are typed:\n"
+    "          42, -7          integers\n"
+    "          1.5, -0.25      floats (numbers containing '.')\n"
+    "          true false null\n"
+    "          b64:AAEC        bytes (standard base64)\n"
+    "          str:42          the string \"42\"\n"
+    "          anything else   a string\n"
+    "      When the handler fails the call, its error text goes to stderr and\n"
+    "      the exit status is 1.\n"
+    "  help\n"
+    "      Show this text (also --help).\n"
+    "\n"
+    "Common options:\n"
+    "  --prefix DIR   key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
+    "  --             end of options\n"
+    "\n"
+    "Library log lines are shown when MDG_LOG_LEVEL is set (0-3).\n"
+    "\n"
+    "Exit status: 0 on success, 1 on failure, 2 on a usage error.\n";
+
+/* Everything any subcommand may be given. */
+typedef struct args {
+    const char *port, *prefix, *location, *node, *timeout;
+    bool force;
+    char *pos[MAX_POSITIONAL];
+    int npos;
+} args;
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("messidge: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\n(see messidge --help)\n", stderr);
+    return 2;
+}
+
+static int fail(const char *what, int rc)
+{
+    const char *detail = mdg_last_error();
+    fprintf(stderr, "messidge: %s: %s\n", what, *detail ? detail : mdg_strerror(rc));
+    return 1;
+}
+
+/* Split argv into options (only those in `allowed`, a space-separated list
+ * of names) and positional arguments. 0 or a usage error (2). */
+static int parse(int argc, char **argv, const char *allowed, args *a)
+{
+    static const struct {
+        const char *name;
+        size_t field; /* offsetof into args, or 0 for --force */
+    } opts[] = {
+        {"port", offsetof(args, port)},       {"prefix", offsetof(args, prefix)},
+        {"location", offsetof(args, location)}, {"node", offsetof(args, node)},
+        {"timeout", offsetof(args, timeout)}, {"force", 0},
+    };
+    bool options_done = false;
+
+    memset(a, 0, sizeof *a);
+    for (int i = 0; i < argc; i++) {
+        char *arg = argv[i], *value = NULL, name[32];
+        size_t k, n;
+
+        if (options_done || strncmp(arg, "--", 2) != 0) {
+            if (a->npos == MAX_POSITIONAL)
+                return usage_error("too many arguments");
+            a->pos[a->npos++] = arg;
+            continue;
+        }
+        if (arg[2] == '\0') {
+            options_done = true;
+            continue;
+        }
+        n = strcspn(arg + 2, "=");
+        if (n >= sizeof name)
+            return usage_error("unknown option %s", arg);
+        memcpy(name, arg + 2, n);
+        name[n] = '\0';
+        if (arg[2 + n] == '=')
+            value = arg + 3 + n;
+        /* Is it allowed for this command? Match whole words only. */
+        const char *hit = strstr(allowed, name);
+        while (hit && ((hit != allowed && hit[-1] != ' ') || (hit[n] && hit[n] != ' ')))
+            hit = strstr(hit + 1, name);
+        if (!hit || n == 0)
+            return usage_error("unknown option %s here", arg);
+        for (k = 0; k < sizeof opts / sizeof opts[0]; k++)
+            if (strcmp(opts[k].name, name) == 0)
+                break;
+        if (k == sizeof opts / sizeof opts[0])
+            return usage_error("unknown option %s", arg);
+        if (strcmp(name, "force") == 0) {
+            if (value)
+                return usage_error("--force takes no value");
+            a->force = true;
+            continue;
+        }
+        if (!value) {
+            if (i + 1 >= argc)
+                return usage_error("option --%s needs a value", name);
+            value = argv[++i];
+        }
+        *(const char **)((char *)a + opts[k].field) = value;
+    }
+    return 0;
+}
+
+/* A positive number in [1, max] from an option, or a usage error. */
+static int parse_number(const char *text, const char *what, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < 1 || v > max)
+        return usage_error("%s wants a number from 1 to %ld, not \"%s\"", what, max, text);
+    *out = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ confirm */
+
+static int cmd_confirm(int argc, char **argv)
+{
+    args a;
+    long port = 0;
+    int rc;
+
+    if ((rc = parse(argc, argv, "port prefix force", &a)) != 0)
+        return rc;
+    if (a.npos != 2)
+        return usage_error("confirm takes LOCATION and TOKEN");
+    if (a.port && (rc = parse_number(a.port, "--port", 65535, &port)) != 0)
+        return rc;
+    rc = mdg_create_account(a.pos[0], (int)port, a.pos[1], a.prefix,
+                            a.force ? MDG_ACCOUNT_OVERWRITE : 0);
+    if (rc != 0)
+        return fail("cannot create the account", rc);
+    char dir[PATH_MAX];
+    if (mdg_prefix_path(dir, sizeof dir, a.prefix) != 0)
+        snprintf(dir, sizeof dir, "the key directory");
+    printf("account created at %s; keys saved in %s (default location: %s)\n", a.pos[0], dir,
+           a.pos[0]);
+    return 0;
+}
+
+/* ------------------------------------------------------------------- keygen */
+
+static int cmd_keygen(int argc, char **argv)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64], b64[MDG_KEY_B64_LEN + 1];
+    struct stat st;
+    mdg_keys *keys = NULL;
+    args a;
+    int rc;
+
+    if ((rc = parse(argc, argv, "prefix force", &a)) != 0)
+        return rc;
+    if (a.npos != 1)
+        return usage_error("keygen takes one NAME");
+    if ((rc = mdg_prefix_path(dir, sizeof dir, a.prefix)) != 0)
+        return fail("cannot find the key directory", rc);
+    snprintf(path, sizeof path, "%s/%s", dir, a.pos[0]);
+    if (!a.force && lstat(path, &st) == 0) {
+        fprintf(stderr, "messidge: key file %s exists; --force replaces it (and loses the old key)\n",
+                path);
+        return 1;
+    }
+    if ((rc = mdg_keys_new(&keys)) != 0 || (rc = mdg_keys_save(keys, a.pos[0], a.prefix)) != 0) {
+        mdg_keys_destroy(&keys);
+        return fail("cannot make the key pair", rc);
+    }
+    mdg_pk_to_b64(mdg_keys_public(keys), b64);
+    mdg_keys_destroy(&keys);
+    puts(b64);
+    return 0;
+}
+
+/* --------------------------------------------------------------------- call */
+
+/* Put "key=value" into p with the typing rules of the help text. */
+static int set_param(mdg_params *p, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    char key[256], *end;
+    const char *v;
+    int rc;
+
+    if (!eq || eq == kv)
+        return usage_error("\"%s\" is not key=value", kv);
+    if ((size_t)(eq - kv) >= sizeof key)
+        return usage_error("param name in \"%.40s...\" is too long", kv);
+    memcpy(key, kv, (size_t)(eq - kv));
+    key[eq - kv] = '\0';
+    v = eq + 1;
+
+    if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0) {
+        rc = mdg_params_set_bool(p, key, v[0] == 't');
+    } else if (strcmp(v, "null") == 0) {
+        rc = mdg_params_set_null(p, key);
+    } else if (strncmp(v, "str:", 4) == 0) {
+        rc = mdg_params_set_str(p, key, v + 4);
+    } else if (strncmp(v, "b64:", 4) == 0) {
+        size_t len = strlen(v + 4), bin_len = 0;
+        uint8_t *bin = malloc(len / 4 * 3 + 3);
+        if (!bin)
+            return fail("out of memory", MDG_ENOMEM);
+        if (sodium_base642bin(bin, len / 4 * 3 + 3, v + 4, len, NULL, &bin_len, NULL,
+                              sodium_base64_VARIANT_ORIGINAL) != 0) {
+            free(bin);
+            return usage_error("param %s: \"%s\" is not standard base64", key, v + 4);
+        }
+        rc = mdg_params_set_bytes(p, key, bin, bin_len);
+        free(bin);
+    } else {
+        errno = 0;
+        long long i = strtoll(v, &end, 10);
+        if (*v && !*end && !errno && strchr("+-0123456789", *v)) {
+            rc = mdg_params_set_int(p, key, (int64_t)i);
+        } else {
+            errno = 0;
+            double d = strtod(v, &end);
+            if (strchr(v, '.') && *v && !*end && !errno && isfinite(d) &&
+                strchr("+-.0123456789", *v))
+                rc = mdg_params_set_double(p, key, d);
+            else
+                rc = mdg_params_set_str(p, key, v);
+        }
+    }
+    return rc ? fail("cannot set a param", rc) : 0;
+}
+
+static int cmd_call(int argc, char **argv)
+{
+    char location[256];
+    mdg_conn_options co = {.port = MDG_DEFAULT_PORT};
+    mdg_params *params = NULL;
+    mdg_conn *conn = NULL;
+    mdg_msg *reply = NULL;
+    long timeout = DEFAULT_TIMEOUT_MS, port;
+    args a;
+    int rc, status = 1;
+
+    if ((rc = parse(argc, argv, "location port prefix node timeout", &a)) != 0)
+        return rc;
+    if (a.npos < 1)
+        return usage_error("call needs a COMMAND");
+    if (a.port) {
+        if ((rc = parse_number(a.port, "--port", 65535, &port)) != 0)
+            return rc;
+        co.port = (int)port;
+    }
+    if (a.timeout && (rc = parse_number(a.timeout, "--timeout", 24L * 3600 * 1000, &timeout)) != 0)
+        return rc;
+    if (a.location) {
+        snprintf(location, sizeof location, "%s", a.location);
+    } else if ((rc = mdg_default_location(location, sizeof location, a.prefix)) != 0) {
+        return fail("no --location and no default location (run `messidge confirm` first)",
+                    rc);
+    }
+
+    params = mdg_params_new();
+    if (!params)
+        return fail("out of memory", MDG_ENOMEM);
+    for (int i = 1; i < a.npos; i++)
+        if ((rc = set_param(params, a.pos[i])) != 0) {
+            mdg_params_destroy(&params);
+            return rc;
+        }
+    if (a.node) {
+        uint8_t pk[MDG_KEY_BYTES];
+        if (mdg_pk_from_b64(pk, a.node) != 0) {
+            mdg_params_destroy(&params);
+            return usage_error("--node \"%s\" is not a base64 public key", a.node);
+        }
+        mdg_params_set_bytes(params, "node", pk, MDG_KEY_BYTES);
+    }
+
+    if ((rc = mdg_conn_new(&conn, location, a.prefix, &co)) != 0) {
+        mdg_params_destroy(&params);
+        return fail("cannot set up the connection", rc);
+    }
+    if ((rc = mdg_conn_start(conn)) != 0) {
+        fail("cannot start the connection", rc);
+        goto done;
+    }
+    rc = mdg_conn_wait_until_ready(conn, (int)timeout);
+    if (rc != 0) {
+        fail("cannot connect to the broker", rc);
+        if (rc == MDG_EAUTH)
+            fprintf(stderr, "(is this key revoked, or its account not yet confirmed?)\n");
+        goto done;
+    }
+    rc = mdg_conn_call(conn, a.pos[0], params, NULL, 0, (int)timeout, &reply);
+    params = NULL; /* taken */
+    if (rc == MDG_EREMOTE) {
+        fprintf(stderr, "%s\n", mdg_last_error());
+        goto done;
+    }
+    if (rc != 0) {
+        fail("the call failed", rc);
+        goto done;
+    }
+    char *text = mdg_params_to_text(mdg_msg_params(reply));
+    if (!text) {
+        fail("cannot print the reply", MDG_ENOMEM);
+        goto done;
+    }
+    puts(text);
+    free(text);
+    size_t bulk_len;
+    if (mdg_msg_bulk(reply, &bulk_len) && bulk_len > 0)
+        fprintf(stderr, "(the reply also carries %zu bytes of bulk data, not shown)\n", bulk_len);
+    status = 0;
+done:
+    mdg_msg_destroy(&reply);
+    mdg_params_destroy(&params);
+    if (conn)
+        mdg_conn_disconnect(conn);
+    mdg_conn_destroy(&conn);
+    return status;
+}
+
+/* --------------------------------------------------------------------- main */
+
+/* The tool reports errors itself; library log lines only on request. */
+static void quiet_log(int level, const char *text, void *arg)
+{
+    (void)level;
+    (void)text;
+    (void)arg;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : NULL;
+
+    if (!getenv("MDG_LOG_LEVEL"))
+        mdg_set_log(quiet_log, NULL, MDG_LOG_ERROR);
+
+    if (!cmd)
+        return usage_error("no command given");
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (strcmp(argv[i], "--help") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+    }
+    if (strcmp(cmd, "confirm") == 0)
+        return cmd_confirm(argc - 2, argv + 2);
+    if (strcmp(cmd, "keygen") == 0)
+        return cmd_keygen(argc - 2, argv + 2);
+    if (strcmp(cmd, "call") == 0)
+        return cmd_call(argc - 2, argv + 2);
+    return usage_error("unknown command \"%s\"", cmd);
+}
