@@ -10,8 +10,17 @@
  *   PREFIX/localhost.spub           the broker's public key, pinned
  *   PREFIX/default_location         'localhost'
  *
- * and prints the user's public key (base64) on stdout, for the broker's
- * --allow-pk. localhost.spub and default_location are overwritten.
+ * localhost.spub and default_location are overwritten. It also makes a new
+ * key pair for the divide node, which is NOT saved: nodes take their keys
+ * from the environment, not from key files. On stdout, one per line:
+ *
+ *   USER_PK=B64     the user's public key, for the broker's --allow-pk
+ *   NODE_PK=B64     the node's public key, for --allow-node-pk and the node
+ *   NODE_SK=B64     the node's secret key, for the node only
+ *   BROKER_PK=B64   the broker's public key, for the node
+ *
+ * The node's secret is printed, never passed as an argument: read stdout
+ * through a pipe (run-demo.sh puts it in the node's environment).
  *
  *   demo_setup [--prefix DIR]
  */
@@ -44,7 +53,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *prefix = NULL;
-    mdg_keys *broker = NULL, *user = NULL;
+    mdg_keys *broker = NULL, *user = NULL, *node = NULL;
     char b64[MDG_KEY_B64_LEN + 1];
     int opt, rc;
 
@@ -54,7 +63,8 @@ int main(int argc, char **argv)
         case 'h':
             puts("usage: demo_setup [--prefix DIR]\n"
                  "  Makes the notes demo's keys in DIR (default $MESSIDGE_PREFIX or\n"
-                 "  ~/.messidge) and prints the user's public key.");
+                 "  ~/.messidge), a key pair for the divide node (not saved), and\n"
+                 "  prints USER_PK=, NODE_PK=, NODE_SK= and BROKER_PK= lines.");
             return 0;
         default:
             fputs("usage: demo_setup [--prefix DIR]\n", stderr);
@@ -69,13 +79,26 @@ int main(int argc, char **argv)
     if ((rc = load_or_make(&broker, BROKER_NAME, prefix)) != 0 ||
         (rc = load_or_make(&user, LOCATION, prefix)) != 0 ||
         (rc = mdg_server_pk_save(mdg_keys_public(broker), LOCATION, prefix)) != 0 ||
-        (rc = mdg_default_location_save(LOCATION, prefix)) != 0) {
+        (rc = mdg_default_location_save(LOCATION, prefix)) != 0 ||
+        (rc = mdg_keys_new(&node)) != 0) {
         fprintf(stderr, "demo_setup: %s: %s\n", mdg_strerror(rc), mdg_last_error());
     } else {
         mdg_pk_to_b64(mdg_keys_public(user), b64);
-        puts(b64);
+        printf("USER_PK=%s\n", b64);
+        mdg_pk_to_b64(mdg_keys_public(node), b64);
+        printf("NODE_PK=%s\n", b64);
+        /* a secret key is 32 bytes too: the same base64 form */
+        mdg_pk_to_b64(mdg_keys_secret(node), b64);
+        printf("NODE_SK=%s\n", b64);
+        mdg_pk_to_b64(mdg_keys_public(broker), b64);
+        printf("BROKER_PK=%s\n", b64);
+        if (fflush(stdout) != 0) {
+            perror("demo_setup: stdout");
+            rc = MDG_EIO;
+        }
     }
     mdg_keys_destroy(&broker);
     mdg_keys_destroy(&user);
+    mdg_keys_destroy(&node);
     return rc ? 1 : 0;
 }

@@ -7,11 +7,16 @@
  *   fetch_notes      {}        reply {notes: [...]} (needs a reply)
  *   raise_exception  {}        fail, so the caller sees the error text
  *
- * The seed's MyModel, MyController and MySession map onto a model struct,
- * a static command table with one handler per command, and session hooks.
+ * The seed's MyModel, MyController, MySession and MyNode map onto a model
+ * struct, a static command table with one handler per command, and session
+ * and node hooks. Nodes (the divide node) are admitted by public key; the
+ * broker forwards to a node every user call that names it in the param
+ * 'node' (no code here), and the resources hook offers each new session the
+ * keys of the connected nodes.
  *
  *   notes_broker [--prefix DIR] [--port N] [--port-file FILE]
- *                [--bind ADDR] [--allow-pk B64]... [--verbose]
+ *                [--bind ADDR] [--allow-pk B64]... [--allow-node-pk B64]...
+ *                [--verbose]
  */
 #include "messidge.h"
 
@@ -57,12 +62,15 @@ typedef struct user_notes {
     size_t n, cap;
 } user_notes;
 
-/* The seed's MyModel: user pk -> list of notes. A linear search is fine
- * for a demo; a real broker would use a hash map. Only the broker's loop
- * thread touches it, so it needs no lock. */
+/* The seed's MyModel: user pk -> list of notes, and the nodes connected
+ * now (the seed's self.nodes). Linear searches are fine for a demo; a real
+ * broker would use hash maps. Only the broker's loop thread touches it (all
+ * handlers and hooks run there), so it needs no lock. */
 typedef struct model {
     user_notes *users;
     size_t n, cap;
+    uint8_t (*nodes)[MDG_KEY_BYTES];
+    size_t n_nodes, cap_nodes;
 } model;
 
 static user_notes *model_find(model *m, const uint8_t pk[MDG_KEY_BYTES], bool create)
@@ -105,6 +113,35 @@ static int model_add_note(model *m, const uint8_t pk[MDG_KEY_BYTES], const char 
     return 0;
 }
 
+/* A node joined: remember its key (once, even if it reconnects). */
+static int model_add_node(model *m, const uint8_t pk[MDG_KEY_BYTES])
+{
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (memcmp(m->nodes[i], pk, MDG_KEY_BYTES) == 0)
+            return 0;
+    if (m->n_nodes == m->cap_nodes) {
+        size_t cap = m->cap_nodes ? m->cap_nodes * 2 : 4;
+        uint8_t(*n)[MDG_KEY_BYTES] = realloc(m->nodes, cap * sizeof *n);
+        if (!n)
+            return MDG_ENOMEM;
+        m->nodes = n;
+        m->cap_nodes = cap;
+    }
+    memcpy(m->nodes[m->n_nodes++], pk, MDG_KEY_BYTES);
+    return 0;
+}
+
+/* A node left: forget its key (order does not matter). */
+static void model_remove_node(model *m, const uint8_t pk[MDG_KEY_BYTES])
+{
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        if (memcmp(m->nodes[i], pk, MDG_KEY_BYTES) == 0) {
+            memcpy(m->nodes[i], m->nodes[--m->n_nodes], MDG_KEY_BYTES);
+            return;
+        }
+    }
+}
+
 static void model_free(model *m)
 {
     for (size_t i = 0; i < m->n; i++) {
@@ -113,6 +150,7 @@ static void model_free(model *m)
         free(m->users[i].notes);
     }
     free(m->users);
+    free(m->nodes);
     memset(m, 0, sizeof *m);
 }
 
@@ -224,11 +262,67 @@ static void on_session_closed(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], vo
     free(s);
 }
 
-/* NODES (later issue): the node hooks go here, next to the session hooks -
- * node joined / left (the seed's MyNode: "I am the right kind of node
- * object.") and resources(pk), whose result the broker pushes to each new
- * session as the resource_offer, e.g. {"nodes": [pk, ...]} so that clients
- * can call the divide node. */
+/* ------------------------------------------------------------------- nodes */
+
+/* The seed's MyNode: per-node data, made when a node connects. A node that
+ * reconnects first leaves, then joins again. */
+typedef struct node {
+    char pk_b64[MDG_KEY_B64_LEN + 1];
+} node;
+
+static void *on_node_joined(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *arg)
+{
+    (void)b;
+    model *m = arg;
+    node *n = calloc(1, sizeof *n);
+    if (n)
+        mdg_pk_to_b64(pk, n->pk_b64);
+    if (model_add_node(m, pk) != 0)
+        logf_(MDG_LOG_ERROR, "out of memory: node not offered to users");
+    logf_(MDG_LOG_DEBUG, "I am the right kind of node object.");
+    logf_(MDG_LOG_INFO, "node %s joined", n ? n->pk_b64 : "?");
+    return n;
+}
+
+static void on_node_left(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *data, void *arg)
+{
+    (void)b;
+    model *m = arg;
+    node *n = data;
+    model_remove_node(m, pk);
+    logf_(MDG_LOG_INFO, "node %s left", n ? n->pk_b64 : "?");
+    free(n);
+}
+
+/* The seed's model.resources(pk): what to offer a new session, pushed to it
+ * as the command resource_offer. Here every user is offered every connected
+ * node, {"nodes": [pk, ...]} with the keys as bytes; pk (the user's key)
+ * could be used to offer each user only some. Without this hook the broker
+ * offers the same by default; it is written out to show the API. */
+static mdg_params *on_resources(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *arg)
+{
+    (void)b;
+    (void)pk;
+    model *m = arg;
+    mdg_params *offer = mdg_params_new();
+    cbor_item_t *list = cbor_new_definite_array(m->n_nodes);
+    bool ok = offer && list;
+
+    for (size_t i = 0; ok && i < m->n_nodes; i++) {
+        cbor_item_t *key = cbor_build_bytestring(m->nodes[i], MDG_KEY_BYTES);
+        ok = key && cbor_array_push(list, key);
+        if (key)
+            cbor_decref(&key); /* the array holds its own reference */
+    }
+    /* set_item takes the list's reference, even when it fails */
+    if (ok && mdg_params_set_item(offer, "nodes", list) == 0)
+        return offer; /* taken by the broker */
+    if (!ok && list)
+        cbor_decref(&list);
+    mdg_params_destroy(&offer);
+    logf_(MDG_LOG_ERROR, "out of memory: no resource offer");
+    return NULL;
+}
 
 /* ------------------------------------------------------------------ options */
 
@@ -242,6 +336,7 @@ static void usage(FILE *f)
             "  --port-file FILE  write the bound port to FILE once listening\n"
             "  --bind ADDR       interface to listen on (default 127.0.0.1)\n"
             "  --allow-pk B64    admit this user public key (repeatable)\n"
+            "  --allow-node-pk B64  admit this node public key (repeatable)\n"
             "  --verbose         debug logging\n"
             "  --help            this text\n"
             "Runs until SIGINT or SIGTERM.\n",
@@ -295,13 +390,14 @@ static int broker_keys(mdg_keys **keys, const char *prefix)
 
 int main(int argc, char **argv)
 {
-    enum { O_PREFIX = 1, O_PORT, O_PORT_FILE, O_BIND, O_ALLOW, O_VERBOSE, O_HELP };
+    enum { O_PREFIX = 1, O_PORT, O_PORT_FILE, O_BIND, O_ALLOW, O_ALLOW_NODE, O_VERBOSE, O_HELP };
     static const struct option longopts[] = {
         {"prefix", required_argument, NULL, O_PREFIX},
         {"port", required_argument, NULL, O_PORT},
         {"port-file", required_argument, NULL, O_PORT_FILE},
         {"bind", required_argument, NULL, O_BIND},
         {"allow-pk", required_argument, NULL, O_ALLOW},
+        {"allow-node-pk", required_argument, NULL, O_ALLOW_NODE},
         {"verbose", no_argument, NULL, O_VERBOSE},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
@@ -312,15 +408,25 @@ int main(int argc, char **argv)
     mdg_keys *keys = NULL;
     mdg_broker *b = NULL;
     model notes = {0};
-    mdg_broker_hooks hooks = {.session_new = on_session_new, .session_closed = on_session_closed};
+    mdg_broker_hooks hooks = {
+        .session_new = on_session_new,
+        .session_closed = on_session_closed,
+        .node_joined = on_node_joined,
+        .node_left = on_node_left,
+        .resources = on_resources,
+    };
     sigset_t block, old;
     struct sigaction sa = {.sa_handler = on_signal};
     /* argv strings live as long as main: no copies needed */
     const char **allow = calloc((size_t)argc, sizeof *allow);
-    size_t nallow = 0;
+    const char **allow_node = calloc((size_t)argc, sizeof *allow_node);
+    size_t nallow = 0, nallow_node = 0;
 
-    if (!allow)
+    if (!allow || !allow_node) {
+        free(allow);
+        free(allow_node);
         return 1;
+    }
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
         case O_PREFIX: prefix = optarg; break;
@@ -334,6 +440,7 @@ int main(int argc, char **argv)
         case O_PORT_FILE: port_file = optarg; break;
         case O_BIND: bind_addr = optarg; break;
         case O_ALLOW: allow[nallow++] = optarg; break;
+        case O_ALLOW_NODE: allow_node[nallow_node++] = optarg; break;
         case O_VERBOSE: log_level = MDG_LOG_DEBUG; break;
         case O_HELP:
             usage(stdout);
@@ -357,7 +464,7 @@ int main(int argc, char **argv)
     }
     if ((rc = mdg_broker_new(&b, keys, &bo)) != 0 ||
         (rc = mdg_broker_set_commands(b, commands, &notes)) != 0 ||
-        (rc = mdg_broker_set_hooks(b, &hooks, NULL)) != 0) {
+        (rc = mdg_broker_set_hooks(b, &hooks, &notes)) != 0) {
         fprintf(stderr, "notes_broker: %s\n", mdg_last_error());
         goto done;
     }
@@ -365,7 +472,7 @@ int main(int argc, char **argv)
     /* IDENTITY STORE (later issue): who may connect will come from the
      * identity store that `messidge-admin invite` / `messidge confirm`
      * fill, plugged in here with mdg_broker_set_auth(). Until then the
-     * users are listed on the command line. */
+     * users and nodes are listed on the command line. */
     for (size_t i = 0; i < nallow; i++) {
         uint8_t pk[MDG_KEY_BYTES];
         if (mdg_pk_from_b64(pk, allow[i]) != 0 ||
@@ -375,8 +482,18 @@ int main(int argc, char **argv)
         }
         logf_(MDG_LOG_INFO, "admitting user %s", allow[i]);
     }
+    for (size_t i = 0; i < nallow_node; i++) {
+        uint8_t pk[MDG_KEY_BYTES];
+        if (mdg_pk_from_b64(pk, allow_node[i]) != 0 ||
+            (rc = mdg_broker_allow(b, pk, MDG_ROLE_NODE)) != 0) {
+            fprintf(stderr, "notes_broker: --allow-node-pk '%s' is not a base64 public key\n",
+                    allow_node[i]);
+            goto done;
+        }
+        logf_(MDG_LOG_INFO, "admitting node %s", allow_node[i]);
+    }
     if (nallow == 0)
-        logf_(MDG_LOG_WARN, "no --allow-pk given: every connection will be refused");
+        logf_(MDG_LOG_WARN, "no --allow-pk given: every user will be refused");
 
     /* Signals are blocked while the broker thread starts, so it inherits a
      * blocked mask and they are delivered to this thread's sigsuspend. */
@@ -406,13 +523,15 @@ int main(int argc, char **argv)
     status = 0;
 
 done:
-    /* destroy joins the broker thread; session_closed runs for every
-     * session still open, which frees its data */
+    /* destroy joins the broker thread; session_closed and node_left run
+     * for every session and node still connected, which frees their data
+     * (so the model goes after the broker) */
     mdg_broker_destroy(&b);
     the_broker = NULL;
     mdg_keys_destroy(&keys);
     model_free(&notes);
 out:
     free(allow);
+    free(allow_node);
     return status;
 }

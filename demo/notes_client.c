@@ -3,13 +3,17 @@
  * The seed's client, step by step: connect to the default location, write
  * a note (fire and forget), fetch the notes with a blocking call, fetch
  * them again with a reply callback, and see a handler's failure come back
- * as an error from a blocking call.
+ * as an error from a blocking call. Then the seed's "Resource offers and
+ * Calling Nodes": take the nodes the broker offered (the command
+ * resource_offer, pushed at the start of the session) and ask each to
+ * divide, once well and once by zero.
  *
- *   notes_client [--prefix DIR] [--port N]
+ *   notes_client [--prefix DIR] [--port N] [--require-node]
  */
 #include "messidge.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,6 +23,7 @@
 #include <unistd.h>
 
 #define TIMEOUT_MS 10000
+#define OFFER_WAIT_MS 5000 /* how long to wait for the resource offer */
 
 /* ------------------------------------------------ printing like Python */
 
@@ -67,6 +72,36 @@ static void print_py_list(FILE *f, const cbor_item_t *list)
     fputc(']', f);
 }
 
+/* str() of a Python float: the shortest text that reads back as the same
+ * double, fixed notation for exponents -4..15 (with ".0" when there is no
+ * fraction), else scientific: 2.0, 0.1, 1e-05, 1e+16, inf, nan. */
+static void print_py_float(FILE *f, double d)
+{
+    char buf[64];
+    int prec;
+    if (isnan(d) || isinf(d)) {
+        fputs(isnan(d) ? "nan" : d < 0 ? "-inf" : "inf", f);
+        return;
+    }
+    /* the fewest significant digits that round-trip */
+    for (prec = 1; prec < 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*e", prec - 1, d);
+        if (strtod(buf, NULL) == d)
+            break;
+    }
+    snprintf(buf, sizeof buf, "%.*e", prec - 1, d);
+    int exp = atoi(strchr(buf, 'e') + 1);
+    if (exp < -4 || exp >= 16) {
+        fputs(buf, f); /* C's %e writes the exponent as Python does: e+16, e-05 */
+        return;
+    }
+    int decimals = prec - 1 - exp;
+    snprintf(buf, sizeof buf, "%.*f", decimals > 0 ? decimals : 0, d);
+    fputs(buf, f);
+    if (!strchr(buf, '.'))
+        fputs(".0", f);
+}
+
 /* The 'notes' list of a fetch_notes reply, or NULL if it has none. */
 static const cbor_item_t *notes_of(const mdg_msg *reply)
 {
@@ -102,14 +137,85 @@ static void async_callback(mdg_msg *reply, void *arg)
     atomic_store(&s->done, true);
 }
 
+/* ------------------------------------------------------ resource offer */
+
+/* The seed's client Controller: self.nodes, set by _resource_offer. The
+ * offer arrives on the loop thread; main reads it, hence the lock. */
+typedef struct offered_nodes {
+    pthread_mutex_t lock;
+    bool offered;                   /* an offer has arrived */
+    uint8_t (*pks)[MDG_KEY_BYTES];  /* the node keys offered */
+    size_t n;
+} offered_nodes;
+
+static void h_resource_offer(mdg_msg *msg, void *arg)
+{
+    offered_nodes *o = arg;
+    const cbor_item_t *list = mdg_params_get(mdg_msg_params(msg), "nodes");
+    if (!list || !cbor_isa_array(list)) {
+        fprintf(stderr, "notes_client: resource offer without a list of nodes ignored\n");
+        return;
+    }
+    size_t n = cbor_array_size(list), got = 0;
+    uint8_t(*pks)[MDG_KEY_BYTES] = n ? calloc(n, sizeof *pks) : NULL;
+    if (n && !pks) {
+        fprintf(stderr, "notes_client: out of memory: resource offer ignored\n");
+        return;
+    }
+    /* This broker offers node keys as 32-byte strings; skip anything else. */
+    for (size_t i = 0; i < n; i++) {
+        const cbor_item_t *it = cbor_array_handle(list)[i];
+        if (cbor_isa_bytestring(it) && cbor_bytestring_is_definite(it) &&
+            cbor_bytestring_length(it) == MDG_KEY_BYTES)
+            memcpy(pks[got++], cbor_bytestring_handle(it), MDG_KEY_BYTES);
+    }
+    pthread_mutex_lock(&o->lock);
+    free(o->pks); /* a later offer replaces the earlier one */
+    o->pks = pks;
+    o->n = got;
+    o->offered = true;
+    pthread_mutex_unlock(&o->lock);
+}
+
+/* The seed's commands = {b'resource_offer': cmd(['nodes'])}: the broker
+ * may push these to us. */
+static const mdg_cmd client_commands[] = {
+    {"resource_offer", h_resource_offer, MDG_REQUIRE("nodes"), 0},
+    MDG_CMD_END,
+};
+
+/* A blocking divide on the node pk: 0 with *quotient, or the call's error
+ * (MDG_EREMOTE: the node's text is in mdg_last_error()). */
+static int divide(mdg_conn *conn, const uint8_t pk[MDG_KEY_BYTES], double dividend,
+                  double devisor, double *quotient)
+{
+    mdg_msg *reply = NULL;
+    mdg_params *p = mdg_params_new();
+    int rc;
+    /* {'node': node_pk, 'dividend': ..., 'devisor': ...}: the broker sees
+     * 'node' and forwards the call to that node */
+    if (!p || mdg_params_set_bytes(p, "node", pk, MDG_KEY_BYTES) != 0 ||
+        mdg_params_set_double(p, "dividend", dividend) != 0 ||
+        mdg_params_set_double(p, "devisor", devisor) != 0) {
+        mdg_params_destroy(&p);
+        return MDG_ENOMEM;
+    }
+    if ((rc = mdg_conn_call(conn, "divide", p, NULL, 0, TIMEOUT_MS, &reply)) != 0)
+        return rc;
+    rc = mdg_params_get_double(mdg_msg_params(reply), "quotient", quotient);
+    mdg_msg_destroy(&reply);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: notes_client [--prefix DIR] [--port N]\n"
-               "  --prefix DIR  key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
-               "                holding default_location and LOCATION(.pub, .spub)\n"
-               "  --port N      the broker's base port (default %d)\n",
+    fprintf(f, "usage: notes_client [--prefix DIR] [--port N] [--require-node]\n"
+               "  --prefix DIR    key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
+               "                  holding default_location and LOCATION(.pub, .spub)\n"
+               "  --port N        the broker's base port (default %d)\n"
+               "  --require-node  fail unless the broker offers at least one node\n",
             MDG_DEFAULT_PORT);
 }
 
@@ -118,6 +224,7 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"prefix", required_argument, NULL, 'p'},
         {"port", required_argument, NULL, 'P'},
+        {"require-node", no_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -126,6 +233,10 @@ int main(int argc, char **argv)
     mdg_conn *conn = NULL;
     mdg_msg *reply = NULL;
     callback_state cbs = {.print_lock = PTHREAD_MUTEX_INITIALIZER};
+    offered_nodes offer = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    uint8_t(*nodes)[MDG_KEY_BYTES] = NULL; /* main's copy of the offer */
+    size_t n_nodes = 0;
+    bool require_node = false;
     int opt, rc, status = 1;
     char *end;
 
@@ -139,6 +250,7 @@ int main(int argc, char **argv)
                 return 1;
             }
             break;
+        case 'r': require_node = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 1;
         }
@@ -153,6 +265,12 @@ int main(int argc, char **argv)
     if ((rc = mdg_conn_new(&conn, NULL, prefix, &co)) != 0) {
         fprintf(stderr, "notes_client: %s: %s\n", mdg_strerror(rc), mdg_last_error());
         return 1;
+    }
+    /* conn.register_commands(controller, Controller.commands): before start,
+     * so the offer pushed at the start of the session finds its handler */
+    if ((rc = mdg_conn_register_commands(conn, client_commands, &offer)) != 0) {
+        fprintf(stderr, "notes_client: %s\n", mdg_last_error());
+        goto out;
     }
     /* conn.start().wait_until_ready() */
     if ((rc = mdg_conn_start(conn)) != 0 || (rc = mdg_conn_wait_until_ready(conn, TIMEOUT_MS)) != 0) {
@@ -225,10 +343,63 @@ int main(int argc, char **argv)
                 atomic_load(&cbs.done) ? "reported an error" : "never came");
         goto out;
     }
+
+    /* Resource offers and calling nodes. The offer is not guaranteed to
+     * have arrived (nor to come at all), so poll for it, bounded. It was
+     * pushed right after the session opened, before any of our replies,
+     * so in practice it is already here. */
+    for (int i = 0; i < OFFER_WAIT_MS / 10; i++) {
+        pthread_mutex_lock(&offer.lock);
+        bool offered = offer.offered;
+        pthread_mutex_unlock(&offer.lock);
+        if (offered)
+            break;
+        usleep(10 * 1000);
+    }
+    /* take main's own copy: a new offer may replace the list meanwhile */
+    pthread_mutex_lock(&offer.lock);
+    bool offered = offer.offered;
+    if (offer.n && (nodes = calloc(offer.n, sizeof *nodes)) != NULL) {
+        memcpy(nodes, offer.pks, offer.n * sizeof *nodes);
+        n_nodes = offer.n;
+    }
+    pthread_mutex_unlock(&offer.lock);
+    if (n_nodes == 0) {
+        fprintf(stderr, "notes_client: %s\n",
+                offered ? "the resource offer lists no nodes" : "no resource offer arrived");
+        if (require_node)
+            goto out;
+    }
+
+    /* get the nodes to do something for us by passing their public key */
+    for (size_t i = 0; i < n_nodes; i++) {
+        double quotient = 0;
+        rc = divide(conn, nodes[i], 10.0, 5.0, &quotient);
+        if (rc != 0) {
+            fprintf(stderr, "notes_client: divide: %s: %s\n", mdg_strerror(rc), mdg_last_error());
+            goto out;
+        }
+        fputs("10.0/5.0=", stdout);
+        print_py_float(stdout, quotient);
+        fputc('\n', stdout);
+        fflush(stdout);
+
+        /* the node fails the call: its text comes back as the error */
+        rc = divide(conn, nodes[i], 10.0, 0.0, &quotient);
+        if (rc != MDG_EREMOTE) {
+            fprintf(stderr, "notes_client: divide by zero returned %d (%s), expected MDG_EREMOTE: %s\n",
+                    rc, mdg_strerror(rc), mdg_last_error());
+            goto out;
+        }
+        printf("Expected! ValueError raised because: %s\n", mdg_last_error());
+        fflush(stdout);
+    }
     status = 0;
 
 out:
     mdg_conn_disconnect(conn);
-    mdg_conn_destroy(&conn);
+    mdg_conn_destroy(&conn); /* joins the loop thread: no more offers */
+    free(offer.pks);
+    free(nodes);
     return status;
 }
