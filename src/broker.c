@@ -47,7 +47,10 @@ typedef struct peer {
     uint64_t acked;  /* last of ours the peer has acknowledged */
     uint64_t ack_sent; /* last rx_seq we told the peer about */
     bool attached;     /* has a live link (rid and fd are valid) */
+    bool silent;       /* detached for silence, its link may still be open */
     int64_t detached_at;
+    int64_t last_rx;   /* when it last sent anything */
+    int silence_ms;    /* silent this long = gone (from its heartbeat) */
     /* numbered messages not yet acknowledged, oldest first; from `unsent`
      * on they have not been handed to libzmq yet */
     struct kept *out_head, *out_tail, *unsent;
@@ -777,6 +780,7 @@ static void detach(mdg_broker *b, peer *p, const char *why)
     mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
     mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
     p->attached = false;
+    p->silent = false;
     p->detached_at = mdg_now_ms();
     p->unsent = p->out_head; /* whatever was not acknowledged goes again */
 }
@@ -792,6 +796,8 @@ static int attach(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, in
         return MDG_ENOMEM;
     }
     p->attached = true;
+    p->silent = false;
+    p->last_rx = mdg_now_ms();
     return 0;
 }
 
@@ -834,7 +840,8 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
     send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
 }
 
-static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd)
+static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd,
+                         int silence_ms)
 {
     peer *p = calloc(1, sizeof *p);
     if (!p || mdg_pk_from_b64(p->pk, user_id + 1) != 0) {
@@ -844,6 +851,8 @@ static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
     }
     snprintf(p->user_id, sizeof p->user_id, "%s", user_id);
     p->role = user_id[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER;
+    p->silence_ms = silence_ms;
+    p->last_rx = mdg_now_ms();
     randombytes_buf(p->session_id, sizeof p->session_id);
     if (p->role == MDG_ROLE_NODE) {
         /* one live connection per node: a restarted node replaces it, and
@@ -882,7 +891,7 @@ static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
  * what the client has not acknowledged. False when there is nothing to
  * resume (the client gets a new session). */
 static bool resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
-                           const uint8_t *sid, size_t sid_len, uint64_t ack)
+                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms)
 {
     peer *p = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
     if (!p)
@@ -897,6 +906,7 @@ static bool resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, co
         close_session(b, p, "out of memory");
         return false;
     }
+    p->silence_ms = silence_ms;
     p->unsent = NULL; /* everything kept goes again, but what the client has */
     trim_kept(p, ack < p->tx_seq ? ack : p->tx_seq);
     p->unsent = p->out_head;
@@ -918,17 +928,23 @@ static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len,
     mdg_params *hp = NULL;
     const uint8_t *sid = NULL;
     size_t sid_len = 0;
-    int64_t ack = 0;
+    int64_t ack = 0, hb = 0;
     if (f->n >= 3 &&
         mdg_wire_decode_params(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2]), &hp) == 0) {
         mdg_params_get_bytes(hp, "session", &sid, &sid_len);
         if (mdg_params_get_int(hp, "ack", &ack) != 0 || ack < 0)
             ack = 0;
+        mdg_params_get_int(hp, "heartbeat", &hb);
     }
+    /* A client that keeps quiet for 3 of its heartbeats (and a second) is
+     * taken as gone, as its own side takes a silent broker. */
+    if (hb < 100 || hb > 600000)
+        hb = 2000;
+    int silence_ms = (int)(3 * hb + 1000);
     if (p && !(sid && sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
         close_session(b, p, "replaced by a new hello");
-    if (!sid || !resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack))
-        open_session(b, rid, rid_len, uid, fd);
+    if (!sid || !resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms))
+        open_session(b, rid, rid_len, uid, fd, silence_ms);
     mdg_params_destroy(&hp);
 }
 
@@ -1347,6 +1363,15 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         send_error(b, rid, rid_len, NULL, h.corr, h.command, "no session: send hello first");
         return;
     }
+    p->last_rx = mdg_now_ms();
+    if (!p->attached && p->silent && rid_len == p->rid_len && memcmp(rid, p->rid, rid_len) == 0) {
+        /* it was only quiet: the link never dropped */
+        mdg_log(MDG_LOG_INFO, "%s %s speaks again on its link", p->role == MDG_ROLE_NODE ? "node" : "user", who);
+        p->attached = true;
+        p->silent = false;
+        mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p);
+        flush_peer(b, p);
+    }
     /* acknowledgements count at once, even for a message that must wait:
      * they are what frees the queues it waits for */
     if (h.ack)
@@ -1461,6 +1486,15 @@ static void find_expired(void *value, void *arg)
     peer *p = value;
     expired *e = arg;
     int grace = p->role == MDG_ROLE_NODE ? e->b->node_grace_ms : e->b->grace_ms;
+    if (p->attached && e->now - p->last_rx > p->silence_ms) {
+        /* silent past its heartbeats: detached like a dropped link (no
+         * libzmq heartbeats at the broker: their timers cost O(n) each) */
+        char why[64];
+        snprintf(why, sizeof why, "silent for %lld ms", (long long)(e->now - p->last_rx));
+        detach(e->b, p, why);
+        p->silent = true;
+        return;
+    }
     if (p->attached || e->now - p->detached_at < grace)
         return;
     if (e->n == e->cap) {
@@ -1504,7 +1538,6 @@ static int bind_sockets(mdg_broker *b)
      * receive pipe is full. Each client keeps at most its queue_limit
      * messages unacknowledged, which bounds what can queue here. */
     int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS;
-    int hb_ivl = 2000, hb_timeout = 6000;
     int64_t maxmsg = BROKER_MAX_MSG;
     int rc;
     char mon_ep[64];
@@ -1524,8 +1557,6 @@ static int bind_sockets(mdg_broker *b)
         (rc = setsock(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm, "SNDHWM")) ||
         (rc = setsock(b->router, ZMQ_RCVHWM, &unlimited, sizeof unlimited, "RCVHWM")) ||
         (rc = setsock(b->router, ZMQ_LINGER, &linger, sizeof linger, "LINGER")) ||
-        (rc = setsock(b->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl, "HEARTBEAT_IVL")) ||
-        (rc = setsock(b->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout, "HEARTBEAT_TIMEOUT")) ||
         (rc = setsock(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg, "MAXMSGSIZE")))
         return rc;
     snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-monitor-%p", (void *)b);

@@ -103,6 +103,7 @@ struct mdg_conn {
     bool pollout;    /* waiting for room in the socket's queue */
     int attempt;     /* reconnects since the last session */
     int ack_timer;
+    int64_t last_tx; /* when we last sent anything (keepalive) */
     int64_t close_deadline;
     deferred *def_head, *def_tail;
     const mdg_cmd *cmds;
@@ -367,6 +368,7 @@ static int send_numbered(mdg_conn *c, out_item *o)
             zmq_msg_close(&bm);
     } else if (rc == 0) {
         c->ack_sent = c->rx_seq;
+        c->last_tx = mdg_now_ms();
     }
     return rc;
 }
@@ -430,10 +432,12 @@ static void send_control(mdg_conn *c, int kind, mdg_params *params)
     mdg_header h = {.kind = (uint8_t)kind, .ack = c->rx_seq};
     zmq_msg_t pm;
     if (c->sock && mdg_wire_encode_params(params, &pm) == 0) {
-        if (mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) == MDG_EAGAIN)
+        if (mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) == MDG_EAGAIN) {
             zmq_msg_close(&pm);
-        else
+        } else {
             c->ack_sent = c->rx_seq;
+            c->last_tx = mdg_now_ms();
+        }
     }
     mdg_params_destroy(&params);
 }
@@ -444,6 +448,7 @@ static void send_hello(mdg_conn *c)
     if (p) {
         mdg_params_set_int(p, "version", MDG_WIRE_VERSION);
         mdg_params_set_int(p, "ack", (int64_t)c->rx_seq);
+        mdg_params_set_int(p, "heartbeat", c->opts.heartbeat_ms);
         if (c->had_session)
             mdg_params_set_bytes(p, "session", c->session_id, c->session_id_len);
     }
@@ -457,6 +462,19 @@ static int on_ack_timer(mdg_loop *loop, void *arg, short revents)
     mdg_conn *c = arg;
     c->ack_timer = 0;
     if (c->rx_seq > c->ack_sent && c->state == C_READY)
+        send_control(c, MDG_K_ACK, NULL);
+    return 0;
+}
+
+/* The broker has no libzmq heartbeats (they cost it O(n) per connection):
+ * it takes a client silent for 3 heartbeats as gone, so an idle client
+ * says something (an ACK) every heartbeat. */
+static int on_keepalive(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_conn *c = arg;
+    if (c->state == C_READY && mdg_now_ms() - c->last_tx >= c->opts.heartbeat_ms)
         send_control(c, MDG_K_ACK, NULL);
     return 0;
 }
@@ -954,8 +972,7 @@ static int open_socket(mdg_conn *c)
         (rc = set(c->sock, ZMQ_RECONNECT_IVL, &rmin, sizeof rmin)) ||
         (rc = set(c->sock, ZMQ_RECONNECT_IVL_MAX, &rmax, sizeof rmax)) ||
         (rc = set(c->sock, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl)) ||
-        (rc = set(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)) ||
-        (rc = set(c->sock, ZMQ_HEARTBEAT_TTL, &hb_timeout, sizeof hb_timeout)))
+        (rc = set(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)))
         goto fail;
     /* The monitor says when the link drops and why a handshake failed
      * (refused key, wrong server key), so nothing just times out. */
@@ -1096,6 +1113,8 @@ int mdg_conn_start(mdg_conn *c)
     if ((rc = open_socket(c)) != 0)
         return rc;
     mdg_loop_on_wake(c->loop, on_wake, c);
+    if (mdg_loop_timer(c->loop, c->opts.heartbeat_ms, true, on_keepalive, c) < 0)
+        return mdg_fail(MDG_ENOMEM, "no room for the keepalive timer");
     c->state = C_CONNECTING;
     if (pthread_create(&c->thread, NULL, conn_thread, c) != 0) {
         c->state = C_CLOSED;
