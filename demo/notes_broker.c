@@ -9,16 +9,26 @@
  *
  * The seed's MyModel, MyController, MySession and MyNode map onto a model
  * struct, a static command table with one handler per command, and session
- * and node hooks. Nodes (the divide node) are admitted by public key; the
- * broker forwards to a node every user call that names it in the param
- * 'node' (no code here), and the resources hook offers each new session the
- * keys of the connected nodes.
+ * and node hooks. The broker forwards to a node every user call that names
+ * it in the param 'node' (no code here), and the resources hook offers each
+ * new session the keys of the connected nodes.
  *
- *   notes_broker [--prefix DIR] [--port N] [--port-file FILE]
- *                [--bind ADDR] [--allow-pk B64]... [--allow-node-pk B64]...
- *                [--verbose]
+ * Who may connect comes from the identity store in the state directory, as
+ * in the seed's quickstart: `messidge-admin invite` makes a token, the user
+ * runs `messidge confirm` against the account server this broker runs on
+ * the base port + 1, and `messidge-admin add-node` registers nodes. The
+ * store is polled every second for revocations, which end live sessions.
+ *
+ *   notes_broker [--prefix DIR] [--state DIR] [--port N] [--port-file FILE]
+ *                [--account-port N] [--bind ADDR] [--verbose]
+ *
+ * Once serving it prints on stdout
+ *   notes_broker: listening on port N, accounts on port M
+ *   notes_broker: broker public key B64
+ * and then writes the port file, if asked for.
  */
 #include "messidge.h"
+#include "messidge_identity.h"
 
 #include <getopt.h>
 #include <pthread.h>
@@ -324,23 +334,63 @@ static mdg_params *on_resources(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], 
     return NULL;
 }
 
+/* ------------------------------------------------------------- revocations */
+
+/* The seed's broker cuts a revoked key off at once: every second the
+ * identity store is asked what was revoked since the last look, and the
+ * sessions of those keys are closed (the clients are told why). */
+typedef struct revoke_poll {
+    mdg_identity *id;
+    int64_t cursor; /* the store's position: revocations after it are new */
+} revoke_poll;
+
+static void on_revoked(const uint8_t pk[MDG_KEY_BYTES], void *arg)
+{
+    mdg_broker *b = arg;
+    char b64[MDG_KEY_B64_LEN + 1];
+    mdg_pk_to_b64(pk, b64);
+    /* on the loop thread (a timer): returns how many sessions were closed */
+    int n = mdg_broker_disconnect_key(b, pk, "key revoked");
+    logf_(MDG_LOG_INFO, "key %s revoked: %d session(s) closed", b64, n);
+}
+
+static void poll_revocations(mdg_broker *b, void *arg)
+{
+    revoke_poll *rp = arg;
+    if (mdg_identity_revoked_since(rp->id, &rp->cursor, on_revoked, b) != 0)
+        logf_(MDG_LOG_WARN, "cannot read revocations: %s", mdg_last_error());
+}
+
 /* ------------------------------------------------------------------ options */
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: notes_broker [options]\n"
-            "  --prefix DIR      key directory (default $MESSIDGE_PREFIX or ~/.messidge);\n"
-            "                    the broker's keys are DIR/localhost_broker(.pub), made if missing\n"
-            "  --port N          base port (default %d; 0 = any free port)\n"
-            "  --port-file FILE  write the bound port to FILE once listening\n"
-            "  --bind ADDR       interface to listen on (default 127.0.0.1)\n"
-            "  --allow-pk B64    admit this user public key (repeatable)\n"
-            "  --allow-node-pk B64  admit this node public key (repeatable)\n"
-            "  --verbose         debug logging\n"
-            "  --help            this text\n"
-            "Runs until SIGINT or SIGTERM.\n",
-            MDG_DEFAULT_PORT);
+            "  --prefix DIR        key directory (default $MESSIDGE_PREFIX or ~/.messidge);\n"
+            "                      the broker's keys are DIR/localhost_broker(.pub), made if missing\n"
+            "  --state DIR         identity store directory (default %s), as for\n"
+            "                      messidge-admin --state: who may connect\n"
+            "  --port N            base port (default %d; 0 = any free port)\n"
+            "  --account-port N    account server port (default base port + 1, or a free port\n"
+            "                      when --port is 0; 0 = any free port)\n"
+            "  --port-file FILE    write the bound base port to FILE once serving\n"
+            "  --bind ADDR         interface to listen on (default 127.0.0.1)\n"
+            "  --verbose           debug logging\n"
+            "  --help              this text\n"
+            "Prints 'notes_broker: listening on port N, accounts on port M' on stdout once\n"
+            "serving; runs until SIGINT or SIGTERM.\n",
+            MDG_DEFAULT_STATE_DIR, MDG_DEFAULT_PORT);
+}
+
+/* A port number in [0, 65535] from an option, or -1. */
+static int parse_port(const char *text)
+{
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || v < 0 || v > 65535)
+        return -1;
+    return (int)v;
 }
 
 /* Write the port to path via a temporary file and rename, so a reader that
@@ -390,23 +440,27 @@ static int broker_keys(mdg_keys **keys, const char *prefix)
 
 int main(int argc, char **argv)
 {
-    enum { O_PREFIX = 1, O_PORT, O_PORT_FILE, O_BIND, O_ALLOW, O_ALLOW_NODE, O_VERBOSE, O_HELP };
+    enum { O_PREFIX = 1, O_STATE, O_PORT, O_ACCOUNT_PORT, O_PORT_FILE, O_BIND, O_VERBOSE, O_HELP };
     static const struct option longopts[] = {
         {"prefix", required_argument, NULL, O_PREFIX},
+        {"state", required_argument, NULL, O_STATE},
         {"port", required_argument, NULL, O_PORT},
+        {"account-port", required_argument, NULL, O_ACCOUNT_PORT},
         {"port-file", required_argument, NULL, O_PORT_FILE},
         {"bind", required_argument, NULL, O_BIND},
-        {"allow-pk", required_argument, NULL, O_ALLOW},
-        {"allow-node-pk", required_argument, NULL, O_ALLOW_NODE},
         {"verbose", no_argument, NULL, O_VERBOSE},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
-    const char *prefix = NULL, *port_file = NULL, *bind_addr = "127.0.0.1";
-    int port = MDG_DEFAULT_PORT, opt, rc, status = 1;
-    char *end;
+    const char *prefix = NULL, *state = NULL, *port_file = NULL, *bind_addr = "127.0.0.1";
+    int port = MDG_DEFAULT_PORT, account_port = -1; /* -1: base port + 1 */
+    int opt, rc, status = 1;
+    char pk_b64[MDG_KEY_B64_LEN + 1];
     mdg_keys *keys = NULL;
+    mdg_identity *id = NULL;
     mdg_broker *b = NULL;
+    mdg_account_server *accounts = NULL;
+    revoke_poll rp = {0};
     model notes = {0};
     mdg_broker_hooks hooks = {
         .session_new = on_session_new,
@@ -417,86 +471,63 @@ int main(int argc, char **argv)
     };
     sigset_t block, old;
     struct sigaction sa = {.sa_handler = on_signal};
-    /* argv strings live as long as main: no copies needed */
-    const char **allow = calloc((size_t)argc, sizeof *allow);
-    const char **allow_node = calloc((size_t)argc, sizeof *allow_node);
-    size_t nallow = 0, nallow_node = 0;
 
-    if (!allow || !allow_node) {
-        free(allow);
-        free(allow_node);
-        return 1;
-    }
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
         case O_PREFIX: prefix = optarg; break;
+        case O_STATE: state = optarg; break;
         case O_PORT:
-            port = (int)strtol(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || port < 0 || port > 65535) {
+        case O_ACCOUNT_PORT: {
+            int v = parse_port(optarg);
+            if (v < 0) {
                 fprintf(stderr, "notes_broker: bad port '%s'\n", optarg);
-                goto out;
+                return 1;
             }
+            *(opt == O_PORT ? &port : &account_port) = v;
             break;
+        }
         case O_PORT_FILE: port_file = optarg; break;
         case O_BIND: bind_addr = optarg; break;
-        case O_ALLOW: allow[nallow++] = optarg; break;
-        case O_ALLOW_NODE: allow_node[nallow_node++] = optarg; break;
         case O_VERBOSE: log_level = MDG_LOG_DEBUG; break;
-        case O_HELP:
-            usage(stdout);
-            status = 0;
-            goto out;
-        default:
-            usage(stderr);
-            goto out;
+        case O_HELP: usage(stdout); return 0;
+        default: usage(stderr); return 1;
         }
     }
     if (optind < argc) {
         usage(stderr);
-        goto out;
+        return 1;
     }
     mdg_set_log(log_sink, NULL, log_level);
     mdg_broker_options bo = {.bind_address = bind_addr, .port = port};
+
+    /* Who may connect: the identity store that messidge-admin fills (and
+     * the account server below, when a user confirms an invitation).
+     * Opened first, so that a wrong --state makes no broker keys. */
+    if ((rc = mdg_identity_open(&id, state)) != 0) {
+        fprintf(stderr, "notes_broker: identity store: %s\n", mdg_last_error());
+        goto done;
+    }
+    rp.id = id;
+    mdg_identity_revoked_since(id, &rp.cursor, NULL, NULL); /* only revocations from now on */
 
     if ((rc = broker_keys(&keys, prefix)) != 0) {
         fprintf(stderr, "notes_broker: broker keys: %s\n", mdg_last_error());
         goto done;
     }
+    mdg_pk_to_b64(mdg_keys_public(keys), pk_b64);
+
     if ((rc = mdg_broker_new(&b, keys, &bo)) != 0 ||
         (rc = mdg_broker_set_commands(b, commands, &notes)) != 0 ||
-        (rc = mdg_broker_set_hooks(b, &hooks, &notes)) != 0) {
+        (rc = mdg_broker_set_hooks(b, &hooks, &notes)) != 0 ||
+        (rc = mdg_broker_set_auth(b, mdg_identity_auth, id)) != 0 ||
+        (rc = mdg_broker_add_timer(b, 1000, poll_revocations, &rp)) != 0) {
         fprintf(stderr, "notes_broker: %s\n", mdg_last_error());
         goto done;
     }
 
-    /* IDENTITY STORE (later issue): who may connect will come from the
-     * identity store that `messidge-admin invite` / `messidge confirm`
-     * fill, plugged in here with mdg_broker_set_auth(). Until then the
-     * users and nodes are listed on the command line. */
-    for (size_t i = 0; i < nallow; i++) {
-        uint8_t pk[MDG_KEY_BYTES];
-        if (mdg_pk_from_b64(pk, allow[i]) != 0 ||
-            (rc = mdg_broker_allow(b, pk, MDG_ROLE_USER)) != 0) {
-            fprintf(stderr, "notes_broker: --allow-pk '%s' is not a base64 public key\n", allow[i]);
-            goto done;
-        }
-        logf_(MDG_LOG_INFO, "admitting user %s", allow[i]);
-    }
-    for (size_t i = 0; i < nallow_node; i++) {
-        uint8_t pk[MDG_KEY_BYTES];
-        if (mdg_pk_from_b64(pk, allow_node[i]) != 0 ||
-            (rc = mdg_broker_allow(b, pk, MDG_ROLE_NODE)) != 0) {
-            fprintf(stderr, "notes_broker: --allow-node-pk '%s' is not a base64 public key\n",
-                    allow_node[i]);
-            goto done;
-        }
-        logf_(MDG_LOG_INFO, "admitting node %s", allow_node[i]);
-    }
-    if (nallow == 0)
-        logf_(MDG_LOG_WARN, "no --allow-pk given: every user will be refused");
-
-    /* Signals are blocked while the broker thread starts, so it inherits a
-     * blocked mask and they are delivered to this thread's sigsuspend. */
+    /* Signals are blocked while the broker's and the account server's
+     * threads start, so they inherit a blocked mask and the signals are
+     * delivered to this thread's sigsuspend. */
     sigemptyset(&sa.sa_mask);
     sigemptyset(&block);
     sigaddset(&block, SIGINT);
@@ -511,10 +542,29 @@ int main(int argc, char **argv)
         fprintf(stderr, "notes_broker: %s\n", mdg_last_error());
         goto done;
     }
-    logf_(MDG_LOG_INFO, "serving notes on %s port %d", bind_addr, mdg_broker_port(b));
-    if (port_file && write_port_file(port_file, mdg_broker_port(b)) != 0) {
+    port = mdg_broker_port(b);
+
+    /* The account server, on the base port + 1 unless told otherwise:
+     * `messidge confirm` posts an invitation token and the user's public
+     * key there and gets the broker's public key back. A free base port
+     * (0) gets a free account port: the port after a random one is often
+     * taken (an outgoing connection's, or one in TIME_WAIT). */
+    if (account_port < 0)
+        account_port = bo.port == 0 ? 0 : port + 1;
+    if ((rc = mdg_account_server_new(&accounts, id, mdg_keys_public(keys),
+                                     strcmp(bind_addr, "*") == 0 ? NULL : bind_addr,
+                                     account_port)) != 0) {
+        fprintf(stderr, "notes_broker: %s\n", mdg_last_error());
+        goto done;
+    }
+    logf_(MDG_LOG_INFO, "serving notes on %s port %d, accounts on port %d", bind_addr, port,
+          mdg_account_server_port(accounts));
+    printf("notes_broker: listening on port %d, accounts on port %d\n"
+           "notes_broker: broker public key %s\n",
+           port, mdg_account_server_port(accounts), pk_b64);
+    fflush(stdout);
+    if (port_file && write_port_file(port_file, port) != 0) {
         perror("notes_broker: cannot write the port file");
-        mdg_broker_stop(b);
         goto done;
     }
     while (!stop_requested)
@@ -523,15 +573,15 @@ int main(int argc, char **argv)
     status = 0;
 
 done:
-    /* destroy joins the broker thread; session_closed and node_left run
-     * for every session and node still connected, which frees their data
-     * (so the model goes after the broker) */
+    /* No more confirmations, then the broker: destroy joins its thread,
+     * and session_closed and node_left run for every session and node
+     * still connected, which frees their data (so the model goes after
+     * the broker). The store goes last: both used it. */
+    mdg_account_server_destroy(&accounts);
     mdg_broker_destroy(&b);
     the_broker = NULL;
+    mdg_identity_destroy(&id);
     mdg_keys_destroy(&keys);
     model_free(&notes);
-out:
-    free(allow);
-    free(allow_node);
     return status;
 }

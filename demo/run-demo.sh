@@ -1,23 +1,48 @@
 #!/bin/sh
-# run-demo.sh BUILD_DIR - run the notes demo on loopback.
+# run-demo.sh BUILD_DIR - the quickstart, for real, on loopback.
 #
-# Makes keys in a throw-away key directory, starts the notes broker on a
-# free port, starts the divide node, runs the notes client against them,
-# stops the node and the broker, and exits with the client's status (or the
-# node's or broker's, if only they failed). Nothing outside the temporary
-# directory is touched: ~/.messidge is not used.
+# In a throw-away directory, with the command-line tools of BUILD_DIR/tools
+# and the demo programs of BUILD_DIR/demo:
+#
+#   1. the admin invites a user:  messidge-admin invite EMAIL  -> a token
+#   2. the notes broker starts, with the identity store and the account
+#      server (free ports: the base port, and the account port)
+#   3. the user confirms:  messidge confirm localhost TOKEN  -> key files
+#   4. the admin registers the divide node:  messidge-admin add-node
+#   5. the divide node starts (its secret key in its environment only)
+#   6. the notes client runs the seed's demo; then one call from the
+#      command line:  messidge call --node PK divide ...
+#   7. the node and the broker are stopped
+#
+# It exits with the client's status (or the node's, the broker's or a
+# step's, if only they failed). Nothing outside the temporary directory is
+# touched: ~/.messidge and ./messidge-state are not used.
 set -u
 
 BUILD=${1:-build}
-BIN=$BUILD/demo
-for prog in demo_setup notes_broker notes_client divide_node; do
-    if [ ! -x "$BIN/$prog" ]; then
-        echo "run-demo: $BIN/$prog not found: build first (make demo)" >&2
+if ! BUILD=$(cd "$BUILD" 2>/dev/null && pwd); then
+    echo "run-demo: build directory '${1:-build}' not found: build first (make demo)" >&2
+    exit 2
+fi
+for prog in demo/notes_broker demo/notes_client demo/divide_node tools/messidge-admin \
+    tools/messidge; do
+    if [ ! -x "$BUILD/$prog" ]; then
+        echo "run-demo: $BUILD/$prog not found: build first (make demo)" >&2
         exit 2
     fi
 done
+# Ours first, so the commands shown are exactly the commands run (and an
+# installed copy elsewhere on the PATH is not picked up).
+PATH=$BUILD/tools:$BUILD/demo:$PATH
+export PATH
 
 step() { printf '\n==> %s\n' "$*"; }
+# Show a command as a user would type it (the caller then runs it).
+show() { printf '$ %s\n' "$*"; }
+die() {
+    echo "run-demo: FAILED: $*" >&2
+    exit 1
+}
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/messidge-demo.XXXXXX") || exit 2
 BROKER_PID=
@@ -32,6 +57,7 @@ stop() {
 cleanup() {
     stop "$NODE_PID"
     stop "$BROKER_PID"
+    cd /
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -56,61 +82,90 @@ wait_for() {
     done
 }
 
-# All programs that use key files use this key directory (also --prefix).
-PREFIX=$TMP/keys
-MESSIDGE_PREFIX=$PREFIX
+# Everything happens in the temporary directory: the broker's state
+# directory is ./state, and every program that uses key files (the broker's
+# localhost_broker, the user's localhost, messidge-admin reading the
+# broker's public key) uses the key directory $MESSIDGE_PREFIX.
+cd "$TMP" || exit 2
+MESSIDGE_PREFIX=$TMP/keys
 export MESSIDGE_PREFIX
+STATE=state
+printf 'Working in %s (removed at the end)\n' "$TMP"
+show "export MESSIDGE_PREFIX=$MESSIDGE_PREFIX"
 
-step "Setting up keys in $PREFIX (demo_setup stands in for messidge-admin invite / messidge confirm)"
-# demo_setup prints USER_PK=, NODE_PK=, NODE_SK= and BROKER_PK= lines. The
-# node's secret key goes from this pipe into the node's environment only:
-# never into an argument list (visible in ps) nor a file.
-SETUP=$("$BIN/demo_setup" --prefix "$PREFIX") || exit 1
-field() { printf '%s\n' "$SETUP" | sed -n "s/^$1=//p"; }
-USER_PK=$(field USER_PK)
-NODE_PK=$(field NODE_PK)
-NODE_SK=$(field NODE_SK)
-BROKER_PK=$(field BROKER_PK)
-if [ -z "$USER_PK" ] || [ -z "$NODE_PK" ] || [ -z "$NODE_SK" ] || [ -z "$BROKER_PK" ]; then
-    echo "run-demo: demo_setup did not print the keys" >&2
-    exit 1
-fi
-echo "user public key:   $USER_PK"
-echo "node public key:   $NODE_PK (its secret key is passed in the environment)"
-echo "broker public key: $BROKER_PK"
-echo "files: $(cd "$PREFIX" && echo *)"
+step "1. The admin invites a user (messidge-admin invite prints a single-use token)"
+show messidge-admin --state "$STATE" --create invite demo@example.com
+TOKEN=$(messidge-admin --state "$STATE" --create invite demo@example.com) ||
+    die "messidge-admin invite"
+[ -n "$TOKEN" ] || die "messidge-admin invite printed no token"
+printf '%s\n' "$TOKEN"
 
-step "Starting the broker (notes_broker) on 127.0.0.1, free port"
-PORT_FILE=$TMP/port
-"$BIN/notes_broker" --prefix "$PREFIX" --bind 127.0.0.1 --port 0 --port-file "$PORT_FILE" \
-    --allow-pk "$USER_PK" --allow-node-pk "$NODE_PK" --verbose &
+step "2. Starting the broker (notes_broker: identity store, account server), free ports"
+show notes_broker --state "$STATE" --port 0 --account-port 0 --port-file broker.port --verbose '&'
+notes_broker --state "$STATE" --port 0 --account-port 0 --port-file broker.port --verbose \
+    >broker.out &
 BROKER_PID=$!
-wait_for "$PORT_FILE" "$BROKER_PID" broker || { BROKER_PID=; exit 1; }
-PORT=$(cat "$PORT_FILE")
-echo "broker listening on port $PORT"
+# the port file is written once both servers listen, after the stdout lines
+wait_for broker.port "$BROKER_PID" broker || { BROKER_PID=; exit 1; }
+cat broker.out
+PORT=$(cat broker.port)
+ACCOUNT_PORT=$(sed -n 's/.*accounts on port \([0-9][0-9]*\).*/\1/p' broker.out)
+if [ -z "$PORT" ] || [ -z "$ACCOUNT_PORT" ]; then
+    die "the broker did not tell its ports"
+fi
 
-step "Starting the divide node (divide_node)"
+step "3. The user confirms the invitation (messidge confirm makes the key files)"
+show messidge confirm localhost "$TOKEN" --port "$ACCOUNT_PORT"
+messidge confirm localhost "$TOKEN" --port "$ACCOUNT_PORT" || die "messidge confirm"
+show ls "$MESSIDGE_PREFIX"
+ls "$MESSIDGE_PREFIX"
+
+step "4. The admin registers the divide node (messidge-admin add-node)"
+show messidge-admin --state "$STATE" add-node divide
+# It prints the node's key pair and the broker's key, as the command that
+# starts the node. The secret goes from this variable into the node's
+# environment only: never into an argument list (visible in ps), a file,
+# or the output below.
+ADD_NODE=$(messidge-admin --state "$STATE" add-node divide) || die "messidge-admin add-node"
+field() { printf '%s\n' "$ADD_NODE" | sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
+NODE_PK=$(field MESSIDGE_NODE_PK)
+NODE_SK=$(field MESSIDGE_NODE_SK)
+BROKER_PK=$(field MESSIDGE_BROKER_PK)
+ADD_NODE=
+if [ -z "$NODE_PK" ] || [ -z "$NODE_SK" ] || [ -z "$BROKER_PK" ] || [ "$BROKER_PK" = BROKER_PK ]
+then
+    die "messidge-admin add-node did not print the node's keys and the broker's key"
+fi
+echo "node \"divide\" registered with public key $NODE_PK"
+echo "(it also printed the command that starts the node, with its secret key)"
+
+step "5. Starting the divide node"
+show "MESSIDGE_NODE_PK=$NODE_PK MESSIDGE_NODE_SK=(secret)" \
+    "MESSIDGE_BROKER_PK=$BROKER_PK divide_node --location localhost --port $PORT &"
 # The node says "node ready" on stdout once the broker has admitted it;
 # that line, in a file, is what we wait for.
-NODE_OUT=$TMP/node.out
 MESSIDGE_NODE_PK=$NODE_PK MESSIDGE_NODE_SK=$NODE_SK MESSIDGE_BROKER_PK=$BROKER_PK \
-    "$BIN/divide_node" --location 127.0.0.1 --port "$PORT" >"$NODE_OUT" &
+    divide_node --location localhost --port "$PORT" >node.out &
 NODE_PID=$!
 NODE_SK=
-wait_for "$NODE_OUT" "$NODE_PID" node || { NODE_PID=; exit 1; }
-cat "$NODE_OUT"
+wait_for node.out "$NODE_PID" node || { NODE_PID=; exit 1; }
+cat node.out
 
-step "Running the client (notes_client)"
-"$BIN/notes_client" --prefix "$PREFIX" --port "$PORT" --require-node
+step "6. Running the client (notes_client; location and keys from \$MESSIDGE_PREFIX)"
+show notes_client --port "$PORT" --require-node
+notes_client --port "$PORT" --require-node
 CLIENT_STATUS=$?
 
-step "Stopping the node"
+step "   ... and calling the node from the command line (messidge call)"
+show messidge call --port "$PORT" --node "$NODE_PK" divide dividend=10.0 devisor=5.0
+messidge call --port "$PORT" --node "$NODE_PK" divide dividend=10.0 devisor=5.0
+CALL_STATUS=$?
+
+step "7. Stopping the node and the broker"
 kill -TERM "$NODE_PID"
 wait "$NODE_PID"
 NODE_STATUS=$?
 NODE_PID=
-
-step "Stopping the broker"
 kill -TERM "$BROKER_PID"
 wait "$BROKER_PID"
 BROKER_STATUS=$?
@@ -120,6 +175,7 @@ if [ "$CLIENT_STATUS" -ne 0 ]; then
     echo "run-demo: FAILED: the client exited with status $CLIENT_STATUS" >&2
     exit "$CLIENT_STATUS"
 fi
+[ "$CALL_STATUS" -eq 0 ] || die "messidge call exited with status $CALL_STATUS"
 if [ "$NODE_STATUS" -ne 0 ]; then
     echo "run-demo: FAILED: the node exited with status $NODE_STATUS" >&2
     exit "$NODE_STATUS"

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *out)
 {
@@ -24,7 +25,8 @@ static void usage(FILE *out)
             "\n"
             "options:\n"
             "  -p, --port N          base port (default 2020; 0 = pick a free one);\n"
-            "                        the account server listens on N + 1\n"
+            "                        the account server listens on N + 1 (on a free\n"
+            "                        port too when N is 0)\n"
             "  -b, --bind ADDR       address to listen on (default * = all)\n"
             "  -k, --key NAME        broker key pair name (default localhost_broker);\n"
             "                        made and saved on first run\n"
@@ -32,7 +34,8 @@ static void usage(FILE *out)
             "  -s, --state DIR       identity store directory (default ./messidge-state)\n"
             "      --account-port N  account server port (default base port + 1; 0 = free)\n"
             "      --no-accounts     do not run the account server\n"
-            "      --port-file FILE  write the bound base port to FILE (for scripts)\n"
+            "      --port-file FILE  write the bound base port to FILE once serving (for\n"
+            "                        scripts; the ports are also printed on stdout)\n"
             "  -v, --verbose         log sessions and refusals (-vv: debug)\n"
             "  -h, --help            this text\n"
             "\n"
@@ -66,6 +69,36 @@ static int fail(const char *what, int rc)
     return 1;
 }
 
+/* A port number in [0, 65535], or -1 (atoi would take "abc" for 0: a
+ * free port, silently). */
+static int parse_port(const char *text)
+{
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || v < 0 || v > 65535)
+        return -1;
+    return (int)v;
+}
+
+/* Write the port to path via a temporary file and rename, so that a
+ * script polling for the file never reads it half written. */
+static int write_port_file(const char *path, int port)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return -1;
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    int ok = fprintf(f, "%d\n", port) > 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     enum { OPT_ACCOUNT_PORT = 256, OPT_NO_ACCOUNTS, OPT_PORT_FILE };
@@ -84,17 +117,26 @@ int main(int argc, char **argv)
     };
     mdg_broker_options bo = {.bind_address = "*", .port = MDG_DEFAULT_PORT};
     const char *key_name = "localhost_broker", *prefix = NULL, *state = NULL, *port_file = NULL;
-    int account_port = -1, verbose = 0, opt, rc;
+    int account_port = -1, verbose = 0, opt, rc, status = 1;
     bool accounts = true;
+    mdg_keys *keys = NULL;
+    mdg_identity *id = NULL;
+    mdg_broker *b = NULL;
+    mdg_account_server *as = NULL;
 
     while ((opt = getopt_long(argc, argv, "p:b:k:P:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'p': bo.port = atoi(optarg); break;
+        case 'p':
+        case OPT_ACCOUNT_PORT:
+            if ((*(opt == 'p' ? &bo.port : &account_port) = parse_port(optarg)) < 0) {
+                fprintf(stderr, "messidge-broker: bad port \"%s\" (0 to 65535)\n", optarg);
+                return 2;
+            }
+            break;
         case 'b': bo.bind_address = optarg; break;
         case 'k': key_name = optarg; break;
         case 'P': prefix = optarg; break;
         case 's': state = optarg; break;
-        case OPT_ACCOUNT_PORT: account_port = atoi(optarg); break;
         case OPT_NO_ACCOUNTS: accounts = false; break;
         case OPT_PORT_FILE: port_file = optarg; break;
         case 'v': verbose++; break;
@@ -117,39 +159,47 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 
     /* the seed's "fetch/create the server keys" */
-    mdg_keys *keys = NULL;
     rc = mdg_keys_load(&keys, key_name, prefix);
     if (rc == MDG_ENOENT) {
-        if ((rc = mdg_keys_new(&keys)) || (rc = mdg_keys_save(keys, key_name, prefix)))
-            return fail("cannot make the broker's keys", rc);
+        if ((rc = mdg_keys_new(&keys)) || (rc = mdg_keys_save(keys, key_name, prefix))) {
+            fail("cannot make the broker's keys", rc);
+            goto out;
+        }
         fprintf(stderr, "messidge-broker: made a new key pair '%s'\n", key_name);
     } else if (rc) {
-        return fail("cannot load the broker's keys", rc);
+        fail("cannot load the broker's keys", rc);
+        goto out;
     }
     char pk_b64[MDG_KEY_B64_LEN + 1];
     mdg_pk_to_b64(mdg_keys_public(keys), pk_b64);
 
-    mdg_identity *id = NULL;
-    if ((rc = mdg_identity_open(&id, state)))
-        return fail("cannot open the identity store", rc);
+    if ((rc = mdg_identity_open(&id, state))) {
+        fail("cannot open the identity store", rc);
+        goto out;
+    }
     revoke_poll rp = {.id = id};
     mdg_identity_revoked_since(id, &rp.cursor, NULL, NULL); /* from now on */
 
-    mdg_broker *b = NULL;
     if ((rc = mdg_broker_new(&b, keys, &bo)) || (rc = mdg_broker_set_auth(b, mdg_identity_auth, id)) ||
-        (rc = mdg_broker_add_timer(b, 1000, poll_revocations, &rp)))
-        return fail("cannot make the broker", rc);
-    if ((rc = mdg_broker_start(b)))
-        return fail("cannot start the broker", rc);
+        (rc = mdg_broker_add_timer(b, 1000, poll_revocations, &rp))) {
+        fail("cannot make the broker", rc);
+        goto out;
+    }
+    if ((rc = mdg_broker_start(b))) {
+        fail("cannot start the broker", rc);
+        goto out;
+    }
     int port = mdg_broker_port(b);
 
-    mdg_account_server *as = NULL;
     if (accounts) {
-        int ap = account_port >= 0 ? account_port : port + 1;
+        /* base port + 1; but a free base port (0) has no fixed neighbour:
+         * the port after a random one is often taken (by an outgoing
+         * connection, or one in TIME_WAIT), so then a free one too. */
+        int ap = account_port >= 0 ? account_port : bo.port == 0 ? 0 : port + 1;
         const char *bind = strcmp(bo.bind_address, "*") == 0 ? NULL : bo.bind_address;
         if ((rc = mdg_account_server_new(&as, id, mdg_keys_public(keys), bind, ap))) {
-            mdg_broker_destroy(&b);
-            return fail("cannot start the account server", rc);
+            fail("cannot start the account server", rc);
+            goto out;
         }
     }
     printf("messidge-broker: listening on port %d", port);
@@ -157,23 +207,25 @@ int main(int argc, char **argv)
         printf(", accounts on port %d", mdg_account_server_port(as));
     printf("\nmessidge-broker: broker public key %s\n", pk_b64);
     fflush(stdout);
-    if (port_file) {
-        FILE *f = fopen(port_file, "w");
-        if (f) {
-            fprintf(f, "%d\n", port);
-            fclose(f);
-        }
+    if (port_file && write_port_file(port_file, port) != 0) {
+        fprintf(stderr, "messidge-broker: cannot write the port file %s\n", port_file);
+        goto out;
     }
 
     /* the loop runs on the broker's thread; wait here for a signal */
     int sig = 0;
     sigwait(&stop_signals, &sig);
     fprintf(stderr, "messidge-broker: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    status = 0;
 
+out:
+    /* on every way out: no leaks, and the store closes last (both the
+     * account server and the broker's ZAP handler use it) */
     mdg_account_server_destroy(&as);
     mdg_broker_destroy(&b);
     mdg_identity_destroy(&id);
     mdg_keys_destroy(&keys);
-    fprintf(stderr, "messidge-broker: stopped\n");
-    return 0;
+    if (status == 0)
+        fprintf(stderr, "messidge-broker: stopped\n");
+    return status;
 }
