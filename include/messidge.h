@@ -323,9 +323,12 @@ int mdg_broker_port(const mdg_broker *b);
 /* Send a command (no reply expected) to a user session, by the id the
  * broker put in msg params "session", or to a node by its pk: the seed's
  * send_cmd(rid, ...). Safe from any thread; params taken, bulk copied.
- * MDG_ENOTFOUND when no such session / node is connected (checked on the
- * loop thread: from other threads the message is queued and a vanished
- * target is logged). */
+ * On the loop thread (handlers, timers) the result is final: MDG_ENOTFOUND
+ * when no such session / node exists, MDG_EAGAIN when its queue is full
+ * (queue_limit; try again later). From other threads the message is queued
+ * for the loop thread and 0 returned; a target that has gone or is full by
+ * then is logged as an error. A session that is away (link dropped, within
+ * its grace period) still takes messages: they wait for its resume. */
 int mdg_broker_send_session(mdg_broker *b, const uint8_t *session_id, size_t id_len,
                             const char *command, mdg_params *params, const void *bulk,
                             size_t bulk_len);

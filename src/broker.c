@@ -305,7 +305,7 @@ static void zap_request(mdg_broker *b)
         if (role == MDG_ROLE_USER || role == MDG_ROLE_NODE)
             snprintf(user_id, sizeof user_id, "%c%s", role == MDG_ROLE_NODE ? 'N' : 'U', b64);
         else
-            why = "key not known";
+            why = "key not known (or revoked)";
     }
     if (why) {
         mdg_log(MDG_LOG_WARN, "refused connection from %s (key %s): %s", addr, b64, why);
@@ -756,6 +756,12 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
         free(hm);
     }
     drop_fwds(b, p);
+    size_t undelivered = 0;
+    for (kept *k = p->out_head; k; k = k->next)
+        undelivered++;
+    if (undelivered)
+        mdg_log(MDG_LOG_WARN, "%s %s: %zu queued message(s) not delivered: its session closed (%s)",
+                p->role == MDG_ROLE_NODE ? "node" : "user", who, undelivered, why);
     free_kept(p);
     free(p);
 }
@@ -1360,7 +1366,15 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     }
     if (!p) {
         mdg_log(MDG_LOG_WARN, "%s '%s' from %s without a session", mdg_kind_name(h.kind), h.command, who);
-        send_error(b, rid, rid_len, NULL, h.corr, h.command, "no session: send hello first");
+        /* "resync": the client's link is fine but its session is gone (e.g.
+         * closed after a long silence): it should say hello again */
+        mdg_params *e = mdg_params_new();
+        if (e) {
+            mdg_params_set_str(e, "error", "no session: send hello first");
+            mdg_params_set_str(e, "command", h.command);
+            mdg_params_set_bool(e, "resync", true);
+            send_to(b, rid, rid_len, NULL, MDG_K_ERROR, h.corr, 0, "", e, NULL, 0);
+        }
         return;
     }
     p->last_rx = mdg_now_ms();

@@ -59,6 +59,7 @@ typedef struct pending {
     pthread_cond_t cond;
     bool done;
     int err;
+    char why[256]; /* with err: why the call ended */
     mdg_msg *reply;
 } pending;
 
@@ -99,10 +100,12 @@ struct mdg_conn {
     out_item *resend; /* first of those to send again after a resume */
     uint64_t tx_seq, rx_seq, ack_sent;
     bool had_session;
+    bool resyncing;  /* a hello went out after a "no session" notice */
     bool handshaken; /* CURVE handshake done on the current link */
     bool pollout;    /* waiting for room in the socket's queue */
     int attempt;     /* reconnects since the last session */
     int ack_timer;
+    int reconnect_timer; /* pending reconnect, or 0 */
     int64_t last_tx; /* when we last sent anything (keepalive) */
     int64_t close_deadline;
     deferred *def_head, *def_tail;
@@ -608,6 +611,7 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
     pthread_cond_broadcast(&c->state_cond);
     pthread_mutex_unlock(&c->lock);
     c->had_session = true;
+    c->resyncing = false;
     c->attempt = 0;
     if (ev)
         event(c, ev, NULL);
@@ -640,8 +644,24 @@ static void on_command(mdg_conn *c, mdg_msg *m)
         mdg_msg_destroy(&m);
 }
 
+static void send_hello(mdg_conn *c);
+
 static void on_reply(mdg_conn *c, mdg_msg *m)
 {
+    bool resync = false;
+    if (m->h.kind == MDG_K_ERROR && mdg_params_get_bool(m->params, "resync", &resync) == 0 && resync) {
+        /* The link is up but the broker has no session for it (it closed
+         * ours, e.g. after a long silence): say hello again, at most once
+         * per welcome. Pending calls learn their fate from what follows (a
+         * resumed session, or a lost one that fails them). */
+        if (!c->resyncing) {
+            mdg_log(MDG_LOG_WARN, "the broker no longer knows our session on this link: hello again");
+            c->resyncing = true;
+            send_hello(c);
+        }
+        mdg_msg_destroy(&m);
+        return;
+    }
     if (m->h.corr == 0) { /* an uncorrelated error notice */
         const char *command = "";
         mdg_params_get_str(m->params, "command", &command);
@@ -776,6 +796,7 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
         pthread_mutex_unlock(&c->lock);
         if (closing)
             return mdg_fail(MDG_ECLOSED, "connection closing");
+        on_keepalive(c->loop, c, 0); /* the loop's timers do not run meanwhile */
         mdg_header h;
         mdg_frames f;
         while (!pd->done && mdg_frames_recv(c->sock, &f) == 0) {
@@ -844,8 +865,12 @@ static int on_reconnect_timer(mdg_loop *loop, void *arg, short revents)
     (void)loop;
     (void)revents;
     mdg_conn *c = arg;
+    c->reconnect_timer = 0;
+    if (c->sock)
+        return 0;
     if (open_socket(c) != 0) {
         mdg_log(MDG_LOG_ERROR, "cannot remake the socket: %s", mdg_last_error());
+        c->reconnect_timer = mdg_loop_timer(c->loop, c->opts.reconnect_max_ms, false, on_reconnect_timer, c);
         return 0;
     }
     send_hello(c);
@@ -871,7 +896,9 @@ static void link_lost(mdg_conn *c, const char *why)
     c->attempt++;
     if (was_ready)
         event(c, MDG_EV_DISCONNECTED, why);
-    mdg_loop_timer(c->loop, (int)delay, false, on_reconnect_timer, c);
+    if (c->reconnect_timer) /* one reconnect at a time */
+        mdg_loop_cancel(c->loop, c->reconnect_timer);
+    c->reconnect_timer = mdg_loop_timer(c->loop, (int)delay, false, on_reconnect_timer, c);
 }
 
 static void fatal(mdg_conn *c, int err, const char *text)
@@ -1059,6 +1086,7 @@ static void fail_all_pending(mdg_conn *c, int err, const char *text)
     while ((pd = mdg_map_pop(c->pending)) != NULL) {
         if (pd->blocking) {
             pd->err = err;
+            snprintf(pd->why, sizeof pd->why, "%s", text);
             pd->done = true;
             pthread_cond_signal(&pd->cond);
         } else {
@@ -1288,8 +1316,7 @@ int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const vo
                   : mdg_fail(MDG_ETIMEDOUT, "no reply to '%s' within %d ms%s", command, timeout_ms,
                              link_down ? " (the link to the broker is down; reconnecting)" : "");
     if (pd.err)
-        return mdg_fail(pd.err, "'%s' not answered: %s", command,
-                        pd.reply ? "" : (c->fail_err ? c->fail_text : "the session ended"));
+        return mdg_fail(pd.err, "'%s' not answered: %s", command, pd.why);
     if (mdg_msg_is_error(pd.reply)) {
         rc = mdg_fail(MDG_EREMOTE, "%s", mdg_msg_error(pd.reply));
         mdg_msg_destroy(&pd.reply);
