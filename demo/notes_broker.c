@@ -334,33 +334,6 @@ static mdg_params *on_resources(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], 
     return NULL;
 }
 
-/* ------------------------------------------------------------- revocations */
-
-/* The seed's broker cuts a revoked key off at once: every second the
- * identity store is asked what was revoked since the last look, and the
- * sessions of those keys are closed (the clients are told why). */
-typedef struct revoke_poll {
-    mdg_identity *id;
-    int64_t cursor; /* the store's position: revocations after it are new */
-} revoke_poll;
-
-static void on_revoked(const uint8_t pk[MDG_KEY_BYTES], void *arg)
-{
-    mdg_broker *b = arg;
-    char b64[MDG_KEY_B64_LEN + 1];
-    mdg_pk_to_b64(pk, b64);
-    /* on the loop thread (a timer): returns how many sessions were closed */
-    int n = mdg_broker_disconnect_key(b, pk, "key revoked");
-    logf_(MDG_LOG_INFO, "key %s revoked: %d session(s) closed", b64, n);
-}
-
-static void poll_revocations(mdg_broker *b, void *arg)
-{
-    revoke_poll *rp = arg;
-    if (mdg_identity_revoked_since(rp->id, &rp->cursor, on_revoked, b) != 0)
-        logf_(MDG_LOG_WARN, "cannot read revocations: %s", mdg_last_error());
-}
-
 /* ------------------------------------------------------------------ options */
 
 static void usage(FILE *f)
@@ -460,7 +433,6 @@ int main(int argc, char **argv)
     mdg_identity *id = NULL;
     mdg_broker *b = NULL;
     mdg_account_server *accounts = NULL;
-    revoke_poll rp = {0};
     model notes = {0};
     mdg_broker_hooks hooks = {
         .session_new = on_session_new,
@@ -507,8 +479,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "notes_broker: identity store: %s\n", mdg_last_error());
         goto done;
     }
-    rp.id = id;
-    mdg_identity_revoked_since(id, &rp.cursor, NULL, NULL); /* only revocations from now on */
 
     if ((rc = broker_keys(&keys, prefix)) != 0) {
         fprintf(stderr, "notes_broker: broker keys: %s\n", mdg_last_error());
@@ -519,8 +489,8 @@ int main(int argc, char **argv)
     if ((rc = mdg_broker_new(&b, keys, &bo)) != 0 ||
         (rc = mdg_broker_set_commands(b, commands, &notes)) != 0 ||
         (rc = mdg_broker_set_hooks(b, &hooks, &notes)) != 0 ||
-        (rc = mdg_broker_set_auth(b, mdg_identity_auth, id)) != 0 ||
-        (rc = mdg_broker_add_timer(b, 1000, poll_revocations, &rp)) != 0) {
+        /* admit keys from the store; a revoked key's sessions are closed */
+        (rc = mdg_identity_attach(id, b)) != 0) {
         fprintf(stderr, "notes_broker: %s\n", mdg_last_error());
         goto done;
     }

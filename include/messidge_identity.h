@@ -72,6 +72,14 @@ int mdg_identity_role(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES], char **
  * Database errors refuse the key (MDG_ROLE_NONE) and are logged. */
 int mdg_identity_auth(const uint8_t pk[MDG_KEY_BYTES], void *identity);
 
+/* Make the store the broker's identity, the usual set-up: the broker's ZAP
+ * handler admits keys by mdg_identity_auth, and once a second (on the
+ * broker's loop thread) the store is asked what was revoked since, and the
+ * sessions of those keys are closed with the reason "key revoked" (their
+ * clients are told). Only revocations made after this call count. Before
+ * mdg_broker_start / run; id is borrowed and must outlive the broker. */
+int mdg_identity_attach(mdg_identity *id, mdg_broker *b);
+
 /* Invite a user: store a pending invitation for email (non-empty, at most
  * 320 bytes, no spaces or control characters) that expires after
  * ttl_seconds (<= 0: MDG_INVITE_DEFAULT_TTL), and write its token into

@@ -680,8 +680,7 @@ static int broker_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *r
 typedef struct fwd_scan {
     const uint8_t *key;
     bool by_node; /* match node_pk, else session_id */
-    fwd **found;
-    size_t n, cap;
+    mdg_ptrs found;
 } fwd_scan;
 
 static void scan_one(void *value, void *arg)
@@ -690,17 +689,8 @@ static void scan_one(void *value, void *arg)
     fwd_scan *s = arg;
     bool match = s->by_node ? memcmp(f->node_pk, s->key, MDG_KEY_BYTES) == 0
                             : memcmp(f->session_id, s->key, SESSION_ID_BYTES) == 0;
-    if (!match)
-        return;
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? s->cap * 2 : 16;
-        fwd **nf = realloc(s->found, nc * sizeof *nf);
-        if (!nf)
-            return;
-        s->found = nf;
-        s->cap = nc;
-    }
-    s->found[s->n++] = f;
+    if (match)
+        mdg_ptrs_push(&s->found, f);
 }
 
 /* A peer has gone: forwarded calls it made are forgotten; calls waiting on
@@ -710,8 +700,8 @@ static void drop_fwds(mdg_broker *b, peer *p)
     fwd_scan s = {.key = p->role == MDG_ROLE_NODE ? p->pk : p->session_id,
                   .by_node = p->role == MDG_ROLE_NODE};
     mdg_map_each(b->fwds, scan_one, &s);
-    for (size_t i = 0; i < s.n; i++) {
-        fwd *f = s.found[i];
+    for (size_t i = 0; i < s.found.n; i++) {
+        fwd *f = s.found.v[i];
         mdg_map_take_u64(b->fwds, f->id);
         if (s.by_node) {
             peer *caller = mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
@@ -723,7 +713,7 @@ static void drop_fwds(mdg_broker *b, peer *p)
         }
         free(f);
     }
-    free(s.found);
+    mdg_ptrs_free(&s.found);
 }
 
 static void close_session(mdg_broker *b, peer *p, const char *why)
@@ -957,16 +947,15 @@ static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len,
 /* Sessions of one key, collected first: closing changes the maps. */
 typedef struct key_scan {
     const uint8_t *pk;
-    peer *found[64];
-    int n;
+    mdg_ptrs found;
 } key_scan;
 
 static void scan_key(void *value, void *arg)
 {
     peer *p = value;
     key_scan *k = arg;
-    if (k->n < 64 && memcmp(p->pk, k->pk, MDG_KEY_BYTES) == 0)
-        k->found[k->n++] = p;
+    if (memcmp(p->pk, k->pk, MDG_KEY_BYTES) == 0)
+        mdg_ptrs_push(&k->found, p);
 }
 
 int mdg_broker_disconnect_key(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *reason)
@@ -994,20 +983,17 @@ int mdg_broker_disconnect_key(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], co
         mdg_loop_wake(b->loop);
         return 0;
     }
-    int closed = 0;
-    key_scan k;
-    do {
-        k = (key_scan){.pk = pk};
-        mdg_map_each(b->sessions, scan_key, &k);
-        for (int i = 0; i < k.n; i++) {
-            mdg_params *why = mdg_params_new();
-            if (why)
-                mdg_params_set_str(why, "reason", reason);
-            send_to(b, NULL, 0, k.found[i], MDG_K_BYE, 0, 0, "", why, NULL, 0);
-            close_session(b, k.found[i], reason);
-            closed++;
-        }
-    } while (k.n == 64);
+    key_scan k = {.pk = pk};
+    mdg_map_each(b->sessions, scan_key, &k);
+    for (size_t i = 0; i < k.found.n; i++) {
+        mdg_params *why = mdg_params_new();
+        if (why)
+            mdg_params_set_str(why, "reason", reason);
+        send_to(b, NULL, 0, k.found.v[i], MDG_K_BYE, 0, 0, "", why, NULL, 0);
+        close_session(b, k.found.v[i], reason);
+    }
+    int closed = (int)k.found.n;
+    mdg_ptrs_free(&k.found);
     return closed;
 }
 
@@ -1226,9 +1212,21 @@ static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
         mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
         return true;
     }
-    if (numbered && h->seq != p->rx_seq + 1)
-        mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu", who,
+    if (numbered && h->seq != p->rx_seq + 1) {
+        /* something before it was lost: never skip it; the client is asked
+         * to say hello again, which makes it resend from what we have */
+        mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu; dropped, asking for a resend", who,
                 (unsigned long long)p->rx_seq + 1, (unsigned long long)h->seq);
+        mdg_params *e = mdg_params_new();
+        if (e && p->attached) {
+            mdg_params_set_str(e, "error", "messages were lost: say hello again");
+            mdg_params_set_bool(e, "resync", true);
+            send_to(b, p->rid, p->rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
+        } else {
+            mdg_params_destroy(&e);
+        }
+        return true;
+    }
     bool done = true;
     switch (h->kind) {
     case MDG_K_CMD:
@@ -1451,48 +1449,41 @@ static int on_ack_timer(mdg_loop *loop, void *arg, short revents)
     return 0;
 }
 
-static void release_one(void *value, void *arg)
+static void collect(void *value, void *arg)
 {
-    peer *p = value;
-    peer ***cursor = arg;
-    *(*cursor)++ = p;
+    mdg_ptrs_push(arg, value);
 }
 
+/* Peers that waited for room: their held messages, then what libzmq would
+ * not take. Collected first: processing changes the maps. */
 static int on_backlog_timer(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
     (void)revents;
     mdg_broker *b = arg;
-    size_t nh = mdg_map_size(b->holding);
-    if (nh) { /* peers whose messages waited for room elsewhere */
-        peer **ps = malloc(nh * sizeof *ps), **cur = ps;
-        if (ps) {
-            mdg_map_each(b->holding, release_one, &cur);
-            for (size_t i = 0; i < nh; i++)
-                if (mdg_map_get(b->holding, ps[i]->session_id, SESSION_ID_BYTES) == ps[i])
-                    release_held(b, ps[i]);
-            free(ps);
-        }
+    mdg_ptrs ps = {0};
+    if (mdg_map_size(b->holding)) {
+        mdg_map_each(b->holding, collect, &ps);
+        for (size_t i = 0; i < ps.n; i++)
+            if (mdg_map_get(b->holding, ((peer *)ps.v[i])->session_id, SESSION_ID_BYTES) == ps.v[i])
+                release_held(b, ps.v[i]);
+        ps.n = 0;
     }
-    size_t n = mdg_map_size(b->backlog);
-    if (!n)
-        return 0;
-    peer **ps = malloc(n * sizeof *ps);
-    if (!ps)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        ps[i] = mdg_map_pop(b->backlog);
-    for (size_t i = 0; i < n; i++)
-        flush_peer(b, ps[i]); /* puts it back if its pipe is still full */
-    free(ps);
+    if (mdg_map_size(b->backlog)) {
+        peer *p;
+        while ((p = mdg_map_pop(b->backlog)) != NULL)
+            mdg_ptrs_push(&ps, p);
+        for (size_t i = 0; i < ps.n; i++)
+            flush_peer(b, ps.v[i]); /* puts it back if its pipe is still full */
+    }
+    mdg_ptrs_free(&ps);
     return 0;
 }
 
 typedef struct expired {
     mdg_broker *b;
     int64_t now;
-    peer **found;
-    size_t n, cap;
+    mdg_ptrs found;
 } expired;
 
 static void find_expired(void *value, void *arg)
@@ -1509,17 +1500,8 @@ static void find_expired(void *value, void *arg)
         p->silent = true;
         return;
     }
-    if (p->attached || e->now - p->detached_at < grace)
-        return;
-    if (e->n == e->cap) {
-        size_t nc = e->cap ? e->cap * 2 : 16;
-        peer **nf = realloc(e->found, nc * sizeof *nf);
-        if (!nf)
-            return;
-        e->found = nf;
-        e->cap = nc;
-    }
-    e->found[e->n++] = p;
+    if (!p->attached && e->now - p->detached_at >= grace)
+        mdg_ptrs_push(&e->found, p);
 }
 
 /* Sessions away longer than their grace period are closed for good. */
@@ -1530,9 +1512,9 @@ static int on_grace_timer(mdg_loop *loop, void *arg, short revents)
     mdg_broker *b = arg;
     expired e = {.b = b, .now = mdg_now_ms()};
     mdg_map_each(b->sessions, find_expired, &e);
-    for (size_t i = 0; i < e.n; i++)
-        close_session(b, e.found[i], "not resumed within its grace period");
-    free(e.found);
+    for (size_t i = 0; i < e.found.n; i++)
+        close_session(b, e.found.v[i], "not resumed within its grace period");
+    mdg_ptrs_free(&e.found);
     return 0;
 }
 

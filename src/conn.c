@@ -524,6 +524,8 @@ static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *res
 
 /* First step for every received message, in arrival order: header,
  * acknowledgement and sequence. Returns 0 when it should be dispatched. */
+static void resync(mdg_conn *c, const char *why);
+
 static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
 {
     if (f->dropped || f->n < 2) {
@@ -542,9 +544,14 @@ static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
             mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
             return -1;
         }
-        if (h->seq != c->rx_seq + 1)
-            mdg_log(MDG_LOG_ERROR, "seq gap from the broker: expected %llu, got %llu",
+        if (h->seq != c->rx_seq + 1) {
+            /* something before it was lost: never skip it, have it resent */
+            mdg_log(MDG_LOG_ERROR, "seq gap from the broker: expected %llu, got %llu; dropped",
                     (unsigned long long)c->rx_seq + 1, (unsigned long long)h->seq);
+            if (!c->resyncing)
+                resync(c, "messages from the broker were lost");
+            return -1;
+        }
         c->rx_seq = h->seq;
         schedule_ack(c);
     }
@@ -646,19 +653,31 @@ static void on_command(mdg_conn *c, mdg_msg *m)
 
 static void send_hello(mdg_conn *c);
 
+/* Say hello again on this link (to resume, or learn the session is gone),
+ * and send nothing new until the welcome: what follows a hello must not
+ * overtake the resend that the welcome starts. */
+static void resync(mdg_conn *c, const char *why)
+{
+    mdg_log(MDG_LOG_WARN, "%s: hello again", why);
+    c->resyncing = true;
+    pthread_mutex_lock(&c->lock);
+    if (c->state == C_READY)
+        c->state = C_RECONNECTING;
+    pthread_mutex_unlock(&c->lock);
+    send_hello(c);
+}
+
 static void on_reply(mdg_conn *c, mdg_msg *m)
 {
-    bool resync = false;
-    if (m->h.kind == MDG_K_ERROR && mdg_params_get_bool(m->params, "resync", &resync) == 0 && resync) {
+    bool wants_resync = false;
+    if (m->h.kind == MDG_K_ERROR && mdg_params_get_bool(m->params, "resync", &wants_resync) == 0 &&
+        wants_resync) {
         /* The link is up but the broker has no session for it (it closed
          * ours, e.g. after a long silence): say hello again, at most once
          * per welcome. Pending calls learn their fate from what follows (a
          * resumed session, or a lost one that fails them). */
-        if (!c->resyncing) {
-            mdg_log(MDG_LOG_WARN, "the broker no longer knows our session on this link: hello again");
-            c->resyncing = true;
-            send_hello(c);
-        }
+        if (!c->resyncing)
+            resync(c, "the broker no longer knows our session on this link");
         mdg_msg_destroy(&m);
         return;
     }
@@ -940,29 +959,37 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
         case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
             c->handshaken = true;
             break;
-        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: /* the broker said no: final */
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: /* the broker said no */
             fatal(c, MDG_EAUTH, "the broker refused our key");
-            break;
+            /* before the first session, try again now and then: the key
+             * may be admitted later */
+            c->attempt = 30;
+            link_lost(c, "the broker refused our key");
+            return 0;
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         case ZMQ_EVENT_DISCONNECTED:
+        case ZMQ_EVENT_CLOSED:
+            /* libzmq would reconnect only after an hour: we make the next
+             * link (a new socket) ourselves, so that every link starts with
+             * our hello and nothing of an old link reaches the broker on a
+             * new one without it. */
             if (ev == ZMQ_EVENT_DISCONNECTED && c->handshaken) {
                 link_lost(c, "the link to the broker dropped");
                 return 0; /* the monitor socket is gone */
             }
-            if (c->had_session) {
-                /* a link cut during the handshake: just try again */
-                link_lost(c, "the link dropped during the handshake");
-                return 0;
+            if (ev != ZMQ_EVENT_CLOSED && !c->had_session) {
+                /* Before the first session this is most likely a wrong
+                 * pinned key: a broker that cannot open our HELLO drops the
+                 * link. Reported to wait_until_ready; we keep trying. */
+                fatal(c, MDG_EHANDSHAKE, ev == ZMQ_EVENT_DISCONNECTED
+                                             ? "the broker closed the link during the CURVE handshake: "
+                                               "the broker's key is probably not the one pinned"
+                                             : "CURVE handshake failed: the broker's key is not the one pinned");
+                c->attempt = 30;
             }
-            /* Before the first session this is most likely a wrong pinned
-             * key: a broker that cannot open our HELLO drops the link. It
-             * is reported (wait_until_ready) but libzmq keeps trying. */
-            fatal(c, MDG_EHANDSHAKE, ev == ZMQ_EVENT_DISCONNECTED
-                                         ? "the broker closed the link during the CURVE handshake: "
-                                           "the broker's key is probably not the one pinned"
-                                         : "CURVE handshake failed: the broker's key is not the one pinned");
-            break;
+            link_lost(c, ev == ZMQ_EVENT_CLOSED ? "no broker answered" : "the link dropped during the handshake");
+            return 0;
         default:
             break;
         }
@@ -984,7 +1011,11 @@ static int open_socket(mdg_conn *c)
      * broker never has more than its queue_limit unacknowledged for us. */
     int hwm = CONN_HWM, unlimited = 0, linger = CLOSE_FLUSH_MS, rc;
     int hb_ivl = c->opts.heartbeat_ms, hb_timeout = 3 * c->opts.heartbeat_ms;
-    int rmin = c->opts.reconnect_min_ms, rmax = c->opts.reconnect_max_ms;
+    /* We make each new link ourselves (on_monitor), so libzmq must not
+     * reconnect this socket before we close it. Not -1 ("never"): then
+     * libzmq ends the pipe when a link drops, and a message being read
+     * frame by frame at that moment trips its assert (fq.cpp, !_more). */
+    int no_reconnect = 3600 * 1000;
     int64_t maxmsg = CONN_MAX_MSG;
     char mon_ep[80];
     if (!(c->sock = zmq_socket(c->ctx, ZMQ_DEALER)))
@@ -996,8 +1027,7 @@ static int open_socket(mdg_conn *c)
         (rc = set(c->sock, ZMQ_RCVHWM, &unlimited, sizeof unlimited)) ||
         (rc = set(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
         (rc = set(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) ||
-        (rc = set(c->sock, ZMQ_RECONNECT_IVL, &rmin, sizeof rmin)) ||
-        (rc = set(c->sock, ZMQ_RECONNECT_IVL_MAX, &rmax, sizeof rmax)) ||
+        (rc = set(c->sock, ZMQ_RECONNECT_IVL, &no_reconnect, sizeof no_reconnect)) ||
         (rc = set(c->sock, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl)) ||
         (rc = set(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)))
         goto fail;
@@ -1005,7 +1035,8 @@ static int open_socket(mdg_conn *c)
      * (refused key, wrong server key), so nothing just times out. */
     snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-monitor-%p-%u", (void *)c, ++c->sock_gen);
     if (zmq_socket_monitor(c->sock, mon_ep,
-                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CLOSED |
+                               ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
                                ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0 ||
         !(c->mon = zmq_socket(c->ctx, ZMQ_PAIR)) || zmq_connect(c->mon, mon_ep) != 0) {

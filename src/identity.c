@@ -60,6 +60,7 @@ struct mdg_identity {
     pthread_mutex_t rd_lock, wr_lock;
     sqlite3_stmt *role_stmt; /* cached: the ZAP handler's lookup */
     char path[PATH_MAX];     /* the database file, for messages */
+    int64_t revoke_cursor;   /* mdg_identity_attach: revocations seen */
 };
 
 /* ----------------------------------------------------------------- helpers */
@@ -958,4 +959,33 @@ int mdg_identity_list(mdg_identity *id, int (*fn)(const mdg_identity_entry *e, v
     sqlite3_exec(id->rd, "COMMIT", NULL, NULL, NULL);
     pthread_mutex_unlock(&id->rd_lock);
     return rc;
+}
+
+/* ------------------------------------------------------ broker set-up */
+
+static void on_revoked(const uint8_t pk[MDG_KEY_BYTES], void *arg)
+{
+    char b64[MDG_KEY_B64_LEN + 1];
+    mdg_pk_to_b64(pk, b64);
+    /* a broker timer runs on the loop thread: the count is final */
+    int n = mdg_broker_disconnect_key(arg, pk, "key revoked");
+    mdg_log(MDG_LOG_WARN, "key %s revoked: %d session(s) closed", b64, n);
+}
+
+static void poll_revocations(mdg_broker *b, void *arg)
+{
+    mdg_identity *id = arg;
+    if (mdg_identity_revoked_since(id, &id->revoke_cursor, on_revoked, b) != 0)
+        mdg_log(MDG_LOG_WARN, "cannot read revocations: %s", mdg_last_error());
+}
+
+int mdg_identity_attach(mdg_identity *id, mdg_broker *b)
+{
+    int rc;
+    if (!id || !b)
+        return mdg_fail(MDG_EINVAL, "mdg_identity_attach needs a store and a broker");
+    if ((rc = mdg_identity_revoked_since(id, &id->revoke_cursor, NULL, NULL)) != 0 ||
+        (rc = mdg_broker_set_auth(b, mdg_identity_auth, id)) != 0)
+        return rc;
+    return mdg_broker_add_timer(b, 1000, poll_revocations, id);
 }

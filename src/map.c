@@ -163,3 +163,23 @@ void *mdg_map_pop(mdg_map *m)
     }
     return NULL;
 }
+
+int mdg_ptrs_push(mdg_ptrs *a, void *p)
+{
+    if (a->n == a->cap) {
+        size_t nc = a->cap ? a->cap * 2 : 16;
+        void **nv = realloc(a->v, nc * sizeof *nv);
+        if (!nv)
+            return MDG_ENOMEM;
+        a->v = nv;
+        a->cap = nc;
+    }
+    a->v[a->n++] = p;
+    return 0;
+}
+
+void mdg_ptrs_free(mdg_ptrs *a)
+{
+    free(a->v);
+    *a = (mdg_ptrs){0};
+}

@@ -26,6 +26,17 @@ void mdg_map_each(const mdg_map *m, void (*fn)(void *value, void *arg), void *ar
 /* Removes and returns any one value, or NULL when empty (for draining). */
 void *mdg_map_pop(mdg_map *m);
 
+/* A growable array of pointers: values collected from a map before the
+ * map is changed (it cannot change while mdg_map_each walks it). */
+typedef struct mdg_ptrs {
+    void **v;
+    size_t n, cap;
+} mdg_ptrs;
+
+/* 0, or MDG_ENOMEM (the array is unchanged). */
+int mdg_ptrs_push(mdg_ptrs *a, void *p);
+void mdg_ptrs_free(mdg_ptrs *a);
+
 /* uint64 keys, stored as 8 bytes. */
 static inline void *mdg_map_get_u64(const mdg_map *m, uint64_t k) { return mdg_map_get(m, &k, sizeof k); }
 static inline int mdg_map_put_u64(mdg_map *m, uint64_t k, void *v) { return mdg_map_put(m, &k, sizeof k, v); }

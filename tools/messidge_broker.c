@@ -42,27 +42,6 @@ static void usage(FILE *out)
             "Stop it with SIGINT or SIGTERM: sessions are closed and state is freed.\n");
 }
 
-/* Revocations reach live sessions: the store is polled every second. */
-typedef struct revoke_poll {
-    mdg_identity *id;
-    int64_t cursor;
-} revoke_poll;
-
-static void kick(const uint8_t pk[MDG_KEY_BYTES], void *arg)
-{
-    mdg_broker *b = arg;
-    char b64[MDG_KEY_B64_LEN + 1];
-    mdg_pk_to_b64(pk, b64);
-    int n = mdg_broker_disconnect_key(b, pk, "key revoked");
-    fprintf(stderr, "messidge-broker: key %s revoked: %d session(s) closed\n", b64, n);
-}
-
-static void poll_revocations(mdg_broker *b, void *arg)
-{
-    revoke_poll *rp = arg;
-    mdg_identity_revoked_since(rp->id, &rp->cursor, kick, b);
-}
-
 static int fail(const char *what, int rc)
 {
     fprintf(stderr, "messidge-broker: %s: %s (%s)\n", what, mdg_last_error(), mdg_strerror(rc));
@@ -177,11 +156,8 @@ int main(int argc, char **argv)
         fail("cannot open the identity store", rc);
         goto out;
     }
-    revoke_poll rp = {.id = id};
-    mdg_identity_revoked_since(id, &rp.cursor, NULL, NULL); /* from now on */
-
-    if ((rc = mdg_broker_new(&b, keys, &bo)) || (rc = mdg_broker_set_auth(b, mdg_identity_auth, id)) ||
-        (rc = mdg_broker_add_timer(b, 1000, poll_revocations, &rp))) {
+    /* admit keys from the store; revocations close live sessions */
+    if ((rc = mdg_broker_new(&b, keys, &bo)) || (rc = mdg_identity_attach(id, b))) {
         fail("cannot make the broker", rc);
         goto out;
     }
