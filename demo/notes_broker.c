@@ -29,6 +29,7 @@
  */
 #include "messidge.h"
 #include "messidge_identity.h"
+#include "../tools/cli_util.h"
 
 #include <getopt.h>
 #include <pthread.h>
@@ -356,35 +357,6 @@ static void usage(FILE *f)
             MDG_DEFAULT_STATE_DIR, MDG_DEFAULT_PORT);
 }
 
-/* A port number in [0, 65535] from an option, or -1. */
-static int parse_port(const char *text)
-{
-    char *end;
-    long v = strtol(text, &end, 10);
-    if (*text == '\0' || *end != '\0' || v < 0 || v > 65535)
-        return -1;
-    return (int)v;
-}
-
-/* Write the port to path via a temporary file and rename, so a reader that
- * polls for the file never sees it half written. */
-static int write_port_file(const char *path, int port)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return -1;
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return -1;
-    int ok = fprintf(f, "%d\n", port) > 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 /* -------------------------------------------------------------------- main */
 
 static mdg_broker *the_broker;
@@ -450,7 +422,7 @@ int main(int argc, char **argv)
         case O_STATE: state = optarg; break;
         case O_PORT:
         case O_ACCOUNT_PORT: {
-            int v = parse_port(optarg);
+            int v = cli_parse_port(optarg);
             if (v < 0) {
                 fprintf(stderr, "notes_broker: bad port '%s'\n", optarg);
                 return 1;
@@ -533,7 +505,7 @@ int main(int argc, char **argv)
            "notes_broker: broker public key %s\n",
            port, mdg_account_server_port(accounts), pk_b64);
     fflush(stdout);
-    if (port_file && write_port_file(port_file, port) != 0) {
+    if (port_file && cli_write_port_file(port_file, port) != 0) {
         perror("notes_broker: cannot write the port file");
         goto done;
     }

@@ -6,6 +6,8 @@
 #include "messidge.h"
 #include "messidge_identity.h"
 
+#include "cli_util.h"
+
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -48,36 +50,6 @@ static int fail(const char *what, int rc)
     return 1;
 }
 
-/* A port number in [0, 65535], or -1 (atoi would take "abc" for 0: a
- * free port, silently). */
-static int parse_port(const char *text)
-{
-    char *end;
-    long v = strtol(text, &end, 10);
-    if (*text == '\0' || *end != '\0' || v < 0 || v > 65535)
-        return -1;
-    return (int)v;
-}
-
-/* Write the port to path via a temporary file and rename, so that a
- * script polling for the file never reads it half written. */
-static int write_port_file(const char *path, int port)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return -1;
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return -1;
-    int ok = fprintf(f, "%d\n", port) > 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     enum { OPT_ACCOUNT_PORT = 256, OPT_NO_ACCOUNTS, OPT_PORT_FILE };
@@ -107,7 +79,7 @@ int main(int argc, char **argv)
         switch (opt) {
         case 'p':
         case OPT_ACCOUNT_PORT:
-            if ((*(opt == 'p' ? &bo.port : &account_port) = parse_port(optarg)) < 0) {
+            if ((*(opt == 'p' ? &bo.port : &account_port) = cli_parse_port(optarg)) < 0) {
                 fprintf(stderr, "messidge-broker: bad port \"%s\" (0 to 65535)\n", optarg);
                 return 2;
             }
@@ -183,7 +155,7 @@ int main(int argc, char **argv)
         printf(", accounts on port %d", mdg_account_server_port(as));
     printf("\nmessidge-broker: broker public key %s\n", pk_b64);
     fflush(stdout);
-    if (port_file && write_port_file(port_file, port) != 0) {
+    if (port_file && cli_write_port_file(port_file, port) != 0) {
         fprintf(stderr, "messidge-broker: cannot write the port file %s\n", port_file);
         goto out;
     }
