@@ -525,33 +525,6 @@ static void test_end_to_end(void)
 
 #if defined(MDG_ADMIN_BIN) && defined(MDG_CLI_BIN)
 
-/* Run a shell command; out gets stdout and stderr. Returns the exit status. */
-static int run(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t len, const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
-    va_end(ap);
-    strcat(cmd, " 2>&1");
-    FILE *f = popen(cmd, "r");
-    size_t n = 0;
-    if (!f)
-        return -1;
-    while (n + 1 < len) {
-        size_t k = fread(out + n, 1, len - 1 - n, f);
-        if (k == 0)
-            break;
-        n += k;
-    }
-    out[n] = '\0';
-    int st = pclose(f);
-    if (getenv("MDG_TEST_VERBOSE"))
-        fprintf(stderr, "$ %s\n%s[exit %d]\n", cmd, out, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static bool has(const char *out, const char *needle)
 {
     bool ok = strstr(out, needle) != NULL;
@@ -571,29 +544,29 @@ static void test_tools(void)
     path_in(keys, sizeof keys, "tools-broker-keys");
 
     /* Help names every subcommand; misuse is exit 2. */
-    CHECK(run(out, sizeof out, "%s --help", A) == 0);
+    CHECK(t_run(out, sizeof out, "%s --help", A) == 0);
     CHECK(has(out, "invite EMAIL") && has(out, "add-node") && has(out, "list") &&
           has(out, "revoke PK_B64") && has(out, "--state"));
-    CHECK(run(out, sizeof out, "%s --help", M) == 0);
+    CHECK(t_run(out, sizeof out, "%s --help", M) == 0);
     CHECK(has(out, "confirm LOCATION TOKEN") && has(out, "keygen NAME") && has(out, "call"));
-    CHECK(run(out, sizeof out, "%s --state %s frobnicate", A, state) == 2);
-    CHECK(run(out, sizeof out, "%s --state %s invite", A, state) == 2);
-    CHECK(run(out, sizeof out, "%s confirm onlyone", M) == 2);
-    CHECK(run(out, sizeof out, "%s call --bogus x cmd", M) == 2);
+    CHECK(t_run(out, sizeof out, "%s --state %s frobnicate", A, state) == 2);
+    CHECK(t_run(out, sizeof out, "%s --state %s invite", A, state) == 2);
+    CHECK(t_run(out, sizeof out, "%s confirm onlyone", M) == 2);
+    CHECK(t_run(out, sizeof out, "%s call --bogus x cmd", M) == 2);
     /* A state directory without a store is a mistake unless --create. */
-    CHECK(run(out, sizeof out, "%s --state %s/nostate list", A, base) == 1);
+    CHECK(t_run(out, sizeof out, "%s --state %s/nostate list", A, base) == 1);
     CHECK(has(out, "no identity store"));
-    CHECK(run(out, sizeof out, "%s --state %s/newstate --create list", A, base) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s/newstate --create list", A, base) == 0);
     CHECK(has(out, "users:\n  (none)") && has(out, "nodes:\n  (none)"));
 
     /* invite with the admin tool, confirm with the client tool. */
-    CHECK(run(out, sizeof out, "%s --state %s invite tools@example.org", A, state) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s invite tools@example.org", A, state) == 0);
     CHECK(sscanf(out, "%63s", token) == 1 && strlen(token) == MDG_TOKEN_LEN);
-    CHECK(run(out, sizeof out, "%s confirm 127.0.0.1 %s --port %d --prefix %s", M, token,
+    CHECK(t_run(out, sizeof out, "%s confirm 127.0.0.1 %s --port %d --prefix %s", M, token,
               acct_port, p) == 0);
     snprintf(f, sizeof f, "%s/127.0.0.1", p);
     CHECK(mode_of(f) == 0600);
-    CHECK(run(out, sizeof out, "%s confirm 127.0.0.1 %s --port %d --prefix %s/again", M, token,
+    CHECK(t_run(out, sizeof out, "%s confirm 127.0.0.1 %s --port %d --prefix %s/again", M, token,
               acct_port, base) == 1);
     CHECK(has(out, "Fail: this token has already been used"));
 
@@ -603,29 +576,29 @@ static void test_tools(void)
     CHECK_RC(mdg_keys_load(&mine, "127.0.0.1", p), 0);
     mdg_pk_to_b64(mine ? mdg_keys_public(mine) : (const uint8_t *)"", pk_b64);
     mdg_keys_destroy(&mine);
-    CHECK(run(out, sizeof out, "%s --state %s list", A, state) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s list", A, state) == 0);
     CHECK(has(out, "users:") && has(out, pk_b64) && has(out, "tools@example.org") &&
           has(out, "nodes:") && has(out, "pending invitations:"));
 
     /* call: typed params out, JSON in; the default location is used. */
-    CHECK(run(out, sizeof out,
+    CHECK(t_run(out, sizeof out,
               "%s call --prefix %s --port %d echo i=-42 f=1.5 s=hello t=true n=null "
               "x=b64:AAEC forced=str:42",
               M, p, bport) == 0);
     CHECK(has(out, "\"i\": -42") && has(out, "\"f\": 1.5") && has(out, "\"s\": \"hello\"") &&
           has(out, "\"t\": true") && has(out, "\"n\": null") && has(out, "\"x\": \"b64:AAEC\"") &&
           has(out, "\"forced\": \"42\""));
-    CHECK(run(out, sizeof out, "%s call --prefix %s --port %d --location 127.0.0.1 raise", M, p,
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --location 127.0.0.1 raise", M, p,
               bport) == 1);
     CHECK(has(out, "raise was called"));
-    CHECK(run(out, sizeof out, "%s call --prefix %s --port %d echo x=b64:!!", M, p, bport) == 2);
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d echo x=b64:!!", M, p, bport) == 2);
 
     /* keygen */
-    CHECK(run(out, sizeof out, "%s keygen localhost_broker --prefix %s", M, keys) == 0);
+    CHECK(t_run(out, sizeof out, "%s keygen localhost_broker --prefix %s", M, keys) == 0);
     CHECK(strlen(out) == MDG_KEY_B64_LEN + 1);
     snprintf(f, sizeof f, "%s/localhost_broker", keys);
     CHECK(mode_of(f) == 0600);
-    CHECK(run(out, sizeof out, "%s keygen localhost_broker --prefix %s", M, keys) == 1);
+    CHECK(t_run(out, sizeof out, "%s keygen localhost_broker --prefix %s", M, keys) == 1);
     CHECK(has(out, "exists"));
 
     /* add-node: with and without a broker key to show. */
@@ -635,7 +608,7 @@ static void test_tools(void)
     CHECK(fp && fread(bpk, 1, 44, fp) == 44);
     if (fp)
         fclose(fp);
-    CHECK(run(out, sizeof out, "%s --state %s --prefix %s add-node divider", A, state, keys) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s --prefix %s add-node divider", A, state, keys) == 0);
     char expect[128];
     snprintf(expect, sizeof expect, "MESSIDGE_BROKER_PK=%s divide_node --location localhost", bpk);
     CHECK(has(out, "MESSIDGE_NODE_PK=") && has(out, "MESSIDGE_NODE_SK=") && has(out, expect));
@@ -644,16 +617,16 @@ static void test_tools(void)
     uint8_t npk[32];
     CHECK(np && sscanf(np + 17, "%44s", node_pk) == 1);
     CHECK(mdg_pk_from_b64(npk, node_pk) == 0 && mdg_identity_role(id, npk, NULL) == MDG_ROLE_NODE);
-    CHECK(run(out, sizeof out, "%s --state %s --prefix %s/none add-node", A, state, base) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s --prefix %s/none add-node", A, state, base) == 0);
     CHECK(has(out, "localhost_broker.pub") && has(out, "MESSIDGE_BROKER_PK=BROKER_PK"));
 
     /* revoke with the admin tool: the broker refuses the key. */
-    CHECK(run(out, sizeof out, "%s --state %s revoke %s", A, state, pk_b64) == 0);
-    CHECK(run(out, sizeof out, "%s --state %s revoke %s", A, state, pk_b64) == 1);
+    CHECK(t_run(out, sizeof out, "%s --state %s revoke %s", A, state, pk_b64) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s revoke %s", A, state, pk_b64) == 1);
     CHECK(has(out, "already revoked"));
-    CHECK(run(out, sizeof out, "%s --state %s list", A, state) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s list", A, state) == 0);
     CHECK(has(out, "REVOKED"));
-    CHECK(run(out, sizeof out, "%s call --prefix %s --port %d --timeout 5000 echo", M, p, bport) ==
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --timeout 5000 echo", M, p, bport) ==
           1);
     CHECK(has(out, "refused our key"));
 }

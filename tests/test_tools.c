@@ -78,35 +78,6 @@ static bool last_error_has(const char *needle)
     return ok;
 }
 
-/* Run a shell command; out gets its stdout and stderr. The exit status, or
- * -1 when it did not exit normally. */
-static int run(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t len, const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
-    va_end(ap);
-    strcat(cmd, " 2>&1");
-    FILE *f = popen(cmd, "r");
-    size_t n = 0;
-    out[0] = '\0';
-    if (!f)
-        return -1;
-    while (n + 1 < len) {
-        size_t k = fread(out + n, 1, len - 1 - n, f);
-        if (k == 0)
-            break;
-        n += k;
-    }
-    out[n] = '\0';
-    int st = pclose(f);
-    if (getenv("MDG_TEST_VERBOSE"))
-        fprintf(stderr, "$ %s\n%s[exit %d]\n", cmd, out, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* Whole text of a (small) file, NUL-terminated, into buf. */
 static bool read_file(const char *path, char *buf, size_t len)
 {
@@ -396,16 +367,16 @@ static void test_help(void)
         "--port",  "--bind",      "--key",       "--prefix",  "--state", "--account-port",
         "--no-accounts", "--port-file", "--verbose", "--help", NULL,
     };
-    CHECK(run(out, sizeof out, "%s --help", MDG_BROKER_BIN) == 0);
+    CHECK(t_run(out, sizeof out, "%s --help", MDG_BROKER_BIN) == 0);
     for (int i = 0; options[i]; i++)
         CHECK(has(out, options[i]));
     CHECK(has(out, "SIGTERM") && has(out, "messidge-admin"));
-    CHECK(run(out, sizeof out, "%s --frobnicate", MDG_BROKER_BIN) == 2);
-    CHECK(run(out, sizeof out, "%s extra-argument", MDG_BROKER_BIN) == 2);
+    CHECK(t_run(out, sizeof out, "%s --frobnicate", MDG_BROKER_BIN) == 2);
+    CHECK(t_run(out, sizeof out, "%s extra-argument", MDG_BROKER_BIN) == 2);
     /* a port that is not a number is refused, not taken for 0 */
-    CHECK(run(out, sizeof out, "%s --port abc --state %s/unused", MDG_BROKER_BIN, base) == 2);
+    CHECK(t_run(out, sizeof out, "%s --port abc --state %s/unused", MDG_BROKER_BIN, base) == 2);
     CHECK(has(out, "bad port"));
-    CHECK(run(out, sizeof out, "%s --port 0 --account-port 70000 --state %s/unused",
+    CHECK(t_run(out, sizeof out, "%s --port 0 --account-port 70000 --state %s/unused",
               MDG_BROKER_BIN, base) == 2);
 }
 
@@ -466,14 +437,14 @@ int main(void)
     CHECK_RC(mdg_pk_from_b64(broker_pk, broker_pk_b64), 0);
 
     /* ---- invite (the broker made the store: no --create needed) */
-    CHECK(run(out, sizeof out, "%s --state %s invite alice@example.com", MDG_ADMIN_BIN, state) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s invite alice@example.com", MDG_ADMIN_BIN, state) == 0);
     CHECK(sscanf(out, "%63s", token) == 1 && strlen(token) == MDG_TOKEN_LEN);
-    CHECK(run(out, sizeof out, "%s --state %s invite bob@example.com", MDG_ADMIN_BIN, state) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s invite bob@example.com", MDG_ADMIN_BIN, state) == 0);
     CHECK(sscanf(out, "%63s", token2) == 1 && strlen(token2) == MDG_TOKEN_LEN);
 
     /* ---- confirm: alice with the tool, bob with the library; both pin the
      * broker's key that the account server answered */
-    CHECK(run(out, sizeof out, "%s confirm 127.0.0.1 '%s' --port %d --prefix %s", MDG_CLI_BIN,
+    CHECK(t_run(out, sizeof out, "%s confirm 127.0.0.1 '%s' --port %d --prefix %s", MDG_CLI_BIN,
               token, account_port, uprefix) == 0);
     CHECK(has(out, "account created at 127.0.0.1"));
     snprintf(path, sizeof path, "%s/127.0.0.1.spub", uprefix);
@@ -482,7 +453,7 @@ int main(void)
     CHECK(read_file(path, text, sizeof text) && strncmp(text, "127.0.0.1", 9) == 0);
     CHECK_RC(mdg_create_account("127.0.0.1", account_port, token2, uprefix2, 0), 0);
     /* a used token does not work twice */
-    CHECK(run(out, sizeof out, "%s confirm 127.0.0.1 '%s' --port %d --prefix %s/again",
+    CHECK(t_run(out, sizeof out, "%s confirm 127.0.0.1 '%s' --port %d --prefix %s/again",
               MDG_CLI_BIN, token, account_port, base) == 1);
     CHECK(has(out, "already been used"));
     CHECK_RC(mdg_keys_load(&ukeys, "127.0.0.1", uprefix), 0);
@@ -495,13 +466,13 @@ int main(void)
     mdg_keys_destroy(&ukeys);
 
     /* ---- add-node: the node's keys, and the broker's key from its prefix */
-    CHECK(run(out, sizeof out, "%s --state %s --prefix %s add-node divide", MDG_ADMIN_BIN, state,
+    CHECK(t_run(out, sizeof out, "%s --state %s --prefix %s add-node divide", MDG_ADMIN_BIN, state,
               bprefix) == 0);
     CHECK(field(out, "MESSIDGE_NODE_PK", node_pk_b64, sizeof node_pk_b64) &&
           field(out, "MESSIDGE_NODE_SK", node_sk_b64, sizeof node_sk_b64) &&
           field(out, "MESSIDGE_BROKER_PK", node_bpk_b64, sizeof node_bpk_b64));
     CHECK(strcmp(node_bpk_b64, broker_pk_b64) == 0);
-    CHECK(run(out, sizeof out, "%s --state %s list", MDG_ADMIN_BIN, state) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s list", MDG_ADMIN_BIN, state) == 0);
     CHECK(has(out, user_b64) && has(out, user2_b64) && has(out, node_pk_b64) &&
           has(out, "alice@example.com"));
 
@@ -550,11 +521,11 @@ int main(void)
     CHECK(last_error_has("not connected"));
 
     /* ---- the same from the command line, with alice's key files */
-    CHECK(run(out, sizeof out,
+    CHECK(t_run(out, sizeof out,
               "%s call --prefix %s --port %d --node '%s' divide dividend=10.0 devisor=5.0",
               MDG_CLI_BIN, uprefix, port, node_pk_b64) == 0);
     CHECK(has(out, "\"quotient\": 2.0"));
-    CHECK(run(out, sizeof out,
+    CHECK(t_run(out, sizeof out,
               "%s call --prefix %s --port %d --node '%s' divide dividend=10.0 devisor=0.0",
               MDG_CLI_BIN, uprefix, port, node_pk_b64) == 1);
     CHECK(has(out, "Devisor cannot be zero"));
@@ -570,7 +541,7 @@ int main(void)
     /* ---- revoke alice while she is connected: the broker polls the store
      * every second and closes her session, telling her why */
     int64_t t0 = now_ms();
-    CHECK(run(out, sizeof out, "%s --state %s revoke '%s'", MDG_ADMIN_BIN, state, user_b64) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s revoke '%s'", MDG_ADMIN_BIN, state, user_b64) == 0);
     CHECK_RC(mdg_conn_wait_until_complete(alice, 5000), 0);
     CHECK(now_ms() - t0 < 5000);
     CHECK_RC(mdg_conn_send(alice, "divide", NULL, NULL, 0), MDG_ECLOSED);
@@ -583,7 +554,7 @@ int main(void)
     CHECK_RC(rc, MDG_EAUTH);
     mdg_conn_destroy(&again);
     CHECK(logged("session closed by the broker: key revoked") && logged("refused our key"));
-    CHECK(run(out, sizeof out, "%s call --prefix %s --port %d --timeout 5000 --node '%s' divide "
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --timeout 5000 --node '%s' divide "
                                "dividend=1.0 devisor=1.0",
               MDG_CLI_BIN, uprefix, port, node_pk_b64) == 1);
     CHECK(has(out, "refused our key"));
@@ -593,7 +564,7 @@ int main(void)
 
     /* ---- revoke the node: its connection ends, and calls to it fail */
     t0 = now_ms();
-    CHECK(run(out, sizeof out, "%s --state %s revoke '%s'", MDG_ADMIN_BIN, state, node_pk_b64) ==
+    CHECK(t_run(out, sizeof out, "%s --state %s revoke '%s'", MDG_ADMIN_BIN, state, node_pk_b64) ==
           0);
     CHECK_RC(mdg_conn_wait_until_complete(node, 5000), 0);
     CHECK(now_ms() - t0 < 5000);
@@ -607,7 +578,7 @@ int main(void)
 
     /* ---- a second broker on the same port says why and exits 1 (and,
      * under ASan, leaks nothing on that path) */
-    CHECK(run(out, sizeof out, "timeout 20 %s --port %d --bind 127.0.0.1 --state %s --prefix %s",
+    CHECK(t_run(out, sizeof out, "timeout 20 %s --port %d --bind 127.0.0.1 --state %s --prefix %s",
               MDG_BROKER_BIN, port, state, bprefix) == 1);
     CHECK(has(out, "cannot start the broker") && !strstr(out, "Sanitizer"));
 

@@ -6,6 +6,8 @@
 #include "messidge.h"
 
 #include <pthread.h>
+#include <stdarg.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +79,35 @@ static inline void t_clear_log(void)
     pthread_mutex_lock(&t_log_lock);
     t_log[0] = '\0';
     pthread_mutex_unlock(&t_log_lock);
+}
+
+/* Run a shell command (printf-style); out gets its stdout and stderr. The
+ * exit status, or -1 when it did not exit normally. */
+static inline int t_run(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static inline int t_run(char *out, size_t len, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
+    va_end(ap);
+    strcat(cmd, " 2>&1");
+    FILE *f = popen(cmd, "r");
+    size_t n = 0;
+    out[0] = '\0';
+    if (!f)
+        return -1;
+    while (n + 1 < len) {
+        size_t k = fread(out + n, 1, len - 1 - n, f);
+        if (k == 0)
+            break;
+        n += k;
+    }
+    out[n] = '\0';
+    int st = pclose(f);
+    if (getenv("MDG_TEST_VERBOSE"))
+        fprintf(stderr, "$ %s\n%s[exit %d]\n", cmd, out, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* Poll for a condition (other threads set it) for up to ms. */
