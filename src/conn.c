@@ -494,8 +494,9 @@ static void schedule_ack(mdg_conn *c)
 
 /* ----------------------------------------------------------- replying */
 
-static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results,
-                           const void *bulk, size_t bulk_len)
+/* Queue a reply to a message from the broker, as it is. */
+static int queue_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results, const void *bulk,
+                       size_t bulk_len)
 {
     mdg_conn *c = m->owner;
     out_item *o;
@@ -506,7 +507,17 @@ static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *res
         mdg_params_destroy(&results);
         return 0;
     }
-    if (kind == MDG_K_ERROR && !c->opts.reflect_errors) {
+    int rc = out_new(&o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
+    return rc ? rc : enqueue(c, o);
+}
+
+/* Replies of the application's handlers: a failure's text goes back only
+ * with reflect_errors (the seed's reflect_value_errors). */
+static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results,
+                           const void *bulk, size_t bulk_len)
+{
+    mdg_conn *c = m->owner;
+    if (kind == MDG_K_ERROR && m->h.corr && !c->opts.reflect_errors) {
         /* The text stays here; the caller still learns that it failed. */
         const char *text = "";
         mdg_params_get_str(results, "error", &text);
@@ -516,8 +527,7 @@ static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *res
         if (results)
             mdg_params_set_str(results, "error", "the handler failed (errors are not reflected)");
     }
-    int rc = out_new(&o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
-    return rc ? rc : enqueue(c, o);
+    return queue_reply(m, kind, flags, results, bulk, bulk_len);
 }
 
 /* ------------------------------------------------------------- receiving */
@@ -631,18 +641,15 @@ static void on_command(mdg_conn *c, mdg_msg *m)
     m->send_reply = conn_send_reply;
     m->owner = c;
     const mdg_cmd *cmd = mdg_cmd_check(c->cmds, m, false, why, sizeof why);
+    if (!cmd)
+        m->send_reply = queue_reply; /* the library's own checks always reach the caller */
     if (!cmd) {
         /* An application that registered no resource_offer handler simply
          * does not want the offer (as in the seed). */
         bool quiet = strcmp(m->h.command, "resource_offer") == 0 && !mdg_msg_replyable(m);
         mdg_log(quiet ? MDG_LOG_DEBUG : MDG_LOG_WARN, "'%s' from the broker refused: %s", m->h.command, why);
-        if (mdg_msg_replyable(m)) {
-            /* the library's own checks always reach the caller */
-            bool reflect = c->opts.reflect_errors;
-            c->opts.reflect_errors = true;
+        if (mdg_msg_replyable(m))
             mdg_msg_fail(m, "%s", why);
-            c->opts.reflect_errors = reflect;
-        }
         mdg_msg_destroy(&m);
         return;
     }
