@@ -185,12 +185,21 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     return 0;
 }
 
-int mdg_broker_set_commands(mdg_broker *b, const mdg_cmd *table, void *arg)
+/* Configuration is only taken before the broker binds. */
+static int before_start(const mdg_broker *b, const char *what)
 {
     if (!b)
-        return MDG_EINVAL;
+        return mdg_fail(MDG_EINVAL, "no broker");
     if (b->router)
-        return mdg_fail(MDG_ESTATE, "commands must be set before the broker starts");
+        return mdg_fail(MDG_ESTATE, "%s before the broker starts", what);
+    return 0;
+}
+
+int mdg_broker_set_commands(mdg_broker *b, const mdg_cmd *table, void *arg)
+{
+    int rc = before_start(b, "set commands");
+    if (rc)
+        return rc;
     b->cmds = table;
     b->cmd_arg = arg;
     return 0;
@@ -198,10 +207,11 @@ int mdg_broker_set_commands(mdg_broker *b, const mdg_cmd *table, void *arg)
 
 int mdg_broker_set_hooks(mdg_broker *b, const mdg_broker_hooks *hooks, void *arg)
 {
-    if (!b || !hooks)
-        return MDG_EINVAL;
-    if (b->router)
-        return mdg_fail(MDG_ESTATE, "hooks must be set before the broker starts");
+    int rc = before_start(b, "set hooks");
+    if (rc)
+        return rc;
+    if (!hooks)
+        return mdg_fail(MDG_EINVAL, "no hooks");
     b->hooks = *hooks;
     b->hook_arg = arg;
     return 0;
@@ -209,10 +219,9 @@ int mdg_broker_set_hooks(mdg_broker *b, const mdg_broker_hooks *hooks, void *arg
 
 int mdg_broker_set_auth(mdg_broker *b, mdg_auth_fn fn, void *arg)
 {
-    if (!b)
-        return MDG_EINVAL;
-    if (b->router)
-        return mdg_fail(MDG_ESTATE, "authentication must be set before the broker starts");
+    int rc = before_start(b, "set authentication");
+    if (rc)
+        return rc;
     b->auth = fn;
     b->auth_arg = arg;
     return 0;
@@ -1008,10 +1017,11 @@ static int on_timer(mdg_loop *loop, void *arg, short revents)
 
 int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn, void *arg)
 {
-    if (!b || !fn || interval_ms <= 0)
+    int rc = before_start(b, "add timers");
+    if (rc)
+        return rc;
+    if (!fn || interval_ms <= 0)
         return mdg_fail(MDG_EINVAL, "a timer needs a function and an interval");
-    if (b->router)
-        return mdg_fail(MDG_ESTATE, "timers must be added before the broker starts");
     if (b->ntimers == 8)
         return mdg_fail(MDG_ENOMEM, "at most 8 broker timers");
     struct broker_timer *t = &b->timers[b->ntimers];
