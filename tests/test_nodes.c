@@ -441,6 +441,17 @@ int main(void)
     CHECK(raw_recv(rawu, MDG_K_ERROR, &h, text, sizeof text, 5000));
     CHECK(strstr(text, "only accepted from the node") != NULL);
 
+    /* a gap in the sequence: the message is dropped (never processed out of
+     * order) and the sender is asked to say hello again (to resend) */
+    t_clear_log();
+    raw_send(rawu, MDG_K_CMD, 5, 77, "nosuch", "\xa0", 1); /* 2 expected */
+    CHECK(raw_recv(rawu, MDG_K_ERROR, &h, text, sizeof text, 5000));
+    CHECK(h.corr == 0 && strstr(text, "say hello again") != NULL && strstr(text, "resync") != NULL);
+    CHECK(t_logged("seq gap"));
+    raw_send(rawu, MDG_K_CMD, 2, 78, "nosuch", "\xa0", 1); /* the next one is taken */
+    CHECK(raw_recv(rawu, MDG_K_ERROR, &h, text, sizeof text, 5000));
+    CHECK(h.corr == 78 && strstr(text, "unknown command") != NULL); /* nothing for 77 */
+
     /* the raw node gets a real call and first answers garbage */
     mdg_conn_call(user, "noop", to_node(mdg_keys_public(n2keys), 32), NULL, 0, 1, &r); /* times out: fine */
     CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
