@@ -9,6 +9,7 @@
 #ifndef MDG_BENCH_H
 #define MDG_BENCH_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -19,6 +20,25 @@
 #define REFILL 100               /* the sender tops the window up in batches of this */
 #define MAX_CLIENTS 8
 #define CALL_TIMEOUT_MS 10000    /* any single call longer than this is a failure */
+
+/* A pipelined sender's window: its thread keeps up to WINDOW calls in
+ * flight, topping up once REFILL have been answered; the reply callback
+ * (another thread) counts down and wakes it. */
+typedef struct window {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int inflight;
+    bool waiting;
+    long done;
+} window;
+
+void window_init(window *w);
+void window_destroy(window *w);
+/* One reply arrived (takes the lock). */
+void window_reply(window *w);
+/* With w->lock held: wait for room (drain false) or for nothing in flight
+ * (drain true); false after CALL_TIMEOUT_MS. */
+bool window_wait(window *w, bool drain);
 #define CONNECT_MAX 200          /* handshakes per connect run, at most */
 #define NODE_COMMAND "node_echo" /* served by the node, unknown to the broker */
 

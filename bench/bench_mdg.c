@@ -235,11 +235,7 @@ typedef struct pipe_client {
     mdg_conn *c;
     int path;
     double end;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int inflight;
-    bool waiting;
-    long done;
+    window w;
     atomic_int errors;
     int send_err;
 } pipe_client;
@@ -252,58 +248,37 @@ static void on_reply(mdg_msg *reply, void *arg)
     if (mdg_msg_is_error(reply) ||
         mdg_params_get_bytes(mdg_msg_params(reply), "d", &d, &len) != 0 || len != PARAMS_BYTES - 5)
         atomic_fetch_add(&p->errors, 1);
-    pthread_mutex_lock(&p->lock);
-    p->inflight--;
-    p->done++;
-    if (p->waiting && (p->inflight <= WINDOW - REFILL || p->inflight == 0))
-        pthread_cond_signal(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-}
-
-/* Wait (lock held) until cond holds; false after CALL_TIMEOUT_MS. */
-static bool wait_until(pipe_client *p, bool drain)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += CALL_TIMEOUT_MS / 1000;
-    while (drain ? p->inflight > 0 : p->inflight > WINDOW - REFILL) {
-        p->waiting = true;
-        int rc = pthread_cond_timedwait(&p->cond, &p->lock, &ts);
-        p->waiting = false;
-        if (rc)
-            return false;
-    }
-    return true;
+    window_reply(&p->w);
 }
 
 static void *pipe_thread(void *arg)
 {
     pipe_client *p = arg;
-    pthread_mutex_lock(&p->lock);
+    pthread_mutex_lock(&p->w.lock);
     while (now_s() < p->end && !p->send_err) {
-        if (!wait_until(p, false)) {
+        if (!window_wait(&p->w, false)) {
             p->send_err = -1;
             break;
         }
-        int n = WINDOW - p->inflight;
-        p->inflight += n;
-        pthread_mutex_unlock(&p->lock);
+        int n = WINDOW - p->w.inflight;
+        p->w.inflight += n;
+        pthread_mutex_unlock(&p->w.lock);
         for (int i = 0; i < n; i++) {
             int rc = mdg_conn_send_cb(p->c, command(p->path), request(p->e, p->path, true, false),
                                       NULL, 0, on_reply, p);
             if (rc) {
-                pthread_mutex_lock(&p->lock);
-                p->inflight -= n - i; /* never sent */
+                pthread_mutex_lock(&p->w.lock);
+                p->w.inflight -= n - i; /* never sent */
                 p->send_err = rc;
-                pthread_mutex_unlock(&p->lock);
+                pthread_mutex_unlock(&p->w.lock);
                 break;
             }
         }
-        pthread_mutex_lock(&p->lock);
+        pthread_mutex_lock(&p->w.lock);
     }
-    if (!wait_until(p, true) && !p->send_err)
+    if (!window_wait(&p->w, true) && !p->send_err)
         p->send_err = -1;
-    pthread_mutex_unlock(&p->lock);
+    pthread_mutex_unlock(&p->w.lock);
     return NULL;
 }
 
@@ -315,20 +290,18 @@ static bres pipeline(env *e, int path, double secs)
     double t0 = now_s();
     for (int i = 0; i < e->nusers; i++) {
         pc[i] = (pipe_client){.e = e, .c = e->user[i], .path = path, .end = t0 + secs};
-        pthread_mutex_init(&pc[i].lock, NULL);
-        pthread_cond_init(&pc[i].cond, NULL);
+        window_init(&pc[i].w);
         pthread_create(&th[i], NULL, pipe_thread, &pc[i]);
     }
     long done = 0;
     int errors = 0, send_err = 0;
     for (int i = 0; i < e->nusers; i++) {
         pthread_join(th[i], NULL);
-        done += pc[i].done;
+        done += pc[i].w.done;
         errors += atomic_load(&pc[i].errors);
         if (pc[i].send_err)
             send_err = pc[i].send_err;
-        pthread_mutex_destroy(&pc[i].lock);
-        pthread_cond_destroy(&pc[i].cond);
+        window_destroy(&pc[i].w);
     }
     double elapsed = now_s() - t0;
     if (send_err)

@@ -149,11 +149,7 @@ typedef struct npipe {
     const char *subject;
     char inbox[96];
     double end;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int inflight;
-    bool waiting;
-    long done;
+    window w;
     natsStatus err;
 } npipe;
 
@@ -163,51 +159,31 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     (void)sub;
     npipe *p = closure;
     natsMsg_Destroy(msg);
-    pthread_mutex_lock(&p->lock);
-    p->inflight--;
-    p->done++;
-    if (p->waiting && (p->inflight <= WINDOW - REFILL || p->inflight == 0))
-        pthread_cond_signal(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-}
-
-static bool nwait(npipe *p, bool drain)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += CALL_TIMEOUT_MS / 1000;
-    while (drain ? p->inflight > 0 : p->inflight > WINDOW - REFILL) {
-        p->waiting = true;
-        int rc = pthread_cond_timedwait(&p->cond, &p->lock, &ts);
-        p->waiting = false;
-        if (rc)
-            return false;
-    }
-    return true;
+    window_reply(&p->w);
 }
 
 static void *npipe_thread(void *arg)
 {
     npipe *p = arg;
-    pthread_mutex_lock(&p->lock);
+    pthread_mutex_lock(&p->w.lock);
     while (now_s() < p->end && p->err == NATS_OK) {
-        if (!nwait(p, false)) {
+        if (!window_wait(&p->w, false)) {
             p->err = NATS_TIMEOUT;
             break;
         }
-        int n = WINDOW - p->inflight;
-        p->inflight += n;
-        pthread_mutex_unlock(&p->lock);
+        int n = WINDOW - p->w.inflight;
+        p->w.inflight += n;
+        pthread_mutex_unlock(&p->w.lock);
         natsStatus st = NATS_OK;
         for (int i = 0; i < n && st == NATS_OK; i++)
             st = natsConnection_PublishRequest(p->nc, p->subject, p->inbox, payload, PARAMS_BYTES);
-        pthread_mutex_lock(&p->lock);
+        pthread_mutex_lock(&p->w.lock);
         if (st != NATS_OK)
             p->err = st;
     }
-    if (p->err == NATS_OK && !nwait(p, true))
+    if (p->err == NATS_OK && !window_wait(&p->w, true))
         p->err = NATS_TIMEOUT;
-    pthread_mutex_unlock(&p->lock);
+    pthread_mutex_unlock(&p->w.lock);
     return NULL;
 }
 
@@ -217,14 +193,14 @@ static bres pipeline(nenv *e, npipe *p, double secs)
     double t0 = now_s();
     for (int i = 0; i < e->n; i++) {
         p[i].end = t0 + secs;
-        p[i].done = 0;
+        p[i].w.done = 0;
         pthread_create(&th[i], NULL, npipe_thread, &p[i]);
     }
     long done = 0;
     natsStatus err = NATS_OK;
     for (int i = 0; i < e->n; i++) {
         pthread_join(th[i], NULL);
-        done += p[i].done;
+        done += p[i].w.done;
         if (p[i].err != NATS_OK)
             err = p[i].err;
     }
@@ -241,8 +217,7 @@ static bres run_tput(nenv *e)
     for (int i = 0; i < e->n; i++) {
         p[i] = (npipe){.nc = e->req[i], .subject = e->subject};
         snprintf(p[i].inbox, sizeof p[i].inbox, "%s.reply.%d", e->subject, i);
-        pthread_mutex_init(&p[i].lock, NULL);
-        pthread_cond_init(&p[i].cond, NULL);
+        window_init(&p[i].w);
     }
     for (; subs < e->n && st == NATS_OK; subs++) {
         st = natsConnection_Subscribe(&e->sub[subs], e->req[subs], p[subs].inbox, on_reply, &p[subs]);
@@ -265,8 +240,7 @@ static bres run_tput(nenv *e)
         natsConnection_Close(e->req[i]); /* joins the delivery thread */
     }
     for (int i = 0; i < e->n; i++) {
-        pthread_mutex_destroy(&p[i].lock);
-        pthread_cond_destroy(&p[i].cond);
+        window_destroy(&p[i].w);
     }
     return r;
 }

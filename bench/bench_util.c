@@ -137,3 +137,41 @@ long rss_kib(int pid)
     fclose(f);
     return kib;
 }
+
+void window_init(window *w)
+{
+    *w = (window){0};
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+}
+
+void window_destroy(window *w)
+{
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+}
+
+void window_reply(window *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->inflight--;
+    w->done++;
+    if (w->waiting && (w->inflight <= WINDOW - REFILL || w->inflight == 0))
+        pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+bool window_wait(window *w, bool drain)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += CALL_TIMEOUT_MS / 1000;
+    while (drain ? w->inflight > 0 : w->inflight > WINDOW - REFILL) {
+        w->waiting = true;
+        int rc = pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+        w->waiting = false;
+        if (rc)
+            return false;
+    }
+    return true;
+}
