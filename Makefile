@@ -12,6 +12,9 @@ DEBS = build-essential cmake pkg-config libzmq3-dev libsodium-dev libcbor-dev \
 # What `make bench` needs on top: the NATS baseline (server, C client) and
 # openssl for its TLS certificate.
 BENCH_DEBS = nats-server libnats-dev openssl
+# What `make test` needs on top: the Messidge 1.x interop peers (Python,
+# with Debian's own modules; no PyPI).
+TEST_DEBS = python3 python3-zmq python3-libnacl python3-cbor
 
 .PHONY: all deps build demo test fuzz install clean bench
 
@@ -19,7 +22,7 @@ all: build
 
 # Install only the Debian packages that are missing (needs root for apt-get).
 deps:
-	@missing=""; for p in $(DEBS); do \
+	@missing=""; for p in $(DEBS) $(EXTRA_DEBS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -35,7 +38,8 @@ build: deps
 demo: build
 	./demo/run-demo.sh build
 
-test: deps
+test:
+	$(MAKE) deps EXTRA_DEBS="$(TEST_DEBS)"
 	CC=clang cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DMDG_SANITIZE=ON -DMDG_FUZZ=ON >/dev/null
 	cmake --build build-test -j $(JOBS)
 	cd build-test && ctest --output-on-failure -j $(JOBS) --timeout 300

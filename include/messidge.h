@@ -295,6 +295,15 @@ typedef struct mdg_broker_options {
      * (kept to resend after a reconnect): default 10000. Past it, what
      * would be sent to that peer is refused to its sender with an error. */
     int queue_limit;
+    /* Messidge 1.x compatibility (docs/compatibility.md): also listen for
+     * unmodified Python 1.x clients and nodes on legacy_port (1.x clients
+     * hard-code 2020; 0 = pick a free one, see mdg_broker_legacy_port).
+     * Off by default: 1.x node links are plaintext and unauthenticated. */
+    bool legacy;
+    int legacy_port;
+    /* Largest message accepted from a peer, params and bulk together:
+     * default 256 MiB. Bigger ones are refused (1.x) or drop the link. */
+    long long max_message;
 } mdg_broker_options;
 
 /* keys: the broker's key pair (copied). opts may be NULL for defaults. */
@@ -319,6 +328,8 @@ int mdg_broker_start(mdg_broker *b);
 void mdg_broker_stop(mdg_broker *b);
 /* The TCP port actually bound (useful with port 0), or 0 before binding. */
 int mdg_broker_port(const mdg_broker *b);
+/* The legacy (1.x) listener's port, or 0 when it is off or not bound. */
+int mdg_broker_legacy_port(const mdg_broker *b);
 
 /* Send a command (no reply expected) to a user session, by the id the
  * broker put in msg params "session", or to a node by its pk: the seed's
@@ -382,6 +393,12 @@ typedef struct mdg_conn_options {
      * Defaults 100 ms and 5000 ms. */
     int reconnect_min_ms;
     int reconnect_max_ms;
+    /* Speak Messidge 1.x to an original Python broker (docs/compatibility.md):
+     * same API, but no CURVE (users' params and bulk are sealed with a
+     * session key, nodes are plaintext), no acknowledgements (what was
+     * handed to the socket before a drop may be lost) and no heartbeat
+     * announcement. Off by default. */
+    bool legacy;
 } mdg_conn_options;
 
 /* What happens to the link and the session, for mdg_conn_set_event_handler. */
