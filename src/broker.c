@@ -5,6 +5,7 @@
  * Everything here runs on the broker's loop thread (DESIGN.md: one thread
  * owns all state; libzmq's I/O threads do the encryption). */
 #include "internal.h"
+#include "legacy.h"
 #include "loop.h"
 #include "map.h"
 #include "msg.h"
@@ -12,6 +13,7 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -28,6 +30,8 @@
 #define ACK_DELAY_MS 20                    /* ...or this long after the first */
 #define BACKLOG_RETRY_MS 5                 /* retry peers whose pipe was full */
 #define GRACE_CHECK_MS 250
+#define LEGACY_HEARTBEAT_MS 2000           /* 1.x peers do not beat: libzmq pings them */
+#define LEGACY_HEADROOM (64 << 10)         /* a little over max_message is refused, not dropped */
 
 typedef struct peer {
     uint8_t rid[255];
@@ -59,7 +63,22 @@ typedef struct peer {
      * they go is full: processed in order once there is room, and not
      * acknowledged before, so the peer's own queue limit holds it back */
     struct held *held_head, *held_tail;
+    struct legacy_link *legacy; /* a Messidge 1.x peer, or NULL */
 } peer;
+
+/* What a 1.x peer needs on top: its session key and, since 1.x names
+ * calls by uuid and we by number, the uuids of calls it made to us. */
+typedef struct legacy_link {
+    bool sealed; /* a user link: params and bulk are sealed with key */
+    uint8_t key[MDG_LEGACY_KEY];
+    mdg_map *uuids; /* our corr -> legacy_uuid, until the final reply */
+    uint64_t next_corr;
+} legacy_link;
+
+typedef struct legacy_uuid {
+    size_t len;
+    uint8_t bytes[MDG_LEGACY_MAX_UUID];
+} legacy_uuid;
 
 typedef struct held {
     struct held *next;
@@ -91,6 +110,11 @@ struct mdg_broker {
     mdg_map *allow; /* pk -> role, when no auth function is given */
     bool allow_any;
     mdg_map *peers;    /* routing id -> peer */
+    mdg_map *lpeers;   /* routing id on the legacy socket -> 1.x peer */
+    void *lrouter, *lmon; /* the 1.x listener (off by default) and its monitor */
+    bool legacy;
+    int legacy_port, legacy_bound_port;
+    long long max_message;
     mdg_map *sessions; /* session id -> peer (users and nodes) */
     mdg_map *nodes;    /* node pk -> peer: one live connection per node */
     mdg_map *by_fd;    /* socket fd -> peer */
@@ -166,6 +190,13 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     b->grace_ms = opts && opts->session_grace_ms > 0 ? opts->session_grace_ms : 60000;
     b->node_grace_ms = opts && opts->node_grace_ms > 0 ? opts->node_grace_ms : 5000;
     b->queue_limit = opts && opts->queue_limit > 0 ? opts->queue_limit : 10000;
+    b->legacy = opts && opts->legacy;
+    b->legacy_port = opts ? opts->legacy_port : 0;
+    b->max_message = opts && opts->max_message > 0 ? opts->max_message : BROKER_MAX_MSG;
+    if (b->legacy && (b->legacy_port < 0 || b->legacy_port > 65535)) {
+        free(b);
+        return mdg_fail(MDG_EINVAL, "legacy port out of range");
+    }
     if (b->port < 0 || b->port > 65535) {
         int bad = b->port;
         free(b);
@@ -173,7 +204,7 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     }
     pthread_mutex_init(&b->qlock, NULL);
     if (mdg_keys_from_raw(&b->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
-        !(b->allow = mdg_map_new()) || !(b->peers = mdg_map_new()) ||
+        !(b->allow = mdg_map_new()) || !(b->peers = mdg_map_new()) || !(b->lpeers = mdg_map_new()) ||
         !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
         !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
         !(b->owed_ack = mdg_map_new()) || !(b->backlog = mdg_map_new()) || !(b->holding = mdg_map_new()) ||
@@ -241,6 +272,11 @@ int mdg_broker_allow_any(mdg_broker *b)
     mdg_log(MDG_LOG_WARN, "broker admits ANY key as a user (test mode)");
     b->allow_any = true;
     return 0;
+}
+
+int mdg_broker_legacy_port(const mdg_broker *b)
+{
+    return b ? b->legacy_bound_port : 0;
 }
 
 int mdg_broker_port(const mdg_broker *b)
@@ -351,6 +387,17 @@ static bool on_loop(const mdg_broker *b)
 
 static void detach(mdg_broker *b, peer *p, const char *why);
 
+static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
+
+/* Send on the peer's own socket, in its own protocol; mdg_wire_send's
+ * contract (params and bulk taken, but on MDG_EAGAIN). */
+static int peer_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    if (p->legacy)
+        return legacy_send(b, p, h, params, bulk);
+    return mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk);
+}
+
 /* Hand one kept message to libzmq (a copy: the original stays until it is
  * acknowledged). 0, MDG_EAGAIN when the peer's pipe is full, or an error. */
 static int push(mdg_broker *b, peer *p, kept *k)
@@ -363,7 +410,7 @@ static int push(mdg_broker *b, peer *p, kept *k)
         zmq_msg_copy(&bm, &k->bulk);
     }
     k->h.ack = p->rx_seq;
-    int rc = mdg_wire_send(b->router, p->rid, p->rid_len, &k->h, &pm, k->has_bulk ? &bm : NULL);
+    int rc = peer_send(b, p, &k->h, &pm, k->has_bulk ? &bm : NULL);
     if (rc == MDG_EAGAIN) {
         zmq_msg_close(&pm);
         if (k->has_bulk)
@@ -373,6 +420,8 @@ static int push(mdg_broker *b, peer *p, kept *k)
     }
     return rc;
 }
+
+static void trim_kept(peer *p, uint64_t ack);
 
 /* Send what a peer has not been sent yet, in order, while it is attached.
  * A full pipe (a slow reader) leaves the rest for the backlog timer. */
@@ -389,6 +438,8 @@ static void flush_peer(mdg_broker *b, peer *p)
             return;
         }
         p->unsent = p->unsent->next;
+        if (p->legacy) /* 1.x has no acknowledgements: libzmq has it, it is gone */
+            trim_kept(p, p->tx_seq);
     }
 }
 
@@ -400,8 +451,7 @@ static int send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params,
     if (!mdg_kind_sequenced(h->kind)) {
         h->seq = 0;
         h->ack = p->rx_seq;
-        int rc = p->attached ? mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk)
-                             : mdg_fail(MDG_ECLOSED, "peer is away");
+        int rc = p->attached ? peer_send(b, p, h, params, bulk) : mdg_fail(MDG_ECLOSED, "peer is away");
         if (rc == MDG_EAGAIN || (rc && !p->attached)) {
             zmq_msg_close(params);
             if (bulk)
@@ -725,15 +775,24 @@ static void drop_fwds(mdg_broker *b, peer *p)
     mdg_ptrs_free(&s.found);
 }
 
+/* Routing ids are per socket: a 1.x peer's are looked up apart. */
+static mdg_map *rids_of(mdg_broker *b, const peer *p)
+{
+    return p->legacy ? b->lpeers : b->peers;
+}
+
+static void legacy_link_free(legacy_link **pl);
+
 static void close_session(mdg_broker *b, peer *p, const char *why)
 {
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "%s %s: session closed: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
-    if (mdg_map_get(b->peers, p->rid, p->rid_len) == p)
-        mdg_map_take(b->peers, p->rid, p->rid_len);
-    if (p->stale_rid_len && mdg_map_get(b->peers, p->stale_rid, p->stale_rid_len) == p)
-        mdg_map_take(b->peers, p->stale_rid, p->stale_rid_len);
+    mdg_map *rids = rids_of(b, p);
+    if (mdg_map_get(rids, p->rid, p->rid_len) == p)
+        mdg_map_take(rids, p->rid, p->rid_len);
+    if (p->stale_rid_len && mdg_map_get(rids, p->stale_rid, p->stale_rid_len) == p)
+        mdg_map_take(rids, p->stale_rid, p->stale_rid_len);
     if (p->attached && mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
     mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
@@ -762,6 +821,7 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
         mdg_log(MDG_LOG_WARN, "%s %s: %zu queued message(s) not delivered: its session closed (%s)",
                 p->role == MDG_ROLE_NODE ? "node" : "user", who, undelivered, why);
     free_kept(p);
+    legacy_link_free(&p->legacy);
     free(p);
 }
 
@@ -775,9 +835,10 @@ static void detach(mdg_broker *b, peer *p, const char *why)
             p->role == MDG_ROLE_NODE ? "node" : "user", who, why,
             p->role == MDG_ROLE_NODE ? b->node_grace_ms : b->grace_ms);
     /* keep reading what the old link delivered (its rid stays mapped) */
-    if (p->stale_rid_len && mdg_map_get(b->peers, p->stale_rid, p->stale_rid_len) == p &&
+    mdg_map *rids = rids_of(b, p);
+    if (p->stale_rid_len && mdg_map_get(rids, p->stale_rid, p->stale_rid_len) == p &&
         (p->stale_rid_len != p->rid_len || memcmp(p->stale_rid, p->rid, p->rid_len) != 0))
-        mdg_map_take(b->peers, p->stale_rid, p->stale_rid_len);
+        mdg_map_take(rids, p->stale_rid, p->stale_rid_len);
     memcpy(p->stale_rid, p->rid, p->rid_len);
     p->stale_rid_len = p->rid_len;
     if (mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
@@ -796,8 +857,8 @@ static int attach(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, in
     memcpy(p->rid, rid, rid_len);
     p->rid_len = (uint8_t)rid_len;
     p->fd = fd;
-    if (mdg_map_put(b->peers, rid, rid_len, p) || mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p)) {
-        mdg_map_take(b->peers, rid, rid_len);
+    if (mdg_map_put(rids_of(b, p), rid, rid_len, p) || mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p)) {
+        mdg_map_take(rids_of(b, p), rid, rid_len);
         return MDG_ENOMEM;
     }
     p->attached = true;
@@ -845,15 +906,18 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
     send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
 }
 
+/* legacy: the 1.x state of a peer on the legacy listener (taken), or NULL. */
 static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd,
-                         int silence_ms)
+                         int silence_ms, legacy_link *legacy)
 {
     peer *p = calloc(1, sizeof *p);
     if (!p || mdg_pk_from_b64(p->pk, user_id + 1) != 0) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
+        legacy_link_free(&legacy);
         free(p);
         return;
     }
+    p->legacy = legacy;
     snprintf(p->user_id, sizeof p->user_id, "%s", user_id);
     p->role = user_id[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER;
     p->silence_ms = silence_ms;
@@ -869,9 +933,10 @@ static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
     if (attach(b, p, rid, rid_len, fd) || mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p) ||
         (p->role == MDG_ROLE_NODE && mdg_map_put(b->nodes, p->pk, MDG_KEY_BYTES, p))) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
-        mdg_map_take(b->peers, rid, rid_len);
+        mdg_map_take(rids_of(b, p), rid, rid_len);
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
         mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
+        legacy_link_free(&p->legacy);
         free(p);
         return;
     }
@@ -896,13 +961,17 @@ static void open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
  * what the client has not acknowledged. False when there is nothing to
  * resume (the client gets a new session). */
 static bool resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
-                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms)
+                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms, bool legacy)
 {
     peer *p = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
     if (!p)
         return false;
     if (strcmp(p->user_id, uid) != 0) {
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of another key: refused", uid + 1);
+        return false;
+    }
+    if (!p->legacy != !legacy) {
+        mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of the other protocol: refused", uid + 1);
         return false;
     }
     if (p->attached) /* the old link has not been seen to drop yet */
@@ -948,8 +1017,8 @@ static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len,
     int silence_ms = (int)(3 * hb + 1000);
     if (p && !(sid && sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
         close_session(b, p, "replaced by a new hello");
-    if (!sid || !resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms))
-        open_session(b, rid, rid_len, uid, fd, silence_ms);
+    if (!sid || !resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms, false))
+        open_session(b, rid, rid_len, uid, fd, silence_ms, NULL);
     mdg_params_destroy(&hp);
 }
 
@@ -1412,19 +1481,22 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_broker *b = arg;
     mdg_frames f;
-    while (mdg_frames_recv(b->mon, &f) == 0) {
-        uint16_t event = 0;
-        uint32_t fd = 0;
-        if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 6) {
-            memcpy(&event, zmq_msg_data(&f.part[0]), 2);
-            memcpy(&fd, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
-        }
-        mdg_frames_close(&f);
-        if (event == ZMQ_EVENT_DISCONNECTED) {
-            int ifd = (int)fd;
-            peer *p = mdg_map_get(b->by_fd, &ifd, sizeof ifd);
-            if (p)
-                detach(b, p, "connection lost");
+    /* both listeners' drops; fds are unique across them */
+    for (void *mon = b->mon; mon; mon = mon == b->mon ? b->lmon : NULL) {
+        while (mdg_frames_recv(mon, &f) == 0) {
+            uint16_t event = 0;
+            uint32_t fd = 0;
+            if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 6) {
+                memcpy(&event, zmq_msg_data(&f.part[0]), 2);
+                memcpy(&fd, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
+            }
+            mdg_frames_close(&f);
+            if (event == ZMQ_EVENT_DISCONNECTED) {
+                int ifd = (int)fd;
+                peer *p = mdg_map_get(b->by_fd, &ifd, sizeof ifd);
+                if (p)
+                    detach(b, p, "connection lost");
+            }
         }
     }
     return 0;
@@ -1440,6 +1512,355 @@ static int on_router(mdg_loop *loop, void *arg, short revents)
     on_monitor(loop, b, 0);
     for (int i = 0; i < RECV_BATCH && mdg_frames_recv(b->router, &f) == 0; i++) {
         handle_message(b, &f);
+        mdg_frames_close(&f);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------- Messidge 1.x listener */
+
+/* Peers on the legacy socket speak 1.x (legacy.h, docs/compatibility.md).
+ * Each 1.x frame becomes the native header and frames the rest of the
+ * broker reads, unnumbered (1.x has no sequence numbers), so the command
+ * table, hooks, forwarding and reply routing are the same code for both
+ * protocols. Where 1.x was gullible we refuse, with a log line: a resume
+ * must come from the session's own key, only the node a call went to may
+ * answer it, users never answer, tables are bounded, and a frame that is
+ * malformed or does not open never reaches a handler. */
+
+static void legacy_link_free(legacy_link **pl)
+{
+    legacy_link *l = *pl;
+    if (!l)
+        return;
+    legacy_uuid *u;
+    while ((u = mdg_map_pop(l->uuids)) != NULL)
+        free(u);
+    mdg_map_destroy(&l->uuids);
+    free(l);
+    *pl = NULL;
+}
+
+static legacy_link *legacy_link_new(void)
+{
+    legacy_link *l = calloc(1, sizeof *l);
+    if (l && !(l->uuids = mdg_map_new())) {
+        free(l);
+        l = NULL;
+    }
+    return l;
+}
+
+/* One 1.x frame to a routing id: 0, MDG_EAGAIN or an error. out is closed. */
+static int legacy_emit(mdg_broker *b, const uint8_t *rid, size_t rid_len, zmq_msg_t *out)
+{
+    int rc = 0;
+    if (zmq_send(b->lrouter, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_msg_send(out, b->lrouter, ZMQ_DONTWAIT) < 0)
+        rc = errno == EAGAIN         ? MDG_EAGAIN
+             : errno == EHOSTUNREACH ? mdg_fail(MDG_ECLOSED, "1.x peer is not connected")
+                                     : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));
+    zmq_msg_close(out);
+    return rc;
+}
+
+/* An exception reply straight to a frame's sender, for refusals made
+ * before the frame becomes a message (only when it asked for a reply). */
+static void legacy_refuse(mdg_broker *b, const peer *p, const mdg_legacy_frame *lf, const char *text)
+{
+    if (!lf->uuid_len)
+        return;
+    mdg_params *e = mdg_legacy_exception(text);
+    zmq_msg_t out;
+    if (e && mdg_legacy_build(&out, p->legacy->sealed ? p->legacy->key : NULL, NULL, 0, "", 0, lf->uuid,
+                              lf->uuid_len, e, NULL, 0) == 0)
+        legacy_emit(b, p->rid, p->rid_len, &out);
+    mdg_params_destroy(&e);
+}
+
+/* 1.x's own refusal of a hello, [b'', b'', uuid, {}, b''], which 1.x
+ * clients read as "Authentication failed.". */
+static void legacy_refuse_hello(mdg_broker *b, const uint8_t *rid, size_t rid_len, const mdg_legacy_frame *lf)
+{
+    zmq_msg_t out;
+    if (mdg_legacy_build(&out, NULL, NULL, 0, "", 0, lf->uuid, lf->uuid_len, NULL, NULL, 0) == 0)
+        legacy_emit(b, rid, rid_len, &out);
+}
+
+/* A native message out as a 1.x frame (peer_send's contract). Calls to a
+ * node are named "m<forward id>"; replies carry the uuid of the call they
+ * answer, and never the bulk in the command field (1.x leaked it there). */
+static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    legacy_link *l = p->legacy;
+    legacy_uuid *u = NULL;
+    mdg_params *pp = NULL;
+    char num[24];
+    const void *uuid = "";
+    size_t uuid_len = 0;
+    zmq_msg_t out;
+    int rc = 0;
+    switch (h->kind) {
+    case MDG_K_WELCOME: /* a fresh session key on every hello, as 1.x */
+        rc = mdg_legacy_build_welcome(&out, p->role == MDG_ROLE_USER ? p->pk : NULL, mdg_keys_secret(b->keys),
+                                      l->key, p->session_id, SESSION_ID_BYTES);
+        l->sealed = p->role == MDG_ROLE_USER;
+        break;
+    case MDG_K_CMD:
+    case MDG_K_REPLY:
+    case MDG_K_ERROR:
+        if (h->kind == MDG_K_CMD && h->corr) {
+            uuid_len = (size_t)snprintf(num, sizeof num, "m%llu", (unsigned long long)h->corr);
+            uuid = num;
+        } else if (h->kind != MDG_K_CMD) {
+            if (!h->corr || !(u = mdg_map_get_u64(l->uuids, h->corr))) {
+                mdg_log(MDG_LOG_INFO, "%s for a 1.x peer that waits for no reply: logged only", mdg_kind_name(h->kind));
+                goto consumed;
+            }
+            uuid = u->bytes;
+            uuid_len = u->len;
+        }
+        rc = mdg_wire_decode_params(zmq_msg_data(params), zmq_msg_size(params), &pp);
+        if (rc == 0 && h->kind == MDG_K_ERROR) { /* 1.x's exception reply */
+            const char *text = "";
+            mdg_params_get_str(pp, "error", &text);
+            mdg_params *e = mdg_legacy_exception(text);
+            mdg_params_destroy(&pp);
+            rc = (pp = e) ? 0 : MDG_ENOMEM;
+        }
+        if (rc == 0)
+            rc = mdg_legacy_build(&out, l->sealed ? l->key : NULL, NULL, 0, h->kind == MDG_K_CMD ? h->command : "",
+                                  h->kind == MDG_K_CMD ? h->command_len : 0, uuid, uuid_len, pp,
+                                  bulk ? zmq_msg_data(bulk) : NULL, bulk ? zmq_msg_size(bulk) : 0);
+        mdg_params_destroy(&pp);
+        break;
+    default: /* acknowledgements, goodbyes: 1.x has none */
+        goto consumed;
+    }
+    if (rc)
+        goto closed;
+    rc = legacy_emit(b, p->rid, p->rid_len, &out);
+    if (rc == MDG_EAGAIN)
+        return rc; /* params and bulk are still the caller's */
+    if (rc == 0 && u && !(h->flags & MDG_F_MORE)) { /* the final reply: the call is over */
+        mdg_map_take_u64(l->uuids, h->corr);
+        free(u);
+    }
+    goto closed;
+consumed:
+    rc = 0;
+closed:
+    zmq_msg_close(params);
+    if (bulk)
+        zmq_msg_close(bulk);
+    return rc;
+}
+
+/* A 1.x hello: a new session, or the resume of one the same key owns. */
+static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, int fd,
+                         const mdg_legacy_frame *lf)
+{
+    mdg_params *hp = NULL;
+    zmq_msg_t unused;
+    const uint8_t *pk = NULL, *sid = NULL;
+    size_t pk_len = 0, sid_len = 0;
+    int role = MDG_ROLE_NONE;
+    char who[MDG_KEY_B64_LEN + 1] = "(no key)";
+    if (mdg_legacy_open(lf, NULL, &hp, &unused) == 0) {
+        if (mdg_params_get_bytes(hp, "user", &pk, &pk_len) == 0 && pk_len == MDG_KEY_BYTES) {
+            role = role_of(b, pk);
+            pk_short(pk, who);
+        }
+        mdg_params_get_bytes(hp, "rid", &sid, &sid_len);
+    }
+    zmq_msg_close(&unused);
+    peer *node = role == MDG_ROLE_NODE ? mdg_map_get(b->nodes, pk, MDG_KEY_BYTES) : NULL;
+    const char *why = role == MDG_ROLE_NONE ? (pk_len == MDG_KEY_BYTES ? "unknown key" : "no 32-byte 'user' key")
+                      : node && !node->legacy ? "that node is connected on the native (authenticated) protocol"
+                                              : NULL;
+    if (why) {
+        mdg_log(MDG_LOG_WARN, "1.x hello from %s refused: %s", who, why);
+        legacy_refuse_hello(b, rid, rid_len, lf);
+        if (p)
+            close_session(b, p, "a refused hello on its link");
+        mdg_params_destroy(&hp);
+        return;
+    }
+    char uid[USER_ID_LEN + 1];
+    uid[0] = role == MDG_ROLE_NODE ? 'N' : 'U';
+    mdg_pk_to_b64(pk, uid + 1);
+    if (p && !(sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
+        close_session(b, p, "replaced by a new 1.x hello");
+    /* 1.x peers do not beat: libzmq's heartbeats on this socket notice a
+     * dead link instead of our silence check */
+    if (!sid_len || !resume_session(b, rid, rid_len, uid, fd, sid, sid_len, 0, INT_MAX, true)) {
+        legacy_link *l = legacy_link_new();
+        if (l)
+            open_session(b, rid, rid_len, uid, fd, INT_MAX, l);
+        else
+            mdg_log(MDG_LOG_ERROR, "cannot open a 1.x session: out of memory");
+    }
+    mdg_params_destroy(&hp);
+}
+
+/* "m<forward id>": a name we gave a call to a node. */
+static bool legacy_fwd_id(const mdg_legacy_frame *lf, uint64_t *id)
+{
+    if (lf->uuid_len < 2 || lf->uuid_len > 21 || lf->uuid[0] != 'm')
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 1; i < lf->uuid_len; i++) {
+        if (lf->uuid[i] < '0' || lf->uuid[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(lf->uuid[i] - '0');
+    }
+    *id = v;
+    return true;
+}
+
+/* Decide what a 1.x frame of a session is; fill the native header. False
+ * (logged, and refused to the sender) when it is not acceptable. */
+static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, mdg_params **params,
+                            mdg_header *h, const char *who)
+{
+    const char *role = p->role == MDG_ROLE_NODE ? "node" : "user";
+    bool ka = lf->command_len == 2 && memcmp(lf->command, "ka", 2) == 0;
+    uint64_t id;
+    fwd *fw = p->role == MDG_ROLE_NODE && legacy_fwd_id(lf, &id) ? mdg_map_get_u64(b->fwds, id) : NULL;
+    if (fw && memcmp(fw->node_pk, p->pk, MDG_KEY_BYTES) == 0) {
+        /* the answer to a call forwarded to this very node; 1.x marks a
+         * reply of a long-term channel 'ka' and cannot mark the last one */
+        const char *exc = NULL;
+        h->kind = MDG_K_REPLY;
+        h->corr = id;
+        h->flags = ka ? MDG_F_MORE : 0;
+        if (mdg_params_get_str(*params, "exception", &exc) == 0) {
+            mdg_params *e = mdg_params_new();
+            if (!e || mdg_params_set_str(e, "error", exc) || mdg_params_set_str(e, "command", fw->command)) {
+                mdg_params_destroy(&e);
+                return false;
+            }
+            mdg_params_destroy(params);
+            *params = e;
+            h->kind = MDG_K_ERROR;
+        }
+        return true;
+    }
+    if (lf->command_len == 0 || ka || (p->role == MDG_ROLE_NODE && legacy_fwd_id(lf, &id))) {
+        mdg_log(MDG_LOG_WARN, "1.x reply from %s %s refused: %s", role, who,
+                p->role == MDG_ROLE_USER ? "users do not answer calls" : "no such call was made to this node");
+        return false;
+    }
+    if (memchr(lf->command, 0, lf->command_len)) {
+        mdg_log(MDG_LOG_WARN, "1.x command from %s %s refused: a NUL byte in its name", role, who);
+        legacy_refuse(b, p, lf, "command name with a NUL byte");
+        return false;
+    }
+    char name[MDG_MAX_COMMAND + 1];
+    memcpy(name, lf->command, lf->command_len);
+    name[lf->command_len] = '\0';
+    h->kind = MDG_K_CMD;
+    mdg_header_set_command(h, name);
+    if (!lf->uuid_len)
+        return true;
+    legacy_link *l = p->legacy;
+    legacy_uuid *u = mdg_map_size(l->uuids) < (size_t)b->queue_limit ? malloc(sizeof *u) : NULL;
+    if (!u || mdg_map_put_u64(l->uuids, l->next_corr + 1, u) != 0) {
+        free(u);
+        mdg_log(MDG_LOG_WARN, "'%s' from 1.x %s %s refused: %zu calls already wait for replies", name, role, who,
+                mdg_map_size(l->uuids));
+        legacy_refuse(b, p, lf, "too many calls waiting for replies");
+        return false;
+    }
+    u->len = lf->uuid_len;
+    memcpy(u->bytes, lf->uuid, lf->uuid_len);
+    h->corr = ++l->next_corr;
+    return true;
+}
+
+/* A frame of an open 1.x session: opened, classified, then processed as
+ * any native message (held when where it goes is full). */
+static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
+{
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(p->pk, who);
+    mdg_params *params = NULL;
+    mdg_frames f = {.n = 3};
+    zmq_msg_init(&f.part[3]);
+    if (mdg_legacy_open(lf, p->legacy->sealed ? p->legacy->key : NULL, &params, &f.part[3]) != 0) {
+        mdg_log(MDG_LOG_WARN, "1.x frame from %s %s refused: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who,
+                mdg_last_error());
+        legacy_refuse(b, p, lf, mdg_last_error());
+        zmq_msg_close(&f.part[3]);
+        return;
+    }
+    mdg_header h = {0};
+    bool ok = legacy_classify(b, p, lf, &params, &h, who);
+    if (ok && mdg_wire_encode_params(params, &f.part[2]) != 0) {
+        legacy_refuse(b, p, lf, "broker out of memory");
+        ok = false;
+    }
+    mdg_params_destroy(&params);
+    if (!ok) {
+        zmq_msg_close(&f.part[3]);
+        return;
+    }
+    zmq_msg_init(&f.part[0]); /* where routing id and header would be */
+    zmq_msg_init(&f.part[1]);
+    if (zmq_msg_size(&f.part[3]))
+        f.n = 4;
+    else
+        zmq_msg_close(&f.part[3]);
+    if (p->held_head || !process(b, p, &h, &f, who))
+        hold(b, p, &h, &f);
+    mdg_frames_close(&f);
+}
+
+static void legacy_message(mdg_broker *b, mdg_frames *f)
+{
+    if (f->n != 2 || f->dropped) {
+        mdg_log(MDG_LOG_WARN, "1.x message of %d frames dropped (1.x sends one)", f->n + f->dropped - 1);
+        return;
+    }
+    const uint8_t *rid = zmq_msg_data(&f->part[0]);
+    size_t rid_len = zmq_msg_size(&f->part[0]), len = zmq_msg_size(&f->part[1]);
+    peer *p = mdg_map_get(b->lpeers, rid, rid_len);
+    char who[MDG_KEY_B64_LEN + 1] = "a new link";
+    if (p)
+        pk_short(p->pk, who);
+    if ((long long)len > b->max_message) {
+        mdg_log(MDG_LOG_WARN, "1.x frame of %zu bytes from %s refused: larger than max_message (%lld)", len, who,
+                b->max_message);
+        return;
+    }
+    mdg_legacy_frame lf;
+    if (mdg_legacy_parse(zmq_msg_data(&f->part[1]), len, &lf) != 0) {
+        mdg_log(MDG_LOG_WARN, "1.x frame from %s refused: %s", who, mdg_last_error());
+        return;
+    }
+    if (p)
+        p->last_rx = mdg_now_ms();
+    if (lf.command_len == 4 && memcmp(lf.command, "auth", 4) == 0) {
+        on_monitor(b->loop, b, 0); /* drops first: a new link may reuse a closed fd */
+        legacy_hello(b, mdg_map_get(b->lpeers, rid, rid_len), rid, rid_len, zmq_msg_get(&f->part[1], ZMQ_SRCFD),
+                     &lf);
+    } else if (!p) {
+        mdg_log(MDG_LOG_WARN, "1.x frame from a link without a session refused (say 'auth' first)");
+        legacy_refuse_hello(b, rid, rid_len, &lf);
+    } else {
+        legacy_frame(b, p, &lf);
+    }
+    mdg_legacy_frame_free(&lf);
+}
+
+static int on_legacy_router(mdg_loop *loop, void *arg, short revents)
+{
+    (void)revents;
+    mdg_broker *b = arg;
+    mdg_frames f;
+    on_monitor(loop, b, 0);
+    for (int i = 0; i < RECV_BATCH && mdg_frames_recv(b->lrouter, &f) == 0; i++) {
+        legacy_message(b, &f);
         mdg_frames_close(&f);
     }
     return 0;
@@ -1537,6 +1958,54 @@ static int setsock(void *s, int opt, const void *v, size_t len, const char *name
     return 0;
 }
 
+/* The 1.x listener: no CURVE (1.x has none), libzmq heartbeats since 1.x
+ * peers send none of their own, and loud warnings about what 1.x lacks. */
+static int bind_legacy(mdg_broker *b)
+{
+    int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS;
+    int ivl = LEGACY_HEARTBEAT_MS, timeout = 3 * LEGACY_HEARTBEAT_MS, rc;
+    int64_t maxmsg = b->max_message + LEGACY_HEADROOM;
+    char ep[160], last[256], mon_ep[64];
+    size_t len = sizeof last;
+    if (!b->legacy)
+        return 0;
+    if (!(b->lrouter = zmq_socket(b->ctx, ZMQ_ROUTER)))
+        return mdg_fail(MDG_ESYS, "cannot make the legacy ROUTER: %s", zmq_strerror(errno));
+    if ((rc = setsock(b->lrouter, ZMQ_ROUTER_MANDATORY, &one, sizeof one, "ROUTER_MANDATORY")) ||
+        (rc = setsock(b->lrouter, ZMQ_SNDHWM, &hwm, sizeof hwm, "SNDHWM")) ||
+        (rc = setsock(b->lrouter, ZMQ_RCVHWM, &unlimited, sizeof unlimited, "RCVHWM")) ||
+        (rc = setsock(b->lrouter, ZMQ_LINGER, &linger, sizeof linger, "LINGER")) ||
+        (rc = setsock(b->lrouter, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg, "MAXMSGSIZE")) ||
+        (rc = setsock(b->lrouter, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl, "HEARTBEAT_IVL")) ||
+        (rc = setsock(b->lrouter, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout, "HEARTBEAT_TIMEOUT")))
+        return rc;
+    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-lmonitor-%p", (void *)b);
+    if (zmq_socket_monitor(b->lrouter, mon_ep, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        !(b->lmon = zmq_socket(b->ctx, ZMQ_PAIR)) || zmq_connect(b->lmon, mon_ep) != 0)
+        return mdg_fail(MDG_ESYS, "cannot monitor the legacy ROUTER: %s", zmq_strerror(errno));
+    if (b->legacy_port)
+        snprintf(ep, sizeof ep, "tcp://%s:%d", b->bind_address, b->legacy_port);
+    else
+        snprintf(ep, sizeof ep, "tcp://%s:*", b->bind_address);
+    if (zmq_bind(b->lrouter, ep) != 0)
+        return mdg_fail(MDG_ESYS, "cannot bind the legacy listener %s: %s", ep, zmq_strerror(errno));
+    if (zmq_getsockopt(b->lrouter, ZMQ_LAST_ENDPOINT, last, &len) == 0) {
+        const char *colon = strrchr(last, ':');
+        b->legacy_bound_port = colon ? atoi(colon + 1) : b->legacy_port;
+    }
+    if ((rc = mdg_loop_watch(b->loop, b->lmon, -1, ZMQ_POLLIN, on_monitor, b)) ||
+        (rc = mdg_loop_watch(b->loop, b->lrouter, -1, ZMQ_POLLIN, on_legacy_router, b)))
+        return rc;
+    mdg_log(MDG_LOG_WARN, "Messidge 1.x listener on %s (port %d) keeps 1.x's weaknesses "
+                          "(docs/compatibility.md); use it on a trusted network only:", ep, b->legacy_bound_port);
+    mdg_log(MDG_LOG_WARN, "  1.x node links are plaintext and unauthenticated: a node is trusted on its public key alone");
+    mdg_log(MDG_LOG_WARN, "  1.x user frames seal params and bulk under one nonce, and leave command and uuid "
+                          "unauthenticated");
+    mdg_log(MDG_LOG_WARN, "  1.x has no replay protection, no forward secrecy, and no acknowledgements "
+                          "(a message in flight when a link drops is lost)");
+    return 0;
+}
+
 static int bind_sockets(mdg_broker *b)
 {
     /* No receive limit in libzmq: with heartbeats on, libzmq 4.3.4 aborts
@@ -1544,7 +2013,7 @@ static int bind_sockets(mdg_broker *b)
      * receive pipe is full. Each client keeps at most its queue_limit
      * messages unacknowledged, which bounds what can queue here. */
     int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS;
-    int64_t maxmsg = BROKER_MAX_MSG;
+    int64_t maxmsg = b->max_message;
     int rc;
     char mon_ep[64];
     if (b->router)
@@ -1591,14 +2060,14 @@ static int bind_sockets(mdg_broker *b)
         return mdg_fail(MDG_ENOMEM, "no room for the broker's timers");
     mdg_loop_on_wake(b->loop, on_wake, b);
     mdg_log(MDG_LOG_INFO, "broker listening on %s (port %d)", ep, b->bound_port);
-    return 0;
+    return bind_legacy(b);
 }
 
 /* The loop has ended: every session is closed (hooks fired), once. */
 static void close_all_sessions(mdg_broker *b)
 {
     peer *p;
-    if (!b->peers || !b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop || !b->owed_ack ||
+    if (!b->peers || !b->lpeers || !b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop || !b->owed_ack ||
         !b->backlog || !b->holding)
         return; /* a broker that failed half-way through mdg_broker_new */
     while ((p = mdg_map_pop(b->sessions)) != NULL) {
@@ -1666,6 +2135,10 @@ void mdg_broker_destroy(mdg_broker **pb)
     } else if (b->peers) {
         close_all_sessions(b);
     }
+    if (b->lmon)
+        zmq_close(b->lmon);
+    if (b->lrouter)
+        zmq_close(b->lrouter);
     if (b->mon)
         zmq_close(b->mon);
     if (b->router)
@@ -1687,6 +2160,7 @@ void mdg_broker_destroy(mdg_broker **pb)
     pthread_mutex_destroy(&b->qlock);
     mdg_loop_destroy(&b->loop);
     mdg_map_destroy(&b->peers);
+    mdg_map_destroy(&b->lpeers);
     mdg_map_destroy(&b->sessions);
     mdg_map_destroy(&b->nodes);
     mdg_map_destroy(&b->by_fd);

@@ -1,0 +1,536 @@
+/* test_legacy_broker.c - the broker's Messidge 1.x listener, end to end.
+ *
+ * One broker, native port and legacy port side by side. On the legacy
+ * port: raw 1.x peers written here with the codec (to send exactly the bad
+ * input the issue names), and the Python 1.x user and node of
+ * tests/legacy/peer.py (written from the 1.x spec with Debian's
+ * python3-zmq, -libnacl and -cbor), mixed with a native C node and a
+ * native C user. Every refusal is checked in the log, and after each the
+ * broker still serves everyone with nothing lost. */
+#include "legacy.h"
+#include "legacy_peer.h"
+#include "testutil.h"
+
+#include <sodium.h>
+#include <zmq.h>
+
+#define MAX_MESSAGE (64 << 10)
+
+static void *zctx;
+static const uint8_t *broker_pk;
+
+/* ------------------------------------------------ the broker's commands */
+
+static char notes[16][64];
+static int nnotes;
+static pthread_mutex_t notes_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void h_write_note(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    const char *note;
+    if (mdg_params_get_str(mdg_msg_params(m), "note", &note) != 0) {
+        mdg_msg_fail(m, "'note' must be text");
+        return;
+    }
+    pthread_mutex_lock(&notes_lock);
+    if (nnotes < 16)
+        snprintf(notes[nnotes++], sizeof notes[0], "%s", note);
+    pthread_mutex_unlock(&notes_lock);
+}
+
+/* All notes (the test's users are told apart by what they wrote). */
+static void h_fetch_notes(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    cbor_item_t *list = cbor_new_definite_array(16);
+    pthread_mutex_lock(&notes_lock);
+    for (int i = 0; i < nnotes; i++) {
+        cbor_item_t *s = cbor_build_string(notes[i]);
+        cbor_array_push(list, s);
+        cbor_decref(&s);
+    }
+    pthread_mutex_unlock(&notes_lock);
+    mdg_params *r = mdg_params_new();
+    mdg_params_set_item(r, "notes", list);
+    mdg_msg_reply(m, r, NULL, 0);
+}
+
+static void h_raise_exception(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    mdg_msg_fail(m, "raise_exception was called");
+}
+
+static const mdg_cmd broker_cmds[] = {
+    {"write_note", h_write_note, MDG_REQUIRE("note"), 0},
+    {"fetch_notes", h_fetch_notes, NULL, MDG_CMD_NEEDS_REPLY},
+    {"raise_exception", h_raise_exception, NULL, MDG_CMD_NEEDS_REPLY},
+    MDG_CMD_END,
+};
+
+/* ------------------------------------------------ the native C node */
+
+static void h_divide(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    double a, b;
+    if (mdg_params_get_double(mdg_msg_params(m), "dividend", &a) ||
+        mdg_params_get_double(mdg_msg_params(m), "devisor", &b)) {
+        mdg_msg_fail(m, "Divide only takes two floats.");
+        return;
+    }
+    if (b == 0) {
+        mdg_msg_fail(m, "Devisor cannot be zero");
+        return;
+    }
+    mdg_params *r = mdg_params_new();
+    mdg_params_set_double(r, "quotient", a / b);
+    size_t blen = 0;
+    const void *bulk = mdg_msg_bulk(m, &blen);
+    mdg_msg_reply(m, r, bulk, blen);
+}
+
+static const mdg_cmd node_cmds[] = {
+    {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    MDG_CMD_END,
+};
+
+/* ------------------------------------------------ a raw 1.x peer */
+
+typedef struct lpeer {
+    void *sock;
+    bool sealed;
+    uint8_t key[MDG_LEGACY_KEY];
+    uint8_t rid[MDG_LEGACY_MAX_RID];
+    size_t rid_len;
+} lpeer;
+
+static void lp_open(lpeer *p, int port)
+{
+    char ep[64];
+    int linger = 0, tmo = 3000;
+    memset(p, 0, sizeof *p);
+    p->sock = zmq_socket(zctx, ZMQ_DEALER);
+    zmq_setsockopt(p->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(p->sock, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    zmq_connect(p->sock, ep);
+}
+
+static void lp_close(lpeer *p)
+{
+    if (p->sock)
+        zmq_close(p->sock);
+    p->sock = NULL;
+}
+
+/* Say hello (naming a previous rid or not); the answer's verdict. */
+static int lp_hello(lpeer *p, const mdg_keys *k, const void *prev, size_t prev_len)
+{
+    zmq_msg_t m;
+    if (mdg_legacy_build_hello(&m, mdg_keys_public(k), prev, prev_len) || zmq_msg_send(&m, p->sock, 0) < 0)
+        return MDG_ESYS;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, p->sock, 0) < 0) {
+        zmq_msg_close(&m);
+        return MDG_ETIMEDOUT;
+    }
+    int rc = mdg_legacy_parse_welcome(zmq_msg_data(&m), zmq_msg_size(&m), broker_pk, mdg_keys_secret(k), &p->sealed,
+                                      p->key, p->rid, &p->rid_len);
+    zmq_msg_close(&m);
+    return rc;
+}
+
+static void lp_send(lpeer *p, const char *cmd, const char *uuid, mdg_params *params, const void *bulk,
+                    size_t bulk_len)
+{
+    uint8_t nonce[MDG_LEGACY_NONCE];
+    randombytes_buf(nonce, sizeof nonce);
+    zmq_msg_t m;
+    CHECK_RC(mdg_legacy_build(&m, p->sealed ? p->key : NULL, nonce, sizeof nonce, cmd, strlen(cmd), uuid,
+                              strlen(uuid), params, bulk, bulk_len),
+             0);
+    CHECK(zmq_msg_send(&m, p->sock, 0) >= 0);
+    mdg_params_destroy(&params);
+}
+
+static void lp_send_raw(lpeer *p, const void *data, size_t len)
+{
+    CHECK(zmq_send(p->sock, data, len, 0) == (int)len);
+}
+
+/* The next frame, opened. 0, or an error (timeout: MDG_ETIMEDOUT). */
+typedef struct lreply {
+    char command[256];
+    char uuid[65];
+    mdg_params *params;
+    zmq_msg_t bulk;
+} lreply;
+
+static int lp_recv(lpeer *p, lreply *r)
+{
+    zmq_msg_t m;
+    mdg_legacy_frame lf;
+    memset(r, 0, sizeof *r);
+    zmq_msg_init(&r->bulk);
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, p->sock, 0) < 0) {
+        zmq_msg_close(&m);
+        return MDG_ETIMEDOUT;
+    }
+    int rc = mdg_legacy_parse(zmq_msg_data(&m), zmq_msg_size(&m), &lf);
+    zmq_msg_close(&m);
+    if (rc)
+        return rc;
+    memcpy(r->command, lf.command, lf.command_len);
+    memcpy(r->uuid, lf.uuid, lf.uuid_len);
+    zmq_msg_close(&r->bulk);
+    rc = mdg_legacy_open(&lf, p->sealed ? p->key : NULL, &r->params, &r->bulk);
+    mdg_legacy_frame_free(&lf);
+    return rc;
+}
+
+static void lr_free(lreply *r)
+{
+    mdg_params_destroy(&r->params);
+    zmq_msg_close(&r->bulk);
+}
+
+static mdg_params *divide_params(const uint8_t *node, double a, double b)
+{
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_bytes(p, "node", node, MDG_KEY_BYTES);
+    mdg_params_set_double(p, "dividend", a);
+    mdg_params_set_double(p, "devisor", b);
+    return p;
+}
+
+/* A call from a raw 1.x user and its reply (uuid checked). */
+static int lp_call(lpeer *p, const char *cmd, const char *uuid, mdg_params *params, lreply *r)
+{
+    lp_send(p, cmd, uuid, params, NULL, 0);
+    int rc = lp_recv(p, r);
+    if (rc == 0 && strcmp(r->uuid, uuid) != 0)
+        rc = MDG_EPROTO;
+    return rc;
+}
+
+/* fetch_notes works for p and the list holds `note`. */
+static bool notes_hold(lpeer *p, const char *uuid, const char *note)
+{
+    lreply r;
+    bool found = false;
+    if (lp_call(p, "fetch_notes", uuid, NULL, &r) == 0) {
+        cbor_item_t *list = NULL;
+        if ((list = mdg_params_get(r.params, "notes")) && cbor_isa_array(list))
+            for (size_t i = 0; i < cbor_array_size(list); i++) {
+                cbor_item_t *s = cbor_array_handle(list)[i];
+                found |= cbor_isa_string(s) && cbor_string_length(s) == strlen(note) &&
+                         memcmp(cbor_string_handle(s), note, strlen(note)) == 0;
+            }
+    }
+    lr_free(&r);
+    return found;
+}
+
+static double quotient_of(const lreply *r)
+{
+    double q = -1;
+    if (r->params)
+        mdg_params_get_double(r->params, "quotient", &q);
+    return q;
+}
+
+static const char *exception_of(const lreply *r)
+{
+    const char *e = NULL;
+    if (r->params)
+        mdg_params_get_str(r->params, "exception", &e);
+    return e ? e : "";
+}
+
+/* ------------------------------------------------ native callbacks */
+
+typedef struct seen {
+    pthread_mutex_t lock;
+    int n;
+    double q[8];
+    char error[8][128];
+} seen;
+
+static void on_reply(mdg_msg *m, void *arg)
+{
+    seen *s = arg;
+    pthread_mutex_lock(&s->lock);
+    if (s->n < 8) {
+        double q = -1;
+        mdg_params_get_double(mdg_msg_params(m), "quotient", &q);
+        s->q[s->n] = q;
+        snprintf(s->error[s->n], sizeof s->error[0], "%s", mdg_msg_error(m) ? mdg_msg_error(m) : "");
+    }
+    s->n++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static int seen_count(seen *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int n = s->n;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+/* ------------------------------------------------ the test */
+
+int main(void)
+{
+    t_capture_log();
+    zctx = zmq_ctx_new();
+    mdg_keys *bk, *nk, *ak, *bbk, *lk, *l2k, *stranger, *pyu, *pyn;
+    mdg_keys_new(&bk);
+    mdg_keys_new(&nk);
+    mdg_keys_new(&ak);
+    mdg_keys_new(&bbk);
+    mdg_keys_new(&lk);
+    mdg_keys_new(&l2k);
+    mdg_keys_new(&stranger);
+    mdg_keys_new(&pyu);
+    mdg_keys_new(&pyn);
+    mdg_keys *uk;
+    mdg_keys_new(&uk);
+    broker_pk = mdg_keys_public(bk);
+
+    mdg_broker *b = NULL;
+    mdg_broker_options o = {.bind_address = "127.0.0.1", .legacy = true, .node_grace_ms = 300,
+                            .max_message = MAX_MESSAGE};
+    CHECK_RC(mdg_broker_new(&b, bk, &o), 0);
+    mdg_broker_set_commands(b, broker_cmds, NULL);
+    mdg_broker_allow(b, mdg_keys_public(nk), MDG_ROLE_NODE);
+    mdg_broker_allow(b, mdg_keys_public(lk), MDG_ROLE_NODE);
+    mdg_broker_allow(b, mdg_keys_public(l2k), MDG_ROLE_NODE);
+    mdg_broker_allow(b, mdg_keys_public(pyn), MDG_ROLE_NODE);
+    mdg_broker_allow(b, mdg_keys_public(ak), MDG_ROLE_USER);
+    mdg_broker_allow(b, mdg_keys_public(bbk), MDG_ROLE_USER);
+    mdg_broker_allow(b, mdg_keys_public(pyu), MDG_ROLE_USER);
+    mdg_broker_allow(b, mdg_keys_public(uk), MDG_ROLE_USER);
+    CHECK_RC(mdg_broker_start(b), 0);
+    int lport = mdg_broker_legacy_port(b);
+    CHECK(lport > 0 && lport != mdg_broker_port(b));
+    CHECK(t_logged("Messidge 1.x listener on"));
+    CHECK(t_logged("1.x node links are plaintext and unauthenticated"));
+
+    /* a native node and a native user */
+    mdg_conn *node = NULL, *user = NULL;
+    mdg_conn_options no = {.port = mdg_broker_port(b), .reflect_errors = true};
+    CHECK_RC(mdg_conn_new_with_keys(&node, "127.0.0.1", broker_pk, nk, &no), 0);
+    mdg_conn_register_commands(node, node_cmds, NULL);
+    CHECK_RC(mdg_conn_start(node), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(node, 5000), 0);
+    mdg_conn_options uo = {.port = mdg_broker_port(b)};
+    CHECK_RC(mdg_conn_new_with_keys(&user, "127.0.0.1", broker_pk, uk, &uo), 0);
+    CHECK_RC(mdg_conn_start(user), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(user, 5000), 0);
+
+    /* ---- raw 1.x node L and user A */
+    lpeer L, A, B, L2;
+    lp_open(&L, lport);
+    CHECK_RC(lp_hello(&L, lk, NULL, 0), 0);
+    CHECK(!L.sealed && L.rid_len == 16); /* a node link is plaintext; the rid is our random session id */
+    WAIT_FOR(mdg_broker_node_count(b) == 2, 3000);
+    lp_open(&A, lport);
+    CHECK_RC(lp_hello(&A, ak, NULL, 0), 0);
+    CHECK(A.sealed);
+    lreply r;
+    CHECK_RC(lp_recv(&A, &r), 0); /* the resource offer, sealed, lists both nodes */
+    CHECK(strcmp(r.command, "resource_offer") == 0 && r.uuid[0] == '\0');
+    cbor_item_t *nodes = NULL;
+    CHECK((nodes = mdg_params_get(r.params, "nodes")) && cbor_isa_array(nodes) && cbor_array_size(nodes) == 2);
+    lr_free(&r);
+
+    /* the seed's calls from a 1.x user: broker table, native node */
+    mdg_params *np = mdg_params_new();
+    mdg_params_set_str(np, "note", "note of A");
+    lp_send(&A, "write_note", "", np, NULL, 0);
+    CHECK(notes_hold(&A, "u1", "note of A"));
+    CHECK_RC(lp_call(&A, "raise_exception", "u2", NULL, &r), 0);
+    CHECK(strcmp(exception_of(&r), "raise_exception was called") == 0 && r.command[0] == '\0');
+    lr_free(&r);
+    CHECK_RC(lp_call(&A, "divide", "u3", divide_params(mdg_keys_public(nk), 10, 5), &r), 0);
+    CHECK(quotient_of(&r) == 2.0);
+    lr_free(&r);
+    CHECK_RC(lp_call(&A, "divide", "u4", divide_params(mdg_keys_public(nk), 1, 0), &r), 0);
+    CHECK(strcmp(exception_of(&r), "Devisor cannot be zero") == 0);
+    lr_free(&r);
+
+    /* a 1.x user calls a 1.x node: the node sees the stamped params in
+     * clear, answers 1.x style (bulk in the command field); the user gets
+     * it sealed, with the bulk not in the command field */
+    lp_send(&A, "divide", "u5", divide_params(mdg_keys_public(lk), 10, 5), "BULK", 4);
+    CHECK_RC(lp_recv(&L, &r), 0);
+    CHECK(strcmp(r.command, "divide") == 0 && r.uuid[0] == 'm');
+    const uint8_t *v;
+    size_t vl;
+    CHECK(mdg_params_get_bytes(r.params, "user", &v, &vl) == 0 && vl == 32 && memcmp(v, mdg_keys_public(ak), 32) == 0);
+    CHECK(mdg_params_get_bytes(r.params, "session", &v, &vl) == 0 && vl == A.rid_len && memcmp(v, A.rid, vl) == 0);
+    CHECK(!mdg_params_has(r.params, "node"));
+    CHECK(zmq_msg_size(&r.bulk) == 4 && memcmp(zmq_msg_data(&r.bulk), "BULK", 4) == 0);
+    char call_uuid[65];
+    strcpy(call_uuid, r.uuid);
+    lr_free(&r);
+    mdg_params *qp = mdg_params_new();
+    mdg_params_set_double(qp, "quotient", 2.0);
+    lp_send(&L, "BULK", call_uuid, qp, "BULK", 4);
+    CHECK_RC(lp_recv(&A, &r), 0);
+    CHECK(strcmp(r.uuid, "u5") == 0 && quotient_of(&r) == 2.0 && r.command[0] == '\0');
+    CHECK(zmq_msg_size(&r.bulk) == 4 && memcmp(zmq_msg_data(&r.bulk), "BULK", 4) == 0);
+    lr_free(&r);
+
+    /* a native user calls the 1.x node: an exception reply becomes the
+     * native error; 'ka' replies are a long-term channel */
+    seen s1 = {.lock = PTHREAD_MUTEX_INITIALIZER}, s2 = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    CHECK_RC(mdg_conn_send_cb(user, "divide", divide_params(mdg_keys_public(lk), 1, 0), NULL, 0, on_reply, &s1), 0);
+    CHECK_RC(lp_recv(&L, &r), 0);
+    CHECK(mdg_params_get_bytes(r.params, "user", &v, &vl) == 0 && vl == 32 && memcmp(v, mdg_keys_public(uk), 32) == 0);
+    strcpy(call_uuid, r.uuid);
+    lr_free(&r);
+    lp_send(&L, "", call_uuid, mdg_legacy_exception("Devisor cannot be zero"), NULL, 0);
+    WAIT_FOR(seen_count(&s1) == 1, 3000);
+    CHECK(seen_count(&s1) == 1 && strcmp(s1.error[0], "Devisor cannot be zero") == 0);
+    CHECK_RC(mdg_conn_send_cb(user, "stream", divide_params(mdg_keys_public(lk), 1, 1), NULL, 0, on_reply, &s2), 0);
+    CHECK_RC(lp_recv(&L, &r), 0);
+    CHECK(strcmp(r.command, "stream") == 0);
+    strcpy(call_uuid, r.uuid);
+    lr_free(&r);
+    for (int i = 0; i < 3; i++) {
+        qp = mdg_params_new();
+        mdg_params_set_double(qp, "quotient", i);
+        lp_send(&L, "ka", call_uuid, qp, NULL, 0);
+    }
+    WAIT_FOR(seen_count(&s2) == 3, 3000);
+    CHECK(seen_count(&s2) == 3 && s2.q[0] == 0 && s2.q[1] == 1 && s2.q[2] == 2);
+
+    /* ---- bad input 1: plaintext params on an encrypted session */
+    t_clear_log();
+    {
+        uint8_t nonce[MDG_LEGACY_NONCE];
+        randombytes_buf(nonce, sizeof nonce);
+        zmq_msg_t m;
+        mdg_legacy_build(&m, NULL, nonce, sizeof nonce, "fetch_notes", 11, "u6", 2, NULL, NULL, 0);
+        zmq_msg_send(&m, A.sock, 0);
+        CHECK_RC(lp_recv(&A, &r), 0);
+        CHECK(strcmp(r.uuid, "u6") == 0 && strstr(exception_of(&r), "plaintext params on an encrypted"));
+        lr_free(&r);
+        CHECK(t_logged("plaintext params on an encrypted 1.x session"));
+        CHECK(notes_hold(&A, "u6b", "note of A"));
+    }
+
+    /* ---- bad input 2: replies from parties that were never asked */
+    lp_open(&B, lport);
+    CHECK_RC(lp_hello(&B, bbk, NULL, 0), 0);
+    CHECK_RC(lp_recv(&B, &r), 0); /* its resource offer */
+    lr_free(&r);
+    lp_open(&L2, lport);
+    CHECK_RC(lp_hello(&L2, l2k, NULL, 0), 0);
+    t_clear_log();
+    lp_send(&A, "divide", "u7", divide_params(mdg_keys_public(lk), 9, 3), NULL, 0);
+    CHECK_RC(lp_recv(&L, &r), 0);
+    strcpy(call_uuid, r.uuid);
+    lr_free(&r);
+    mdg_params *forged = mdg_params_new();
+    mdg_params_set_bool(forged, "forged", true);
+    lp_send(&B, "ka", call_uuid, forged, NULL, 0); /* a user injecting a reply */
+    forged = mdg_params_new();
+    mdg_params_set_bool(forged, "forged", true);
+    lp_send(&L2, "ka", call_uuid, forged, NULL, 0); /* another node injecting one */
+    WAIT_FOR(t_logged("no such call was made to this node"), 2000);
+    CHECK(t_logged("1.x reply from user") && t_logged("users do not answer calls"));
+    CHECK(t_logged("1.x reply from node") && t_logged("no such call was made to this node"));
+    qp = mdg_params_new();
+    mdg_params_set_double(qp, "quotient", 3.0);
+    lp_send(&L, "", call_uuid, qp, NULL, 0);
+    CHECK_RC(lp_recv(&A, &r), 0); /* the real answer, and only it */
+    CHECK(strcmp(r.uuid, "u7") == 0 && quotient_of(&r) == 3.0 && !mdg_params_has(r.params, "forged"));
+    lr_free(&r);
+
+    /* ---- bad input 3: a resume naming someone else's session */
+    t_clear_log();
+    lpeer B2;
+    lp_open(&B2, lport);
+    CHECK_RC(lp_hello(&B2, bbk, A.rid, A.rid_len), 0);
+    CHECK(B2.rid_len == 16 && memcmp(B2.rid, A.rid, 16) != 0); /* a new session, not A's */
+    CHECK(t_logged("names a session of another key: refused"));
+    CHECK(notes_hold(&A, "u8", "note of A")); /* A still served */
+    lp_close(&B2);
+
+    /* ---- bad input 4: frames that are not a 5-element array */
+    t_clear_log();
+    static const uint8_t three[] = {0x83, 0x01, 0x02, 0x03};
+    lp_send_raw(&A, three, sizeof three);
+    lp_send_raw(&A, "\xff garbage", 9);
+    static const uint8_t wrong_types[] = {0x85, 0x01, 0x40, 0x40, 0xa0, 0x40}; /* nonce an int */
+    lp_send_raw(&A, wrong_types, sizeof wrong_types);
+    CHECK(notes_hold(&A, "u9", "note of A"));
+    CHECK(t_logged("a 1.x frame must be a 5-element array, not 3"));
+    CHECK(t_logged("bad 1.x frame: nonce must be a byte string"));
+
+    /* ---- bad input 5: oversized frames */
+    t_clear_log();
+    size_t big_len = MAX_MESSAGE + 1000;
+    char *big = calloc(1, 4 * MAX_MESSAGE);
+    lp_send(&A, "fetch_notes", "u10", NULL, big, big_len); /* over max_message: refused */
+    CHECK(notes_hold(&A, "u11", "note of A"));
+    CHECK(t_logged("larger than max_message"));
+    /* far over it: libzmq drops the link; the client resumes its session */
+    lp_send(&A, "fetch_notes", "u12", NULL, big, 4 * MAX_MESSAGE);
+    WAIT_FOR(t_logged("link lost"), 3000);
+    CHECK(t_logged("link lost"));
+    free(big);
+    uint8_t old_rid[16];
+    memcpy(old_rid, A.rid, 16);
+    uint8_t old_key[MDG_LEGACY_KEY];
+    memcpy(old_key, A.key, sizeof old_key);
+    lp_close(&A);
+    lp_open(&A, lport);
+    CHECK_RC(lp_hello(&A, ak, old_rid, 16), 0);
+    CHECK(memcmp(A.rid, old_rid, 16) == 0 && memcmp(A.key, old_key, sizeof old_key) != 0); /* same session, new key */
+    CHECK(t_logged("resumed its session"));
+    CHECK(notes_hold(&A, "u13", "note of A")); /* nothing lost */
+
+    /* ---- bad input 6: an unknown key at the handshake */
+    t_clear_log();
+    lpeer S;
+    lp_open(&S, lport);
+    CHECK_RC(lp_hello(&S, stranger, NULL, 0), MDG_EAUTH);
+    CHECK(t_logged("1.x hello from") && t_logged("refused: unknown key"));
+    lp_close(&S);
+    /* and a 1.x hello in the name of a node connected natively */
+    lp_open(&S, lport);
+    CHECK_RC(lp_hello(&S, nk, NULL, 0), MDG_EAUTH);
+    CHECK(t_logged("connected on the native (authenticated) protocol"));
+    lp_close(&S);
+    CHECK(notes_hold(&A, "u14", "note of A"));
+
+    lp_close(&L2);
+    lp_close(&B);
+    lp_close(&L);
+    lp_close(&A);
+    WAIT_FOR(mdg_broker_node_count(b) == 1, 3000);
+    CHECK(mdg_broker_node_count(b) == 1);
+
+    mdg_conn_destroy(&user);
+    mdg_conn_destroy(&node);
+    mdg_broker_destroy(&b);
+    mdg_keys_destroy(&uk);
+    mdg_keys_destroy(&bk);
+    mdg_keys_destroy(&nk);
+    mdg_keys_destroy(&ak);
+    mdg_keys_destroy(&bbk);
+    mdg_keys_destroy(&lk);
+    mdg_keys_destroy(&l2k);
+    mdg_keys_destroy(&stranger);
+    mdg_keys_destroy(&pyu);
+    mdg_keys_destroy(&pyn);
+    zmq_ctx_term(zctx);
+    return t_done("test_legacy_broker");
+}
