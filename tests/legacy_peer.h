@@ -28,8 +28,8 @@ typedef struct py_peer {
  * inherited so its log shows in the test output. */
 static inline int py_start(py_peer *p, const char *const args[])
 {
-    const char *argv[64] = {MDG_PYTHON, "-u", MDG_LEGACY_PEER};
-    int n = 3;
+    const char *argv[64] = {MDG_PYTHON, "-u", "-B", MDG_LEGACY_PEER}; /* -B: no __pycache__ in the tree */
+    int n = 4;
     for (int i = 0; args[i] && n < 63; i++)
         argv[n++] = args[i];
     argv[n] = NULL;

@@ -91,8 +91,25 @@ static void h_divide(mdg_msg *m, void *arg)
     mdg_msg_reply(m, r, bulk, blen);
 }
 
+/* A long-term channel: count replies, all but the last marked "more". */
+static void h_stream(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    int64_t n = 0;
+    mdg_params_get_int(mdg_msg_params(m), "count", &n);
+    for (int64_t i = 0; i < n; i++) {
+        mdg_params *r = mdg_params_new();
+        mdg_params_set_int(r, "i", i);
+        if (i + 1 < n)
+            mdg_msg_reply_more(m, r, NULL, 0);
+        else
+            mdg_msg_reply(m, r, NULL, 0);
+    }
+}
+
 static const mdg_cmd node_cmds[] = {
     {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    {"stream", h_stream, MDG_REQUIRE("count"), MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 
@@ -279,6 +296,76 @@ static int seen_count(seen *s)
     int n = s->n;
     pthread_mutex_unlock(&s->lock);
     return n;
+}
+
+/* ------------------------------------------------ Python 1.x peers */
+
+/* The unmodified-1.x side: a Python node and the seed demo's Python user
+ * on the legacy port, key files written here (C) and read there (Python);
+ * the native C user calls the Python node too. */
+static void python_peers(mdg_broker *b, const mdg_keys *bk, const mdg_keys *pyu, const mdg_keys *pyn, mdg_conn *user)
+{
+    char dir[] = "/tmp/mdg-legacy-XXXXXX", port[16], pkfile[64];
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK_RC(mdg_keys_save(pyu, "127.0.0.1", dir), 0);
+    CHECK_RC(mdg_server_pk_save(mdg_keys_public(bk), "127.0.0.1", dir), 0);
+    CHECK_RC(mdg_keys_save(pyn, "pynode", dir), 0);
+    CHECK_RC(mdg_keys_save(bk, "broker", dir), 0);
+    snprintf(port, sizeof port, "%d", mdg_broker_legacy_port(b));
+    snprintf(pkfile, sizeof pkfile, "%s/broker.pub", dir);
+
+    py_peer node, pyuser;
+    const char *nargs[] = {"node", "--prefix", dir, "--name", "pynode", "--server-pk-file", pkfile,
+                           "--location", "127.0.0.1", "--port", port, NULL};
+    CHECK(py_start(&node, nargs) == 0);
+    CHECK(py_wait_for(&node, "node ready", 20000));
+    WAIT_FOR(mdg_broker_node_count(b) == 2, 5000);
+    CHECK(mdg_broker_node_count(b) == 2); /* native and 1.x nodes side by side */
+
+    /* the seed demo from Python, dividing on the native node and the 1.x one */
+    const char *uargs[] = {"user", "--prefix", dir, "--location", "127.0.0.1", "--port", port,
+                           "--expect-nodes", "2", "--stream", "3", NULL};
+    CHECK(py_start(&pyuser, uargs) == 0);
+    int status = py_wait_exit(&pyuser, 60000);
+    CHECK(status == 0);
+    const char *want[] = {"Here are the notes: ", "This will print before the async callback is triggered...",
+                          "Async callback: ", "Expected! ValueError raised because: raise_exception was called",
+                          "10.0/5.0=2.0", "Expected! ValueError raised because: Devisor cannot be zero",
+                          "bulk reply ok"};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        CHECK(strstr(pyuser.out, want[i]) != NULL);
+    const char *second = strstr(pyuser.out, "10.0/5.0=2.0");
+    CHECK(second && strstr(second + 1, "10.0/5.0=2.0")); /* once per node */
+    if (status != 0 || t_failed)
+        fprintf(stderr, "--- Python user printed:\n%s---\n", pyuser.out);
+    py_stop(&pyuser);
+
+    /* a native C user calls the Python 1.x node */
+    mdg_msg *reply = NULL;
+    double q = 0;
+    size_t blen = 0;
+    mdg_params *p = divide_params(mdg_keys_public(pyn), 10, 5);
+    CHECK_RC(mdg_conn_call(user, "divide", p, "native bulk", 11, 10000, &reply), 0);
+    CHECK(reply && mdg_params_get_double(mdg_msg_params(reply), "quotient", &q) == 0 && q == 2.0);
+    const void *bulk = reply ? mdg_msg_bulk(reply, &blen) : NULL;
+    CHECK(blen == 11 && bulk && memcmp(bulk, "native bulk", 11) == 0);
+    mdg_msg_destroy(&reply);
+    CHECK_RC(mdg_conn_call(user, "divide", divide_params(mdg_keys_public(pyn), 1, 0), NULL, 0, 10000, &reply),
+             MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "Devisor cannot be zero") != NULL);
+    seen s = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    p = mdg_params_new();
+    mdg_params_set_bytes(p, "node", mdg_keys_public(pyn), MDG_KEY_BYTES);
+    mdg_params_set_int(p, "count", 3);
+    CHECK_RC(mdg_conn_send_cb(user, "stream", p, NULL, 0, on_reply, &s), 0);
+    WAIT_FOR(seen_count(&s) == 3, 10000);
+    CHECK(seen_count(&s) == 3);
+
+    py_stop(&node);
+    CHECK(WIFEXITED(0)); /* (reaped in py_stop) */
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
 }
 
 /* ------------------------------------------------ the test */
@@ -517,6 +604,8 @@ int main(void)
     lp_close(&A);
     WAIT_FOR(mdg_broker_node_count(b) == 1, 3000);
     CHECK(mdg_broker_node_count(b) == 1);
+
+    python_peers(b, bk, pyu, pyn, user);
 
     mdg_conn_destroy(&user);
     mdg_conn_destroy(&node);

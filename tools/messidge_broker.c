@@ -36,6 +36,10 @@ static void usage(FILE *out)
             "  -s, --state DIR       identity store directory (default ./messidge-state)\n"
             "      --account-port N  account server port (default base port + 1; 0 = free)\n"
             "      --no-accounts     do not run the account server\n"
+            "      --legacy-port N   also admit unmodified Messidge 1.x (Python) users and\n"
+            "                        nodes on port N (1.x clients always use 2020: run\n"
+            "                        -p 3030 --legacy-port 2020); 1.x links keep 1.x's\n"
+            "                        weaknesses, see docs/compatibility.md. Off by default\n"
             "      --port-file FILE  write the bound base port to FILE once serving (for\n"
             "                        scripts; the ports are also printed on stdout)\n"
             "  -v, --verbose         log sessions and refusals (-vv: debug)\n"
@@ -52,7 +56,7 @@ static int fail(const char *what, int rc)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_ACCOUNT_PORT = 256, OPT_NO_ACCOUNTS, OPT_PORT_FILE };
+    enum { OPT_ACCOUNT_PORT = 256, OPT_NO_ACCOUNTS, OPT_PORT_FILE, OPT_LEGACY_PORT };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, 'p'},
         {"bind", required_argument, NULL, 'b'},
@@ -62,6 +66,7 @@ int main(int argc, char **argv)
         {"account-port", required_argument, NULL, OPT_ACCOUNT_PORT},
         {"no-accounts", no_argument, NULL, OPT_NO_ACCOUNTS},
         {"port-file", required_argument, NULL, OPT_PORT_FILE},
+        {"legacy-port", required_argument, NULL, OPT_LEGACY_PORT},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -88,6 +93,13 @@ int main(int argc, char **argv)
         case 'k': key_name = optarg; break;
         case 'P': prefix = optarg; break;
         case 's': state = optarg; break;
+        case OPT_LEGACY_PORT:
+            if ((bo.legacy_port = cli_parse_port(optarg)) < 0) {
+                fprintf(stderr, "messidge-broker: bad legacy port \"%s\" (0 to 65535)\n", optarg);
+                return 2;
+            }
+            bo.legacy = true;
+            break;
         case OPT_NO_ACCOUNTS: accounts = false; break;
         case OPT_PORT_FILE: port_file = optarg; break;
         case 'v': verbose++; break;
@@ -153,6 +165,8 @@ int main(int argc, char **argv)
     printf("messidge-broker: listening on port %d", port);
     if (as)
         printf(", accounts on port %d", mdg_account_server_port(as));
+    if (bo.legacy)
+        printf(", Messidge 1.x on port %d", mdg_broker_legacy_port(b));
     printf("\nmessidge-broker: broker public key %s\n", pk_b64);
     fflush(stdout);
     if (port_file && cli_write_port_file(port_file, port) != 0) {
