@@ -185,6 +185,8 @@ static bool start_broker(char *const argv[])
 
 /* Read the broker's stdout until it has said both lines (or ms pass, or
  * it exits): the base port, the account port and its public key. */
+static int legacy_port; /* the Messidge 1.x listener's, from the same line */
+
 static bool broker_ready(int *port, int *account_port, char pk_b64[MDG_KEY_B64_LEN + 1], int ms)
 {
     char buf[2048];
@@ -209,6 +211,8 @@ static bool broker_ready(int *port, int *account_port, char pk_b64[MDG_KEY_B64_L
         fprintf(stderr, "the broker did not say it is ready; its stdout:\n%s\n", buf);
         return false;
     }
+    const char *lp = strstr(buf, "Messidge 1.x on port ");
+    legacy_port = lp ? atoi(lp + strlen("Messidge 1.x on port ")) : 0;
     return true;
 }
 
@@ -422,7 +426,7 @@ int main(void)
     /* ---- the broker: free ports on loopback, its key made on first run */
     char *const argv[] = {MDG_BROKER_BIN, "--port", "0", "--bind", "127.0.0.1",
                           "--state", state, "--prefix", bprefix, "--account-port", "0",
-                          "--port-file", port_file, "--verbose", NULL};
+                          "--port-file", port_file, "--legacy-port", "0", "--verbose", NULL};
     CHECK(start_broker(argv));
     bool up = broker_ready(&port, &account_port, broker_pk_b64, WAIT_MS);
     CHECK(up);
@@ -537,6 +541,28 @@ int main(void)
         goto out;
     WAIT_FOR(offer_count(&bob_offer) > 0, WAIT_MS);
     CHECK(offered(&bob_offer, node_pk));
+
+    /* ---- carol is a Python 1.x user: 1.x's create_account against our
+     * account server writes her key files, which the C tool reads to call
+     * natively; and she calls the same C node over the 1.x listener */
+    char token3[64] = "", cprefix[320];
+    snprintf(cprefix, sizeof cprefix, "%s/carol", base);
+    CHECK(legacy_port > 0 && legacy_port != port);
+    CHECK(t_run(out, sizeof out, "%s --state %s invite carol@example.com", MDG_ADMIN_BIN, state) == 0);
+    CHECK(sscanf(out, "%63s", token3) == 1);
+    CHECK(t_run(out, sizeof out, "%s -B %s create-account --prefix %s --location 127.0.0.1 --port %d --token '%s'",
+                MDG_PYTHON, MDG_LEGACY_PEER, cprefix, account_port, token3) == 0);
+    CHECK(has(out, "account created at 127.0.0.1"));
+    CHECK(t_run(out, sizeof out, "%s -B %s create-account --prefix %s/again --location 127.0.0.1 --port %d --token '%s'",
+                MDG_PYTHON, MDG_LEGACY_PEER, cprefix, account_port, token3) == 1);
+    CHECK(has(out, "Fail:")); /* a used token, as 1.x says it */
+    CHECK(t_run(out, sizeof out,
+              "%s call --prefix %s --port %d --node '%s' divide dividend=10.0 devisor=5.0",
+              MDG_CLI_BIN, cprefix, port, node_pk_b64) == 0);
+    CHECK(has(out, "\"quotient\": 2.0"));
+    CHECK(t_run(out, sizeof out, "%s -B %s divide --prefix %s --port %d", MDG_PYTHON, MDG_LEGACY_PEER, cprefix,
+                legacy_port) == 0);
+    CHECK(has(out, "10.0/5.0=2.0"));
 
     /* ---- revoke alice while she is connected: the broker polls the store
      * every second and closes her session, telling her why */

@@ -564,6 +564,65 @@ def cmd_broker(args):
 
 
 # --------------------------------------------------------------------------
+# create-account and divide: the 1.x quickstart of a user
+
+def cmd_create_account(args):
+    """1.x's create_account: a new key pair for the location, then
+    POST "<token> <pk>" to the account server; the answer is the broker's
+    public key (or a text starting "Fail:")."""
+    import base64
+    import urllib.error
+    import urllib.request
+    try:
+        pk, sk = m1.new_keypair()
+        m1.write_keypair(args.prefix, args.location, pk, sk)
+        body = ("%s %s" % (args.token, m1.key_text(pk).decode())).encode()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+        url = "http://%s:%d/" % (args.location, args.port)
+        try:
+            with opener.open(urllib.request.Request(url, data=body, method='POST'), timeout=10) as r:
+                reply = r.read().decode()
+        except urllib.error.HTTPError as e:  # libmessidge answers refusals with a 4xx status
+            reply = e.read().decode()
+        if reply.startswith("Fail:") or not reply:
+            say(reply or "FAIL: empty answer")
+            return 1
+        m1.write_location(args.prefix, args.location, base64.b64decode(reply.strip()))
+    except (m1.KeyFileError, OSError, ValueError) as e:
+        say("FAIL: %s" % e)
+        return 1
+    say("account created at %s" % args.location)
+    return 0
+
+
+def cmd_divide(args):
+    """Connect from the key files create-account left, wait for the offer
+    and divide 10 by 5 on every node offered."""
+    conn = None
+    try:
+        location = args.location or m1.default_location(args.prefix)
+        keys = m1.read_keypair(args.prefix, location)
+        spub = m1.read_key(os.path.join(args.prefix, location + '.spub'))
+        controller = UserController()
+        conn = m1.Connection(location, args.port, keys=keys, server_pk=spub,
+                             commands=UserController.commands, handler_obj=controller)
+        try:
+            conn.wait_until_ready(args.timeout)
+        except (ValueError, TimeoutError) as e:
+            raise Failed("handshake: %s" % e)
+        nodes = wait_for_offer(conn, controller, 1, time.time() + args.timeout)
+        for node in nodes:
+            reply = blocking(conn, args.timeout, b'divide', {'node': node, 'dividend': 10.0, 'devisor': 5.0})
+            say("10.0/5.0=" + str(reply.params['quotient']))
+        return 0
+    except (Failed, m1.KeyFileError, OSError, ValueError) as e:
+        say("FAIL: %s" % e)
+        return 1
+    finally:
+        if conn is not None:
+            conn.close()
+
+# --------------------------------------------------------------------------
 # keygen
 
 def cmd_keygen(args):
@@ -613,8 +672,21 @@ def main(argv=None):
     p.add_argument('--server-pub', metavar='FILE',
                    help="also write NAME.spub (this broker key) and default_location = NAME")
 
+    p = sub.add_parser('create-account', help="1.x create_account against an account server")
+    p.add_argument('--prefix', required=True)
+    p.add_argument('--location', required=True, help="broker host, also the key files' name")
+    p.add_argument('--port', type=int, required=True, help="the account server's port")
+    p.add_argument('--token', required=True)
+
+    p = sub.add_parser('divide', help="divide 10 by 5 on every offered node, from create-account's files")
+    p.add_argument('--prefix', required=True)
+    p.add_argument('--location', help="default: the prefix's default_location")
+    p.add_argument('--port', type=int, default=m1.DEFAULT_PORT)
+    p.add_argument('--timeout', type=float, default=20.0)
+
     args = parser.parse_args(argv)
-    return {'user': cmd_user, 'node': cmd_node, 'broker': cmd_broker, 'keygen': cmd_keygen}[args.cmd](args)
+    return {'user': cmd_user, 'node': cmd_node, 'broker': cmd_broker, 'keygen': cmd_keygen,
+            'create-account': cmd_create_account, 'divide': cmd_divide}[args.cmd](args)
 
 
 if __name__ == '__main__':
