@@ -63,6 +63,7 @@ typedef struct peer {
      * they go is full: processed in order once there is room, and not
      * acknowledged before, so the peer's own queue limit holds it back */
     struct held *held_head, *held_tail;
+    size_t held_len;
     struct legacy_link *legacy; /* a Messidge 1.x peer, or NULL */
 } peer;
 
@@ -1354,6 +1355,7 @@ static void hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
     else
         p->held_head = hm;
     p->held_tail = hm;
+    p->held_len++;
     mdg_map_put(b->holding, p->session_id, SESSION_ID_BYTES, p);
 }
 
@@ -1369,6 +1371,7 @@ static void release_held(mdg_broker *b, peer *p)
         p->held_head = hm->next;
         if (!p->held_head)
             p->held_tail = NULL;
+        p->held_len--;
         mdg_frames_close(&hm->f);
         free(hm);
     }
@@ -1784,6 +1787,14 @@ static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
 {
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
+    if (p->held_len >= (size_t)b->queue_limit) {
+        /* a native sender is held back by its own unacknowledged window;
+         * 1.x has none, so what waits for room is bounded here */
+        mdg_log(MDG_LOG_WARN, "1.x frame from %s refused: %zu of its messages already wait for room", who,
+                p->held_len);
+        legacy_refuse(b, p, lf, "the broker is full: try again later");
+        return;
+    }
     mdg_params *params = NULL;
     mdg_frames f = {.n = 3};
     zmq_msg_init(&f.part[3]);
