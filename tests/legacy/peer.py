@@ -189,30 +189,37 @@ def run_stream(conn, node_pk, count, timeout):
     say("stream ok: %d replies" % count)
 
 
-def cmd_user(args):
-    deadline = time.time() + args.timeout
+def as_user(location, prefix, port, timeout, expect_nodes, work):
+    """Connect as a user from the key files for location, wait for an offer
+    of expect_nodes nodes, run work(conn, nodes); exit status 0 or 1."""
+    deadline = time.time() + timeout
     controller = UserController()
     conn = None
     try:
-        keys = m1.read_keypair(args.prefix, args.location)
-        spub = m1.read_key(os.path.join(args.prefix, args.location + '.spub'))
-        conn = m1.Connection(args.location, args.port, keys=keys, server_pk=spub,
+        keys = m1.read_keypair(prefix, location)
+        spub = m1.read_key(os.path.join(prefix, location + '.spub'))
+        conn = m1.Connection(location, port, keys=keys, server_pk=spub,
                              commands=UserController.commands, handler_obj=controller)
         try:
-            conn.wait_until_ready(args.timeout)
+            conn.wait_until_ready(timeout)
         except (ValueError, TimeoutError) as e:
             raise Failed("handshake: %s" % e)
-        nodes = wait_for_offer(conn, controller, args.expect_nodes, deadline)
-        say("resource offer: %d node(s)" % len(nodes))
-        run_user_demo(conn, nodes, args.timeout, args.stream)
-        say("user demo ok")
+        work(conn, wait_for_offer(conn, controller, expect_nodes, deadline))
         return 0
-    except (Failed, m1.KeyFileError) as e:
+    except (Failed, m1.KeyFileError, OSError) as e:
         say("FAIL: %s" % e)
         return 1
     finally:
         if conn is not None:
             conn.close()
+
+
+def cmd_user(args):
+    def demo(conn, nodes):
+        say("resource offer: %d node(s)" % len(nodes))
+        run_user_demo(conn, nodes, args.timeout, args.stream)
+        say("user demo ok")
+    return as_user(args.location, args.prefix, args.port, args.timeout, args.expect_nodes, demo)
 
 
 # --------------------------------------------------------------------------
@@ -596,31 +603,18 @@ def cmd_create_account(args):
 
 
 def cmd_divide(args):
-    """Connect from the key files create-account left, wait for the offer
-    and divide 10 by 5 on every node offered."""
-    conn = None
-    try:
-        location = args.location or m1.default_location(args.prefix)
-        keys = m1.read_keypair(args.prefix, location)
-        spub = m1.read_key(os.path.join(args.prefix, location + '.spub'))
-        controller = UserController()
-        conn = m1.Connection(location, args.port, keys=keys, server_pk=spub,
-                             commands=UserController.commands, handler_obj=controller)
-        try:
-            conn.wait_until_ready(args.timeout)
-        except (ValueError, TimeoutError) as e:
-            raise Failed("handshake: %s" % e)
-        nodes = wait_for_offer(conn, controller, 1, time.time() + args.timeout)
+    """From the key files create-account left: divide 10 by 5 on every
+    node offered."""
+    def divide(conn, nodes):
         for node in nodes:
             reply = blocking(conn, args.timeout, b'divide', {'node': node, 'dividend': 10.0, 'devisor': 5.0})
             say("10.0/5.0=" + str(reply.params['quotient']))
-        return 0
-    except (Failed, m1.KeyFileError, OSError, ValueError) as e:
+    try:
+        location = args.location or m1.default_location(args.prefix)
+    except OSError as e:
         say("FAIL: %s" % e)
         return 1
-    finally:
-        if conn is not None:
-            conn.close()
+    return as_user(location, args.prefix, args.port, args.timeout, 1, divide)
 
 # --------------------------------------------------------------------------
 # keygen
