@@ -13,8 +13,20 @@
  * lingers in libzmq's queues), a new one is made after a backoff, and the
  * hello names the session and the last message received; the broker then
  * resends what we missed and we resend what it missed. Receivers drop
- * duplicates by sequence number: in order, exactly once. */
+ * duplicates by sequence number: in order, exactly once.
+ *
+ * Legacy mode (opts.legacy) speaks Messidge 1.x to an original Python
+ * broker by translating at the socket boundary: legacy_send turns each
+ * numbered message into one 1.x frame, legacy_ingest turns each 1.x frame
+ * into the header and frames of a native one, and all the rest (queue,
+ * pending calls, dispatch, nested waits, reconnects) is shared. 1.x has no
+ * acknowledgements, sequence numbers or session resumption, so there a
+ * message counts as delivered once libzmq took it, nothing is resent after
+ * a reconnect, and every later session is reported as MDG_EV_RECOVERED
+ * (a 1.x broker does not say whether it still had ours). Nor can 1.x mark
+ * a call's last reply: see legacy_on_reply. */
 #include "internal.h"
+#include "legacy.h"
 #include "loop.h"
 #include "map.h"
 #include "msg.h"
@@ -62,6 +74,20 @@ typedef struct pending {
     char why[256]; /* with err: why the call ended */
     mdg_msg *reply;
 } pending;
+
+/* A ring of correlation ids, oldest first: the order in which the legacy
+ * tables (bounded by queue_limit) forget their entries. */
+typedef struct corr_ring {
+    uint64_t *v;
+    size_t cap, head, n;
+} corr_ring;
+
+/* The 1.x uuid of a command we received, kept for its replies. */
+typedef struct lg_uuid {
+    bool long_term; /* a 'ka' reply went out: the broker routes by it now */
+    size_t len;
+    uint8_t id[MDG_LEGACY_MAX_UUID];
+} lg_uuid;
 
 typedef struct deferred {
     struct deferred *next;
@@ -115,9 +141,44 @@ struct mdg_conn {
     void *err_arg;
     mdg_event_fn on_event;
     void *ev_arg;
+
+    /* legacy mode only; loop thread only */
+    bool lg_sealed;                 /* a user link: params and bulk sealed */
+    uint8_t lg_key[MDG_LEGACY_KEY]; /* this link's session key */
+    char lg_prefix[16];             /* our calls' uuids: prefix + corr */
+    mdg_map *lg_uuids;              /* corr we gave a received command -> lg_uuid */
+    corr_ring lg_in_order;          /* those corrs, to forget the oldest */
+    corr_ring lg_lingering;         /* callback calls kept after a reply */
+    uint64_t lg_next_in;            /* last corr given to a received command */
 };
 
 /* ------------------------------------------------------------------ set-up */
+
+/* Legacy mode's tables, bounded like the send queue. */
+static int legacy_alloc(mdg_conn *c)
+{
+    char id[23];
+    size_t cap = (size_t)c->opts.queue_limit;
+    mdg_legacy_uuid(id);
+    memcpy(c->lg_prefix, id, 12);
+    c->lg_prefix[12] = '-'; /* not in the uuid alphabet: the corr follows */
+    c->lg_in_order.cap = c->lg_lingering.cap = cap;
+    c->lg_in_order.v = calloc(cap, sizeof(uint64_t));
+    c->lg_lingering.v = calloc(cap, sizeof(uint64_t));
+    c->lg_uuids = mdg_map_new();
+    return c->lg_in_order.v && c->lg_lingering.v && c->lg_uuids ? 0 : MDG_ENOMEM;
+}
+
+static void legacy_free(mdg_conn *c)
+{
+    void *u;
+    while (c->lg_uuids && (u = mdg_map_pop(c->lg_uuids)) != NULL)
+        free(u);
+    mdg_map_destroy(&c->lg_uuids);
+    free(c->lg_in_order.v);
+    free(c->lg_lingering.v);
+    sodium_memzero(c->lg_key, sizeof c->lg_key);
+}
 
 static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server_pk[MDG_KEY_BYTES],
                       const mdg_keys *keys, const mdg_conn_options *opts)
@@ -159,7 +220,8 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
     if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
-        !(c->pending = mdg_map_new()) || !(c->loop = mdg_loop_new())) {
+        !(c->pending = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
+        (o->legacy && legacy_alloc(c) != 0)) {
         mdg_conn_destroy(&c);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
     }
@@ -290,6 +352,11 @@ static int out_new(out_item **out, int kind, const char *command, uint64_t corr,
 }
 
 static void flush(mdg_conn *c);
+/* Messidge 1.x mode, at the socket boundary (see the section below). */
+static int legacy_send(mdg_conn *c, out_item *o);
+static void legacy_hello(mdg_conn *c);
+static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h);
+static void legacy_on_reply(mdg_conn *c, mdg_msg *m);
 
 /* Queue a message for the loop thread to send, within the backlog limit:
  * wait for room, or refuse with MDG_EAGAIN when waiting is not allowed. */
@@ -356,6 +423,8 @@ static void trim_sent(mdg_conn *c, uint64_t ack)
 /* Send one numbered message, keeping a copy until it is acknowledged. */
 static int send_numbered(mdg_conn *c, out_item *o)
 {
+    if (c->opts.legacy)
+        return legacy_send(c, o);
     zmq_msg_t pm, bm;
     zmq_msg_init(&pm);
     zmq_msg_copy(&pm, &o->params);
@@ -411,7 +480,7 @@ static void flush(mdg_conn *c)
             want_pollout(c, true);
             return;
         }
-        if (rc != 0) /* kept anyway: it goes again after the reconnect */
+        if (rc != 0) /* kept anyway: it goes again after the reconnect (1.x: dropped) */
             mdg_log(MDG_LOG_WARN, "cannot send '%s' now: %s", o->h.command, mdg_last_error());
         c->tx_seq = o->h.seq;
         pthread_mutex_lock(&c->lock);
@@ -425,16 +494,19 @@ static void flush(mdg_conn *c)
         else
             c->sent_head = o;
         c->sent_tail = o;
+        if (c->opts.legacy) /* 1.x has no acks: libzmq has it, it is gone */
+            trim_sent(c, o->h.seq);
     }
     want_pollout(c, false);
 }
 
-/* Unnumbered control messages (HELLO, BYE, ACK) go straight out. */
+/* Unnumbered control messages (HELLO, BYE, ACK) go straight out; 1.x has
+ * none of them (its hello is legacy_hello). */
 static void send_control(mdg_conn *c, int kind, mdg_params *params)
 {
     mdg_header h = {.kind = (uint8_t)kind, .ack = c->rx_seq};
     zmq_msg_t pm;
-    if (c->sock && mdg_wire_encode_params(params, &pm) == 0) {
+    if (c->sock && !c->opts.legacy && mdg_wire_encode_params(params, &pm) == 0) {
         if (mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) == MDG_EAGAIN) {
             zmq_msg_close(&pm);
         } else {
@@ -447,6 +519,10 @@ static void send_control(mdg_conn *c, int kind, mdg_params *params)
 
 static void send_hello(mdg_conn *c)
 {
+    if (c->opts.legacy) {
+        legacy_hello(c);
+        return;
+    }
     mdg_params *p = mdg_params_new();
     if (p) {
         mdg_params_set_int(p, "version", MDG_WIRE_VERSION);
@@ -589,19 +665,10 @@ static size_t drop_sent(mdg_conn *c)
     return n;
 }
 
-static void on_welcome(mdg_conn *c, mdg_msg *m)
+/* The session is open on this link: resumed (the broker has what we sent
+ * up to ack) or new. */
+static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed, int64_t ack)
 {
-    const uint8_t *sid = NULL;
-    size_t len = 0;
-    bool resumed = false;
-    int64_t ack = 0;
-    mdg_params_get_bytes(m->params, "session", &sid, &len);
-    mdg_params_get_bool(m->params, "resumed", &resumed);
-    mdg_params_get_int(m->params, "ack", &ack);
-    if (!sid || len > SESSION_ID_MAX) {
-        mdg_log(MDG_LOG_ERROR, "welcome without a session id from %s", c->endpoint);
-        return;
-    }
     int ev = MDG_EV_CONNECTED;
     if (c->had_session && resumed) {
         /* the broker has what we sent up to ack: resend the rest, in order */
@@ -631,8 +698,27 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
     c->resyncing = false;
     c->attempt = 0;
     if (ev)
-        event(c, ev, NULL);
+        event(c, ev, ev == MDG_EV_RECOVERED && c->opts.legacy
+                         ? "a 1.x broker does not say whether it kept the session: what was sent "
+                           "before the link dropped may be lost"
+                         : NULL);
     flush(c);
+}
+
+static void on_welcome(mdg_conn *c, mdg_msg *m)
+{
+    const uint8_t *sid = NULL;
+    size_t len = 0;
+    bool resumed = false;
+    int64_t ack = 0;
+    mdg_params_get_bytes(m->params, "session", &sid, &len);
+    mdg_params_get_bool(m->params, "resumed", &resumed);
+    mdg_params_get_int(m->params, "ack", &ack);
+    if (!sid || len > SESSION_ID_MAX) {
+        mdg_log(MDG_LOG_ERROR, "welcome without a session id from %s", c->endpoint);
+        return;
+    }
+    session_open(c, sid, len, resumed, ack);
 }
 
 static void on_command(mdg_conn *c, mdg_msg *m)
@@ -753,8 +839,11 @@ static void dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
         return; /* on_command owns m */
     case MDG_K_REPLY:
     case MDG_K_ERROR:
-        on_reply(c, m);
-        return; /* on_reply owns m */
+        if (c->opts.legacy)
+            legacy_on_reply(c, m);
+        else
+            on_reply(c, m);
+        return; /* they own m */
     case MDG_K_BYE:
         on_bye(c, m);
         break;
@@ -794,7 +883,7 @@ static int on_socket(mdg_loop *loop, void *arg, short revents)
         }
         if (!sock || mdg_frames_recv(sock, &f) != 0)
             break;
-        if (ingest(c, &f, &h) == 0)
+        if ((c->opts.legacy ? legacy_ingest(c, &f, &h) : ingest(c, &f, &h)) == 0)
             dispatch(c, &h, &f);
         mdg_frames_close(&f);
     }
@@ -826,7 +915,7 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
         mdg_header h;
         mdg_frames f;
         while (!pd->done && mdg_frames_recv(c->sock, &f) == 0) {
-            if (ingest(c, &f, &h) != 0) {
+            if ((c->opts.legacy ? legacy_ingest(c, &f, &h) : ingest(c, &f, &h)) != 0) {
                 mdg_frames_close(&f);
                 continue;
             }
@@ -985,11 +1074,15 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
                 link_lost(c, "the link to the broker dropped");
                 return 0; /* the monitor socket is gone */
             }
-            if (ev != ZMQ_EVENT_CLOSED && !c->had_session) {
+            if (ev != ZMQ_EVENT_CLOSED && !c->had_session &&
+                !(c->opts.legacy && ev == ZMQ_EVENT_DISCONNECTED)) {
                 /* Before the first session this is most likely a wrong
                  * pinned key: a broker that cannot open our HELLO drops the
-                 * link. Reported to wait_until_ready; we keep trying. */
-                fatal(c, MDG_EHANDSHAKE, ev == ZMQ_EVENT_DISCONNECTED
+                 * link. Reported to wait_until_ready; we keep trying. (1.x
+                 * has no CURVE: a failed ZMTP handshake there means a
+                 * broker that is not 1.x; its key is checked at welcome.) */
+                fatal(c, MDG_EHANDSHAKE, c->opts.legacy ? "ZMTP handshake failed: not a Messidge 1.x broker?"
+                                         : ev == ZMQ_EVENT_DISCONNECTED
                                              ? "the broker closed the link during the CURVE handshake: "
                                                "the broker's key is probably not the one pinned"
                                              : "CURVE handshake failed: the broker's key is not the one pinned");
@@ -1010,6 +1103,305 @@ static int set(void *s, int opt, const void *v, size_t len)
                                                : mdg_fail(MDG_ESYS, "socket option %d: %s", opt, zmq_strerror(errno));
 }
 
+/* ---------------------------------------------- Messidge 1.x (legacy mode) */
+
+/* Append corr; when the ring is full its oldest is pushed out and
+ * returned, else 0. */
+static uint64_t ring_push(corr_ring *r, uint64_t corr)
+{
+    uint64_t out = 0;
+    if (r->n == r->cap) {
+        out = r->v[r->head];
+        r->head = (r->head + 1) % r->cap;
+        r->n--;
+    }
+    r->v[(r->head + r->n) % r->cap] = corr;
+    r->n++;
+    return out;
+}
+
+/* The hello: our key, and the rid of our last session so that the broker
+ * may move that session to this link. */
+static void legacy_hello(mdg_conn *c)
+{
+    zmq_msg_t m;
+    if (!c->sock)
+        return;
+    if (mdg_legacy_build_hello(&m, mdg_keys_public(c->keys), c->session_id,
+                               c->had_session ? c->session_id_len : 0) != 0) {
+        mdg_log(MDG_LOG_ERROR, "cannot make the 1.x hello: %s", mdg_last_error());
+        return;
+    }
+    if (zmq_msg_send(&m, c->sock, ZMQ_DONTWAIT) < 0) {
+        mdg_log(MDG_LOG_WARN, "cannot send the 1.x hello: %s", zmq_strerror(errno));
+        zmq_msg_close(&m);
+    }
+}
+
+/* The answer to our hello opens the session on this link; a refusal or a
+ * box that does not open is reported like a native CURVE failure. On a
+ * node link the answer is not boxed, so a wrong pinned key goes unnoticed
+ * there (1.x authenticates neither side of a node link). */
+_Static_assert(MDG_LEGACY_MAX_RID <= SESSION_ID_MAX, "a 1.x rid must fit as our session id");
+
+static void legacy_welcome(mdg_conn *c, zmq_msg_t *frame)
+{
+    uint8_t rid[MDG_LEGACY_MAX_RID];
+    size_t rid_len = 0;
+    bool sealed = false;
+    int rc = mdg_legacy_parse_welcome(zmq_msg_data(frame), zmq_msg_size(frame), c->server_pk,
+                                      mdg_keys_secret(c->keys), &sealed, c->lg_key, rid, &rid_len);
+    if (rc == MDG_EAUTH || rc == MDG_EHANDSHAKE) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", mdg_last_error());
+        fatal(c, rc, why);
+        c->attempt = 30; /* as native: retry now and then, the key may be admitted later */
+        link_lost(c, why);
+        return;
+    }
+    if (rc != 0) {
+        mdg_log(MDG_LOG_WARN, "answer to our 1.x hello dropped: %s", mdg_last_error());
+        return;
+    }
+    c->lg_sealed = sealed;
+    session_open(c, rid, rid_len, c->had_session, 0);
+}
+
+/* What 1.x wants as params: a failure is {'exception': text}. */
+static int legacy_params(out_item *o, mdg_params **out)
+{
+    int rc = mdg_wire_decode_params(zmq_msg_data(&o->params), zmq_msg_size(&o->params), out);
+    if (rc || o->h.kind != MDG_K_ERROR)
+        return rc;
+    const char *text = "";
+    mdg_params_get_str(*out, "error", &text);
+    mdg_params *ex = mdg_legacy_exception(text);
+    mdg_params_destroy(out);
+    *out = ex;
+    return ex ? 0 : mdg_fail(MDG_ENOMEM, "out of memory");
+}
+
+/* The uuid a message goes with. A call that wants replies gets our prefix
+ * and its corr (legacy_call_of reads it back); a reply, the uuid of the
+ * command it answers (*u, NULL for a command). */
+static int legacy_out_uuid(mdg_conn *c, const out_item *o, char *buf, size_t len, lg_uuid **u)
+{
+    *u = NULL;
+    buf[0] = '\0';
+    if (o->h.kind == MDG_K_CMD) {
+        if (o->h.corr)
+            snprintf(buf, len, "%s%llu", c->lg_prefix, (unsigned long long)o->h.corr);
+        return 0;
+    }
+    if (!(*u = mdg_map_get_u64(c->lg_uuids, o->h.corr)))
+        return mdg_fail(MDG_ENOTFOUND, "the 1.x uuid of the command it answers was forgotten "
+                                       "(more than queue_limit commands awaited replies)");
+    return 0;
+}
+
+/* One numbered message as one 1.x frame. A reply's command field is 'ka'
+ * once its channel is long-term, also for the final reply: the 1.x broker
+ * sends a non-'ka' frame whose uuid it knows only as long-term back to its
+ * sender. Never the bulk there, as 1.x's replies do: it would cross in
+ * clear. A failure ends the message (nothing is resent in 1.x). */
+static int legacy_send(mdg_conn *c, out_item *o)
+{
+    char uuid[sizeof c->lg_prefix + 24];
+    lg_uuid *u;
+    mdg_params *p = NULL;
+    zmq_msg_t frame;
+    uint8_t nonce[MDG_LEGACY_NONCE]; /* a node's frames carry one too, as 1.x's */
+    bool more = o->h.flags & MDG_F_MORE;
+    int rc = legacy_out_uuid(c, o, uuid, sizeof uuid, &u);
+    const char *command = !u ? o->h.command : more || u->long_term ? "ka" : "";
+    randombytes_buf(nonce, sizeof nonce);
+    if (!rc && !(rc = legacy_params(o, &p)))
+        rc = mdg_legacy_build(&frame, c->lg_sealed ? c->lg_key : NULL, nonce, sizeof nonce, command,
+                              strlen(command), u ? (const char *)u->id : uuid, u ? u->len : strlen(uuid), p,
+                              o->has_bulk ? zmq_msg_data(&o->bulk) : NULL, o->has_bulk ? zmq_msg_size(&o->bulk) : 0);
+    mdg_params_destroy(&p);
+    if (rc)
+        return rc;
+    if (zmq_msg_send(&frame, c->sock, ZMQ_DONTWAIT) < 0) {
+        int e = errno;
+        zmq_msg_close(&frame);
+        return e == EAGAIN ? MDG_EAGAIN : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(e));
+    }
+    c->last_tx = mdg_now_ms();
+    if (u && more)
+        u->long_term = true;
+    else if (u) /* the final reply: the uuid is done with */
+        free(mdg_map_take_u64(c->lg_uuids, o->h.corr));
+    return 0;
+}
+
+/* The corr of our call that a uuid names, or 0 when it is not ours. */
+static uint64_t legacy_call_of(const mdg_conn *c, const uint8_t *uuid, size_t len)
+{
+    size_t plen = strlen(c->lg_prefix);
+    uint64_t corr = 0;
+    if (len <= plen || len > plen + 19 || memcmp(uuid, c->lg_prefix, plen) != 0)
+        return 0;
+    for (size_t i = plen; i < len; i++) {
+        if (uuid[i] < '0' || uuid[i] > '9')
+            return 0;
+        corr = corr * 10 + (uint64_t)(uuid[i] - '0');
+    }
+    return corr;
+}
+
+/* Remember the uuid of a command we received under a corr of our own, for
+ * its replies; the oldest are forgotten past queue_limit. 0 when out of
+ * memory (the command is then not answerable). */
+static uint64_t legacy_remember(mdg_conn *c, const uint8_t *uuid, size_t len)
+{
+    lg_uuid *u = calloc(1, sizeof *u);
+    uint64_t corr = ++c->lg_next_in;
+    if (!u || mdg_map_put_u64(c->lg_uuids, corr, u) != 0) {
+        free(u);
+        mdg_log(MDG_LOG_ERROR, "out of memory: a 1.x command cannot be answered");
+        return 0;
+    }
+    u->len = len;
+    memcpy(u->id, uuid, len);
+    uint64_t old = ring_push(&c->lg_in_order, corr);
+    if (old && (u = mdg_map_take_u64(c->lg_uuids, old)) != NULL) {
+        mdg_log(MDG_LOG_WARN, "more than %d 1.x commands await replies: the oldest can no longer be answered",
+                c->opts.queue_limit);
+        free(u);
+    }
+    return corr;
+}
+
+/* A 1.x exception becomes a native error reply's params. */
+static int legacy_error_params(mdg_params **p, const char *text)
+{
+    mdg_params *e = mdg_params_new();
+    if (!e || mdg_params_set_str(e, "error", text) != 0) {
+        mdg_params_destroy(&e);
+        return mdg_fail(MDG_ENOMEM, "out of memory");
+    }
+    mdg_params_destroy(p); /* text was in it */
+    *p = e;
+    return 0;
+}
+
+/* What a 1.x frame is: a reply to one of our calls (its uuid says so,
+ * whatever the command field: 1.x replies put their bulk there), an error
+ * notice (an exception for nothing), or a command. */
+static int legacy_classify(mdg_conn *c, const mdg_legacy_frame *lf, mdg_params **p, mdg_header *h)
+{
+    const char *exc = NULL;
+    bool is_exc = mdg_params_get_str(*p, "exception", &exc) == 0;
+    memset(h, 0, sizeof *h);
+    h->corr = legacy_call_of(c, lf->uuid, lf->uuid_len);
+    if (h->corr || (!lf->command_len && !lf->uuid_len && is_exc)) {
+        h->kind = is_exc ? MDG_K_ERROR : MDG_K_REPLY;
+        return is_exc ? legacy_error_params(p, exc) : 0;
+    }
+    if (!lf->command_len)
+        return mdg_fail(MDG_EPROTO, "neither a command nor a reply to one of our calls");
+    if (memchr(lf->command, '\0', lf->command_len))
+        return mdg_fail(MDG_EPROTO, "a command name with a NUL byte");
+    h->kind = MDG_K_CMD;
+    memcpy(h->command, lf->command, lf->command_len);
+    h->command[lf->command_len] = '\0';
+    h->command_len = (uint8_t)lf->command_len;
+    if (lf->uuid_len)
+        h->corr = legacy_remember(c, lf->uuid, lf->uuid_len);
+    return 0;
+}
+
+/* Rewrite f as a native message's frames: header (unused), params, bulk. */
+static int legacy_to_frames(mdg_frames *f, const mdg_params *p, zmq_msg_t *bulk)
+{
+    mdg_frames_close(f);
+    zmq_msg_init(&f->part[0]);
+    f->n = 1;
+    int rc = mdg_wire_encode_params(p, &f->part[1]);
+    if (rc)
+        return rc;
+    f->n = 2;
+    if (zmq_msg_size(bulk)) {
+        zmq_msg_init(&f->part[2]);
+        zmq_msg_move(&f->part[2], bulk);
+        f->n = 3;
+    }
+    return 0;
+}
+
+/* A 1.x frame from the broker becomes the header and frames of a native
+ * message (0: dispatch it), or is taken here (the welcome), or dropped
+ * with a log line. Nothing a 1.x broker sends ends the link. */
+static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
+{
+    mdg_legacy_frame lf;
+    mdg_params *p = NULL;
+    zmq_msg_t bulk;
+    if (f->dropped || f->n != 1) {
+        mdg_log(MDG_LOG_WARN, "a 1.x message from the broker has %d frames, not one: dropped", f->n + f->dropped);
+        return -1;
+    }
+    if (c->state != C_READY) {
+        legacy_welcome(c, &f->part[0]);
+        return -1;
+    }
+    zmq_msg_init(&bulk);
+    int rc = mdg_legacy_parse(zmq_msg_data(&f->part[0]), zmq_msg_size(&f->part[0]), &lf);
+    if (rc == 0) {
+        zmq_msg_close(&bulk); /* open makes it again */
+        if ((rc = mdg_legacy_open(&lf, c->lg_sealed ? c->lg_key : NULL, &p, &bulk)) == 0)
+            rc = legacy_classify(c, &lf, &p, h);
+        mdg_legacy_frame_free(&lf);
+    }
+    if (rc == 0)
+        rc = legacy_to_frames(f, p, &bulk);
+    if (rc)
+        mdg_log(MDG_LOG_WARN, "1.x frame from the broker dropped: %s", mdg_last_error());
+    mdg_params_destroy(&p);
+    zmq_msg_close(&bulk);
+    return rc ? -1 : 0;
+}
+
+/* A callback call answered: keep it for more replies, within queue_limit
+ * (past it the oldest such call is forgotten). */
+static void legacy_linger(mdg_conn *c, uint64_t corr)
+{
+    uint64_t old = ring_push(&c->lg_lingering, corr);
+    if (!old)
+        return;
+    pthread_mutex_lock(&c->lock);
+    pending *pd = mdg_map_take_u64(c->pending, old);
+    pthread_mutex_unlock(&c->lock);
+    if (pd) {
+        mdg_log(MDG_LOG_WARN, "more than %d answered 1.x calls kept for further replies: "
+                              "the oldest (call %llu) forgotten", c->opts.queue_limit, (unsigned long long)old);
+        free(pd);
+    }
+}
+
+/* 1.x cannot mark a call's last reply (mdg_msg_more is always false): a
+ * blocking call ends with its first reply, as natively; a callback call
+ * keeps its callback for further replies, but counts as done (its
+ * callback is not failed when the connection ends). */
+static void legacy_on_reply(mdg_conn *c, mdg_msg *m)
+{
+    pthread_mutex_lock(&c->lock);
+    pending *pd = m->h.corr ? mdg_map_get_u64(c->pending, m->h.corr) : NULL;
+    bool callback = pd && !pd->blocking, first = callback && !pd->done;
+    if (first)
+        pd->done = true;
+    pthread_mutex_unlock(&c->lock);
+    if (!callback) { /* a blocking call, a notice, or no one: as natively */
+        on_reply(c, m);
+        return;
+    }
+    if (first)
+        legacy_linger(c, m->h.corr);
+    pd->cb(m, pd->arg);
+    mdg_msg_destroy(&m);
+}
+
 static int open_socket(mdg_conn *c)
 {
     /* No receive limit in libzmq: with heartbeats on, libzmq 4.3.4 aborts
@@ -1027,9 +1419,11 @@ static int open_socket(mdg_conn *c)
     char mon_ep[80];
     if (!(c->sock = zmq_socket(c->ctx, ZMQ_DEALER)))
         return mdg_fail(MDG_ESYS, "cannot create the socket: %s", zmq_strerror(errno));
-    if ((rc = set(c->sock, ZMQ_CURVE_SERVERKEY, c->server_pk, MDG_KEY_BYTES)) ||
-        (rc = set(c->sock, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(c->keys), MDG_KEY_BYTES)) ||
-        (rc = set(c->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(c->keys), MDG_KEY_BYTES)) ||
+    /* 1.x has no CURVE: the broker's key is checked by the welcome's box */
+    if ((!c->opts.legacy &&
+         ((rc = set(c->sock, ZMQ_CURVE_SERVERKEY, c->server_pk, MDG_KEY_BYTES)) ||
+          (rc = set(c->sock, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(c->keys), MDG_KEY_BYTES)) ||
+          (rc = set(c->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(c->keys), MDG_KEY_BYTES)))) ||
         (rc = set(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm)) ||
         (rc = set(c->sock, ZMQ_RCVHWM, &unlimited, sizeof unlimited)) ||
         (rc = set(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
@@ -1127,6 +1521,8 @@ static void fail_all_pending(mdg_conn *c, int err, const char *text)
             snprintf(pd->why, sizeof pd->why, "%s", text);
             pd->done = true;
             pthread_cond_signal(&pd->cond);
+        } else if (pd->done) { /* a 1.x callback call that had its reply */
+            free(pd);
         } else {
             pd->reply = (mdg_msg *)cbs; /* chain through an unused field */
             cbs = pd;
@@ -1431,6 +1827,7 @@ void mdg_conn_destroy(mdg_conn **pc)
         zmq_ctx_term(c->ctx);
     mdg_loop_destroy(&c->loop);
     mdg_map_destroy(&c->pending);
+    legacy_free(c);
     mdg_keys_destroy(&c->keys);
     pthread_cond_destroy(&c->state_cond);
     pthread_cond_destroy(&c->room_cond);
