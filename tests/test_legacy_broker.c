@@ -71,26 +71,6 @@ static const mdg_cmd broker_cmds[] = {
 
 /* ------------------------------------------------ the native C node */
 
-static void h_divide(mdg_msg *m, void *arg)
-{
-    (void)arg;
-    double a, b;
-    if (mdg_params_get_double(mdg_msg_params(m), "dividend", &a) ||
-        mdg_params_get_double(mdg_msg_params(m), "devisor", &b)) {
-        mdg_msg_fail(m, "Divide only takes two floats.");
-        return;
-    }
-    if (b == 0) {
-        mdg_msg_fail(m, "Devisor cannot be zero");
-        return;
-    }
-    mdg_params *r = mdg_params_new();
-    mdg_params_set_double(r, "quotient", a / b);
-    size_t blen = 0;
-    const void *bulk = mdg_msg_bulk(m, &blen);
-    mdg_msg_reply(m, r, bulk, blen);
-}
-
 /* A long-term channel: count replies, all but the last marked "more". */
 static void h_stream(mdg_msg *m, void *arg)
 {
@@ -108,7 +88,7 @@ static void h_stream(mdg_msg *m, void *arg)
 }
 
 static const mdg_cmd node_cmds[] = {
-    {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
     {"stream", h_stream, MDG_REQUIRE("count"), MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };

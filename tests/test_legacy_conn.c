@@ -28,26 +28,6 @@ static char dir[] = "/tmp/mdg-legacy-conn.XXXXXX";
 
 /* ------------------------------------------------------------ the C node */
 
-static void h_divide(mdg_msg *m, void *arg)
-{
-    (void)arg;
-    double a, b;
-    size_t blen;
-    const void *bulk = mdg_msg_bulk(m, &blen);
-    if (mdg_params_get_double(mdg_msg_params(m), "dividend", &a) ||
-        mdg_params_get_double(mdg_msg_params(m), "devisor", &b)) {
-        mdg_msg_fail(m, "Divide only takes two floats.");
-        return;
-    }
-    if (b == 0) {
-        mdg_msg_fail(m, "Devisor cannot be zero");
-        return;
-    }
-    mdg_params *r = mdg_params_new();
-    mdg_params_set_double(r, "quotient", a / b);
-    mdg_msg_reply(m, r, bulk, blen); /* the bulk goes back as it came */
-}
-
 /* Who the broker says called: its 'user' and 'session' params. */
 static void h_whoami(mdg_msg *m, void *arg)
 {
@@ -78,7 +58,7 @@ static void h_stream(mdg_msg *m, void *arg)
 }
 
 static const mdg_cmd node_cmds[] = {
-    {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
     {"whoami", h_whoami, NULL, MDG_CMD_NEEDS_REPLY},
     {"stream", h_stream, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,

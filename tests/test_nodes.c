@@ -63,24 +63,6 @@ typedef struct node_state {
     mdg_msg *hung;     /* a call we never answer */
 } node_state;
 
-static void h_divide(mdg_msg *m, void *arg)
-{
-    (void)arg;
-    double a, b;
-    if (mdg_params_get_double(mdg_msg_params(m), "dividend", &a) ||
-        mdg_params_get_double(mdg_msg_params(m), "devisor", &b)) {
-        mdg_msg_fail(m, "Divide only takes two floats.");
-        return;
-    }
-    if (b == 0) {
-        mdg_msg_fail(m, "Devisor cannot be zero");
-        return;
-    }
-    mdg_params *r = mdg_params_new();
-    mdg_params_set_double(r, "quotient", a / b);
-    mdg_msg_reply(m, r, NULL, 0);
-}
-
 /* Say who the broker says called: user and session stamped, no node. */
 static void h_whoami(mdg_msg *m, void *arg)
 {
@@ -136,7 +118,7 @@ static void h_pushed(mdg_msg *m, void *arg)
 }
 
 static const mdg_cmd node_cmds[] = {
-    {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
     {"whoami", h_whoami, NULL, MDG_CMD_NEEDS_REPLY},
     {"stream", h_stream, NULL, MDG_CMD_NEEDS_REPLY},
     {"hang", h_hang, NULL, MDG_CMD_NEEDS_REPLY},

@@ -117,6 +117,28 @@ static inline int t_run(char *out, size_t len, const char *fmt, ...)
             usleep(10000);                                       \
     } while (0)
 
+/* The seed's divide node, shared by the tests: the quotient, the seed's
+ * error texts, and any bulk echoed back as it came. */
+static inline void t_divide(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    double a, b;
+    size_t blen = 0;
+    const void *bulk = mdg_msg_bulk(m, &blen);
+    if (mdg_params_get_double(mdg_msg_params(m), "dividend", &a) ||
+        mdg_params_get_double(mdg_msg_params(m), "devisor", &b)) {
+        mdg_msg_fail(m, "Divide only takes two floats.");
+        return;
+    }
+    if (b == 0) {
+        mdg_msg_fail(m, "Devisor cannot be zero");
+        return;
+    }
+    mdg_params *r = mdg_params_new();
+    mdg_params_set_double(r, "quotient", a / b);
+    mdg_msg_reply(m, r, bulk, blen);
+}
+
 /* A started broker on 127.0.0.1 on a free port. */
 static inline mdg_broker *t_broker(mdg_keys **bkeys, const mdg_cmd *cmds, void *arg,
                                    const mdg_broker_hooks *hooks, bool allow_any)
