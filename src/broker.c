@@ -1438,8 +1438,12 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         return;
     }
     case MDG_K_BYE:
-        if (p)
+        if (p) {
+            /* its ack first: what it has is not "undelivered" */
+            if (h.ack)
+                trim_kept(p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
             close_session(b, p, "client said goodbye");
+        }
         return;
     default:
         break;

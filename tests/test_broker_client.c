@@ -305,6 +305,8 @@ int main(void)
     CHECK(c2 == NULL);
     WAIT_FOR(atomic_load(&n.sessions_closed) == 1, 5000);
     CHECK(atomic_load(&n.sessions_closed) == 1);
+    /* its goodbye carried its ack: the reply it had is not "undelivered" */
+    CHECK(!t_logged("not delivered"));
 
     /* a blocking call pending when the connection is destroyed fails, no hang */
     mdg_conn_destroy(&c);
