@@ -394,12 +394,19 @@ typedef struct mdg_conn_options {
     int reconnect_min_ms;
     int reconnect_max_ms;
     /* Speak Messidge 1.x to an original Python broker (docs/compatibility.md):
-     * same API, but no CURVE (users' params and bulk are sealed with a
-     * session key, nodes are plaintext), no acknowledgements (what was
-     * handed to the socket before a drop may be lost) and no heartbeat
-     * announcement. Off by default. */
-    bool legacy;
+     * MDG_LEGACY_USER or MDG_LEGACY_NODE (0: the native protocol, the
+     * default). Same API, but no CURVE (a user's params and bulk are sealed
+     * with a session key the broker boxes to it; a node's travel in clear)
+     * and no acknowledgements (what was handed to the socket before a drop
+     * may be lost). A user refuses a broker that does not box it a session
+     * key (MDG_EHANDSHAKE): that would turn encryption off. */
+    int legacy;
 } mdg_conn_options;
+
+enum mdg_legacy_mode {
+    MDG_LEGACY_USER = 1, /* a 1.x user: its session must be sealed */
+    MDG_LEGACY_NODE = 2, /* a 1.x node: plaintext, as 1.x nodes are */
+};
 
 /* What happens to the link and the session, for mdg_conn_set_event_handler. */
 enum mdg_conn_event {

@@ -73,6 +73,7 @@ typedef struct legacy_link {
     bool sealed; /* a user link: params and bulk are sealed with key */
     uint8_t key[MDG_LEGACY_KEY];
     mdg_map *uuids; /* our corr -> legacy_uuid, until the final reply */
+    mdg_ring order; /* those corrs, oldest first: past queue_limit the oldest goes */
     uint64_t next_corr;
 } legacy_link;
 
@@ -1544,17 +1545,16 @@ static void legacy_link_free(legacy_link **pl)
     while ((u = mdg_map_pop(l->uuids)) != NULL)
         free(u);
     mdg_map_destroy(&l->uuids);
+    mdg_ring_free(&l->order);
     free(l);
     *pl = NULL;
 }
 
-static legacy_link *legacy_link_new(void)
+static legacy_link *legacy_link_new(size_t limit)
 {
     legacy_link *l = calloc(1, sizeof *l);
-    if (l && !(l->uuids = mdg_map_new())) {
-        free(l);
-        l = NULL;
-    }
+    if (l && (!(l->uuids = mdg_map_new()) || mdg_ring_init(&l->order, limit) != 0))
+        legacy_link_free(&l);
     return l;
 }
 
@@ -1573,16 +1573,22 @@ static int legacy_emit(mdg_broker *b, const uint8_t *rid, size_t rid_len, zmq_ms
 
 /* An exception reply straight to a frame's sender, for refusals made
  * before the frame becomes a message (only when it asked for a reply). */
-static void legacy_refuse(mdg_broker *b, const peer *p, const mdg_legacy_frame *lf, const char *text)
+static void legacy_refuse_uuid(mdg_broker *b, const peer *p, const uint8_t *uuid, size_t uuid_len,
+                               const char *text)
 {
-    if (!lf->uuid_len)
+    if (!uuid_len)
         return;
     mdg_params *e = mdg_legacy_exception(text);
     zmq_msg_t out;
-    if (e && mdg_legacy_build(&out, p->legacy->sealed ? p->legacy->key : NULL, NULL, 0, "", 0, lf->uuid,
-                              lf->uuid_len, e, NULL, 0) == 0)
+    if (e && mdg_legacy_build(&out, p->legacy->sealed ? p->legacy->key : NULL, NULL, 0, "", 0, uuid, uuid_len, e,
+                              NULL, 0) == 0)
         legacy_emit(b, p->rid, p->rid_len, &out);
     mdg_params_destroy(&e);
+}
+
+static void legacy_refuse(mdg_broker *b, const peer *p, const mdg_legacy_frame *lf, const char *text)
+{
+    legacy_refuse_uuid(b, p, lf->uuid, lf->uuid_len, text);
 }
 
 /* 1.x's own refusal of a hello, [b'', b'', uuid, {}, b''], which 1.x
@@ -1644,8 +1650,26 @@ static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
     default: /* acknowledgements, goodbyes: 1.x has none */
         goto consumed;
     }
-    if (rc)
-        goto closed;
+    if (rc) {
+        /* 1.x cannot carry it (a native peer's params with non-text keys,
+         * say): dropped loudly, and a waiting caller told, so that neither
+         * the queue nor the caller is stuck behind it */
+        char who[MDG_KEY_B64_LEN + 1], why[300];
+        pk_short(p->pk, who);
+        snprintf(why, sizeof why, "%s", mdg_last_error());
+        mdg_log(MDG_LOG_ERROR, "%s '%s' for 1.x %s %s dropped: %s", mdg_kind_name(h->kind), h->command,
+                p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+        if (u) {
+            char text[360];
+            snprintf(text, sizeof text, "the reply cannot be carried by Messidge 1.x: %s", why);
+            legacy_refuse_uuid(b, p, u->bytes, u->len, text);
+            if (!(h->flags & MDG_F_MORE)) {
+                mdg_map_take_u64(l->uuids, h->corr);
+                free(u);
+            }
+        }
+        goto consumed;
+    }
     rc = legacy_emit(b, p->rid, p->rid_len, &out);
     if (rc == MDG_EAGAIN)
         return rc; /* params and bulk are still the caller's */
@@ -1696,12 +1720,22 @@ static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_
     char uid[USER_ID_LEN + 1];
     uid[0] = role == MDG_ROLE_NODE ? 'N' : 'U';
     mdg_pk_to_b64(pk, uid + 1);
-    if (p && !(sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
+    /* A 1.x hello proves nothing (the pk is public, the session id travels
+     * in clear): it may take up a session whose link has gone, never one
+     * still attached elsewhere. A 1.x client cannot tell a new session from
+     * a resumed one, so this stays compatible. */
+    peer *target = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
+    if (target && target->attached && target != p && memcmp(target->pk, pk, MDG_KEY_BYTES) == 0) {
+        mdg_log(MDG_LOG_WARN, "1.x hello from %s names a session still connected elsewhere: a new session instead",
+                who);
+        sid_len = 0;
+    }
+    if (p && p != target)
         close_session(b, p, "replaced by a new 1.x hello");
     /* 1.x peers do not beat: libzmq's heartbeats on this socket notice a
      * dead link instead of our silence check */
     if (!sid_len || !resume_session(b, rid, rid_len, uid, fd, sid, sid_len, 0, INT_MAX, true)) {
-        legacy_link *l = legacy_link_new();
+        legacy_link *l = legacy_link_new((size_t)b->queue_limit);
         if (l)
             open_session(b, rid, rid_len, uid, fd, INT_MAX, l);
         else
@@ -1758,9 +1792,10 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
                 p->role == MDG_ROLE_USER ? "users do not answer calls" : "no such call was made to this node");
         return false;
     }
-    if (memchr(lf->command, 0, lf->command_len)) {
-        mdg_log(MDG_LOG_WARN, "1.x command from %s %s refused: a NUL byte in its name", role, who);
-        legacy_refuse(b, p, lf, "command name with a NUL byte");
+    if (lf->command_len > MDG_MAX_COMMAND || memchr(lf->command, 0, lf->command_len)) {
+        mdg_log(MDG_LOG_WARN, "1.x command from %s %s refused: its name is longer than %d bytes or has a NUL byte",
+                role, who, MDG_MAX_COMMAND);
+        legacy_refuse(b, p, lf, "bad command name (over 255 bytes, or a NUL byte)");
         return false;
     }
     char name[MDG_MAX_COMMAND + 1];
@@ -1771,17 +1806,24 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
     if (!lf->uuid_len)
         return true;
     legacy_link *l = p->legacy;
-    legacy_uuid *u = mdg_map_size(l->uuids) < (size_t)b->queue_limit ? malloc(sizeof *u) : NULL;
+    legacy_uuid *u = malloc(sizeof *u);
     if (!u || mdg_map_put_u64(l->uuids, l->next_corr + 1, u) != 0) {
         free(u);
-        mdg_log(MDG_LOG_WARN, "'%s' from 1.x %s %s refused: %zu calls already wait for replies", name, role, who,
-                mdg_map_size(l->uuids));
-        legacy_refuse(b, p, lf, "too many calls waiting for replies");
+        mdg_log(MDG_LOG_ERROR, "'%s' from 1.x %s %s refused: out of memory", name, role, who);
+        legacy_refuse(b, p, lf, "broker out of memory");
         return false;
     }
     u->len = lf->uuid_len;
     memcpy(u->bytes, lf->uuid, lf->uuid_len);
     h->corr = ++l->next_corr;
+    /* calls no one answers must not fill the table for good: past
+     * queue_limit the oldest is forgotten (its late reply is dropped) */
+    uint64_t old = mdg_ring_push(&l->order, h->corr);
+    if (old && (u = mdg_map_take_u64(l->uuids, old)) != NULL) {
+        mdg_log(MDG_LOG_WARN, "1.x %s %s has more than %d calls awaiting replies: the oldest can no longer be answered",
+                role, who, b->queue_limit);
+        free(u);
+    }
     return true;
 }
 
@@ -1843,14 +1885,19 @@ static void legacy_message(mdg_broker *b, mdg_frames *f)
     char who[MDG_KEY_B64_LEN + 1] = "a new link";
     if (p)
         pk_short(p->pk, who);
-    if ((long long)len > b->max_message) {
-        mdg_log(MDG_LOG_WARN, "1.x frame of %zu bytes from %s refused: larger than max_message (%lld)", len, who,
-                b->max_message);
-        return;
-    }
     mdg_legacy_frame lf;
-    if (mdg_legacy_parse(zmq_msg_data(&f->part[1]), len, &lf) != 0) {
-        mdg_log(MDG_LOG_WARN, "1.x frame from %s refused: %s", who, mdg_last_error());
+    char why[300];
+    if ((long long)len > b->max_message)
+        snprintf(why, sizeof why, "frame of %zu bytes larger than max_message (%lld)", len, b->max_message);
+    else if (mdg_legacy_parse(zmq_msg_data(&f->part[1]), len, &lf) != 0)
+        snprintf(why, sizeof why, "%s", mdg_last_error());
+    else
+        why[0] = '\0';
+    if (why[0]) {
+        uint8_t uuid[MDG_LEGACY_MAX_UUID];
+        mdg_log(MDG_LOG_WARN, "1.x frame from %s refused: %s", who, why);
+        if (p) /* the sender is told when it waits for a reply, as 1.x did */
+            legacy_refuse_uuid(b, p, uuid, mdg_legacy_peek_uuid(zmq_msg_data(&f->part[1]), len, uuid), why);
         return;
     }
     if (p)

@@ -75,13 +75,6 @@ typedef struct pending {
     mdg_msg *reply;
 } pending;
 
-/* A ring of correlation ids, oldest first: the order in which the legacy
- * tables (bounded by queue_limit) forget their entries. */
-typedef struct corr_ring {
-    uint64_t *v;
-    size_t cap, head, n;
-} corr_ring;
-
 /* The 1.x uuid of a command we received, kept for its replies. */
 typedef struct lg_uuid {
     bool long_term; /* a 'ka' reply went out: the broker routes by it now */
@@ -147,8 +140,8 @@ struct mdg_conn {
     uint8_t lg_key[MDG_LEGACY_KEY]; /* this link's session key */
     char lg_prefix[16];             /* our calls' uuids: prefix + corr */
     mdg_map *lg_uuids;              /* corr we gave a received command -> lg_uuid */
-    corr_ring lg_in_order;          /* those corrs, to forget the oldest */
-    corr_ring lg_lingering;         /* callback calls kept after a reply */
+    mdg_ring lg_in_order;           /* those corrs, to forget the oldest */
+    mdg_ring lg_lingering;          /* callback calls kept after a reply */
     uint64_t lg_next_in;            /* last corr given to a received command */
 };
 
@@ -162,11 +155,10 @@ static int legacy_alloc(mdg_conn *c)
     mdg_legacy_uuid(id);
     memcpy(c->lg_prefix, id, 12);
     c->lg_prefix[12] = '-'; /* not in the uuid alphabet: the corr follows */
-    c->lg_in_order.cap = c->lg_lingering.cap = cap;
-    c->lg_in_order.v = calloc(cap, sizeof(uint64_t));
-    c->lg_lingering.v = calloc(cap, sizeof(uint64_t));
     c->lg_uuids = mdg_map_new();
-    return c->lg_in_order.v && c->lg_lingering.v && c->lg_uuids ? 0 : MDG_ENOMEM;
+    return mdg_ring_init(&c->lg_in_order, cap) || mdg_ring_init(&c->lg_lingering, cap) || !c->lg_uuids
+               ? MDG_ENOMEM
+               : 0;
 }
 
 static void legacy_free(mdg_conn *c)
@@ -175,8 +167,8 @@ static void legacy_free(mdg_conn *c)
     while (c->lg_uuids && (u = mdg_map_pop(c->lg_uuids)) != NULL)
         free(u);
     mdg_map_destroy(&c->lg_uuids);
-    free(c->lg_in_order.v);
-    free(c->lg_lingering.v);
+    mdg_ring_free(&c->lg_in_order);
+    mdg_ring_free(&c->lg_lingering);
     sodium_memzero(c->lg_key, sizeof c->lg_key);
 }
 
@@ -208,6 +200,10 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
         int bad = o->port;
         free(c);
         return mdg_fail(MDG_EINVAL, "port %d out of range", bad);
+    }
+    if (o->legacy != 0 && o->legacy != MDG_LEGACY_USER && o->legacy != MDG_LEGACY_NODE) {
+        free(c);
+        return mdg_fail(MDG_EINVAL, "legacy must be 0, MDG_LEGACY_USER or MDG_LEGACY_NODE");
     }
     if (snprintf(c->endpoint, sizeof c->endpoint, "tcp://%s:%d", location, o->port) >=
         (int)sizeof c->endpoint) {
@@ -1105,21 +1101,6 @@ static int set(void *s, int opt, const void *v, size_t len)
 
 /* ---------------------------------------------- Messidge 1.x (legacy mode) */
 
-/* Append corr; when the ring is full its oldest is pushed out and
- * returned, else 0. */
-static uint64_t ring_push(corr_ring *r, uint64_t corr)
-{
-    uint64_t out = 0;
-    if (r->n == r->cap) {
-        out = r->v[r->head];
-        r->head = (r->head + 1) % r->cap;
-        r->n--;
-    }
-    r->v[(r->head + r->n) % r->cap] = corr;
-    r->n++;
-    return out;
-}
-
 /* The hello: our key, and the rid of our last session so that the broker
  * may move that session to this link. */
 static void legacy_hello(mdg_conn *c)
@@ -1161,6 +1142,16 @@ static void legacy_welcome(mdg_conn *c, zmq_msg_t *frame)
     }
     if (rc != 0) {
         mdg_log(MDG_LOG_WARN, "answer to our 1.x hello dropped: %s", mdg_last_error());
+        return;
+    }
+    if (!sealed && c->opts.legacy != MDG_LEGACY_NODE) {
+        /* anyone can send an unboxed answer: taking it would turn our
+         * encryption off and skip the pinned broker key */
+        const char *why = "the 1.x broker boxed us no session key (not the pinned broker, or it admits our key "
+                          "as a node: then use MDG_LEGACY_NODE)";
+        fatal(c, MDG_EHANDSHAKE, why);
+        c->attempt = 30;
+        link_lost(c, why);
         return;
     }
     c->lg_sealed = sealed;
@@ -1264,7 +1255,7 @@ static uint64_t legacy_remember(mdg_conn *c, const uint8_t *uuid, size_t len)
     }
     u->len = len;
     memcpy(u->id, uuid, len);
-    uint64_t old = ring_push(&c->lg_in_order, corr);
+    uint64_t old = mdg_ring_push(&c->lg_in_order, corr);
     if (old && (u = mdg_map_take_u64(c->lg_uuids, old)) != NULL) {
         mdg_log(MDG_LOG_WARN, "more than %d 1.x commands await replies: the oldest can no longer be answered",
                 c->opts.queue_limit);
@@ -1301,8 +1292,8 @@ static int legacy_classify(mdg_conn *c, const mdg_legacy_frame *lf, mdg_params *
     }
     if (!lf->command_len)
         return mdg_fail(MDG_EPROTO, "neither a command nor a reply to one of our calls");
-    if (memchr(lf->command, '\0', lf->command_len))
-        return mdg_fail(MDG_EPROTO, "a command name with a NUL byte");
+    if (lf->command_len > MDG_MAX_COMMAND || memchr(lf->command, '\0', lf->command_len))
+        return mdg_fail(MDG_EPROTO, "a command name over %d bytes or with a NUL byte", MDG_MAX_COMMAND);
     h->kind = MDG_K_CMD;
     memcpy(h->command, lf->command, lf->command_len);
     h->command[lf->command_len] = '\0';
@@ -1367,7 +1358,7 @@ static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
  * (past it the oldest such call is forgotten). */
 static void legacy_linger(mdg_conn *c, uint64_t corr)
 {
-    uint64_t old = ring_push(&c->lg_lingering, corr);
+    uint64_t old = mdg_ring_push(&c->lg_lingering, corr);
     if (!old)
         return;
     pthread_mutex_lock(&c->lock);

@@ -69,8 +69,8 @@ int mdg_legacy_parse(const void *buf, size_t len, mdg_legacy_frame *out)
         bad = "nonce must be empty or 24 bytes";
     else if (cbor_bytestring_length(e[2]) > MDG_LEGACY_MAX_UUID)
         bad = "uuid longer than 64 bytes";
-    else if (cbor_bytestring_length(e[1]) > MDG_MAX_COMMAND)
-        bad = "command longer than 255 bytes";
+    /* no limit on the command field here: 1.x replies carry their bulk in
+     * it; a command's name is checked once the frame is known to be one */
     if (bad) {
         cbor_decref(&item);
         return mdg_fail(MDG_EPROTO, "bad 1.x frame: %s", bad);
@@ -86,6 +86,21 @@ int mdg_legacy_parse(const void *buf, size_t len, mdg_legacy_frame *out)
     out->bulk = cbor_bytestring_handle(e[4]);
     out->bulk_len = cbor_bytestring_length(e[4]);
     return 0;
+}
+
+size_t mdg_legacy_peek_uuid(const void *buf, size_t len, uint8_t uuid[MDG_LEGACY_MAX_UUID])
+{
+    cbor_item_t *item;
+    size_t n = 0;
+    if (load_array(buf, len, 5, &item) != 0)
+        return 0;
+    cbor_item_t *u = cbor_array_handle(item)[2];
+    if (is_bytes(u) && cbor_bytestring_length(u) <= MDG_LEGACY_MAX_UUID) {
+        n = cbor_bytestring_length(u);
+        memcpy(uuid, cbor_bytestring_handle(u), n);
+    }
+    cbor_decref(&item);
+    return n;
 }
 
 void mdg_legacy_frame_free(mdg_legacy_frame *f)

@@ -41,6 +41,11 @@ typedef struct mdg_legacy_frame {
 int mdg_legacy_parse(const void *buf, size_t len, mdg_legacy_frame *out);
 void mdg_legacy_frame_free(mdg_legacy_frame *f);
 
+/* The uuid of a frame that mdg_legacy_parse refused, when it is at least a
+ * 5-element array with a readable uuid: so that the sender can be told.
+ * Its length (0: none). */
+size_t mdg_legacy_peek_uuid(const void *buf, size_t len, uint8_t uuid[MDG_LEGACY_MAX_UUID]);
+
 /* Open a parsed frame's params and bulk. key NULL = a plaintext link.
  * Sealed params on a plaintext link, a bare map on a sealed link, a box
  * that does not open: MDG_EPROTO with the reason. On 0, *params is new

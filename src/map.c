@@ -183,3 +183,31 @@ void mdg_ptrs_free(mdg_ptrs *a)
     free(a->v);
     *a = (mdg_ptrs){0};
 }
+
+int mdg_ring_init(mdg_ring *r, size_t cap)
+{
+    r->head = r->n = 0;
+    r->cap = cap ? cap : 1;
+    r->v = calloc(r->cap, sizeof *r->v);
+    return r->v ? 0 : MDG_ENOMEM;
+}
+
+void mdg_ring_free(mdg_ring *r)
+{
+    free(r->v);
+    r->v = NULL;
+    r->cap = r->n = 0;
+}
+
+uint64_t mdg_ring_push(mdg_ring *r, uint64_t id)
+{
+    uint64_t out = 0;
+    if (r->n == r->cap) {
+        out = r->v[r->head];
+        r->head = (r->head + 1) % r->cap;
+        r->n--;
+    }
+    r->v[(r->head + r->n) % r->cap] = id;
+    r->n++;
+    return out;
+}

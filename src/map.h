@@ -37,6 +37,19 @@ typedef struct mdg_ptrs {
 int mdg_ptrs_push(mdg_ptrs *a, void *p);
 void mdg_ptrs_free(mdg_ptrs *a);
 
+/* A bounded FIFO of uint64 ids, oldest first: the order in which a table
+ * bounded by a limit forgets its entries. */
+typedef struct mdg_ring {
+    uint64_t *v;
+    size_t cap, head, n;
+} mdg_ring;
+/* 0, or MDG_ENOMEM. */
+int mdg_ring_init(mdg_ring *r, size_t cap);
+void mdg_ring_free(mdg_ring *r);
+/* Append id; when the ring was full, its oldest is pushed out and
+ * returned, else 0 (ids are never 0). */
+uint64_t mdg_ring_push(mdg_ring *r, uint64_t id);
+
 /* uint64 keys, stored as 8 bytes. */
 static inline void *mdg_map_get_u64(const mdg_map *m, uint64_t k) { return mdg_map_get(m, &k, sizeof k); }
 static inline int mdg_map_put_u64(mdg_map *m, uint64_t k, void *v) { return mdg_map_put(m, &k, sizeof k, v); }

@@ -117,8 +117,12 @@ static void legacy_round_trip(const uint8_t *data, size_t size)
     mdg_legacy_parse_welcome(data, size, pk, sk, &sealed, session_key, rid, &rid_len);
 
     mdg_legacy_frame f, again;
+    uint8_t uuid[MDG_LEGACY_MAX_UUID];
+    size_t uuid_len = mdg_legacy_peek_uuid(data, size, uuid);
     if (mdg_legacy_parse(data, size, &f) != 0)
         return;
+    if (uuid_len != f.uuid_len || memcmp(uuid, f.uuid, uuid_len) != 0)
+        fail("peek_uuid disagrees with parse", data, size);
     mdg_params *p = NULL;
     zmq_msg_t bulk, out;
     if (mdg_legacy_open(&f, key, &p, &bulk) == 0) /* a forged box must not open */

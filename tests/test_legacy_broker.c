@@ -9,12 +9,14 @@
  * broker still serves everyone with nothing lost. */
 #include "legacy.h"
 #include "legacy_peer.h"
+#include "params.h"
 #include "testutil.h"
 
 #include <sodium.h>
 #include <zmq.h>
 
 #define MAX_MESSAGE (64 << 10)
+#define QUEUE_LIMIT 64
 
 static void *zctx;
 static const uint8_t *broker_pk;
@@ -62,7 +64,15 @@ static void h_raise_exception(mdg_msg *m, void *arg)
     mdg_msg_fail(m, "raise_exception was called");
 }
 
+/* Takes a call and never answers it. */
+static void h_sink(mdg_msg *m, void *arg)
+{
+    (void)m;
+    (void)arg;
+}
+
 static const mdg_cmd broker_cmds[] = {
+    {"sink", h_sink, NULL, 0},
     {"write_note", h_write_note, MDG_REQUIRE("note"), 0},
     {"fetch_notes", h_fetch_notes, NULL, MDG_CMD_NEEDS_REPLY},
     {"raise_exception", h_raise_exception, NULL, MDG_CMD_NEEDS_REPLY},
@@ -87,9 +97,20 @@ static void h_stream(mdg_msg *m, void *arg)
     }
 }
 
+/* A reply 1.x cannot carry: a params map with an integer key (a native
+ * peer can send one; the native path passes it on as it came). */
+static void h_badreply(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    cbor_item_t *map = cbor_new_definite_map(1);
+    cbor_map_add(map, (struct cbor_pair){.key = cbor_move(cbor_build_uint8(7)), .value = cbor_move(cbor_build_bool(true))});
+    mdg_msg_reply(m, mdg_params_wrap(map), NULL, 0);
+}
+
 static const mdg_cmd node_cmds[] = {
     {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
     {"stream", h_stream, MDG_REQUIRE("count"), MDG_CMD_NEEDS_REPLY},
+    {"badreply", h_badreply, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 
@@ -180,7 +201,7 @@ static int lp_recv(lpeer *p, lreply *r)
     zmq_msg_close(&m);
     if (rc)
         return rc;
-    memcpy(r->command, lf.command, lf.command_len);
+    memcpy(r->command, lf.command, lf.command_len < sizeof r->command ? lf.command_len : sizeof r->command - 1);
     memcpy(r->uuid, lf.uuid, lf.uuid_len);
     zmq_msg_close(&r->bulk);
     rc = mdg_legacy_open(&lf, p->sealed ? p->key : NULL, &r->params, &r->bulk);
@@ -370,7 +391,7 @@ int main(void)
 
     mdg_broker *b = NULL;
     mdg_broker_options o = {.bind_address = "127.0.0.1", .legacy = true, .node_grace_ms = 300,
-                            .max_message = MAX_MESSAGE};
+                            .max_message = MAX_MESSAGE, .queue_limit = QUEUE_LIMIT};
     CHECK_RC(mdg_broker_new(&b, bk, &o), 0);
     mdg_broker_set_commands(b, broker_cmds, NULL);
     mdg_broker_allow(b, mdg_keys_public(nk), MDG_ROLE_NODE);
@@ -529,6 +550,71 @@ int main(void)
     CHECK(t_logged("names a session of another key: refused"));
     CHECK(notes_hold(&A, "u8", "note of A")); /* A still served */
     lp_close(&B2);
+    /* with A's own (public) key and its session id, but A still connected:
+     * no takeover either, a session of its own */
+    lp_open(&B2, lport);
+    CHECK_RC(lp_hello(&B2, ak, A.rid, A.rid_len), 0);
+    CHECK(B2.rid_len == 16 && memcmp(B2.rid, A.rid, 16) != 0);
+    CHECK(t_logged("names a session still connected elsewhere: a new session instead"));
+    CHECK(notes_hold(&A, "u8b", "note of A"));
+    lp_close(&B2);
+
+    /* ---- a 1.x node's reply with a long bulk, which 1.x also puts in the
+     * command field: still a reply */
+    {
+        char long_bulk[300];
+        memset(long_bulk, 'b', sizeof long_bulk);
+        lp_send(&A, "divide", "u-long", divide_params(mdg_keys_public(lk), 8, 2), NULL, 0);
+        CHECK_RC(lp_recv(&L, &r), 0);
+        strcpy(call_uuid, r.uuid);
+        lr_free(&r);
+        qp = mdg_params_new();
+        mdg_params_set_double(qp, "quotient", 4.0);
+        zmq_msg_t m;
+        uint8_t nonce[MDG_LEGACY_NONCE];
+        randombytes_buf(nonce, sizeof nonce);
+        mdg_legacy_build(&m, NULL, nonce, sizeof nonce, long_bulk, sizeof long_bulk, call_uuid, strlen(call_uuid), qp,
+                         long_bulk, sizeof long_bulk);
+        mdg_params_destroy(&qp);
+        zmq_msg_send(&m, L.sock, 0);
+        CHECK_RC(lp_recv(&A, &r), 0);
+        CHECK(strcmp(r.uuid, "u-long") == 0 && quotient_of(&r) == 4.0 && zmq_msg_size(&r.bulk) == sizeof long_bulk);
+        lr_free(&r);
+    }
+
+    /* ---- a native node's reply 1.x cannot carry: the 1.x caller is told,
+     * and its session goes on */
+    t_clear_log();
+    mdg_params *bp = mdg_params_new();
+    mdg_params_set_bytes(bp, "node", mdg_keys_public(nk), MDG_KEY_BYTES);
+    CHECK_RC(lp_call(&A, "badreply", "u-bad", bp, &r), 0);
+    CHECK(strstr(exception_of(&r), "cannot be carried by Messidge 1.x") != NULL);
+    lr_free(&r);
+    CHECK(t_logged("for 1.x user") && t_logged("dropped: params keys must be text strings"));
+    CHECK(notes_hold(&A, "u-bad2", "note of A"));
+
+    /* ---- calls no one answers do not fill the uuid table for good */
+    t_clear_log();
+    for (int i = 0; i < QUEUE_LIMIT + 5; i++) {
+        char uuid[16];
+        snprintf(uuid, sizeof uuid, "sink%d", i);
+        lp_send(&A, "sink", uuid, NULL, NULL, 0);
+    }
+    CHECK(notes_hold(&A, "u-after-sink", "note of A"));
+    CHECK(t_logged("calls awaiting replies: the oldest can no longer be answered"));
+
+    /* ---- a 5-element frame with list params: refused, and the sender
+     * told (1.x answered this with an exception too) */
+    {
+        uint8_t list_params[64] = {0x85, 0x58, 0x18};
+        size_t n = 3 + 24;
+        memcpy(list_params + n, "\x4b" "fetch_notes" "\x46" "u-list" "\x80\x40", 1 + 11 + 1 + 6 + 2);
+        n += 1 + 11 + 1 + 6 + 2;
+        lp_send_raw(&A, list_params, n);
+        CHECK_RC(lp_recv(&A, &r), 0);
+        CHECK(strcmp(r.uuid, "u-list") == 0 && strstr(exception_of(&r), "params must be a byte string or a map"));
+        lr_free(&r);
+    }
 
     /* ---- bad input 4: frames that are not a 5-element array */
     t_clear_log();
@@ -545,7 +631,10 @@ int main(void)
     t_clear_log();
     size_t big_len = MAX_MESSAGE + 1000;
     char *big = calloc(1, 4 * MAX_MESSAGE);
-    lp_send(&A, "fetch_notes", "u10", NULL, big, big_len); /* over max_message: refused */
+    lp_send(&A, "fetch_notes", "u10", NULL, big, big_len); /* over max_message: refused, and told */
+    CHECK_RC(lp_recv(&A, &r), 0);
+    CHECK(strcmp(r.uuid, "u10") == 0 && strstr(exception_of(&r), "larger than max_message"));
+    lr_free(&r);
     CHECK(notes_hold(&A, "u11", "note of A"));
     CHECK(t_logged("larger than max_message"));
     /* far over it: libzmq drops the link; the client resumes its session */

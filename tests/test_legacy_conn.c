@@ -182,10 +182,10 @@ static void start_broker(py_peer *b, bool write_keys)
 }
 
 static mdg_conn *start_conn(const uint8_t *server_pk, const mdg_keys *keys, const mdg_cmd *cmds, void *arg,
-                            bool reflect)
+                            bool node)
 {
     mdg_conn *c = NULL;
-    mdg_conn_options o = {.port = broker_port, .legacy = true, .reflect_errors = reflect,
+    mdg_conn_options o = {.port = broker_port, .legacy = node ? MDG_LEGACY_NODE : MDG_LEGACY_USER, .reflect_errors = node,
                           .reconnect_max_ms = 400};
     if (mdg_conn_new_with_keys(&c, LOC, server_pk, keys, &o) != 0) {
         fprintf(stderr, "cannot make a connection: %s\n", mdg_last_error());
@@ -374,7 +374,7 @@ static void with_python_broker(void)
 
     /* the user from its key files, as mdg_conn_new reads them */
     mdg_conn *user = NULL;
-    mdg_conn_options o = {.port = broker_port, .legacy = true, .reconnect_max_ms = 400};
+    mdg_conn_options o = {.port = broker_port, .legacy = MDG_LEGACY_USER, .reconnect_max_ms = 400};
     CHECK_RC(mdg_conn_new(&user, LOC, dir, &o), 0);
     if (!user)
         exit(2);
@@ -580,7 +580,7 @@ static void fake_garbage(fake *fk)
     CHECK(t_logged("plaintext params on an encrypted 1.x session"));
     CHECK(t_logged("has 2 frames, not one"));
     CHECK(t_logged("neither a command nor a reply to one of our calls"));
-    CHECK(t_logged("a command name with a NUL byte"));
+    CHECK(t_logged("a command name over 255 bytes or with a NUL byte"));
 }
 
 /* Commands from the broker: replies carry their uuid, b'' or 'ka' as
@@ -701,10 +701,13 @@ static void fake_calls(fake *fk, mdg_conn *user, user_state *us)
     mdg_legacy_frame_free(&lf);
     mdg_params_destroy(&p);
     zmq_msg_close(&bulk);
+    char long_bulk[301]; /* 1.x replies carry their bulk in the command field, however long */
+    memset(long_bulk, 'b', 300);
+    long_bulk[300] = '\0';
     for (int i = 0; i < 3; i++) { /* 1.x cannot mark the last: all reach the callback */
         q = mdg_params_new();
         mdg_params_set_int(q, "i", i);
-        fake_frame(fk, i == 1 ? "some-bulk-as-1.x-does" : "", uuid, q, NULL);
+        fake_frame(fk, i == 1 ? long_bulk : "", uuid, q, NULL);
     }
     q = mdg_params_new();
     mdg_params_set_str(q, "exception", "late failure");
@@ -765,6 +768,48 @@ static void fake_linger_bound(fake *fk, mdg_conn *user, user_state *us, int limi
     CHECK(atomic_load(&us->replies) == limit + 1);
 }
 
+/* An unboxed welcome would turn a user's encryption off (and skip the
+ * pinned key): refused; a node takes it, as 1.x nodes are plaintext. */
+static void fake_unsealed_welcome(void)
+{
+    for (int node = 0; node < 2; node++) {
+        fake fk = {0};
+        mdg_keys *ukeys = NULL, *fkeys = NULL;
+        mdg_conn *c = NULL;
+        char ep[64];
+        size_t eplen = sizeof ep;
+        mdg_keys_new(&ukeys);
+        mdg_keys_new(&fkeys);
+        fk.ctx = zmq_ctx_new();
+        fk.sock = zmq_socket(fk.ctx, ZMQ_ROUTER);
+        CHECK(zmq_bind(fk.sock, "tcp://127.0.0.1:*") == 0);
+        zmq_getsockopt(fk.sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
+        mdg_conn_options o = {.port = atoi(strrchr(ep, ':') + 1),
+                              .legacy = node ? MDG_LEGACY_NODE : MDG_LEGACY_USER};
+        CHECK_RC(mdg_conn_new_with_keys(&c, LOC, mdg_keys_public(fkeys), ukeys, &o), 0);
+        CHECK_RC(mdg_conn_start(c), 0);
+        zmq_msg_t m;
+        CHECK(fake_recv(&fk, &m, 5000));
+        zmq_msg_close(&m);
+        mdg_legacy_build_welcome(&m, NULL, mdg_keys_secret(fkeys), fk.key, "rid", 3);
+        fake_send(&fk, &m, 0);
+        CHECK_RC(mdg_conn_wait_until_ready(c, 5000), node ? 0 : MDG_EHANDSHAKE);
+        if (!node)
+            CHECK(strstr(mdg_last_error(), "boxed us no session key") != NULL);
+        mdg_conn_destroy(&c);
+        zmq_close(fk.sock);
+        zmq_ctx_term(fk.ctx);
+        mdg_keys_destroy(&ukeys);
+        mdg_keys_destroy(&fkeys);
+    }
+    mdg_conn_options bad = {.legacy = 3};
+    mdg_keys *k = NULL;
+    mdg_conn *c = NULL;
+    mdg_keys_new(&k);
+    CHECK_RC(mdg_conn_new_with_keys(&c, LOC, mdg_keys_public(k), k, &bad), MDG_EINVAL);
+    mdg_keys_destroy(&k);
+}
+
 static void with_fake_broker(void)
 {
     fake fk = {0};
@@ -782,7 +827,7 @@ static void with_fake_broker(void)
     broker_port = atoi(strrchr(ep, ':') + 1);
 
     mdg_conn *user = NULL;
-    mdg_conn_options o = {.port = broker_port, .legacy = true, .heartbeat_ms = 100, .queue_limit = limit,
+    mdg_conn_options o = {.port = broker_port, .legacy = MDG_LEGACY_USER, .heartbeat_ms = 100, .queue_limit = limit,
                           .reflect_errors = true};
     CHECK_RC(mdg_conn_new_with_keys(&user, LOC, mdg_keys_public(fkeys), ukeys, &o), 0);
     if (!user)
@@ -823,6 +868,7 @@ int main(void)
     }
     with_python_broker();
     with_fake_broker();
+    fake_unsealed_welcome();
     char out[256];
     t_run(out, sizeof out, "rm -rf %s", dir);
     return t_done("test_legacy_conn");
