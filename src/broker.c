@@ -1440,7 +1440,9 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     }
     case MDG_K_BYE:
         if (p) {
-            /* its ack first: what it has is not "undelivered" */
+            /* its ack first: what it has is not "undelivered" (even what a
+             * detach marked to send again: the ack says it arrived) */
+            p->unsent = NULL;
             if (h.ack)
                 trim_kept(p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
             close_session(b, p, "client said goodbye");
