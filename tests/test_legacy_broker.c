@@ -13,6 +13,7 @@
 #include "testutil.h"
 
 #include <sodium.h>
+#include <stdatomic.h>
 #include <zmq.h>
 
 #define MAX_MESSAGE (64 << 10)
@@ -78,6 +79,47 @@ static const mdg_cmd broker_cmds[] = {
     {"raise_exception", h_raise_exception, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
+
+/* ------------------------------------------------ hooks: one set for both */
+
+static uint8_t hooked_user[MDG_KEY_BYTES], hooked_node[MDG_KEY_BYTES]; /* the raw 1.x A and L */
+static atomic_int user_new, user_recovered, node_joined, node_left;
+
+static void *hk_session_new(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const uint8_t *sid, size_t len,
+                            void *arg)
+{
+    (void)b, (void)sid, (void)len, (void)arg;
+    if (memcmp(pk, hooked_user, MDG_KEY_BYTES) == 0)
+        atomic_fetch_add(&user_new, 1);
+    return NULL;
+}
+
+static void hk_session_recovered(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *data, void *arg)
+{
+    (void)b, (void)data, (void)arg;
+    if (memcmp(pk, hooked_user, MDG_KEY_BYTES) == 0)
+        atomic_fetch_add(&user_recovered, 1);
+}
+
+static void *hk_node_joined(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *arg)
+{
+    (void)b, (void)arg;
+    if (memcmp(pk, hooked_node, MDG_KEY_BYTES) == 0)
+        atomic_fetch_add(&node_joined, 1);
+    return NULL;
+}
+
+static void hk_node_left(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *data, void *arg)
+{
+    (void)b, (void)data, (void)arg;
+    if (memcmp(pk, hooked_node, MDG_KEY_BYTES) == 0)
+        atomic_fetch_add(&node_left, 1);
+}
+
+static const mdg_broker_hooks hooks = {.session_new = hk_session_new,
+                                       .session_recovered = hk_session_recovered,
+                                       .node_joined = hk_node_joined,
+                                       .node_left = hk_node_left};
 
 /* ------------------------------------------------ the native C node */
 
@@ -394,6 +436,9 @@ int main(void)
                             .max_message = MAX_MESSAGE, .queue_limit = QUEUE_LIMIT};
     CHECK_RC(mdg_broker_new(&b, bk, &o), 0);
     mdg_broker_set_commands(b, broker_cmds, NULL);
+    mdg_broker_set_hooks(b, &hooks, NULL);
+    memcpy(hooked_user, mdg_keys_public(ak), MDG_KEY_BYTES);
+    memcpy(hooked_node, mdg_keys_public(lk), MDG_KEY_BYTES);
     mdg_broker_allow(b, mdg_keys_public(nk), MDG_ROLE_NODE);
     mdg_broker_allow(b, mdg_keys_public(lk), MDG_ROLE_NODE);
     mdg_broker_allow(b, mdg_keys_public(l2k), MDG_ROLE_NODE);
@@ -429,6 +474,7 @@ int main(void)
     lp_open(&A, lport);
     CHECK_RC(lp_hello(&A, ak, NULL, 0), 0);
     CHECK(A.sealed);
+    CHECK(atomic_load(&user_new) == 1 && atomic_load(&node_joined) == 1); /* the same hooks as native peers */
     lreply r;
     CHECK_RC(lp_recv(&A, &r), 0); /* the resource offer, sealed, lists both nodes */
     CHECK(strcmp(r.command, "resource_offer") == 0 && r.uuid[0] == '\0');
@@ -651,6 +697,7 @@ int main(void)
     CHECK_RC(lp_hello(&A, ak, old_rid, 16), 0);
     CHECK(memcmp(A.rid, old_rid, 16) == 0 && memcmp(A.key, old_key, sizeof old_key) != 0); /* same session, new key */
     CHECK(t_logged("resumed its session"));
+    CHECK(atomic_load(&user_recovered) == 1);
     CHECK(notes_hold(&A, "u13", "note of A")); /* nothing lost */
 
     /* ---- bad input 6: an unknown key at the handshake */
@@ -672,6 +719,7 @@ int main(void)
     lp_close(&L);
     lp_close(&A);
     WAIT_FOR(mdg_broker_node_count(b) == 1, 3000);
+    CHECK(atomic_load(&node_left) == 1);
     CHECK(mdg_broker_node_count(b) == 1);
 
     python_peers(b, bk, pyu, pyn, user);
