@@ -414,6 +414,25 @@ typedef struct fake {
     uint8_t key[MDG_LEGACY_KEY]; /* the session key it gave */
 } fake;
 
+/* A fake broker bound on a free loopback port (returned). */
+static int fake_open(fake *fk)
+{
+    char ep[64];
+    size_t eplen = sizeof ep;
+    memset(fk, 0, sizeof *fk);
+    fk->ctx = zmq_ctx_new();
+    fk->sock = zmq_socket(fk->ctx, ZMQ_ROUTER);
+    CHECK(zmq_bind(fk->sock, "tcp://127.0.0.1:*") == 0);
+    zmq_getsockopt(fk->sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
+    return atoi(strrchr(ep, ':') + 1);
+}
+
+static void fake_close(fake *fk)
+{
+    zmq_close(fk->sock);
+    zmq_ctx_term(fk->ctx);
+}
+
 /* The next frame from the C user (its rid kept), or false after ms. */
 static bool fake_recv(fake *fk, zmq_msg_t *frame, int ms)
 {
@@ -773,19 +792,12 @@ static void fake_linger_bound(fake *fk, mdg_conn *user, user_state *us, int limi
 static void fake_unsealed_welcome(void)
 {
     for (int node = 0; node < 2; node++) {
-        fake fk = {0};
+        fake fk;
         mdg_keys *ukeys = NULL, *fkeys = NULL;
         mdg_conn *c = NULL;
-        char ep[64];
-        size_t eplen = sizeof ep;
         mdg_keys_new(&ukeys);
         mdg_keys_new(&fkeys);
-        fk.ctx = zmq_ctx_new();
-        fk.sock = zmq_socket(fk.ctx, ZMQ_ROUTER);
-        CHECK(zmq_bind(fk.sock, "tcp://127.0.0.1:*") == 0);
-        zmq_getsockopt(fk.sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
-        mdg_conn_options o = {.port = atoi(strrchr(ep, ':') + 1),
-                              .legacy = node ? MDG_LEGACY_NODE : MDG_LEGACY_USER};
+        mdg_conn_options o = {.port = fake_open(&fk), .legacy = node ? MDG_LEGACY_NODE : MDG_LEGACY_USER};
         CHECK_RC(mdg_conn_new_with_keys(&c, LOC, mdg_keys_public(fkeys), ukeys, &o), 0);
         CHECK_RC(mdg_conn_start(c), 0);
         zmq_msg_t m;
@@ -797,8 +809,7 @@ static void fake_unsealed_welcome(void)
         if (!node)
             CHECK(strstr(mdg_last_error(), "boxed us no session key") != NULL);
         mdg_conn_destroy(&c);
-        zmq_close(fk.sock);
-        zmq_ctx_term(fk.ctx);
+        fake_close(&fk);
         mdg_keys_destroy(&ukeys);
         mdg_keys_destroy(&fkeys);
     }
@@ -812,19 +823,13 @@ static void fake_unsealed_welcome(void)
 
 static void with_fake_broker(void)
 {
-    fake fk = {0};
+    fake fk;
     mdg_keys *ukeys = NULL, *fkeys = NULL;
     user_state us = {.lock = PTHREAD_MUTEX_INITIALIZER};
-    char ep[64];
-    size_t eplen = sizeof ep;
     int limit = 4;
     mdg_keys_new(&ukeys);
     mdg_keys_new(&fkeys);
-    fk.ctx = zmq_ctx_new();
-    fk.sock = zmq_socket(fk.ctx, ZMQ_ROUTER);
-    CHECK(zmq_bind(fk.sock, "tcp://127.0.0.1:*") == 0);
-    zmq_getsockopt(fk.sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
-    broker_port = atoi(strrchr(ep, ':') + 1);
+    broker_port = fake_open(&fk);
 
     mdg_conn *user = NULL;
     mdg_conn_options o = {.port = broker_port, .legacy = MDG_LEGACY_USER, .heartbeat_ms = 100, .queue_limit = limit,
@@ -853,8 +858,7 @@ static void with_fake_broker(void)
     CHECK(!fake_recv(&fk, &m, 500));
 
     mdg_conn_destroy(&user);
-    zmq_close(fk.sock);
-    zmq_ctx_term(fk.ctx);
+    fake_close(&fk);
     mdg_keys_destroy(&ukeys);
     mdg_keys_destroy(&fkeys);
 }
