@@ -1512,18 +1512,25 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
     return 0;
 }
 
-static int on_router(mdg_loop *loop, void *arg, short revents)
+/* Read a batch from one of the listeners. Connection events first: a
+ * socket fd closes before it can be reused by a new connection whose
+ * messages follow. */
+static void drain(mdg_broker *b, void *sock, void (*handle)(mdg_broker *, mdg_frames *))
 {
-    (void)revents;
-    mdg_broker *b = arg;
     mdg_frames f;
-    /* Connection events first: a socket fd closes before it can be reused
-     * by a new connection whose messages follow. */
-    on_monitor(loop, b, 0);
-    for (int i = 0; i < RECV_BATCH && mdg_frames_recv(b->router, &f) == 0; i++) {
-        handle_message(b, &f);
+    on_monitor(b->loop, b, 0);
+    for (int i = 0; i < RECV_BATCH && mdg_frames_recv(sock, &f) == 0; i++) {
+        handle(b, &f);
         mdg_frames_close(&f);
     }
+}
+
+static int on_router(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    drain(b, b->router, handle_message);
     return 0;
 }
 
@@ -1919,14 +1926,10 @@ static void legacy_message(mdg_broker *b, mdg_frames *f)
 
 static int on_legacy_router(mdg_loop *loop, void *arg, short revents)
 {
+    (void)loop;
     (void)revents;
     mdg_broker *b = arg;
-    mdg_frames f;
-    on_monitor(loop, b, 0);
-    for (int i = 0; i < RECV_BATCH && mdg_frames_recv(b->lrouter, &f) == 0; i++) {
-        legacy_message(b, &f);
-        mdg_frames_close(&f);
-    }
+    drain(b, b->lrouter, legacy_message);
     return 0;
 }
 
@@ -2022,43 +2025,68 @@ static int setsock(void *s, int opt, const void *v, size_t len, const char *name
     return 0;
 }
 
+/* A ROUTER with what both listeners share. No receive limit in libzmq:
+ * with heartbeats on, libzmq 4.3.4 aborts (assert !_io_error,
+ * zeromq/libzmq#4364) when a link drops while its receive pipe is full.
+ * Each native client keeps at most its queue_limit messages
+ * unacknowledged, and a 1.x sender's waiting messages are bounded by ours,
+ * which bounds what can queue here. */
+static int new_router(mdg_broker *b, void **out, int64_t maxmsg)
+{
+    int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS, rc;
+    void *s = *out = zmq_socket(b->ctx, ZMQ_ROUTER);
+    if (!s)
+        return mdg_fail(MDG_ESYS, "cannot make a ROUTER: %s", zmq_strerror(errno));
+    if ((rc = setsock(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one, "ROUTER_MANDATORY")) ||
+        (rc = setsock(s, ZMQ_SNDHWM, &hwm, sizeof hwm, "SNDHWM")) ||
+        (rc = setsock(s, ZMQ_RCVHWM, &unlimited, sizeof unlimited, "RCVHWM")) ||
+        (rc = setsock(s, ZMQ_LINGER, &linger, sizeof linger, "LINGER")) ||
+        (rc = setsock(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg, "MAXMSGSIZE")))
+        return rc;
+    return 0;
+}
+
+/* Watch a ROUTER's drops, bind it (port 0: a free one) and watch it.
+ * ep gets the endpoint asked for, *bound the port got. */
+static int listen_on(mdg_broker *b, void *sock, void **mon, const char *tag, int port, int *bound,
+                     mdg_loop_fn on_input, char ep[160])
+{
+    char mon_ep[80], last[256];
+    size_t len = sizeof last;
+    int rc;
+    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-%s-monitor-%p", tag, (void *)b);
+    if (zmq_socket_monitor(sock, mon_ep, ZMQ_EVENT_DISCONNECTED) != 0 || !(*mon = zmq_socket(b->ctx, ZMQ_PAIR)) ||
+        zmq_connect(*mon, mon_ep) != 0)
+        return mdg_fail(MDG_ESYS, "cannot monitor the %s ROUTER: %s", tag, zmq_strerror(errno));
+    if (port)
+        snprintf(ep, 160, "tcp://%s:%d", b->bind_address, port);
+    else
+        snprintf(ep, 160, "tcp://%s:*", b->bind_address);
+    if (zmq_bind(sock, ep) != 0)
+        return mdg_fail(MDG_ESYS, "cannot bind the %s listener %s: %s", tag, ep, zmq_strerror(errno));
+    if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, last, &len) == 0) {
+        const char *colon = strrchr(last, ':');
+        *bound = colon ? atoi(colon + 1) : port;
+    }
+    if ((rc = mdg_loop_watch(b->loop, *mon, -1, ZMQ_POLLIN, on_monitor, b)) ||
+        (rc = mdg_loop_watch(b->loop, sock, -1, ZMQ_POLLIN, on_input, b)))
+        return rc;
+    return 0;
+}
+
 /* The 1.x listener: no CURVE (1.x has none), libzmq heartbeats since 1.x
  * peers send none of their own, and loud warnings about what 1.x lacks. */
 static int bind_legacy(mdg_broker *b)
 {
-    int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS;
     int ivl = LEGACY_HEARTBEAT_MS, timeout = 3 * LEGACY_HEARTBEAT_MS, rc;
-    int64_t maxmsg = b->max_message + LEGACY_HEADROOM;
-    char ep[160], last[256], mon_ep[64];
-    size_t len = sizeof last;
+    char ep[160];
     if (!b->legacy)
         return 0;
-    if (!(b->lrouter = zmq_socket(b->ctx, ZMQ_ROUTER)))
-        return mdg_fail(MDG_ESYS, "cannot make the legacy ROUTER: %s", zmq_strerror(errno));
-    if ((rc = setsock(b->lrouter, ZMQ_ROUTER_MANDATORY, &one, sizeof one, "ROUTER_MANDATORY")) ||
-        (rc = setsock(b->lrouter, ZMQ_SNDHWM, &hwm, sizeof hwm, "SNDHWM")) ||
-        (rc = setsock(b->lrouter, ZMQ_RCVHWM, &unlimited, sizeof unlimited, "RCVHWM")) ||
-        (rc = setsock(b->lrouter, ZMQ_LINGER, &linger, sizeof linger, "LINGER")) ||
-        (rc = setsock(b->lrouter, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg, "MAXMSGSIZE")) ||
+    if ((rc = new_router(b, &b->lrouter, b->max_message + LEGACY_HEADROOM)) ||
         (rc = setsock(b->lrouter, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl, "HEARTBEAT_IVL")) ||
-        (rc = setsock(b->lrouter, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout, "HEARTBEAT_TIMEOUT")))
-        return rc;
-    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-lmonitor-%p", (void *)b);
-    if (zmq_socket_monitor(b->lrouter, mon_ep, ZMQ_EVENT_DISCONNECTED) != 0 ||
-        !(b->lmon = zmq_socket(b->ctx, ZMQ_PAIR)) || zmq_connect(b->lmon, mon_ep) != 0)
-        return mdg_fail(MDG_ESYS, "cannot monitor the legacy ROUTER: %s", zmq_strerror(errno));
-    if (b->legacy_port)
-        snprintf(ep, sizeof ep, "tcp://%s:%d", b->bind_address, b->legacy_port);
-    else
-        snprintf(ep, sizeof ep, "tcp://%s:*", b->bind_address);
-    if (zmq_bind(b->lrouter, ep) != 0)
-        return mdg_fail(MDG_ESYS, "cannot bind the legacy listener %s: %s", ep, zmq_strerror(errno));
-    if (zmq_getsockopt(b->lrouter, ZMQ_LAST_ENDPOINT, last, &len) == 0) {
-        const char *colon = strrchr(last, ':');
-        b->legacy_bound_port = colon ? atoi(colon + 1) : b->legacy_port;
-    }
-    if ((rc = mdg_loop_watch(b->loop, b->lmon, -1, ZMQ_POLLIN, on_monitor, b)) ||
-        (rc = mdg_loop_watch(b->loop, b->lrouter, -1, ZMQ_POLLIN, on_legacy_router, b)))
+        (rc = setsock(b->lrouter, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout, "HEARTBEAT_TIMEOUT")) ||
+        (rc = listen_on(b, b->lrouter, &b->lmon, "legacy", b->legacy_port, &b->legacy_bound_port, on_legacy_router,
+                        ep)))
         return rc;
     mdg_log(MDG_LOG_WARN, "Messidge 1.x listener on %s (port %d) keeps 1.x's weaknesses "
                           "(docs/compatibility.md); use it on a trusted network only:", ep, b->legacy_bound_port);
@@ -2072,51 +2100,20 @@ static int bind_legacy(mdg_broker *b)
 
 static int bind_sockets(mdg_broker *b)
 {
-    /* No receive limit in libzmq: with heartbeats on, libzmq 4.3.4 aborts
-     * (assert !_io_error, zeromq/libzmq#4364) when a link drops while its
-     * receive pipe is full. Each client keeps at most its queue_limit
-     * messages unacknowledged, which bounds what can queue here. */
-    int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS;
-    int64_t maxmsg = b->max_message;
-    int rc;
-    char mon_ep[64];
+    int one = 1, rc;
+    char ep[160];
     if (b->router)
         return 0;
     /* The ZAP handler must be bound before the ROUTER accepts anyone. */
     b->zap = zmq_socket(b->ctx, ZMQ_REP);
     if (!b->zap || zmq_bind(b->zap, "inproc://zeromq.zap.01") != 0)
         return mdg_fail(MDG_ESYS, "cannot bind the ZAP handler: %s", zmq_strerror(errno));
-    b->router = zmq_socket(b->ctx, ZMQ_ROUTER);
-    if (!b->router)
-        return mdg_fail(MDG_ESYS, "cannot make the ROUTER: %s", zmq_strerror(errno));
-    if ((rc = setsock(b->router, ZMQ_CURVE_SERVER, &one, sizeof one, "CURVE_SERVER")) ||
+    if ((rc = new_router(b, &b->router, b->max_message)) ||
+        (rc = setsock(b->router, ZMQ_CURVE_SERVER, &one, sizeof one, "CURVE_SERVER")) ||
         (rc = setsock(b->router, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(b->keys), MDG_KEY_BYTES, "CURVE_SECRETKEY")) ||
         (rc = setsock(b->router, ZMQ_ZAP_DOMAIN, "messidge", 8, "ZAP_DOMAIN")) ||
-        (rc = setsock(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one, "ROUTER_MANDATORY")) ||
-        (rc = setsock(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm, "SNDHWM")) ||
-        (rc = setsock(b->router, ZMQ_RCVHWM, &unlimited, sizeof unlimited, "RCVHWM")) ||
-        (rc = setsock(b->router, ZMQ_LINGER, &linger, sizeof linger, "LINGER")) ||
-        (rc = setsock(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg, "MAXMSGSIZE")))
-        return rc;
-    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-monitor-%p", (void *)b);
-    if (zmq_socket_monitor(b->router, mon_ep, ZMQ_EVENT_DISCONNECTED) != 0 ||
-        !(b->mon = zmq_socket(b->ctx, ZMQ_PAIR)) || zmq_connect(b->mon, mon_ep) != 0)
-        return mdg_fail(MDG_ESYS, "cannot monitor the ROUTER: %s", zmq_strerror(errno));
-    char ep[160], last[256];
-    size_t len = sizeof last;
-    if (b->port)
-        snprintf(ep, sizeof ep, "tcp://%s:%d", b->bind_address, b->port);
-    else
-        snprintf(ep, sizeof ep, "tcp://%s:*", b->bind_address);
-    if (zmq_bind(b->router, ep) != 0)
-        return mdg_fail(MDG_ESYS, "cannot bind %s: %s", ep, zmq_strerror(errno));
-    if (zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, last, &len) == 0) {
-        const char *colon = strrchr(last, ':');
-        b->bound_port = colon ? atoi(colon + 1) : b->port;
-    }
-    if ((rc = mdg_loop_watch(b->loop, b->zap, -1, ZMQ_POLLIN, on_zap, b)) ||
-        (rc = mdg_loop_watch(b->loop, b->mon, -1, ZMQ_POLLIN, on_monitor, b)) ||
-        (rc = mdg_loop_watch(b->loop, b->router, -1, ZMQ_POLLIN, on_router, b)))
+        (rc = mdg_loop_watch(b->loop, b->zap, -1, ZMQ_POLLIN, on_zap, b)) ||
+        (rc = listen_on(b, b->router, &b->mon, "native", b->port, &b->bound_port, on_router, ep)))
         return rc;
     if (mdg_loop_timer(b->loop, ACK_DELAY_MS, true, on_ack_timer, b) < 0 ||
         mdg_loop_timer(b->loop, BACKLOG_RETRY_MS, true, on_backlog_timer, b) < 0 ||
