@@ -21,12 +21,10 @@
  * It prints "divide_node: node ready" on stdout once the broker has given
  * it a session, and runs until SIGINT or SIGTERM.
  */
+#include "../tools/cli_util.h"
 #include "messidge.h"
 
 #include <getopt.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,39 +66,6 @@ static const mdg_cmd commands[] = {
     MDG_CMD_END,
 };
 
-/* ------------------------------------------------------------------ signals */
-
-/* SIGINT and SIGTERM are blocked in every thread and taken by sigwait on
- * this thread, which may then call anything (mdg_conn_disconnect is not
- * async-signal-safe, so it cannot be called from a signal handler). */
-typedef struct signal_waiter {
-    sigset_t set;
-    mdg_conn *conn;
-    atomic_bool signalled; /* a stop signal came from outside */
-    atomic_bool done;      /* main is finishing: the next signal is its own */
-} signal_waiter;
-
-static void *signal_thread(void *arg)
-{
-    signal_waiter *w = arg;
-    int sig = 0;
-    if (sigwait(&w->set, &sig) != 0 || atomic_load(&w->done))
-        return NULL;
-    atomic_store(&w->signalled, true);
-    fprintf(stderr, "divide_node: %s, disconnecting\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    mdg_conn_disconnect(w->conn); /* wait_until_complete in main returns */
-    return NULL;
-}
-
-/* Main is finishing: wake the signal thread with a signal of our own (it
- * is blocked everywhere, so only that thread's sigwait takes it). */
-static void signal_thread_stop(signal_waiter *w, pthread_t t)
-{
-    atomic_store(&w->done, true);
-    pthread_kill(t, SIGTERM);
-    pthread_join(t, NULL);
-}
-
 /* -------------------------------------------------------------------- main */
 
 static void usage(FILE *f)
@@ -140,9 +105,7 @@ int main(int argc, char **argv)
     char b64[MDG_KEY_B64_LEN + 1];
     mdg_keys *keys = NULL;
     mdg_conn *conn = NULL;
-    signal_waiter waiter = {.signalled = false, .done = false};
-    pthread_t sig_thread;
-    bool sig_thread_started = false;
+    cli_signal_waiter waiter;
     int opt, rc, status = 1;
     char *end;
 
@@ -185,12 +148,9 @@ int main(int argc, char **argv)
     }
 
     /* Block the stop signals before any thread starts, so that every
-     * thread (the connection's too) inherits the mask and only sigwait
-     * takes them. */
-    sigemptyset(&waiter.set);
-    sigaddset(&waiter.set, SIGINT);
-    sigaddset(&waiter.set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &waiter.set, NULL);
+     * thread (the connection's too) inherits the mask and only the
+     * waiter's sigwait takes them. */
+    cli_signal_waiter_init(&waiter, "divide_node");
 
     /* The seed's Node.__init__: Connection(location, server_pk, keys,
      * reflect_value_errors=True), register_commands, start. */
@@ -202,12 +162,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "divide_node: %s: %s\n", mdg_strerror(rc), mdg_last_error());
         goto out;
     }
-    waiter.conn = conn;
-    if (pthread_create(&sig_thread, NULL, signal_thread, &waiter) != 0) {
+    if (cli_signal_waiter_start(&waiter, conn) != 0) {
         fprintf(stderr, "divide_node: cannot start the signal thread\n");
         goto out;
     }
-    sig_thread_started = true;
 
     /* A node needs no wait_until_ready; waiting here only tells the user
      * (and run-demo.sh) when the broker has admitted us. It returns early
@@ -224,9 +182,7 @@ int main(int argc, char **argv)
 
     /* Stop the signal thread if it is still waiting (the connection ended
      * on its own, or could not be made). */
-    signal_thread_stop(&waiter, sig_thread);
-    sig_thread_started = false;
-    if (atomic_load(&waiter.signalled)) {
+    if (cli_signal_waiter_stop(&waiter)) {
         status = 0; /* asked to stop: the normal way out */
     } else if (rc != 0) {
         fprintf(stderr, "divide_node: cannot connect: %s: %s\n", mdg_strerror(rc), mdg_last_error());
@@ -237,8 +193,7 @@ int main(int argc, char **argv)
     }
 
 out:
-    if (sig_thread_started) /* only on an error path above */
-        signal_thread_stop(&waiter, sig_thread);
+    cli_signal_waiter_stop(&waiter); /* still running only on an error path above */
     /* Node.disconnect(): say goodbye, flushing any last replies */
     mdg_conn_disconnect(conn);
     mdg_conn_destroy(&conn);

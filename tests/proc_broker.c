@@ -18,6 +18,7 @@
  * It prints "proc_broker: ready port N pid P" on stdout once bound (the only
  * line it writes there), logs to stderr, and runs until SIGTERM or SIGINT,
  * which stops it cleanly: exit status 0. */
+#include "../tools/cli_util.h"
 #include "messidge.h"
 
 #include <getopt.h>
@@ -202,10 +203,7 @@ int main(int argc, char **argv)
     /* SIGINT/SIGTERM are taken by sigwait below: block them before any
      * thread starts, so that every thread inherits the mask. */
     sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    cli_block_stop_signals(&stop_signals);
 
     mdg_keys *keys = NULL;
     const char *pk = getenv("MDG_BROKER_PK"), *sk = getenv("MDG_BROKER_SK");

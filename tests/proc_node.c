@@ -20,6 +20,7 @@
  * SIGTERM or SIGINT: it then disconnects, stops its stream threads, frees
  * what it kept and exits 0. It reconnects by itself when the broker goes
  * and comes back (the library does). */
+#include "../tools/cli_util.h"
 #include "messidge.h"
 
 #include <getopt.h>
@@ -136,29 +137,6 @@ static const mdg_cmd commands[] = {
     MDG_CMD_END,
 };
 
-/* ------------------------------------------------------------------ signals */
-
-/* SIGINT and SIGTERM are blocked everywhere and taken here by sigwait (as
- * in demo/divide_node.c): mdg_conn_disconnect is not async-signal-safe. */
-typedef struct signal_waiter {
-    sigset_t set;
-    mdg_conn *conn;
-    atomic_bool signalled; /* a stop signal came from outside */
-    atomic_bool done;      /* main is finishing: the next signal is its own */
-} signal_waiter;
-
-static void *signal_thread(void *arg)
-{
-    signal_waiter *w = arg;
-    int sig = 0;
-    if (sigwait(&w->set, &sig) != 0 || atomic_load(&w->done))
-        return NULL;
-    atomic_store(&w->signalled, true);
-    fprintf(stderr, "proc_node: %s, disconnecting\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    mdg_conn_disconnect(w->conn);
-    return NULL;
-}
-
 static void log_line(int level, const char *text, void *arg)
 {
     (void)level;
@@ -206,11 +184,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    signal_waiter w = {.signalled = false, .done = false};
-    sigemptyset(&w.set);
-    sigaddset(&w.set, SIGINT);
-    sigaddset(&w.set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &w.set, NULL); /* before any thread starts */
+    cli_signal_waiter w;
+    cli_signal_waiter_init(&w, "proc_node"); /* before any thread starts */
 
     mdg_conn *conn = NULL;
     rc = mdg_conn_new_with_keys(&conn, "127.0.0.1", server_pk, keys, &co);
@@ -224,9 +199,7 @@ int main(int argc, char **argv)
         mdg_conn_destroy(&conn);
         return 1;
     }
-    w.conn = conn;
-    pthread_t sig_thread;
-    if (pthread_create(&sig_thread, NULL, signal_thread, &w) != 0) {
+    if (cli_signal_waiter_start(&w, conn) != 0) {
         fprintf(stderr, "proc_node: cannot start the signal thread\n");
         mdg_conn_destroy(&conn);
         return 1;
@@ -242,10 +215,7 @@ int main(int argc, char **argv)
     }
 
     /* the signal thread: still waiting unless a signal came */
-    atomic_store(&w.done, true);
-    pthread_kill(sig_thread, SIGTERM);
-    pthread_join(sig_thread, NULL);
-    int status = atomic_load(&w.signalled) ? 0 : 1;
+    int status = cli_signal_waiter_stop(&w) ? 0 : 1;
 
     /* streams stop at their next reply (the connection is closed) or at
      * the flag, then everything kept is freed */

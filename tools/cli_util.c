@@ -30,3 +30,51 @@ int cli_write_port_file(const char *path, int port)
     }
     return 0;
 }
+
+void cli_block_stop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, set, NULL);
+}
+
+static void *signal_thread(void *arg)
+{
+    cli_signal_waiter *w = arg;
+    int sig = 0;
+    if (sigwait(&w->set, &sig) != 0 || atomic_load(&w->done))
+        return NULL;
+    atomic_store(&w->signalled, true);
+    fprintf(stderr, "%s: %s, disconnecting\n", w->name, sig == SIGINT ? "SIGINT" : "SIGTERM");
+    mdg_conn_disconnect(w->conn); /* wait_until_complete returns */
+    return NULL;
+}
+
+void cli_signal_waiter_init(cli_signal_waiter *w, const char *name)
+{
+    w->name = name;
+    w->conn = NULL;
+    w->started = false;
+    atomic_init(&w->signalled, false);
+    atomic_init(&w->done, false);
+    cli_block_stop_signals(&w->set);
+}
+
+int cli_signal_waiter_start(cli_signal_waiter *w, mdg_conn *conn)
+{
+    w->conn = conn;
+    w->started = pthread_create(&w->thread, NULL, signal_thread, w) == 0;
+    return w->started ? 0 : -1;
+}
+
+bool cli_signal_waiter_stop(cli_signal_waiter *w)
+{
+    if (w->started) {
+        atomic_store(&w->done, true);
+        pthread_kill(w->thread, SIGTERM);
+        pthread_join(w->thread, NULL);
+        w->started = false;
+    }
+    return atomic_load(&w->signalled);
+}

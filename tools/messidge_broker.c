@@ -116,10 +116,7 @@ int main(int argc, char **argv)
     /* SIGINT/SIGTERM are taken by sigwait below: block them before any
      * thread starts, so that every thread inherits the mask. */
     sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    cli_block_stop_signals(&stop_signals);
 
     /* the seed's "fetch/create the server keys" */
     rc = mdg_keys_load(&keys, key_name, prefix);
