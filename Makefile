@@ -59,15 +59,8 @@ clean:
 # Benchmarks (bench/README.md): install what is missing, build optimised
 # (-O2, no sanitizers) in build-bench, run every scenario on loopback, print
 # the table and write bench/results.json.
-bench: deps
-	@missing=""; for p in $(BENCH_DEBS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+bench:
+	$(MAKE) deps EXTRA_DEBS="$(BENCH_DEBS)"
 	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" \
 	  -DMDG_BENCH=ON -DMDG_TESTS=OFF >/dev/null
 	cmake --build build-bench -j $(JOBS)

@@ -132,29 +132,16 @@ static void raw_cmd(raw *r, const char *command, uint64_t corr, mdg_params *p)
 static int raw_recv_any(raw *r, mdg_header *h, mdg_params **p, int timeout_ms)
 {
     zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
-    zmq_msg_t part[4];
-    int n = 0, more = 1, rc = 0;
+    mdg_frames f;
+    int rc = 0;
     *p = NULL;
-    if (zmq_poll(&it, 1, timeout_ms) <= 0)
+    if (zmq_poll(&it, 1, timeout_ms) <= 0 || mdg_frames_recv(r->sock, &f) != 0)
         return -1;
-    while (more) {
-        zmq_msg_t tmp, *m = n < 4 ? &part[n] : &tmp;
-        zmq_msg_init(m);
-        if (zmq_msg_recv(m, r->sock, 0) < 0) {
-            zmq_msg_close(m);
-            break;
-        }
-        more = zmq_msg_more(m);
-        if (m == &tmp)
-            zmq_msg_close(m);
-        n++;
-    }
-    if (n < 2 || n > 3 ||
-        mdg_wire_decode_header(zmq_msg_data(&part[0]), zmq_msg_size(&part[0]), h) != 0 ||
-        mdg_wire_decode_params(zmq_msg_data(&part[1]), zmq_msg_size(&part[1]), p) != 0)
+    if (f.n < 2 || f.n > 3 || f.dropped ||
+        mdg_wire_decode_header(zmq_msg_data(&f.part[0]), zmq_msg_size(&f.part[0]), h) != 0 ||
+        mdg_wire_decode_params(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), p) != 0)
         rc = -2;
-    for (int i = 0; i < n && i < 4; i++)
-        zmq_msg_close(&part[i]);
+    mdg_frames_close(&f);
     return rc;
 }
 

@@ -247,25 +247,13 @@ static void h_divide(mdg_msg *msg, void *arg)
     mdg_params *p = mdg_msg_params(msg);
     const uint8_t *user = NULL;
     size_t len = 0;
-    double dividend, devisor;
     atomic_fetch_add(&divides, 1);
     if (mdg_params_get_bytes(p, "user", &user, &len) == 0 && len == MDG_KEY_BYTES) {
         pthread_mutex_lock(&seen_lock);
         memcpy(seen_user, user, MDG_KEY_BYTES);
         pthread_mutex_unlock(&seen_lock);
     }
-    if (mdg_params_get_double(p, "dividend", &dividend) != 0 ||
-        mdg_params_get_double(p, "devisor", &devisor) != 0) {
-        mdg_msg_fail(msg, "Divide only takes two floats.");
-        return;
-    }
-    if (devisor == 0) {
-        mdg_msg_fail(msg, "Devisor cannot be zero");
-        return;
-    }
-    mdg_params *r = mdg_params_new();
-    mdg_params_set_double(r, "quotient", dividend / devisor);
-    mdg_msg_reply(msg, r, NULL, 0);
+    t_divide(msg, arg);
 }
 
 static const mdg_cmd node_commands[] = {
