@@ -337,29 +337,6 @@ fail:
     return rc;
 }
 
-/* Create the state directory (only its last component) or check it. */
-static int ensure_state_dir(const char *dir)
-{
-    struct stat st;
-    int err;
-
-    if (mkdir(dir, 0700) == 0) {
-        if (chmod(dir, 0700) < 0) { /* mkdir obeys the umask */
-            err = errno;
-            return mdg_fail(MDG_EIO, "cannot set mode of state directory %s: %s", dir,
-                            strerror(err));
-        }
-        return 0;
-    }
-    err = errno;
-    if (err != EEXIST)
-        return mdg_fail(MDG_EIO, "cannot create state directory %s: %s%s", dir, strerror(err),
-                        err == ENOENT ? " (its parent directory must exist)" : "");
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-        return mdg_fail(MDG_EIO, "state directory %s exists but is not a directory", dir);
-    return 0;
-}
-
 /* Create an empty database file with mode 0600 if there is none. SQLite
  * gives its -wal and -shm files the database file's mode. */
 static int ensure_db_file(const char *path)
@@ -473,7 +450,7 @@ int mdg_identity_open(mdg_identity **out, const char *state_dir)
         rc = mdg_fail(MDG_EINVAL, "state directory path %s is too long", state_dir);
         goto fail;
     }
-    if ((rc = ensure_state_dir(state_dir)) != 0 || (rc = ensure_db_file(id->path)) != 0 ||
+    if ((rc = mdg_ensure_dir(state_dir, "state directory")) != 0 || (rc = ensure_db_file(id->path)) != 0 ||
         (rc = open_writer(id)) != 0 || (rc = migrate(id)) != 0 || (rc = open_reader(id)) != 0)
         goto fail;
     *out = id;

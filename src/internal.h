@@ -24,6 +24,9 @@ void mdg_log(int level, const char *fmt, ...)
     ;
 bool mdg_log_enabled(int level);
 
+/* Create a private directory (0700, last component only) or check that it
+ * is one (keys.c). what names it in errors. 0 or MDG_EIO. */
+int mdg_ensure_dir(const char *dir, const char *what);
 /* Monotonic clock in milliseconds. */
 int64_t mdg_now_ms(void);
 

@@ -243,9 +243,10 @@ static int read_key_file(uint8_t out[MDG_KEY_BYTES], const char *path)
     return rc;
 }
 
-/* Create the key directory if missing. Only the last component is made:
- * a missing parent is more likely a typo than a wish. */
-static int ensure_dir(const char *dir)
+/* Create a private directory if missing (mode exactly 0700), or check
+ * that it is one. Only the last component is made: a missing parent is
+ * more likely a typo than a wish. what names it in errors. */
+int mdg_ensure_dir(const char *dir, const char *what)
 {
     struct stat st;
     int err;
@@ -254,17 +255,16 @@ static int ensure_dir(const char *dir)
         /* mkdir() obeys the umask; make sure we end up with exactly 0700. */
         if (chmod(dir, 0700) < 0) {
             err = errno;
-            return mdg_fail(MDG_EIO, "cannot set mode of key directory %s: %s", dir,
-                            strerror(err));
+            return mdg_fail(MDG_EIO, "cannot set mode of %s %s: %s", what, dir, strerror(err));
         }
         return 0;
     }
     err = errno;
     if (err != EEXIST)
-        return mdg_fail(MDG_EIO, "cannot create key directory %s: %s%s", dir, strerror(err),
+        return mdg_fail(MDG_EIO, "cannot create %s %s: %s%s", what, dir, strerror(err),
                         err == ENOENT ? " (its parent directory must exist)" : "");
     if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-        return mdg_fail(MDG_EIO, "key directory %s exists but is not a directory", dir);
+        return mdg_fail(MDG_EIO, "%s %s exists but is not a directory", what, dir);
     return 0;
 }
 
@@ -334,7 +334,7 @@ static int prepare_save(char dir[PATH_MAX], const char *name, const char *what,
     if (rc == 0)
         rc = resolve_prefix(dir, prefix);
     if (rc == 0)
-        rc = ensure_dir(dir);
+        rc = mdg_ensure_dir(dir, "key directory");
     return rc;
 }
 
