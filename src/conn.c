@@ -254,12 +254,21 @@ int mdg_conn_new(mdg_conn **out, const char *location, const char *prefix,
     return rc;
 }
 
-int mdg_conn_register_commands(mdg_conn *c, const mdg_cmd *table, void *arg)
+/* Configuration is only taken before the loop thread starts. */
+static int before_start(const mdg_conn *c, const char *what)
 {
     if (!c)
         return MDG_EINVAL;
     if (c->state != C_NEW)
-        return mdg_fail(MDG_ESTATE, "register commands before mdg_conn_start");
+        return mdg_fail(MDG_ESTATE, "%s before mdg_conn_start", what);
+    return 0;
+}
+
+int mdg_conn_register_commands(mdg_conn *c, const mdg_cmd *table, void *arg)
+{
+    int rc = before_start(c, "register commands");
+    if (rc)
+        return rc;
     c->cmds = table;
     c->cmd_arg = arg;
     return 0;
@@ -267,10 +276,9 @@ int mdg_conn_register_commands(mdg_conn *c, const mdg_cmd *table, void *arg)
 
 int mdg_conn_set_error_handler(mdg_conn *c, mdg_error_fn fn, void *arg)
 {
-    if (!c)
-        return MDG_EINVAL;
-    if (c->state != C_NEW)
-        return mdg_fail(MDG_ESTATE, "set the error handler before mdg_conn_start");
+    int rc = before_start(c, "set the error handler");
+    if (rc)
+        return rc;
     c->on_error = fn;
     c->err_arg = arg;
     return 0;
@@ -278,10 +286,9 @@ int mdg_conn_set_error_handler(mdg_conn *c, mdg_error_fn fn, void *arg)
 
 int mdg_conn_set_event_handler(mdg_conn *c, mdg_event_fn fn, void *arg)
 {
-    if (!c)
-        return MDG_EINVAL;
-    if (c->state != C_NEW)
-        return mdg_fail(MDG_ESTATE, "set the event handler before mdg_conn_start");
+    int rc = before_start(c, "set the event handler");
+    if (rc)
+        return rc;
     c->on_event = fn;
     c->ev_arg = arg;
     return 0;
