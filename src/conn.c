@@ -826,12 +826,37 @@ static void on_bye(mdg_conn *c, mdg_msg *m)
 }
 
 /* Second step: build the message and hand it to whoever wants it. */
+/* A reply that cannot be decoded (the broker passes a node's params on as
+ * they came) still ends its call, as an error: its caller is told instead
+ * of waiting for ever. NULL when out of memory. */
+static mdg_msg *undecodable_reply(const mdg_header *h, const char *why)
+{
+    char text[300];
+    mdg_header eh = *h;
+    mdg_frames f = {.n = 2};
+    mdg_msg *m = NULL;
+    mdg_params *e = mdg_params_new();
+    snprintf(text, sizeof text, "malformed reply from the broker: %s", why);
+    eh.kind = MDG_K_ERROR;
+    eh.flags = 0; /* the call is over */
+    zmq_msg_init(&f.part[0]);
+    if (e && mdg_params_set_str(e, "error", text) == 0 && mdg_wire_encode_params(e, &f.part[1]) == 0) {
+        mdg_msg_from_frames(&m, &eh, &f, 1);
+        zmq_msg_close(&f.part[1]);
+    }
+    zmq_msg_close(&f.part[0]);
+    mdg_params_destroy(&e);
+    return m;
+}
+
 static void dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
 {
     mdg_msg *m = NULL;
     if (mdg_msg_from_frames(&m, h, f, 1) != 0) {
         mdg_log(MDG_LOG_WARN, "%s from the broker dropped: %s", mdg_kind_name(h->kind), mdg_last_error());
-        return;
+        if ((h->kind != MDG_K_REPLY && h->kind != MDG_K_ERROR) || !h->corr ||
+            !(m = undecodable_reply(h, mdg_last_error())))
+            return;
     }
     switch (h->kind) {
     case MDG_K_WELCOME:

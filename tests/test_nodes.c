@@ -446,11 +446,22 @@ int main(void)
     WAIT_FOR(mdg_broker_forward_count(b) == 0, 2000);
     CHECK(mdg_broker_forward_count(b) == 0);
 
+    /* a reply the broker passes on (a well-formed CBOR map) but the caller
+     * cannot decode (a key that is not text): the call ends with an error
+     * instead of waiting for ever */
+    blocked_call bm = {.user = user, .pk = mdg_keys_public(n2keys)};
+    pthread_t caller_t;
+    pthread_create(&caller_t, NULL, blocked_caller, &bm);
+    CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
+    raw_send(rawn, MDG_K_REPLY, 4, h.corr, "", "\xa1\x01\x02", 3);
+    pthread_join(caller_t, NULL);
+    CHECK_RC(bm.rc, MDG_EREMOTE);
+    CHECK(strstr(bm.err, "malformed reply from the broker") != NULL);
+
     /* a node that dies with a blocking call pending: the caller gets an
      * error quickly, not a hang (raw node closed without a goodbye, so the
      * broker learns it from the dropped connection) */
     blocked_call bc = {.user = user, .pk = mdg_keys_public(n2keys)};
-    pthread_t caller_t;
     pthread_create(&caller_t, NULL, blocked_caller, &bc);
     CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
     int64_t t0 = mdg_now_ms();
