@@ -183,6 +183,7 @@ typedef struct check_state {
     uint64_t left[MDG_MAX_DEPTH + 1]; /* items left per open container; UINT64_MAX = indefinite */
     int depth;                       /* open containers; -1 when the top item is done */
     size_t avail;                    /* bytes not yet decoded */
+    size_t items;                    /* seen so far, at most MDG_MAX_ITEMS */
     const char *bad;
     bool halves;                     /* saw a half-precision float */
 } check_state;
@@ -196,6 +197,9 @@ static void take_slot(check_state *s)
     }
     if (s->left[s->depth] != UINT64_MAX)
         s->left[s->depth]--;
+    _Static_assert(MDG_MAX_ITEMS == 262144, "the text below names the limit");
+    if (++s->items > MDG_MAX_ITEMS)
+        s->bad = "more than 262144 CBOR items";
 }
 
 /* Close finished definite containers. */

@@ -15,6 +15,10 @@
 #define MDG_MAX_COMMAND 255     /* bytes in a command name */
 #define MDG_MAX_HEADER 512      /* bytes in an encoded header */
 #define MDG_MAX_DEPTH 32        /* nesting of params */
+/* CBOR items in one params map (or 1.x frame): libcbor's item trees cost
+ * about 70 bytes of memory per item, so a frame of one-byte items would
+ * cost 70 times its size to decode. Bulk data belongs in the bulk frame. */
+#define MDG_MAX_ITEMS (1u << 18)
 
 enum mdg_kind {
     MDG_K_HELLO = 1,   /* client -> broker: open or resume a session */

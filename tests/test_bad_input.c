@@ -427,6 +427,24 @@ static void test_bad_params(raw *r, mdg_conn *good)
     t_clear_log();
     raw_cmd_bytes(r, "echo", ++r->corr, deep, n);
     EXPECT_ERROR(r, r->corr, "echo", "nested too deeply", "nested too deeply");
+    /* a map of a few bytes per item: decoding would cost ~70 times the
+     * frame in memory, so the count of items is bounded before decoding */
+    size_t many = MDG_MAX_ITEMS + 1, blen = 0;
+    uint8_t *bomb = malloc(many + 16);
+    bomb[blen++] = 0xa1;
+    bomb[blen++] = 0x61;
+    bomb[blen++] = 'a';
+    bomb[blen++] = 0x9a; /* an array of (4-byte length) items */
+    bomb[blen++] = (uint8_t)(many >> 24);
+    bomb[blen++] = (uint8_t)(many >> 16);
+    bomb[blen++] = (uint8_t)(many >> 8);
+    bomb[blen++] = (uint8_t)many;
+    memset(bomb + blen, 0x00, many);
+    blen += many;
+    t_clear_log();
+    raw_cmd_bytes(r, "echo", ++r->corr, bomb, blen);
+    EXPECT_ERROR(r, r->corr, "echo", "more than 262144 CBOR items", "more than 262144 CBOR items");
+    free(bomb);
     /* a refused fire-and-forget message still tells its sender */
     t_clear_log();
     raw_cmd_bytes(r, "note", 0, "\x82\x01\x02", 3);
