@@ -32,6 +32,7 @@
 #define GRACE_CHECK_MS 250
 #define LEGACY_HEARTBEAT_MS 2000           /* 1.x peers do not beat: libzmq pings them */
 #define LEGACY_HEADROOM (64 << 10)         /* a little over max_message is refused, not dropped */
+#define LEGACY_HELLO_MAX 1024              /* a 1.x link's first frame: its hello is ~150 bytes */
 
 typedef struct peer {
     uint8_t rid[255];
@@ -1898,6 +1899,8 @@ static void legacy_message(mdg_broker *b, mdg_frames *f)
     char why[300];
     if ((long long)len > b->max_message)
         snprintf(why, sizeof why, "frame of %zu bytes larger than max_message (%lld)", len, b->max_message);
+    else if (!p && len > LEGACY_HELLO_MAX) /* nothing is decoded for a link that has not said hello */
+        snprintf(why, sizeof why, "frame of %zu bytes before a hello (at most %d)", len, LEGACY_HELLO_MAX);
     else if (mdg_legacy_parse(zmq_msg_data(&f->part[1]), len, &lf) != 0)
         snprintf(why, sizeof why, "%s", mdg_last_error());
     else

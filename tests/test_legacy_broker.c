@@ -707,6 +707,14 @@ int main(void)
     CHECK_RC(lp_hello(&S, stranger, NULL, 0), MDG_EAUTH);
     CHECK(t_logged("1.x hello from") && t_logged("refused: unknown key"));
     lp_close(&S);
+    /* a link that has not said hello gets nothing decoded beyond a hello's size */
+    lp_open(&S, lport);
+    char *junk = calloc(1, 4096);
+    lp_send_raw(&S, junk, 4096);
+    WAIT_FOR(t_logged("frame of 4096 bytes before a hello"), 2000);
+    CHECK(t_logged("frame of 4096 bytes before a hello"));
+    free(junk);
+    lp_close(&S);
     /* and a 1.x hello in the name of a node connected natively */
     lp_open(&S, lport);
     CHECK_RC(lp_hello(&S, nk, NULL, 0), MDG_EAUTH);
