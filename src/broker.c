@@ -1382,6 +1382,21 @@ static void release_held(mdg_broker *b, peer *p)
 
 static int on_monitor(mdg_loop *loop, void *arg, short revents);
 
+/* The session a routing id leads to, for a message from key uid. Routing
+ * ids can be chosen by clients: one that now belongs to another key must
+ * neither reach nor close the old session, so it is unmapped (and the
+ * session detached when that was its live link). */
+static peer *peer_of(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid)
+{
+    peer *p = mdg_map_get(b->peers, rid, rid_len);
+    if (!p || strcmp(p->user_id, uid) == 0)
+        return p;
+    mdg_map_take(b->peers, rid, rid_len);
+    if (p->attached && p->rid_len == rid_len && memcmp(p->rid, rid, rid_len) == 0)
+        detach(b, p, "routing id taken by another key");
+    return NULL;
+}
+
 static void handle_message(mdg_broker *b, mdg_frames *f)
 {
     if (f->n < 2) {
@@ -1398,13 +1413,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     char who[16];
     snprintf(who, sizeof who, "%.12s", uid + 1);
 
-    peer *p = mdg_map_get(b->peers, rid, rid_len);
-    if (p && strcmp(p->user_id, uid) != 0) {
-        /* The routing id now belongs to another key (ids can be chosen by
-         * clients): the old session must not be reachable by the new one. */
-        detach(b, p, "routing id taken by another key");
-        p = NULL;
-    }
+    peer *p = peer_of(b, rid, rid_len, uid);
 
     mdg_header h;
     if (mdg_wire_decode_header(zmq_msg_data(&f->part[1]), zmq_msg_size(&f->part[1]), &h) != 0) {
@@ -1423,7 +1432,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
          * take the drop events first (libzmq emits them before the old fd
          * is closed, so they are queued before this hello could arrive). */
         on_monitor(b->loop, b, 0);
-        p = mdg_map_get(b->peers, rid, rid_len);
+        p = peer_of(b, rid, rid_len, uid);
         /* The key was admitted when its connection was made; it may have
          * been revoked since (the connection outlives the revocation). */
         uint8_t pk[MDG_KEY_BYTES];

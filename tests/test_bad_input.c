@@ -66,13 +66,18 @@ typedef struct raw {
     size_t session_len;
 } raw;
 
-static void raw_open(raw *r, const mdg_broker *b, const mdg_keys *bkeys)
+/* A raw client with the given keys (NULL: new ones) and routing id (NULL:
+ * libzmq's). */
+static void raw_open_as(raw *r, const mdg_broker *b, const mdg_keys *bkeys, const mdg_keys *keys,
+                        const char *routing_id)
 {
     char ep[64];
     int linger = 0;
     memset(r, 0, sizeof *r);
-    if (mdg_keys_new(&r->keys) || !(r->ctx = zmq_ctx_new()) ||
-        !(r->sock = zmq_socket(r->ctx, ZMQ_DEALER))) {
+    if ((keys ? mdg_keys_from_raw(&r->keys, mdg_keys_public(keys), mdg_keys_secret(keys))
+              : mdg_keys_new(&r->keys)) ||
+        !(r->ctx = zmq_ctx_new()) || !(r->sock = zmq_socket(r->ctx, ZMQ_DEALER)) ||
+        (routing_id && zmq_setsockopt(r->sock, ZMQ_ROUTING_ID, routing_id, strlen(routing_id)))) {
         fprintf(stderr, "cannot make a raw client\n");
         exit(2);
     }
@@ -84,6 +89,11 @@ static void raw_open(raw *r, const mdg_broker *b, const mdg_keys *bkeys)
         fprintf(stderr, "cannot connect a raw client: %s\n", zmq_strerror(errno));
         exit(2);
     }
+}
+
+static void raw_open(raw *r, const mdg_broker *b, const mdg_keys *bkeys)
+{
+    raw_open_as(r, b, bkeys, NULL, NULL);
 }
 
 static void raw_close(raw *r)
@@ -585,6 +595,54 @@ static void test_forgery(raw *r, mdg_conn *good, const mdg_keys *good_keys)
     GOOD_STILL_WORKS(good);
 }
 
+/* Routing ids can be chosen by clients: one taken up by another key after
+ * the first key's link dropped must neither reach nor close the first
+ * key's session, which its owner then resumes. */
+static void test_routing_id_reuse(const mdg_broker *b, const mdg_keys *bkeys)
+{
+    raw a, other;
+    mdg_keys *akeys = NULL;
+    raw_open_as(&a, b, bkeys, NULL, "chosen-id");
+    raw_hello(&a);
+    uint8_t sid[64];
+    size_t sid_len = a.session_len;
+    memcpy(sid, a.session, sid_len);
+    mdg_keys_from_raw(&akeys, mdg_keys_public(a.keys), mdg_keys_secret(a.keys));
+    t_clear_log();
+    raw_close(&a);
+    WAIT_FOR(t_logged("link lost"), 3000);
+    raw_open_as(&other, b, bkeys, NULL, "chosen-id");
+    raw_hello(&other); /* a session of its own */
+    CHECK(memcmp(other.session, sid, sid_len) != 0);
+    CHECK(!t_logged("replaced by a new hello"));
+
+    raw_open_as(&a, b, bkeys, akeys, NULL);
+    mdg_params *hp = mdg_params_new();
+    mdg_params_set_bytes(hp, "session", sid, sid_len);
+    zmq_msg_t pm;
+    mdg_wire_encode_params(hp, &pm);
+    mdg_params_destroy(&hp);
+    uint8_t hb[MDG_MAX_HEADER];
+    size_t hl = make_header(hb, MDG_K_HELLO, 0, 0, "");
+    const void *d[] = {hb, zmq_msg_data(&pm)};
+    size_t l[] = {hl, zmq_msg_size(&pm)};
+    raw_frames(&a, 2, d, l);
+    zmq_msg_close(&pm);
+    mdg_header h;
+    mdg_params *w = NULL;
+    bool resumed = false;
+    const uint8_t *got = NULL;
+    size_t got_len = 0;
+    CHECK_RC(raw_recv(&a, &h, &w, 5000), 0);
+    CHECK(h.kind == MDG_K_WELCOME && mdg_params_get_bool(w, "resumed", &resumed) == 0 && resumed);
+    CHECK(mdg_params_get_bytes(w, "session", &got, &got_len) == 0 && got_len == sid_len &&
+          memcmp(got, sid, sid_len) == 0);
+    mdg_params_destroy(&w);
+    raw_close(&a);
+    raw_close(&other);
+    mdg_keys_destroy(&akeys);
+}
+
 int main(void)
 {
     t_capture_log();
@@ -610,6 +668,7 @@ int main(void)
     test_frames(&r, good, b, bkeys);
     test_no_session(b, bkeys, good);
     test_forgery(&r, good, gkeys);
+    test_routing_id_reuse(b, bkeys);
 
     /* none of it reached the good client as a notice it did not cause */
     CHECK(notice_count(&ns) == 2);
