@@ -72,6 +72,10 @@ typedef struct peer {
  * calls by uuid and we by number, the uuids of calls it made to us. */
 typedef struct legacy_link {
     bool sealed; /* a user link: params and bulk are sealed with key */
+    /* a sealed frame of this session opened: its peer holds the user's
+     * secret key (a 1.x hello proves nothing; a session that never proves
+     * it gets no grace period when its link drops) */
+    bool proven;
     uint8_t key[MDG_LEGACY_KEY];
     mdg_map *uuids; /* our corr -> legacy_uuid, until the final reply */
     mdg_ring order; /* those corrs, oldest first: past queue_limit the oldest goes */
@@ -817,12 +821,9 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
         free(hm);
     }
     drop_fwds(b, p);
-    size_t undelivered = 0;
-    for (kept *k = p->out_head; k; k = k->next)
-        undelivered++;
-    if (undelivered)
+    if (p->out_len)
         mdg_log(MDG_LOG_WARN, "%s %s: %zu queued message(s) not delivered: its session closed (%s)",
-                p->role == MDG_ROLE_NODE ? "node" : "user", who, undelivered, why);
+                p->role == MDG_ROLE_NODE ? "node" : "user", who, p->out_len, why);
     free_kept(p);
     legacy_link_free(&p->legacy);
     free(p);
@@ -1572,8 +1573,12 @@ static void legacy_link_free(legacy_link **pl)
 static legacy_link *legacy_link_new(size_t limit)
 {
     legacy_link *l = calloc(1, sizeof *l);
-    if (l && (!(l->uuids = mdg_map_new()) || mdg_ring_init(&l->order, limit) != 0))
-        legacy_link_free(&l);
+    if (l && !(l->uuids = mdg_map_new())) {
+        free(l);
+        return NULL;
+    }
+    if (l)
+        mdg_ring_init(&l->order, limit);
     return l;
 }
 
@@ -1870,6 +1875,7 @@ static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
         zmq_msg_close(&f.part[3]);
         return;
     }
+    p->legacy->proven = true;
     mdg_header h = {0};
     bool ok = legacy_classify(b, p, lf, &params, &h, who);
     if (ok && mdg_wire_encode_params(params, &f.part[2]) != 0) {
@@ -2001,6 +2007,8 @@ static void find_expired(void *value, void *arg)
     peer *p = value;
     expired *e = arg;
     int grace = p->role == MDG_ROLE_NODE ? e->b->node_grace_ms : e->b->grace_ms;
+    if (p->legacy && p->legacy->sealed && !p->legacy->proven)
+        grace = 0; /* anyone may open such sessions with a public key alone */
     if (p->attached && e->now - p->last_rx > p->silence_ms) {
         /* silent past its heartbeats: detached like a dropped link (no
          * libzmq heartbeats at the broker: their timers cost O(n) each) */

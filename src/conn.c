@@ -156,9 +156,9 @@ static int legacy_alloc(mdg_conn *c)
     memcpy(c->lg_prefix, id, 12);
     c->lg_prefix[12] = '-'; /* not in the uuid alphabet: the corr follows */
     c->lg_uuids = mdg_map_new();
-    return mdg_ring_init(&c->lg_in_order, cap) || mdg_ring_init(&c->lg_lingering, cap) || !c->lg_uuids
-               ? MDG_ENOMEM
-               : 0;
+    mdg_ring_init(&c->lg_in_order, cap);
+    mdg_ring_init(&c->lg_lingering, cap);
+    return c->lg_uuids ? 0 : MDG_ENOMEM;
 }
 
 static void legacy_free(mdg_conn *c)

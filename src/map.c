@@ -184,30 +184,50 @@ void mdg_ptrs_free(mdg_ptrs *a)
     *a = (mdg_ptrs){0};
 }
 
-int mdg_ring_init(mdg_ring *r, size_t cap)
+void mdg_ring_init(mdg_ring *r, size_t cap)
 {
-    r->head = r->n = 0;
+    r->v = NULL; /* grown as ids come: most rings never fill */
+    r->head = r->n = r->alloc = 0;
     r->cap = cap ? cap : 1;
-    r->v = calloc(r->cap, sizeof *r->v);
-    return r->v ? 0 : MDG_ENOMEM;
 }
 
 void mdg_ring_free(mdg_ring *r)
 {
     free(r->v);
     r->v = NULL;
-    r->cap = r->n = 0;
+    r->cap = r->n = r->alloc = 0;
+}
+
+/* Double the storage (up to cap), laying the ids out oldest first. */
+static int ring_grow(mdg_ring *r)
+{
+    size_t alloc = r->alloc ? r->alloc * 2 : 16;
+    if (alloc > r->cap)
+        alloc = r->cap;
+    uint64_t *v = malloc(alloc * sizeof *v);
+    if (!v)
+        return MDG_ENOMEM;
+    for (size_t i = 0; i < r->n; i++)
+        v[i] = r->v[(r->head + i) % r->alloc];
+    free(r->v);
+    r->v = v;
+    r->alloc = alloc;
+    r->head = 0;
+    return 0;
 }
 
 uint64_t mdg_ring_push(mdg_ring *r, uint64_t id)
 {
     uint64_t out = 0;
-    if (r->n == r->cap) {
+    if (r->n == r->alloc && (r->alloc == r->cap || ring_grow(r) != 0)) {
+        if (!r->alloc)
+            return 0; /* out of memory with nothing stored: not remembered */
+        /* full (at cap, or out of memory short of it): the oldest goes */
         out = r->v[r->head];
-        r->head = (r->head + 1) % r->cap;
+        r->head = (r->head + 1) % r->alloc;
         r->n--;
     }
-    r->v[(r->head + r->n) % r->cap] = id;
+    r->v[(r->head + r->n) % r->alloc] = id;
     r->n++;
     return out;
 }

@@ -41,10 +41,10 @@ void mdg_ptrs_free(mdg_ptrs *a);
  * bounded by a limit forgets its entries. */
 typedef struct mdg_ring {
     uint64_t *v;
-    size_t cap, head, n;
+    size_t cap, alloc, head, n; /* storage grows to cap as ids come */
 } mdg_ring;
-/* 0, or MDG_ENOMEM. */
-int mdg_ring_init(mdg_ring *r, size_t cap);
+/* Storage is allocated as ids are pushed. */
+void mdg_ring_init(mdg_ring *r, size_t cap);
 void mdg_ring_free(mdg_ring *r);
 /* Append id; when the ring was full, its oldest is pushed out and
  * returned, else 0 (ids are never 0). */

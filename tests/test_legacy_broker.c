@@ -589,6 +589,7 @@ int main(void)
 
     /* ---- bad input 3: a resume naming someone else's session */
     t_clear_log();
+    size_t sessions_before = mdg_broker_session_count(b);
     lpeer B2;
     lp_open(&B2, lport);
     CHECK_RC(lp_hello(&B2, bbk, A.rid, A.rid_len), 0);
@@ -603,7 +604,13 @@ int main(void)
     CHECK(B2.rid_len == 16 && memcmp(B2.rid, A.rid, 16) != 0);
     CHECK(t_logged("names a session still connected elsewhere: a new session instead"));
     CHECK(notes_hold(&A, "u8b", "note of A"));
+    /* a 1.x hello proves nothing: a session that never showed it holds the
+     * key (no sealed frame opened) gets no grace when its link drops, so
+     * public keys alone cannot fill the broker with sessions (both B2s) */
     lp_close(&B2);
+    WAIT_FOR(mdg_broker_session_count(b) == sessions_before, 3000);
+    CHECK(mdg_broker_session_count(b) == sessions_before);
+    CHECK(t_logged("not resumed within its grace period"));
 
     /* ---- a 1.x node's reply with a long bulk, which 1.x also puts in the
      * command field: still a reply */
