@@ -1,4 +1,7 @@
-/* map.c - open-addressing hash map with linear probing and tombstones. */
+/* map.c - open-addressing hash map with linear probing. Deletion shifts
+ * the rest of a probe run back into the hole (no tombstones), so a map
+ * that sees many puts and takes, as the pending-call and forward maps
+ * do, never needs rehashing to stay fast. */
 #include "map.h"
 
 #include "internal.h"
@@ -10,7 +13,7 @@
 #define MAP_KEY_MAX 255 /* routing ids are at most 255 bytes in ZMTP */
 
 typedef struct slot {
-    uint64_t hash;  /* 0 = empty, 1 = tombstone, else a live entry */
+    uint64_t hash;  /* 0 = empty, else a live entry */
     void *value;
     uint8_t klen;
     uint8_t key[MAP_KEY_MAX];
@@ -20,7 +23,6 @@ struct mdg_map {
     slot *slots;
     size_t cap;   /* power of two */
     size_t used;  /* live entries */
-    size_t dirty; /* live entries + tombstones */
     uint8_t sipkey[crypto_shorthash_KEYBYTES];
 };
 
@@ -28,7 +30,7 @@ static uint64_t hash_key(const mdg_map *m, const void *key, size_t klen)
 {
     uint64_t h;
     crypto_shorthash((unsigned char *)&h, key, klen, m->sipkey);
-    return h < 2 ? h + 2 : h; /* 0 and 1 mark empty and tombstone slots */
+    return h ? h : 1; /* 0 marks an empty slot */
 }
 
 mdg_map *mdg_map_new(void)
@@ -70,12 +72,12 @@ static slot *find(const mdg_map *m, const void *key, size_t klen, uint64_t h)
 
 static int grow(mdg_map *m)
 {
-    size_t ncap = m->used * 4 > m->cap ? m->cap * 2 : m->cap; /* else just purge tombstones */
+    size_t ncap = m->cap * 2;
     slot *old = m->slots, *ns = calloc(ncap, sizeof(slot));
     if (!ns)
         return MDG_ENOMEM;
     for (size_t i = 0; i < m->cap; i++) {
-        if (old[i].hash < 2)
+        if (!old[i].hash)
             continue;
         size_t j = old[i].hash & (ncap - 1);
         while (ns[j].hash)
@@ -85,7 +87,6 @@ static int grow(mdg_map *m)
     free(old);
     m->slots = ns;
     m->cap = ncap;
-    m->dirty = m->used;
     return 0;
 }
 
@@ -99,14 +100,12 @@ int mdg_map_put(mdg_map *m, const void *key, size_t klen, void *value)
         s->value = value;
         return 0;
     }
-    if ((m->dirty + 1) * 4 > m->cap * 3 && grow(m) != 0)
+    if ((m->used + 1) * 4 > m->cap * 3 && grow(m) != 0)
         return MDG_ENOMEM;
     size_t mask = m->cap - 1, i = h & mask;
-    while (m->slots[i].hash >= 2)
+    while (m->slots[i].hash)
         i = (i + 1) & mask;
     s = &m->slots[i];
-    if (s->hash == 0)
-        m->dirty++;
     s->hash = h;
     s->value = value;
     s->klen = (uint8_t)klen;
@@ -123,18 +122,37 @@ void *mdg_map_get(const mdg_map *m, const void *key, size_t klen)
     return s ? s->value : NULL;
 }
 
+/* Empty slot s and return its value. Later entries of the probe run that
+ * could no longer be found across the hole (their home is not between the
+ * hole and them) move back into it, and so on down the run. */
+static void *erase(mdg_map *m, slot *s)
+{
+    void *v = s->value;
+    size_t mask = m->cap - 1, hole = (size_t)(s - m->slots), j = hole;
+    for (;;) {
+        j = (j + 1) & mask;
+        slot *t = &m->slots[j];
+        if (!t->hash)
+            break;
+        size_t home = t->hash & mask;
+        bool reachable = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (reachable)
+            continue;
+        m->slots[hole] = *t;
+        hole = j;
+    }
+    m->slots[hole].hash = 0;
+    m->slots[hole].value = NULL;
+    m->used--;
+    return v;
+}
+
 void *mdg_map_take(mdg_map *m, const void *key, size_t klen)
 {
     if (klen > MAP_KEY_MAX)
         return NULL;
     slot *s = find(m, key, klen, hash_key(m, key, klen));
-    if (!s)
-        return NULL;
-    void *v = s->value;
-    s->hash = 1;
-    s->value = NULL;
-    m->used--;
-    return v;
+    return s ? erase(m, s) : NULL;
 }
 
 size_t mdg_map_size(const mdg_map *m)
@@ -145,22 +163,15 @@ size_t mdg_map_size(const mdg_map *m)
 void mdg_map_each(const mdg_map *m, void (*fn)(void *value, void *arg), void *arg)
 {
     for (size_t i = 0; i < m->cap; i++)
-        if (m->slots[i].hash >= 2)
+        if (m->slots[i].hash)
             fn(m->slots[i].value, arg);
 }
 
 void *mdg_map_pop(mdg_map *m)
 {
-    for (size_t i = 0; i < m->cap; i++) {
-        slot *s = &m->slots[i];
-        if (s->hash >= 2) {
-            void *v = s->value;
-            s->hash = 1;
-            s->value = NULL;
-            m->used--;
-            return v;
-        }
-    }
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->slots[i].hash)
+            return erase(m, &m->slots[i]);
     return NULL;
 }
 
