@@ -169,10 +169,13 @@ typedef struct queued {
     bool has_bulk;
 } queued;
 
-static void pk_short(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1])
+/* A key's first 12 base64 characters, enough to tell keys apart in a log
+ * (out, returned so that it can be made inside a log call). */
+static const char *pk_short(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1])
 {
     mdg_pk_to_b64(pk, out);
-    out[12] = '\0'; /* enough to tell keys apart in a log */
+    out[12] = '\0';
+    return out;
 }
 
 /* ------------------------------------------------------------------ set-up */
@@ -1155,7 +1158,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
     if (peer_full(b, node))
         return false;
     zmq_msg_t pm, bm;
-    if (mdg_params_remove(m->params, "node") != 0 || stamp_identity(m, p) != 0 ||
+    if (stamp_identity(m, p) != 0 || /* which removes "node" */
         mdg_wire_encode_params(m->params, &pm) != 0) {
         refuse(b, p, &m->h, "broker out of memory");
         return true;
@@ -1195,15 +1198,14 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
  * goes to the calling session only. Frames are passed on as they came. */
 static bool route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f)
 {
-    char who[MDG_KEY_B64_LEN + 1];
-    pk_short(node->pk, who);
+    char who[MDG_KEY_B64_LEN + 1]; /* made only for a log line: this is the reply path */
     if (h->corr == 0) { /* the node reports an error about a fire-and-forget call */
-        mdg_log(MDG_LOG_WARN, "node %s reports an error it cannot route (no caller waits)", who);
+        mdg_log(MDG_LOG_WARN, "node %s reports an error it cannot route (no caller waits)", pk_short(node->pk, who));
         return true;
     }
     fwd *fw = mdg_map_get_u64(b->fwds, h->corr);
     if (!fw || memcmp(fw->node_pk, node->pk, MDG_KEY_BYTES) != 0) {
-        mdg_log(MDG_LOG_WARN, "reply from node %s to call %llu, not pending for it (never sent, or its caller left): refused", who,
+        mdg_log(MDG_LOG_WARN, "reply from node %s to call %llu, not pending for it (never sent, or its caller left): refused", pk_short(node->pk, who),
                 (unsigned long long)h->corr);
         send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: no such call pending for this node");
         return true;
@@ -1212,7 +1214,7 @@ static bool route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
     if (nparts < 1 || nparts > 2 || f->dropped ||
         mdg_wire_check_cbor(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2])) != 0 ||
         (((uint8_t *)zmq_msg_data(&f->part[2]))[0] >> 5) != 5 /* a CBOR map */) {
-        mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", who);
+        mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", pk_short(node->pk, who));
         send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
         return true;
     }
@@ -1232,7 +1234,7 @@ static bool route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
         if (send_frames(b, caller, &out, &pm, nparts == 2 ? &bm : NULL) != 0) {
             char why[300];
             snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
-            mdg_log(MDG_LOG_ERROR, "from node %s: %s", who, why);
+            mdg_log(MDG_LOG_ERROR, "from node %s: %s", pk_short(node->pk, who), why);
             send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
         }
     }

@@ -454,6 +454,17 @@ int mdg_wire_encode_params(const mdg_params *p, zmq_msg_t *out)
         memcpy(zmq_msg_data(out), &empty_map, 1);
         return 0;
     }
+    /* Typical params fit a stack buffer: one encoding pass and one zmq
+     * buffer. libcbor 0.8's serialize_alloc starts at 32 bytes and encodes
+     * everything again after each doubling, so it is only for large maps. */
+    uint8_t stack[2048];
+    size_t sn = cbor_serialize(mdg_params_map(p), stack, sizeof stack);
+    if (sn) {
+        if (zmq_msg_init_size(out, sn) != 0)
+            return mdg_fail(MDG_ENOMEM, "cannot encode params");
+        memcpy(zmq_msg_data(out), stack, sn);
+        return 0;
+    }
     unsigned char *data = NULL;
     size_t cap = 0, n = cbor_serialize_alloc(mdg_params_map(p), &data, &cap);
     if (!n) {
