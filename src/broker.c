@@ -1312,6 +1312,13 @@ static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
         }
         return true;
     }
+    /* Counted as received before it is handled, so that what the handling
+     * sends to this peer (a reply, a refusal) acknowledges it at once
+     * instead of a separate ACK later. A message that must wait is taken
+     * back below; nothing is sent to its sender in that case. */
+    uint64_t prev_rx = p->rx_seq;
+    if (numbered)
+        p->rx_seq = h->seq;
     bool done = true;
     switch (h->kind) {
     case MDG_K_CMD:
@@ -1329,13 +1336,12 @@ static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
     default:
         mdg_log(MDG_LOG_WARN, "unexpected %s from %s dropped", mdg_kind_name(h->kind), who);
     }
-    if (done && numbered) {
-        p->rx_seq = h->seq;
-        if (p->rx_seq - p->ack_sent >= ACK_EVERY)
-            send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
-        else
-            mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
-    }
+    if (!done)
+        p->rx_seq = prev_rx;
+    else if (numbered && p->rx_seq - p->ack_sent >= ACK_EVERY)
+        send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
+    else if (numbered && p->rx_seq > p->ack_sent) /* not when a reply carried it */
+        mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
     return done;
 }
 
