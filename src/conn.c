@@ -468,15 +468,12 @@ static void flush(mdg_conn *c)
         }
         c->resend = c->resend->next;
     }
-    for (;;) {
-        pthread_mutex_lock(&c->lock);
-        out_item *o = c->out_head;
-        if (!o || c->state != C_READY) {
-            pthread_mutex_unlock(&c->lock);
-            break;
-        }
-        pthread_mutex_unlock(&c->lock);
-
+    /* one locked section per message: take the sent one off the queue and
+     * look at the next together */
+    pthread_mutex_lock(&c->lock);
+    out_item *o = c->state == C_READY ? c->out_head : NULL;
+    pthread_mutex_unlock(&c->lock);
+    while (o) {
         o->h.seq = c->tx_seq + 1;
         int rc = send_numbered(c, o);
         if (rc == MDG_EAGAIN) {
@@ -490,6 +487,7 @@ static void flush(mdg_conn *c)
         c->out_head = o->next;
         if (!c->out_head)
             c->out_tail = NULL;
+        out_item *next = c->state == C_READY ? c->out_head : NULL;
         pthread_mutex_unlock(&c->lock);
         o->next = NULL;
         if (c->sent_tail)
@@ -499,6 +497,7 @@ static void flush(mdg_conn *c)
         c->sent_tail = o;
         if (c->opts.legacy) /* 1.x has no acks: libzmq has it, it is gone */
             trim_sent(c, o->h.seq);
+        o = next;
     }
     want_pollout(c, false);
 }
