@@ -380,31 +380,41 @@ static int key_cmp(const void *a, const void *b)
  * sender could slip a forged "user" past the broker's stamp. Sorting keeps
  * this O(n log n) for maps with many keys. Keys are definite text (the
  * check above refuses indefinite strings). */
+static int duplicate_key(const cbor_item_t *key)
+{
+    /* name the key in the error, printable bytes only (it is logged) */
+    char name[65];
+    size_t kl = cbor_string_length(key), j;
+    const unsigned char *kd = cbor_string_handle(key);
+    for (j = 0; j < kl && j < sizeof name - 1; j++)
+        name[j] = kd[j] >= 0x20 && kd[j] < 0x7f ? (char)kd[j] : '?';
+    name[j] = '\0';
+    return mdg_fail(MDG_EPROTO, "duplicate params key '%s'", name);
+}
+
 static int check_unique_keys(const cbor_item_t *map)
 {
     size_t n = cbor_map_size(map);
     if (n < 2)
         return 0;
+    struct cbor_pair *pairs = cbor_map_handle(map);
+    if (n <= 8) { /* the usual params: pairwise, no allocation */
+        for (size_t i = 1; i < n; i++)
+            for (size_t j = 0; j < i; j++)
+                if (key_cmp(&pairs[i].key, &pairs[j].key) == 0)
+                    return duplicate_key(pairs[i].key);
+        return 0;
+    }
     cbor_item_t **keys = malloc(n * sizeof *keys);
     if (!keys)
         return mdg_fail(MDG_ENOMEM, "out of memory decoding params");
-    struct cbor_pair *pairs = cbor_map_handle(map);
     for (size_t i = 0; i < n; i++)
         keys[i] = pairs[i].key;
     qsort(keys, n, sizeof *keys, key_cmp);
     int rc = 0;
-    for (size_t i = 1; i < n && !rc; i++) {
-        if (key_cmp(&keys[i - 1], &keys[i]) != 0)
-            continue;
-        /* name the key in the error, printable bytes only (it is logged) */
-        char name[65];
-        size_t kl = cbor_string_length(keys[i]), j;
-        const unsigned char *kd = cbor_string_handle(keys[i]);
-        for (j = 0; j < kl && j < sizeof name - 1; j++)
-            name[j] = kd[j] >= 0x20 && kd[j] < 0x7f ? (char)kd[j] : '?';
-        name[j] = '\0';
-        rc = mdg_fail(MDG_EPROTO, "duplicate params key '%s'", name);
-    }
+    for (size_t i = 1; i < n && !rc; i++)
+        if (key_cmp(&keys[i - 1], &keys[i]) == 0)
+            rc = duplicate_key(keys[i]);
     free(keys);
     return rc;
 }
