@@ -704,6 +704,7 @@ int main(void)
     CHECK_RC(lp_hello(&A, ak, old_rid, 16), 0);
     CHECK(memcmp(A.rid, old_rid, 16) == 0 && memcmp(A.key, old_key, sizeof old_key) != 0); /* same session, new key */
     CHECK(t_logged("resumed its session"));
+    WAIT_FOR(atomic_load(&user_recovered) == 1, 2000); /* the hook runs after the welcome goes */
     CHECK(atomic_load(&user_recovered) == 1);
     CHECK(notes_hold(&A, "u13", "note of A")); /* nothing lost */
 
@@ -734,6 +735,7 @@ int main(void)
     lp_close(&L);
     lp_close(&A);
     WAIT_FOR(mdg_broker_node_count(b) == 1, 3000);
+    WAIT_FOR(atomic_load(&node_left) == 1, 2000);
     CHECK(atomic_load(&node_left) == 1);
     CHECK(mdg_broker_node_count(b) == 1);
 
