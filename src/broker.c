@@ -1665,14 +1665,7 @@ static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
             uuid = u->bytes;
             uuid_len = u->len;
         }
-        rc = mdg_wire_decode_params(zmq_msg_data(params), zmq_msg_size(params), &pp);
-        if (rc == 0 && h->kind == MDG_K_ERROR) { /* 1.x's exception reply */
-            const char *text = "";
-            mdg_params_get_str(pp, "error", &text);
-            mdg_params *e = mdg_legacy_exception(text);
-            mdg_params_destroy(&pp);
-            rc = (pp = e) ? 0 : MDG_ENOMEM;
-        }
+        rc = mdg_legacy_params_out(h->kind, zmq_msg_data(params), zmq_msg_size(params), &pp);
         if (rc == 0)
             rc = mdg_legacy_build(&out, l->sealed ? l->key : NULL, NULL, 0, h->kind == MDG_K_CMD ? h->command : "",
                                   h->kind == MDG_K_CMD ? h->command_len : 0, uuid, uuid_len, pp,
@@ -1808,13 +1801,8 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
         h->corr = id;
         h->flags = ka ? MDG_F_MORE : 0;
         if (mdg_params_get_str(*params, "exception", &exc) == 0) {
-            mdg_params *e = mdg_params_new();
-            if (!e || mdg_params_set_str(e, "error", exc) || mdg_params_set_str(e, "command", fw->command)) {
-                mdg_params_destroy(&e);
+            if (mdg_legacy_error_in(params, exc, fw->command) != 0)
                 return false;
-            }
-            mdg_params_destroy(params);
-            *params = e;
             h->kind = MDG_K_ERROR;
         }
         return true;

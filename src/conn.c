@@ -1190,18 +1190,6 @@ static void legacy_welcome(mdg_conn *c, zmq_msg_t *frame)
 }
 
 /* What 1.x wants as params: a failure is {'exception': text}. */
-static int legacy_params(out_item *o, mdg_params **out)
-{
-    int rc = mdg_wire_decode_params(zmq_msg_data(&o->params), zmq_msg_size(&o->params), out);
-    if (rc || o->h.kind != MDG_K_ERROR)
-        return rc;
-    const char *text = "";
-    mdg_params_get_str(*out, "error", &text);
-    mdg_params *ex = mdg_legacy_exception(text);
-    mdg_params_destroy(out);
-    *out = ex;
-    return ex ? 0 : mdg_fail(MDG_ENOMEM, "out of memory");
-}
 
 /* The uuid a message goes with. A call that wants replies gets our prefix
  * and its corr (legacy_call_of reads it back); a reply, the uuid of the
@@ -1237,7 +1225,7 @@ static int legacy_send(mdg_conn *c, out_item *o)
     int rc = legacy_out_uuid(c, o, uuid, sizeof uuid, &u);
     const char *command = !u ? o->h.command : more || u->long_term ? "ka" : "";
     randombytes_buf(nonce, sizeof nonce);
-    if (!rc && !(rc = legacy_params(o, &p)))
+    if (!rc && !(rc = mdg_legacy_params_out(o->h.kind, zmq_msg_data(&o->params), zmq_msg_size(&o->params), &p)))
         rc = mdg_legacy_build(&frame, c->lg_sealed ? c->lg_key : NULL, nonce, sizeof nonce, command,
                               strlen(command), u ? (const char *)u->id : uuid, u ? u->len : strlen(uuid), p,
                               o->has_bulk ? zmq_msg_data(&o->bulk) : NULL, o->has_bulk ? zmq_msg_size(&o->bulk) : 0);
@@ -1296,17 +1284,6 @@ static uint64_t legacy_remember(mdg_conn *c, const uint8_t *uuid, size_t len)
 }
 
 /* A 1.x exception becomes a native error reply's params. */
-static int legacy_error_params(mdg_params **p, const char *text)
-{
-    mdg_params *e = mdg_params_new();
-    if (!e || mdg_params_set_str(e, "error", text) != 0) {
-        mdg_params_destroy(&e);
-        return mdg_fail(MDG_ENOMEM, "out of memory");
-    }
-    mdg_params_destroy(p); /* text was in it */
-    *p = e;
-    return 0;
-}
 
 /* What a 1.x frame is: a reply to one of our calls (its uuid says so,
  * whatever the command field: 1.x replies put their bulk there), an error
@@ -1319,7 +1296,7 @@ static int legacy_classify(mdg_conn *c, const mdg_legacy_frame *lf, mdg_params *
     h->corr = legacy_call_of(c, lf->uuid, lf->uuid_len);
     if (h->corr || (!lf->command_len && !lf->uuid_len && is_exc)) {
         h->kind = is_exc ? MDG_K_ERROR : MDG_K_REPLY;
-        return is_exc ? legacy_error_params(p, exc) : 0;
+        return is_exc ? mdg_legacy_error_in(p, exc, NULL) : 0;
     }
     if (!lf->command_len)
         return mdg_fail(MDG_EPROTO, "neither a command nor a reply to one of our calls");

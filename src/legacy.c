@@ -338,6 +338,32 @@ mdg_params *mdg_legacy_exception(const char *text)
     return p;
 }
 
+int mdg_legacy_params_out(int kind, const void *params, size_t len, mdg_params **out)
+{
+    int rc = mdg_wire_decode_params(params, len, out);
+    if (rc || kind != MDG_K_ERROR)
+        return rc;
+    const char *text = "";
+    mdg_params_get_str(*out, "error", &text);
+    mdg_params *e = mdg_legacy_exception(text);
+    mdg_params_destroy(out);
+    *out = e;
+    return e ? 0 : mdg_fail(MDG_ENOMEM, "out of memory");
+}
+
+int mdg_legacy_error_in(mdg_params **p, const char *text, const char *command)
+{
+    mdg_params *e = mdg_params_new();
+    if (!e || mdg_params_set_str(e, "error", text) != 0 ||
+        (command && mdg_params_set_str(e, "command", command) != 0)) {
+        mdg_params_destroy(&e);
+        return mdg_fail(MDG_ENOMEM, "out of memory");
+    }
+    mdg_params_destroy(p); /* after the copy: text may be in it */
+    *p = e;
+    return 0;
+}
+
 void mdg_legacy_uuid(char out[23])
 {
     /* 57 symbols, as shortuuid's alphabet (no look-alikes) */

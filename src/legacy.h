@@ -82,6 +82,15 @@ int mdg_legacy_parse_welcome(const void *buf, size_t len, const uint8_t server_p
  * error's text. NULL when out of memory. */
 mdg_params *mdg_legacy_exception(const char *text);
 
+/* The params a native message of kind goes out with on a 1.x link: its
+ * encoded params decoded, a native error ({"error": text, ...}) turned into
+ * 1.x's exception reply. On 0 *out is new (the caller's). */
+int mdg_legacy_params_out(int kind, const void *params, size_t len, mdg_params **out);
+
+/* A 1.x exception reply's params as a native error's: *p is replaced by
+ * {"error": text} (and "command" when not NULL); text may point into *p. */
+int mdg_legacy_error_in(mdg_params **p, const char *text, const char *command);
+
 /* A 22-character random ASCII id (1.x uses shortuuid), NUL-terminated. */
 void mdg_legacy_uuid(char out[23]);
 
