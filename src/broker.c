@@ -1792,7 +1792,8 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
     const char *role = p->role == MDG_ROLE_NODE ? "node" : "user";
     bool ka = lf->command_len == 2 && memcmp(lf->command, "ka", 2) == 0;
     uint64_t id;
-    fwd *fw = p->role == MDG_ROLE_NODE && legacy_fwd_id(lf, &id) ? mdg_map_get_u64(b->fwds, id) : NULL;
+    bool named_by_us = p->role == MDG_ROLE_NODE && legacy_fwd_id(lf, &id);
+    fwd *fw = named_by_us ? mdg_map_get_u64(b->fwds, id) : NULL;
     if (fw && memcmp(fw->node_pk, p->pk, MDG_KEY_BYTES) == 0) {
         /* the answer to a call forwarded to this very node; 1.x marks a
          * reply of a long-term channel 'ka' and cannot mark the last one */
@@ -1807,7 +1808,7 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
         }
         return true;
     }
-    if (lf->command_len == 0 || ka || (p->role == MDG_ROLE_NODE && legacy_fwd_id(lf, &id))) {
+    if (lf->command_len == 0 || ka || named_by_us) {
         mdg_log(MDG_LOG_WARN, "1.x reply from %s %s refused: %s", role, who,
                 p->role == MDG_ROLE_USER ? "users do not answer calls" : "no such call was made to this node");
         return false;
