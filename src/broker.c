@@ -79,6 +79,7 @@ typedef struct legacy_link {
     uint8_t key[MDG_LEGACY_KEY];
     mdg_map *uuids; /* our corr -> legacy_uuid, until the final reply */
     mdg_ring order; /* those corrs, oldest first: past queue_limit the oldest goes */
+    bool eviction_logged; /* said once per session, not once per call */
     uint64_t next_corr;
 } legacy_link;
 
@@ -1841,8 +1842,10 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
      * queue_limit the oldest is forgotten (its late reply is dropped) */
     uint64_t old = mdg_ring_push(&l->order, h->corr);
     if (old && (u = mdg_map_take_u64(l->uuids, old)) != NULL) {
-        mdg_log(MDG_LOG_WARN, "1.x %s %s has more than %d calls awaiting replies: the oldest can no longer be answered",
-                role, who, b->queue_limit);
+        if (!l->eviction_logged)
+            mdg_log(MDG_LOG_WARN, "1.x %s %s has more than %d calls awaiting replies: the oldest can no longer be "
+                                  "answered (said once per session)", role, who, b->queue_limit);
+        l->eviction_logged = true;
         free(u);
     }
     return true;
