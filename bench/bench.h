@@ -102,6 +102,17 @@ int serve_child(int argc, char **argv);
 int mdg_serve_child(void);         /* bench_mdg.c: a broker until stdin closes */
 int zmq_serve_child(void);         /* bench_zmq.c: the raw echo server, likewise */
 
+/* A raw CURVE DEALER that speaks just enough of the native protocol
+ * (src/wire.c) to open a session (bench_scale.c): raw_dealer makes it
+ * (keys and the server's key in Z85, linger in ms, rcvhwm < 0: libzmq's
+ * default), raw_hello sends its HELLO (params {}), raw_first_reply reads
+ * the WELCOME (mdg) or the raw echo: 0, 1 for "not yet" (nothing to read),
+ * -1 for anything else. */
+void *raw_dealer(void *ctx, const char *endpoint, const char *server_pk, const char *pk,
+                 const char *sk, int linger, int rcvhwm);
+int raw_hello(void *sock);
+int raw_first_reply(void *sock, bool mdg);
+
 /* A libmessidge client of a broker in another process (scale scenario):
  * connect, one RTT measurement (warm-up + cfg.secs), close. */
 void *mdg_ext_connect(int port, const uint8_t server_pk[32]);
