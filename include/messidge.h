@@ -304,6 +304,18 @@ typedef struct mdg_broker_options {
     /* Largest message accepted from a peer, params and bulk together:
      * default 256 MiB. Bigger ones are refused (1.x) or drop the link. */
     long long max_message;
+    /* Fairness at a node: what one session may have at one node at once,
+     * calls not yet finally answered plus fire-and-forget commands the node
+     * has not acknowledged. Default 64. A session past it waits (its further
+     * messages are held unprocessed), other sessions do not. */
+    int node_window;
+    /* Messages the broker reads from one peer and holds unprocessed while
+     * where they go is full (the peer is paused): default queue_limit.
+     * Past it, further messages of that peer are not taken (nor
+     * acknowledged); once its held messages have gone on, the peer is told
+     * to say hello again and resends them. The bound holds whatever the
+     * peer's own queue_limit is. */
+    int hold_limit;
 } mdg_broker_options;
 
 /* keys: the broker's key pair (copied). opts may be NULL for defaults. */
