@@ -191,7 +191,11 @@ bool mdg_msg_more(const mdg_msg *m);
  * mdg_msg_reply closes the channel; mdg_msg_reply_more keeps it open so the
  * caller's reply callback fires again for each further reply. Call from
  * the handler, or later from any thread on a kept message (mdg_msg_keep),
- * one thread at a time per message; replies leave in the order made. */
+ * one thread at a time per message; replies leave in the order made.
+ * On a node, when the broker has paused this call (its caller is not
+ * reading) a reply from an application thread waits until it resumes
+ * (MDG_EAGAIN with nonblocking); when the broker has ended it (the caller
+ * has gone, or did not read) it returns MDG_ECLOSED: stop replying. */
 int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 /* Fail the message: the caller's blocking call returns MDG_EREMOTE with
@@ -292,8 +296,11 @@ typedef struct mdg_broker_options {
      * fail when it ends. Default 5000 ms. */
     int node_grace_ms;
     /* Messages queued to one session or node and not yet acknowledged
-     * (kept to resend after a reconnect): default 10000. Past it, what
-     * would be sent to that peer is refused to its sender with an error. */
+     * (kept to resend after a reconnect): default 10000. Past it the
+     * broker's own sends to that peer are refused (MDG_EAGAIN); final
+     * answers to calls still go; a node's replies to a caller past 1.5x
+     * pause that call at the node; a sender past 2x is held until it reads
+     * (docs/guarantees.md section 3). */
     int queue_limit;
     /* Messidge 1.x compatibility (docs/compatibility.md): also listen for
      * unmodified Python 1.x clients and nodes on legacy_port (1.x clients
@@ -304,6 +311,18 @@ typedef struct mdg_broker_options {
     /* Largest message accepted from a peer, params and bulk together:
      * default 256 MiB. Bigger ones are refused (1.x) or drop the link. */
     long long max_message;
+    /* Fairness at a node: what one session may have at one node at once,
+     * calls not yet finally answered plus fire-and-forget commands the node
+     * has not acknowledged. Default 64. A session past it waits (its further
+     * messages are held unprocessed), other sessions do not. */
+    int node_window;
+    /* Messages the broker reads from one peer and holds unprocessed while
+     * where they go is full (the peer is paused): default queue_limit.
+     * Past it, further messages of that peer are not taken (nor
+     * acknowledged); once its held messages have gone on, the peer is told
+     * to say hello again and resends them. The bound holds whatever the
+     * peer's own queue_limit is. */
+    int hold_limit;
 } mdg_broker_options;
 
 /* keys: the broker's key pair (copied). opts may be NULL for defaults. */

@@ -48,6 +48,9 @@
 #define ACK_EVERY 32         /* acknowledge at least every N messages... */
 #define ACK_DELAY_MS 20      /* ...or this long after the first unacked one */
 #define CLOSE_FLUSH_MS 2000  /* disconnect waits this long for acks */
+#define FLOW_COMMAND "mdg.flow" /* the broker pauses, resumes or ends one call's replies */
+#define FLOW_PAUSED ((void *)1)
+#define FLOW_ENDED ((void *)2)
 
 enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 
@@ -113,6 +116,11 @@ struct mdg_conn {
     uint64_t next_corr;
     uint8_t session_id[SESSION_ID_MAX];
     size_t session_id_len;
+    /* calls from the broker whose replies it asked us to pause
+     * (FLOW_PAUSED) or that it ended (FLOW_ENDED); the ended ones are
+     * forgotten oldest first past queue_limit */
+    mdg_map *flow;
+    mdg_ring flow_ended;
 
     /* loop thread only */
     out_item *sent_head, *sent_tail; /* sent, awaiting the broker's ack */
@@ -215,8 +223,9 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     pthread_cond_init(&c->state_cond, NULL);
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
+    mdg_ring_init(&c->flow_ended, (size_t)o->queue_limit);
     if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
-        !(c->pending = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
+        !(c->pending = mdg_map_new()) || !(c->flow = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
         (o->legacy && legacy_alloc(c) != 0)) {
         mdg_conn_destroy(&c);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
@@ -589,12 +598,70 @@ static int queue_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results
     return rc ? rc : enqueue(c, o);
 }
 
+/* Replies to a call the broker paused (its caller is not reading) wait
+ * for room on application threads (MDG_EAGAIN with nonblocking); the loop
+ * thread cannot wait and goes on (the broker keeps them, within its bound).
+ * A call the broker ended fails here, so that a node streaming to a caller
+ * that has gone or stopped reading learns it and stops. */
+static int flow_wait(mdg_conn *c, uint64_t corr)
+{
+    bool loop = on_loop_thread(c);
+    void *st;
+    int rc = 0;
+    pthread_mutex_lock(&c->lock);
+    while ((st = mdg_map_get_u64(c->flow, corr)) == FLOW_PAUSED && !loop && !c->closing && !c->fail_err) {
+        if (c->opts.nonblocking) {
+            rc = mdg_fail(MDG_EAGAIN, "would block: the broker paused this call's replies (its caller is not reading)");
+            break;
+        }
+        pthread_cond_wait(&c->room_cond, &c->lock);
+    }
+    if (st == FLOW_ENDED)
+        rc = mdg_fail(MDG_ECLOSED, "the broker ended this call: its caller has gone or is not reading");
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* The broker's word about one of the calls it sent us (FLOW_COMMAND). */
+static void on_flow(mdg_conn *c, const mdg_msg *m)
+{
+    int64_t call = 0;
+    const char *state = "", *reason = "";
+    mdg_params_get_int(m->params, "call", &call);
+    mdg_params_get_str(m->params, "state", &state);
+    mdg_params_get_str(m->params, "reason", &reason);
+    if (call <= 0)
+        return;
+    pthread_mutex_lock(&c->lock);
+    if (strcmp(state, "pause") == 0) {
+        mdg_map_put_u64(c->flow, (uint64_t)call, FLOW_PAUSED);
+    } else if (strcmp(state, "end") == 0) {
+        mdg_map_put_u64(c->flow, (uint64_t)call, FLOW_ENDED);
+        uint64_t old = mdg_ring_push(&c->flow_ended, (uint64_t)call);
+        if (old && mdg_map_get_u64(c->flow, old) == FLOW_ENDED)
+            mdg_map_take_u64(c->flow, old);
+    } else if (mdg_map_get_u64(c->flow, (uint64_t)call) == FLOW_PAUSED) { /* resume */
+        mdg_map_take_u64(c->flow, (uint64_t)call);
+    }
+    pthread_cond_broadcast(&c->room_cond);
+    pthread_mutex_unlock(&c->lock);
+    if (strcmp(state, "end") == 0)
+        mdg_log(MDG_LOG_WARN, "the broker ended call %lld: %s", (long long)call, reason);
+    else
+        mdg_log(MDG_LOG_DEBUG, "the broker says %s for call %lld", state, (long long)call);
+}
+
 /* Replies of the application's handlers: a failure's text goes back only
  * with reflect_errors (the seed's reflect_value_errors). */
 static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results,
                            const void *bulk, size_t bulk_len)
 {
     mdg_conn *c = m->owner;
+    int rc = m->h.corr ? flow_wait(c, m->h.corr) : 0;
+    if (rc) {
+        mdg_params_destroy(&results);
+        return rc;
+    }
     if (kind == MDG_K_ERROR && m->h.corr && !c->opts.reflect_errors) {
         /* The text stays here; the caller still learns that it failed. */
         const char *text = "";
@@ -683,6 +750,11 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
         snprintf(why, sizeof why, "the broker no longer knew our session (restarted, or away longer "
                                   "than its grace period); %zu unacknowledged message(s) not delivered", lost);
         fail_all_pending(c, MDG_ECLOSED, why);
+        pthread_mutex_lock(&c->lock); /* the broker's word on the old session's calls is void */
+        while (mdg_map_pop(c->flow))
+            ;
+        pthread_cond_broadcast(&c->room_cond);
+        pthread_mutex_unlock(&c->lock);
         c->tx_seq = 0;
         c->rx_seq = 0;
         c->ack_sent = 0;
@@ -726,6 +798,11 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
 static void on_command(mdg_conn *c, mdg_msg *m)
 {
     char why[512];
+    if (!c->opts.legacy && strcmp(m->h.command, FLOW_COMMAND) == 0) {
+        on_flow(c, m);
+        mdg_msg_destroy(&m);
+        return;
+    }
     m->send_reply = conn_send_reply;
     m->owner = c;
     const mdg_cmd *cmd = mdg_cmd_check(c->cmds, m, false, why, sizeof why);
@@ -1826,6 +1903,8 @@ void mdg_conn_destroy(mdg_conn **pc)
         zmq_ctx_term(c->ctx);
     mdg_loop_destroy(&c->loop);
     mdg_map_destroy(&c->pending);
+    mdg_map_destroy(&c->flow);
+    mdg_ring_free(&c->flow_ended);
     legacy_free(c);
     mdg_keys_destroy(&c->keys);
     pthread_cond_destroy(&c->state_cond);

@@ -276,7 +276,10 @@ int main(void)
     mdg_broker *b = NULL;
     /* grace periods long enough for a loaded CI machine: this test is about
      * resumes, test_restart about sessions that do not come back */
-    mdg_broker_options bo = {.bind_address = "127.0.0.1", .queue_limit = 20000, .node_grace_ms = 30000};
+    /* node_window as deep as the user's pipeline of calls: with the default
+     * (64) every cut of the node leg would cost a whole window's round trip */
+    mdg_broker_options bo = {.bind_address = "127.0.0.1", .queue_limit = 20000, .node_grace_ms = 30000,
+                             .node_window = WINDOW};
     mdg_broker_hooks hooks = {.session_new = on_session};
     CHECK_RC(mdg_broker_new(&b, bkeys, &bo), 0);
     mdg_broker_set_commands(b, broker_cmds, &bs);
