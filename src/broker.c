@@ -644,7 +644,7 @@ static void free_kept(mdg_broker *b, peer *p)
         p->out_head = k->next;
         peer *sender = k->counted ? mdg_map_get(b->sessions, k->origin, SESSION_ID_BYTES) : NULL;
         if (sender) {
-            char who[MDG_KEY_B64_LEN + 1], why[200];
+            char who[MDG_KEY_B64_LEN + 1], why[400];
             mdg_pk_to_b64(p->pk, who);
             snprintf(why, sizeof why, "'%s' may not have reached node %s: its session ended before it acknowledged it",
                      k->h.command, who);
