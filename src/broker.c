@@ -1112,14 +1112,36 @@ int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn,
 
 /* -------------------------------------------------------------- dispatch */
 
-/* Params the broker vouches for replace whatever the sender put there. */
-static int stamp_identity(mdg_msg *m, peer *p)
+/* The provenance params (docs/protocol.md section 7). Every command a peer
+ * sends, user or node, native or 1.x, to a broker handler or forwarded to a
+ * node, passes here: whatever the sender wrote under these names is
+ * removed, then the broker writes its own values, by the sender's role:
+ *
+ *   sender   user                session                 node
+ *   user     its key (32 bytes)  its session id (16)     -
+ *   node     -                   -                       its key (32 bytes)
+ *
+ * so a receiver sees each of them only when the broker put it there. (A
+ * node's call to a node is refused before this; replies and the broker's
+ * own commands are stamped nothing.) forward: a user's call to a node,
+ * whose `node` names the target and is no forgery. */
+static const char *const provenance[] = {"user", "session", "node"};
+
+static int stamp_identity(mdg_msg *m, peer *p, bool forward)
 {
-    if (p->role == MDG_ROLE_NODE) {
-        mdg_params_remove(m->params, "session");
-        return mdg_params_set_bytes(m->params, "node", p->pk, MDG_KEY_BYTES);
+    bool node = p->role == MDG_ROLE_NODE;
+    for (size_t i = 0; i < sizeof provenance / sizeof provenance[0]; i++) {
+        int rc = mdg_params_remove(m->params, provenance[i]);
+        if (rc == MDG_ENOTFOUND || (rc == 0 && forward && strcmp(provenance[i], "node") == 0))
+            continue;
+        if (rc) /* still there: the message must not go on */
+            return rc;
+        char who[MDG_KEY_B64_LEN + 1];
+        mdg_log(MDG_LOG_INFO, "'%s' from %s %s: its own '%s' param removed (only the broker stamps user, session "
+                              "and node)", m->h.command, node ? "node" : "user", pk_short(p->pk, who), provenance[i]);
     }
-    mdg_params_remove(m->params, "node"); /* only the broker says who is a node */
+    if (node)
+        return mdg_params_set_bytes(m->params, "node", p->pk, MDG_KEY_BYTES);
     int rc = mdg_params_set_bytes(m->params, "user", p->pk, MDG_KEY_BYTES);
     return rc ? rc : mdg_params_set_bytes(m->params, "session", p->session_id, SESSION_ID_BYTES);
 }
@@ -1159,7 +1181,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
     if (peer_full(b, node))
         return false;
     zmq_msg_t pm, bm;
-    if (stamp_identity(m, p) != 0 || /* which removes "node" */
+    if (stamp_identity(m, p, true) != 0 || /* which removes "node": pk is no longer valid */
         mdg_wire_encode_params(m->params, &pm) != 0) {
         refuse(b, p, &m->h, "broker out of memory");
         return true;
@@ -1188,7 +1210,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
     if (send_frames(b, node, &h, &pm, m->has_bulk ? &bm : NULL) != 0 && f) {
         mdg_map_take_u64(b->fwds, f->id);
         free(f);
-        pk_short(pk, who);
+        pk_short(node->pk, who);
         snprintf(why, sizeof why, "node %s cannot take the call: %s", who, mdg_last_error());
         refuse(b, p, &m->h, why);
     }
@@ -1277,7 +1299,7 @@ static bool dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
     }
     /* stamped first, so a table may list user/session/node as required */
     const mdg_cmd *c = NULL;
-    if (stamp_identity(m, p) != 0)
+    if (stamp_identity(m, p, false) != 0)
         refuse(b, p, h, "broker out of memory");
     else if (!(c = mdg_cmd_check(b->cmds, m, p->role == MDG_ROLE_NODE, why, sizeof why)))
         refuse(b, p, h, why);

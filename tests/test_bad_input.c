@@ -36,6 +36,8 @@ static void h_echo(mdg_msg *m, void *arg)
     if (mdg_params_get_bytes(in, "session", &b, &len) == 0)
         mdg_params_set_bytes(r, "session", b, len);
     mdg_params_set_bool(r, "node_seen", mdg_params_has(in, "node"));
+    if (mdg_params_get_bytes(in, "node", &b, &len) == 0)
+        mdg_params_set_bytes(r, "node", b, len);
     mdg_msg_reply(m, r, NULL, 0);
 }
 
@@ -176,8 +178,8 @@ static int raw_recv(raw *r, mdg_header *h, mdg_params **p, int timeout_ms)
     }
 }
 
-/* HELLO, then WELCOME with a session. */
-static void raw_hello(raw *r)
+/* HELLO, then WELCOME with a session in the role the key was admitted in. */
+static void raw_hello_as(raw *r, const char *want_role)
 {
     uint8_t hb[MDG_MAX_HEADER];
     const uint8_t empty = 0xa0;
@@ -197,10 +199,15 @@ static void raw_hello(raw *r)
     if (sid && r->session_len <= sizeof r->session)
         memcpy(r->session, sid, r->session_len);
     CHECK_RC(mdg_params_get_str(p, "role", &role), 0);
-    CHECK(role && strcmp(role, "user") == 0);
+    CHECK(role && strcmp(role, want_role) == 0);
     CHECK_RC(mdg_params_get_bool(p, "resumed", &resumed), 0);
     CHECK(!resumed);
     mdg_params_destroy(&p);
+}
+
+static void raw_hello(raw *r)
+{
+    raw_hello_as(r, "user");
 }
 
 /* Expect an ERROR for the last bad input: with corr (0 = a notice), the
@@ -569,6 +576,7 @@ static void test_forgery(raw *r, mdg_conn *good, const mdg_keys *good_keys)
     mdg_params_set_str(p, "session", "forged");
     mdg_params_set_bytes(p, "node", mdg_keys_public(good_keys), MDG_KEY_BYTES);
     mdg_params_set_int(p, "i", 5);
+    t_clear_log();
     raw_cmd(r, "echo", ++r->corr, p);
     mdg_header h;
     mdg_params *rp = NULL;
@@ -585,6 +593,8 @@ static void test_forgery(raw *r, mdg_conn *good, const mdg_keys *good_keys)
     CHECK_RC(mdg_params_get_bool(rp, "node_seen", &node_seen), 0);
     CHECK(!node_seen); /* only the broker says who is a node */
     mdg_params_destroy(&rp);
+    CHECK(t_logged("'echo' from user") && t_logged("its own 'node' param removed"));
+    CHECK(t_logged("its own 'user' param removed") && t_logged("its own 'session' param removed"));
 
     /* a second "user" key behind a first one is refused outright */
     static const uint8_t dup[] = {0xa2, 0x64, 'u', 's', 'e', 'r', 0x01, 0x64, 'u', 's', 'e', 'r', 0x02};
@@ -592,6 +602,53 @@ static void test_forgery(raw *r, mdg_conn *good, const mdg_keys *good_keys)
     raw_cmd_bytes(r, "echo", ++r->corr, dup, sizeof dup);
     EXPECT_ERROR(r, r->corr, "echo", "duplicate params key 'user'", "refused");
     RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+}
+
+/* A node's command to the broker naming a user and that user's session:
+ * the handler sees only what the broker stamps for a node, its own `node`,
+ * never the forged `user` and `session` (with them the README's write_note
+ * would file a note under the victim's name). */
+static void test_node_forgery(mdg_broker *b, const mdg_keys *bkeys, mdg_conn *good, const mdg_keys *good_keys)
+{
+    mdg_keys *nkeys = NULL, *other = NULL;
+    if (mdg_keys_new(&nkeys) || mdg_keys_new(&other) ||
+        mdg_broker_allow(b, mdg_keys_public(nkeys), MDG_ROLE_NODE) != 0) {
+        fprintf(stderr, "cannot admit a node key\n");
+        exit(2);
+    }
+    raw n;
+    raw_open_as(&n, b, bkeys, nkeys, NULL);
+    raw_hello_as(&n, "node");
+    size_t sid_len = 0;
+    const uint8_t *sid = mdg_conn_session_id(good, &sid_len);
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_bytes(p, "user", mdg_keys_public(good_keys), MDG_KEY_BYTES); /* the victim */
+    mdg_params_set_bytes(p, "session", sid, sid_len);                            /* its session */
+    mdg_params_set_bytes(p, "node", mdg_keys_public(other), MDG_KEY_BYTES);      /* another node */
+    mdg_params_set_int(p, "i", 6);
+    t_clear_log();
+    int before = atomic_load(&handled);
+    raw_cmd(&n, "echo", ++n.corr, p);
+    mdg_header h;
+    mdg_params *rp = NULL;
+    const uint8_t *v = NULL;
+    size_t vlen = 0;
+    int64_t i = -1;
+    CHECK_RC(raw_recv(&n, &h, &rp, 5000), 0);
+    CHECK(h.kind == MDG_K_REPLY && h.corr == n.corr);
+    CHECK(atomic_load(&handled) == before + 1);
+    CHECK(mdg_params_get_int(rp, "i", &i) == 0 && i == 6);
+    CHECK(!mdg_params_has(rp, "user"));    /* not the victim's, not any */
+    CHECK(!mdg_params_has(rp, "session")); /* nodes have no user session */
+    CHECK_RC(mdg_params_get_bytes(rp, "node", &v, &vlen), 0);
+    CHECK(vlen == MDG_KEY_BYTES && v && memcmp(v, mdg_keys_public(nkeys), MDG_KEY_BYTES) == 0);
+    mdg_params_destroy(&rp);
+    CHECK(t_logged("'echo' from node") && t_logged("its own 'user' param removed"));
+    CHECK(t_logged("its own 'session' param removed") && t_logged("its own 'node' param removed"));
+    raw_close(&n);
+    mdg_keys_destroy(&nkeys);
+    mdg_keys_destroy(&other);
     GOOD_STILL_WORKS(good);
 }
 
@@ -668,6 +725,7 @@ int main(void)
     test_frames(&r, good, b, bkeys);
     test_no_session(b, bkeys, good);
     test_forgery(&r, good, gkeys);
+    test_node_forgery(b, bkeys, good, gkeys);
     test_routing_id_reuse(b, bkeys);
 
     /* none of it reached the good client as a notice it did not cause */
