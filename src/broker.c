@@ -543,12 +543,14 @@ static void trim_kept(peer *p, uint64_t ack)
 }
 
 /* Encode and send; params taken, bulk copied. With no peer (a sender that
- * has no session) the message goes unsequenced to the routing id. */
+ * has no session, or one whose numbering is broken) the message goes
+ * unsequenced to the routing id: then it is only ever a notice (corr 0),
+ * the one unnumbered error clients accept (docs/protocol.md 6.1). */
 static int send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind,
                    uint64_t corr, uint32_t flags, const char *command, mdg_params *params,
                    const void *bulk, size_t bulk_len)
 {
-    mdg_header h = {.kind = (uint8_t)kind, .corr = corr, .flags = flags};
+    mdg_header h = {.kind = (uint8_t)kind, .corr = p ? corr : 0, .flags = flags};
     zmq_msg_t pm, bm;
     int rc = mdg_header_set_command(&h, command);
     if (rc == 0)
@@ -1315,7 +1317,9 @@ static bool dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
  * counted nor acknowledged. Duplicates (resent after a resume) are dropped. */
 static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who)
 {
-    bool numbered = mdg_kind_sequenced(h->kind) && h->seq != 0;
+    /* 1.x frames have no numbers; a native one of a numbered kind without
+     * its number never gets here (handle_message refuses it) */
+    bool numbered = !p->legacy && mdg_kind_sequenced(h->kind);
     if (numbered && h->seq <= p->rx_seq) {
         mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
         return true;
@@ -1502,7 +1506,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
             mdg_params_set_str(e, "error", "no session: send hello first");
             mdg_params_set_str(e, "command", h.command);
             mdg_params_set_bool(e, "resync", true);
-            send_to(b, rid, rid_len, NULL, MDG_K_ERROR, h.corr, 0, "", e, NULL, 0);
+            send_to(b, rid, rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
         }
         return;
     }
@@ -1521,6 +1525,18 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         trim_kept(p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
     if (h.kind == MDG_K_ACK)
         return;
+    if (mdg_kind_sequenced(h.kind) && h.seq == 0) {
+        /* numbered kinds count from 1: one without its number would skip
+         * duplicate detection and run again each time it came. Not
+         * processed, not counted; a command's caller is answered, a reply
+         * or error gets a notice (its corr names a call of ours) */
+        char why[160];
+        snprintf(why, sizeof why, "unnumbered %s refused: commands, replies and errors are numbered from 1 "
+                                  "(seq 0 is only for hello, welcome, bye and ack)", mdg_kind_name(h.kind));
+        mdg_log(MDG_LOG_WARN, "'%s' from %s %s: %s", h.command, p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+        send_error(b, p->rid, p->rid_len, p, h.kind == MDG_K_CMD ? h.corr : 0, h.command, why);
+        return;
+    }
     if (p->held_head || !process(b, p, &h, f, who))
         hold(b, p, &h, f);
 }

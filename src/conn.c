@@ -624,9 +624,17 @@ static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
         mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
         return -1;
     }
+    if (mdg_kind_sequenced(h->kind) && h->seq == 0 && (h->kind != MDG_K_ERROR || h->corr != 0)) {
+        /* the one unnumbered message of a numbered kind is a notice: the
+         * broker's answer outside the session's numbering ("no session", a
+         * seq gap, a header it could not read). Anything else without its
+         * number would skip duplicate detection. */
+        mdg_log(MDG_LOG_ERROR, "unnumbered %s from the broker dropped: only error notices (corr 0) may have seq 0",
+                mdg_kind_name(h->kind));
+        return -1;
+    }
     if (h->kind != MDG_K_WELCOME && h->ack <= c->tx_seq)
         trim_sent(c, h->ack);
-    /* seq 0: the broker answers outside any session (e.g. "no session") */
     if (mdg_kind_sequenced(h->kind) && h->seq != 0) {
         if (h->seq <= c->rx_seq) {
             mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
