@@ -127,7 +127,7 @@ struct mdg_broker {
     mdg_map *nodes;    /* node pk -> peer: one live connection per node */
     mdg_map *by_fd;    /* socket fd -> peer */
     mdg_map *fwds;     /* forwarded call id -> fwd */
-    uint64_t next_fwd;
+    uint64_t next_fwd; /* last id given; starts at random, see mdg_broker_new */
     int grace_ms, node_grace_ms, queue_limit;
     mdg_map *owed_ack; /* session id -> peer owed an ACK */
     mdg_map *backlog;  /* session id -> peer with messages libzmq would not take yet */
@@ -204,6 +204,12 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     b->legacy = opts && opts->legacy;
     b->legacy_port = opts ? opts->legacy_port : 0;
     b->max_message = opts && opts->max_message > 0 ? opts->max_message : BROKER_MAX_MSG;
+    /* Forward ids count up from a random 63-bit start, so that two broker
+     * processes (one restarted, say) do not hand out the same ids: a node
+     * still answering a call of the old process never names a call of the
+     * new one. 63 bits: counting up never wraps to 0 ("no reply wanted"). */
+    randombytes_buf(&b->next_fwd, sizeof b->next_fwd);
+    b->next_fwd >>= 1;
     if (b->legacy && (b->legacy_port < 0 || b->legacy_port > 65535)) {
         free(b);
         return mdg_fail(MDG_EINVAL, "legacy port out of range");
