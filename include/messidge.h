@@ -191,7 +191,13 @@ bool mdg_msg_more(const mdg_msg *m);
  * mdg_msg_reply closes the channel; mdg_msg_reply_more keeps it open so the
  * caller's reply callback fires again for each further reply. Call from
  * the handler, or later from any thread on a kept message (mdg_msg_keep),
- * one thread at a time per message; replies leave in the order made. */
+ * one thread at a time per message; replies leave in the order made.
+ * MDG_ECLOSED when the message has had its final reply, when its
+ * connection has closed, and on a connection when the session the message
+ * came in on has ended (MDG_EV_LOST: the broker restarted, or we were away
+ * longer than its grace period): its caller is gone, so stop replying
+ * (replies to it that were still queued were dropped, not sent to the new
+ * session). From another thread a reply may wait for room (queue_limit). */
 int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 /* Fail the message: the caller's blocking call returns MDG_EREMOTE with
@@ -206,8 +212,12 @@ int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
 
 /* Keep a message past its handler (for later replies on a long-term
  * channel, from any thread). Returns m, now the caller's: reply to it as
- * often as needed, then mdg_msg_destroy it. Without keep, the library
- * destroys the message when the handler returns. */
+ * often as needed, then mdg_msg_destroy it, before destroying the
+ * connection or broker it came from. Without keep, the library destroys
+ * the message when the handler returns. A kept message belongs to the
+ * session it came in on: once that session has ended its replies fail
+ * with MDG_ECLOSED (see mdg_msg_reply), which is how a thread streaming
+ * on a long-term channel learns that its caller has gone. */
 mdg_msg *mdg_msg_keep(mdg_msg *m);
 
 /* Per-session / per-peer application data of the broker session the
