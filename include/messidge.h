@@ -192,6 +192,12 @@ bool mdg_msg_more(const mdg_msg *m);
  * caller's reply callback fires again for each further reply. Call from
  * the handler, or later from any thread on a kept message (mdg_msg_keep),
  * one thread at a time per message; replies leave in the order made.
+ * MDG_ECLOSED when the message has had its final reply, when its
+ * connection has closed, and on a connection when the session the message
+ * came in on has ended (MDG_EV_LOST: the broker restarted, or we were away
+ * longer than its grace period): its caller is gone, so stop replying
+ * (replies to it that were still queued were dropped, not sent to the new
+ * session). From another thread a reply may wait for room (queue_limit).
  * On a node, when the broker has paused this call (its caller is not
  * reading) a reply from an application thread waits until it resumes
  * (MDG_EAGAIN with nonblocking); when the broker has ended it (the caller
@@ -210,8 +216,12 @@ int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
 
 /* Keep a message past its handler (for later replies on a long-term
  * channel, from any thread). Returns m, now the caller's: reply to it as
- * often as needed, then mdg_msg_destroy it. Without keep, the library
- * destroys the message when the handler returns. */
+ * often as needed, then mdg_msg_destroy it, before destroying the
+ * connection or broker it came from. Without keep, the library destroys
+ * the message when the handler returns. A kept message belongs to the
+ * session it came in on: once that session has ended its replies fail
+ * with MDG_ECLOSED (see mdg_msg_reply), which is how a thread streaming
+ * on a long-term channel learns that its caller has gone. */
 mdg_msg *mdg_msg_keep(mdg_msg *m);
 
 /* Per-session / per-peer application data of the broker session the
@@ -433,8 +443,9 @@ enum mdg_conn_event {
     MDG_EV_DISCONNECTED,  /* the link dropped; reconnecting with backoff */
     MDG_EV_RECOVERED,     /* reconnected and the session resumed: nothing lost */
     MDG_EV_LOST,          /* reconnected but the broker no longer had the
-                             session: pending calls failed (MDG_ECLOSED), a
-                             new session (and resource offer) follows */
+                             session: pending calls failed (MDG_ECLOSED),
+                             replies to its commands refused (MDG_ECLOSED),
+                             a new session (and resource offer) follows */
 };
 typedef void (*mdg_event_fn)(mdg_conn *c, int event, const char *detail, void *arg);
 

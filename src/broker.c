@@ -137,7 +137,7 @@ struct mdg_broker {
     mdg_map *nodes;    /* node pk -> peer: one live connection per node */
     mdg_map *by_fd;    /* socket fd -> peer */
     mdg_map *fwds;     /* forwarded call id -> fwd */
-    uint64_t next_fwd;
+    uint64_t next_fwd; /* last id given; starts at random, see mdg_broker_new */
     size_t tombstones; /* ended channels among fwds */
     mdg_map *shares;   /* session id + node pk -> share */
     mdg_map *ready;    /* session id -> held peer that may go on now */
@@ -232,6 +232,12 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     b->legacy = opts && opts->legacy;
     b->legacy_port = opts ? opts->legacy_port : 0;
     b->max_message = opts && opts->max_message > 0 ? opts->max_message : BROKER_MAX_MSG;
+    /* Forward ids count up from a random 63-bit start, so that two broker
+     * processes (one restarted, say) do not hand out the same ids: a node
+     * still answering a call of the old process never names a call of the
+     * new one. 63 bits: counting up never wraps to 0 ("no reply wanted"). */
+    randombytes_buf(&b->next_fwd, sizeof b->next_fwd);
+    b->next_fwd >>= 1;
     if (b->legacy && (b->legacy_port < 0 || b->legacy_port > 65535)) {
         free(b);
         return mdg_fail(MDG_EINVAL, "legacy port out of range");
@@ -683,12 +689,14 @@ static void trim_kept(mdg_broker *b, peer *p, uint64_t ack)
 }
 
 /* Encode and send; params taken, bulk copied. With no peer (a sender that
- * has no session) the message goes unsequenced to the routing id. */
+ * has no session, or one whose numbering is broken) the message goes
+ * unsequenced to the routing id: then it is only ever a notice (corr 0),
+ * the one unnumbered error clients accept (docs/protocol.md 6.1). */
 static int send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind,
                    uint64_t corr, uint32_t flags, const char *command, mdg_params *params,
                    const void *bulk, size_t bulk_len)
 {
-    mdg_header h = {.kind = (uint8_t)kind, .corr = corr, .flags = flags};
+    mdg_header h = {.kind = (uint8_t)kind, .corr = p ? corr : 0, .flags = flags};
     zmq_msg_t pm, bm;
     int rc = mdg_header_set_command(&h, command);
     if (rc == 0)
@@ -1330,14 +1338,36 @@ int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn,
 
 /* -------------------------------------------------------------- dispatch */
 
-/* Params the broker vouches for replace whatever the sender put there. */
-static int stamp_identity(mdg_msg *m, peer *p)
+/* The provenance params (docs/protocol.md section 7). Every command a peer
+ * sends, user or node, native or 1.x, to a broker handler or forwarded to a
+ * node, passes here: whatever the sender wrote under these names is
+ * removed, then the broker writes its own values, by the sender's role:
+ *
+ *   sender   user                session                 node
+ *   user     its key (32 bytes)  its session id (16)     -
+ *   node     -                   -                       its key (32 bytes)
+ *
+ * so a receiver sees each of them only when the broker put it there. (A
+ * node's call to a node is refused before this; replies and the broker's
+ * own commands are stamped nothing.) forward: a user's call to a node,
+ * whose `node` names the target and is no forgery. */
+static const char *const provenance[] = {"user", "session", "node"};
+
+static int stamp_identity(mdg_msg *m, peer *p, bool forward)
 {
-    if (p->role == MDG_ROLE_NODE) {
-        mdg_params_remove(m->params, "session");
-        return mdg_params_set_bytes(m->params, "node", p->pk, MDG_KEY_BYTES);
+    bool node = p->role == MDG_ROLE_NODE;
+    for (size_t i = 0; i < sizeof provenance / sizeof provenance[0]; i++) {
+        int rc = mdg_params_remove(m->params, provenance[i]);
+        if (rc == MDG_ENOTFOUND || (rc == 0 && forward && strcmp(provenance[i], "node") == 0))
+            continue;
+        if (rc) /* still there: the message must not go on */
+            return rc;
+        char who[MDG_KEY_B64_LEN + 1];
+        mdg_log(MDG_LOG_INFO, "'%s' from %s %s: its own '%s' param removed (only the broker stamps user, session "
+                              "and node)", m->h.command, node ? "node" : "user", pk_short(p->pk, who), provenance[i]);
     }
-    mdg_params_remove(m->params, "node"); /* only the broker says who is a node */
+    if (node)
+        return mdg_params_set_bytes(m->params, "node", p->pk, MDG_KEY_BYTES);
     int rc = mdg_params_set_bytes(m->params, "user", p->pk, MDG_KEY_BYTES);
     return rc ? rc : mdg_params_set_bytes(m->params, "session", p->session_id, SESSION_ID_BYTES);
 }
@@ -1381,7 +1411,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
     if (peer_full(b, node) || share_used(b, p->session_id, node->pk) >= b->node_window)
         return false;
     zmq_msg_t pm, bm;
-    if (stamp_identity(m, p) != 0 || /* which removes "node" */
+    if (stamp_identity(m, p, true) != 0 || /* which removes "node": pk is no longer valid */
         mdg_wire_encode_params(m->params, &pm) != 0) {
         refuse(b, p, &m->h, "broker out of memory");
         return true;
@@ -1421,7 +1451,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
             fwd_free(b, f);
         else
             share_release(b, p->session_id, node->pk);
-        pk_short(pk, who);
+        pk_short(node->pk, who);
         snprintf(why, sizeof why, "node %s cannot take the call: %s", who, mdg_last_error());
         refuse(b, p, &m->h, why);
     }
@@ -1535,7 +1565,7 @@ static bool dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
     }
     /* stamped first, so a table may list user/session/node as required */
     const mdg_cmd *c = NULL;
-    if (stamp_identity(m, p) != 0)
+    if (stamp_identity(m, p, false) != 0)
         refuse(b, p, h, "broker out of memory");
     else if (!(c = mdg_cmd_check(b->cmds, m, p->role == MDG_ROLE_NODE, why, sizeof why)))
         refuse(b, p, h, why);
@@ -1566,7 +1596,9 @@ static void ask_resend(mdg_broker *b, peer *p, const char *text)
  * counted nor acknowledged. Duplicates (resent after a resume) are dropped. */
 static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who)
 {
-    bool numbered = mdg_kind_sequenced(h->kind) && h->seq != 0;
+    /* 1.x frames have no numbers; a native one of a numbered kind without
+     * its number never gets here (handle_message refuses it) */
+    bool numbered = !p->legacy && mdg_kind_sequenced(h->kind);
     if (numbered && h->seq <= p->rx_seq) {
         mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
         return true;
@@ -1783,7 +1815,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
             mdg_params_set_str(e, "error", "no session: send hello first");
             mdg_params_set_str(e, "command", h.command);
             mdg_params_set_bool(e, "resync", true);
-            send_to(b, rid, rid_len, NULL, MDG_K_ERROR, h.corr, 0, "", e, NULL, 0);
+            send_to(b, rid, rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
         }
         return;
     }
@@ -1802,6 +1834,18 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         trim_kept(b, p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
     if (h.kind == MDG_K_ACK)
         return;
+    if (mdg_kind_sequenced(h.kind) && h.seq == 0) {
+        /* numbered kinds count from 1: one without its number would skip
+         * duplicate detection and run again each time it came. Not
+         * processed, not counted; a command's caller is answered, a reply
+         * or error gets a notice (its corr names a call of ours) */
+        char why[160];
+        snprintf(why, sizeof why, "unnumbered %s refused: commands, replies and errors are numbered from 1 "
+                                  "(seq 0 is only for hello, welcome, bye and ack)", mdg_kind_name(h.kind));
+        mdg_log(MDG_LOG_WARN, "'%s' from %s %s: %s", h.command, p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+        send_error(b, p->rid, p->rid_len, p, h.kind == MDG_K_CMD ? h.corr : 0, h.command, why);
+        return;
+    }
     if (p->held_head || !process(b, p, &h, f, who))
         hold(b, p, &h, f);
 }

@@ -59,6 +59,7 @@ enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 typedef struct out_item {
     struct out_item *next;
     mdg_header h; /* kind, corr, flags, command; seq set when first sent */
+    uint64_t epoch; /* a reply: the session of the command it answers */
     zmq_msg_t params;
     zmq_msg_t bulk;
     bool has_bulk;
@@ -121,6 +122,11 @@ struct mdg_conn {
      * forgotten oldest first past queue_limit */
     mdg_map *flow;
     mdg_ring flow_ended;
+    /* which session: +1 each time one is lost (written by the loop thread).
+     * A command kept past its handler is answered in its own session only:
+     * after a restart the broker would route a reply by a corr it now uses
+     * for someone else's call, or refuse it. */
+    uint64_t epoch;
 
     /* loop thread only */
     out_item *sent_head, *sent_tail; /* sent, awaiting the broker's ack */
@@ -370,6 +376,12 @@ static void legacy_hello(mdg_conn *c);
 static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h);
 static void legacy_on_reply(mdg_conn *c, mdg_msg *m);
 
+/* A reply to a command of a session that has been lost (under lock). */
+static bool stale_reply(const mdg_conn *c, const out_item *o)
+{
+    return o->h.kind != MDG_K_CMD && o->epoch != c->epoch;
+}
+
 /* Queue a message for the loop thread to send, within the backlog limit:
  * wait for room, or refuse with MDG_EAGAIN when waiting is not allowed. */
 static int enqueue(mdg_conn *c, out_item *o)
@@ -380,7 +392,7 @@ static int enqueue(mdg_conn *c, out_item *o)
      * room come through it), and refusing a handler's reply would lose it.
      * What handlers send per message they handle is bounded by their code;
      * long streams belong on another thread (mdg_msg_keep), which waits. */
-    while (!loop && c->backlog >= (size_t)c->opts.queue_limit && !c->closing && !c->fail_err) {
+    while (!loop && c->backlog >= (size_t)c->opts.queue_limit && !c->closing && !c->fail_err && !stale_reply(c, o)) {
         if (c->opts.nonblocking) {
             size_t n = c->backlog;
             pthread_mutex_unlock(&c->lock);
@@ -389,8 +401,11 @@ static int enqueue(mdg_conn *c, out_item *o)
         }
         pthread_cond_wait(&c->room_cond, &c->lock);
     }
-    if (c->closing || c->fail_err) {
-        int rc = c->fail_err ? mdg_fail(c->fail_err, "%s", c->fail_text) : mdg_fail(MDG_ECLOSED, "connection closed");
+    if (c->closing || c->fail_err || stale_reply(c, o)) {
+        int rc = c->fail_err  ? mdg_fail(c->fail_err, "%s", c->fail_text)
+                 : c->closing ? mdg_fail(MDG_ECLOSED, "connection closed")
+                              : mdg_fail(MDG_ECLOSED, "the session this call came in on has ended (the broker "
+                                                      "no longer knew it): its caller cannot be answered");
         pthread_mutex_unlock(&c->lock);
         out_free(o);
         return rc;
@@ -595,7 +610,10 @@ static int queue_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results
         return 0;
     }
     int rc = out_new(&o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
-    return rc ? rc : enqueue(c, o);
+    if (rc)
+        return rc;
+    o->epoch = m->epoch;
+    return enqueue(c, o);
 }
 
 /* Replies to a call the broker paused (its caller is not reading) wait
@@ -691,9 +709,17 @@ static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
         mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
         return -1;
     }
+    if (mdg_kind_sequenced(h->kind) && h->seq == 0 && (h->kind != MDG_K_ERROR || h->corr != 0)) {
+        /* the one unnumbered message of a numbered kind is a notice: the
+         * broker's answer outside the session's numbering ("no session", a
+         * seq gap, a header it could not read). Anything else without its
+         * number would skip duplicate detection. */
+        mdg_log(MDG_LOG_ERROR, "unnumbered %s from the broker dropped: only error notices (corr 0) may have seq 0",
+                mdg_kind_name(h->kind));
+        return -1;
+    }
     if (h->kind != MDG_K_WELCOME && h->ack <= c->tx_seq)
         trim_sent(c, h->ack);
-    /* seq 0: the broker answers outside any session (e.g. "no session") */
     if (mdg_kind_sequenced(h->kind) && h->seq != 0) {
         if (h->seq <= c->rx_seq) {
             mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
@@ -734,6 +760,30 @@ static size_t drop_sent(mdg_conn *c)
     return n;
 }
 
+/* A session is lost: replies to its commands that are still queued must
+ * not go to the new one (commands do). Under lock; how many were dropped. */
+static size_t drop_stale_replies(mdg_conn *c)
+{
+    size_t n = 0;
+    out_item **at = &c->out_head;
+    c->out_tail = NULL;
+    while (*at) {
+        out_item *o = *at;
+        if (stale_reply(c, o)) {
+            *at = o->next;
+            out_free(o);
+            n++;
+        } else {
+            c->out_tail = o;
+            at = &o->next;
+        }
+    }
+    c->backlog -= n;
+    if (n)
+        pthread_cond_broadcast(&c->room_cond);
+    return n;
+}
+
 /* The session is open on this link: resumed (the broker has what we sent
  * up to ack) or new. */
 static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed, int64_t ack)
@@ -745,6 +795,15 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
         c->resend = c->sent_head; /* sent by flush() below, before anything new */
         ev = MDG_EV_RECOVERED;
     } else if (c->had_session) {
+        /* from now on replies to the old session's commands fail at once
+         * (MDG_ECLOSED), so a node streaming to a caller that is gone stops */
+        pthread_mutex_lock(&c->lock);
+        c->epoch++;
+        size_t stale = drop_stale_replies(c);
+        pthread_mutex_unlock(&c->lock);
+        if (stale)
+            mdg_log(MDG_LOG_WARN, "%zu queued repl%s to calls of the lost session dropped: their callers are gone",
+                    stale, stale == 1 ? "y" : "ies");
         size_t lost = drop_sent(c);
         char why[200];
         snprintf(why, sizeof why, "the broker no longer knew our session (restarted, or away longer "
@@ -805,6 +864,7 @@ static void on_command(mdg_conn *c, mdg_msg *m)
     }
     m->send_reply = conn_send_reply;
     m->owner = c;
+    m->epoch = c->epoch; /* the loop thread is the only writer */
     const mdg_cmd *cmd = mdg_cmd_check(c->cmds, m, false, why, sizeof why);
     if (!cmd)
         m->send_reply = queue_reply; /* the library's own checks always reach the caller */
