@@ -29,6 +29,7 @@ const char *mdg_strerror(int err)
     case MDG_ESTATE: return "not valid in this state";
     case MDG_EAGAIN: return "would block";
     case MDG_ESYS: return "system error";
+    case MDG_EBUSY: return "broker at its connection limit";
     default: return "unknown error";
     }
 }
