@@ -103,13 +103,6 @@ typedef struct legacy_uuid {
     uint8_t bytes[MDG_LEGACY_MAX_UUID];
 } legacy_uuid;
 
-/* A log line said at most once per LIMIT_LOG_MS, with how many it stood for. */
-typedef struct ratelog {
-    int64_t at;
-    bool said;
-    unsigned held; /* occurrences since the last line */
-} ratelog;
-
 typedef struct held {
     struct held *next;
     mdg_header h;
@@ -162,7 +155,7 @@ struct mdg_broker {
     long fd_limit;       /* RLIMIT_NOFILE when the broker bound */
     int listen_fd[2];    /* the native and 1.x listeners' sockets (ZMQ_EVENT_LISTENING) */
     int spare[SPARE_FDS], n_spare; /* given up to clear the accept backlog when out of them */
-    ratelog full_log, accept_log;
+    mdg_ratelog full_log, accept_log; /* LIMIT_LOG_MS apart */
     pthread_t thread;
     bool thread_started;
     pthread_t loop_thread;
@@ -207,22 +200,6 @@ static const char *pk_short(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B6
     mdg_pk_to_b64(pk, out);
     out[12] = '\0';
     return out;
-}
-
-/* Whether a line that may repeat fast is due (the first, then once per
- * LIMIT_LOG_MS); *held gets how many were not logged since the last one. */
-static bool ratelog_due(ratelog *r, unsigned *held)
-{
-    int64_t now = mdg_now_ms();
-    if (r->said && now - r->at < LIMIT_LOG_MS) {
-        r->held++;
-        return false;
-    }
-    r->said = true;
-    r->at = now;
-    *held = r->held;
-    r->held = 0;
-    return true;
 }
 
 /* ------------------------------------------------------------------ set-up */
@@ -423,7 +400,7 @@ static void zap_request(mdg_broker *b)
          * a 300 silently, which a client cannot tell from a wrong server
          * key; a 500 reaches it as ZMQ_EVENT_HANDSHAKE_FAILED_AUTH 500 */
         unsigned held;
-        if (ratelog_due(&b->full_log, &held))
+        if (mdg_ratelog_due(&b->full_log, LIMIT_LOG_MS, &held))
             mdg_log(MDG_LOG_WARN, "refused connection from %s (key %s): broker at its connection limit "
                                   "(%d; RLIMIT_NOFILE %ld); %u more refused since the last such line",
                     addr, b64, b->max_conns, b->fd_limit, held);
@@ -1603,7 +1580,7 @@ static void accept_failed(mdg_broker *b, int which, int err)
         take_spares(b);
     }
     unsigned held;
-    if (ratelog_due(&b->accept_log, &held))
+    if (mdg_ratelog_due(&b->accept_log, LIMIT_LOG_MS, &held))
         mdg_log(MDG_LOG_ERROR, "cannot accept connections on the %s listener: %s (RLIMIT_NOFILE %ld, "
                                "%ld connections open, at most %d served): closed %d waiting; "
                                "%u more failures since the last such line",

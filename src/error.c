@@ -107,6 +107,20 @@ void mdg_log(int level, const char *fmt, ...)
     pthread_mutex_unlock(&log_lock);
 }
 
+bool mdg_ratelog_due(mdg_ratelog *r, int interval_ms, unsigned *held)
+{
+    int64_t now = mdg_now_ms();
+    if (r->said && now - r->at < interval_ms) {
+        r->held++;
+        return false;
+    }
+    r->said = true;
+    r->at = now;
+    *held = r->held;
+    r->held = 0;
+    return true;
+}
+
 int64_t mdg_now_ms(void)
 {
     struct timespec ts;
