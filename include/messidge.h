@@ -53,6 +53,7 @@ enum mdg_error {
     MDG_ESTATE = -14,    /* call not valid in this state (e.g. after start) */
     MDG_EAGAIN = -15,    /* would block */
     MDG_ESYS = -16,      /* a system or libzmq call failed; see text */
+    MDG_EBUSY = -17,     /* the broker is at its connection limit; retried */
 };
 
 /* Short fixed text for an error code. Never NULL. */
@@ -333,6 +334,13 @@ typedef struct mdg_broker_options {
      * to say hello again and resends them. The bound holds whatever the
      * peer's own queue_limit is. */
     int hold_limit;
+    /* Connections served at once, both listeners together (each holds a
+     * file descriptor). Default (0): as many as RLIMIT_NOFILE allows once
+     * 96 descriptors are kept for the rest of the process; a larger value
+     * is lowered to that, with a warning. Past it new clients are refused
+     * during the handshake (they see MDG_EBUSY and retry) while the
+     * sessions already open are served as before. docs/guarantees.md. */
+    int max_connections;
 } mdg_broker_options;
 
 /* keys: the broker's key pair (copied). opts may be NULL for defaults. */
@@ -472,8 +480,10 @@ const uint8_t *mdg_conn_session_id(const mdg_conn *c, size_t *len);
 /* Start the loop thread and begin connecting. */
 int mdg_conn_start(mdg_conn *c);
 /* Wait until the session is established: 0, MDG_ETIMEDOUT, MDG_EAUTH (the
- * broker refused our key), MDG_EHANDSHAKE (server key mismatch), or
- * MDG_ECLOSED. timeout_ms < 0 waits forever. */
+ * broker refused our key), MDG_EHANDSHAKE (server key mismatch), MDG_EBUSY
+ * (the broker is at its connection limit: the connection keeps retrying
+ * with its backoff, so waiting again may succeed), or MDG_ECLOSED.
+ * timeout_ms < 0 waits forever. */
 int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms);
 
 /* Fire and forget. params taken (NULL = empty); bulk copied. Messages from

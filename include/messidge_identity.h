@@ -157,10 +157,33 @@ int mdg_identity_list(mdg_identity *id, int (*fn)(const mdg_identity_entry *e, v
  * and a 4xx status (5xx for a database failure), and stores nothing. */
 typedef struct mdg_account_server mdg_account_server;
 
-/* id is borrowed and must outlive the server; broker_pk is copied.
- * bind_address: an address or host name; NULL or "*" = all IPv4
- * interfaces. port 0 picks a free port (see mdg_account_server_port).
- * The server runs once this returns. */
+/* Where the server listens and how much it takes; zero means the default
+ * for every field but port. A slow or greedy client holds at most
+ * max_per_address connections, each for at most request_timeout_ms. */
+typedef struct mdg_account_server_options {
+    /* an address or host name; NULL or "*" = all IPv4 interfaces */
+    const char *bind_address;
+    int port; /* 0 picks a free port (see mdg_account_server_port) */
+    /* Connections open at once, in all: default 64. Further ones wait in
+     * the listen backlog until one closes. */
+    int max_connections;
+    /* Connections open at once from one client IP address: default 8.
+     * Further ones are closed at once, and logged. */
+    int max_per_address;
+    /* A connection's request must be complete, headers and body, this
+     * long after the connection opened: default 5000 ms. Past it the
+     * connection is cut (and logged), however busily it trickles bytes.
+     * One request per connection (answers say Connection: close). */
+    int request_timeout_ms;
+} mdg_account_server_options;
+
+/* id is borrowed and must outlive the server; broker_pk and opts are
+ * copied (opts NULL: all defaults, every interface, a free port). The
+ * server runs once this returns. */
+int mdg_account_server_new_opts(mdg_account_server **out, mdg_identity *id,
+                                const uint8_t broker_pk[MDG_KEY_BYTES],
+                                const mdg_account_server_options *opts);
+/* The same with the default limits. */
 int mdg_account_server_new(mdg_account_server **out, mdg_identity *id,
                            const uint8_t broker_pk[MDG_KEY_BYTES], const char *bind_address,
                            int port);

@@ -12,12 +12,18 @@
 #include "params.h"
 #include "wire.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define SESSION_ID_BYTES 16
@@ -37,6 +43,15 @@
 #define PAUSE_OVERSHOOT 10000              /* replies a paused call may still bring: a client's default queue_limit */
 #define TOMBSTONE_MS 10000                 /* an ended channel's late replies are dropped quietly this long */
 #define FLOW_COMMAND "mdg.flow"            /* broker -> node: pause, resume or end one call's replies */
+/* Each connection holds one descriptor. FD_RESERVE are kept for the rest of
+ * the process: the account server's 64 connections, the identity store,
+ * logs, and connections accepted only to be refused (docs/guarantees.md). */
+#define FD_RESERVE 96
+#define FD_LOW_WARN 1000                   /* a limit allowing fewer connections is warned about */
+#define LIMIT_LOG_MS 10000                 /* repeated refusals are logged this often */
+#define SHED_MAX 1024                      /* waiting connections closed per accept failure */
+#define SPARE_FDS 4                        /* descriptors kept to clear the accept backlog with */
+#define MONITOR_FAILS_MAX 1000             /* accept failures read per call: libzmq may spin */
 
 typedef struct peer {
     uint8_t rid[255];
@@ -146,6 +161,14 @@ struct mdg_broker {
     mdg_map *backlog;  /* session id -> peer with messages libzmq would not take yet */
     mdg_map *holding;  /* session id -> peer with held messages */
     void *mon;         /* ROUTER monitor: tells us when a connection drops */
+    /* Connections are bounded by descriptors: past max_conns, handshakes
+     * are refused (ZAP 500) and the sessions already open go on. */
+    int max_conns_asked, max_conns;
+    long live_conns;     /* accepted minus dropped, both listeners */
+    long fd_limit;       /* RLIMIT_NOFILE when the broker bound */
+    int listen_fd[2];    /* the native and 1.x listeners' sockets (ZMQ_EVENT_LISTENING) */
+    int spare[SPARE_FDS], n_spare; /* given up to clear the accept backlog when out of them */
+    mdg_ratelog full_log, accept_log; /* LIMIT_LOG_MS apart */
     pthread_t thread;
     bool thread_started;
     pthread_t loop_thread;
@@ -238,6 +261,8 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
      * new one. 63 bits: counting up never wraps to 0 ("no reply wanted"). */
     randombytes_buf(&b->next_fwd, sizeof b->next_fwd);
     b->next_fwd >>= 1;
+    b->max_conns_asked = opts && opts->max_connections > 0 ? opts->max_connections : 0;
+    b->listen_fd[0] = b->listen_fd[1] = -1;
     if (b->legacy && (b->legacy_port < 0 || b->legacy_port > 65535)) {
         free(b);
         return mdg_fail(MDG_EINVAL, "legacy port out of range");
@@ -348,6 +373,8 @@ static int role_of(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES])
  * each message without trusting anything the message says. */
 #define ZAP_FRAMES 7
 
+static int on_monitor(mdg_loop *loop, void *arg, short revents);
+
 static void zap_answer(mdg_broker *b, zmq_msg_t *req_id, const char *status, const char *text,
                        const char *user_id)
 {
@@ -385,6 +412,7 @@ static void zap_request(mdg_broker *b)
     snprintf(addr, sizeof addr, "%.*s", (int)zmq_msg_size(&part[3]), (char *)zmq_msg_data(&part[3]));
     const char *why = NULL;
     char user_id[USER_ID_LEN + 1] = "", b64[MDG_KEY_B64_LEN + 1] = "?";
+    bool full = false;
     if (zmq_msg_size(&part[5]) != 5 || memcmp(zmq_msg_data(&part[5]), "CURVE", 5) != 0 ||
         zmq_msg_size(&part[6]) != MDG_KEY_BYTES) {
         why = "not a CURVE client";
@@ -392,12 +420,26 @@ static void zap_request(mdg_broker *b)
         const uint8_t *pk = zmq_msg_data(&part[6]);
         mdg_pk_to_b64(pk, b64);
         int role = role_of(b, pk);
-        if (role == MDG_ROLE_USER || role == MDG_ROLE_NODE)
-            snprintf(user_id, sizeof user_id, "%c%s", role == MDG_ROLE_NODE ? 'N' : 'U', b64);
-        else
+        if (role != MDG_ROLE_USER && role != MDG_ROLE_NODE) {
             why = "key not known (or revoked)";
+        } else {
+            on_monitor(b->loop, b, 0); /* count this connection and the latest drops */
+            full = b->live_conns > b->max_conns;
+            if (!full)
+                snprintf(user_id, sizeof user_id, "%c%s", role == MDG_ROLE_NODE ? 'N' : 'U', b64);
+        }
     }
-    if (why) {
+    if (full) {
+        /* 500, not RFC 27's 300 ("temporary"): libzmq's CURVE server drops
+         * a 300 silently, which a client cannot tell from a wrong server
+         * key; a 500 reaches it as ZMQ_EVENT_HANDSHAKE_FAILED_AUTH 500 */
+        unsigned held;
+        if (mdg_ratelog_due(&b->full_log, LIMIT_LOG_MS, &held))
+            mdg_log(MDG_LOG_WARN, "refused connection from %s (key %s): broker at its connection limit "
+                                  "(%d; RLIMIT_NOFILE %ld); %u more refused since the last such line",
+                    addr, b64, b->max_conns, b->fd_limit, held);
+        zap_answer(b, &part[1], "500", "broker at its connection limit", "");
+    } else if (why) {
         mdg_log(MDG_LOG_WARN, "refused connection from %s (key %s): %s", addr, b64, why);
         zap_answer(b, &part[1], "400", why, "");
     } else {
@@ -1850,25 +1892,86 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         hold(b, p, &h, f);
 }
 
-/* A connection dropped: its session goes (the reliability layer will keep
- * it for a grace period instead). */
+/* Hold SPARE_FDS descriptors again, as far as there are free ones. */
+static void take_spares(mdg_broker *b)
+{
+    int fd;
+    while (b->n_spare < SPARE_FDS && (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+        b->spare[b->n_spare++] = fd;
+}
+
+/* libzmq's listener could not accept a connection (zeromq 4.3.4,
+ * tcp_listener.cpp). Out of descriptors (EMFILE, ENFILE) the connection
+ * stays in the backlog and the listening socket stays readable, so libzmq's
+ * I/O thread spins and the client hangs. We give up the spare descriptors,
+ * take the waiting connections ourselves and close them: those clients see
+ * their link drop at once, and the spin ends. libzmq may accept one of them
+ * first with a freed descriptor; it then goes through the handshake as
+ * usual (refused while the broker is full), and spares are taken again
+ * once descriptors are free (on_grace_timer). Open sessions go on. (zmq_unbind
+ * would stop the spin too, but libzmq closes every connection the listener
+ * accepted along with it.) */
+static void accept_failed(mdg_broker *b, int which, int err)
+{
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
+        return; /* EAGAIN, ECONNABORTED...: nothing is left waiting */
+    int lfd = b->listen_fd[which], closed = 0, s;
+    struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+    if (lfd >= 0 && poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN)) {
+        while (b->n_spare)
+            close(b->spare[--b->n_spare]);
+        while (closed < SHED_MAX && (s = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+            close(s);
+            closed++;
+        }
+        take_spares(b);
+    }
+    unsigned held;
+    if (mdg_ratelog_due(&b->accept_log, LIMIT_LOG_MS, &held))
+        mdg_log(MDG_LOG_ERROR, "cannot accept connections on the %s listener: %s (RLIMIT_NOFILE %ld, "
+                               "%ld connections open, at most %d served): closed %d waiting; "
+                               "%u more failures since the last such line",
+                which ? "1.x" : "native", strerror(err), b->fd_limit, b->live_conns, b->max_conns, closed, held);
+}
+
+/* A listener is bound: its socket is non-blocking from now on, so that
+ * accept_failed never waits (libzmq takes EAGAIN in its stride). */
+static void listening(mdg_broker *b, int which, int fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+    if (flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0)
+        b->listen_fd[which] = fd;
+}
+
+/* Connection events: connections counted for the limit, listeners bound,
+ * accepts failed, and drops: a dropped connection's session goes (the
+ * reliability layer keeps it for a grace period instead). */
 static int on_monitor(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
     (void)revents;
     mdg_broker *b = arg;
     mdg_frames f;
-    /* both listeners' drops; fds are unique across them */
+    /* both listeners' events; fds are unique across them */
     for (void *mon = b->mon; mon; mon = mon == b->mon ? b->lmon : NULL) {
-        while (mdg_frames_recv(mon, &f) == 0) {
+        int fails = 0, which = mon == b->mon ? 0 : 1;
+        while (fails < MONITOR_FAILS_MAX && mdg_frames_recv(mon, &f) == 0) {
             uint16_t event = 0;
-            uint32_t fd = 0;
+            uint32_t fd = 0; /* the event's value: an fd, or an errno */
             if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 6) {
                 memcpy(&event, zmq_msg_data(&f.part[0]), 2);
                 memcpy(&fd, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
             }
             mdg_frames_close(&f);
-            if (event == ZMQ_EVENT_DISCONNECTED) {
+            if (event == ZMQ_EVENT_ACCEPTED) {
+                b->live_conns++;
+            } else if (event == ZMQ_EVENT_LISTENING) {
+                listening(b, which, (int)fd);
+            } else if (event == ZMQ_EVENT_ACCEPT_FAILED) {
+                fails++;
+                accept_failed(b, which, (int)fd);
+            } else if (event == ZMQ_EVENT_DISCONNECTED) {
+                b->live_conns--;
                 int ifd = (int)fd;
                 peer *p = mdg_map_get(b->by_fd, &ifd, sizeof ifd);
                 if (p)
@@ -2082,6 +2185,7 @@ static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_
     peer *node = role == MDG_ROLE_NODE ? mdg_map_get(b->nodes, pk, MDG_KEY_BYTES) : NULL;
     const char *why = role == MDG_ROLE_NONE ? (pk_len == MDG_KEY_BYTES ? "unknown key" : "no 32-byte 'user' key")
                       : node && !node->legacy ? "that node is connected on the native (authenticated) protocol"
+                      : !p && b->live_conns > b->max_conns ? "broker at its connection limit" /* a new link */
                                               : NULL;
     if (why) {
         mdg_log(MDG_LOG_WARN, "1.x hello from %s refused: %s", who, why);
@@ -2387,6 +2491,8 @@ static int on_grace_timer(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_broker *b = arg;
     expired e = {.b = b, .now = mdg_now_ms()};
+    if (b->n_spare < SPARE_FDS)
+        take_spares(b); /* given up when descriptors ran out */
     mdg_map_each(b->sessions, find_expired, &e);
     for (size_t i = 0; i < e.found.n; i++)
         close_session(b, e.found.v[i], "not resumed within its grace period");
@@ -2430,7 +2536,7 @@ static int new_router(mdg_broker *b, void **out, int64_t maxmsg)
     return 0;
 }
 
-/* Watch a ROUTER's drops, bind it (port 0: a free one) and watch it.
+/* Watch a ROUTER's connections, bind it (port 0: a free one) and watch it.
  * ep gets the endpoint asked for, *bound the port got. */
 static int listen_on(mdg_broker *b, void *sock, void **mon, const char *tag, int port, int *bound,
                      mdg_loop_fn on_input, char ep[160])
@@ -2439,7 +2545,10 @@ static int listen_on(mdg_broker *b, void *sock, void **mon, const char *tag, int
     size_t len = sizeof last;
     int rc;
     snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-%s-monitor-%p", tag, (void *)b);
-    if (zmq_socket_monitor(sock, mon_ep, ZMQ_EVENT_DISCONNECTED) != 0 || !(*mon = zmq_socket(b->ctx, ZMQ_PAIR)) ||
+    if (zmq_socket_monitor(sock, mon_ep,
+                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_ACCEPT_FAILED |
+                               ZMQ_EVENT_LISTENING) != 0 ||
+        !(*mon = zmq_socket(b->ctx, ZMQ_PAIR)) ||
         zmq_connect(*mon, mon_ep) != 0)
         return mdg_fail(MDG_ESYS, "cannot monitor the %s ROUTER: %s", tag, zmq_strerror(errno));
     if (port)
@@ -2482,6 +2591,52 @@ static int bind_legacy(mdg_broker *b)
     return 0;
 }
 
+/* Descriptors open now (/proc/self/fd, else a scan of the first ones). */
+static long open_fds(long limit)
+{
+    long n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        for (struct dirent *e; (e = readdir(d)) != NULL;)
+            n += e->d_name[0] != '.';
+        closedir(d);
+        return n - 1; /* the directory's own */
+    }
+    for (long fd = 0; fd < limit && fd < 65536; fd++)
+        n += fcntl((int)fd, F_GETFD) != -1;
+    return n;
+}
+
+/* How many connections fit: one descriptor each, in what RLIMIT_NOFILE
+ * leaves once the broker is set up, less FD_RESERVE for the rest of the
+ * process (half of what is left when that is small). Said at start; a
+ * warning when it is lower than asked, or low. */
+static void set_budget(mdg_broker *b)
+{
+    struct rlimit rl;
+    long limit = INT_MAX;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < INT_MAX)
+        limit = (long)rl.rlim_cur;
+    take_spares(b); /* counted below */
+    long open_now = open_fds(limit), avail = limit - open_now;
+    long fit = avail > 2 * FD_RESERVE ? avail - FD_RESERVE : avail / 2;
+    if (fit < 1)
+        fit = 1;
+    b->fd_limit = limit;
+    b->max_conns = b->max_conns_asked && b->max_conns_asked < fit ? b->max_conns_asked : (int)fit;
+    const char *how = "raise it for more (ulimit -n, or LimitNOFILE= in a systemd unit)";
+    if (b->max_conns_asked > fit)
+        mdg_log(MDG_LOG_WARN, "max_connections %d is more than RLIMIT_NOFILE %ld allows: the broker admits at most "
+                              "%ld connections (one descriptor each; %ld open, %d kept for the rest); %s",
+                b->max_conns_asked, limit, fit, open_now, FD_RESERVE, how);
+    else if (!b->max_conns_asked && fit < FD_LOW_WARN)
+        mdg_log(MDG_LOG_WARN, "RLIMIT_NOFILE %ld is low: the broker admits at most %ld connections (one "
+                              "descriptor each; %ld open, %d kept for the rest); %s",
+                limit, fit, open_now, FD_RESERVE, how);
+    else
+        mdg_log(MDG_LOG_INFO, "the broker admits at most %d connections (RLIMIT_NOFILE %ld)", b->max_conns, limit);
+}
+
 static int bind_sockets(mdg_broker *b)
 {
     int one = 1, rc;
@@ -2505,7 +2660,10 @@ static int bind_sockets(mdg_broker *b)
         return mdg_fail(MDG_ENOMEM, "no room for the broker's timers");
     mdg_loop_on_wake(b->loop, on_wake, b);
     mdg_log(MDG_LOG_INFO, "broker listening on %s (port %d)", ep, b->bound_port);
-    return bind_legacy(b);
+    if ((rc = bind_legacy(b)))
+        return rc;
+    set_budget(b);
+    return 0;
 }
 
 /* The loop has ended: every session is closed (hooks fired), once. */
@@ -2592,6 +2750,8 @@ void mdg_broker_destroy(mdg_broker **pb)
         zmq_close(b->zap);
     if (b->ctx)
         zmq_ctx_term(b->ctx);
+    while (b->n_spare)
+        close(b->spare[--b->n_spare]);
     fwd *f;
     while (b->fwds && (f = mdg_map_pop(b->fwds)) != NULL)
         free(f);

@@ -1198,6 +1198,24 @@ static void fatal(mdg_conn *c, int err, const char *text)
         mdg_loop_stop(c->loop);
 }
 
+/* The broker refused the handshake for want of room: never final, the
+ * link is made again with the usual backoff. Before the first session
+ * wait_until_ready says so at once (MDG_EBUSY) instead of timing out. */
+static void broker_busy(mdg_conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    bool said = c->fail_err == MDG_EBUSY;
+    if (!c->had_session && (!c->fail_err || said)) {
+        c->fail_err = MDG_EBUSY;
+        snprintf(c->fail_text, sizeof c->fail_text,
+                 "the broker is at its connection limit (%s); still retrying", c->endpoint);
+        pthread_cond_broadcast(&c->state_cond);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (!said)
+        mdg_log(MDG_LOG_WARN, "the broker is at its connection limit (%s): retrying", c->endpoint);
+}
+
 static int on_monitor(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
@@ -1210,7 +1228,9 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             continue;
         }
         uint16_t ev;
+        uint32_t value;
         memcpy(&ev, zmq_msg_data(&f.part[0]), 2);
+        memcpy(&value, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
         mdg_frames_close(&f);
         switch (ev) {
         case ZMQ_EVENT_CONNECTED:
@@ -1220,6 +1240,11 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             c->handshaken = true;
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: /* the broker said no */
+            if (value == 500) { /* not to our key: it is full (docs/protocol.md 1.1) */
+                broker_busy(c);
+                link_lost(c, "the broker is at its connection limit");
+                return 0;
+            }
             fatal(c, MDG_EAUTH, "the broker refused our key");
             /* before the first session, try again now and then: the key
              * may be admitted later */

@@ -29,6 +29,7 @@ const char *mdg_strerror(int err)
     case MDG_ESTATE: return "not valid in this state";
     case MDG_EAGAIN: return "would block";
     case MDG_ESYS: return "system error";
+    case MDG_EBUSY: return "broker at its connection limit";
     default: return "unknown error";
     }
 }
@@ -104,6 +105,20 @@ void mdg_log(int level, const char *fmt, ...)
     else
         fprintf(stderr, "messidge %s: %s\n", names[level & 3], text);
     pthread_mutex_unlock(&log_lock);
+}
+
+bool mdg_ratelog_due(mdg_ratelog *r, int interval_ms, unsigned *held)
+{
+    int64_t now = mdg_now_ms();
+    if (r->said && now - r->at < interval_ms) {
+        r->held++;
+        return false;
+    }
+    r->said = true;
+    r->at = now;
+    *held = r->held;
+    r->held = 0;
+    return true;
 }
 
 int64_t mdg_now_ms(void)

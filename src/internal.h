@@ -24,6 +24,16 @@ void mdg_log(int level, const char *fmt, ...)
     ;
 bool mdg_log_enabled(int level);
 
+/* A log line that may repeat fast (refusals under load): due the first
+ * time, then at most once per interval_ms; *held gets how many times it
+ * was not due since the last line. One thread per mdg_ratelog. */
+typedef struct mdg_ratelog {
+    int64_t at;
+    bool said;
+    unsigned held;
+} mdg_ratelog;
+bool mdg_ratelog_due(mdg_ratelog *r, int interval_ms, unsigned *held);
+
 /* Create a private directory (0700, last component only) or check that it
  * is one (keys.c). what names it in errors. 0 or MDG_EIO. */
 int mdg_ensure_dir(const char *dir, const char *what);

@@ -1,4 +1,5 @@
-/* proc_broker.c - a broker in a process of its own, for test_restart.
+/* proc_broker.c - a broker in a process of its own, for test_restart and
+ * test_limits.
  *
  * The test kills it (SIGKILL) and starts it again on the same port with
  * the same key pair, or stops it (SIGTERM) and checks that it exits 0.
@@ -6,12 +7,16 @@
  *   MDG_BROKER_PK, MDG_BROKER_SK   the broker's key pair (base64), from the
  *                                  environment so that a restart has it too
  *   proc_broker --port N [--node-grace MS] [--session-grace MS]
- *               [--allow-user B64]... [--allow-node B64]... [--verbose]
+ *               [--allow-user B64]... [--allow-node B64]... [--allow-any]
+ *               [--max-connections N] [--verbose]
  *
  * Commands:
  *   echo {i?}        reply {i, pid}: pid tells a restarted broker apart
  *   slow {ms}        reply {pid} after ms milliseconds, from another thread
  *                    (a call that is still pending when the broker dies)
+ *   hog {on}         on: open /dev/null until the process is out of file
+ *                    descriptors (an application using up what the broker's
+ *                    budget left it); off: close them. Reply {count}
  * User calls naming a node in the param 'node' are routed to it as usual,
  * and each new user session is offered the connected nodes.
  *
@@ -21,6 +26,7 @@
 #include "../tools/cli_util.h"
 #include "messidge.h"
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -117,6 +123,53 @@ static void stop_slow_calls(void)
         pthread_join(slow_threads[i], NULL);
 }
 
+/* ------------------------------------------------------------------- hog */
+
+static int *hogged;
+static size_t n_hogged, hog_cap;
+
+static void hog_release(void)
+{
+    while (n_hogged)
+        close(hogged[--n_hogged]);
+    free(hogged);
+    hogged = NULL;
+    hog_cap = 0;
+}
+
+static void h_hog(mdg_msg *msg, void *arg)
+{
+    (void)arg;
+    bool on = false;
+    int64_t count = 0;
+    if (mdg_params_get_bool(mdg_msg_params(msg), "on", &on) != 0) {
+        mdg_msg_fail(msg, "hog needs a boolean 'on'");
+        return;
+    }
+    if (on) {
+        for (;;) {
+            if (n_hogged == hog_cap) {
+                int *more = realloc(hogged, (hog_cap * 2 + 64) * sizeof *hogged);
+                if (!more)
+                    break;
+                hogged = more;
+                hog_cap = hog_cap * 2 + 64;
+            }
+            int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            if (fd < 0)
+                break; /* EMFILE: the process is out of descriptors */
+            hogged[n_hogged++] = fd;
+        }
+        count = (int64_t)n_hogged;
+    } else {
+        count = (int64_t)n_hogged;
+        hog_release();
+    }
+    mdg_params *r = mdg_params_new();
+    mdg_params_set_int(r, "count", count);
+    mdg_msg_reply(msg, r, NULL, 0);
+}
+
 /* ------------------------------------------------------------------ echo */
 
 static void h_echo(mdg_msg *msg, void *arg)
@@ -133,6 +186,7 @@ static void h_echo(mdg_msg *msg, void *arg)
 static const mdg_cmd commands[] = {
     {"echo", h_echo, NULL, MDG_CMD_NEEDS_REPLY},
     {"slow", h_slow, MDG_REQUIRE("ms"), MDG_CMD_NEEDS_REPLY},
+    {"hog", h_hog, MDG_REQUIRE("on"), MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 
@@ -157,7 +211,7 @@ static int number(const char *s, int lo, int hi, int *out)
 
 int main(int argc, char **argv)
 {
-    enum { O_PORT = 1, O_NODE_GRACE, O_SESSION_GRACE, O_USER, O_NODE, O_VERBOSE };
+    enum { O_PORT = 1, O_NODE_GRACE, O_SESSION_GRACE, O_USER, O_NODE, O_VERBOSE, O_ANY, O_MAX_CONNS };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, O_PORT},
         {"node-grace", required_argument, NULL, O_NODE_GRACE},
@@ -165,12 +219,14 @@ int main(int argc, char **argv)
         {"allow-user", required_argument, NULL, O_USER},
         {"allow-node", required_argument, NULL, O_NODE},
         {"verbose", no_argument, NULL, O_VERBOSE},
+        {"allow-any", no_argument, NULL, O_ANY},
+        {"max-connections", required_argument, NULL, O_MAX_CONNS},
         {NULL, 0, NULL, 0},
     };
     mdg_broker_options bo = {.bind_address = "127.0.0.1", .node_grace_ms = 500};
     uint8_t allow[64][MDG_KEY_BYTES];
     int roles[64], n_allow = 0, opt, rc;
-    bool verbose = false;
+    bool verbose = false, any = false;
 
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int *field = NULL;
@@ -187,6 +243,8 @@ int main(int argc, char **argv)
             roles[n_allow++] = opt == O_USER ? MDG_ROLE_USER : MDG_ROLE_NODE;
             break;
         case O_VERBOSE: verbose = true; break;
+        case O_ANY: any = true; break;
+        case O_MAX_CONNS: field = &bo.max_connections; break;
         default: return 2;
         }
         if (field && number(optarg, 1, opt == O_PORT ? 65535 : 3600000, field) != 0) {
@@ -219,6 +277,8 @@ int main(int argc, char **argv)
         rc = mdg_broker_set_commands(b, commands, NULL);
     for (int i = 0; rc == 0 && i < n_allow; i++)
         rc = mdg_broker_allow(b, allow[i], roles[i]);
+    if (rc == 0 && any)
+        rc = mdg_broker_allow_any(b);
     if (rc == 0)
         rc = mdg_broker_start(b);
     if (rc != 0) {
@@ -233,6 +293,7 @@ int main(int argc, char **argv)
     sigwait(&stop_signals, &sig);
     fprintf(stderr, "proc_broker: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     stop_slow_calls();     /* no thread may reply to a destroyed broker */
+    hog_release();
     mdg_broker_destroy(&b); /* closes every session; bounded by the socket linger */
     fprintf(stderr, "proc_broker: stopped\n");
     return 0;

@@ -4,20 +4,25 @@
  * a 4xx "Fail: reason" and nothing stored, concurrent confirms of one token,
  * then end to end with a broker whose ZAP handler asks the identity store:
  * invite -> create_account -> connect -> call; revoked and unknown keys are
- * refused. Last, when they are built, the command-line tools messidge-admin
- * and messidge drive the same flow as separate processes. */
+ * refused. Slow and greedy clients: five addresses trickling bytes hold a
+ * server with small limits only until its request deadline. Last, when
+ * they are built, the command-line tools messidge-admin and messidge drive
+ * the same flow as separate processes. */
 #include "messidge_identity.h"
 #include "testutil.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include <curl/curl.h>
 
@@ -464,6 +469,149 @@ static const mdg_cmd cmds[] = {
     MDG_CMD_END,
 };
 
+/* ------------------------------------------------ slow and greedy clients */
+
+#define TRICKLE_DEADLINE_MS 1500 /* the small server's request_timeout_ms */
+#define TRICKLE_MARGIN_MS 2500   /* its watchdog's tick, and a busy machine */
+#define TRICKLERS 5              /* addresses 127.0.0.2 .. 127.0.0.6 */
+#define PER_ADDRESS 2
+#define TRICKLE_CONNS (TRICKLERS * PER_ADDRESS)
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A TCP connection from the loopback address src to the account server. */
+static int connect_from(const char *src)
+{
+    struct sockaddr_in from = {.sin_family = AF_INET}, to = {.sin_family = AF_INET};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    inet_pton(AF_INET, src, &from.sin_addr);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    to.sin_port = htons((uint16_t)acct_port);
+    if (fd >= 0 && (bind(fd, (struct sockaddr *)&from, sizeof from) != 0 ||
+                    connect(fd, (struct sockaddr *)&to, sizeof to) != 0)) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Whether the server closed fd within ms (EOF or reset, no answer). */
+static bool closed_within(int fd, int ms)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    char c;
+    return poll(&pf, 1, ms) == 1 && recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+typedef struct trickle {
+    int fd[TRICKLE_CONNS];
+    int64_t opened[TRICKLE_CONNS], closed[TRICKLE_CONNS]; /* closed 0: still open */
+    atomic_bool stop;
+} trickle;
+
+/* A byte every 100 ms on each connection, of a request that would take
+ * minutes to finish, until the server closes it. */
+static void *trickler(void *arg)
+{
+    static const char req[] = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n";
+    trickle *t = arg;
+    int64_t end = now_ms() + 10 * TRICKLE_DEADLINE_MS;
+    for (size_t k = 0; !atomic_load(&t->stop) && now_ms() < end; k++) {
+        int open = 0;
+        for (int i = 0; i < TRICKLE_CONNS; i++) {
+            if (t->closed[i])
+                continue;
+            if (closed_within(t->fd[i], 0)) {
+                t->closed[i] = now_ms();
+                continue;
+            }
+            send(t->fd[i], k < sizeof req - 1 ? &req[k] : "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            open++;
+        }
+        if (!open)
+            break;
+        usleep(100000);
+    }
+    return NULL;
+}
+
+static void test_slow_clients(void)
+{
+    mdg_account_server *small = NULL;
+    mdg_account_server_options bad = {.request_timeout_ms = -1};
+    CHECK_RC(mdg_account_server_new_opts(&small, id, mdg_keys_public(bkeys), &bad), MDG_EINVAL);
+    /* the main server runs with the defaults, and says so */
+    CHECK(t_logged("(at most 64 connections, 8 per address, 5000 ms per request)"));
+
+    mdg_account_server_options o = {.bind_address = "127.0.0.1",
+                                    .max_connections = TRICKLE_CONNS,
+                                    .max_per_address = PER_ADDRESS,
+                                    .request_timeout_ms = TRICKLE_DEADLINE_MS};
+    CHECK_RC(mdg_account_server_new_opts(&small, id, mdg_keys_public(bkeys), &o), 0);
+    if (!small)
+        return;
+    int main_port = acct_port;
+    acct_port = mdg_account_server_port(small);
+    t_clear_log();
+
+    /* Each address may hold PER_ADDRESS connections; one more is closed at
+     * once and logged. The five fill the server. */
+    trickle t = {0};
+    char src[16];
+    int n = 0;
+    for (int a = 0; a < TRICKLERS; a++) {
+        snprintf(src, sizeof src, "127.0.0.%d", a + 2);
+        for (int k = 0; k < PER_ADDRESS; k++, n++) {
+            t.fd[n] = connect_from(src);
+            t.opened[n] = now_ms();
+            CHECK(t.fd[n] >= 0);
+        }
+        if (a == 0) {
+            int extra = connect_from(src);
+            CHECK(extra >= 0 && closed_within(extra, TRICKLE_MARGIN_MS));
+            close(extra);
+            CHECK(t_logged("account server: refused a connection from 127.0.0.2: 2 already open"));
+        }
+    }
+    pthread_t th;
+    pthread_create(&th, NULL, trickler, &t);
+
+    /* A sixth client waits (the server is full) but not for longer than
+     * the request deadline: the tricklers are cut then. */
+    resp r;
+    int64_t t0 = now_ms();
+    CHECK(post("not a token", &r) == CURLE_OK);
+    int64_t waited = now_ms() - t0;
+    printf("  a client behind %d trickling connections was answered after %lld ms (deadline %d ms)\n",
+           TRICKLE_CONNS, (long long)waited, TRICKLE_DEADLINE_MS);
+    CHECK(refused(&r, 400, "malformed request"));
+    CHECK(waited >= TRICKLE_DEADLINE_MS / 2); /* it did wait: the server was full */
+    CHECK(waited <= TRICKLE_DEADLINE_MS + TRICKLE_MARGIN_MS);
+
+    atomic_store(&t.stop, true);
+    pthread_join(th, NULL);
+    int cut = 0;
+    for (int i = 0; i < TRICKLE_CONNS; i++) {
+        if (!t.closed[i] && closed_within(t.fd[i], TRICKLE_MARGIN_MS))
+            t.closed[i] = now_ms();
+        cut += t.closed[i] && t.closed[i] - t.opened[i] <= TRICKLE_DEADLINE_MS + TRICKLE_MARGIN_MS;
+        close(t.fd[i]);
+    }
+    printf("  %d of %d trickling connections cut within the deadline\n", cut, TRICKLE_CONNS);
+    CHECK(cut == TRICKLE_CONNS);
+    CHECK(t_logged("account server: at its connection limit (10 open"));
+    CHECK(t_logged("account server: cut a connection from 127.0.0."));
+    CHECK(t_logged("not complete 1500 ms after it opened"));
+
+    mdg_account_server_destroy(&small);
+    acct_port = main_port;
+}
+
 static mdg_broker *broker;
 
 static int connect_and_wait(const char *prefix, const mdg_keys *keys)
@@ -670,6 +818,7 @@ int main(void)
     test_create_account_failures();
     test_bad_requests();
     test_concurrent_confirms();
+    test_slow_clients();
     test_end_to_end();
 #if defined(MDG_ADMIN_BIN) && defined(MDG_CLI_BIN)
     test_tools();

@@ -357,7 +357,8 @@ static void test_help(void)
     static char out[8192];
     static const char *const options[] = {
         "--port",  "--bind",      "--key",       "--prefix",  "--state", "--account-port",
-        "--no-accounts", "--port-file", "--verbose", "--help", NULL,
+        "--no-accounts", "--port-file", "--verbose", "--help", "--max-connections",
+        "--account-max-connections", "--account-per-address", "--account-timeout", NULL,
     };
     CHECK(t_run(out, sizeof out, "%s --help", MDG_BROKER_BIN) == 0);
     for (int i = 0; options[i]; i++)
@@ -370,6 +371,14 @@ static void test_help(void)
     CHECK(has(out, "bad port"));
     CHECK(t_run(out, sizeof out, "%s --port 0 --account-port 70000 --state %s/unused",
               MDG_BROKER_BIN, base) == 2);
+    CHECK(t_run(out, sizeof out, "%s --max-connections 0 --state %s/unused", MDG_BROKER_BIN, base) == 2);
+    CHECK(has(out, "bad number"));
+    CHECK(t_run(out, sizeof out, "%s --account-timeout 5s --state %s/unused", MDG_BROKER_BIN, base) == 2);
+    /* the soft open-file limit is raised to the hard one before anything
+     * else (this one then fails: its state directory cannot be made) */
+    CHECK(t_run(out, sizeof out, "ulimit -S -n 256 && ulimit -H -n 1024 && exec %s -v --state /dev/null/x",
+              MDG_BROKER_BIN) == 1);
+    CHECK(has(out, "raised the open-file limit from 256 to 1024"));
 }
 
 int main(void)
@@ -414,13 +423,18 @@ int main(void)
     /* ---- the broker: free ports on loopback, its key made on first run */
     char *const argv[] = {MDG_BROKER_BIN, "--port", "0", "--bind", "127.0.0.1",
                           "--state", state, "--prefix", bprefix, "--account-port", "0",
-                          "--port-file", port_file, "--legacy-port", "0", "--verbose", NULL};
+                          "--port-file", port_file, "--legacy-port", "0", "--verbose",
+                          "--max-connections", "50", "--account-max-connections", "16",
+                          "--account-per-address", "3", "--account-timeout", "4000", NULL};
     CHECK(start_broker(argv));
     bool up = broker_ready(&port, &account_port, broker_pk_b64, WAIT_MS);
     CHECK(up);
     if (!up)
         goto out;
     CHECK(port > 0 && account_port > 0 && port != account_port);
+    /* the limits were taken (logged at start, before stdout's lines) */
+    CHECK(read_file(broker_err, out, sizeof out) && has(out, "the broker admits at most 50 connections"));
+    CHECK(has(out, "(at most 16 connections, 3 per address, 4000 ms per request)"));
     /* the port file (written after stdout) agrees; the key is the saved one */
     WAIT_FOR(read_file(port_file, port_text, sizeof port_text) && port_text[0], 2000);
     CHECK(atoi(port_text) == port);

@@ -5,13 +5,18 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-int cli_parse_port(const char *text)
+int cli_parse_int(const char *text, int lo, int hi)
 {
     char *end;
     long v = strtol(text, &end, 10);
-    if (*text == '\0' || *end != '\0' || v < 0 || v > 65535)
+    if (*text == '\0' || *end != '\0' || v < lo || v > hi)
         return -1;
     return (int)v;
+}
+
+int cli_parse_port(const char *text)
+{
+    return cli_parse_int(text, 0, 65535);
 }
 
 int cli_write_port_file(const char *path, int port)

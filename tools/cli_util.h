@@ -14,6 +14,8 @@
 /* A port number in [0, 65535] from an option, or -1 (atoi would take "abc"
  * for 0: a free port, silently). */
 int cli_parse_port(const char *text);
+/* An integer in [lo, hi] from an option, or -1. */
+int cli_parse_int(const char *text, int lo, int hi);
 
 /* Write the port to path via a temporary file and rename, so that a script
  * polling for the file never reads it half written. 0 or -1. */

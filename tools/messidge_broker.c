@@ -14,7 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+/* The soft open-file limit goes up to this at most (from the hard one). */
+#define NOFILE_CEILING (1 << 20)
 
 static void usage(FILE *out)
 {
@@ -42,10 +46,38 @@ static void usage(FILE *out)
             "                        weaknesses, see docs/compatibility.md. Off by default\n"
             "      --port-file FILE  write the bound base port to FILE once serving (for\n"
             "                        scripts; the ports are also printed on stdout)\n"
+            "      --max-connections N  serve at most N connections at once (default: as\n"
+            "                        many as the open-file limit allows, see below)\n"
+            "      --account-max-connections N  account server connections at once\n"
+            "                        (default 64; more wait)\n"
+            "      --account-per-address N  account server connections from one address\n"
+            "                        (default 8; more are refused)\n"
+            "      --account-timeout MS  an account request must be complete within MS\n"
+            "                        of its connection opening (default 5000)\n"
             "  -v, --verbose         log sessions and refusals (-vv: debug)\n"
             "  -h, --help            this text\n"
             "\n"
+            "Each connection holds a file descriptor. The broker raises its soft\n"
+            "open-file limit to the hard one at start, logs how many connections that\n"
+            "allows (96 descriptors are kept for the rest), and refuses more until\n"
+            "some close. For more, raise the hard limit (as root: ulimit -n N in the\n"
+            "shell that starts it, or LimitNOFILE=N in a systemd unit).\n"
+            "\n"
             "Stop it with SIGINT or SIGTERM: sessions are closed and state is freed.\n");
+}
+
+/* Each connection holds a file descriptor: take what the hard limit
+ * allows (up to NOFILE_CEILING). */
+static void raise_nofile(bool verbose)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > NOFILE_CEILING ? NOFILE_CEILING : rl.rlim_max;
+    if (rl.rlim_cur > was && setrlimit(RLIMIT_NOFILE, &rl) == 0 && verbose)
+        fprintf(stderr, "messidge-broker: raised the open-file limit from %llu to %llu\n", (unsigned long long)was,
+                (unsigned long long)rl.rlim_cur);
 }
 
 static int fail(const char *what, int rc)
@@ -56,7 +88,16 @@ static int fail(const char *what, int rc)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_ACCOUNT_PORT = 256, OPT_NO_ACCOUNTS, OPT_PORT_FILE, OPT_LEGACY_PORT };
+    enum {
+        OPT_ACCOUNT_PORT = 256,
+        OPT_NO_ACCOUNTS,
+        OPT_PORT_FILE,
+        OPT_LEGACY_PORT,
+        OPT_MAX_CONNS,
+        OPT_ACCOUNT_MAX_CONNS,
+        OPT_ACCOUNT_PER_ADDRESS,
+        OPT_ACCOUNT_TIMEOUT,
+    };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, 'p'},
         {"bind", required_argument, NULL, 'b'},
@@ -67,11 +108,16 @@ int main(int argc, char **argv)
         {"no-accounts", no_argument, NULL, OPT_NO_ACCOUNTS},
         {"port-file", required_argument, NULL, OPT_PORT_FILE},
         {"legacy-port", required_argument, NULL, OPT_LEGACY_PORT},
+        {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
+        {"account-max-connections", required_argument, NULL, OPT_ACCOUNT_MAX_CONNS},
+        {"account-per-address", required_argument, NULL, OPT_ACCOUNT_PER_ADDRESS},
+        {"account-timeout", required_argument, NULL, OPT_ACCOUNT_TIMEOUT},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     mdg_broker_options bo = {.bind_address = "*", .port = MDG_DEFAULT_PORT};
+    mdg_account_server_options ao = {0};
     const char *key_name = "localhost_broker", *prefix = NULL, *state = NULL, *port_file = NULL;
     int account_port = -1, verbose = 0, opt, rc, status = 1;
     bool accounts = true;
@@ -100,6 +146,20 @@ int main(int argc, char **argv)
             }
             bo.legacy = true;
             break;
+        case OPT_MAX_CONNS:
+        case OPT_ACCOUNT_MAX_CONNS:
+        case OPT_ACCOUNT_PER_ADDRESS:
+        case OPT_ACCOUNT_TIMEOUT: {
+            int *field = opt == OPT_MAX_CONNS           ? &bo.max_connections
+                         : opt == OPT_ACCOUNT_MAX_CONNS ? &ao.max_connections
+                         : opt == OPT_ACCOUNT_PER_ADDRESS ? &ao.max_per_address
+                                                          : &ao.request_timeout_ms;
+            if ((*field = cli_parse_int(optarg, 1, 100000000)) < 0) {
+                fprintf(stderr, "messidge-broker: bad number \"%s\" (1 or more)\n", optarg);
+                return 2;
+            }
+            break;
+        }
         case OPT_NO_ACCOUNTS: accounts = false; break;
         case OPT_PORT_FILE: port_file = optarg; break;
         case 'v': verbose++; break;
@@ -113,6 +173,7 @@ int main(int argc, char **argv)
     }
     if (verbose)
         mdg_set_log(NULL, NULL, verbose > 1 ? MDG_LOG_DEBUG : MDG_LOG_INFO);
+    raise_nofile(verbose);
     /* SIGINT/SIGTERM are taken by sigwait below: block them before any
      * thread starts, so that every thread inherits the mask. */
     sigset_t stop_signals;
@@ -152,9 +213,9 @@ int main(int argc, char **argv)
         /* base port + 1; but a free base port (0) has no fixed neighbour:
          * the port after a random one is often taken (by an outgoing
          * connection, or one in TIME_WAIT), so then a free one too. */
-        int ap = account_port >= 0 ? account_port : bo.port == 0 ? 0 : port + 1;
-        const char *bind = strcmp(bo.bind_address, "*") == 0 ? NULL : bo.bind_address;
-        if ((rc = mdg_account_server_new(&as, id, mdg_keys_public(keys), bind, ap))) {
+        ao.port = account_port >= 0 ? account_port : bo.port == 0 ? 0 : port + 1;
+        ao.bind_address = strcmp(bo.bind_address, "*") == 0 ? NULL : bo.bind_address;
+        if ((rc = mdg_account_server_new_opts(&as, id, mdg_keys_public(keys), &ao))) {
             fail("cannot start the account server", rc);
             goto out;
         }

@@ -342,6 +342,8 @@ static int cmd_call(int argc, char **argv)
         fail("cannot connect to the broker", rc);
         if (rc == MDG_EAUTH)
             fprintf(stderr, "(is this key revoked, or its account not yet confirmed?)\n");
+        else if (rc == MDG_EBUSY)
+            fprintf(stderr, "(it serves as many connections as it may: try again later)\n");
         goto done;
     }
     rc = mdg_conn_call(conn, a.pos[0], params, NULL, 0, (int)timeout, &reply);
