@@ -1125,6 +1125,13 @@ static void close_socket(mdg_conn *c, bool discard)
     if (c->sock) {
         int zero = 0;
         mdg_loop_unwatch(c->loop, c->sock, -1);
+        /* Stop the monitor before closing either socket: libzmq 4.3.4
+         * sends monitor events blocking, so an event for a closing socket
+         * whose monitor reader is gone blocks the thread that emits it
+         * (libzmq#3575). Each closed link's sockets then stay unreaped (the
+         * context runs out of sockets after ~340 reconnects: EMFILE) or
+         * the context's I/O thread hangs, and no link is ever made again. */
+        zmq_socket_monitor(c->sock, NULL, 0);
         if (discard)
             zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
         zmq_close(c->sock);
