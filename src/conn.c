@@ -884,19 +884,28 @@ static void on_command(mdg_conn *c, mdg_msg *m)
 }
 
 static void send_hello(mdg_conn *c);
+static void close_socket(mdg_conn *c, bool discard);
+static int on_reconnect_timer(mdg_loop *loop, void *arg, short revents);
 
-/* Say hello again on this link (to resume, or learn the session is gone),
+/* Say hello again (to resume, or learn the session is gone), on a new link,
  * and send nothing new until the welcome: what follows a hello must not
- * overtake the resend that the welcome starts. */
+ * overtake the resend that the welcome starts. The old link is thrown away
+ * with what libzmq still holds of ours (our resend buffer has it), so the
+ * hello is the first thing on the new one: never dropped because the old
+ * link's send queue is full (the session would then never come back), and
+ * never behind messages the broker can only refuse one by one. */
 static void resync(mdg_conn *c, const char *why)
 {
-    mdg_log(MDG_LOG_WARN, "%s: hello again", why);
+    mdg_log(MDG_LOG_WARN, "%s: hello again on a new link", why);
     c->resyncing = true;
     pthread_mutex_lock(&c->lock);
     if (c->state == C_READY)
         c->state = C_RECONNECTING;
     pthread_mutex_unlock(&c->lock);
-    send_hello(c);
+    close_socket(c, true);
+    if (c->reconnect_timer)
+        mdg_loop_cancel(c->loop, c->reconnect_timer);
+    on_reconnect_timer(c->loop, c, 0); /* makes the link and says hello */
 }
 
 static void on_reply(mdg_conn *c, mdg_msg *m)
