@@ -47,7 +47,7 @@ enum mdg_error {
     MDG_EPROTO = -8,     /* the peer broke the wire protocol */
     MDG_ECLOSED = -9,    /* the connection, broker or session is closed */
     MDG_EAUTH = -10,     /* the broker refused our key */
-    MDG_EHANDSHAKE = -11,/* CURVE handshake failed (wrong server key?) */
+    MDG_EHANDSHAKE = -11,/* handshake failed: wrong server key, or not our protocol */
     MDG_ENOTFOUND = -12, /* no such param / command / session */
     MDG_ETYPE = -13,     /* a param exists but has another type */
     MDG_ESTATE = -14,    /* call not valid in this state (e.g. after start) */
@@ -480,10 +480,20 @@ const uint8_t *mdg_conn_session_id(const mdg_conn *c, size_t *len);
 /* Start the loop thread and begin connecting. */
 int mdg_conn_start(mdg_conn *c);
 /* Wait until the session is established: 0, MDG_ETIMEDOUT, MDG_EAUTH (the
- * broker refused our key), MDG_EHANDSHAKE (server key mismatch), MDG_EBUSY
- * (the broker is at its connection limit: the connection keeps retrying
- * with its backoff, so waiting again may succeed), or MDG_ECLOSED.
- * timeout_ms < 0 waits forever. */
+ * broker refused our key), MDG_EHANDSHAKE, MDG_EBUSY (the broker is at its
+ * connection limit: the connection keeps retrying with its backoff, so
+ * waiting again may succeed), or MDG_ECLOSED. timeout_ms < 0 waits forever.
+ * Any thread but the connection's loop thread.
+ * A link that fails during its handshake (reset, dropped, refused) is no
+ * verdict: the connection retries on its reconnect schedule and this goes
+ * on waiting; on MDG_ETIMEDOUT mdg_last_error() says how many links failed
+ * and what the last one saw. MDG_EHANDSHAKE comes only on evidence, before
+ * the first session (docs/protocol.md section 1.1): the peer does not speak
+ * CURVE (a Messidge 1.x broker; in legacy mode: the peer speaks CURVE), or
+ * it closed the link during the CURVE handshake on 3 attempts in a row (the
+ * pinned broker key is most likely wrong). After MDG_EAUTH or
+ * MDG_EHANDSHAKE the connection still retries every reconnect_max_ms; a
+ * later session clears the error. */
 int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms);
 
 /* Fire and forget. params taken (NULL = empty); bulk copied. Messages from

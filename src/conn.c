@@ -127,6 +127,8 @@ struct mdg_conn {
      * after a restart the broker would route a reply by a corr it now uses
      * for someone else's call, or refuse it. */
     uint64_t epoch;
+    int links_failed;   /* links that failed since the last session */
+    char link_seen[200]; /* what the last of them saw */
 
     /* loop thread only */
     out_item *sent_head, *sent_tail; /* sent, awaiting the broker's ack */
@@ -135,6 +137,7 @@ struct mdg_conn {
     bool had_session;
     bool resyncing;  /* a hello went out after a "no session" notice */
     bool handshaken; /* CURVE handshake done on the current link */
+    int hs_closed;   /* handshakes in a row the peer ended (handshake_failed) */
     bool pollout;    /* waiting for room in the socket's queue */
     int attempt;     /* reconnects since the last session */
     int ack_timer;
@@ -825,11 +828,13 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
     c->session_id_len = len;
     c->state = C_READY;
     c->fail_err = 0;
+    c->links_failed = 0;
     pthread_cond_broadcast(&c->state_cond);
     pthread_mutex_unlock(&c->lock);
     c->had_session = true;
     c->resyncing = false;
     c->attempt = 0;
+    c->hs_closed = 0;
     if (ev)
         event(c, ev, ev == MDG_EV_RECOVERED && c->opts.legacy
                          ? "a 1.x broker does not say whether it kept the session: what was sent "
@@ -1199,7 +1204,7 @@ static void link_lost(mdg_conn *c, const char *why)
 static void fatal(mdg_conn *c, int err, const char *text)
 {
     pthread_mutex_lock(&c->lock);
-    bool first = c->state == C_CONNECTING && !c->had_session;
+    bool first = !c->had_session;
     if (!c->fail_err) {
         c->fail_err = err;
         snprintf(c->fail_text, sizeof c->fail_text, "%s (%s)", text, c->endpoint);
@@ -1232,6 +1237,117 @@ static void broker_busy(mdg_conn *c)
         mdg_log(MDG_LOG_WARN, "the broker is at its connection limit (%s): retrying", c->endpoint);
 }
 
+/* Consistent evidence needed for MDG_EHANDSHAKE: handshakes the peer ended
+ * in order, in a row. */
+#define HS_VERDICT_AFTER 3
+#define PROBE_MS 2000
+
+static const char *const not_curve =
+    "the peer does not speak CURVE, so it is no native Messidge broker (a Messidge 1.x broker? then use "
+    "legacy mode)";
+
+/* Does the peer complete a ZMTP handshake without CURVE, as a Messidge 1.x
+ * broker does? libzmq reports the mechanism mismatch only when the peer's
+ * whole greeting arrived before it closed the link, and a peer that closes
+ * as soon as it has read ours often has not sent all of its own: then a 1.x
+ * broker looks like a CURVE broker refusing our HELLO (another key). A
+ * NULL-mechanism handshake tells them apart. Blocks the loop thread up to
+ * PROBE_MS: only before the first session, when it has nothing else to do. */
+static bool peer_speaks_null(mdg_conn *c)
+{
+    char ep[80];
+    void *s = zmq_socket(c->ctx, ZMQ_DEALER), *m = NULL;
+    bool yes = false, done = false;
+    int zero = 0;
+    snprintf(ep, sizeof ep, "inproc://mdg-probe-%p-%u", (void *)c, c->sock_gen);
+    if (s && zmq_socket_monitor(s, ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_DISCONNECTED |
+                                           ZMQ_EVENT_CLOSED) == 0 &&
+        (m = zmq_socket(c->ctx, ZMQ_PAIR)) && zmq_connect(m, ep) == 0 && zmq_connect(s, c->endpoint) == 0) {
+        int64_t deadline = mdg_now_ms() + PROBE_MS;
+        zmq_pollitem_t it = {.socket = m, .events = ZMQ_POLLIN};
+        while (!done && mdg_now_ms() < deadline && zmq_poll(&it, 1, (long)(deadline - mdg_now_ms())) >= 0) {
+            mdg_frames f;
+            while (!done && mdg_frames_recv(m, &f) == 0) {
+                uint16_t ev = 0;
+                if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 2)
+                    memcpy(&ev, zmq_msg_data(&f.part[0]), 2);
+                mdg_frames_close(&f);
+                done = ev != 0;
+                yes = ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+            }
+        }
+    }
+    if (s) { /* as close_socket: the monitor first */
+        zmq_socket_monitor(s, NULL, 0);
+        zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_close(s);
+    }
+    if (m)
+        zmq_close(m);
+    return yes;
+}
+
+/* A link that ended before its handshake completed. A single failure is
+ * never a verdict: a reset or a cut can come at any point of a handshake,
+ * and is retried on the normal schedule. Before the first session only
+ * evidence a flaky network cannot produce makes MDG_EHANDSHAKE (and the
+ * retries slow down to reconnect_max_ms): the peer names another security
+ * mechanism (it speaks no CURVE, e.g. Messidge 1.x; or, in legacy mode, it
+ * speaks CURVE), or it ends the handshake in order HS_VERDICT_AFTER times
+ * in a row: a CURVE broker does that with a HELLO that does not open under
+ * its key (we pinned another), unless a NULL handshake shows a 1.x broker;
+ * in legacy mode, a peer that is not 1.x. What each attempt saw is kept
+ * for a timeout in mdg_conn_wait_until_ready. */
+static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
+{
+    char seen[200];
+    const char *verdict = NULL; /* conclusive at once */
+    bool in_order = false;      /* the peer ended the handshake: evidence */
+    if (ev == ZMQ_EVENT_CLOSED) {
+        snprintf(seen, sizeof seen, "no broker answered");
+    } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+        verdict = c->opts.legacy ? "the peer speaks CURVE, not Messidge 1.x (a native Messidge broker? "
+                                   "then connect without legacy mode)"
+                                 : not_curve;
+        snprintf(seen, sizeof seen, "%s", verdict);
+    } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+        in_order = true;
+        snprintf(seen, sizeof seen, "the handshake failed with ZMTP protocol error 0x%x", (unsigned)value);
+    } else if (ev == ZMQ_EVENT_DISCONNECTED || (int)value == EPIPE) {
+        /* DISCONNECTED alone: libzmq gave up on the peer's greeting (not
+         * ZMTP 3); EPIPE: the peer closed the link in order */
+        in_order = true;
+        snprintf(seen, sizeof seen, "the peer closed the link during the %s handshake",
+                 c->opts.legacy ? "ZMTP" : "CURVE");
+    } else {
+        snprintf(seen, sizeof seen, "the link failed during the handshake (%s)", zmq_strerror((int)value));
+    }
+    c->hs_closed = in_order ? c->hs_closed + 1 : 0;
+    mdg_log(MDG_LOG_INFO, "%s: %s; trying again", c->endpoint, seen);
+    pthread_mutex_lock(&c->lock);
+    c->links_failed++;
+    snprintf(c->link_seen, sizeof c->link_seen, "%s", seen);
+    pthread_mutex_unlock(&c->lock);
+    if (!c->had_session && (verdict || c->hs_closed >= HS_VERDICT_AFTER)) {
+        char text[300];
+        if (!verdict && !c->opts.legacy && c->hs_closed == HS_VERDICT_AFTER && peer_speaks_null(c))
+            verdict = not_curve;
+        if (verdict)
+            snprintf(text, sizeof text, "%s", verdict);
+        else if (c->opts.legacy)
+            snprintf(text, sizeof text, "the peer closed the link during the ZMTP handshake on %d attempts in a "
+                     "row: not Messidge 1.x (a native Messidge broker, which speaks CURVE? then connect without "
+                     "legacy mode)", c->hs_closed);
+        else
+            snprintf(text, sizeof text, "the broker closed the link during the CURVE handshake on %d attempts in "
+                     "a row: its key is most likely not the one pinned", c->hs_closed);
+        fatal(c, MDG_EHANDSHAKE, text);
+        c->attempt = 30; /* retry now and then: the broker may be fixed */
+    }
+    link_lost(c, seen);
+}
+
 static int on_monitor(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
@@ -1244,7 +1360,7 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             continue;
         }
         uint16_t ev;
-        uint32_t value;
+        uint32_t value; /* an errno, a ZMQ_PROTOCOL_ERROR_*, an fd... */
         memcpy(&ev, zmq_msg_data(&f.part[0]), 2);
         memcpy(&value, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
         mdg_frames_close(&f);
@@ -1254,6 +1370,7 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             break;
         case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
             c->handshaken = true;
+            c->hs_closed = 0;
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: /* the broker said no */
             if (value == 500) { /* not to our key: it is full (docs/protocol.md 1.1) */
@@ -1279,21 +1396,7 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
                 link_lost(c, "the link to the broker dropped");
                 return 0; /* the monitor socket is gone */
             }
-            if (ev != ZMQ_EVENT_CLOSED && !c->had_session &&
-                !(c->opts.legacy && ev == ZMQ_EVENT_DISCONNECTED)) {
-                /* Before the first session this is most likely a wrong
-                 * pinned key: a broker that cannot open our HELLO drops the
-                 * link. Reported to wait_until_ready; we keep trying. (1.x
-                 * has no CURVE: a failed ZMTP handshake there means a
-                 * broker that is not 1.x; its key is checked at welcome.) */
-                fatal(c, MDG_EHANDSHAKE, c->opts.legacy ? "ZMTP handshake failed: not a Messidge 1.x broker?"
-                                         : ev == ZMQ_EVENT_DISCONNECTED
-                                             ? "the broker closed the link during the CURVE handshake: "
-                                               "the broker's key is probably not the one pinned"
-                                             : "CURVE handshake failed: the broker's key is not the one pinned");
-                c->attempt = 30;
-            }
-            link_lost(c, ev == ZMQ_EVENT_CLOSED ? "no broker answered" : "the link dropped during the handshake");
+            handshake_failed(c, ev, value);
             return 0;
         default:
             break;
@@ -1815,6 +1918,9 @@ int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms)
         rc = 0;
     else if (c->state == C_CLOSED)
         rc = mdg_fail(MDG_ECLOSED, "connection closed");
+    else if (c->links_failed)
+        rc = mdg_fail(MDG_ETIMEDOUT, "no session with %s after %d ms: %d link(s) failed, the last: %s",
+                      c->endpoint, timeout_ms, c->links_failed, c->link_seen);
     else
         rc = mdg_fail(MDG_ETIMEDOUT, "no session with %s after %d ms", c->endpoint, timeout_ms);
     pthread_mutex_unlock(&c->lock);
