@@ -138,6 +138,7 @@ struct mdg_conn {
     bool resyncing;  /* a hello went out after a "no session" notice */
     bool handshaken; /* CURVE handshake done on the current link */
     int hs_closed;   /* handshakes in a row the peer ended (handshake_failed) */
+    int hs_reset;    /* links in a row reset before their handshake completed */
     bool pollout;    /* waiting for room in the socket's queue */
     int attempt;     /* reconnects since the last session */
     int ack_timer;
@@ -835,6 +836,7 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
     c->resyncing = false;
     c->attempt = 0;
     c->hs_closed = 0;
+    c->hs_reset = 0;
     if (ev)
         event(c, ev, ev == MDG_EV_RECOVERED && c->opts.legacy
                          ? "a 1.x broker does not say whether it kept the session: what was sent "
@@ -1219,27 +1221,31 @@ static void fatal(mdg_conn *c, int err, const char *text)
         mdg_loop_stop(c->loop);
 }
 
-/* The broker refused the handshake for want of room: never final, the
- * link is made again with the usual backoff. Before the first session
- * wait_until_ready says so at once (MDG_EBUSY) instead of timing out. */
-static void broker_busy(mdg_conn *c)
+/* The broker refused the handshake for want of room (why), or reset every
+ * link before it: never final, the link is made again with the usual
+ * backoff. Before the first session wait_until_ready says so at once
+ * (MDG_EBUSY) instead of timing out. */
+static void broker_busy(mdg_conn *c, const char *why)
 {
     pthread_mutex_lock(&c->lock);
     bool said = c->fail_err == MDG_EBUSY;
     if (!c->had_session && (!c->fail_err || said)) {
         c->fail_err = MDG_EBUSY;
-        snprintf(c->fail_text, sizeof c->fail_text,
-                 "the broker is at its connection limit (%s); still retrying", c->endpoint);
+        snprintf(c->fail_text, sizeof c->fail_text, "%s (%s); still retrying", why, c->endpoint);
         pthread_cond_broadcast(&c->state_cond);
     }
     pthread_mutex_unlock(&c->lock);
     if (!said)
-        mdg_log(MDG_LOG_WARN, "the broker is at its connection limit (%s): retrying", c->endpoint);
+        mdg_log(MDG_LOG_WARN, "%s (%s): retrying", why, c->endpoint);
 }
 
 /* Consistent evidence needed for MDG_EHANDSHAKE: handshakes the peer ended
  * in order, in a row. */
 #define HS_VERDICT_AFTER 3
+/* A broker out of file descriptors resets every new link before its
+ * handshake: that many in a row, before the first session, is reported as
+ * MDG_EBUSY (a flaky network resets one now and then, not all of them). */
+#define RESETS_BUSY_AFTER 5
 #define PROBE_MS 2000
 
 static const char *const not_curve =
@@ -1324,6 +1330,7 @@ static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
         snprintf(seen, sizeof seen, "the link failed during the handshake (%s)", zmq_strerror((int)value));
     }
     c->hs_closed = in_order ? c->hs_closed + 1 : 0;
+    c->hs_reset = ev != ZMQ_EVENT_CLOSED && (int)value == ECONNRESET ? c->hs_reset + 1 : 0;
     mdg_log(MDG_LOG_INFO, "%s: %s; trying again", c->endpoint, seen);
     pthread_mutex_lock(&c->lock);
     c->links_failed++;
@@ -1344,6 +1351,11 @@ static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
                      "a row: its key is most likely not the one pinned", c->hs_closed);
         fatal(c, MDG_EHANDSHAKE, text);
         c->attempt = 30; /* retry now and then: the broker may be fixed */
+    } else if (!c->had_session && c->hs_reset >= RESETS_BUSY_AFTER) {
+        char text[120];
+        snprintf(text, sizeof text, "the broker reset %d links in a row before the handshake (out of file "
+                 "descriptors, or at its connection limit?)", c->hs_reset);
+        broker_busy(c, text);
     }
     link_lost(c, seen);
 }
@@ -1371,10 +1383,11 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
         case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
             c->handshaken = true;
             c->hs_closed = 0;
+            c->hs_reset = 0;
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: /* the broker said no */
             if (value == 500) { /* not to our key: it is full (docs/protocol.md 1.1) */
-                broker_busy(c);
+                broker_busy(c, "the broker is at its connection limit");
                 link_lost(c, "the broker is at its connection limit");
                 return 0;
             }
