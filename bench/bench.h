@@ -41,6 +41,9 @@ void window_reply(window *w);
 bool window_wait(window *w, bool drain);
 #define CONNECT_MAX 200          /* handshakes per connect run, at most */
 #define NODE_COMMAND "node_echo" /* served by the node, unknown to the broker */
+#define STREAM_COMMAND "node_stream" /* the node streams replies until stopped */
+#define FAIR_TIMEOUT_MS 1000     /* fairness: a normal call unanswered this long failed */
+#define FLOOD_CALLS 100000       /* fairness: calls the flooder sends, never reading */
 
 /* Settings from the command line. */
 typedef struct bench_cfg {
@@ -59,7 +62,7 @@ typedef struct bench_cfg {
 extern bench_cfg cfg;
 
 /* What a scenario is asked to do. */
-enum kind { K_RTT, K_TPUT, K_CONNECT };
+enum kind { K_RTT, K_TPUT, K_CONNECT, K_FAIR };
 enum path { P_BROKER, P_NODE }; /* raw zmq: direct echo, or a relay to a worker */
 
 typedef struct spec {
@@ -68,7 +71,11 @@ typedef struct spec {
     int clients;  /* throughput: clients at once */
     size_t bulk;  /* RTT: bulk bytes each way (0 = 64-byte params) */
     bool tls;     /* NATS: the TLS server */
+    int other;    /* fairness: who shares the node with the normal user */
 } spec;
+
+/* The other user of the fairness scenario. */
+enum other { O_NONE, O_FLOOD, O_STALL };
 
 /* One run's result. ok = false means "not available" with the reason. */
 typedef struct bres {
@@ -76,6 +83,13 @@ typedef struct bres {
     char why[160];
     double rate;     /* calls/s, replies/s, MB/s (bulk) or handshakes/s */
     double p50, p99; /* microseconds (RTT and connect) */
+    /* Fairness: the normal user's calls, and how many of them failed (no
+     * answer within FAIR_TIMEOUT_MS, or refused); what the other side sent
+     * (the flooder's calls handed to its socket, or the replies of the
+     * node's stream), how long the flood took to send, and the longest
+     * one mdg_msg_reply_more of the stream blocked. */
+    long calls, failed, other_sent;
+    double flood_secs, block_ms;
 } bres;
 
 /* The three implementations of every scenario. */
@@ -101,6 +115,17 @@ scale_res scale_run(const char *self);
 int serve_child(int argc, char **argv);
 int mdg_serve_child(void);         /* bench_mdg.c: a broker until stdin closes */
 int zmq_serve_child(void);         /* bench_zmq.c: the raw echo server, likewise */
+
+/* A raw CURVE DEALER that speaks just enough of the native protocol
+ * (src/wire.c) to open a session (bench_scale.c): raw_dealer makes it
+ * (keys and the server's key in Z85, linger in ms, rcvhwm < 0: libzmq's
+ * default), raw_hello sends its HELLO (params {}), raw_first_reply reads
+ * the WELCOME (mdg) or the raw echo: 0, 1 for "not yet" (nothing to read),
+ * -1 for anything else. */
+void *raw_dealer(void *ctx, const char *endpoint, const char *server_pk, const char *pk,
+                 const char *sk, int linger, int rcvhwm);
+int raw_hello(void *sock);
+int raw_first_reply(void *sock, bool mdg);
 
 /* A libmessidge client of a broker in another process (scale scenario):
  * connect, one RTT measurement (warm-up + cfg.secs), close. */

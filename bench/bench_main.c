@@ -5,7 +5,7 @@
  *   mdg_bench [--runs N] [--secs S] [--sessions N] [--only LIST] [--impl LIST]
  *             [--nats URL] [--nats-tls URL --nats-ca CERT]
  *             [--json FILE] [--table FILE]
- *   --only: comma-separated of rtt,tput,node,bulk,connect,scale
+ *   --only: comma-separated of rtt,tput,node,bulk,connect,scale,fairness
  *   --impl: comma-separated of mdg,zmq,nats,tls (to profile one of them)
  *
  * (mdg_bench serve-mdg / serve-zmq are the scale scenario's child servers.) */
@@ -47,16 +47,21 @@ typedef struct measured {
 
 #define ALL {true, true, true, true}
 #define OURS {true, true, false, false}
+#define MDG_ONLY {true, false, false, false}
 static group groups[] = {
-    {"broker_rtt", "broker RTT, 64 B", "rtt", {K_RTT, P_BROKER, 1, 0, false}, ALL, -1},
-    {"broker_tput1", "broker pipelined, 1 client", "tput", {K_TPUT, P_BROKER, 1, 0, false}, ALL, -1},
-    {"broker_tput8", "broker pipelined, 8 clients", "tput", {K_TPUT, P_BROKER, 8, 0, false}, ALL, -1},
-    {"node_rtt", "node RTT, 64 B", "node", {K_RTT, P_NODE, 1, 0, false}, OURS, 0},
-    {"node_tput1", "node pipelined, 1 client", "node", {K_TPUT, P_NODE, 1, 0, false}, OURS, 1},
-    {"node_tput8", "node pipelined, 8 clients", "node", {K_TPUT, P_NODE, 8, 0, false}, OURS, 2},
-    {"node_bulk", "bulk 1 MiB via node", "bulk", {K_RTT, P_NODE, 1, BULK_BYTES, false}, ALL, -1},
-    {"broker_bulk", "bulk 1 MiB via broker", "bulk", {K_RTT, P_BROKER, 1, BULK_BYTES, false}, OURS, 6},
-    {"connect", "connect (new session)", "connect", {K_CONNECT, P_BROKER, 0, 0, false}, OURS, -1},
+    {"broker_rtt", "broker RTT, 64 B", "rtt", {K_RTT, P_BROKER, 1, 0, false, O_NONE}, ALL, -1},
+    {"broker_tput1", "broker pipelined, 1 client", "tput", {K_TPUT, P_BROKER, 1, 0, false, O_NONE}, ALL, -1},
+    {"broker_tput8", "broker pipelined, 8 clients", "tput", {K_TPUT, P_BROKER, 8, 0, false, O_NONE}, ALL, -1},
+    {"node_rtt", "node RTT, 64 B", "node", {K_RTT, P_NODE, 1, 0, false, O_NONE}, OURS, 0},
+    {"node_tput1", "node pipelined, 1 client", "node", {K_TPUT, P_NODE, 1, 0, false, O_NONE}, OURS, 1},
+    {"node_tput8", "node pipelined, 8 clients", "node", {K_TPUT, P_NODE, 8, 0, false, O_NONE}, OURS, 2},
+    {"node_bulk", "bulk 1 MiB via node", "bulk", {K_RTT, P_NODE, 1, BULK_BYTES, false, O_NONE}, ALL, -1},
+    {"broker_bulk", "bulk 1 MiB via broker", "bulk", {K_RTT, P_BROKER, 1, BULK_BYTES, false, O_NONE}, OURS, 6},
+    {"connect", "connect (new session)", "connect", {K_CONNECT, P_BROKER, 0, 0, false, O_NONE}, OURS, -1},
+    /* fairness: the normal user's node calls alone, then beside another user */
+    {"fair_alone", "alone", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_NONE}, MDG_ONLY, -1},
+    {"fair_flood", "beside a flooder", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_FLOOD}, MDG_ONLY, -1},
+    {"fair_stall", "beside a stalled reader", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_STALL}, MDG_ONLY, -1},
 };
 #define NGROUPS ((int)(sizeof groups / sizeof groups[0]))
 static measured meas[NGROUPS];
@@ -76,6 +81,20 @@ static bool in_list(const char *list, const char *what)
 static bool selected(const char *what)
 {
     return in_list(cfg.only, what);
+}
+
+/* A group's index, by its id (which must exist). */
+static int group_of(const char *id)
+{
+    int i = 0;
+    while (i < NGROUPS - 1 && strcmp(groups[i].id, id) != 0)
+        i++;
+    return i;
+}
+
+static const bres *med_of(const char *id, int v)
+{
+    return &meas[group_of(id)].med[v];
 }
 
 /* --impl: only these implementations (for profiling one of them). */
@@ -103,7 +122,8 @@ static void take_medians(int gi)
         *m = na("not measured");
         if (!g->has[v] || !M->nrun[v])
             continue;
-        double rate[MAX_RUNS], p50[MAX_RUNS], p99[MAX_RUNS];
+        double rate[MAX_RUNS], p50[MAX_RUNS], p99[MAX_RUNS], fsent[MAX_RUNS], fsecs[MAX_RUNS];
+        bres sum = {0}; /* fairness: calls and failures of all runs, the longest block */
         int n = 0;
         for (int i = 0; i < M->nrun[v]; i++) {
             bres *r = &M->run[v][i];
@@ -114,10 +134,17 @@ static void take_medians(int gi)
             }
             rate[n] = r->rate;
             p50[n] = r->p50;
+            fsent[n] = (double)r->other_sent;
+            fsecs[n] = r->flood_secs;
             p99[n++] = r->p99;
+            sum.calls += r->calls;
+            sum.failed += r->failed;
+            sum.block_ms = r->block_ms > sum.block_ms ? r->block_ms : sum.block_ms;
         }
         if (n > 0)
-            *m = (bres){.ok = true, .rate = median(rate, n), .p50 = median(p50, n), .p99 = median(p99, n)};
+            *m = (bres){.ok = true, .rate = median(rate, n), .p50 = median(p50, n), .p99 = median(p99, n),
+                        .calls = sum.calls, .failed = sum.failed, .block_ms = sum.block_ms,
+                        .other_sent = (long)median(fsent, n), .flood_secs = median(fsecs, n)};
     }
     if (g->nats_from >= 0) {
         M->med[V_NATS] = meas[g->nats_from].med[V_NATS];
@@ -177,6 +204,7 @@ static void build_lines(void)
             add_line(i, ".p99", label, "us", LOWER, 2);
             break;
         case K_TPUT: add_line(i, "", g->title, "replies/s", HIGHER, 0); break;
+        case K_FAIR: break; /* a block of its own (print_fairness) */
         default:
             add_line(i, ".rate", g->title, "hs/s", HIGHER, 0);
             snprintf(label, sizeof label, "%s, p50", g->title);
@@ -244,6 +272,23 @@ static void target_ahead(const char *id, const char *what)
     t->result = ahead ? "PASS" : "FAIL";
 }
 
+/* Fairness: the normal user's p99 beside the other user within limit x
+ * its p99 alone, and none of its calls failed. */
+static void target_fair(const char *text, const char *id, double limit)
+{
+    const bres *a = med_of("fair_alone", V_MDG), *w = med_of(id, V_MDG);
+    target *t = &targets[ntargets++];
+    snprintf(t->text, sizeof t->text, "%s", text);
+    if (!a->ok || !w->ok || isnan(a->p99) || isnan(w->p99) || a->p99 <= 0) {
+        t->result = "n/a";
+        snprintf(t->value, sizeof t->value, "n/a");
+        return;
+    }
+    double r = w->p99 / a->p99;
+    snprintf(t->value, sizeof t->value, "%.2fx, %ld of %ld calls failed", r, w->failed, w->calls);
+    t->result = r <= limit && w->failed == 0 ? "PASS" : "FAIL";
+}
+
 static void build_targets(const scale_res *sc, bool scale_ran)
 {
     target_ratio("broker RTT p50 <= 1.5x raw zmq CURVE", "broker_rtt.p50", V_MDG, V_ZMQ, 1.5, true);
@@ -260,6 +305,10 @@ static void build_targets(const scale_res *sc, bool scale_ran)
     target_ahead("node_tput1", "node pipelined, 1 client");
     target_ahead("node_tput8", "node pipelined, 8 clients");
     target_ahead("node_bulk", "bulk 1 MiB via node");
+    if (selected("fairness")) {
+        target_fair("fairness p99 beside a flooder <= 2.0x alone", "fair_flood", 2.0);
+        target_fair("fairness p99 beside a stalled reader <= 2.0x alone", "fair_stall", 2.0);
+    }
     target *t = &targets[ntargets++];
     snprintf(t->text, sizeof t->text, "broker RSS < 20 KiB per idle session");
     if (scale_ran && sc->ok) {
@@ -343,6 +392,39 @@ static void machine_info(machine *m)
     m->cores = sysconf(_SC_NPROCESSORS_ONLN);
 }
 
+/* The fairness rows: the normal user's p50 and p99 alone and beside the
+ * other user, with what the other side did. */
+static const char *const fair_ids[] = {"fair_alone", "fair_flood", "fair_stall"};
+
+static void print_fairness(void)
+{
+    const bres *alone = med_of("fair_alone", V_MDG);
+    char a[32], b[32], label[64], more[200];
+    for (int i = 0; i < 3; i++) {
+        const bres *m = med_of(fair_ids[i], V_MDG);
+        const char *title = groups[group_of(fair_ids[i])].title;
+        if (!m->ok) {
+            snprintf(label, sizeof label, "fairness: %s", title);
+            out("%-38s n/a (%s)\n", label, m->why);
+            continue;
+        }
+        snprintf(label, sizeof label, "fairness: %s, p50", title);
+        out("%-38s %-9s %11s %11s %8s   (%ld of %ld calls failed: no answer in %d ms, or refused)\n",
+            label, "us", num(a, sizeof a, m->p50), "-", "-", m->failed, m->calls, FAIR_TIMEOUT_MS);
+        snprintf(label, sizeof label, "fairness: %s, p99", title);
+        ratio(b, sizeof b, m->p99, alone->ok ? alone->p99 : NAN);
+        if (i == 0)
+            snprintf(more, sizeof more, "the normal user's blocking %s calls, no other user", NODE_COMMAND);
+        else if (i == 1)
+            snprintf(more, sizeof more, "%s alone; flooder: %ld calls sent in %.2f s, no reply read", b,
+                     m->other_sent, m->flood_secs);
+        else
+            snprintf(more, sizeof more, "%s alone; stream: %ld replies, longest mdg_msg_reply_more %.1f ms",
+                     b, m->other_sent, m->block_ms);
+        out("%-38s %-9s %11s %11s %8s   (%s)\n", label, "us", num(a, sizeof a, m->p99), "-", "-", more);
+    }
+}
+
 static void print_table(const machine *m, const scale_res *sc, bool scale_ran)
 {
     char a[32], b[32], c[32], d[32], e[32], f[32];
@@ -381,6 +463,8 @@ static void print_table(const machine *m, const scale_res *sc, bool scale_ran)
             out("%-38s n/a (%s)\n", "scale", sc->why);
         }
     }
+    if (selected("fairness"))
+        print_fairness();
     out("\ntargets\n");
     for (int i = 0; i < ntargets; i++)
         out("  %-52s %-30s %s\n", targets[i].text, targets[i].value, targets[i].result);
@@ -464,6 +548,40 @@ static void write_json(const char *path, const machine *m, const scale_res *sc, 
                 sc->sessions, sc->opened, sc->connect_secs, sc->mdg_kib, sc->zmq_opened, sc->zmq_kib,
                 sc->rttn_p50, sc->rttn_p99, sc->rtt0_p50, sc->rtt0_p99);
     }
+    fprintf(f, ",\n  \"fairness\": ");
+    if (!selected("fairness")) {
+        fprintf(f, "null");
+    } else {
+        static const char *const keys[] = {"alone", "flooder", "stalled_reader"};
+        const bres *alone = med_of("fair_alone", V_MDG);
+        fprintf(f, "{\"timeout_ms\": %d, \"flood_calls\": %d", FAIR_TIMEOUT_MS, FLOOD_CALLS);
+        for (int i = 0; i < 3; i++) {
+            const bres *m = med_of(fair_ids[i], V_MDG);
+            fprintf(f, ",\n    \"%s\": ", keys[i]);
+            if (!m->ok) {
+                fprintf(f, "{\"error\": ");
+                json_str(f, m->why);
+                fprintf(f, "}");
+                continue;
+            }
+            fprintf(f, "{\"p50_us\": ");
+            json_num(f, m->p50);
+            fprintf(f, ", \"p99_us\": ");
+            json_num(f, m->p99);
+            fprintf(f, ", \"calls\": %ld, \"failed\": %ld", m->calls, m->failed);
+            if (i) {
+                fprintf(f, ", \"p99_over_alone\": ");
+                json_num(f, alone->ok ? m->p99 / alone->p99 : NAN);
+            }
+            if (i == 1)
+                fprintf(f, ", \"flood_sent\": %ld, \"flood_send_seconds\": %.3f", m->other_sent, m->flood_secs);
+            if (i == 2)
+                fprintf(f, ", \"stream_replies\": %ld, \"reply_more_max_block_ms\": %.1f", m->other_sent,
+                        m->block_ms);
+            fprintf(f, "}");
+        }
+        fprintf(f, "}");
+    }
     fprintf(f, ",\n  \"targets\": [\n");
     for (int i = 0; i < ntargets; i++) {
         fprintf(f, "    {\"target\": ");
@@ -488,7 +606,7 @@ static int usage(void)
     fprintf(stderr, "usage: mdg_bench [--runs N] [--secs S] [--sessions N] [--only LIST] [--impl LIST]\n"
                     "                 [--nats URL] [--nats-tls URL --nats-ca CERT]\n"
                     "                 [--json FILE] [--table FILE]\n"
-                    "  --only: comma-separated of rtt,tput,node,bulk,connect,scale\n"
+                    "  --only: comma-separated of rtt,tput,node,bulk,connect,scale,fairness\n"
                     "  --impl: comma-separated of mdg,zmq,nats,tls\n");
     return 2;
 }

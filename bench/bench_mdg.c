@@ -14,6 +14,8 @@
 
 #include "messidge.h"
 
+#include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -106,12 +108,16 @@ static void env_down(env *e)
     mdg_keys_destroy(&e->nkeys);
 }
 
-static int conn_up(env *e, mdg_conn **c, const mdg_keys *keys, const mdg_cmd *cmds, void *arg)
+/* on_error: where the broker's error notices go (NULL: logged). */
+static int conn_up(env *e, mdg_conn **c, const mdg_keys *keys, const mdg_cmd *cmds, void *arg,
+                   mdg_error_fn on_error)
 {
     mdg_conn_options o = {.port = mdg_broker_port(e->b)};
     int rc = mdg_conn_new_with_keys(c, "127.0.0.1", mdg_keys_public(e->bkeys), keys, &o);
     if (!rc && cmds)
         rc = mdg_conn_register_commands(*c, cmds, arg);
+    if (!rc && on_error)
+        rc = mdg_conn_set_error_handler(*c, on_error, arg);
     if (!rc)
         rc = mdg_conn_start(*c);
     if (!rc)
@@ -129,10 +135,10 @@ static bres env_up(env *e, int path, int nusers)
         mdg_broker_allow_any(e->b) ||
         mdg_broker_allow(e->b, mdg_keys_public(e->nkeys), MDG_ROLE_NODE) || mdg_broker_start(e->b))
         return na("cannot start a broker: %s", mdg_last_error());
-    if (path == P_NODE && conn_up(e, &e->node, e->nkeys, node_cmds, NULL))
+    if (path == P_NODE && conn_up(e, &e->node, e->nkeys, node_cmds, NULL, NULL))
         return na("the node cannot connect: %s", mdg_last_error());
     for (; e->nusers < nusers; e->nusers++)
-        if (conn_up(e, &e->user[e->nusers], e->ukeys, NULL, NULL))
+        if (conn_up(e, &e->user[e->nusers], e->ukeys, NULL, NULL, NULL))
             return na("a user cannot connect: %s", mdg_last_error());
     return (bres){.ok = true};
 }
@@ -186,11 +192,11 @@ static bres probe(env *e, int path, size_t bulk)
 
 /* ----------------------------------------------------------------- RTT */
 
-static int one_call(env *e, int path, size_t bulk)
+static int one_call(env *e, int path, size_t bulk, int timeout_ms)
 {
     mdg_msg *r = NULL;
     int rc = mdg_conn_call(e->user[0], command(path), request(e, path, !bulk, false),
-                           bulk ? bulk_data() : NULL, bulk, CALL_TIMEOUT_MS, &r);
+                           bulk ? bulk_data() : NULL, bulk, timeout_ms, &r);
     if (rc == 0 && bulk) {
         size_t blen = 0;
         mdg_msg_bulk(r, &blen);
@@ -207,13 +213,13 @@ static bres run_rtt(env *e, const spec *s)
     if (!r.ok)
         return r;
     for (double end = now_s() + cfg.warm; now_s() < end;)
-        if (one_call(e, s->path, s->bulk))
+        if (one_call(e, s->path, s->bulk, CALL_TIMEOUT_MS))
             return na("call failed: %s", mdg_last_error());
     lat l = {0};
     double t0 = now_s(), end = t0 + cfg.secs;
     while (now_s() < end) {
         uint64_t a = now_ns();
-        if (one_call(e, s->path, s->bulk)) {
+        if (one_call(e, s->path, s->bulk, CALL_TIMEOUT_MS)) {
             free(l.us);
             return na("call failed: %s", mdg_last_error());
         }
@@ -333,7 +339,7 @@ static bres run_connect(env *e)
         offer_wait w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
         mdg_conn *c = NULL;
         uint64_t a = now_ns();
-        int rc = conn_up(e, &c, e->ukeys, user_cmds, &w);
+        int rc = conn_up(e, &c, e->ukeys, user_cmds, &w, NULL);
         pthread_mutex_lock(&w.lock);
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -358,6 +364,361 @@ static bres run_connect(env *e)
     return r;
 }
 
+/* ----------------------------------------------------------- fairness */
+
+/* One node, a normal user measuring blocking node_echo calls, and another
+ * user that misbehaves on the same node (bench/README.md, "Fairness"):
+ *
+ * - O_FLOOD: a client that sends FLOOD_CALLS node_echo calls as fast as its
+ *   link takes them and never reads a reply. It is a raw CURVE DEALER that
+ *   speaks the native protocol (bench_scale.c), not an mdg_conn: an
+ *   mdg_conn's loop thread both sends and reads, so an application that
+ *   stops reading also stops sending, and its queue_limit window stops it
+ *   long before FLOOD_CALLS.
+ * - O_STALL: an mdg_conn that calls node_stream and whose reply callback
+ *   does not return after the first reply, so that its loop thread stops
+ *   reading (an application stuck in a callback). The node streams with
+ *   mdg_msg_reply_more from a thread of its own until that fails, the
+ *   broker reports an error, or the run ends.
+ *
+ * Every wait is bounded, and the teardown releases what a misbehaving side
+ * holds (the stuck callback first) before the connections go. */
+#define FAIR_WAIT_S 10.0 /* set-up steps that should take milliseconds */
+
+typedef struct fair {
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* any change below; always broadcast */
+    bool stop;           /* the run is over: stop streaming and flooding, release the reader */
+    /* the node's stream */
+    mdg_msg *kept;     /* the node_stream call, kept by its handler */
+    bool streaming;    /* the stream thread was started */
+    bool stream_done;  /* ...and has ended */
+    long stream_sent;  /* replies mdg_msg_reply_more took */
+    long node_errors;  /* error notices the broker sent the node */
+    double block_ms;   /* the longest one mdg_msg_reply_more took */
+    pthread_t stream_th;
+    /* the stalled reader */
+    bool stalled; /* its callback has the first reply and holds its loop thread */
+    /* the flooder */
+    void *ctx, *sock;
+    unsigned char *params; /* its calls' params, encoded once */
+    size_t plen;
+    bool flooding, flood_done;
+    long flood_sent;
+    double flood_secs;
+    pthread_t flood_th;
+} fair;
+
+/* A misbehaving user can make the library log an error per message (e.g.
+ * one per reply the broker can no longer deliver): the first few lines of
+ * a run are shown, the rest counted and summed up at its end. */
+#define FAIR_LOG_LINES 3
+static atomic_long fair_errors;
+
+static void fair_log(int level, const char *text, void *arg)
+{
+    (void)arg;
+    if (level <= MDG_LOG_ERROR && atomic_fetch_add(&fair_errors, 1) < FAIR_LOG_LINES)
+        fprintf(stderr, "  [messidge] %s\n", text);
+}
+
+static void deadline_in(struct timespec *ts, double secs)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    double ns = (double)ts->tv_nsec + secs * 1e9;
+    ts->tv_sec += (time_t)(ns / 1e9);
+    ts->tv_nsec = (long)(ns - (double)(time_t)(ns / 1e9) * 1e9);
+}
+
+/* With F->lock held: wait until *flag, at most `secs`. */
+static bool fair_wait(fair *F, const bool *flag, double secs)
+{
+    struct timespec ts;
+    deadline_in(&ts, secs);
+    while (!*flag)
+        if (pthread_cond_timedwait(&F->cond, &F->lock, &ts))
+            return *flag;
+    return true;
+}
+
+static void fair_set(fair *F, bool *flag)
+{
+    pthread_mutex_lock(&F->lock);
+    *flag = true;
+    pthread_cond_broadcast(&F->cond);
+    pthread_mutex_unlock(&F->lock);
+}
+
+/* node_stream: the handler keeps the call; the stream thread answers. */
+static void h_node_stream(mdg_msg *m, void *arg)
+{
+    fair *F = arg;
+    pthread_mutex_lock(&F->lock);
+    bool take = !F->kept && !F->stop;
+    if (take) {
+        F->kept = mdg_msg_keep(m);
+        pthread_cond_broadcast(&F->cond);
+    }
+    pthread_mutex_unlock(&F->lock);
+    if (!take)
+        mdg_msg_fail(m, "one stream at a time");
+}
+
+static void on_node_error(const char *command, const char *text, void *arg)
+{
+    (void)command;
+    (void)text;
+    fair *F = arg;
+    pthread_mutex_lock(&F->lock);
+    F->node_errors++;
+    pthread_mutex_unlock(&F->lock);
+}
+
+static const mdg_cmd fair_node_cmds[] = {
+    {NODE_COMMAND, h_node_echo, NULL, MDG_CMD_NEEDS_REPLY},
+    {STREAM_COMMAND, h_node_stream, NULL, MDG_CMD_NEEDS_REPLY},
+    MDG_CMD_END,
+};
+
+/* Replies of 64-byte params as fast as mdg_msg_reply_more takes them,
+ * timing each call; then the final reply. */
+static void *stream_thread(void *arg)
+{
+    fair *F = arg;
+    struct timespec ts;
+    deadline_in(&ts, FAIR_WAIT_S);
+    pthread_mutex_lock(&F->lock);
+    while (!F->kept && !F->stop && pthread_cond_timedwait(&F->cond, &F->lock, &ts) == 0)
+        ;
+    mdg_msg *m = F->kept;
+    F->kept = NULL;
+    pthread_mutex_unlock(&F->lock);
+    bool failed = false;
+    for (bool go = m != NULL; go;) {
+        mdg_params *p = mdg_params_new();
+        if (p)
+            mdg_params_set_bytes(p, "d", payload, PARAMS_BYTES - 5);
+        uint64_t a = now_ns();
+        failed = mdg_msg_reply_more(m, p, NULL, 0) != 0;
+        double ms = (double)(now_ns() - a) / 1e6;
+        pthread_mutex_lock(&F->lock);
+        F->stream_sent += !failed;
+        F->block_ms = ms > F->block_ms ? ms : F->block_ms;
+        go = !failed && !F->stop && !F->node_errors;
+        pthread_mutex_unlock(&F->lock);
+    }
+    if (m && !failed)
+        mdg_msg_reply(m, NULL, NULL, 0); /* closes the channel */
+    mdg_msg_destroy(&m);
+    fair_set(F, &F->stream_done);
+    return NULL;
+}
+
+/* The stalled reader's callback: the first reply holds the loop thread
+ * until the run is over; later ones (after the release) just return. */
+static void on_stalled_reply(mdg_msg *reply, void *arg)
+{
+    (void)reply;
+    fair *F = arg;
+    pthread_mutex_lock(&F->lock);
+    if (!F->stalled) {
+        F->stalled = true;
+        pthread_cond_broadcast(&F->cond);
+        while (!F->stop)
+            pthread_cond_wait(&F->cond, &F->lock);
+    }
+    pthread_mutex_unlock(&F->lock);
+}
+
+static bres stall_start(env *e, fair *F)
+{
+    mdg_keys *keys = NULL; /* a user of its own */
+    if (pthread_create(&F->stream_th, NULL, stream_thread, F) != 0)
+        return na("cannot start the node's stream thread");
+    F->streaming = true;
+    int rc = mdg_keys_new(&keys);
+    if (!rc)
+        rc = conn_up(e, &e->user[e->nusers++], keys, NULL, NULL, NULL);
+    mdg_keys_destroy(&keys);
+    if (!rc)
+        rc = mdg_conn_send_cb(e->user[1], STREAM_COMMAND, request(e, P_NODE, false, false), NULL, 0,
+                              on_stalled_reply, F);
+    if (rc)
+        return na("the stalled reader cannot call %s: %s", STREAM_COMMAND, mdg_last_error());
+    pthread_mutex_lock(&F->lock);
+    bool stalled = fair_wait(F, &F->stalled, FAIR_WAIT_S);
+    pthread_mutex_unlock(&F->lock);
+    return stalled ? (bres){.ok = true} : na("the node's stream did not start");
+}
+
+/* The native header of a message from a client (docs/protocol.md): [version
+ * 1, kind, seq, ack 0 (never reads), corr = seq, command, flags 0]. */
+static size_t raw_header(uint8_t *buf, size_t cap, int kind, uint64_t seq, const char *command)
+{
+    size_t n = cbor_encode_array_start(7, buf, cap), len = strlen(command);
+    n += cbor_encode_uint(1, buf + n, cap - n);
+    n += cbor_encode_uint((uint64_t)kind, buf + n, cap - n);
+    n += cbor_encode_uint(seq, buf + n, cap - n);
+    n += cbor_encode_uint(0, buf + n, cap - n);
+    n += cbor_encode_uint(seq, buf + n, cap - n);
+    n += cbor_encode_string_start(len, buf + n, cap - n);
+    memcpy(buf + n, command, len);
+    n += len;
+    return n + cbor_encode_uint(0, buf + n, cap - n);
+}
+
+/* FLOOD_CALLS calls, sequenced from 1, as fast as the socket takes them. */
+static void *flood_thread(void *arg)
+{
+    fair *F = arg;
+    uint8_t h[64];
+    long sent = 0;
+    bool stop = false;
+    double t0 = now_s();
+    while (sent < FLOOD_CALLS && !stop) {
+        size_t hl = raw_header(h, sizeof h, 3 /* command */, (uint64_t)sent + 1, NODE_COMMAND);
+        bool full = false;
+        if (zmq_send(F->sock, h, hl, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0) {
+            zmq_send(F->sock, F->params, F->plen, 0); /* the rest of a message is never refused */
+            sent++;
+        } else if (errno == EAGAIN) { /* the pipe is full: wait, but look at stop */
+            zmq_pollitem_t it = {F->sock, 0, ZMQ_POLLOUT, 0};
+            zmq_poll(&it, 1, 10);
+            full = true;
+        } else {
+            break;
+        }
+        if (full || sent % 256 == 0) {
+            pthread_mutex_lock(&F->lock);
+            stop = F->stop;
+            pthread_mutex_unlock(&F->lock);
+        }
+    }
+    pthread_mutex_lock(&F->lock);
+    F->flood_sent = sent;
+    F->flood_secs = now_s() - t0;
+    F->flood_done = true;
+    pthread_cond_broadcast(&F->cond);
+    pthread_mutex_unlock(&F->lock);
+    return NULL;
+}
+
+/* A session for the flooder (HELLO, WELCOME), then the flood; returns once
+ * the flood is handed to its socket (or after FAIR_WAIT_S). */
+static bres flood_start(env *e, fair *F)
+{
+    char pk[41], sk[41], spk[41], ep[64];
+    int rc = 1;
+    zmq_z85_encode(spk, mdg_keys_public(e->bkeys), 32);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", mdg_broker_port(e->b));
+    if (zmq_curve_keypair(pk, sk) || !(F->ctx = zmq_ctx_new()) ||
+        !(F->sock = raw_dealer(F->ctx, ep, spk, pk, sk, 1000, 0)) || raw_hello(F->sock))
+        return na("the flooder cannot connect: %s", zmq_strerror(errno));
+    for (double end = now_s() + FAIR_WAIT_S; (rc = raw_first_reply(F->sock, true)) == 1 && now_s() < end;) {
+        zmq_pollitem_t it = {F->sock, 0, ZMQ_POLLIN, 0};
+        zmq_poll(&it, 1, 100);
+    }
+    if (rc)
+        return na("the flooder got no welcome");
+    mdg_params *p = request(e, P_NODE, true, false);
+    size_t cap = 0;
+    F->plen = p ? cbor_serialize_alloc(mdg_params_map(p), &F->params, &cap) : 0;
+    mdg_params_destroy(&p);
+    if (!F->plen)
+        return na("cannot encode the flooder's params");
+    if (pthread_create(&F->flood_th, NULL, flood_thread, F) != 0)
+        return na("cannot start the flooder");
+    F->flooding = true;
+    pthread_mutex_lock(&F->lock);
+    fair_wait(F, &F->flood_done, FAIR_WAIT_S);
+    pthread_mutex_unlock(&F->lock);
+    return (bres){.ok = true};
+}
+
+/* The run is over: release and stop the other side, then wait for its
+ * threads. A stream thread blocked in mdg_msg_reply_more after the reader
+ * was released (the broker never lets it through) is let go by
+ * disconnecting the node, which fails what waits for room. */
+static void fair_down(env *e, fair *F, bres *r)
+{
+    fair_set(F, &F->stop);
+    if (F->streaming) {
+        pthread_mutex_lock(&F->lock);
+        bool done = fair_wait(F, &F->stream_done, FAIR_WAIT_S);
+        pthread_mutex_unlock(&F->lock);
+        if (!done)
+            mdg_conn_disconnect(e->node);
+        pthread_join(F->stream_th, NULL);
+        mdg_msg_destroy(&F->kept); /* a call that came after the thread gave up waiting */
+    }
+    if (F->flooding)
+        pthread_join(F->flood_th, NULL);
+    if (F->sock) { /* say goodbye, so that the broker drops what it keeps for us */
+        uint8_t h[64];
+        static const uint8_t empty_map[] = {0xa0};
+        int ms = 1000;
+        size_t hl = raw_header(h, sizeof h, 6 /* bye */, 0, "");
+        zmq_setsockopt(F->sock, ZMQ_SNDTIMEO, &ms, sizeof ms);
+        if (zmq_send(F->sock, h, hl, ZMQ_SNDMORE) >= 0)
+            zmq_send(F->sock, empty_map, 1, 0);
+        zmq_close(F->sock);
+    }
+    if (F->ctx)
+        zmq_ctx_term(F->ctx);
+    free(F->params);
+    r->other_sent = F->flood_sent + F->stream_sent;
+    r->flood_secs = F->flood_secs;
+    r->block_ms = F->block_ms;
+}
+
+/* The normal user: blocking node_echo calls, warm-up then cfg.secs. A call
+ * not answered within FAIR_TIMEOUT_MS failed, and its wait is a sample; a
+ * refused one failed and is not (it was not served). */
+static bres fair_measure(env *e)
+{
+    lat l = {0};
+    bres r = {.ok = true, .p50 = NAN, .p99 = NAN};
+    for (double end = now_s() + cfg.warm; now_s() < end;)
+        one_call(e, P_NODE, 0, FAIR_TIMEOUT_MS);
+    double t0 = now_s(), end = t0 + cfg.secs;
+    while (now_s() < end) {
+        uint64_t a = now_ns();
+        int rc = one_call(e, P_NODE, 0, FAIR_TIMEOUT_MS);
+        r.calls++;
+        r.failed += rc != 0;
+        if (rc == 0 || rc == MDG_ETIMEDOUT)
+            lat_add(&l, (double)(now_ns() - a) / 1e3);
+    }
+    lat_finish(&l, &r, now_s() - t0);
+    r.ok = true; /* a run where every call failed is a result too */
+    return r;
+}
+
+static bres run_fair(const spec *s)
+{
+    env e;
+    fair F = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    atomic_store(&fair_errors, 0);
+    mdg_set_log(fair_log, NULL, MDG_LOG_ERROR);
+    bres r = env_up(&e, P_BROKER, 1);
+    if (r.ok && conn_up(&e, &e.node, e.nkeys, fair_node_cmds, &F, on_node_error))
+        r = na("the node cannot connect: %s", mdg_last_error());
+    if (r.ok)
+        r = probe(&e, P_NODE, 0);
+    if (r.ok && s->other == O_FLOOD)
+        r = flood_start(&e, &F);
+    else if (r.ok && s->other == O_STALL)
+        r = stall_start(&e, &F);
+    if (r.ok)
+        r = fair_measure(&e);
+    fair_down(&e, &F, &r);
+    env_down(&e);
+    long n = atomic_load(&fair_errors);
+    if (n > FAIR_LOG_LINES)
+        fprintf(stderr, "  [messidge] ...and %ld more error lines in this run\n", n - FAIR_LOG_LINES);
+    return r;
+}
+
 /* ------------------------------------------------------------ entry */
 
 static void quiet_log(int level, const char *text, void *arg)
@@ -371,6 +732,8 @@ bres mdg_run(const spec *s)
 {
     env e;
     mdg_set_log(quiet_log, NULL, MDG_LOG_ERROR);
+    if (s->kind == K_FAIR)
+        return run_fair(s);
     int users = s->kind == K_TPUT ? s->clients : s->kind == K_RTT ? 1 : 0;
     bres r = env_up(&e, s->kind == K_CONNECT ? P_BROKER : s->path, users);
     if (r.ok) {

@@ -118,9 +118,34 @@ static void idle_close(idle *I)
     *I = (idle){0};
 }
 
-/* The first reply on a fresh socket: the WELCOME (mdg) or the echo.
- * 0, 1 for "not yet" (ZMQ_DONTWAIT), -1 for anything else. */
-static int first_reply(void *s, bool mdg)
+/* A CURVE client socket connected to endpoint (bench.h). */
+void *raw_dealer(void *ctx, const char *endpoint, const char *server_pk, const char *pk,
+                 const char *sk, int linger, int rcvhwm)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    if (s && (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_pk, 40) ||
+              zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pk, 40) ||
+              zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sk, 40) ||
+              zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger) ||
+              (rcvhwm >= 0 && zmq_setsockopt(s, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm)) ||
+              zmq_connect(s, endpoint))) {
+        int err = errno;
+        zmq_close(s);
+        errno = err;
+        return NULL;
+    }
+    return s;
+}
+
+int raw_hello(void *s)
+{
+    static const uint8_t hello[] = {0x87, 1, 1, 0, 0, 0, 0x60, 0}; /* [1,1,0,0,0,"",0] */
+    static const uint8_t empty_map[] = {0xa0};
+    return zmq_send(s, hello, sizeof hello, ZMQ_SNDMORE) < 0 || zmq_send(s, empty_map, 1, 0) < 0;
+}
+
+/* The first reply on a fresh socket: the WELCOME (mdg) or the echo. */
+int raw_first_reply(void *s, bool mdg)
 {
     zmq_msg_t m;
     int frames = 0, ok = 0, more = 1;
@@ -146,10 +171,7 @@ static int first_reply(void *s, bool mdg)
 static int idle_open(idle *I, int port, const char *server_pk, int n, bool mdg, double secs,
                      char *why, size_t wlen)
 {
-    static const uint8_t hello[] = {0x87, 1, 1, 0, 0, 0, 0x60, 0}; /* [1,1,0,0,0,"",0] */
-    static const uint8_t empty_map[] = {0xa0};
     char pk[41], sk[41], ep[64];
-    int linger = 0;
     double deadline = now_s() + secs;
     *I = (idle){0};
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
@@ -161,28 +183,20 @@ static int idle_open(idle *I, int port, const char *server_pk, int n, bool mdg, 
     for (int base = 0; base < n && now_s() < deadline; base += OPEN_BATCH) {
         int end = base + OPEN_BATCH < n ? base + OPEN_BATCH : n;
         for (int i = base; i < end; i++) {
-            void *s = zmq_socket(I->ctx, ZMQ_DEALER);
+            void *s = raw_dealer(I->ctx, ep, server_pk, pk, sk, 0, -1);
             if (!s) {
                 snprintf(why, wlen, "socket %d: %s", i, zmq_strerror(errno));
                 return -1;
             }
             I->socks[I->n++] = s;
-            int rc = zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server_pk, 40) ||
-                     zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pk, 40) ||
-                     zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sk, 40) ||
-                     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger) || zmq_connect(s, ep);
-            if (!rc)
-                rc = mdg ? zmq_send(s, hello, sizeof hello, ZMQ_SNDMORE) < 0 ||
-                               zmq_send(s, empty_map, 1, 0) < 0
-                         : zmq_send(s, payload, PARAMS_BYTES, 0) < 0;
-            if (rc) {
+            if (mdg ? raw_hello(s) : zmq_send(s, payload, PARAMS_BYTES, 0) < 0) {
                 snprintf(why, wlen, "socket %d: %s", i, zmq_strerror(errno));
                 return -1;
             }
         }
         /* Wait for the batch (a slow broker may not answer before the deadline). */
         for (int i = base; i < end;) {
-            int rc = first_reply(I->socks[i], mdg);
+            int rc = raw_first_reply(I->socks[i], mdg);
             if (rc < 0) {
                 snprintf(why, wlen, "session %d: unexpected first reply", i);
                 return -1;

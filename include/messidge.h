@@ -47,7 +47,7 @@ enum mdg_error {
     MDG_EPROTO = -8,     /* the peer broke the wire protocol */
     MDG_ECLOSED = -9,    /* the connection, broker or session is closed */
     MDG_EAUTH = -10,     /* the broker refused our key */
-    MDG_EHANDSHAKE = -11,/* CURVE handshake failed (wrong server key?) */
+    MDG_EHANDSHAKE = -11,/* handshake failed: wrong server key, or not our protocol */
     MDG_ENOTFOUND = -12, /* no such param / command / session */
     MDG_ETYPE = -13,     /* a param exists but has another type */
     MDG_ESTATE = -14,    /* call not valid in this state (e.g. after start) */
@@ -192,7 +192,17 @@ bool mdg_msg_more(const mdg_msg *m);
  * mdg_msg_reply closes the channel; mdg_msg_reply_more keeps it open so the
  * caller's reply callback fires again for each further reply. Call from
  * the handler, or later from any thread on a kept message (mdg_msg_keep),
- * one thread at a time per message; replies leave in the order made. */
+ * one thread at a time per message; replies leave in the order made.
+ * MDG_ECLOSED when the message has had its final reply, when its
+ * connection has closed, and on a connection when the session the message
+ * came in on has ended (MDG_EV_LOST: the broker restarted, or we were away
+ * longer than its grace period): its caller is gone, so stop replying
+ * (replies to it that were still queued were dropped, not sent to the new
+ * session). From another thread a reply may wait for room (queue_limit).
+ * On a node, when the broker has paused this call (its caller is not
+ * reading) a reply from an application thread waits until it resumes
+ * (MDG_EAGAIN with nonblocking); when the broker has ended it (the caller
+ * has gone, or did not read) it returns MDG_ECLOSED: stop replying. */
 int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 /* Fail the message: the caller's blocking call returns MDG_EREMOTE with
@@ -207,8 +217,12 @@ int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
 
 /* Keep a message past its handler (for later replies on a long-term
  * channel, from any thread). Returns m, now the caller's: reply to it as
- * often as needed, then mdg_msg_destroy it. Without keep, the library
- * destroys the message when the handler returns. */
+ * often as needed, then mdg_msg_destroy it, before destroying the
+ * connection or broker it came from. Without keep, the library destroys
+ * the message when the handler returns. A kept message belongs to the
+ * session it came in on: once that session has ended its replies fail
+ * with MDG_ECLOSED (see mdg_msg_reply), which is how a thread streaming
+ * on a long-term channel learns that its caller has gone. */
 mdg_msg *mdg_msg_keep(mdg_msg *m);
 
 /* Per-session / per-peer application data of the broker session the
@@ -293,8 +307,11 @@ typedef struct mdg_broker_options {
      * fail when it ends. Default 5000 ms. */
     int node_grace_ms;
     /* Messages queued to one session or node and not yet acknowledged
-     * (kept to resend after a reconnect): default 10000. Past it, what
-     * would be sent to that peer is refused to its sender with an error. */
+     * (kept to resend after a reconnect): default 10000. Past it the
+     * broker's own sends to that peer are refused (MDG_EAGAIN); final
+     * answers to calls still go; a node's replies to a caller past 1.5x
+     * pause that call at the node; a sender past 2x is held until it reads
+     * (docs/guarantees.md section 3). */
     int queue_limit;
     /* Messidge 1.x compatibility (docs/compatibility.md): also listen for
      * unmodified Python 1.x clients and nodes on legacy_port (1.x clients
@@ -305,6 +322,18 @@ typedef struct mdg_broker_options {
     /* Largest message accepted from a peer, params and bulk together:
      * default 256 MiB. Bigger ones are refused (1.x) or drop the link. */
     long long max_message;
+    /* Fairness at a node: what one session may have at one node at once,
+     * calls not yet finally answered plus fire-and-forget commands the node
+     * has not acknowledged. Default 64. A session past it waits (its further
+     * messages are held unprocessed), other sessions do not. */
+    int node_window;
+    /* Messages the broker reads from one peer and holds unprocessed while
+     * where they go is full (the peer is paused): default queue_limit.
+     * Past it, further messages of that peer are not taken (nor
+     * acknowledged); once its held messages have gone on, the peer is told
+     * to say hello again and resends them. The bound holds whatever the
+     * peer's own queue_limit is. */
+    int hold_limit;
     /* Connections served at once, both listeners together (each holds a
      * file descriptor). Default (0): as many as RLIMIT_NOFILE allows once
      * 96 descriptors are kept for the rest of the process; a larger value
@@ -422,8 +451,9 @@ enum mdg_conn_event {
     MDG_EV_DISCONNECTED,  /* the link dropped; reconnecting with backoff */
     MDG_EV_RECOVERED,     /* reconnected and the session resumed: nothing lost */
     MDG_EV_LOST,          /* reconnected but the broker no longer had the
-                             session: pending calls failed (MDG_ECLOSED), a
-                             new session (and resource offer) follows */
+                             session: pending calls failed (MDG_ECLOSED),
+                             replies to its commands refused (MDG_ECLOSED),
+                             a new session (and resource offer) follows */
 };
 typedef void (*mdg_event_fn)(mdg_conn *c, int event, const char *detail, void *arg);
 
@@ -450,10 +480,20 @@ const uint8_t *mdg_conn_session_id(const mdg_conn *c, size_t *len);
 /* Start the loop thread and begin connecting. */
 int mdg_conn_start(mdg_conn *c);
 /* Wait until the session is established: 0, MDG_ETIMEDOUT, MDG_EAUTH (the
- * broker refused our key), MDG_EHANDSHAKE (server key mismatch), MDG_EBUSY
- * (the broker is at its connection limit: the connection keeps retrying
- * with its backoff, so waiting again may succeed), or MDG_ECLOSED.
- * timeout_ms < 0 waits forever. */
+ * broker refused our key), MDG_EHANDSHAKE, MDG_EBUSY (the broker is at its
+ * connection limit: the connection keeps retrying with its backoff, so
+ * waiting again may succeed), or MDG_ECLOSED. timeout_ms < 0 waits forever.
+ * Any thread but the connection's loop thread.
+ * A link that fails during its handshake (reset, dropped, refused) is no
+ * verdict: the connection retries on its reconnect schedule and this goes
+ * on waiting; on MDG_ETIMEDOUT mdg_last_error() says how many links failed
+ * and what the last one saw. MDG_EHANDSHAKE comes only on evidence, before
+ * the first session (docs/protocol.md section 1.1): the peer does not speak
+ * CURVE (a Messidge 1.x broker; in legacy mode: the peer speaks CURVE), or
+ * it closed the link during the CURVE handshake on 3 attempts in a row (the
+ * pinned broker key is most likely wrong). After MDG_EAUTH or
+ * MDG_EHANDSHAKE the connection still retries every reconnect_max_ms; a
+ * later session clears the error. */
 int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms);
 
 /* Fire and forget. params taken (NULL = empty); bulk copied. Messages from

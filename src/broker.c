@@ -39,6 +39,10 @@
 #define LEGACY_HEARTBEAT_MS 2000           /* 1.x peers do not beat: libzmq pings them */
 #define LEGACY_HEADROOM (64 << 10)         /* a little over max_message is refused, not dropped */
 #define LEGACY_HELLO_MAX 1024              /* a 1.x link's first frame: its hello is ~150 bytes */
+#define NODE_WINDOW 64                     /* default: one session's messages at one node at once */
+#define PAUSE_OVERSHOOT 10000              /* replies a paused call may still bring: a client's default queue_limit */
+#define TOMBSTONE_MS 10000                 /* an ended channel's late replies are dropped quietly this long */
+#define FLOW_COMMAND "mdg.flow"            /* broker -> node: pause, resume or end one call's replies */
 /* Each connection holds one descriptor. FD_RESERVE are kept for the rest of
  * the process: the account server's 64 connections, the identity store,
  * logs, and connections accepted only to be refused (docs/guarantees.md). */
@@ -80,6 +84,8 @@ typedef struct peer {
      * acknowledged before, so the peer's own queue limit holds it back */
     struct held *held_head, *held_tail;
     size_t held_len;
+    bool resend_owed;  /* messages past hold_limit were not taken: ask for them once the held ones went */
+    int paused_fwds;   /* calls to nodes told to pause because this session is not reading */
     struct legacy_link *legacy; /* a Messidge 1.x peer, or NULL */
 } peer;
 
@@ -115,6 +121,10 @@ typedef struct kept {
     mdg_header h;
     zmq_msg_t params, bulk;
     bool has_bulk;
+    /* a fire-and-forget command forwarded to a node: it counts in its
+     * sender's share of that node until the node acknowledges it */
+    bool counted;
+    uint8_t origin[SESSION_ID_BYTES];
 } kept;
 
 struct mdg_broker {
@@ -142,8 +152,11 @@ struct mdg_broker {
     mdg_map *nodes;    /* node pk -> peer: one live connection per node */
     mdg_map *by_fd;    /* socket fd -> peer */
     mdg_map *fwds;     /* forwarded call id -> fwd */
-    uint64_t next_fwd;
-    int grace_ms, node_grace_ms, queue_limit;
+    uint64_t next_fwd; /* last id given; starts at random, see mdg_broker_new */
+    size_t tombstones; /* ended channels among fwds */
+    mdg_map *shares;   /* session id + node pk -> share */
+    mdg_map *ready;    /* session id -> held peer that may go on now */
+    int grace_ms, node_grace_ms, queue_limit, node_window, hold_limit;
     mdg_map *owed_ack; /* session id -> peer owed an ACK */
     mdg_map *backlog;  /* session id -> peer with messages libzmq would not take yet */
     mdg_map *holding;  /* session id -> peer with held messages */
@@ -179,7 +192,20 @@ typedef struct fwd {
     uint8_t session_id[SESSION_ID_BYTES];
     uint64_t user_corr;
     char command[64];
+    bool paused;        /* the node was told to pause its replies (its caller is not reading) */
+    size_t since_pause; /* replies that came after that (on their way before the node heard) */
+    /* ended by the broker (caller gone or not reading): a tombstone whose
+     * late replies are dropped quietly until ended_at + TOMBSTONE_MS */
+    bool ended;
+    int64_t ended_at;
 } fwd;
+
+/* One session's share of one node: what it has there at once (open calls,
+ * unacknowledged fire-and-forget commands), at most node_window. */
+typedef struct share {
+    uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES]; /* session id, node pk */
+    int used;
+} share;
 
 /* A message queued by another thread for a session or a node. */
 typedef struct queued {
@@ -224,9 +250,17 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     b->grace_ms = opts && opts->session_grace_ms > 0 ? opts->session_grace_ms : 60000;
     b->node_grace_ms = opts && opts->node_grace_ms > 0 ? opts->node_grace_ms : 5000;
     b->queue_limit = opts && opts->queue_limit > 0 ? opts->queue_limit : 10000;
+    b->node_window = opts && opts->node_window > 0 ? opts->node_window : NODE_WINDOW;
+    b->hold_limit = opts && opts->hold_limit > 0 ? opts->hold_limit : b->queue_limit;
     b->legacy = opts && opts->legacy;
     b->legacy_port = opts ? opts->legacy_port : 0;
     b->max_message = opts && opts->max_message > 0 ? opts->max_message : BROKER_MAX_MSG;
+    /* Forward ids count up from a random 63-bit start, so that two broker
+     * processes (one restarted, say) do not hand out the same ids: a node
+     * still answering a call of the old process never names a call of the
+     * new one. 63 bits: counting up never wraps to 0 ("no reply wanted"). */
+    randombytes_buf(&b->next_fwd, sizeof b->next_fwd);
+    b->next_fwd >>= 1;
     b->max_conns_asked = opts && opts->max_connections > 0 ? opts->max_connections : 0;
     b->listen_fd[0] = b->listen_fd[1] = -1;
     if (b->legacy && (b->legacy_port < 0 || b->legacy_port > 65535)) {
@@ -244,7 +278,7 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
         !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
         !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
         !(b->owed_ack = mdg_map_new()) || !(b->backlog = mdg_map_new()) || !(b->holding = mdg_map_new()) ||
-        !(b->ctx = zmq_ctx_new())) {
+        !(b->shares = mdg_map_new()) || !(b->ready = mdg_map_new()) || !(b->ctx = zmq_ctx_new())) {
         mdg_broker_destroy(&b);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the broker");
     }
@@ -474,7 +508,7 @@ static int push(mdg_broker *b, peer *p, kept *k)
     return rc;
 }
 
-static void trim_kept(peer *p, uint64_t ack);
+static void trim_kept(mdg_broker *b, peer *p, uint64_t ack);
 
 /* Send what a peer has not been sent yet, in order, while it is attached.
  * A full pipe (a slow reader) leaves the rest for the backlog timer. */
@@ -492,14 +526,45 @@ static void flush_peer(mdg_broker *b, peer *p)
         }
         p->unsent = p->unsent->next;
         if (p->legacy) /* 1.x has no acknowledgements: libzmq has it, it is gone */
-            trim_kept(p, p->tx_seq);
+            trim_kept(b, p, p->tx_seq);
     }
 }
 
+/* The final answer to a call (a reply without MORE, or an error to a
+ * corr) is never refused for lack of room: a call the broker took must end
+ * in a reply or an error. Their number is bounded by the calls a session
+ * may have open (node_window per node; a sender whose own queue is full is
+ * paused before its next command is taken, see process()). */
+static bool final_answer(const mdg_header *h)
+{
+    return (h->kind == MDG_K_REPLY && !(h->flags & MDG_F_MORE)) || (h->kind == MDG_K_ERROR && h->corr);
+}
+
+/* queue_limit * quarters / 4: the marks above queue_limit where a caller
+ * that does not read has its streams paused (6/4), resumed (5/4), ended
+ * (8/4), and its own commands held (8/4). */
+static size_t over_limit(const mdg_broker *b, int quarters)
+{
+    return (size_t)b->queue_limit * (size_t)quarters / 4;
+}
+
+static int send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk,
+                           size_t limit, const uint8_t *origin);
+
 /* Queue a message to a peer (params and bulk moved). Numbered kinds are
- * kept until acknowledged, within the peer's queue limit; past it the
- * message is refused, loudly. Unnumbered ones go now or not at all. */
+ * kept until acknowledged, within the peer's queue limit (final answers
+ * past it); past it the message is refused, loudly. Unnumbered ones go now
+ * or not at all. */
 static int send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    return send_frames_max(b, p, h, params, bulk, final_answer(h) ? SIZE_MAX : (size_t)b->queue_limit, NULL);
+}
+
+/* limit: how many unacknowledged messages the peer may have with this one;
+ * origin: the session that a fire-and-forget command to a node counts for
+ * (share_release when the node acknowledges it), or NULL. */
+static int send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk,
+                           size_t limit, const uint8_t *origin)
 {
     if (!mdg_kind_sequenced(h->kind)) {
         h->seq = 0;
@@ -512,7 +577,7 @@ static int send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params,
         }
         return rc;
     }
-    if (p->out_len >= (size_t)b->queue_limit) {
+    if (p->out_len >= limit) {
         char who[MDG_KEY_B64_LEN + 1];
         pk_short(p->pk, who);
         zmq_msg_close(params);
@@ -531,6 +596,10 @@ static int send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params,
     }
     h->seq = ++p->tx_seq;
     k->h = *h;
+    if (origin) {
+        k->counted = true;
+        memcpy(k->origin, origin, SESSION_ID_BYTES);
+    }
     zmq_msg_init(&k->params);
     zmq_msg_move(&k->params, params);
     zmq_msg_close(params);
@@ -552,45 +621,124 @@ static int send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params,
     return 0;
 }
 
-static void free_kept(peer *p)
+/* ------------------------------------------------------- shares of nodes */
+
+static void share_key(uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES], const uint8_t *sid, const uint8_t *node_pk)
+{
+    memcpy(key, sid, SESSION_ID_BYTES);
+    memcpy(key + SESSION_ID_BYTES, node_pk, MDG_KEY_BYTES);
+}
+
+static int share_used(const mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk)
+{
+    uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
+    share_key(key, sid, node_pk);
+    share *s = mdg_map_get(b->shares, key, sizeof key);
+    return s ? s->used : 0;
+}
+
+static int share_take(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk)
+{
+    uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
+    share_key(key, sid, node_pk);
+    share *s = mdg_map_get(b->shares, key, sizeof key);
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s)))
+            return MDG_ENOMEM;
+        memcpy(s->key, key, sizeof key);
+        if (mdg_map_put(b->shares, key, sizeof key, s) != 0) {
+            free(s);
+            return MDG_ENOMEM;
+        }
+    }
+    s->used++;
+    return 0;
+}
+
+/* One message of a session at a node is done: room in its share, so a
+ * session held for want of it goes on (after the current batch). */
+static void share_release(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk)
+{
+    uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
+    share_key(key, sid, node_pk);
+    share *s = mdg_map_get(b->shares, key, sizeof key);
+    if (s && --s->used <= 0)
+        free(mdg_map_take(b->shares, key, sizeof key));
+    peer *held = mdg_map_get(b->holding, sid, SESSION_ID_BYTES);
+    if (held)
+        mdg_map_put(b->ready, sid, SESSION_ID_BYTES, held);
+}
+
+static void free_one_kept(mdg_broker *b, peer *p, kept *k)
+{
+    if (k->counted)
+        share_release(b, k->origin, p->pk);
+    zmq_msg_close(&k->params);
+    if (k->has_bulk)
+        zmq_msg_close(&k->bulk);
+    free(k);
+}
+
+static void send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, uint64_t corr,
+                       const char *command, const char *text);
+
+/* A node's session ends with fire-and-forget commands it has not
+ * acknowledged: each sender still connected is told (a notice), since the
+ * node may not have run them. */
+static void free_kept(mdg_broker *b, peer *p)
 {
     while (p->out_head) {
         kept *k = p->out_head;
         p->out_head = k->next;
-        zmq_msg_close(&k->params);
-        if (k->has_bulk)
-            zmq_msg_close(&k->bulk);
-        free(k);
+        peer *sender = k->counted ? mdg_map_get(b->sessions, k->origin, SESSION_ID_BYTES) : NULL;
+        if (sender) {
+            char who[MDG_KEY_B64_LEN + 1], why[400];
+            mdg_pk_to_b64(p->pk, who);
+            snprintf(why, sizeof why, "'%s' may not have reached node %s: its session ended before it acknowledged it",
+                     k->h.command, who);
+            send_error(b, sender->rid, sender->rid_len, sender, 0, k->h.command, why);
+        }
+        free_one_kept(b, p, k);
     }
     p->out_tail = p->unsent = NULL;
     p->out_len = 0;
 }
 
+static void resume_paused_fwds(mdg_broker *b, peer *p);
+
 /* The peer has everything up to ack: forget it (never what was not sent). */
-static void trim_kept(peer *p, uint64_t ack)
+static void trim_kept(mdg_broker *b, peer *p, uint64_t ack)
 {
+    size_t before = p->out_len;
     while (p->out_head && p->out_head != p->unsent && p->out_head->h.seq <= ack) {
         kept *k = p->out_head;
         p->out_head = k->next;
-        zmq_msg_close(&k->params);
-        if (k->has_bulk)
-            zmq_msg_close(&k->bulk);
-        free(k);
+        free_one_kept(b, p, k);
         p->out_len--;
     }
     if (!p->out_head)
         p->out_tail = NULL;
     if (ack > p->acked)
         p->acked = ack;
+    if (p->out_len == before)
+        return;
+    /* room again: a peer held because its own queue was full goes on, and
+     * nodes paused for its sake may send again once it has caught up */
+    if (p->held_head && p->out_len < over_limit(b, 8))
+        mdg_map_put(b->ready, p->session_id, SESSION_ID_BYTES, p);
+    if (p->paused_fwds && p->out_len <= over_limit(b, 5))
+        resume_paused_fwds(b, p);
 }
 
 /* Encode and send; params taken, bulk copied. With no peer (a sender that
- * has no session) the message goes unsequenced to the routing id. */
+ * has no session, or one whose numbering is broken) the message goes
+ * unsequenced to the routing id: then it is only ever a notice (corr 0),
+ * the one unnumbered error clients accept (docs/protocol.md 6.1). */
 static int send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind,
                    uint64_t corr, uint32_t flags, const char *command, mdg_params *params,
                    const void *bulk, size_t bulk_len)
 {
-    mdg_header h = {.kind = (uint8_t)kind, .corr = corr, .flags = flags};
+    mdg_header h = {.kind = (uint8_t)kind, .corr = p ? corr : 0, .flags = flags};
     zmq_msg_t pm, bm;
     int rc = mdg_header_set_command(&h, command);
     if (rc == 0)
@@ -753,7 +901,7 @@ size_t mdg_broker_session_count(const mdg_broker *b)
 
 size_t mdg_broker_forward_count(const mdg_broker *b)
 {
-    return b ? mdg_map_size(b->fwds) : 0;
+    return b ? mdg_map_size(b->fwds) - b->tombstones : 0; /* ended calls are not open */
 }
 
 size_t mdg_broker_node_count(const mdg_broker *b)
@@ -805,8 +953,82 @@ static void scan_one(void *value, void *arg)
         mdg_ptrs_push(&s->found, f);
 }
 
-/* A peer has gone: forwarded calls it made are forgotten; calls waiting on
- * it (a node) are failed to their callers, so no one waits forever. */
+static int send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk,
+                           size_t limit, const uint8_t *origin);
+
+/* A forwarded call is over: forgotten, and its place in its caller's share
+ * of the node freed (an ended one freed it when it ended). */
+static void fwd_free(mdg_broker *b, fwd *f)
+{
+    mdg_map_take_u64(b->fwds, f->id);
+    if (f->ended) {
+        b->tombstones--;
+    } else {
+        peer *caller = f->paused ? mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES) : NULL;
+        if (caller)
+            caller->paused_fwds--;
+        share_release(b, f->session_id, f->node_pk);
+    }
+    free(f);
+}
+
+/* Tell a node about one of its calls (FLOW_COMMAND, numbered like any
+ * command): "pause" its replies (the caller is not reading), "resume"
+ * them, or "end" the call (the caller has gone or stopped reading for too
+ * long: the node's further replies to it fail locally). Never refused for
+ * lack of room: at most a few per call. 1.x nodes know nothing of it. */
+static void send_flow(mdg_broker *b, peer *node, uint64_t id, const char *state, const char *reason)
+{
+    mdg_params *fp = node->legacy ? NULL : mdg_params_new();
+    mdg_header h = {.kind = MDG_K_CMD};
+    zmq_msg_t pm;
+    if (fp && mdg_params_set_int(fp, "call", (int64_t)id) == 0 && mdg_params_set_str(fp, "state", state) == 0 &&
+        (!reason || mdg_params_set_str(fp, "reason", reason) == 0) && mdg_header_set_command(&h, FLOW_COMMAND) == 0 &&
+        mdg_wire_encode_params(fp, &pm) == 0)
+        send_frames_max(b, node, &h, &pm, NULL, SIZE_MAX, NULL);
+    mdg_params_destroy(&fp);
+}
+
+/* The broker ends a call whose caller has gone or does not read: the
+ * caller (if any) gets a final error, the node is told to stop, and the
+ * record stays a while as a tombstone so that the replies already on their
+ * way are dropped quietly instead of each drawing a refusal. */
+static void end_fwd(mdg_broker *b, fwd *f, peer *caller, const char *why)
+{
+    if (caller)
+        send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
+    peer *node = mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES);
+    if (node)
+        send_flow(b, node, f->id, "end", why);
+    if (f->paused && caller)
+        caller->paused_fwds--;
+    f->paused = false;
+    f->ended = true;
+    f->ended_at = mdg_now_ms();
+    b->tombstones++;
+    share_release(b, f->session_id, f->node_pk);
+}
+
+/* A session that was not reading has caught up: the nodes paused for it
+ * may send its replies again. */
+static void resume_paused_fwds(mdg_broker *b, peer *p)
+{
+    fwd_scan s = {.key = p->session_id};
+    mdg_map_each(b->fwds, scan_one, &s);
+    for (size_t i = 0; i < s.found.n; i++) {
+        fwd *f = s.found.v[i];
+        peer *node = f->paused ? mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES) : NULL;
+        if (node)
+            send_flow(b, node, f->id, "resume", NULL);
+        f->paused = false;
+    }
+    p->paused_fwds = 0;
+    mdg_ptrs_free(&s.found);
+}
+
+/* A peer has gone. A node: calls waiting on it are failed to their
+ * callers, so no one waits forever. A user: its calls to nodes are ended
+ * (the nodes are told to stop their replies). */
 static void drop_fwds(mdg_broker *b, peer *p)
 {
     fwd_scan s = {.key = p->role == MDG_ROLE_NODE ? p->pk : p->session_id,
@@ -814,16 +1036,19 @@ static void drop_fwds(mdg_broker *b, peer *p)
     mdg_map_each(b->fwds, scan_one, &s);
     for (size_t i = 0; i < s.found.n; i++) {
         fwd *f = s.found.v[i];
-        mdg_map_take_u64(b->fwds, f->id);
-        if (s.by_node) {
-            peer *caller = mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
+        if (!s.by_node) {
+            if (!f->ended)
+                end_fwd(b, f, NULL, "the caller's session has closed");
+            continue;
+        }
+        peer *caller = f->ended ? NULL : mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
+        if (caller) {
             char who[MDG_KEY_B64_LEN + 1], why[160];
             mdg_pk_to_b64(f->node_pk, who);
             snprintf(why, sizeof why, "node %s went away before answering", who);
-            if (caller)
-                send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
+            send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
         }
-        free(f);
+        fwd_free(b, f);
     }
     mdg_ptrs_free(&s.found);
 }
@@ -860,6 +1085,7 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
         b->hooks.session_closed(b, p->pk, p->data, b->hook_arg);
     }
     mdg_map_take(b->holding, p->session_id, SESSION_ID_BYTES);
+    mdg_map_take(b->ready, p->session_id, SESSION_ID_BYTES);
     while (p->held_head) {
         held *hm = p->held_head;
         p->held_head = hm->next;
@@ -870,7 +1096,7 @@ static void close_session(mdg_broker *b, peer *p, const char *why)
     if (p->out_len)
         mdg_log(MDG_LOG_WARN, "%s %s: %zu queued message(s) not delivered: its session closed (%s)",
                 p->role == MDG_ROLE_NODE ? "node" : "user", who, p->out_len, why);
-    free_kept(p);
+    free_kept(b, p);
     legacy_link_free(&p->legacy);
     free(p);
 }
@@ -1032,7 +1258,7 @@ static bool resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, co
     }
     p->silence_ms = silence_ms;
     p->unsent = NULL; /* everything kept goes again, but what the client has */
-    trim_kept(p, ack < p->tx_seq ? ack : p->tx_seq);
+    trim_kept(b, p, ack < p->tx_seq ? ack : p->tx_seq);
     p->unsent = p->out_head;
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
@@ -1154,14 +1380,36 @@ int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn,
 
 /* -------------------------------------------------------------- dispatch */
 
-/* Params the broker vouches for replace whatever the sender put there. */
-static int stamp_identity(mdg_msg *m, peer *p)
+/* The provenance params (docs/protocol.md section 7). Every command a peer
+ * sends, user or node, native or 1.x, to a broker handler or forwarded to a
+ * node, passes here: whatever the sender wrote under these names is
+ * removed, then the broker writes its own values, by the sender's role:
+ *
+ *   sender   user                session                 node
+ *   user     its key (32 bytes)  its session id (16)     -
+ *   node     -                   -                       its key (32 bytes)
+ *
+ * so a receiver sees each of them only when the broker put it there. (A
+ * node's call to a node is refused before this; replies and the broker's
+ * own commands are stamped nothing.) forward: a user's call to a node,
+ * whose `node` names the target and is no forgery. */
+static const char *const provenance[] = {"user", "session", "node"};
+
+static int stamp_identity(mdg_msg *m, peer *p, bool forward)
 {
-    if (p->role == MDG_ROLE_NODE) {
-        mdg_params_remove(m->params, "session");
-        return mdg_params_set_bytes(m->params, "node", p->pk, MDG_KEY_BYTES);
+    bool node = p->role == MDG_ROLE_NODE;
+    for (size_t i = 0; i < sizeof provenance / sizeof provenance[0]; i++) {
+        int rc = mdg_params_remove(m->params, provenance[i]);
+        if (rc == MDG_ENOTFOUND || (rc == 0 && forward && strcmp(provenance[i], "node") == 0))
+            continue;
+        if (rc) /* still there: the message must not go on */
+            return rc;
+        char who[MDG_KEY_B64_LEN + 1];
+        mdg_log(MDG_LOG_INFO, "'%s' from %s %s: its own '%s' param removed (only the broker stamps user, session "
+                              "and node)", m->h.command, node ? "node" : "user", pk_short(p->pk, who), provenance[i]);
     }
-    mdg_params_remove(m->params, "node"); /* only the broker says who is a node */
+    if (node)
+        return mdg_params_set_bytes(m->params, "node", p->pk, MDG_KEY_BYTES);
     int rc = mdg_params_set_bytes(m->params, "user", p->pk, MDG_KEY_BYTES);
     return rc ? rc : mdg_params_set_bytes(m->params, "session", p->session_id, SESSION_ID_BYTES);
 }
@@ -1181,6 +1429,7 @@ static bool peer_full(const mdg_broker *b, const peer *p)
     return p->out_len >= (size_t)b->queue_limit;
 }
 
+
 /* Returns false when the node cannot take more now: the call waits. */
 static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
 {
@@ -1198,11 +1447,19 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
         refuse(b, p, &m->h, why);
         return true;
     }
-    if (peer_full(b, node))
+    /* fairness: one session has at most node_window messages at a node,
+     * so a flood from one sender waits at the broker, not in front of
+     * everyone else's calls at the node */
+    if (peer_full(b, node) || share_used(b, p->session_id, node->pk) >= b->node_window)
         return false;
     zmq_msg_t pm, bm;
-    if (stamp_identity(m, p) != 0 || /* which removes "node" */
+    if (stamp_identity(m, p, true) != 0 || /* which removes "node": pk is no longer valid */
         mdg_wire_encode_params(m->params, &pm) != 0) {
+        refuse(b, p, &m->h, "broker out of memory");
+        return true;
+    }
+    if (share_take(b, p->session_id, node->pk) != 0) {
+        zmq_msg_close(&pm);
         refuse(b, p, &m->h, "broker out of memory");
         return true;
     }
@@ -1212,6 +1469,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
         if (!f || mdg_map_put_u64(b->fwds, b->next_fwd + 1, f) != 0) {
             free(f);
             zmq_msg_close(&pm);
+            share_release(b, p->session_id, node->pk);
             refuse(b, p, &m->h, "broker out of memory");
             return true;
         }
@@ -1227,10 +1485,15 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
         zmq_msg_init(&bm);
         zmq_msg_move(&bm, &m->bulk);
     }
-    if (send_frames(b, node, &h, &pm, m->has_bulk ? &bm : NULL) != 0 && f) {
-        mdg_map_take_u64(b->fwds, f->id);
-        free(f);
-        pk_short(pk, who);
+    /* a call counts in the share while its forward lives, a
+     * fire-and-forget command until the node acknowledges it */
+    if (send_frames_max(b, node, &h, &pm, m->has_bulk ? &bm : NULL, (size_t)b->queue_limit,
+                        f ? NULL : p->session_id) != 0) {
+        if (f)
+            fwd_free(b, f);
+        else
+            share_release(b, p->session_id, node->pk);
+        pk_short(node->pk, who);
         snprintf(why, sizeof why, "node %s cannot take the call: %s", who, mdg_last_error());
         refuse(b, p, &m->h, why);
     }
@@ -1253,6 +1516,11 @@ static bool route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
         send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: no such call pending for this node");
         return true;
     }
+    if (fw->ended) { /* on its way before the node heard that the call was ended */
+        if (!(h->flags & MDG_F_MORE))
+            fwd_free(b, fw);
+        return true;
+    }
     int nparts = f->n - 2;
     if (nparts < 1 || nparts > 2 || f->dropped ||
         mdg_wire_check_cbor(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2])) != 0 ||
@@ -1261,29 +1529,49 @@ static bool route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
         send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
         return true;
     }
+    /* A node is never paused for one caller: its replies to a caller that
+     * does not read wait in that caller's queue, past queue_limit. At 1.5
+     * times queue_limit the node is asked to pause this call (its other
+     * calls go on). A node that goes on sending to it (more than the
+     * replies already on their way: queue_limit, at least PAUSE_OVERSHOOT)
+     * has the call ended: the caller gets an error, the node is told to
+     * stop. So what waits for one caller is bounded per open call. */
     bool final = !(h->flags & MDG_F_MORE);
+    size_t overshoot = b->queue_limit > PAUSE_OVERSHOOT ? (size_t)b->queue_limit : PAUSE_OVERSHOOT;
     peer *caller = mdg_map_get(b->sessions, fw->session_id, SESSION_ID_BYTES);
-    if (caller && peer_full(b, caller))
-        return false; /* the node waits until its caller drains */
-    if (caller) {
-        mdg_header out = {.kind = h->kind, .corr = fw->user_corr, .flags = h->flags};
-        zmq_msg_t pm, bm;
-        zmq_msg_init(&pm);
-        zmq_msg_move(&pm, &f->part[2]);
-        if (nparts == 2) {
-            zmq_msg_init(&bm);
-            zmq_msg_move(&bm, &f->part[3]);
-        }
-        if (send_frames(b, caller, &out, &pm, nparts == 2 ? &bm : NULL) != 0) {
-            char why[300];
-            snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
-            mdg_log(MDG_LOG_ERROR, "from node %s: %s", pk_short(node->pk, who), why);
-            send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
-        }
+    if (!caller) {
+        fwd_free(b, fw);
+        return true;
     }
-    if (final || !caller) {
-        mdg_map_take_u64(b->fwds, fw->id);
-        free(fw);
+    if (!final && fw->paused && ++fw->since_pause > overshoot) {
+        char why[300];
+        snprintf(why, sizeof why, "the broker ended '%s': its caller is not reading (%zu messages wait for it)",
+                 fw->command, caller->out_len);
+        mdg_log(MDG_LOG_WARN, "from node %s: %s", pk_short(node->pk, who), why);
+        end_fwd(b, fw, caller, why);
+        return true;
+    }
+    mdg_header out = {.kind = h->kind, .corr = fw->user_corr, .flags = h->flags};
+    zmq_msg_t pm, bm;
+    zmq_msg_init(&pm);
+    zmq_msg_move(&pm, &f->part[2]);
+    if (nparts == 2) {
+        zmq_msg_init(&bm);
+        zmq_msg_move(&bm, &f->part[3]);
+    }
+    if (send_frames_max(b, caller, &out, &pm, nparts == 2 ? &bm : NULL, SIZE_MAX, NULL) != 0) {
+        char why[300];
+        snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
+        mdg_log(MDG_LOG_ERROR, "from node %s: %s", pk_short(node->pk, who), why);
+        send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
+    }
+    if (final) {
+        fwd_free(b, fw);
+    } else if (caller->out_len >= over_limit(b, 6) && !fw->paused && !node->legacy) {
+        fw->paused = true;
+        fw->since_pause = 0;
+        caller->paused_fwds++;
+        send_flow(b, node, fw->id, "pause", NULL);
     }
     return true;
 }
@@ -1319,7 +1607,7 @@ static bool dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
     }
     /* stamped first, so a table may list user/session/node as required */
     const mdg_cmd *c = NULL;
-    if (stamp_identity(m, p) != 0)
+    if (stamp_identity(m, p, false) != 0)
         refuse(b, p, h, "broker out of memory");
     else if (!(c = mdg_cmd_check(b->cmds, m, p->role == MDG_ROLE_NODE, why, sizeof why)))
         refuse(b, p, h, why);
@@ -1330,12 +1618,29 @@ static bool dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
     return true;
 }
 
+/* Ask a peer whose link is fine to say hello again: the resume that
+ * follows makes it resend what we have not taken (unsequenced: it may
+ * have no room, and it is about the session itself). */
+static void ask_resend(mdg_broker *b, peer *p, const char *text)
+{
+    mdg_params *e = mdg_params_new();
+    if (e && p->attached) {
+        mdg_params_set_str(e, "error", text);
+        mdg_params_set_bool(e, "resync", true);
+        send_to(b, p->rid, p->rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
+    } else {
+        mdg_params_destroy(&e);
+    }
+}
+
 /* Process one numbered (or unnumbered) message of a peer in order. False
  * when it must wait because where it goes is full: it is then neither
  * counted nor acknowledged. Duplicates (resent after a resume) are dropped. */
 static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who)
 {
-    bool numbered = mdg_kind_sequenced(h->kind) && h->seq != 0;
+    /* 1.x frames have no numbers; a native one of a numbered kind without
+     * its number never gets here (handle_message refuses it) */
+    bool numbered = !p->legacy && mdg_kind_sequenced(h->kind);
     if (numbered && h->seq <= p->rx_seq) {
         mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
         return true;
@@ -1345,16 +1650,19 @@ static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
          * to say hello again, which makes it resend from what we have */
         mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu; dropped, asking for a resend", who,
                 (unsigned long long)p->rx_seq + 1, (unsigned long long)h->seq);
-        mdg_params *e = mdg_params_new();
-        if (e && p->attached) {
-            mdg_params_set_str(e, "error", "messages were lost: say hello again");
-            mdg_params_set_bool(e, "resync", true);
-            send_to(b, p->rid, p->rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
-        } else {
-            mdg_params_destroy(&e);
-        }
+        ask_resend(b, p, "messages were lost: say hello again");
         return true;
     }
+    /* A sender whose queue is far past queue_limit is not reading: what
+     * handling this would send it (an answer, a refusal) must not pile up
+     * without bound, so it waits, unacknowledged, until the sender reads.
+     * (Past queue_limit itself only the broker's own sends are refused: a
+     * busy stream of those must not starve the sender's own commands.) A
+     * node's replies go on whatever its own queue holds: they are what
+     * others wait for. */
+    if (p->out_len >= over_limit(b, 8) &&
+        !(p->role == MDG_ROLE_NODE && (h->kind == MDG_K_REPLY || h->kind == MDG_K_ERROR)))
+        return false;
     /* Counted as received before it is handled, so that what the handling
      * sends to this peer (a reply, a refusal) acknowledges it at once
      * instead of a separate ACK later. A message that must wait is taken
@@ -1390,6 +1698,19 @@ static bool process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
 
 static void hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
 {
+    if (!p->legacy && p->held_len >= (size_t)b->hold_limit) {
+        /* the broker's own bound, whatever the sender's queue_limit: not
+         * taken nor acknowledged, asked for again once the held ones went
+         * on (a 1.x peer is refused instead, legacy_frame) */
+        if (!p->resend_owed) {
+            char who[MDG_KEY_B64_LEN + 1];
+            mdg_log(MDG_LOG_WARN, "%s %s has %zu messages held (hold_limit): further ones are not taken until "
+                                  "those have gone on, then it is asked to resend them",
+                    p->role == MDG_ROLE_NODE ? "node" : "user", pk_short(p->pk, who), p->held_len);
+        }
+        p->resend_owed = true;
+        return;
+    }
     held *hm = malloc(sizeof *hm);
     if (!hm) { /* not acknowledged: the peer resends it after a reconnect */
         mdg_log(MDG_LOG_ERROR, "out of memory holding a message");
@@ -1430,6 +1751,20 @@ static void release_held(mdg_broker *b, peer *p)
         free(hm);
     }
     mdg_map_take(b->holding, p->session_id, SESSION_ID_BYTES);
+    if (p->resend_owed) {
+        p->resend_owed = false;
+        ask_resend(b, p, "messages past the broker's hold_limit were not taken: say hello again");
+    }
+}
+
+/* Held peers that may go on now (room made by an acknowledgement or a
+ * finished call), after the batch that made it. */
+static void release_ready(mdg_broker *b)
+{
+    peer *p;
+    while ((p = mdg_map_pop(b->ready)) != NULL)
+        if (mdg_map_get(b->holding, p->session_id, SESSION_ID_BYTES) == p)
+            release_held(b, p);
 }
 
 static int on_monitor(mdg_loop *loop, void *arg, short revents);
@@ -1506,7 +1841,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
              * detach marked to send again: the ack says it arrived) */
             p->unsent = NULL;
             if (h.ack)
-                trim_kept(p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
+                trim_kept(b, p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
             close_session(b, p, "client said goodbye");
         }
         return;
@@ -1522,7 +1857,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
             mdg_params_set_str(e, "error", "no session: send hello first");
             mdg_params_set_str(e, "command", h.command);
             mdg_params_set_bool(e, "resync", true);
-            send_to(b, rid, rid_len, NULL, MDG_K_ERROR, h.corr, 0, "", e, NULL, 0);
+            send_to(b, rid, rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
         }
         return;
     }
@@ -1538,9 +1873,21 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     /* acknowledgements count at once, even for a message that must wait:
      * they are what frees the queues it waits for */
     if (h.ack)
-        trim_kept(p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
+        trim_kept(b, p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
     if (h.kind == MDG_K_ACK)
         return;
+    if (mdg_kind_sequenced(h.kind) && h.seq == 0) {
+        /* numbered kinds count from 1: one without its number would skip
+         * duplicate detection and run again each time it came. Not
+         * processed, not counted; a command's caller is answered, a reply
+         * or error gets a notice (its corr names a call of ours) */
+        char why[160];
+        snprintf(why, sizeof why, "unnumbered %s refused: commands, replies and errors are numbered from 1 "
+                                  "(seq 0 is only for hello, welcome, bye and ack)", mdg_kind_name(h.kind));
+        mdg_log(MDG_LOG_WARN, "'%s' from %s %s: %s", h.command, p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+        send_error(b, p->rid, p->rid_len, p, h.kind == MDG_K_CMD ? h.corr : 0, h.command, why);
+        return;
+    }
     if (p->held_head || !process(b, p, &h, f, who))
         hold(b, p, &h, f);
 }
@@ -1646,6 +1993,7 @@ static void drain(mdg_broker *b, void *sock, void (*handle)(mdg_broker *, mdg_fr
         handle(b, &f);
         mdg_frames_close(&f);
     }
+    release_ready(b);
 }
 
 static int on_router(mdg_loop *loop, void *arg, short revents)
@@ -2082,6 +2430,7 @@ static int on_backlog_timer(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_broker *b = arg;
     mdg_ptrs ps = {0};
+    release_ready(b);
     if (mdg_map_size(b->holding)) {
         mdg_map_each(b->holding, collect, &ps);
         for (size_t i = 0; i < ps.n; i++)
@@ -2126,7 +2475,16 @@ static void find_expired(void *value, void *arg)
         mdg_ptrs_push(&e->found, p);
 }
 
-/* Sessions away longer than their grace period are closed for good. */
+static void find_old_tombstone(void *value, void *arg)
+{
+    fwd *f = value;
+    expired *e = arg;
+    if (f->ended && e->now - f->ended_at >= TOMBSTONE_MS)
+        mdg_ptrs_push(&e->found, f);
+}
+
+/* Sessions away longer than their grace period are closed for good; ended
+ * calls are forgotten once their late replies have had time to come. */
 static int on_grace_timer(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
@@ -2138,6 +2496,12 @@ static int on_grace_timer(mdg_loop *loop, void *arg, short revents)
     mdg_map_each(b->sessions, find_expired, &e);
     for (size_t i = 0; i < e.found.n; i++)
         close_session(b, e.found.v[i], "not resumed within its grace period");
+    if (b->tombstones) {
+        e.found.n = 0;
+        mdg_map_each(b->fwds, find_old_tombstone, &e);
+        for (size_t i = 0; i < e.found.n; i++)
+            fwd_free(b, e.found.v[i]);
+    }
     mdg_ptrs_free(&e.found);
     return 0;
 }
@@ -2307,7 +2671,7 @@ static void close_all_sessions(mdg_broker *b)
 {
     peer *p;
     if (!b->peers || !b->lpeers || !b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop || !b->owed_ack ||
-        !b->backlog || !b->holding)
+        !b->backlog || !b->holding || !b->shares || !b->ready)
         return; /* a broker that failed half-way through mdg_broker_new */
     while ((p = mdg_map_pop(b->sessions)) != NULL) {
         mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p); /* close_session takes it out */
@@ -2391,6 +2755,9 @@ void mdg_broker_destroy(mdg_broker **pb)
     fwd *f;
     while (b->fwds && (f = mdg_map_pop(b->fwds)) != NULL)
         free(f);
+    share *sh;
+    while (b->shares && (sh = mdg_map_pop(b->shares)) != NULL)
+        free(sh);
     pthread_mutex_lock(&b->qlock);
     while (b->q_head) {
         queued *n = b->q_head->next;
@@ -2409,6 +2776,8 @@ void mdg_broker_destroy(mdg_broker **pb)
     mdg_map_destroy(&b->owed_ack);
     mdg_map_destroy(&b->backlog);
     mdg_map_destroy(&b->holding);
+    mdg_map_destroy(&b->shares);
+    mdg_map_destroy(&b->ready);
     mdg_map_destroy(&b->allow);
     mdg_keys_destroy(&b->keys);
     free(b);

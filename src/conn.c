@@ -48,6 +48,9 @@
 #define ACK_EVERY 32         /* acknowledge at least every N messages... */
 #define ACK_DELAY_MS 20      /* ...or this long after the first unacked one */
 #define CLOSE_FLUSH_MS 2000  /* disconnect waits this long for acks */
+#define FLOW_COMMAND "mdg.flow" /* the broker pauses, resumes or ends one call's replies */
+#define FLOW_PAUSED ((void *)1)
+#define FLOW_ENDED ((void *)2)
 
 enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 
@@ -56,6 +59,7 @@ enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 typedef struct out_item {
     struct out_item *next;
     mdg_header h; /* kind, corr, flags, command; seq set when first sent */
+    uint64_t epoch; /* a reply: the session of the command it answers */
     zmq_msg_t params;
     zmq_msg_t bulk;
     bool has_bulk;
@@ -113,6 +117,18 @@ struct mdg_conn {
     uint64_t next_corr;
     uint8_t session_id[SESSION_ID_MAX];
     size_t session_id_len;
+    /* calls from the broker whose replies it asked us to pause
+     * (FLOW_PAUSED) or that it ended (FLOW_ENDED); the ended ones are
+     * forgotten oldest first past queue_limit */
+    mdg_map *flow;
+    mdg_ring flow_ended;
+    /* which session: +1 each time one is lost (written by the loop thread).
+     * A command kept past its handler is answered in its own session only:
+     * after a restart the broker would route a reply by a corr it now uses
+     * for someone else's call, or refuse it. */
+    uint64_t epoch;
+    int links_failed;   /* links that failed since the last session */
+    char link_seen[200]; /* what the last of them saw */
 
     /* loop thread only */
     out_item *sent_head, *sent_tail; /* sent, awaiting the broker's ack */
@@ -121,6 +137,7 @@ struct mdg_conn {
     bool had_session;
     bool resyncing;  /* a hello went out after a "no session" notice */
     bool handshaken; /* CURVE handshake done on the current link */
+    int hs_closed;   /* handshakes in a row the peer ended (handshake_failed) */
     bool pollout;    /* waiting for room in the socket's queue */
     int attempt;     /* reconnects since the last session */
     int ack_timer;
@@ -215,8 +232,9 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     pthread_cond_init(&c->state_cond, NULL);
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
+    mdg_ring_init(&c->flow_ended, (size_t)o->queue_limit);
     if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
-        !(c->pending = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
+        !(c->pending = mdg_map_new()) || !(c->flow = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
         (o->legacy && legacy_alloc(c) != 0)) {
         mdg_conn_destroy(&c);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
@@ -361,6 +379,12 @@ static void legacy_hello(mdg_conn *c);
 static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h);
 static void legacy_on_reply(mdg_conn *c, mdg_msg *m);
 
+/* A reply to a command of a session that has been lost (under lock). */
+static bool stale_reply(const mdg_conn *c, const out_item *o)
+{
+    return o->h.kind != MDG_K_CMD && o->epoch != c->epoch;
+}
+
 /* Queue a message for the loop thread to send, within the backlog limit:
  * wait for room, or refuse with MDG_EAGAIN when waiting is not allowed. */
 static int enqueue(mdg_conn *c, out_item *o)
@@ -371,7 +395,7 @@ static int enqueue(mdg_conn *c, out_item *o)
      * room come through it), and refusing a handler's reply would lose it.
      * What handlers send per message they handle is bounded by their code;
      * long streams belong on another thread (mdg_msg_keep), which waits. */
-    while (!loop && c->backlog >= (size_t)c->opts.queue_limit && !c->closing && !c->fail_err) {
+    while (!loop && c->backlog >= (size_t)c->opts.queue_limit && !c->closing && !c->fail_err && !stale_reply(c, o)) {
         if (c->opts.nonblocking) {
             size_t n = c->backlog;
             pthread_mutex_unlock(&c->lock);
@@ -380,8 +404,11 @@ static int enqueue(mdg_conn *c, out_item *o)
         }
         pthread_cond_wait(&c->room_cond, &c->lock);
     }
-    if (c->closing || c->fail_err) {
-        int rc = c->fail_err ? mdg_fail(c->fail_err, "%s", c->fail_text) : mdg_fail(MDG_ECLOSED, "connection closed");
+    if (c->closing || c->fail_err || stale_reply(c, o)) {
+        int rc = c->fail_err  ? mdg_fail(c->fail_err, "%s", c->fail_text)
+                 : c->closing ? mdg_fail(MDG_ECLOSED, "connection closed")
+                              : mdg_fail(MDG_ECLOSED, "the session this call came in on has ended (the broker "
+                                                      "no longer knew it): its caller cannot be answered");
         pthread_mutex_unlock(&c->lock);
         out_free(o);
         return rc;
@@ -586,7 +613,63 @@ static int queue_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results
         return 0;
     }
     int rc = out_new(&o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
-    return rc ? rc : enqueue(c, o);
+    if (rc)
+        return rc;
+    o->epoch = m->epoch;
+    return enqueue(c, o);
+}
+
+/* Replies to a call the broker paused (its caller is not reading) wait
+ * for room on application threads (MDG_EAGAIN with nonblocking); the loop
+ * thread cannot wait and goes on (the broker keeps them, within its bound).
+ * A call the broker ended fails here, so that a node streaming to a caller
+ * that has gone or stopped reading learns it and stops. */
+static int flow_wait(mdg_conn *c, uint64_t corr)
+{
+    bool loop = on_loop_thread(c);
+    void *st;
+    int rc = 0;
+    pthread_mutex_lock(&c->lock);
+    while ((st = mdg_map_get_u64(c->flow, corr)) == FLOW_PAUSED && !loop && !c->closing && !c->fail_err) {
+        if (c->opts.nonblocking) {
+            rc = mdg_fail(MDG_EAGAIN, "would block: the broker paused this call's replies (its caller is not reading)");
+            break;
+        }
+        pthread_cond_wait(&c->room_cond, &c->lock);
+    }
+    if (st == FLOW_ENDED)
+        rc = mdg_fail(MDG_ECLOSED, "the broker ended this call: its caller has gone or is not reading");
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* The broker's word about one of the calls it sent us (FLOW_COMMAND). */
+static void on_flow(mdg_conn *c, const mdg_msg *m)
+{
+    int64_t call = 0;
+    const char *state = "", *reason = "";
+    mdg_params_get_int(m->params, "call", &call);
+    mdg_params_get_str(m->params, "state", &state);
+    mdg_params_get_str(m->params, "reason", &reason);
+    if (call <= 0)
+        return;
+    pthread_mutex_lock(&c->lock);
+    if (strcmp(state, "pause") == 0) {
+        mdg_map_put_u64(c->flow, (uint64_t)call, FLOW_PAUSED);
+    } else if (strcmp(state, "end") == 0) {
+        mdg_map_put_u64(c->flow, (uint64_t)call, FLOW_ENDED);
+        uint64_t old = mdg_ring_push(&c->flow_ended, (uint64_t)call);
+        if (old && mdg_map_get_u64(c->flow, old) == FLOW_ENDED)
+            mdg_map_take_u64(c->flow, old);
+    } else if (mdg_map_get_u64(c->flow, (uint64_t)call) == FLOW_PAUSED) { /* resume */
+        mdg_map_take_u64(c->flow, (uint64_t)call);
+    }
+    pthread_cond_broadcast(&c->room_cond);
+    pthread_mutex_unlock(&c->lock);
+    if (strcmp(state, "end") == 0)
+        mdg_log(MDG_LOG_WARN, "the broker ended call %lld: %s", (long long)call, reason);
+    else
+        mdg_log(MDG_LOG_DEBUG, "the broker says %s for call %lld", state, (long long)call);
 }
 
 /* Replies of the application's handlers: a failure's text goes back only
@@ -595,6 +678,11 @@ static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *res
                            const void *bulk, size_t bulk_len)
 {
     mdg_conn *c = m->owner;
+    int rc = m->h.corr ? flow_wait(c, m->h.corr) : 0;
+    if (rc) {
+        mdg_params_destroy(&results);
+        return rc;
+    }
     if (kind == MDG_K_ERROR && m->h.corr && !c->opts.reflect_errors) {
         /* The text stays here; the caller still learns that it failed. */
         const char *text = "";
@@ -624,9 +712,17 @@ static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
         mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
         return -1;
     }
+    if (mdg_kind_sequenced(h->kind) && h->seq == 0 && (h->kind != MDG_K_ERROR || h->corr != 0)) {
+        /* the one unnumbered message of a numbered kind is a notice: the
+         * broker's answer outside the session's numbering ("no session", a
+         * seq gap, a header it could not read). Anything else without its
+         * number would skip duplicate detection. */
+        mdg_log(MDG_LOG_ERROR, "unnumbered %s from the broker dropped: only error notices (corr 0) may have seq 0",
+                mdg_kind_name(h->kind));
+        return -1;
+    }
     if (h->kind != MDG_K_WELCOME && h->ack <= c->tx_seq)
         trim_sent(c, h->ack);
-    /* seq 0: the broker answers outside any session (e.g. "no session") */
     if (mdg_kind_sequenced(h->kind) && h->seq != 0) {
         if (h->seq <= c->rx_seq) {
             mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
@@ -667,6 +763,30 @@ static size_t drop_sent(mdg_conn *c)
     return n;
 }
 
+/* A session is lost: replies to its commands that are still queued must
+ * not go to the new one (commands do). Under lock; how many were dropped. */
+static size_t drop_stale_replies(mdg_conn *c)
+{
+    size_t n = 0;
+    out_item **at = &c->out_head;
+    c->out_tail = NULL;
+    while (*at) {
+        out_item *o = *at;
+        if (stale_reply(c, o)) {
+            *at = o->next;
+            out_free(o);
+            n++;
+        } else {
+            c->out_tail = o;
+            at = &o->next;
+        }
+    }
+    c->backlog -= n;
+    if (n)
+        pthread_cond_broadcast(&c->room_cond);
+    return n;
+}
+
 /* The session is open on this link: resumed (the broker has what we sent
  * up to ack) or new. */
 static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed, int64_t ack)
@@ -678,11 +798,25 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
         c->resend = c->sent_head; /* sent by flush() below, before anything new */
         ev = MDG_EV_RECOVERED;
     } else if (c->had_session) {
+        /* from now on replies to the old session's commands fail at once
+         * (MDG_ECLOSED), so a node streaming to a caller that is gone stops */
+        pthread_mutex_lock(&c->lock);
+        c->epoch++;
+        size_t stale = drop_stale_replies(c);
+        pthread_mutex_unlock(&c->lock);
+        if (stale)
+            mdg_log(MDG_LOG_WARN, "%zu queued repl%s to calls of the lost session dropped: their callers are gone",
+                    stale, stale == 1 ? "y" : "ies");
         size_t lost = drop_sent(c);
         char why[200];
         snprintf(why, sizeof why, "the broker no longer knew our session (restarted, or away longer "
                                   "than its grace period); %zu unacknowledged message(s) not delivered", lost);
         fail_all_pending(c, MDG_ECLOSED, why);
+        pthread_mutex_lock(&c->lock); /* the broker's word on the old session's calls is void */
+        while (mdg_map_pop(c->flow))
+            ;
+        pthread_cond_broadcast(&c->room_cond);
+        pthread_mutex_unlock(&c->lock);
         c->tx_seq = 0;
         c->rx_seq = 0;
         c->ack_sent = 0;
@@ -694,11 +828,13 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
     c->session_id_len = len;
     c->state = C_READY;
     c->fail_err = 0;
+    c->links_failed = 0;
     pthread_cond_broadcast(&c->state_cond);
     pthread_mutex_unlock(&c->lock);
     c->had_session = true;
     c->resyncing = false;
     c->attempt = 0;
+    c->hs_closed = 0;
     if (ev)
         event(c, ev, ev == MDG_EV_RECOVERED && c->opts.legacy
                          ? "a 1.x broker does not say whether it kept the session: what was sent "
@@ -726,8 +862,14 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
 static void on_command(mdg_conn *c, mdg_msg *m)
 {
     char why[512];
+    if (!c->opts.legacy && strcmp(m->h.command, FLOW_COMMAND) == 0) {
+        on_flow(c, m);
+        mdg_msg_destroy(&m);
+        return;
+    }
     m->send_reply = conn_send_reply;
     m->owner = c;
+    m->epoch = c->epoch; /* the loop thread is the only writer */
     const mdg_cmd *cmd = mdg_cmd_check(c->cmds, m, false, why, sizeof why);
     if (!cmd)
         m->send_reply = queue_reply; /* the library's own checks always reach the caller */
@@ -747,19 +889,28 @@ static void on_command(mdg_conn *c, mdg_msg *m)
 }
 
 static void send_hello(mdg_conn *c);
+static void close_socket(mdg_conn *c, bool discard);
+static int on_reconnect_timer(mdg_loop *loop, void *arg, short revents);
 
-/* Say hello again on this link (to resume, or learn the session is gone),
+/* Say hello again (to resume, or learn the session is gone), on a new link,
  * and send nothing new until the welcome: what follows a hello must not
- * overtake the resend that the welcome starts. */
+ * overtake the resend that the welcome starts. The old link is thrown away
+ * with what libzmq still holds of ours (our resend buffer has it), so the
+ * hello is the first thing on the new one: never dropped because the old
+ * link's send queue is full (the session would then never come back), and
+ * never behind messages the broker can only refuse one by one. */
 static void resync(mdg_conn *c, const char *why)
 {
-    mdg_log(MDG_LOG_WARN, "%s: hello again", why);
+    mdg_log(MDG_LOG_WARN, "%s: hello again on a new link", why);
     c->resyncing = true;
     pthread_mutex_lock(&c->lock);
     if (c->state == C_READY)
         c->state = C_RECONNECTING;
     pthread_mutex_unlock(&c->lock);
-    send_hello(c);
+    close_socket(c, true);
+    if (c->reconnect_timer)
+        mdg_loop_cancel(c->loop, c->reconnect_timer);
+    on_reconnect_timer(c->loop, c, 0); /* makes the link and says hello */
 }
 
 static void on_reply(mdg_conn *c, mdg_msg *m)
@@ -988,6 +1139,13 @@ static void close_socket(mdg_conn *c, bool discard)
     if (c->sock) {
         int zero = 0;
         mdg_loop_unwatch(c->loop, c->sock, -1);
+        /* Stop the monitor before closing either socket: libzmq 4.3.4
+         * sends monitor events blocking, so an event for a closing socket
+         * whose monitor reader is gone blocks the thread that emits it
+         * (libzmq#3575). Each closed link's sockets then stay unreaped (the
+         * context runs out of sockets after ~340 reconnects: EMFILE) or
+         * the context's I/O thread hangs, and no link is ever made again. */
+        zmq_socket_monitor(c->sock, NULL, 0);
         if (discard)
             zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
         zmq_close(c->sock);
@@ -1046,7 +1204,7 @@ static void link_lost(mdg_conn *c, const char *why)
 static void fatal(mdg_conn *c, int err, const char *text)
 {
     pthread_mutex_lock(&c->lock);
-    bool first = c->state == C_CONNECTING && !c->had_session;
+    bool first = !c->had_session;
     if (!c->fail_err) {
         c->fail_err = err;
         snprintf(c->fail_text, sizeof c->fail_text, "%s (%s)", text, c->endpoint);
@@ -1079,6 +1237,117 @@ static void broker_busy(mdg_conn *c)
         mdg_log(MDG_LOG_WARN, "the broker is at its connection limit (%s): retrying", c->endpoint);
 }
 
+/* Consistent evidence needed for MDG_EHANDSHAKE: handshakes the peer ended
+ * in order, in a row. */
+#define HS_VERDICT_AFTER 3
+#define PROBE_MS 2000
+
+static const char *const not_curve =
+    "the peer does not speak CURVE, so it is no native Messidge broker (a Messidge 1.x broker? then use "
+    "legacy mode)";
+
+/* Does the peer complete a ZMTP handshake without CURVE, as a Messidge 1.x
+ * broker does? libzmq reports the mechanism mismatch only when the peer's
+ * whole greeting arrived before it closed the link, and a peer that closes
+ * as soon as it has read ours often has not sent all of its own: then a 1.x
+ * broker looks like a CURVE broker refusing our HELLO (another key). A
+ * NULL-mechanism handshake tells them apart. Blocks the loop thread up to
+ * PROBE_MS: only before the first session, when it has nothing else to do. */
+static bool peer_speaks_null(mdg_conn *c)
+{
+    char ep[80];
+    void *s = zmq_socket(c->ctx, ZMQ_DEALER), *m = NULL;
+    bool yes = false, done = false;
+    int zero = 0;
+    snprintf(ep, sizeof ep, "inproc://mdg-probe-%p-%u", (void *)c, c->sock_gen);
+    if (s && zmq_socket_monitor(s, ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_DISCONNECTED |
+                                           ZMQ_EVENT_CLOSED) == 0 &&
+        (m = zmq_socket(c->ctx, ZMQ_PAIR)) && zmq_connect(m, ep) == 0 && zmq_connect(s, c->endpoint) == 0) {
+        int64_t deadline = mdg_now_ms() + PROBE_MS;
+        zmq_pollitem_t it = {.socket = m, .events = ZMQ_POLLIN};
+        while (!done && mdg_now_ms() < deadline && zmq_poll(&it, 1, (long)(deadline - mdg_now_ms())) >= 0) {
+            mdg_frames f;
+            while (!done && mdg_frames_recv(m, &f) == 0) {
+                uint16_t ev = 0;
+                if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 2)
+                    memcpy(&ev, zmq_msg_data(&f.part[0]), 2);
+                mdg_frames_close(&f);
+                done = ev != 0;
+                yes = ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+            }
+        }
+    }
+    if (s) { /* as close_socket: the monitor first */
+        zmq_socket_monitor(s, NULL, 0);
+        zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_close(s);
+    }
+    if (m)
+        zmq_close(m);
+    return yes;
+}
+
+/* A link that ended before its handshake completed. A single failure is
+ * never a verdict: a reset or a cut can come at any point of a handshake,
+ * and is retried on the normal schedule. Before the first session only
+ * evidence a flaky network cannot produce makes MDG_EHANDSHAKE (and the
+ * retries slow down to reconnect_max_ms): the peer names another security
+ * mechanism (it speaks no CURVE, e.g. Messidge 1.x; or, in legacy mode, it
+ * speaks CURVE), or it ends the handshake in order HS_VERDICT_AFTER times
+ * in a row: a CURVE broker does that with a HELLO that does not open under
+ * its key (we pinned another), unless a NULL handshake shows a 1.x broker;
+ * in legacy mode, a peer that is not 1.x. What each attempt saw is kept
+ * for a timeout in mdg_conn_wait_until_ready. */
+static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
+{
+    char seen[200];
+    const char *verdict = NULL; /* conclusive at once */
+    bool in_order = false;      /* the peer ended the handshake: evidence */
+    if (ev == ZMQ_EVENT_CLOSED) {
+        snprintf(seen, sizeof seen, "no broker answered");
+    } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+        verdict = c->opts.legacy ? "the peer speaks CURVE, not Messidge 1.x (a native Messidge broker? "
+                                   "then connect without legacy mode)"
+                                 : not_curve;
+        snprintf(seen, sizeof seen, "%s", verdict);
+    } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+        in_order = true;
+        snprintf(seen, sizeof seen, "the handshake failed with ZMTP protocol error 0x%x", (unsigned)value);
+    } else if (ev == ZMQ_EVENT_DISCONNECTED || (int)value == EPIPE) {
+        /* DISCONNECTED alone: libzmq gave up on the peer's greeting (not
+         * ZMTP 3); EPIPE: the peer closed the link in order */
+        in_order = true;
+        snprintf(seen, sizeof seen, "the peer closed the link during the %s handshake",
+                 c->opts.legacy ? "ZMTP" : "CURVE");
+    } else {
+        snprintf(seen, sizeof seen, "the link failed during the handshake (%s)", zmq_strerror((int)value));
+    }
+    c->hs_closed = in_order ? c->hs_closed + 1 : 0;
+    mdg_log(MDG_LOG_INFO, "%s: %s; trying again", c->endpoint, seen);
+    pthread_mutex_lock(&c->lock);
+    c->links_failed++;
+    snprintf(c->link_seen, sizeof c->link_seen, "%s", seen);
+    pthread_mutex_unlock(&c->lock);
+    if (!c->had_session && (verdict || c->hs_closed >= HS_VERDICT_AFTER)) {
+        char text[300];
+        if (!verdict && !c->opts.legacy && c->hs_closed == HS_VERDICT_AFTER && peer_speaks_null(c))
+            verdict = not_curve;
+        if (verdict)
+            snprintf(text, sizeof text, "%s", verdict);
+        else if (c->opts.legacy)
+            snprintf(text, sizeof text, "the peer closed the link during the ZMTP handshake on %d attempts in a "
+                     "row: not Messidge 1.x (a native Messidge broker, which speaks CURVE? then connect without "
+                     "legacy mode)", c->hs_closed);
+        else
+            snprintf(text, sizeof text, "the broker closed the link during the CURVE handshake on %d attempts in "
+                     "a row: its key is most likely not the one pinned", c->hs_closed);
+        fatal(c, MDG_EHANDSHAKE, text);
+        c->attempt = 30; /* retry now and then: the broker may be fixed */
+    }
+    link_lost(c, seen);
+}
+
 static int on_monitor(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
@@ -1091,7 +1360,7 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             continue;
         }
         uint16_t ev;
-        uint32_t value;
+        uint32_t value; /* an errno, a ZMQ_PROTOCOL_ERROR_*, an fd... */
         memcpy(&ev, zmq_msg_data(&f.part[0]), 2);
         memcpy(&value, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
         mdg_frames_close(&f);
@@ -1101,6 +1370,7 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             break;
         case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
             c->handshaken = true;
+            c->hs_closed = 0;
             break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: /* the broker said no */
             if (value == 500) { /* not to our key: it is full (docs/protocol.md 1.1) */
@@ -1126,21 +1396,7 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
                 link_lost(c, "the link to the broker dropped");
                 return 0; /* the monitor socket is gone */
             }
-            if (ev != ZMQ_EVENT_CLOSED && !c->had_session &&
-                !(c->opts.legacy && ev == ZMQ_EVENT_DISCONNECTED)) {
-                /* Before the first session this is most likely a wrong
-                 * pinned key: a broker that cannot open our HELLO drops the
-                 * link. Reported to wait_until_ready; we keep trying. (1.x
-                 * has no CURVE: a failed ZMTP handshake there means a
-                 * broker that is not 1.x; its key is checked at welcome.) */
-                fatal(c, MDG_EHANDSHAKE, c->opts.legacy ? "ZMTP handshake failed: not a Messidge 1.x broker?"
-                                         : ev == ZMQ_EVENT_DISCONNECTED
-                                             ? "the broker closed the link during the CURVE handshake: "
-                                               "the broker's key is probably not the one pinned"
-                                             : "CURVE handshake failed: the broker's key is not the one pinned");
-                c->attempt = 30;
-            }
-            link_lost(c, ev == ZMQ_EVENT_CLOSED ? "no broker answered" : "the link dropped during the handshake");
+            handshake_failed(c, ev, value);
             return 0;
         default:
             break;
@@ -1662,6 +1918,9 @@ int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms)
         rc = 0;
     else if (c->state == C_CLOSED)
         rc = mdg_fail(MDG_ECLOSED, "connection closed");
+    else if (c->links_failed)
+        rc = mdg_fail(MDG_ETIMEDOUT, "no session with %s after %d ms: %d link(s) failed, the last: %s",
+                      c->endpoint, timeout_ms, c->links_failed, c->link_seen);
     else
         rc = mdg_fail(MDG_ETIMEDOUT, "no session with %s after %d ms", c->endpoint, timeout_ms);
     pthread_mutex_unlock(&c->lock);
@@ -1851,6 +2110,8 @@ void mdg_conn_destroy(mdg_conn **pc)
         zmq_ctx_term(c->ctx);
     mdg_loop_destroy(&c->loop);
     mdg_map_destroy(&c->pending);
+    mdg_map_destroy(&c->flow);
+    mdg_ring_free(&c->flow_ended);
     legacy_free(c);
     mdg_keys_destroy(&c->keys);
     pthread_cond_destroy(&c->state_cond);

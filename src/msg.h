@@ -20,6 +20,7 @@ struct mdg_msg {
     const char *error;      /* error text of an MDG_K_ERROR message */
     mdg_reply_send_fn send_reply;
     void *owner;            /* the broker or connection that received it */
+    uint64_t epoch;         /* connection: the session it came in on (its replies go there only) */
     void *session_data;     /* broker: the sender's session data */
     uint8_t session_id[16]; /* broker: the sender's session (replies go there only) */
     uint8_t pk[MDG_KEY_BYTES]; /* broker: the sender's key */

@@ -12,7 +12,15 @@
  *   stream {n, interval_ms}    n replies {i} (i = 0..n-1), one every
  *                              interval_ms, from a thread of its own
  *                              (mdg_msg_keep, mdg_msg_reply_more, and
- *                              mdg_msg_reply for the last)
+ *                              mdg_msg_reply for the last); a stream stops
+ *                              at its first failed reply
+ *   later {i, ms}              reply {i, pid} after ms, from a thread
+ *   streams {}                 reply {closed, last_end, refused}: how many
+ *                              streams stopped because a reply failed with
+ *                              MDG_ECLOSED (their caller's session had
+ *                              ended), how the last failed one ended, and
+ *                              how many replies the broker refused ("reply
+ *                              refused: ..." notices)
  *   hang {}                    kept and never answered
  *
  * It prints "proc_node: ready pid P" on stdout once the broker has given it
@@ -40,6 +48,9 @@ static pthread_t streams[MAX_KEPT];
 static int n_streams;
 static mdg_msg *hung[MAX_KEPT]; /* "hang" messages, freed at exit */
 static int n_hung;
+static int64_t streams_closed; /* streams stopped by MDG_ECLOSED */
+static char last_end[512];     /* how the last stream that failed ended */
+static int64_t replies_refused; /* the broker's "reply refused" notices */
 
 static mdg_params *with_i(int64_t i)
 {
@@ -64,19 +75,30 @@ static void h_ncall(mdg_msg *msg, void *arg)
 typedef struct stream_job {
     mdg_msg *msg; /* kept */
     int64_t n, interval_ms;
+    int64_t delay_ms, base; /* "later": wait first; replies are {base + i} */
 } stream_job;
 
 /* A long-term channel: replies from another thread, which waits when the
  * connection's queue is full (the loop thread would not). Stops at the
- * first failed reply (the connection is closing) or when asked to. */
+ * first failed reply (the connection is closing, or the session the call
+ * came in on has ended: MDG_ECLOSED) or when asked to. */
 static void *stream_thread(void *arg)
 {
     stream_job *j = arg;
+    if (j->delay_ms > 0)
+        usleep((useconds_t)j->delay_ms * 1000);
     for (int64_t i = 0; i < j->n && !atomic_load(&stopping); i++) {
-        int rc = i + 1 < j->n ? mdg_msg_reply_more(j->msg, with_i(i), NULL, 0)
-                              : mdg_msg_reply(j->msg, with_i(i), NULL, 0);
+        mdg_params *r = with_i(j->base + i);
+        if (j->delay_ms > 0)
+            mdg_params_set_int(r, "pid", (int64_t)getpid());
+        int rc = i + 1 < j->n ? mdg_msg_reply_more(j->msg, r, NULL, 0) : mdg_msg_reply(j->msg, r, NULL, 0);
         if (rc != 0) {
             fprintf(stderr, "proc_node: stream stopped at %lld: %s\n", (long long)i, mdg_last_error());
+            pthread_mutex_lock(&lock);
+            if (rc == MDG_ECLOSED)
+                streams_closed++;
+            snprintf(last_end, sizeof last_end, "%s: %s", mdg_strerror(rc), mdg_last_error());
+            pthread_mutex_unlock(&lock);
             break;
         }
         if (j->interval_ms > 0)
@@ -85,6 +107,32 @@ static void *stream_thread(void *arg)
     mdg_msg_destroy(&j->msg);
     free(j);
     return NULL;
+}
+
+/* Answer msg from a thread of its own: n replies {base + i}. */
+static void start_job(mdg_msg *msg, int64_t n, int64_t ivl, int64_t delay_ms, int64_t base)
+{
+    stream_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        mdg_msg_fail(msg, "out of memory");
+        return;
+    }
+    j->msg = mdg_msg_keep(msg); /* before the thread can destroy it */
+    j->n = n;
+    j->interval_ms = ivl;
+    j->delay_ms = delay_ms;
+    j->base = base;
+    pthread_mutex_lock(&lock);
+    bool started = n_streams < MAX_KEPT && !atomic_load(&stopping) &&
+                   pthread_create(&streams[n_streams], NULL, stream_thread, j) == 0;
+    if (started)
+        n_streams++;
+    pthread_mutex_unlock(&lock);
+    if (started)
+        return;
+    free(j);
+    mdg_msg_fail(msg, "cannot start another stream");
+    mdg_msg_destroy(&msg); /* kept: ours */
 }
 
 static void h_stream(mdg_msg *msg, void *arg)
@@ -97,25 +145,31 @@ static void h_stream(mdg_msg *msg, void *arg)
         mdg_msg_fail(msg, "stream needs integers n >= 1 and interval_ms >= 0");
         return;
     }
-    stream_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        mdg_msg_fail(msg, "out of memory");
+    start_job(msg, n, ivl, 0, 0);
+}
+
+static void h_later(mdg_msg *msg, void *arg)
+{
+    (void)arg;
+    int64_t i = 0, ms = 0;
+    if (mdg_params_get_int(mdg_msg_params(msg), "i", &i) != 0 ||
+        mdg_params_get_int(mdg_msg_params(msg), "ms", &ms) != 0 || ms < 1) {
+        mdg_msg_fail(msg, "later needs integers i and ms >= 1");
         return;
     }
-    j->msg = mdg_msg_keep(msg); /* before the thread can destroy it */
-    j->n = n;
-    j->interval_ms = ivl;
+    start_job(msg, 1, 0, ms, i);
+}
+
+static void h_streams(mdg_msg *msg, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
     pthread_mutex_lock(&lock);
-    bool started = n_streams < MAX_KEPT && !atomic_load(&stopping) &&
-                   pthread_create(&streams[n_streams], NULL, stream_thread, j) == 0;
-    if (started)
-        n_streams++;
+    mdg_params_set_int(r, "closed", streams_closed);
+    mdg_params_set_str(r, "last_end", last_end);
+    mdg_params_set_int(r, "refused", replies_refused);
     pthread_mutex_unlock(&lock);
-    if (started)
-        return;
-    free(j);
-    mdg_msg_fail(msg, "cannot start another stream");
-    mdg_msg_destroy(&msg); /* kept: ours */
+    mdg_msg_reply(msg, r, NULL, 0);
 }
 
 static void h_hang(mdg_msg *msg, void *arg)
@@ -133,9 +187,22 @@ static void h_hang(mdg_msg *msg, void *arg)
 static const mdg_cmd commands[] = {
     {"ncall", h_ncall, MDG_REQUIRE("i"), MDG_CMD_NEEDS_REPLY},
     {"stream", h_stream, MDG_REQUIRE("n", "interval_ms"), MDG_CMD_NEEDS_REPLY},
+    {"later", h_later, MDG_REQUIRE("i", "ms"), MDG_CMD_NEEDS_REPLY},
+    {"streams", h_streams, NULL, MDG_CMD_NEEDS_REPLY},
     {"hang", h_hang, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
+
+/* The broker's notices: logged, and its refusals of our replies counted. */
+static void on_notice(const char *command, const char *text, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "  [proc_node %d] broker reports an error for '%s': %s\n", (int)getpid(), command, text);
+    pthread_mutex_lock(&lock);
+    if (strstr(text, "reply refused"))
+        replies_refused++;
+    pthread_mutex_unlock(&lock);
+}
 
 static void log_line(int level, const char *text, void *arg)
 {
@@ -192,6 +259,8 @@ int main(int argc, char **argv)
     mdg_keys_destroy(&keys);
     if (rc == 0)
         rc = mdg_conn_register_commands(conn, commands, NULL);
+    if (rc == 0)
+        rc = mdg_conn_set_error_handler(conn, on_notice, NULL);
     if (rc == 0)
         rc = mdg_conn_start(conn);
     if (rc != 0) {

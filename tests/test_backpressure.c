@@ -1,9 +1,9 @@
 /* test_backpressure.c - the client's queue_limit: a sender faster than the
  * broker can take is held back (blocking send), or told at once with
  * MDG_EAGAIN (nonblocking), and every message it was allowed to send
- * arrives exactly once and in order. Also the broker pausing a node whose
- * caller cannot take more: the node's stream blocks instead of losing
- * replies. */
+ * arrives exactly once and in order. Also the broker pausing a node's
+ * channel whose caller cannot take more: the node's stream thread waits
+ * instead of losing replies. */
 #include "internal.h"
 #include "testutil.h"
 
@@ -150,9 +150,9 @@ int main(void)
     CHECK(failures == 0);
     CHECK(atomic_load(&s.next) == SENDS && atomic_load(&s.bad) == 0);
 
-    /* a node streaming to a caller that stops reading: the broker pauses
-     * the node (its stream thread blocks on its own queue_limit) and
-     * nothing is refused or lost */
+    /* a node streaming to a caller that stops reading: the broker asks
+     * the node to pause that call (its stream thread waits) and nothing
+     * is refused or lost (test_fairness: the node serves others meanwhile) */
     mdg_conn *node = NULL;
     mdg_conn_options no = {.port = mdg_broker_port(b), .queue_limit = 100};
     CHECK_RC(mdg_conn_new_with_keys(&node, "127.0.0.1", mdg_keys_public(bkeys), nkeys, &no), 0);
@@ -164,8 +164,8 @@ int main(void)
     mdg_params_set_bytes(sp, "node", mdg_keys_public(nkeys), 32);
     t_clear_log();
     CHECK_RC(mdg_conn_send_cb(c, "stream", sp, NULL, 0, on_part, &rd), 0);
-    WAIT_FOR(t_logged("paused"), 10000);
-    CHECK(t_logged("paused"));
+    WAIT_FOR(t_logged("says pause for call"), 10000);
+    CHECK(t_logged("says pause for call"));
     usleep(300000);
     CHECK(atomic_load(&rd.next) == 0); /* the reader is stalled... */
     atomic_store(&rd.hold, 0);         /* ...and now reads again */

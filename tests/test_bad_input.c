@@ -36,6 +36,8 @@ static void h_echo(mdg_msg *m, void *arg)
     if (mdg_params_get_bytes(in, "session", &b, &len) == 0)
         mdg_params_set_bytes(r, "session", b, len);
     mdg_params_set_bool(r, "node_seen", mdg_params_has(in, "node"));
+    if (mdg_params_get_bytes(in, "node", &b, &len) == 0)
+        mdg_params_set_bytes(r, "node", b, len);
     mdg_msg_reply(m, r, NULL, 0);
 }
 
@@ -176,8 +178,8 @@ static int raw_recv(raw *r, mdg_header *h, mdg_params **p, int timeout_ms)
     }
 }
 
-/* HELLO, then WELCOME with a session. */
-static void raw_hello(raw *r)
+/* HELLO, then WELCOME with a session in the role the key was admitted in. */
+static void raw_hello_as(raw *r, const char *want_role)
 {
     uint8_t hb[MDG_MAX_HEADER];
     const uint8_t empty = 0xa0;
@@ -197,10 +199,15 @@ static void raw_hello(raw *r)
     if (sid && r->session_len <= sizeof r->session)
         memcpy(r->session, sid, r->session_len);
     CHECK_RC(mdg_params_get_str(p, "role", &role), 0);
-    CHECK(role && strcmp(role, "user") == 0);
+    CHECK(role && strcmp(role, want_role) == 0);
     CHECK_RC(mdg_params_get_bool(p, "resumed", &resumed), 0);
     CHECK(!resumed);
     mdg_params_destroy(&p);
+}
+
+static void raw_hello(raw *r)
+{
+    raw_hello_as(r, "user");
 }
 
 /* Expect an ERROR for the last bad input: with corr (0 = a notice), the
@@ -548,7 +555,8 @@ static void test_no_session(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn
     t_clear_log();
     int before = atomic_load(&handled);
     raw_cmd(&x, "echo", 7, NULL);
-    EXPECT_ERROR(&x, 7, "echo", "no session", "without a session");
+    /* unnumbered (there is no session to number it in): a notice, corr 0 */
+    EXPECT_ERROR(&x, 0, "echo", "no session", "without a session");
     CHECK(atomic_load(&handled) == before);
     /* a notice when there is no corr */
     raw_cmd(&x, "note", 0, NULL);
@@ -569,6 +577,7 @@ static void test_forgery(raw *r, mdg_conn *good, const mdg_keys *good_keys)
     mdg_params_set_str(p, "session", "forged");
     mdg_params_set_bytes(p, "node", mdg_keys_public(good_keys), MDG_KEY_BYTES);
     mdg_params_set_int(p, "i", 5);
+    t_clear_log();
     raw_cmd(r, "echo", ++r->corr, p);
     mdg_header h;
     mdg_params *rp = NULL;
@@ -585,6 +594,8 @@ static void test_forgery(raw *r, mdg_conn *good, const mdg_keys *good_keys)
     CHECK_RC(mdg_params_get_bool(rp, "node_seen", &node_seen), 0);
     CHECK(!node_seen); /* only the broker says who is a node */
     mdg_params_destroy(&rp);
+    CHECK(t_logged("'echo' from user") && t_logged("its own 'node' param removed"));
+    CHECK(t_logged("its own 'user' param removed") && t_logged("its own 'session' param removed"));
 
     /* a second "user" key behind a first one is refused outright */
     static const uint8_t dup[] = {0xa2, 0x64, 'u', 's', 'e', 'r', 0x01, 0x64, 'u', 's', 'e', 'r', 0x02};
@@ -593,6 +604,214 @@ static void test_forgery(raw *r, mdg_conn *good, const mdg_keys *good_keys)
     EXPECT_ERROR(r, r->corr, "echo", "duplicate params key 'user'", "refused");
     RAW_STILL_WORKS(r);
     GOOD_STILL_WORKS(good);
+}
+
+/* A node's command to the broker naming a user and that user's session:
+ * the handler sees only what the broker stamps for a node, its own `node`,
+ * never the forged `user` and `session` (with them the README's write_note
+ * would file a note under the victim's name). */
+static void test_node_forgery(mdg_broker *b, const mdg_keys *bkeys, mdg_conn *good, const mdg_keys *good_keys)
+{
+    mdg_keys *nkeys = NULL, *other = NULL;
+    if (mdg_keys_new(&nkeys) || mdg_keys_new(&other) ||
+        mdg_broker_allow(b, mdg_keys_public(nkeys), MDG_ROLE_NODE) != 0) {
+        fprintf(stderr, "cannot admit a node key\n");
+        exit(2);
+    }
+    raw n;
+    raw_open_as(&n, b, bkeys, nkeys, NULL);
+    raw_hello_as(&n, "node");
+    size_t sid_len = 0;
+    const uint8_t *sid = mdg_conn_session_id(good, &sid_len);
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_bytes(p, "user", mdg_keys_public(good_keys), MDG_KEY_BYTES); /* the victim */
+    mdg_params_set_bytes(p, "session", sid, sid_len);                            /* its session */
+    mdg_params_set_bytes(p, "node", mdg_keys_public(other), MDG_KEY_BYTES);      /* another node */
+    mdg_params_set_int(p, "i", 6);
+    t_clear_log();
+    int before = atomic_load(&handled);
+    raw_cmd(&n, "echo", ++n.corr, p);
+    mdg_header h;
+    mdg_params *rp = NULL;
+    const uint8_t *v = NULL;
+    size_t vlen = 0;
+    int64_t i = -1;
+    CHECK_RC(raw_recv(&n, &h, &rp, 5000), 0);
+    CHECK(h.kind == MDG_K_REPLY && h.corr == n.corr);
+    CHECK(atomic_load(&handled) == before + 1);
+    CHECK(mdg_params_get_int(rp, "i", &i) == 0 && i == 6);
+    CHECK(!mdg_params_has(rp, "user"));    /* not the victim's, not any */
+    CHECK(!mdg_params_has(rp, "session")); /* nodes have no user session */
+    CHECK_RC(mdg_params_get_bytes(rp, "node", &v, &vlen), 0);
+    CHECK(vlen == MDG_KEY_BYTES && v && memcmp(v, mdg_keys_public(nkeys), MDG_KEY_BYTES) == 0);
+    mdg_params_destroy(&rp);
+    CHECK(t_logged("'echo' from node") && t_logged("its own 'user' param removed"));
+    CHECK(t_logged("its own 'session' param removed") && t_logged("its own 'node' param removed"));
+    raw_close(&n);
+    mdg_keys_destroy(&nkeys);
+    mdg_keys_destroy(&other);
+    GOOD_STILL_WORKS(good);
+}
+
+/* A numbered kind sent without its number (seq 0) would skip duplicate
+ * detection: the broker refuses it, each time, and never runs its handler. */
+static void test_unnumbered(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn *good)
+{
+    raw x;
+    raw_open(&x, b, bkeys);
+    raw_hello(&x);
+    int before = atomic_load(&handled);
+    uint8_t hb[MDG_MAX_HEADER];
+    zmq_msg_t pm;
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_str(p, "note", "once");
+    mdg_wire_encode_params(p, &pm);
+    mdg_params_destroy(&p);
+    mdg_header h;
+    mdg_params *rp = NULL;
+    for (int k = 1; k <= 5; k++) { /* numbered: each runs once and is answered */
+        size_t hl = make_header(hb, MDG_K_CMD, ++x.seq, ++x.corr, "note");
+        const void *d[] = {hb, zmq_msg_data(&pm)};
+        size_t l[] = {hl, zmq_msg_size(&pm)};
+        raw_frames(&x, 2, d, l);
+        CHECK_RC(raw_recv(&x, &h, &rp, 5000), 0);
+        CHECK(h.kind == MDG_K_REPLY && h.corr == x.corr);
+        x.rx_seq = h.seq;
+        mdg_params_destroy(&rp);
+    }
+    CHECK(atomic_load(&handled) == before + 5);
+    /* the last one again three times, with seq 0: refused each time */
+    t_clear_log();
+    size_t hl = make_header(hb, MDG_K_CMD, 0, x.corr, "note");
+    for (int k = 0; k < 3; k++) {
+        const void *d[] = {hb, zmq_msg_data(&pm)};
+        size_t l[] = {hl, zmq_msg_size(&pm)};
+        raw_frames(&x, 2, d, l);
+        EXPECT_ERROR(&x, x.corr, "note", "unnumbered command refused: commands, replies and errors are numbered from 1",
+                     "unnumbered command refused");
+    }
+    zmq_msg_close(&pm);
+    CHECK(atomic_load(&handled) == before + 5); /* the handler ran 5 times, not 8 */
+    /* a reply or error without its number: a notice (its corr is not ours) */
+    t_clear_log();
+    hl = make_header(hb, MDG_K_REPLY, 0, 3, "");
+    const void *d[] = {hb, "\xa0"};
+    size_t l[] = {hl, 1};
+    raw_frames(&x, 2, d, l);
+    EXPECT_ERROR(&x, 0, "", "unnumbered reply refused", "unnumbered reply refused");
+    /* nothing was counted: the next numbered message is simply the next */
+    RAW_STILL_WORKS(&x);
+    raw_close(&x);
+    GOOD_STILL_WORKS(good);
+}
+
+/* The client's side of the same rule, against a stand-in broker (a raw
+ * CURVE ROUTER) that sends what the real one never does: the only
+ * unnumbered message of a numbered kind a client takes is an error notice
+ * (corr 0); commands, replies and errors to a call without a number are
+ * dropped and logged, and never reach a handler or a call. */
+static atomic_int pings;
+
+static void h_ping(mdg_msg *m, void *arg)
+{
+    (void)m;
+    (void)arg;
+    atomic_fetch_add(&pings, 1);
+}
+
+static void fake_send(void *rt, const zmq_msg_t *rid, int kind, uint64_t seq, uint64_t corr, const char *command,
+                      mdg_params *p)
+{
+    mdg_header h = {.kind = (uint8_t)kind, .seq = seq, .corr = corr};
+    zmq_msg_t pm;
+    mdg_header_set_command(&h, command);
+    mdg_wire_encode_params(p, &pm);
+    mdg_params_destroy(&p);
+    CHECK_RC(mdg_wire_send(rt, zmq_msg_data((zmq_msg_t *)rid), zmq_msg_size((zmq_msg_t *)rid), &h, &pm, NULL), 0);
+}
+
+static mdg_params *error_params(const char *text)
+{
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_str(p, "error", text);
+    mdg_params_set_str(p, "command", "ping");
+    return p;
+}
+
+static void test_client_unnumbered(void)
+{
+    static const mdg_cmd client_cmds[] = {{"ping", h_ping, NULL, 0}, MDG_CMD_END};
+    mdg_keys *fk = NULL, *ck = NULL;
+    mdg_keys_new(&fk);
+    mdg_keys_new(&ck);
+    void *ctx = zmq_ctx_new(), *rt = zmq_socket(ctx, ZMQ_ROUTER);
+    int one = 1, linger = 0;
+    char ep[64];
+    size_t eplen = sizeof ep;
+    if (zmq_setsockopt(rt, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+        zmq_setsockopt(rt, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(fk), MDG_KEY_BYTES) ||
+        zmq_setsockopt(rt, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(rt, "tcp://127.0.0.1:*") ||
+        zmq_getsockopt(rt, ZMQ_LAST_ENDPOINT, ep, &eplen)) {
+        fprintf(stderr, "cannot make the stand-in broker: %s\n", zmq_strerror(errno));
+        exit(2);
+    }
+    notices ns = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    mdg_conn *c = NULL;
+    mdg_conn_options o = {.port = atoi(strrchr(ep, ':') + 1)};
+    CHECK_RC(mdg_conn_new_with_keys(&c, "127.0.0.1", mdg_keys_public(fk), ck, &o), 0);
+    mdg_conn_register_commands(c, client_cmds, NULL);
+    mdg_conn_set_error_handler(c, on_notice, &ns);
+    CHECK_RC(mdg_conn_start(c), 0);
+
+    /* its hello, and our welcome */
+    zmq_pollitem_t it = {.socket = rt, .events = ZMQ_POLLIN};
+    mdg_frames f = {0};
+    mdg_header h = {0};
+    bool got = zmq_poll(&it, 1, 5000) == 1 && mdg_frames_recv(rt, &f) == 0 && f.n >= 3 &&
+               mdg_wire_decode_header(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &h) == 0 &&
+               h.kind == MDG_K_HELLO;
+    CHECK(got);
+    if (!got) {
+        fprintf(stderr, "the client said no hello to the stand-in broker\n");
+        exit(1);
+    }
+    zmq_msg_t rid;
+    zmq_msg_init(&rid);
+    zmq_msg_copy(&rid, &f.part[0]);
+    mdg_frames_close(&f);
+    uint8_t sid[16] = {1, 2, 3};
+    mdg_params *w = mdg_params_new();
+    mdg_params_set_bytes(w, "session", sid, sizeof sid);
+    mdg_params_set_str(w, "role", "user");
+    mdg_params_set_bool(w, "resumed", false);
+    mdg_params_set_int(w, "ack", 0);
+    fake_send(rt, &rid, MDG_K_WELCOME, 0, 0, "", w);
+    CHECK_RC(mdg_conn_wait_until_ready(c, 5000), 0);
+
+    t_clear_log();
+    fake_send(rt, &rid, MDG_K_CMD, 0, 0, "ping", NULL);
+    fake_send(rt, &rid, MDG_K_CMD, 0, 9, "ping", NULL);
+    fake_send(rt, &rid, MDG_K_REPLY, 0, 1, "", NULL);
+    fake_send(rt, &rid, MDG_K_ERROR, 0, 1, "", error_params("an error to call 1, unnumbered"));
+    fake_send(rt, &rid, MDG_K_ERROR, 0, 0, "", error_params("an unnumbered notice"));
+    fake_send(rt, &rid, MDG_K_CMD, 1, 0, "ping", NULL);
+    WAIT_FOR(atomic_load(&pings) == 1 && notice_count(&ns) == 1, 5000);
+    CHECK(atomic_load(&pings) == 1); /* the numbered ping only */
+    CHECK(notice_count(&ns) == 1);
+    pthread_mutex_lock(&ns.lock);
+    CHECK(strcmp(ns.text, "an unnumbered notice") == 0);
+    pthread_mutex_unlock(&ns.lock);
+    CHECK(t_logged("unnumbered command from the broker dropped: only error notices (corr 0) may have seq 0"));
+    CHECK(t_logged("unnumbered reply from the broker dropped"));
+    CHECK(t_logged("unnumbered error from the broker dropped"));
+    printf("client: 4 unnumbered commands, replies and errors dropped, the unnumbered notice and the numbered ping taken\n");
+
+    zmq_msg_close(&rid);
+    mdg_conn_destroy(&c);
+    zmq_close(rt);
+    zmq_ctx_term(ctx);
+    mdg_keys_destroy(&fk);
+    mdg_keys_destroy(&ck);
 }
 
 /* Routing ids can be chosen by clients: one taken up by another key after
@@ -668,10 +887,13 @@ int main(void)
     test_frames(&r, good, b, bkeys);
     test_no_session(b, bkeys, good);
     test_forgery(&r, good, gkeys);
+    test_node_forgery(b, bkeys, good, gkeys);
+    test_unnumbered(b, bkeys, good);
     test_routing_id_reuse(b, bkeys);
 
     /* none of it reached the good client as a notice it did not cause */
     CHECK(notice_count(&ns) == 2);
+    test_client_unnumbered();
 
     raw_close(&r);
     mdg_conn_destroy(&good);

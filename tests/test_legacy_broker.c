@@ -65,6 +65,20 @@ static void h_raise_exception(mdg_msg *m, void *arg)
     mdg_msg_fail(m, "raise_exception was called");
 }
 
+/* What the broker stamped: each provenance param the handler sees. */
+static void h_whoami(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    static const char *const names[] = {"user", "session", "node"};
+    mdg_params *r = mdg_params_new();
+    const uint8_t *v;
+    size_t len;
+    for (int i = 0; i < 3; i++)
+        if (mdg_params_get_bytes(mdg_msg_params(m), names[i], &v, &len) == 0)
+            mdg_params_set_bytes(r, names[i], v, len);
+    mdg_msg_reply(m, r, NULL, 0);
+}
+
 /* Takes a call and never answers it. */
 static void h_sink(mdg_msg *m, void *arg)
 {
@@ -77,6 +91,7 @@ static const mdg_cmd broker_cmds[] = {
     {"write_note", h_write_note, MDG_REQUIRE("note"), 0},
     {"fetch_notes", h_fetch_notes, NULL, MDG_CMD_NEEDS_REPLY},
     {"raise_exception", h_raise_exception, NULL, MDG_CMD_NEEDS_REPLY},
+    {"whoami", h_whoami, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 
@@ -564,6 +579,18 @@ int main(void)
     CHECK(strcmp(r.uuid, "u5") == 0 && quotient_of(&r) == 2.0 && r.command[0] == '\0');
     CHECK(zmq_msg_size(&r.bulk) == 4 && memcmp(zmq_msg_data(&r.bulk), "BULK", 4) == 0);
     lr_free(&r);
+
+    /* a 1.x node's broker command naming user A and A's session: the
+     * handler sees only the node's own key, stamped by the broker */
+    mdg_params *fp = mdg_params_new();
+    mdg_params_set_bytes(fp, "user", mdg_keys_public(ak), MDG_KEY_BYTES);
+    mdg_params_set_bytes(fp, "session", A.rid, A.rid_len);
+    mdg_params_set_bytes(fp, "node", mdg_keys_public(nk), MDG_KEY_BYTES); /* another node */
+    CHECK_RC(lp_call(&L, "whoami", "w1", fp, &r), 0);
+    CHECK(!mdg_params_has(r.params, "user") && !mdg_params_has(r.params, "session"));
+    CHECK(mdg_params_get_bytes(r.params, "node", &v, &vl) == 0 && vl == 32 && memcmp(v, mdg_keys_public(lk), 32) == 0);
+    lr_free(&r);
+    CHECK(t_logged("'whoami' from node") && t_logged("its own 'user' param removed"));
 
     /* a native user calls the 1.x node: an exception reply becomes the
      * native error; 'ka' replies are a long-term channel */

@@ -301,7 +301,8 @@ static void via_py_node(mdg_conn *user, user_state *us, const uint8_t *pynode)
         CHECK(us->got[i] == i);
 }
 
-/* Keys the broker does not know, and a broker key that is not the pinned one. */
+/* Keys the broker does not know, a broker key that is not the pinned one,
+ * and a native client at this 1.x broker. */
 static void refusals(const uint8_t *bpk, const mdg_keys *ukeys)
 {
     mdg_keys *stranger = NULL;
@@ -316,6 +317,16 @@ static void refusals(const uint8_t *bpk, const mdg_keys *ukeys)
     randombytes_buf(wrong, sizeof wrong);
     c = start_conn(wrong, ukeys, NULL, NULL, false);
     CHECK_RC(mdg_conn_wait_until_ready(c, 5000), MDG_EHANDSHAKE);
+    mdg_conn_destroy(&c);
+
+    /* a native client (no legacy mode) pointed at the 1.x broker is told
+     * that it speaks no CURVE, not that its key is wrong */
+    mdg_conn_options native = {.port = broker_port};
+    CHECK_RC(mdg_conn_new_with_keys(&c, LOC, bpk, ukeys, &native), 0);
+    CHECK_RC(mdg_conn_start(c), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(c, 5000), MDG_EHANDSHAKE);
+    CHECK(strstr(mdg_last_error(), "does not speak CURVE") != NULL);
+    CHECK(strstr(mdg_last_error(), "not the one pinned") == NULL);
     mdg_conn_destroy(&c);
 }
 

@@ -272,6 +272,76 @@ static void *blocked_caller(void *arg)
     return NULL;
 }
 
+/* Forward ids are not handed out again by another broker (a restarted
+ * broker process, here a second broker object): a node still answering a
+ * call of the broker that has gone never names a call of the next one.
+ * They used to start at 1 in every broker, so after a restart a node's
+ * late replies to its old call went to another caller's first call. */
+typedef struct answers {
+    atomic_int n, stale;
+} answers;
+
+static void on_answer(mdg_msg *reply, void *arg)
+{
+    answers *a = arg;
+    if (mdg_params_has(mdg_msg_params(reply), "stale"))
+        atomic_fetch_add(&a->stale, 1);
+    atomic_fetch_add(&a->n, 1);
+}
+
+static void test_fresh_forward_ids(void *ctx)
+{
+    mdg_keys *nk = NULL, *uk = NULL;
+    mdg_keys_new(&nk);
+    mdg_keys_new(&uk);
+    uint64_t call[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        mdg_keys *bk = NULL;
+        mdg_broker *b = NULL;
+        mdg_broker_options bo = {.bind_address = "127.0.0.1", .port = 0};
+        mdg_keys_new(&bk);
+        CHECK_RC(mdg_broker_new(&b, bk, &bo), 0);
+        mdg_broker_allow(b, mdg_keys_public(uk), MDG_ROLE_USER);
+        mdg_broker_allow(b, mdg_keys_public(nk), MDG_ROLE_NODE);
+        CHECK_RC(mdg_broker_start(b), 0);
+        void *rawn = raw_connect(ctx, b, bk, nk);
+        mdg_header h;
+        char text[512];
+        raw_send(rawn, MDG_K_HELLO, 0, 0, "", "\xa0", 1);
+        CHECK(raw_recv(rawn, MDG_K_WELCOME, &h, NULL, 0, 5000));
+        mdg_conn *u = NULL;
+        mdg_conn_options uo = {.port = mdg_broker_port(b)};
+        CHECK_RC(mdg_conn_new_with_keys(&u, "127.0.0.1", mdg_keys_public(bk), uk, &uo), 0);
+        CHECK_RC(mdg_conn_start(u), 0);
+        CHECK_RC(mdg_conn_wait_until_ready(u, 5000), 0);
+        answers a = {0};
+        CHECK_RC(mdg_conn_send_cb(u, "anything", to_node(mdg_keys_public(nk), 32), NULL, 0, on_answer, &a), 0);
+        CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
+        call[i] = h.corr;
+        if (i == 1) {
+            /* the node answers its call of the first broker, late */
+            t_clear_log();
+            raw_send(rawn, MDG_K_REPLY, 1, call[0], "", "\xa1\x65stale\xf5", 8); /* {stale: true} */
+            CHECK(raw_recv(rawn, MDG_K_ERROR, &h, text, sizeof text, 5000));
+            CHECK(h.corr == 0 && strstr(text, "no such call pending for this node") != NULL);
+            raw_send(rawn, MDG_K_REPLY, 2, call[1], "", "\xa0", 1); /* and its own */
+            WAIT_FOR(atomic_load(&a.n) == 1, 5000);
+            CHECK(atomic_load(&a.n) == 1 && atomic_load(&a.stale) == 0);
+            printf("forward ids: the first call to the node was %llu in one broker, %llu in the next; "
+                   "the late answer to the old one was %s\n",
+                   (unsigned long long)call[0], (unsigned long long)call[1],
+                   atomic_load(&a.stale) ? "DELIVERED to the new caller" : "refused");
+        }
+        mdg_conn_destroy(&u);
+        zmq_close(rawn);
+        mdg_broker_destroy(&b);
+        mdg_keys_destroy(&bk);
+    }
+    CHECK(call[0] != 0 && call[1] != 0 && call[0] != call[1]);
+    mdg_keys_destroy(&nk);
+    mdg_keys_destroy(&uk);
+}
+
 int main(void)
 {
     t_capture_log();
@@ -508,9 +578,14 @@ int main(void)
     mdg_conn_destroy(&user);
     WAIT_FOR(mdg_broker_forward_count(b) == 0, 5000);
     CHECK(mdg_broker_forward_count(b) == 0);
-    /* the node's late answer goes nowhere and disturbs nothing */
-    CHECK_RC(mdg_msg_reply(ns3.hung, NULL, NULL, 0), 0);
+    /* the node is told that its caller has gone: its late answer fails
+     * here instead of travelling to the broker for nothing */
+    WAIT_FOR(t_logged("the broker ended call"), 5000);
+    CHECK(t_logged("the broker ended call"));
+    CHECK_RC(mdg_msg_reply(ns3.hung, NULL, NULL, 0), MDG_ECLOSED);
     mdg_msg_destroy(&ns3.hung);
+
+    test_fresh_forward_ids(ctx);
 
     zmq_close(rawu);
     zmq_ctx_term(ctx);

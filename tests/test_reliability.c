@@ -7,7 +7,12 @@
  * streams 100,000 replies node -> user. Every receiver checks that each
  * number arrives exactly once and in order. Then: a black-holed link is
  * noticed within 10 s with default heartbeats, and a consumer that stops
- * reading meets clear backpressure with bounded memory and no loss. */
+ * reading meets clear backpressure with bounded memory and no loss.
+ *
+ * On a busy machine everything is slower, not wrong: the cuts wait for some
+ * progress since the last one (links that drop faster than a resume can
+ * deliver anything would only measure the machine), and every wait has a
+ * deadline that ends the test with what it was waiting for. */
 #include "faultproxy.h"
 #include "internal.h"
 #include "testutil.h"
@@ -16,6 +21,9 @@
 
 #define N 100000
 #define WINDOW 1000
+#define CUT_PROGRESS 2000 /* messages delivered between two cuts, at least */
+#define STALL_MS 60000    /* no progress for this long: fail */
+#define FLOOD_MS 170000   /* the floods must be done by then (ctest: 240 s) */
 
 /* A receiver of numbered messages: counts, and flags anything out of order. */
 typedef struct counter {
@@ -146,11 +154,13 @@ static void *streamer(void *arg)
 }
 
 static pthread_t stream_thread;
+static atomic_int stream_started;
 
 static void n_stream(mdg_msg *m, void *arg)
 {
     (void)arg;
-    pthread_create(&stream_thread, NULL, streamer, mdg_msg_keep(m));
+    if (pthread_create(&stream_thread, NULL, streamer, mdg_msg_keep(m)) == 0)
+        atomic_store(&stream_started, 1);
 }
 
 static const mdg_cmd node_cmds[] = {
@@ -221,19 +231,43 @@ static void on_event(mdg_conn *c, int ev, const char *detail, void *arg)
 
 /* -------------------------------------------------------------- the cuts */
 
+/* Everything the floods delivered so far, in order. */
+static long delivered(broker_side *bs, node_side *ns, user_side *us)
+{
+    return atomic_load(&bs->from_user.next) + atomic_load(&us->from_broker.next) + atomic_load(&ns->calls.next) +
+           atomic_load(&us->replies.next) + atomic_load(&us->stream.next);
+}
+
+static bool floods_done(broker_side *bs, user_side *us)
+{
+    return atomic_load(&bs->from_user.next) == N && atomic_load(&us->from_broker.next) == N &&
+           atomic_load(&us->replies.next) == N && atomic_load(&us->stream_done);
+}
+
 typedef struct cutter {
     faultproxy *fps[2];
+    broker_side *bs;
+    node_side *ns;
+    user_side *us;
     atomic_int stop;
 } cutter;
 
+/* Cut one of the legs at random moments, 30..150 ms apart, but each time
+ * only once CUT_PROGRESS more messages got through (or the floods are
+ * done): a slow machine gets fewer cuts per second, not a livelock. */
 static void *cut_loop(void *arg)
 {
     cutter *c = arg;
     unsigned seed = 12345;
+    long last = 0;
     if (getenv("MDG_TEST_NO_CUTS"))
         return NULL;
     while (!atomic_load(&c->stop)) {
         usleep(30000 + (useconds_t)(rand_r(&seed) % 120000)); /* 30..150 ms */
+        while (!atomic_load(&c->stop) && delivered(c->bs, c->ns, c->us) < last + CUT_PROGRESS &&
+               !floods_done(c->bs, c->us))
+            usleep(1000);
+        last = delivered(c->bs, c->ns, c->us);
         fp_cut(c->fps[rand_r(&seed) % 2]);
     }
     return NULL;
@@ -246,6 +280,25 @@ static void progress(const char *what, broker_side *bs, node_side *ns, user_side
            atomic_load(&ns->calls.next), atomic_load(&us->replies.next), atomic_load(&us->outstanding),
            atomic_load(&us->stream.next));
     fflush(stdout);
+}
+
+/* NULL while the floods move; else what the test was waiting for, once
+ * nothing arrived for STALL_MS or the floods overran FLOOD_MS. */
+static const char *stalled(broker_side *bs, node_side *ns, user_side *us, long *seen, int64_t *seen_at, int64_t t0,
+                           const char *waiting_for)
+{
+    int64_t now = mdg_now_ms();
+    long d = delivered(bs, ns, us);
+    if (d != *seen) {
+        *seen = d;
+        *seen_at = now;
+    }
+    if (now - *seen_at >= STALL_MS || now - t0 >= FLOOD_MS) {
+        fprintf(stderr, "test_reliability: %s\n",
+                now - t0 >= FLOOD_MS ? "the floods did not finish in time" : "no progress for 60 s");
+        return waiting_for;
+    }
+    return NULL;
 }
 
 static long rss_kib(void)
@@ -276,7 +329,10 @@ int main(void)
     mdg_broker *b = NULL;
     /* grace periods long enough for a loaded CI machine: this test is about
      * resumes, test_restart about sessions that do not come back */
-    mdg_broker_options bo = {.bind_address = "127.0.0.1", .queue_limit = 20000, .node_grace_ms = 30000};
+    /* node_window as deep as the user's pipeline of calls: with the default
+     * (64) every cut of the node leg would cost a whole window's round trip */
+    mdg_broker_options bo = {.bind_address = "127.0.0.1", .queue_limit = 20000, .node_grace_ms = 30000,
+                             .node_window = WINDOW};
     mdg_broker_hooks hooks = {.session_new = on_session};
     CHECK_RC(mdg_broker_new(&b, bkeys, &bo), 0);
     mdg_broker_set_commands(b, broker_cmds, &bs);
@@ -298,7 +354,8 @@ int main(void)
     CHECK_RC(mdg_conn_start(node), 0);
     CHECK_RC(mdg_conn_wait_until_ready(node, 5000), 0);
 
-    mdg_conn_options uo = {.port = direct ? mdg_broker_port(b) : fp_port(fpu), .reconnect_min_ms = 20, .reconnect_max_ms = 200};
+    mdg_conn_options uo = {.port = direct ? mdg_broker_port(b) : fp_port(fpu), .reconnect_min_ms = 20, .reconnect_max_ms = 200,
+                           .nonblocking = true};
     CHECK_RC(mdg_conn_new_with_keys(&user, "127.0.0.1", mdg_keys_public(bkeys), ukeys, &uo), 0);
     mdg_conn_register_commands(user, user_cmds, &us);
     mdg_conn_set_event_handler(user, on_event, &us);
@@ -313,44 +370,69 @@ int main(void)
     else
         CHECK_RC(mdg_conn_send_cb(user, "stream", sp, NULL, 0, on_stream, &us), 0);
 
-    cutter cut = {.fps = {fpu, fpn}};
+    cutter cut = {.fps = {fpu, fpn}, .bs = &bs, .ns = &ns, .us = &us};
     pthread_t cut_t;
     pthread_create(&cut_t, NULL, cut_loop, &cut);
     int64_t t0 = mdg_now_ms();
 
-    for (int64_t i = 0; i < N; i++) {
+    /* Every wait below is bounded: no progress for STALL_MS, or the floods
+     * not done by FLOOD_MS, ends the test with what it waited for. */
+    const char *stuck = NULL;
+    long seen = 0;
+    int64_t seen_at = t0;
+    for (int64_t i = 0; i < N && !stuck; i++) {
         if (i % 20000 == 0)
             progress("sending", &bs, &ns, &us);
-        /* user -> broker: blocks when the resend buffer is full */
-        if (mdg_conn_send(user, "num", with_i(i), NULL, 0) != 0) {
+        /* user -> broker: nonblocking, so that a full resend buffer is a
+         * wait with a deadline here */
+        int rc;
+        while ((rc = mdg_conn_send(user, "num", with_i(i), NULL, 0)) == MDG_EAGAIN &&
+               !(stuck = stalled(&bs, &ns, &us, &seen, &seen_at, t0, "room in the user's queue (queue_limit)")))
+            usleep(200);
+        if (rc != 0 && rc != MDG_EAGAIN) {
             fprintf(stderr, "send %lld: %s\n", (long long)i, mdg_last_error());
             atomic_fetch_add(&us.errors, 1);
         }
         /* user -> node: calls with a window, each answered */
-        while (atomic_load(&us.outstanding) >= WINDOW)
+        while (atomic_load(&us.outstanding) >= WINDOW && !stuck &&
+               !(stuck = stalled(&bs, &ns, &us, &seen, &seen_at, t0, "answers to the calls to the node")))
             usleep(200);
         mdg_params *p = with_i(i);
         mdg_params_set_bytes(p, "node", mdg_keys_public(nkeys), 32);
         atomic_fetch_add(&us.outstanding, 1);
-        if (mdg_conn_send_cb(user, "ncall", p, NULL, 0, on_call_reply, &us) != 0) {
+        while ((rc = mdg_conn_send_cb(user, "ncall", p, NULL, 0, on_call_reply, &us)) == MDG_EAGAIN && !stuck &&
+               !(stuck = stalled(&bs, &ns, &us, &seen, &seen_at, t0, "room in the user's queue (queue_limit)"))) {
+            usleep(200);
+            p = with_i(i); /* a refused send took the params */
+            mdg_params_set_bytes(p, "node", mdg_keys_public(nkeys), 32);
+        }
+        if (rc != 0) {
             atomic_fetch_sub(&us.outstanding, 1);
-            atomic_fetch_add(&us.errors, 1);
+            if (rc != MDG_EAGAIN)
+                atomic_fetch_add(&us.errors, 1);
         }
     }
-    for (int k = 0; k < 24; k++) {
-        WAIT_FOR(atomic_load(&bs.from_user.next) == N && atomic_load(&us.from_broker.next) == N &&
-                     atomic_load(&us.replies.next) == N && atomic_load(&us.stream_done) &&
-                     (fp_cuts(fpu) >= 20 && fp_cuts(fpn) >= 20),
-                 5000);
-        progress("waiting", &bs, &ns, &us);
-        if (atomic_load(&bs.from_user.next) == N && atomic_load(&us.from_broker.next) == N &&
-            atomic_load(&us.replies.next) == N && atomic_load(&us.stream_done) && fp_cuts(fpu) >= 20 &&
-            fp_cuts(fpn) >= 20)
-            break;
+    int64_t last_print = mdg_now_ms();
+    while (!stuck && !(floods_done(&bs, &us) && fp_cuts(fpu) >= 20 && fp_cuts(fpn) >= 20)) {
+        stuck = stalled(&bs, &ns, &us, &seen, &seen_at, t0,
+                        floods_done(&bs, &us) ? "the cuts (20 on each leg)" : "the floods to arrive");
+        if (mdg_now_ms() - last_print >= 5000) {
+            progress("waiting", &bs, &ns, &us);
+            last_print = mdg_now_ms();
+        }
+        usleep(10000);
     }
+    progress(stuck ? "STUCK" : "done", &bs, &ns, &us);
+    if (stuck)
+        fprintf(stderr, "test_reliability: gave up waiting for %s (%lld ms in; user conn: %s)\n", stuck,
+                (long long)(mdg_now_ms() - t0), mdg_conn_wait_until_ready(user, 0) == 0 ? "ready" : mdg_last_error());
+    CHECK(stuck == NULL);
     atomic_store(&cut.stop, 1);
     pthread_join(cut_t, NULL);
-    pthread_join(stream_thread, NULL);
+    if (!atomic_load(&us.stream_done))
+        mdg_conn_disconnect(node); /* ends the stream's waits, so that it can be joined */
+    if (atomic_load(&stream_started))
+        pthread_join(stream_thread, NULL);
     int64_t took = mdg_now_ms() - t0;
 
     printf("cuts: %d on the user leg, %d on the node leg, in %lld ms\n", fp_cuts(fpu), fp_cuts(fpn), (long long)took);
@@ -374,6 +456,8 @@ int main(void)
     CHECK(atomic_load(&us.errors) == 0);
     CHECK(atomic_load(&us.events[MDG_EV_LOST]) == 0);
     CHECK(atomic_load(&us.events[MDG_EV_RECOVERED]) >= 1);
+    if (stuck)
+        goto out; /* what follows needs the floods done */
 
     /* a blocking call across a short outage completes normally */
     mdg_msg *r = NULL;
@@ -442,6 +526,7 @@ int main(void)
     CHECK(atomic_load(&hs.from_broker.bad) == 0);
 
     mdg_conn_destroy(&hb);
+out:
     mdg_conn_destroy(&user);
     mdg_conn_destroy(&node);
     fp_destroy(&fpu);

@@ -17,6 +17,13 @@
  *      short timeout while it is down fails with MDG_ETIMEDOUT saying the
  *      link is down; the node process reconnects by itself; new calls to
  *      the broker and to the node work.
+ *   d. (run before c) The broker is killed and restarted while user A
+ *      streams from a node thread (mdg_msg_keep, mdg_msg_reply_more): A's
+ *      stream fails with its lost session; user B, a new connection after
+ *      the restart, calls the node and gets only its own answers, not a
+ *      byte of A's stream; the node's streaming thread is told by
+ *      mdg_msg_reply_more (MDG_ECLOSED) that its caller's session has
+ *      ended, and stops.
  *   c. SIGTERM stops the broker, clients connected, with exit status 0
  *      within a bounded time; the node then stops cleanly too.
  *
@@ -64,7 +71,7 @@ static char broker_path[PATH_MAX], node_path[PATH_MAX];
 static int port;
 static char bpk[MDG_KEY_B64_LEN + 1], bsk[MDG_KEY_B64_LEN + 1];
 static char npk[MDG_KEY_B64_LEN + 1], nsk[MDG_KEY_B64_LEN + 1];
-static char upk[MDG_KEY_B64_LEN + 1];
+static char upk[MDG_KEY_B64_LEN + 1], upk2[MDG_KEY_B64_LEN + 1]; /* users A and B */
 
 /* Start path with args and the environment plus extra ("K=V", NULL-ended).
  * Everything is prepared before fork: the child, a copy of a threaded
@@ -168,7 +175,7 @@ static void start_broker(void)
     char grace[16];
     snprintf(grace, sizeof grace, "%d", NODE_GRACE_MS);
     char *args[] = {"proc_broker", "--port", portarg, "--node-grace", grace, "--allow-user", upk,
-                    "--allow-node", npk, NULL};
+                    "--allow-user", upk2, "--allow-node", npk, NULL};
     static char e_pk[80], e_sk[80];
     snprintf(e_pk, sizeof e_pk, "MDG_BROKER_PK=%s", bpk);
     snprintf(e_sk, sizeof e_sk, "MDG_BROKER_SK=%s", bsk);
@@ -299,7 +306,7 @@ static const mdg_cmd user_cmds[] = {
     MDG_CMD_END,
 };
 
-static mdg_keys *ukeys;
+static mdg_keys *ukeys, *ukeys2;
 static uint8_t broker_pk_raw[MDG_KEY_BYTES];
 
 static mdg_conn *new_user(offers *o, bool events)
@@ -633,6 +640,141 @@ static void part_b(mdg_conn *user, offers *uo)
     CHECK(t_logged("no one waits for"));
 }
 
+/* --------------------------------------------------------------- part d */
+
+/* One of user B's calls: it must get exactly its own answer. */
+typedef struct own_call {
+    int64_t want;
+    atomic_int replies, finals, more, foreign;
+} own_call;
+
+static void on_own(mdg_msg *r, void *arg)
+{
+    own_call *o = arg;
+    int64_t i = -1, pid = 0;
+    mdg_params *p = mdg_msg_params(r);
+    if (mdg_msg_is_error(r) || mdg_params_get_int(p, "i", &i) != 0 || i != o->want ||
+        mdg_params_get_int(p, "pid", &pid) != 0)
+        atomic_fetch_add(&o->foreign, 1);
+    if (mdg_msg_more(r))
+        atomic_fetch_add(&o->more, 1);
+    else
+        atomic_fetch_add(&o->finals, 1);
+    atomic_fetch_add(&o->replies, 1);
+}
+
+#define B_CALLS 20
+
+static bool all_final(own_call *calls)
+{
+    for (int k = 0; k < B_CALLS; k++)
+        if (!atomic_load(&calls[k].finals))
+            return false;
+    return true;
+}
+
+/* The node's count of streams stopped by MDG_ECLOSED (-1: no answer), and
+ * of its replies the broker refused. */
+static int64_t node_streams_closed(mdg_conn *c, char *last, size_t len, int64_t *refused)
+{
+    mdg_msg *r = NULL;
+    int64_t n = -1;
+    const char *t = "";
+    if (mdg_conn_call(c, "streams", to_node(), NULL, 0, 5000, &r) == 0) {
+        mdg_params_get_int(mdg_msg_params(r), "closed", &n);
+        mdg_params_get_int(mdg_msg_params(r), "refused", refused);
+        mdg_params_get_str(mdg_msg_params(r), "last_end", &t);
+        snprintf(last, len, "%s", t);
+    }
+    mdg_msg_destroy(&r);
+    return n;
+}
+
+static void part_d(mdg_conn *a)
+{
+    stream_state st;
+    call_job j;
+    char last[512] = "";
+    printf("d. broker killed and restarted under a live stream from a node thread to user A\n");
+    int64_t refused_before = -1, refused = -1;
+    int64_t closed_before = node_streams_closed(a, last, sizeof last, &refused_before);
+    CHECK(closed_before >= 0);
+    memset(&st, 0, sizeof st);
+    mdg_params *p = to_node();
+    mdg_params_set_int(p, "n", 1000000);
+    mdg_params_set_int(p, "interval_ms", 2);
+    CHECK_RC(mdg_conn_send_cb(a, "stream", p, NULL, 0, on_stream, &st), 0);
+    WAIT_FOR(atomic_load(&st.next) >= 50, 5000);
+    CHECK(atomic_load(&st.next) >= 50);
+
+    int64_t t_kill = now_ms();
+    kill_hard(&broker_proc);
+    start_broker();
+    need(wait_ready(&broker_proc, 15000) == 0, "the restarted broker");
+    WAIT_FOR(atomic_load(&st.failed), 15000);
+    CHECK(atomic_load(&st.failed) && strstr(st.error, "no longer knew our session") != NULL);
+    CHECK(atomic_load(&st.bad) == 0);
+
+    /* user B: another user, a new connection after the restart; first
+     * wait for the node, which reconnects by itself */
+    mdg_conn *b = NULL;
+    mdg_conn_options opts = {.port = port, .reconnect_min_ms = 50, .reconnect_max_ms = 500};
+    need(mdg_conn_new_with_keys(&b, "127.0.0.1", broker_pk_raw, ukeys2, &opts) == 0 && mdg_conn_start(b) == 0,
+         "user B's connection");
+    need(mdg_conn_wait_until_ready(b, 10000) == 0, "user B's session");
+    int64_t node_back = -1;
+    for (int64_t deadline = now_ms() + 20000; now_ms() < deadline; usleep(50000)) {
+        p = to_node();
+        mdg_params_set_int(p, "i", 7);
+        if (call_now(b, "ncall", p, 5000, &j) == 0) {
+            node_back = now_ms() - t_kill;
+            break;
+        }
+    }
+    CHECK(node_back >= 0 && j.pid == node_proc.pid);
+
+    /* B's calls, all open at once and each answered 200 ms later: anything
+     * the node still sent for A's call would have time to reach them */
+    own_call calls[B_CALLS];
+    memset(calls, 0, sizeof calls);
+    for (int k = 0; k < B_CALLS; k++) {
+        calls[k].want = 1000 + k;
+        p = to_node();
+        mdg_params_set_int(p, "i", calls[k].want);
+        mdg_params_set_int(p, "ms", 200);
+        CHECK_RC(mdg_conn_send_cb(b, "later", p, NULL, 0, on_own, &calls[k]), 0);
+    }
+    WAIT_FOR(all_final(calls), 10000);
+    int replies = 0, more = 0, foreign = 0, finals = 0;
+    for (int k = 0; k < B_CALLS; k++) {
+        replies += atomic_load(&calls[k].replies);
+        finals += atomic_load(&calls[k].finals);
+        more += atomic_load(&calls[k].more);
+        foreign += atomic_load(&calls[k].foreign);
+    }
+    CHECK(finals == B_CALLS && replies == B_CALLS && more == 0 && foreign == 0);
+
+    /* the node's streaming thread learnt from mdg_msg_reply_more that its
+     * caller's session had ended, and stopped */
+    int64_t closed = -1;
+    for (int64_t deadline = now_ms() + 5000; now_ms() < deadline; usleep(20000))
+        if ((closed = node_streams_closed(b, last, sizeof last, &refused)) > closed_before)
+            break;
+    CHECK(closed == closed_before + 1); /* counts MDG_ECLOSED only */
+    CHECK(strstr(last, "the session this call came in on has ended") != NULL);
+    /* what it had queued for A while the broker was down never went out on
+     * its new session either: the broker refused none of its replies */
+    CHECK(refused_before >= 0 && refused == refused_before);
+    printf("d: A had %ld stream replies in order when the broker was SIGKILLed and restarted; A's stream: '%s'; "
+           "the node was back %lld ms after the kill\n",
+           atomic_load(&st.next), st.error, (long long)node_back);
+    printf("d: user B's %d calls to the node: %d replies, %d final, %d with MORE, %d not its own\n", B_CALLS, replies,
+           finals, more, foreign);
+    printf("d: the node's streaming thread stopped: %s; the broker refused %lld of its replies\n", last,
+           (long long)(refused - refused_before));
+    mdg_conn_destroy(&b);
+}
+
 /* --------------------------------------------------------------- part c */
 
 static void part_c(void)
@@ -691,12 +833,15 @@ int main(int argc, char **argv)
     int64_t t_begin = now_ms();
 
     mdg_keys *bkeys = NULL, *nkeys = NULL;
-    need(mdg_keys_new(&bkeys) == 0 && mdg_keys_new(&nkeys) == 0 && mdg_keys_new(&ukeys) == 0, "keys");
+    need(mdg_keys_new(&bkeys) == 0 && mdg_keys_new(&nkeys) == 0 && mdg_keys_new(&ukeys) == 0 &&
+             mdg_keys_new(&ukeys2) == 0,
+         "keys");
     mdg_pk_to_b64(mdg_keys_public(bkeys), bpk);
     mdg_pk_to_b64(mdg_keys_secret(bkeys), bsk);
     mdg_pk_to_b64(mdg_keys_public(nkeys), npk);
     mdg_pk_to_b64(mdg_keys_secret(nkeys), nsk);
     mdg_pk_to_b64(mdg_keys_public(ukeys), upk);
+    mdg_pk_to_b64(mdg_keys_public(ukeys2), upk2);
     memcpy(broker_pk_raw, mdg_keys_public(bkeys), MDG_KEY_BYTES);
     mdg_keys_destroy(&bkeys);
     mdg_keys_destroy(&nkeys);
@@ -714,6 +859,7 @@ int main(int argc, char **argv)
 
     part_a(user);
     part_b(user, &uo);
+    part_d(user);
     part_c();
 
     int64_t t_destroy = now_ms();
@@ -721,6 +867,7 @@ int main(int argc, char **argv)
     printf("user connection destroyed in %lld ms (broker gone); whole test %lld ms\n",
            (long long)(now_ms() - t_destroy), (long long)(now_ms() - t_begin));
     mdg_keys_destroy(&ukeys);
+    mdg_keys_destroy(&ukeys2);
     cleanup();
     return t_done("test_restart");
 }
