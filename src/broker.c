@@ -1904,7 +1904,7 @@ static void take_spares(mdg_broker *b)
  * tcp_listener.cpp). Out of descriptors (EMFILE, ENFILE) the connection
  * stays in the backlog and the listening socket stays readable, so libzmq's
  * I/O thread spins and the client hangs. We give up the spare descriptors,
- * take the waiting connections ourselves and close them: those clients see
+ * take the waiting connections ourselves and reset them: those clients see
  * their link drop at once, and the spin ends. libzmq may accept one of them
  * first with a freed descriptor; it then goes through the handshake as
  * usual (refused while the broker is full), and spares are taken again
@@ -1920,7 +1920,11 @@ static void accept_failed(mdg_broker *b, int which, int err)
     if (lfd >= 0 && poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN)) {
         while (b->n_spare)
             close(b->spare[--b->n_spare]);
+        /* a reset, not an orderly close: to a client, a broker closing the
+         * link in order during the handshake suggests a wrong server key */
+        struct linger reset = {.l_onoff = 1, .l_linger = 0};
         while (closed < SHED_MAX && (s = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+            setsockopt(s, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
             close(s);
             closed++;
         }

@@ -411,7 +411,9 @@ static void python_peers(mdg_broker *b, const mdg_keys *bk, const mdg_keys *pyu,
     CHECK_RC(mdg_conn_call(user, "divide", divide_params(mdg_keys_public(pyn), 1, 0), NULL, 0, 10000, &reply),
              MDG_EREMOTE);
     CHECK(strstr(mdg_last_error(), "Devisor cannot be zero") != NULL);
-    seen s = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    /* static: the 1.x stream never ends its channel, so the callback is
+     * still pending (and runs, failed) when the user is destroyed later */
+    static seen s = {.lock = PTHREAD_MUTEX_INITIALIZER};
     p = mdg_params_new();
     mdg_params_set_bytes(p, "node", mdg_keys_public(pyn), MDG_KEY_BYTES);
     mdg_params_set_int(p, "count", 3);
@@ -427,6 +429,49 @@ static void python_peers(mdg_broker *b, const mdg_keys *bk, const mdg_keys *pyu,
 }
 
 /* ------------------------------------------------ the test */
+
+/* A broker at its connection limit (max_connections 1): a 1.x hello on a
+ * new link is refused as 1.x refuses, and logged; once the native session
+ * that fills it leaves, the same link's hello is welcome. */
+static void full_broker(void)
+{
+    mdg_keys *bk2 = NULL, *uk2 = NULL, *lk2 = NULL;
+    mdg_broker *b = NULL;
+    mdg_conn *user = NULL;
+    mdg_keys_new(&bk2);
+    mdg_keys_new(&uk2);
+    mdg_keys_new(&lk2);
+    const uint8_t *saved_pk = broker_pk;
+    broker_pk = mdg_keys_public(bk2);
+    mdg_broker_options o = {.bind_address = "127.0.0.1", .legacy = true, .max_connections = 1};
+    CHECK_RC(mdg_broker_new(&b, bk2, &o), 0);
+    mdg_broker_allow(b, mdg_keys_public(uk2), MDG_ROLE_USER);
+    mdg_broker_allow(b, mdg_keys_public(lk2), MDG_ROLE_USER);
+    CHECK_RC(mdg_broker_start(b), 0);
+    CHECK(t_logged("the broker admits at most 1 connections"));
+    mdg_conn_options uo = {.port = mdg_broker_port(b)};
+    CHECK_RC(mdg_conn_new_with_keys(&user, "127.0.0.1", broker_pk, uk2, &uo), 0);
+    CHECK_RC(mdg_conn_start(user), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(user, 5000), 0);
+    lpeer P;
+    lp_open(&P, mdg_broker_legacy_port(b));
+    CHECK_RC(lp_hello(&P, lk2, NULL, 0), MDG_EAUTH);
+    CHECK(t_logged("refused: broker at its connection limit"));
+    mdg_conn_destroy(&user);
+    int rc = MDG_EAUTH;
+    for (int i = 0; i < 100 && rc == MDG_EAUTH; i++) {
+        rc = lp_hello(&P, lk2, NULL, 0);
+        if (rc == MDG_EAUTH)
+            usleep(50000); /* until the broker has seen the native link close */
+    }
+    CHECK_RC(rc, 0);
+    lp_close(&P);
+    mdg_broker_destroy(&b);
+    broker_pk = saved_pk;
+    mdg_keys_destroy(&bk2);
+    mdg_keys_destroy(&uk2);
+    mdg_keys_destroy(&lk2);
+}
 
 int main(void)
 {
@@ -767,6 +812,7 @@ int main(void)
     CHECK(mdg_broker_node_count(b) == 1);
 
     python_peers(b, bk, pyu, pyn, user);
+    full_broker();
 
     mdg_conn_destroy(&user);
     mdg_conn_destroy(&node);
