@@ -147,6 +147,16 @@ static void raw_send(void *s, int kind, uint64_t seq, uint64_t corr, const char 
     zmq_msg_send(&pm, s, 0);
 }
 
+/* The node's library logs each pause it is told of: counted here, not
+ * looked up in the shared log buffer, which a busy run may fill first. */
+static atomic_int pauses;
+static void count_pauses(int level, const char *text, void *arg)
+{
+    if (strstr(text, "says pause for call"))
+        atomic_fetch_add(&pauses, 1);
+    t_log_fn(level, text, arg);
+}
+
 static atomic_int notices;
 static void on_notice(const char *command, const char *text, void *arg)
 {
@@ -169,7 +179,7 @@ static void on_answer(mdg_msg *r, void *arg)
 
 int main(void)
 {
-    t_capture_log();
+    mdg_set_log(count_pauses, NULL, MDG_LOG_DEBUG);
     mdg_keys *bkeys = NULL, *nkeys = NULL, *ukeys = NULL, *fkeys = NULL, *n2keys = NULL;
     mdg_keys_new(&bkeys);
     mdg_keys_new(&nkeys);
@@ -224,8 +234,8 @@ int main(void)
     CHECK_RC(mdg_conn_wait_until_ready(reader_c, 5000), 0);
     t_clear_log();
     CHECK_RC(mdg_conn_send_cb(reader_c, "stream", to_node(nkeys), NULL, 0, on_part, &rd), 0);
-    WAIT_FOR(t_logged("says pause for call"), 20000);
-    CHECK(t_logged("says pause for call"));
+    WAIT_FOR(atomic_load(&pauses) > 0, 20000);
+    CHECK(atomic_load(&pauses) > 0);
     worst = normal_calls(user, nkeys, 20);
     printf("beside a stalled stream reader: slowest of 20 calls %lld ms; stream thread still waiting: %s\n",
            (long long)worst, atomic_load(&st.result) ? "no" : "yes");
