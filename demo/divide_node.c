@@ -6,7 +6,7 @@
  *
  *   divide  {dividend, devisor}  reply {quotient: dividend / devisor}
  *
- * and fails the call (the seed's ValueError, reflected to the caller) when
+ * and fails the call (the original Python Messidge's ValueError, reflected to the caller) when
  * the params are not two floats or the devisor is zero.
  *
  * No key files: a node's keys come from the environment (preferred: the
@@ -31,9 +31,9 @@
 
 /* --------------------------------------------------------------- controller */
 
-/* The seed's Controller._divide. The table below has already checked that
+/* The original Python Messidge's Controller._divide. The table below has already checked that
  * both params are present; their types are ours to check. Integers are not
- * floats here, as in the seed's isinstance(..., float). */
+ * floats here, as in the original Python Messidge's isinstance(..., float). */
 static void h_divide(mdg_msg *msg, void *arg)
 {
     (void)arg;
@@ -59,7 +59,7 @@ static void h_divide(mdg_msg *msg, void *arg)
     mdg_msg_reply(msg, results, NULL, 0); /* results taken */
 }
 
-/* The seed's Controller.commands: {b'divide': cmd(['dividend', 'devisor'],
+/* The original Python Messidge's Controller.commands: {b'divide': cmd(['dividend', 'devisor'],
  * needs_reply=True)}. */
 static const mdg_cmd commands[] = {
     {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
@@ -152,7 +152,7 @@ int main(int argc, char **argv)
      * waiter's sigwait takes them. */
     cli_signal_waiter_init(&waiter, "divide_node");
 
-    /* The seed's Node.__init__: Connection(location, server_pk, keys,
+    /* The original Python Messidge's Node.__init__: Connection(location, server_pk, keys,
      * reflect_value_errors=True), register_commands, start. */
     mdg_pk_to_b64(mdg_keys_public(keys), b64);
     rc = mdg_conn_new_with_keys(&conn, location, server_pk, keys, &co);

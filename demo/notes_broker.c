@@ -7,14 +7,14 @@
  *   fetch_notes      {}        reply {notes: [...]} (needs a reply)
  *   raise_exception  {}        fail, so the caller sees the error text
  *
- * The seed's MyModel, MyController, MySession and MyNode map onto a model
+ * The original Python Messidge's MyModel, MyController, MySession and MyNode map onto a model
  * struct, a static command table with one handler per command, and session
  * and node hooks. The broker forwards to a node every user call that names
  * it in the param 'node' (no code here), and the resources hook offers each
  * new session the keys of the connected nodes.
  *
  * Who may connect comes from the identity store in the state directory, as
- * in the seed's quickstart: `messidge-admin invite` makes a token, the user
+ * in the guide's quickstart: `messidge-admin invite` makes a token, the user
  * runs `messidge confirm` against the account server this broker runs on
  * the base port + 1, and `messidge-admin add-node` registers nodes. The
  * store is polled every second for revocations, which end live sessions.
@@ -73,8 +73,8 @@ typedef struct user_notes {
     size_t n, cap;
 } user_notes;
 
-/* The seed's MyModel: user pk -> list of notes, and the nodes connected
- * now (the seed's self.nodes). Linear searches are fine for a demo; a real
+/* The original Python Messidge's MyModel: user pk -> list of notes, and the nodes connected
+ * now (the original Python Messidge's self.nodes). Linear searches are fine for a demo; a real
  * broker would use hash maps. Only the broker's loop thread touches it (all
  * handlers and hooks run there), so it needs no lock. */
 typedef struct model {
@@ -226,12 +226,12 @@ static void h_fetch_notes(mdg_msg *msg, void *arg)
 static void h_raise_exception(mdg_msg *msg, void *arg)
 {
     (void)arg;
-    /* The seed raises ValueError; here the caller's blocking call returns
+    /* The original Python Messidge raises ValueError; here the caller's blocking call returns
      * MDG_EREMOTE with this text in mdg_last_error(). */
     mdg_msg_fail(msg, "raise_exception was called");
 }
 
-/* The seed's controller.commands: the library checks the required params
+/* The original Python Messidge's controller.commands: the library checks the required params
  * and the flags before a handler runs. */
 static const mdg_cmd commands[] = {
     {"write_note", h_write_note, MDG_REQUIRE("note"), 0},
@@ -242,7 +242,7 @@ static const mdg_cmd commands[] = {
 
 /* ----------------------------------------------------------------- sessions */
 
-/* The seed's MySession: per-session data the broker hands back with every
+/* The original Python Messidge's MySession: per-session data the broker hands back with every
  * message of the session (mdg_msg_session_data). */
 typedef struct session {
     char pk_b64[MDG_KEY_B64_LEN + 1];
@@ -275,7 +275,7 @@ static void on_session_closed(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], vo
 
 /* ------------------------------------------------------------------- nodes */
 
-/* The seed's MyNode: per-node data, made when a node connects. A node that
+/* The original Python Messidge's MyNode: per-node data, made when a node connects. A node that
  * reconnects first leaves, then joins again. */
 typedef struct node {
     char pk_b64[MDG_KEY_B64_LEN + 1];
@@ -305,7 +305,7 @@ static void on_node_left(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *d
     free(n);
 }
 
-/* The seed's model.resources(pk): what to offer a new session, pushed to it
+/* The original Python Messidge's model.resources(pk): what to offer a new session, pushed to it
  * as the command resource_offer. Here every user is offered every connected
  * node, {"nodes": [pk, ...]} with the keys as bytes; pk (the user's key)
  * could be used to offer each user only some. Without this hook the broker
@@ -369,7 +369,7 @@ static void on_signal(int sig)
     mdg_broker_stop(the_broker); /* async-signal-safe */
 }
 
-/* The seed's try: KeyPair('localhost_broker') except: KeyPair.new(...) */
+/* The original Python Messidge's try: KeyPair('localhost_broker') except: KeyPair.new(...) */
 static int broker_keys(mdg_keys **keys, const char *prefix)
 {
     int rc = mdg_keys_load(keys, "localhost_broker", prefix);

@@ -1,9 +1,9 @@
 /* notes_client.c - the demo client of "Using Messidge", in C.
  *
- * The seed's client, step by step: connect to the default location, write
+ * The guide's client, step by step: connect to the default location, write
  * a note (fire and forget), fetch the notes with a blocking call, fetch
  * them again with a reply callback, and see a handler's failure come back
- * as an error from a blocking call. Then the seed's "Resource offers and
+ * as an error from a blocking call. Then the guide's "Resource offers and
  * Calling Nodes": take the nodes the broker offered (the command
  * resource_offer, pushed at the start of the session) and ask each to
  * divide, once well and once by zero.
@@ -112,12 +112,12 @@ static const cbor_item_t *notes_of(const mdg_msg *reply)
 /* ------------------------------------------------------ async callback */
 
 typedef struct callback_state {
-    pthread_mutex_t print_lock; /* see main: keeps the seed's print order */
+    pthread_mutex_t print_lock; /* see main: keeps the guide's print order */
     atomic_bool done;
     atomic_bool ok;
 } callback_state;
 
-/* Runs on the connection's loop thread, as in the seed. */
+/* Runs on the connection's loop thread, as in the original Python Messidge. */
 static void async_callback(mdg_msg *reply, void *arg)
 {
     callback_state *s = arg;
@@ -139,7 +139,7 @@ static void async_callback(mdg_msg *reply, void *arg)
 
 /* ------------------------------------------------------ resource offer */
 
-/* The seed's client Controller: self.nodes, set by _resource_offer. The
+/* The original Python Messidge's client Controller: self.nodes, set by _resource_offer. The
  * offer arrives on the loop thread; main reads it, hence the lock. */
 typedef struct offered_nodes {
     pthread_mutex_t lock;
@@ -177,7 +177,7 @@ static void h_resource_offer(mdg_msg *msg, void *arg)
     pthread_mutex_unlock(&o->lock);
 }
 
-/* The seed's commands = {b'resource_offer': cmd(['nodes'])}: the broker
+/* The original Python Messidge's commands = {b'resource_offer': cmd(['nodes'])}: the broker
  * may push these to us. */
 static const mdg_cmd client_commands[] = {
     {"resource_offer", h_resource_offer, MDG_REQUIRE("nodes"), 0},
@@ -310,7 +310,7 @@ int main(int argc, char **argv)
     mdg_msg_destroy(&reply);
 
     /* asynchronous via callback; the callback runs on the loop thread. The
-     * lock makes the seed's "prints before" hold even on a fast machine. */
+     * lock makes the guide's "prints before" hold even on a fast machine. */
     pthread_mutex_lock(&cbs.print_lock);
     rc = mdg_conn_send_cb(conn, "fetch_notes", NULL, NULL, 0, async_callback, &cbs);
     if (rc == 0) {

@@ -10,7 +10,7 @@
 #   3. the user confirms:  messidge confirm localhost TOKEN  -> key files
 #   4. the admin registers the divide node:  messidge-admin add-node
 #   5. the divide node starts (its secret key in its environment only)
-#   6. the notes client runs the seed's demo; then one call from the
+#   6. the notes client runs the guide's demo; then one call from the
 #      command line:  messidge call --node PK divide ...
 #   7. the node and the broker are stopped
 #

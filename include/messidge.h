@@ -206,7 +206,7 @@ bool mdg_msg_more(const mdg_msg *m);
 int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 /* Fail the message: the caller's blocking call returns MDG_EREMOTE with
- * this text (the seed's ValueError); a reply callback gets an error reply.
+ * this text (the original Python Messidge's ValueError); a reply callback gets an error reply.
  * printf-style. For a message that is not replyable the text is logged
  * and sent to the peer's error hook. */
 int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
@@ -270,7 +270,7 @@ enum mdg_role { MDG_ROLE_NONE = 0, MDG_ROLE_USER = 1, MDG_ROLE_NODE = 2 };
 typedef int (*mdg_auth_fn)(const uint8_t pk[MDG_KEY_BYTES], void *arg);
 
 /* Hooks, all optional, all called on the broker loop thread. They mirror
- * the seed's SessionMinimal / NodeMinimal / ModelMinimal.resources. */
+ * the original Python Messidge's SessionMinimal / NodeMinimal / ModelMinimal.resources. */
 typedef struct mdg_broker_hooks {
     /* A new user session: return its per-session data (may be NULL); it is
      * passed back to session_closed and given to handlers through
@@ -369,7 +369,7 @@ int mdg_broker_port(const mdg_broker *b);
 int mdg_broker_legacy_port(const mdg_broker *b);
 
 /* Send a command (no reply expected) to a user session, by the id the
- * broker put in msg params "session", or to a node by its pk: the seed's
+ * broker put in msg params "session", or to a node by its pk: the original Python Messidge's
  * send_cmd(rid, ...). Safe from any thread; params taken, bulk copied.
  * On the loop thread (handlers, timers) the result is final: MDG_ENOTFOUND
  * when no such session / node exists, MDG_EAGAIN when its queue is full
@@ -512,7 +512,7 @@ int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const vo
                   size_t bulk_len, int timeout_ms, mdg_msg **reply);
 
 /* Block until the connection's loop ends (disconnect, or the broker closed
- * the session), as the seed's wait_until_complete. */
+ * the session), as the original Python Messidge's wait_until_complete. */
 int mdg_conn_wait_until_complete(mdg_conn *c, int timeout_ms);
 /* Say goodbye to the broker and stop the loop: what is queued is sent and
  * the broker's acknowledgement awaited for up to 2 s first. Safe from any

@@ -2,7 +2,7 @@
  * decides who may connect, sessions keyed by routing id, and validation of
  * every command against the application's table before its handler runs.
  *
- * Everything here runs on the broker's loop thread (DESIGN.md: one thread
+ * Everything here runs on the broker's loop thread (one thread
  * owns all state; libzmq's I/O threads do the encryption). */
 #include "internal.h"
 #include "legacy.h"

@@ -674,7 +674,7 @@ static void on_flow(mdg_conn *c, const mdg_msg *m)
 }
 
 /* Replies of the application's handlers: a failure's text goes back only
- * with reflect_errors (the seed's reflect_value_errors). */
+ * with reflect_errors (the original Python Messidge's reflect_value_errors). */
 static int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results,
                            const void *bulk, size_t bulk_len)
 {
@@ -877,7 +877,7 @@ static void on_command(mdg_conn *c, mdg_msg *m)
         m->send_reply = queue_reply; /* the library's own checks always reach the caller */
     if (!cmd) {
         /* An application that registered no resource_offer handler simply
-         * does not want the offer (as in the seed). */
+         * does not want the offer (as in the original Python Messidge). */
         bool quiet = strcmp(m->h.command, "resource_offer") == 0 && !mdg_msg_replyable(m);
         mdg_log(quiet ? MDG_LOG_DEBUG : MDG_LOG_WARN, "'%s' from the broker refused: %s", m->h.command, why);
         if (mdg_msg_replyable(m))

@@ -1,5 +1,5 @@
 /* legacy.h - the Messidge 1.x wire format, for the opt-in compatibility
- * mode (docs/compatibility.md; the protocol is messidge1-wire.md).
+ * mode (docs/compatibility.md has what of the 1.x protocol is spoken, and how).
  *
  * A 1.x message is one ZMQ frame holding one CBOR array:
  *   normal     [nonce, command, uuid, params, bulk]

@@ -358,7 +358,7 @@ static int seen_count(seen *s)
 
 /* ------------------------------------------------ Python 1.x peers */
 
-/* The unmodified-1.x side: a Python node and the seed demo's Python user
+/* The unmodified-1.x side: a Python node and the guide's demo's Python user
  * on the legacy port, key files written here (C) and read there (Python);
  * the native C user calls the Python node too. */
 static void python_peers(mdg_broker *b, const mdg_keys *bk, const mdg_keys *pyu, const mdg_keys *pyn, mdg_conn *user)
@@ -380,7 +380,7 @@ static void python_peers(mdg_broker *b, const mdg_keys *bk, const mdg_keys *pyu,
     WAIT_FOR(mdg_broker_node_count(b) == 2, 5000);
     CHECK(mdg_broker_node_count(b) == 2); /* native and 1.x nodes side by side */
 
-    /* the seed demo from Python, dividing on the native node and the 1.x one */
+    /* the guide's demo from Python, dividing on the native node and the 1.x one */
     const char *uargs[] = {"user", "--prefix", dir, "--location", "127.0.0.1", "--port", port,
                            "--expect-nodes", "2", "--stream", "3", NULL};
     CHECK(py_start(&pyuser, uargs) == 0);
@@ -542,7 +542,7 @@ int main(void)
     CHECK((nodes = mdg_params_get(r.params, "nodes")) && cbor_isa_array(nodes) && cbor_array_size(nodes) == 2);
     lr_free(&r);
 
-    /* the seed's calls from a 1.x user: broker table, native node */
+    /* the original Python Messidge's calls from a 1.x user: broker table, native node */
     mdg_params *np = mdg_params_new();
     mdg_params_set_str(np, "note", "note of A");
     lp_send(&A, "write_note", "", np, NULL, 0);

@@ -3,7 +3,7 @@
  *
  * Part one: the Python 1.x broker stand-in (tests/legacy/peer.py broker,
  * written from the 1.x spec) with a C node serving divide and a stream, a
- * Python 1.x node, and a C user doing the seed's demo calls through it;
+ * Python 1.x node, and a C user doing the guide's demo calls through it;
  * key files cross both ways (C writes the client pairs, Python the
  * broker's). Refused keys, a wrong pinned broker key, and a broker
  * restart follow.
@@ -199,7 +199,7 @@ static mdg_conn *start_conn(const uint8_t *server_pk, const mdg_keys *keys, cons
 
 /* ---------------------------------------- part one: the 1.x broker stand-in */
 
-static void seed_demo(mdg_conn *user, user_state *us)
+static void guide_demo(mdg_conn *user, user_state *us)
 {
     mdg_msg *r = NULL;
     mdg_params *p = mdg_params_new();
@@ -400,7 +400,7 @@ static void with_python_broker(void)
     CHECK(memcmp(us.nodes[0], mdg_keys_public(cnkeys), MDG_KEY_BYTES) == 0);
     CHECK(memcmp(us.nodes[1], mdg_keys_public(pykeys), MDG_KEY_BYTES) == 0);
 
-    seed_demo(user, &us);
+    guide_demo(user, &us);
     via_c_node(user, &us, mdg_keys_public(cnkeys));
     via_py_node(user, &us, mdg_keys_public(pykeys));
     refusals(bpk, ukeys);

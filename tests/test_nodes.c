@@ -382,7 +382,7 @@ int main(void)
     CHECK(atomic_load(&us.offers) == 1);
     CHECK(atomic_load(&us.n_offered) == 1 && memcmp(us.offered[0], npk, 32) == 0);
 
-    /* the seed's demo: 10.0/5.0 = 2.0, and the expected error */
+    /* the guide's demo: 10.0/5.0 = 2.0, and the expected error */
     mdg_msg *r = NULL;
     mdg_params *p = to_node(npk, 32);
     mdg_params_set_double(p, "dividend", 10.0);

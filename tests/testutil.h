@@ -121,7 +121,7 @@ static inline int t_run(char *out, size_t len, const char *fmt, ...)
             usleep(10000);                                       \
     } while (0)
 
-/* The seed's divide node, shared by the tests: the quotient, the seed's
+/* The guide's divide node, shared by the tests: the quotient, the guide's
  * error texts, and any bulk echoed back as it came. */
 static inline void t_divide(mdg_msg *m, void *arg)
 {

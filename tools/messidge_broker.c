@@ -179,7 +179,7 @@ int main(int argc, char **argv)
     sigset_t stop_signals;
     cli_block_stop_signals(&stop_signals);
 
-    /* the seed's "fetch/create the server keys" */
+    /* the original Python Messidge's "fetch/create the server keys" */
     rc = mdg_keys_load(&keys, key_name, prefix);
     if (rc == MDG_ENOENT) {
         if ((rc = mdg_keys_new(&keys)) || (rc = mdg_keys_save(keys, key_name, prefix))) {

@@ -1,7 +1,8 @@
 """Messidge 1.x wire protocol, as the original Python peers speak it.
 
 Interop partner for libmessidge's compatibility mode, written from
-/work/shared/messidge1-wire.md (the 1.3.1 wire format). Only Debian's
+the 1.3.1 wire format of the original Python Messidge (the layout is in
+src/legacy.h and docs/compatibility.md). Only Debian's
 python3-zmq, python3-libnacl and python3-cbor are used, so that the C tests
 can run it with /usr/bin/python3 and nothing installed by pip.
 

@@ -2,9 +2,9 @@
 """Messidge 1.x peers for libmessidge's interop tests.
 
 Subcommands (run with Debian's /usr/bin/python3):
-  user    the seed demo client (notes, exceptions, divide on every offered node)
-  node    the seed divide node (plus 'stream', long-term replies)
-  broker  a stand-in for the 1.x Python broker with the seed's notes controller
+  user    the guide's demo client (notes, exceptions, divide on every offered node)
+  node    the guide's divide node (plus 'stream', long-term replies)
+  broker  a stand-in for the 1.x Python broker with the original Python Messidge's notes controller
   keygen  write a key pair (and optionally .spub / default_location)
 
 Everything a test checks goes to stdout, one flushed line at a time;
@@ -50,10 +50,10 @@ def stop_on_signals():
 
 
 # --------------------------------------------------------------------------
-# user: the seed demo client
+# user: the guide's demo client
 
 class UserController:
-    """Receives the broker's resource_offer (seed: Controller._resource_offer)."""
+    """Receives the broker's resource_offer (the original: Controller._resource_offer)."""
 
     def __init__(self):
         self.nodes = None
@@ -123,7 +123,7 @@ def run_user_demo(conn, nodes, timeout, stream_count):
     if not isinstance(notes, list) or note not in notes:
         raise Failed("fetch_notes did not return the note just written (%r)" % note)
 
-    # asynchronous via callback; the lock keeps the seed's line order
+    # asynchronous via callback; the lock keeps the guide's line order
     # (the callback runs on the loop thread and could otherwise win the race)
     order = threading.Lock()
     called = threading.Event()
@@ -223,7 +223,7 @@ def cmd_user(args):
 
 
 # --------------------------------------------------------------------------
-# node: the seed divide node
+# node: the guide's divide node
 
 class DivideNode:
     def _divide(self, msg):
@@ -274,7 +274,7 @@ def cmd_node(args):
 
 
 # --------------------------------------------------------------------------
-# broker: a stand-in for the 1.x Python broker with the seed's controller
+# broker: a stand-in for the 1.x Python broker with the original Python Messidge's controller
 
 class LRU:
     """lru.LRU(2048) as the 1.x long_term_forwards: least recently used goes."""
@@ -306,7 +306,7 @@ class Link:
 
 
 class Broker:
-    # the seed's MyController: {command: (required params, needs_reply, node_only)}
+    # the original Python Messidge's MyController: {command: (required params, needs_reply, node_only)}
     COMMANDS = {b'write_note': (['note'], False, False),
                 b'fetch_notes': ([], True, False),
                 b'raise_exception': ([], True, False)}
@@ -526,7 +526,7 @@ class Broker:
             return
         self.send_to(dest, command, uuid, params, bulk, plain_nonce=nonce)
 
-    # -- the seed's controller --
+    # -- the original Python Messidge's controller --
 
     def _write_note(self, rid, uuid, params, bulk):
         if 'user' not in params:
@@ -636,7 +636,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Messidge 1.x peers for interop tests.")
     sub = parser.add_subparsers(dest='cmd', required=True)
 
-    p = sub.add_parser('user', help="run the seed demo client")
+    p = sub.add_parser('user', help="run the guide's demo client")
     p.add_argument('--prefix', required=True, help="directory holding LOC, LOC.pub, LOC.spub")
     p.add_argument('--location', required=True, help="broker host, also the key files' name")
     p.add_argument('--port', type=int, default=m1.DEFAULT_PORT)
@@ -645,14 +645,14 @@ def main(argv=None):
     p.add_argument('--stream', type=int, default=0, metavar='N',
                    help="also ask each node for N long-term replies (default 0: off)")
 
-    p = sub.add_parser('node', help="run the seed divide node")
+    p = sub.add_parser('node', help="run the guide's divide node")
     p.add_argument('--prefix', required=True)
     p.add_argument('--name', required=True, help="key pair NAME and NAME.pub in --prefix")
     p.add_argument('--server-pk-file', required=True, help="the broker's public key file")
     p.add_argument('--location', required=True, help="broker host")
     p.add_argument('--port', type=int, default=m1.DEFAULT_PORT)
 
-    p = sub.add_parser('broker', help="run a 1.x broker with the seed's notes controller")
+    p = sub.add_parser('broker', help="run a 1.x broker with the original Python Messidge's notes controller")
     p.add_argument('--prefix', required=True)
     p.add_argument('--name', required=True, help="broker key pair NAME and NAME.pub in --prefix")
     p.add_argument('--port', type=int, required=True, help="0 picks a free port")
