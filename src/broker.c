@@ -629,19 +629,15 @@ static void share_key(uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES], const uint8
     memcpy(key + SESSION_ID_BYTES, node_pk, MDG_KEY_BYTES);
 }
 
-static int share_used(const mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk)
-{
-    uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
-    share_key(key, sid, node_pk);
-    share *s = mdg_map_get(b->shares, key, sizeof key);
-    return s ? s->used : 0;
-}
-
+/* One more message of a session at a node: 0, MDG_EAGAIN when its share
+ * is full (node_window), or MDG_ENOMEM. */
 static int share_take(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk)
 {
     uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
     share_key(key, sid, node_pk);
     share *s = mdg_map_get(b->shares, key, sizeof key);
+    if (s && s->used >= b->node_window)
+        return MDG_EAGAIN;
     if (!s) {
         if (!(s = calloc(1, sizeof *s)))
             return MDG_ENOMEM;
@@ -1447,19 +1443,25 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
         refuse(b, p, &m->h, why);
         return true;
     }
+    /* commands named mdg.* are the broker's own word to a node (FLOW_COMMAND):
+     * a user who could send one could pause or end another user's call */
+    if (strncmp(m->h.command, "mdg.", 4) == 0) {
+        refuse(b, p, &m->h, "command names beginning 'mdg.' are reserved");
+        return true;
+    }
     /* fairness: one session has at most node_window messages at a node,
      * so a flood from one sender waits at the broker, not in front of
      * everyone else's calls at the node */
-    if (peer_full(b, node) || share_used(b, p->session_id, node->pk) >= b->node_window)
+    if (peer_full(b, node))
+        return false;
+    int rc = share_take(b, p->session_id, node->pk);
+    if (rc == MDG_EAGAIN)
         return false;
     zmq_msg_t pm, bm;
-    if (stamp_identity(m, p, true) != 0 || /* which removes "node": pk is no longer valid */
+    if (rc || stamp_identity(m, p, true) != 0 || /* which removes "node": pk is no longer valid */
         mdg_wire_encode_params(m->params, &pm) != 0) {
-        refuse(b, p, &m->h, "broker out of memory");
-        return true;
-    }
-    if (share_take(b, p->session_id, node->pk) != 0) {
-        zmq_msg_close(&pm);
+        if (rc == 0)
+            share_release(b, p->session_id, node->pk);
         refuse(b, p, &m->h, "broker out of memory");
         return true;
     }

@@ -12,6 +12,7 @@
  *     of calls for it: each call gets its answer (an error), none is lost;
  *     fire-and-forget commands it never acknowledged draw a notice. */
 #include "internal.h"
+#include "msg.h"
 #include "testutil.h"
 #include "wire.h"
 
@@ -241,6 +242,15 @@ int main(void)
            (long long)worst, atomic_load(&st.result) ? "no" : "yes");
     CHECK(worst >= 0);
     CHECK(atomic_load(&st.result) == 0); /* paused: neither done nor failed */
+    /* mdg.* names are the broker's word to a node: a user cannot send one
+     * through the broker to end (or pause) someone else's call */
+    mdg_params *forged = to_node(nkeys);
+    mdg_params_set_int(forged, "call", (int64_t)st.m->h.corr);
+    mdg_params_set_str(forged, "state", "end");
+    mdg_msg *fr = NULL;
+    CHECK_RC(mdg_conn_call(user, "mdg.flow", forged, NULL, 0, 5000, &fr), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "reserved") != NULL);
+    printf("a user's forged 'mdg.flow' to the node: %s\n", mdg_last_error());
     atomic_store(&rd.hold, 0);
     WAIT_FOR(atomic_load(&rd.done), 60000);
     if (atomic_load(&st.started))
