@@ -65,30 +65,6 @@ static const mdg_cmd node_cmds[] = {
     MDG_CMD_END,
 };
 
-typedef struct reader {
-    atomic_long next, bad;
-    atomic_int done, hold; /* hold: the callback stalls (a slow reader) */
-} reader;
-
-static void on_part(mdg_msg *r, void *arg)
-{
-    reader *rd = arg;
-    while (atomic_load(&rd->hold))
-        usleep(1000);
-    int64_t i = -1;
-    if (mdg_msg_is_error(r)) {
-        fprintf(stderr, "stream error: %s\n", mdg_msg_error(r));
-        atomic_store(&rd->done, 1);
-        return;
-    }
-    mdg_params_get_int(mdg_msg_params(r), "i", &i);
-    if (i != atomic_load(&rd->next))
-        atomic_fetch_add(&rd->bad, 1);
-    atomic_store(&rd->next, i + 1);
-    if (!mdg_msg_more(r))
-        atomic_store(&rd->done, 1);
-}
-
 int main(void)
 {
     t_capture_log();
@@ -159,11 +135,11 @@ int main(void)
     mdg_conn_register_commands(node, node_cmds, NULL);
     CHECK_RC(mdg_conn_start(node), 0);
     CHECK_RC(mdg_conn_wait_until_ready(node, 5000), 0);
-    reader rd = {.hold = 1};
+    t_reader rd = {.hold = 1};
     mdg_params *sp = mdg_params_new();
     mdg_params_set_bytes(sp, "node", mdg_keys_public(nkeys), 32);
     t_clear_log();
-    CHECK_RC(mdg_conn_send_cb(c, "stream", sp, NULL, 0, on_part, &rd), 0);
+    CHECK_RC(mdg_conn_send_cb(c, "stream", sp, NULL, 0, t_on_part, &rd), 0);
     WAIT_FOR(t_logged("says pause for call"), 10000);
     CHECK(t_logged("says pause for call"));
     usleep(300000);

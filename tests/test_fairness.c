@@ -67,31 +67,6 @@ static const mdg_cmd node_cmds[] = {
     MDG_CMD_END,
 };
 
-typedef struct reader {
-    atomic_long next, bad;
-    atomic_int done, hold, errors;
-} reader;
-
-static void on_part(mdg_msg *r, void *arg)
-{
-    reader *rd = arg;
-    while (atomic_load(&rd->hold))
-        usleep(1000);
-    if (mdg_msg_is_error(r)) {
-        fprintf(stderr, "stream error: %s\n", mdg_msg_error(r));
-        atomic_fetch_add(&rd->errors, 1);
-        atomic_store(&rd->done, 1);
-        return;
-    }
-    int64_t i = -1;
-    mdg_params_get_int(mdg_msg_params(r), "i", &i);
-    if (i != atomic_load(&rd->next))
-        atomic_fetch_add(&rd->bad, 1);
-    atomic_store(&rd->next, i + 1);
-    if (!mdg_msg_more(r))
-        atomic_store(&rd->done, 1);
-}
-
 /* ------------------------------------------------------------------ helpers */
 
 static mdg_params *to_node(const mdg_keys *nkeys)
@@ -229,12 +204,12 @@ int main(void)
     /* b. a caller that stops reading a stream: that channel pauses, the
      * node serves others, and nothing of the stream is lost */
     mdg_conn *reader_c = NULL;
-    reader rd = {.hold = 1};
+    t_reader rd = {.hold = 1};
     CHECK_RC(mdg_conn_new_with_keys(&reader_c, "127.0.0.1", mdg_keys_public(bkeys), fkeys, &uo), 0);
     CHECK_RC(mdg_conn_start(reader_c), 0);
     CHECK_RC(mdg_conn_wait_until_ready(reader_c, 5000), 0);
     t_clear_log();
-    CHECK_RC(mdg_conn_send_cb(reader_c, "stream", to_node(nkeys), NULL, 0, on_part, &rd), 0);
+    CHECK_RC(mdg_conn_send_cb(reader_c, "stream", to_node(nkeys), NULL, 0, t_on_part, &rd), 0);
     WAIT_FOR(atomic_load(&pauses) > 0, 20000);
     CHECK(atomic_load(&pauses) > 0);
     worst = normal_calls(user, nkeys, 20);

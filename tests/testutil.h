@@ -6,6 +6,7 @@
 #include "messidge.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <sys/wait.h>
 #include <stdio.h>
@@ -141,6 +142,34 @@ static inline void t_divide(mdg_msg *m, void *arg)
     mdg_params *r = mdg_params_new();
     mdg_params_set_double(r, "quotient", a / b);
     mdg_msg_reply(m, r, bulk, blen);
+}
+
+/* A caller reading a stream of replies numbered by param "i": counts them
+ * in order; while hold is set its callback stalls (a caller that stopped
+ * reading). The callback of mdg_conn_send_cb(..., t_on_part, &reader). */
+typedef struct t_reader {
+    atomic_long next, bad;
+    atomic_int done, hold, errors;
+} t_reader;
+
+static inline void t_on_part(mdg_msg *r, void *arg)
+{
+    t_reader *rd = arg;
+    while (atomic_load(&rd->hold))
+        usleep(1000);
+    if (mdg_msg_is_error(r)) {
+        fprintf(stderr, "stream error: %s\n", mdg_msg_error(r));
+        atomic_fetch_add(&rd->errors, 1);
+        atomic_store(&rd->done, 1);
+        return;
+    }
+    int64_t i = -1;
+    mdg_params_get_int(mdg_msg_params(r), "i", &i);
+    if (i != atomic_load(&rd->next))
+        atomic_fetch_add(&rd->bad, 1);
+    atomic_store(&rd->next, i + 1);
+    if (!mdg_msg_more(r))
+        atomic_store(&rd->done, 1);
 }
 
 /* A started broker on 127.0.0.1 on a free port. */
