@@ -201,7 +201,9 @@ bool mdg_msg_more(const mdg_msg *m);
  * session). From another thread a reply may wait for room (queue_limit).
  * On a node, when the broker has paused this call (its caller is not
  * reading) a reply from an application thread waits until it resumes
- * (MDG_EAGAIN with nonblocking); when the broker has ended it (the caller
+ * (MDG_EAGAIN with nonblocking), and so it does while 256 replies to this
+ * call are still unacknowledged by the broker (one call's stream must not
+ * fill the link ahead of the node's other callers); when the broker has ended it (the caller
  * has gone, or did not read) it returns MDG_ECLOSED: stop replying. */
 int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);

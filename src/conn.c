@@ -51,6 +51,11 @@
 #define FLOW_COMMAND "mdg.flow" /* the broker pauses, resumes or ends one call's replies */
 #define FLOW_PAUSED ((void *)1)
 #define FLOW_ENDED ((void *)2)
+/* Replies to one call in flight to the broker (queued or unacknowledged)
+ * before a streaming thread waits: a node's link is one queue for all its
+ * callers, so one call's stream must not fill it ahead of everybody else's
+ * answers. 8 of the broker's ack batches keep a lone stream flowing. */
+#define CALL_WINDOW 256
 
 enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 
@@ -122,6 +127,7 @@ struct mdg_conn {
      * forgotten oldest first past queue_limit */
     mdg_map *flow;
     mdg_ring flow_ended;
+    mdg_map *in_flight; /* corr of a call from the broker -> its replies in the backlog */
     /* which session: +1 each time one is lost (written by the loop thread).
      * A command kept past its handler is answered in its own session only:
      * after a restart the broker would route a reply by a corr it now uses
@@ -235,7 +241,8 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     c->state = C_NEW;
     mdg_ring_init(&c->flow_ended, (size_t)o->queue_limit);
     if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
-        !(c->pending = mdg_map_new()) || !(c->flow = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
+        !(c->pending = mdg_map_new()) || !(c->flow = mdg_map_new()) ||
+        !(c->in_flight = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
         (o->legacy && legacy_alloc(c) != 0)) {
         mdg_conn_destroy(&c);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
@@ -386,8 +393,37 @@ static bool stale_reply(const mdg_conn *c, const out_item *o)
     return o->h.kind != MDG_K_CMD && o->epoch != c->epoch;
 }
 
-/* Queue a message for the loop thread to send, within the backlog limit:
- * wait for room, or refuse with MDG_EAGAIN when waiting is not allowed. */
+/* The replies to a call from the broker that are in the backlog (under lock). */
+static size_t in_flight(const mdg_conn *c, const out_item *o)
+{
+    if (o->h.kind == MDG_K_CMD || !o->h.corr)
+        return 0;
+    return (size_t)(uintptr_t)mdg_map_get_u64(c->in_flight, o->h.corr);
+}
+
+/* A message enters (+1) or leaves (-1) the backlog (under lock). */
+static void count_backlog(mdg_conn *c, const out_item *o, int delta)
+{
+    c->backlog += (size_t)(ptrdiff_t)delta;
+    if (o->h.kind == MDG_K_CMD || !o->h.corr)
+        return;
+    size_t n = in_flight(c, o);
+    if (delta < 0 && n <= 1)
+        mdg_map_take_u64(c->in_flight, o->h.corr);
+    else if (delta > 0 || n) /* without memory the call's window is not kept: it only waits less */
+        mdg_map_put_u64(c->in_flight, o->h.corr, (void *)(uintptr_t)(delta > 0 ? n + 1 : n - 1));
+}
+
+/* A queued or sent message is done with (under lock). */
+static void out_release(mdg_conn *c, out_item *o)
+{
+    count_backlog(c, o, -1);
+    out_free(o);
+}
+
+/* Queue a message for the loop thread to send, within the backlog limit
+ * and the call's window: wait for room, or refuse with MDG_EAGAIN when
+ * waiting is not allowed. */
 static int enqueue(mdg_conn *c, out_item *o)
 {
     bool loop = on_loop_thread(c);
@@ -396,12 +432,16 @@ static int enqueue(mdg_conn *c, out_item *o)
      * room come through it), and refusing a handler's reply would lose it.
      * What handlers send per message they handle is bounded by their code;
      * long streams belong on another thread (mdg_msg_keep), which waits. */
-    while (!loop && c->backlog >= (size_t)c->opts.queue_limit && !c->closing && !c->fail_err && !stale_reply(c, o)) {
+    size_t limit = (size_t)c->opts.queue_limit;
+    while (!loop && (c->backlog >= limit || in_flight(c, o) >= CALL_WINDOW) && !c->closing && !c->fail_err &&
+           !stale_reply(c, o)) {
         if (c->opts.nonblocking) {
-            size_t n = c->backlog;
+            bool full = c->backlog >= limit;
+            size_t n = full ? c->backlog : in_flight(c, o);
             pthread_mutex_unlock(&c->lock);
             out_free(o);
-            return mdg_fail(MDG_EAGAIN, "would block: %zu messages await the broker's acknowledgement (queue_limit)", n);
+            return full ? mdg_fail(MDG_EAGAIN, "would block: %zu messages await the broker's acknowledgement (queue_limit)", n)
+                        : mdg_fail(MDG_EAGAIN, "would block: %zu replies to this call await the broker's acknowledgement", n);
         }
         pthread_cond_wait(&c->room_cond, &c->lock);
     }
@@ -414,7 +454,7 @@ static int enqueue(mdg_conn *c, out_item *o)
         out_free(o);
         return rc;
     }
-    c->backlog++;
+    count_backlog(c, o, +1);
     bool was_empty = !c->out_head;
     if (c->out_tail)
         c->out_tail->next = o;
@@ -432,23 +472,20 @@ static int enqueue(mdg_conn *c, out_item *o)
 /* Forget sent messages the broker has acknowledged; room for more. */
 static void trim_sent(mdg_conn *c, uint64_t ack)
 {
-    size_t n = 0;
+    if (!c->sent_head || c->sent_head->h.seq > ack)
+        return;
+    pthread_mutex_lock(&c->lock);
     while (c->sent_head && c->sent_head->h.seq <= ack) {
         out_item *o = c->sent_head;
         c->sent_head = o->next;
         if (c->resend == o)
             c->resend = o->next;
-        out_free(o);
-        n++;
+        out_release(c, o);
     }
     if (!c->sent_head)
         c->sent_tail = NULL;
-    if (n) {
-        pthread_mutex_lock(&c->lock);
-        c->backlog -= n;
-        pthread_cond_broadcast(&c->room_cond);
-        pthread_mutex_unlock(&c->lock);
-    }
+    pthread_cond_broadcast(&c->room_cond);
+    pthread_mutex_unlock(&c->lock);
 }
 
 /* Send one numbered message, keeping a copy until it is acknowledged. */
@@ -750,15 +787,14 @@ static size_t drop_sent(mdg_conn *c)
 {
     size_t n = 0;
     c->resend = NULL;
+    pthread_mutex_lock(&c->lock);
     while (c->sent_head) {
         out_item *o = c->sent_head;
         c->sent_head = o->next;
-        out_free(o);
+        out_release(c, o);
         n++;
     }
     c->sent_tail = NULL;
-    pthread_mutex_lock(&c->lock);
-    c->backlog -= n;
     pthread_cond_broadcast(&c->room_cond);
     pthread_mutex_unlock(&c->lock);
     return n;
@@ -775,14 +811,13 @@ static size_t drop_stale_replies(mdg_conn *c)
         out_item *o = *at;
         if (stale_reply(c, o)) {
             *at = o->next;
-            out_free(o);
+            out_release(c, o);
             n++;
         } else {
             c->out_tail = o;
             at = &o->next;
         }
     }
-    c->backlog -= n;
     if (n)
         pthread_cond_broadcast(&c->room_cond);
     return n;
@@ -2124,6 +2159,7 @@ void mdg_conn_destroy(mdg_conn **pc)
     mdg_loop_destroy(&c->loop);
     mdg_map_destroy(&c->pending);
     mdg_map_destroy(&c->flow);
+    mdg_map_destroy(&c->in_flight);
     mdg_ring_free(&c->flow_ended);
     legacy_free(c);
     mdg_keys_destroy(&c->keys);

@@ -10,7 +10,12 @@
  *     when the caller reads again it gets the whole stream in order;
  *  c. a node that goes away while a user with a small queue has thousands
  *     of calls for it: each call gets its answer (an error), none is lost;
- *     fire-and-forget commands it never acknowledged draw a notice. */
+ *     fire-and-forget commands it never acknowledged draw a notice;
+ *  d. one call's stream cannot fill a node's link ahead of its other
+ *     callers: past CALL_WINDOW replies the broker has not acknowledged,
+ *     a reply to that call waits (MDG_EAGAIN with nonblocking), while
+ *     the node's other calls still have their own room. */
+#include "faultproxy.h"
 #include "internal.h"
 #include "msg.h"
 #include "testutil.h"
@@ -61,9 +66,43 @@ static void n_stream(mdg_msg *m, void *arg)
     pthread_create(&st.t, NULL, stream_thread, &st);
 }
 
+/* ---------------------------------------------- d: one call's window */
+
+#define CALL_WINDOW 256 /* conn.c: a call's replies in flight to the broker */
+#define WINDOW_STREAM 1000
+
+static mdg_msg *kept[2];
+static atomic_int n_kept;
+
+static void n_keep(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    int i = atomic_fetch_add(&n_kept, 1);
+    if (i < 2)
+        kept[i] = mdg_msg_keep(m);
+}
+
+/* Reply part i of a kept call ("i" numbers them; the last one is final). */
+static int reply_part(mdg_msg *m, int64_t i)
+{
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_int(p, "i", i);
+    return i + 1 < WINDOW_STREAM ? mdg_msg_reply_more(m, p, NULL, 0) : mdg_msg_reply(m, p, NULL, 0);
+}
+
+/* Parts sent before the first refusal; *rc gets it. */
+static int64_t reply_until_refused(mdg_msg *m, int64_t from, int *rc)
+{
+    int64_t i = from;
+    while (i < WINDOW_STREAM && (*rc = reply_part(m, i)) == 0)
+        i++;
+    return i - from;
+}
+
 static const mdg_cmd node_cmds[] = {
     {"echo", n_echo, NULL, 0},
     {"stream", n_stream, NULL, MDG_CMD_NEEDS_REPLY},
+    {"keep", n_keep, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 
@@ -267,6 +306,65 @@ int main(void)
     CHECK(atomic_load(&an.errors) == CALLS);
     CHECK(atomic_load(&notices) == 10);
     mdg_conn_destroy(&caller);
+
+    /* d. a node whose link to the broker stalls (no acknowledgement comes
+     * back) with two calls kept: each call's stream stops at its window,
+     * far below queue_limit, and each has its own */
+    mdg_keys *n3keys = NULL;
+    mdg_keys_new(&n3keys);
+    mdg_broker_allow(b, mdg_keys_public(n3keys), MDG_ROLE_NODE);
+    faultproxy *fp = fp_new(mdg_broker_port(b));
+    mdg_conn_options wo = {.port = fp_port(fp), .nonblocking = true};
+    mdg_conn *wnode = NULL;
+    CHECK_RC(mdg_conn_new_with_keys(&wnode, "127.0.0.1", mdg_keys_public(bkeys), n3keys, &wo), 0);
+    mdg_conn_register_commands(wnode, node_cmds, NULL);
+    CHECK_RC(mdg_conn_start(wnode), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(wnode, 5000), 0);
+    t_reader wr[2] = {0};
+    for (int k = 0; k < 2; k++)
+        CHECK_RC(mdg_conn_send_cb(user, "keep", to_node(n3keys), NULL, 0, t_on_part, &wr[k]), 0);
+    WAIT_FOR(atomic_load(&n_kept) == 2, 10000);
+    CHECK(atomic_load(&n_kept) == 2);
+    if (atomic_load(&n_kept) == 2) {
+        fp_stall(fp, 1);
+        int64_t sent[2];
+        int rc[2];
+        for (int k = 0; k < 2; k++) {
+            sent[k] = reply_until_refused(kept[k], 0, &rc[k]);
+            printf("link stalled: call %d took %lld replies, then: %s\n", k, (long long)sent[k], mdg_last_error());
+            CHECK_RC(rc[k], MDG_EAGAIN);
+            CHECK(sent[k] == CALL_WINDOW);
+            CHECK(strstr(mdg_last_error(), "replies to this call") != NULL);
+        }
+        fp_stall(fp, 0);
+        /* the acknowledgements come back: both streams go on to the end,
+         * retried where the window is full */
+        int64_t deadline = mdg_now_ms() + 30000;
+        while ((sent[0] < WINDOW_STREAM || sent[1] < WINDOW_STREAM) && mdg_now_ms() < deadline) {
+            for (int k = 0; k < 2; k++) {
+                sent[k] += reply_until_refused(kept[k], sent[k], &rc[k]);
+                if (sent[k] < WINDOW_STREAM && rc[k] != MDG_EAGAIN) {
+                    fprintf(stderr, "call %d, reply %lld: %s\n", k, (long long)sent[k], mdg_last_error());
+                    deadline = 0;
+                }
+            }
+            if (sent[0] < WINDOW_STREAM || sent[1] < WINDOW_STREAM)
+                usleep(1000);
+        }
+        WAIT_FOR(atomic_load(&wr[0].done) && atomic_load(&wr[1].done), 30000);
+        for (int k = 0; k < 2; k++) {
+            printf("call %d: %lld sent, %ld of %d received in order (%ld out of order, %d errors)\n", k,
+                   (long long)sent[k], atomic_load(&wr[k].next), WINDOW_STREAM, atomic_load(&wr[k].bad),
+                   atomic_load(&wr[k].errors));
+            CHECK(sent[k] == WINDOW_STREAM);
+            CHECK(atomic_load(&wr[k].next) == WINDOW_STREAM && atomic_load(&wr[k].bad) == 0 &&
+                  atomic_load(&wr[k].errors) == 0);
+            mdg_msg_destroy(&kept[k]);
+        }
+    }
+    mdg_conn_destroy(&wnode);
+    fp_destroy(&fp);
+    mdg_keys_destroy(&n3keys);
 
     zmq_ctx_term(ctx);
     mdg_conn_destroy(&user);
