@@ -25,6 +25,7 @@
  * a reconnect, and every later session is reported as MDG_EV_RECOVERED
  * (a 1.x broker does not say whether it still had ours). Nor can 1.x mark
  * a call's last reply: see legacy_on_reply. */
+#include "channel.h"
 #include "internal.h"
 #include "legacy.h"
 #include "loop.h"
@@ -45,8 +46,6 @@
 #define CONN_MAX_MSG (256LL << 20)
 #define RECV_BATCH 256
 #define SESSION_ID_MAX 64
-#define ACK_EVERY 32         /* acknowledge at least every N messages... */
-#define ACK_DELAY_MS 20      /* ...or this long after the first unacked one */
 #define CLOSE_FLUSH_MS 2000  /* disconnect waits this long for acks */
 #define FLOW_COMMAND "mdg.flow" /* the broker pauses, resumes or ends one call's replies */
 #define FLOW_PAUSED ((void *)1)
@@ -59,15 +58,12 @@
 
 enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 
-/* A numbered message: queued (not yet sent) or sent and kept until the
- * broker acknowledges it. */
+/* A numbered message: queued by any thread (out_head, under lock) until
+ * the loop thread hands it to the channel, which keeps it until the broker
+ * acknowledges it. */
 typedef struct out_item {
-    struct out_item *next;
-    mdg_header h; /* kind, corr, flags, command; seq set when first sent */
+    mdg_chan_msg m; /* first: the channel's part (kind, corr, flags, command, frames) */
     uint64_t epoch; /* a reply: the session of the command it answers */
-    zmq_msg_t params;
-    zmq_msg_t bulk;
-    bool has_bulk;
 } out_item;
 
 typedef struct pending {
@@ -137,15 +133,14 @@ struct mdg_conn {
     char link_seen[200]; /* what the last of them saw */
 
     /* loop thread only */
-    out_item *sent_head, *sent_tail; /* sent, awaiting the broker's ack */
-    out_item *resend; /* first of those to send again after a resume */
-    uint64_t tx_seq, rx_seq, ack_sent;
+    mdg_channel chan; /* what was sent, until the broker acknowledges it */
     bool had_session;
     bool resyncing;  /* a hello went out after a "no session" notice */
     bool handshaken; /* CURVE handshake done on the current link */
     int hs_closed;   /* handshakes in a row the peer ended (handshake_failed) */
     int hs_reset;    /* links in a row reset before their handshake completed */
     bool pollout;    /* waiting for room in the socket's queue */
+    bool room_made;  /* the channel released messages: wake who waits for room */
     int attempt;     /* reconnects since the last session */
     int ack_timer;
     int reconnect_timer; /* pending reconnect, or 0 */
@@ -170,6 +165,8 @@ struct mdg_conn {
 };
 
 /* ------------------------------------------------------------------ set-up */
+
+static const mdg_chan_ops *link_ops(int legacy);
 
 /* Legacy mode's tables, bounded like the send queue. */
 static int legacy_alloc(mdg_conn *c)
@@ -240,6 +237,7 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
     mdg_ring_init(&c->flow_ended, (size_t)o->queue_limit);
+    mdg_chan_init(&c->chan, link_ops(o->legacy), c);
     if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
         !(c->pending = mdg_map_new()) || !(c->flow = mdg_map_new()) ||
         !(c->in_flight = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
@@ -345,9 +343,9 @@ static void event(mdg_conn *c, int ev, const char *detail)
 
 static void out_free(out_item *o)
 {
-    zmq_msg_close(&o->params);
-    if (o->has_bulk)
-        zmq_msg_close(&o->bulk);
+    zmq_msg_close(&o->m.params);
+    if (o->m.has_bulk)
+        zmq_msg_close(&o->m.bulk);
     free(o);
 }
 
@@ -361,20 +359,20 @@ static int out_new(out_item **out, int kind, const char *command, uint64_t corr,
         mdg_params_destroy(&params);
         return MDG_ENOMEM;
     }
-    o->h.kind = (uint8_t)kind;
-    o->h.corr = corr;
-    o->h.flags = flags;
-    if ((rc = mdg_header_set_command(&o->h, command)) != 0 ||
-        (rc = mdg_wire_encode_params(params, &o->params)) != 0) {
+    o->m.h.kind = (uint8_t)kind;
+    o->m.h.corr = corr;
+    o->m.h.flags = flags;
+    if ((rc = mdg_header_set_command(&o->m.h, command)) != 0 ||
+        (rc = mdg_wire_encode_params(params, &o->m.params)) != 0) {
         mdg_params_destroy(&params);
         free(o);
         return rc;
     }
     mdg_params_destroy(&params);
     if (bulk_len) {
-        o->has_bulk = true;
-        zmq_msg_init_size(&o->bulk, bulk_len);
-        memcpy(zmq_msg_data(&o->bulk), bulk, bulk_len);
+        o->m.has_bulk = true;
+        zmq_msg_init_size(&o->m.bulk, bulk_len);
+        memcpy(zmq_msg_data(&o->m.bulk), bulk, bulk_len);
     }
     *out = o;
     return 0;
@@ -382,7 +380,8 @@ static int out_new(out_item **out, int kind, const char *command, uint64_t corr,
 
 static void flush(mdg_conn *c);
 /* Messidge 1.x mode, at the socket boundary (see the section below). */
-static int legacy_send(mdg_conn *c, out_item *o);
+static int legacy_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
+static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
 static void legacy_hello(mdg_conn *c);
 static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h);
 static void legacy_on_reply(mdg_conn *c, mdg_msg *m);
@@ -390,28 +389,28 @@ static void legacy_on_reply(mdg_conn *c, mdg_msg *m);
 /* A reply to a command of a session that has been lost (under lock). */
 static bool stale_reply(const mdg_conn *c, const out_item *o)
 {
-    return o->h.kind != MDG_K_CMD && o->epoch != c->epoch;
+    return o->m.h.kind != MDG_K_CMD && o->epoch != c->epoch;
 }
 
 /* The replies to a call from the broker that are in the backlog (under lock). */
 static size_t in_flight(const mdg_conn *c, const out_item *o)
 {
-    if (o->h.kind == MDG_K_CMD || !o->h.corr)
+    if (o->m.h.kind == MDG_K_CMD || !o->m.h.corr)
         return 0;
-    return (size_t)(uintptr_t)mdg_map_get_u64(c->in_flight, o->h.corr);
+    return (size_t)(uintptr_t)mdg_map_get_u64(c->in_flight, o->m.h.corr);
 }
 
 /* A message enters (+1) or leaves (-1) the backlog (under lock). */
 static void count_backlog(mdg_conn *c, const out_item *o, int delta)
 {
     c->backlog += (size_t)(ptrdiff_t)delta;
-    if (o->h.kind == MDG_K_CMD || !o->h.corr)
+    if (o->m.h.kind == MDG_K_CMD || !o->m.h.corr)
         return;
     size_t n = in_flight(c, o);
     if (delta < 0 && n <= 1)
-        mdg_map_take_u64(c->in_flight, o->h.corr);
+        mdg_map_take_u64(c->in_flight, o->m.h.corr);
     else if (delta > 0 || n) /* without memory the call's window is not kept: it only waits less */
-        mdg_map_put_u64(c->in_flight, o->h.corr, (void *)(uintptr_t)(delta > 0 ? n + 1 : n - 1));
+        mdg_map_put_u64(c->in_flight, o->m.h.corr, (void *)(uintptr_t)(delta > 0 ? n + 1 : n - 1));
 }
 
 /* A queued or sent message is done with (under lock). */
@@ -457,7 +456,7 @@ static int enqueue(mdg_conn *c, out_item *o)
     count_backlog(c, o, +1);
     bool was_empty = !c->out_head;
     if (c->out_tail)
-        c->out_tail->next = o;
+        c->out_tail->m.next = &o->m;
     else
         c->out_head = o;
     c->out_tail = o;
@@ -469,48 +468,52 @@ static int enqueue(mdg_conn *c, out_item *o)
     return 0;
 }
 
-/* Forget sent messages the broker has acknowledged; room for more. */
-static void trim_sent(mdg_conn *c, uint64_t ack)
+/* The channel is done with a message (acknowledged, or its session is
+ * gone): its room goes back to the backlog. */
+static void chan_release(void *owner, mdg_chan_msg *m)
 {
-    if (!c->sent_head || c->sent_head->h.seq > ack)
-        return;
+    mdg_conn *c = owner;
     pthread_mutex_lock(&c->lock);
-    while (c->sent_head && c->sent_head->h.seq <= ack) {
-        out_item *o = c->sent_head;
-        c->sent_head = o->next;
-        if (c->resend == o)
-            c->resend = o->next;
-        out_release(c, o);
-    }
-    if (!c->sent_head)
-        c->sent_tail = NULL;
+    out_release(c, (out_item *)m);
+    c->room_made = true;
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Wake the application threads waiting for room, once per batch. */
+static void room_made(mdg_conn *c)
+{
+    if (!c->room_made)
+        return;
+    c->room_made = false;
+    pthread_mutex_lock(&c->lock);
     pthread_cond_broadcast(&c->room_cond);
     pthread_mutex_unlock(&c->lock);
 }
 
-/* Send one numbered message, keeping a copy until it is acknowledged. */
-static int send_numbered(mdg_conn *c, out_item *o)
+/* The broker has ours up to ack; room for more. */
+static void acked(mdg_conn *c, uint64_t ack)
 {
-    if (c->opts.legacy)
-        return legacy_send(c, o);
-    zmq_msg_t pm, bm;
-    zmq_msg_init(&pm);
-    zmq_msg_copy(&pm, &o->params);
-    if (o->has_bulk) {
-        zmq_msg_init(&bm);
-        zmq_msg_copy(&bm, &o->bulk);
-    }
-    o->h.ack = c->rx_seq;
-    int rc = mdg_wire_send(c->sock, NULL, 0, &o->h, &pm, o->has_bulk ? &bm : NULL);
-    if (rc == MDG_EAGAIN) {
-        zmq_msg_close(&pm);
-        if (o->has_bulk)
-            zmq_msg_close(&bm);
-    } else if (rc == 0) {
-        c->ack_sent = c->rx_seq;
+    mdg_chan_acked(&c->chan, ack);
+    room_made(c);
+}
+
+/* The native link, for the channel. */
+static int native_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    mdg_conn *c = owner;
+    int rc = mdg_wire_send(c->sock, NULL, 0, h, params, bulk);
+    if (rc == 0)
         c->last_tx = mdg_now_ms();
-    }
     return rc;
+}
+
+static const mdg_chan_ops native_link = {.send = native_send, .release = chan_release, .acks = true};
+/* 1.x has no acks: once libzmq has a message, it is gone */
+static const mdg_chan_ops legacy_link = {.send = legacy_send, .release = chan_release, .acks = false};
+
+static const mdg_chan_ops *link_ops(int legacy)
+{
+    return legacy ? &legacy_link : &native_link;
 }
 
 static void want_pollout(mdg_conn *c, bool on)
@@ -521,63 +524,59 @@ static void want_pollout(mdg_conn *c, bool on)
     }
 }
 
-/* Send what is queued, in order, once the session is open. On a full
+/* A message the link refused for good: it stays kept and goes again after
+ * the reconnect (1.x: it is dropped). */
+static void cannot_send(const char *command)
+{
+    mdg_log(MDG_LOG_WARN, "cannot send %s%s%s now: %s", *command ? "'" : "a message", command, *command ? "'" : "",
+            mdg_last_error());
+}
+
+/* Send what is queued, in order, once the session is open: first what a
+ * resume asked to send again, then the application's queue. On a full
  * socket queue the rest waits for POLLOUT. Loop thread only. */
 static void flush(mdg_conn *c)
 {
-    /* first what a resume asked to send again, in order */
-    while (c->resend && c->state == C_READY) {
-        if (send_numbered(c, c->resend) == MDG_EAGAIN) {
-            want_pollout(c, true);
-            return;
-        }
-        c->resend = c->resend->next;
-    }
-    /* one locked section per message: take the sent one off the queue and
-     * look at the next together */
-    pthread_mutex_lock(&c->lock);
-    out_item *o = c->state == C_READY ? c->out_head : NULL;
-    pthread_mutex_unlock(&c->lock);
-    while (o) {
-        o->h.seq = c->tx_seq + 1;
-        int rc = send_numbered(c, o);
-        if (rc == MDG_EAGAIN) {
-            want_pollout(c, true);
-            return;
-        }
-        if (rc != 0) /* kept anyway: it goes again after the reconnect (1.x: dropped) */
-            mdg_log(MDG_LOG_WARN, "cannot send '%s' now: %s", o->h.command, mdg_last_error());
-        c->tx_seq = o->h.seq;
+    int rc = 0;
+    while (c->state == C_READY && (rc = mdg_chan_flush(&c->chan)) != 0 && rc != MDG_EAGAIN)
+        cannot_send("");
+    /* then the queue, a message at a time: taken off it under lock (other
+     * threads append), put back at its head when the link has no room */
+    while (c->state == C_READY && rc != MDG_EAGAIN) {
         pthread_mutex_lock(&c->lock);
-        c->out_head = o->next;
-        if (!c->out_head)
+        out_item *o = c->out_head;
+        if (o && !(c->out_head = (out_item *)o->m.next))
             c->out_tail = NULL;
-        out_item *next = c->state == C_READY ? c->out_head : NULL;
         pthread_mutex_unlock(&c->lock);
-        o->next = NULL;
-        if (c->sent_tail)
-            c->sent_tail->next = o;
-        else
-            c->sent_head = o;
-        c->sent_tail = o;
-        if (c->opts.legacy) /* 1.x has no acks: libzmq has it, it is gone */
-            trim_sent(c, o->h.seq);
-        o = next;
+        if (!o)
+            break;
+        if ((rc = mdg_chan_send_now(&c->chan, &o->m)) == MDG_EAGAIN) {
+            pthread_mutex_lock(&c->lock);
+            o->m.next = c->out_head ? &c->out_head->m : NULL;
+            if (!c->out_head)
+                c->out_tail = o;
+            c->out_head = o;
+            pthread_mutex_unlock(&c->lock);
+        } else if (rc) {
+            cannot_send(o->m.h.command);
+        }
     }
-    want_pollout(c, false);
+    room_made(c);
+    want_pollout(c, rc == MDG_EAGAIN);
 }
 
 /* Unnumbered control messages (HELLO, BYE, ACK) go straight out; 1.x has
  * none of them (its hello is legacy_hello). */
 static void send_control(mdg_conn *c, int kind, mdg_params *params)
 {
-    mdg_header h = {.kind = (uint8_t)kind, .ack = c->rx_seq};
+    mdg_header h = {.kind = (uint8_t)kind};
     zmq_msg_t pm;
+    mdg_chan_stamp(&c->chan, &h);
     if (c->sock && !c->opts.legacy && mdg_wire_encode_params(params, &pm) == 0) {
         if (mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) == MDG_EAGAIN) {
             zmq_msg_close(&pm);
         } else {
-            c->ack_sent = c->rx_seq;
+            mdg_chan_ack_told(&c->chan, h.ack);
             c->last_tx = mdg_now_ms();
         }
     }
@@ -593,7 +592,7 @@ static void send_hello(mdg_conn *c)
     mdg_params *p = mdg_params_new();
     if (p) {
         mdg_params_set_int(p, "version", MDG_WIRE_VERSION);
-        mdg_params_set_int(p, "ack", (int64_t)c->rx_seq);
+        mdg_params_set_int(p, "ack", (int64_t)c->chan.rx_seq);
         mdg_params_set_int(p, "heartbeat", c->opts.heartbeat_ms);
         if (c->had_session)
             mdg_params_set_bytes(p, "session", c->session_id, c->session_id_len);
@@ -607,7 +606,7 @@ static int on_ack_timer(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_conn *c = arg;
     c->ack_timer = 0;
-    if (c->rx_seq > c->ack_sent && c->state == C_READY)
+    if (mdg_chan_ack_owed(&c->chan) && c->state == C_READY)
         send_control(c, MDG_K_ACK, NULL);
     return 0;
 }
@@ -629,10 +628,10 @@ static int on_keepalive(mdg_loop *loop, void *arg, short revents)
  * little later unless a message of ours carries the ack first. */
 static void schedule_ack(mdg_conn *c)
 {
-    if (c->rx_seq - c->ack_sent >= ACK_EVERY)
+    if (mdg_chan_ack_due(&c->chan))
         send_control(c, MDG_K_ACK, NULL);
     else if (!c->ack_timer)
-        c->ack_timer = mdg_loop_timer(c->loop, ACK_DELAY_MS, false, on_ack_timer, c);
+        c->ack_timer = mdg_loop_timer(c->loop, MDG_CHAN_ACK_DELAY_MS, false, on_ack_timer, c);
 }
 
 /* ----------------------------------------------------------- replying */
@@ -759,46 +758,28 @@ static int ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
                 mdg_kind_name(h->kind));
         return -1;
     }
-    if (h->kind != MDG_K_WELCOME && h->ack <= c->tx_seq)
-        trim_sent(c, h->ack);
-    if (mdg_kind_sequenced(h->kind) && h->seq != 0) {
-        if (h->seq <= c->rx_seq) {
-            mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
-            return -1;
-        }
-        if (h->seq != c->rx_seq + 1) {
-            /* something before it was lost: never skip it, have it resent */
-            mdg_log(MDG_LOG_ERROR, "seq gap from the broker: expected %llu, got %llu; dropped",
-                    (unsigned long long)c->rx_seq + 1, (unsigned long long)h->seq);
-            if (!c->resyncing)
-                resync(c, "messages from the broker were lost");
-            return -1;
-        }
-        c->rx_seq = h->seq;
+    if (h->kind != MDG_K_WELCOME && h->ack <= c->chan.tx_seq)
+        acked(c, h->ack);
+    switch (mdg_chan_check(&c->chan, h)) {
+    case MDG_CHAN_DUPLICATE:
+        mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu dropped", (unsigned long long)h->seq);
+        return -1;
+    case MDG_CHAN_GAP:
+        /* something before it was lost: never skip it, have it resent */
+        mdg_log(MDG_LOG_ERROR, "seq gap from the broker: expected %llu, got %llu; dropped",
+                (unsigned long long)c->chan.rx_seq + 1, (unsigned long long)h->seq);
+        if (!c->resyncing)
+            resync(c, "messages from the broker were lost");
+        return -1;
+    case MDG_CHAN_NEXT:
+        mdg_chan_received(&c->chan, h->seq);
         schedule_ack(c);
+        break;
     }
     return h->kind == MDG_K_ACK ? -1 : 0;
 }
 
 static void fail_all_pending(mdg_conn *c, int err, const char *text);
-
-/* Drop everything sent but unacknowledged (a session that is gone). */
-static size_t drop_sent(mdg_conn *c)
-{
-    size_t n = 0;
-    c->resend = NULL;
-    pthread_mutex_lock(&c->lock);
-    while (c->sent_head) {
-        out_item *o = c->sent_head;
-        c->sent_head = o->next;
-        out_release(c, o);
-        n++;
-    }
-    c->sent_tail = NULL;
-    pthread_cond_broadcast(&c->room_cond);
-    pthread_mutex_unlock(&c->lock);
-    return n;
-}
 
 /* A session is lost: replies to its commands that are still queued must
  * not go to the new one (commands do). Under lock; how many were dropped. */
@@ -810,12 +791,12 @@ static size_t drop_stale_replies(mdg_conn *c)
     while (*at) {
         out_item *o = *at;
         if (stale_reply(c, o)) {
-            *at = o->next;
+            *at = (out_item *)o->m.next;
             out_release(c, o);
             n++;
         } else {
             c->out_tail = o;
-            at = &o->next;
+            at = (out_item **)&o->m.next;
         }
     }
     if (n)
@@ -830,8 +811,8 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
     int ev = MDG_EV_CONNECTED;
     if (c->had_session && resumed) {
         /* the broker has what we sent up to ack: resend the rest, in order */
-        trim_sent(c, (uint64_t)ack);
-        c->resend = c->sent_head; /* sent by flush() below, before anything new */
+        mdg_chan_resume(&c->chan, (uint64_t)ack); /* sent by flush() below, before anything new */
+        room_made(c);
         ev = MDG_EV_RECOVERED;
     } else if (c->had_session) {
         /* from now on replies to the old session's commands fail at once
@@ -843,7 +824,8 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
         if (stale)
             mdg_log(MDG_LOG_WARN, "%zu queued repl%s to calls of the lost session dropped: their callers are gone",
                     stale, stale == 1 ? "y" : "ies");
-        size_t lost = drop_sent(c);
+        size_t lost = mdg_chan_reset(&c->chan); /* numbered from 1 again */
+        room_made(c);
         char why[200];
         snprintf(why, sizeof why, "the broker no longer knew our session (restarted, or away longer "
                                   "than its grace period); %zu unacknowledged message(s) not delivered", lost);
@@ -853,9 +835,6 @@ static void session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resum
             ;
         pthread_cond_broadcast(&c->room_cond);
         pthread_mutex_unlock(&c->lock);
-        c->tx_seq = 0;
-        c->rx_seq = 0;
-        c->ack_sent = 0;
         event(c, MDG_EV_LOST, why);
         ev = 0;
     }
@@ -1523,16 +1502,16 @@ static void legacy_welcome(mdg_conn *c, zmq_msg_t *frame)
 /* The uuid a message goes with. A call that wants replies gets our prefix
  * and its corr (legacy_call_of reads it back); a reply, the uuid of the
  * command it answers (*u, NULL for a command). */
-static int legacy_out_uuid(mdg_conn *c, const out_item *o, char *buf, size_t len, lg_uuid **u)
+static int legacy_out_uuid(mdg_conn *c, const mdg_header *h, char *buf, size_t len, lg_uuid **u)
 {
     *u = NULL;
     buf[0] = '\0';
-    if (o->h.kind == MDG_K_CMD) {
-        if (o->h.corr)
-            snprintf(buf, len, "%s%llu", c->lg_prefix, (unsigned long long)o->h.corr);
+    if (h->kind == MDG_K_CMD) {
+        if (h->corr)
+            snprintf(buf, len, "%s%llu", c->lg_prefix, (unsigned long long)h->corr);
         return 0;
     }
-    if (!(*u = mdg_map_get_u64(c->lg_uuids, o->h.corr)))
+    if (!(*u = mdg_map_get_u64(c->lg_uuids, h->corr)))
         return mdg_fail(MDG_ENOTFOUND, "the 1.x uuid of the command it answers was forgotten "
                                        "(more than queue_limit commands awaited replies)");
     return 0;
@@ -1542,22 +1521,34 @@ static int legacy_out_uuid(mdg_conn *c, const out_item *o, char *buf, size_t len
  * once its channel is long-term, also for the final reply: the 1.x broker
  * sends a non-'ka' frame whose uuid it knows only as long-term back to its
  * sender. Never the bulk there, as 1.x's replies do: it would cross in
- * clear. A failure ends the message (nothing is resent in 1.x). */
-static int legacy_send(mdg_conn *c, out_item *o)
+ * clear. A failure ends the message (nothing is resent in 1.x). The
+ * channel's link in legacy mode: params and bulk are copies, always ours
+ * to close here. */
+static int legacy_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    mdg_conn *c = owner;
+    int rc = legacy_send_frame(c, h, params, bulk);
+    zmq_msg_close(params);
+    if (bulk)
+        zmq_msg_close(bulk);
+    return rc;
+}
+
+static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
     char uuid[sizeof c->lg_prefix + 24];
     lg_uuid *u;
     mdg_params *p = NULL;
     zmq_msg_t frame;
     uint8_t nonce[MDG_LEGACY_NONCE]; /* a node's frames carry one too, as 1.x's */
-    bool more = o->h.flags & MDG_F_MORE;
-    int rc = legacy_out_uuid(c, o, uuid, sizeof uuid, &u);
-    const char *command = !u ? o->h.command : more || u->long_term ? "ka" : "";
+    bool more = h->flags & MDG_F_MORE;
+    int rc = legacy_out_uuid(c, h, uuid, sizeof uuid, &u);
+    const char *command = !u ? h->command : more || u->long_term ? "ka" : "";
     randombytes_buf(nonce, sizeof nonce);
-    if (!rc && !(rc = mdg_legacy_params_out(o->h.kind, zmq_msg_data(&o->params), zmq_msg_size(&o->params), &p)))
+    if (!rc && !(rc = mdg_legacy_params_out(h->kind, zmq_msg_data(params), zmq_msg_size(params), &p)))
         rc = mdg_legacy_build(&frame, c->lg_sealed ? c->lg_key : NULL, nonce, sizeof nonce, command,
                               strlen(command), u ? (const char *)u->id : uuid, u ? u->len : strlen(uuid), p,
-                              o->has_bulk ? zmq_msg_data(&o->bulk) : NULL, o->has_bulk ? zmq_msg_size(&o->bulk) : 0);
+                              bulk ? zmq_msg_data(bulk) : NULL, bulk ? zmq_msg_size(bulk) : 0);
     mdg_params_destroy(&p);
     if (rc)
         return rc;
@@ -1570,7 +1561,7 @@ static int legacy_send(mdg_conn *c, out_item *o)
     if (u && more)
         u->long_term = true;
     else if (u) /* the final reply: the uuid is done with */
-        free(mdg_map_take_u64(c->lg_uuids, o->h.corr));
+        free(mdg_map_take_u64(c->lg_uuids, h->corr));
     return 0;
 }
 
@@ -1797,11 +1788,11 @@ static bool close_step(mdg_conn *c)
     pthread_mutex_lock(&c->lock);
     bool queued = c->out_head != NULL, ready = c->state == C_READY;
     pthread_mutex_unlock(&c->lock);
-    if ((queued || c->sent_head) && ready && mdg_now_ms() < c->close_deadline) {
+    if ((queued || c->chan.head) && ready && mdg_now_ms() < c->close_deadline) {
         mdg_loop_timer(c->loop, 10, false, on_close_timer, c);
         return false;
     }
-    if (queued || c->sent_head)
+    if (queued || c->chan.head)
         mdg_log(MDG_LOG_WARN, "disconnecting with messages the broker has not acknowledged");
     if (ready)
         send_control(c, MDG_K_BYE, NULL);
@@ -2009,7 +2000,7 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
         return rc;
     if (pd) {
         pthread_mutex_lock(&c->lock);
-        o->h.corr = pd->corr = ++c->next_corr;
+        o->m.h.corr = pd->corr = ++c->next_corr;
         rc = mdg_map_put_u64(c->pending, pd->corr, pd);
         pthread_mutex_unlock(&c->lock);
         if (rc) {
@@ -2137,14 +2128,11 @@ void mdg_conn_destroy(mdg_conn **pc)
     }
     size_t unsent = 0;
     for (out_item *o = c->out_head, *n; o; o = n) {
-        n = o->next;
+        n = (out_item *)o->m.next;
         out_free(o);
         unsent++;
     }
-    for (out_item *o = c->sent_head, *n; o; o = n) {
-        n = o->next;
-        out_free(o);
-    }
+    mdg_chan_reset(&c->chan);
     if (unsent)
         mdg_log(MDG_LOG_WARN, "%zu queued message(s) not sent: connection destroyed", unsent);
     if (c->pending) {

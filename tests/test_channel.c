@@ -1,0 +1,122 @@
+/* test_channel.c - the reliable numbered channel on its own, with a link
+ * the test controls: numbering, a full link, acknowledgement, resend after
+ * a resume in order, reset, the receive verdicts, and a peer that never
+ * acknowledges (1.x). The end-to-end behaviour over real sockets is in
+ * test_reliability, test_restart and test_links. */
+#include "channel.h"
+#include "testutil.h"
+
+typedef struct test_link {
+    int room;            /* sends it takes before it is full; -1 = no limit */
+    bool broken;         /* every send fails as a gone link would */
+    uint64_t seqs[64];   /* what went out, in order */
+    uint64_t acks[64];
+    int sent, released;
+} test_link;
+
+static int fake_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    test_link *l = owner;
+    if (l->room == 0)
+        return MDG_EAGAIN;
+    zmq_msg_close(params);
+    if (bulk)
+        zmq_msg_close(bulk);
+    if (l->broken)
+        return MDG_ECLOSED;
+    if (l->room > 0)
+        l->room--;
+    l->acks[l->sent] = h->ack;
+    l->seqs[l->sent++] = h->seq;
+    return 0;
+}
+
+static void fake_release(void *owner, mdg_chan_msg *m)
+{
+    test_link *l = owner;
+    l->released++;
+    zmq_msg_close(&m->params);
+    free(m);
+}
+
+static mdg_chan_msg *new_msg(void)
+{
+    mdg_chan_msg *m = calloc(1, sizeof *m);
+    m->h.kind = MDG_K_CMD;
+    zmq_msg_init_size(&m->params, 1);
+    return m;
+}
+
+static const mdg_chan_ops native = {.send = fake_send, .release = fake_release, .acks = true};
+static const mdg_chan_ops no_acks = {.send = fake_send, .release = fake_release, .acks = false};
+
+int main(void)
+{
+    test_link l = {.room = 2};
+    mdg_channel ch;
+    mdg_chan_init(&ch, &native, &l);
+
+    /* numbered from 1; a full link keeps the rest, in order */
+    for (int i = 0; i < 4; i++)
+        mdg_chan_append(&ch, new_msg());
+    CHECK_RC(mdg_chan_flush(&ch), MDG_EAGAIN);
+    CHECK(l.sent == 2 && l.seqs[0] == 1 && l.seqs[1] == 2);
+    CHECK(ch.len == 4 && mdg_chan_pending(&ch));
+    /* send_now never overtakes what waits */
+    mdg_chan_msg *m = new_msg();
+    l.room = -1;
+    CHECK_RC(mdg_chan_send_now(&ch, m), MDG_EAGAIN);
+    CHECK_RC(mdg_chan_flush(&ch), 0);
+    CHECK_RC(mdg_chan_send_now(&ch, m), 0);
+    CHECK(l.sent == 5 && l.seqs[2] == 3 && l.seqs[3] == 4 && l.seqs[4] == 5);
+
+    /* the receive side: next, duplicate, gap, unnumbered; the ack rides on sends */
+    mdg_header h = {.kind = MDG_K_REPLY, .seq = 1};
+    CHECK(mdg_chan_check(&ch, &h) == MDG_CHAN_NEXT);
+    mdg_chan_received(&ch, 1);
+    CHECK(mdg_chan_check(&ch, &h) == MDG_CHAN_DUPLICATE);
+    h.seq = 3;
+    CHECK(mdg_chan_check(&ch, &h) == MDG_CHAN_GAP);
+    h.kind = MDG_K_ACK;
+    CHECK(mdg_chan_check(&ch, &h) == MDG_CHAN_UNNUMBERED);
+    CHECK(mdg_chan_ack_owed(&ch) && !mdg_chan_ack_due(&ch));
+    mdg_chan_append(&ch, new_msg());
+    CHECK_RC(mdg_chan_flush(&ch), 0);
+    CHECK(l.acks[5] == 1 && !mdg_chan_ack_owed(&ch));
+
+    /* acknowledged ones are released; a resume sends the rest again, in order */
+    CHECK(mdg_chan_acked(&ch, 2) == 2 && l.released == 2 && ch.len == 4);
+    l.sent = 0;
+    mdg_chan_resume(&ch, 4);
+    CHECK(l.released == 4 && ch.len == 2);
+    CHECK_RC(mdg_chan_flush(&ch), 0);
+    CHECK(l.sent == 2 && l.seqs[0] == 5 && l.seqs[1] == 6);
+
+    /* a gone link: the message counts as sent and is kept for the resume */
+    l.broken = true;
+    mdg_chan_append(&ch, new_msg());
+    CHECK_RC(mdg_chan_flush(&ch), MDG_ECLOSED);
+    CHECK(!mdg_chan_pending(&ch) && ch.len == 3);
+    l.broken = false;
+
+    /* the session is gone: everything released, numbering from 1 again */
+    CHECK(mdg_chan_reset(&ch) == 3 && ch.len == 0 && l.released == 7);
+    mdg_chan_append(&ch, new_msg());
+    l.sent = 0;
+    CHECK_RC(mdg_chan_flush(&ch), 0);
+    CHECK(l.seqs[0] == 1);
+    mdg_chan_reset(&ch);
+
+    /* a peer that never acknowledges: done once the link has it, and its
+     * messages are never numbered on receipt */
+    test_link l1 = {.room = -1};
+    mdg_channel lc;
+    mdg_chan_init(&lc, &no_acks, &l1);
+    CHECK_RC(mdg_chan_send_now(&lc, new_msg()), 0);
+    mdg_chan_append(&lc, new_msg());
+    CHECK_RC(mdg_chan_flush(&lc), 0);
+    CHECK(l1.released == 2 && lc.len == 0);
+    h = (mdg_header){.kind = MDG_K_CMD, .seq = 7};
+    CHECK(mdg_chan_check(&lc, &h) == MDG_CHAN_UNNUMBERED);
+    return t_done("test_channel");
+}
