@@ -19,9 +19,7 @@
  * contract (params and bulk taken, but on MDG_EAGAIN). */
 static int peer_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
-    if (p->legacy)
-        return broker_legacy_send(b, p, h, params, bulk);
-    return mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk);
+    return p->transport->send(b, p, h, params, bulk);
 }
 
 /* Hand one kept message to libzmq (a copy: the original stays until it is
@@ -63,7 +61,7 @@ void broker_flush_peer(mdg_broker *b, peer *p)
             return;
         }
         p->unsent = p->unsent->next;
-        if (p->legacy) /* 1.x has no acknowledgements: libzmq has it, it is gone */
+        if (!p->transport->acks) /* none will come: libzmq has it, it is gone */
             broker_trim_kept(b, p, p->tx_seq);
     }
 }
@@ -279,9 +277,9 @@ static void ask_resend(mdg_broker *b, peer *p, const char *text)
  * counted nor acknowledged. Duplicates (resent after a resume) are dropped. */
 bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who)
 {
-    /* 1.x frames have no numbers; a native one of a numbered kind without
-     * its number never gets here (handle_message refuses it) */
-    bool numbered = !p->legacy && mdg_kind_sequenced(h->kind);
+    /* a peer without acknowledgements numbers nothing; a numbered kind
+     * without its number never gets here (handle_message refuses it) */
+    bool numbered = p->transport->acks && mdg_kind_sequenced(h->kind);
     if (numbered && h->seq <= p->rx_seq) {
         mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
         return true;
@@ -339,10 +337,10 @@ bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
 
 void broker_hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
 {
-    if (!p->legacy && p->held_len >= (size_t)b->hold_limit) {
+    if (p->transport->acks && p->held_len >= (size_t)b->hold_limit) {
         /* the broker's own bound, whatever the sender's queue_limit: not
          * taken nor acknowledged, asked for again once the held ones went
-         * on (a 1.x peer is refused instead, legacy_frame) */
+         * on (a peer without acknowledgements is bounded by its listener) */
         if (!p->resend_owed) {
             char who[MDG_KEY_B64_LEN + 1];
             mdg_log(MDG_LOG_WARN, "%s %s has %zu messages held (hold_limit): further ones are not taken until "

@@ -69,8 +69,31 @@ typedef struct peer {
     size_t held_len;
     bool resend_owed;  /* messages past hold_limit were not taken: ask for them once the held ones went */
     int paused_fwds;   /* calls to nodes told to pause because this session is not reading */
-    struct legacy_link *legacy; /* a Messidge 1.x peer, or NULL */
+    const struct broker_transport *transport; /* how messages reach it: its listener's */
+    void *transport_state; /* the transport's own state of this peer, or NULL */
 } peer;
+
+/* How the core reaches a session's peer, whatever protocol it speaks: one
+ * per listener (broker_native.c, broker_legacy.c). Session, channel and
+ * route code call through it and never ask which protocol a peer speaks. */
+typedef struct broker_transport {
+    /* One message to the peer in its own protocol; mdg_wire_send's
+     * contract (params and bulk taken, but on MDG_EAGAIN). */
+    int (*send)(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
+    /* The routing ids of its socket -> peer (each socket has its own). */
+    mdg_map *(*rids)(mdg_broker *b);
+    /* Whether a session whose link dropped may wait for a resume; NULL:
+     * always. */
+    bool (*resumable)(const peer *p);
+    /* Frees transport_state; NULL when there is none. */
+    void (*free_state)(void *state);
+    /* The peer numbers its messages and acknowledges ours, so its own
+     * window holds it back; else what it sends is unnumbered and what we
+     * send is done once libzmq has it. */
+    bool acks;
+    /* The peer understands the broker's FLOW_COMMAND (pause, resume, end). */
+    bool flow;
+} broker_transport;
 
 typedef struct held {
     struct held *next;
@@ -201,9 +224,10 @@ void broker_set_budget(mdg_broker *b);
 void broker_close_session(mdg_broker *b, peer *p, const char *why);
 void broker_detach(mdg_broker *b, peer *p, const char *why);
 void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd,
-                         int silence_ms, struct legacy_link *legacy);
+                         int silence_ms, const broker_transport *tp, void *state);
 bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
-                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms, bool legacy);
+                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms,
+                           const broker_transport *tp);
 int broker_on_monitor(mdg_loop *loop, void *arg, short revents);
 int broker_on_grace_timer(mdg_loop *loop, void *arg, short revents);
 
@@ -239,8 +263,5 @@ int broker_on_router(mdg_loop *loop, void *arg, short revents);
 
 /* broker_legacy.c: the Messidge 1.x listener */
 int broker_bind_legacy(mdg_broker *b);
-int broker_legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
-void broker_legacy_link_free(struct legacy_link **pl);
-bool broker_legacy_unproven(const peer *p);
 
 #endif

@@ -43,25 +43,41 @@ typedef struct legacy_uuid {
  * answer it, users never answer, tables are bounded, and a frame that is
  * malformed or does not open never reaches a handler. */
 
-void broker_legacy_link_free(legacy_link **pl)
+static legacy_link *link_of(const peer *p)
 {
-    legacy_link *l = *pl;
-    if (!l)
-        return;
+    return p->transport_state;
+}
+
+/* The key a peer's frames are sealed with; NULL on a plaintext (node) link. */
+static const uint8_t *seal_key(const peer *p)
+{
+    const legacy_link *l = link_of(p);
+    return l->sealed ? l->key : NULL;
+}
+
+/* The transport's free_state. */
+static void legacy_link_free(void *state)
+{
+    legacy_link *l = state;
     legacy_uuid *u;
     while ((u = mdg_map_pop(l->uuids)) != NULL)
         free(u);
     mdg_map_destroy(&l->uuids);
     mdg_ring_free(&l->order);
     free(l);
-    *pl = NULL;
 }
 
-/* A user's 1.x session whose peer has never opened a sealed frame: anyone
- * may open one with a public key alone, so it gets no grace period. */
-bool broker_legacy_unproven(const peer *p)
+/* A user's 1.x session whose peer has never opened a sealed frame is not
+ * kept for a resume: anyone may open one with a public key alone. */
+static bool legacy_resumable(const peer *p)
 {
-    return p->legacy && p->legacy->sealed && !p->legacy->proven;
+    const legacy_link *l = link_of(p);
+    return !(l->sealed && !l->proven);
+}
+
+static mdg_map *legacy_rids(mdg_broker *b)
+{
+    return b->lpeers;
 }
 
 static legacy_link *legacy_link_new(size_t limit)
@@ -98,8 +114,7 @@ static void legacy_refuse_uuid(mdg_broker *b, const peer *p, const uint8_t *uuid
         return;
     mdg_params *e = mdg_legacy_exception(text);
     zmq_msg_t out;
-    if (e && mdg_legacy_build(&out, p->legacy->sealed ? p->legacy->key : NULL, NULL, 0, "", 0, uuid, uuid_len, e,
-                              NULL, 0) == 0)
+    if (e && mdg_legacy_build(&out, seal_key(p), NULL, 0, "", 0, uuid, uuid_len, e, NULL, 0) == 0)
         legacy_emit(b, p->rid, p->rid_len, &out);
     mdg_params_destroy(&e);
 }
@@ -118,12 +133,12 @@ static void legacy_refuse_hello(mdg_broker *b, const uint8_t *rid, size_t rid_le
         legacy_emit(b, rid, rid_len, &out);
 }
 
-/* A native message out as a 1.x frame (peer_send's contract). Calls to a
+/* A native message out as a 1.x frame (the transport's send). Calls to a
  * node are named "m<forward id>"; replies carry the uuid of the call they
  * answer, and never the bulk in the command field (1.x leaked it there). */
-int broker_legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
-    legacy_link *l = p->legacy;
+    legacy_link *l = link_of(p);
     legacy_uuid *u = NULL;
     mdg_params *pp = NULL;
     char num[24];
@@ -153,7 +168,7 @@ int broker_legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
         }
         rc = mdg_legacy_params_out(h->kind, zmq_msg_data(params), zmq_msg_size(params), &pp);
         if (rc == 0)
-            rc = mdg_legacy_build(&out, l->sealed ? l->key : NULL, NULL, 0, h->kind == MDG_K_CMD ? h->command : "",
+            rc = mdg_legacy_build(&out, seal_key(p), NULL, 0, h->kind == MDG_K_CMD ? h->command : "",
                                   h->kind == MDG_K_CMD ? h->command_len : 0, uuid, uuid_len, pp,
                                   bulk ? zmq_msg_data(bulk) : NULL, bulk ? zmq_msg_size(bulk) : 0);
         mdg_params_destroy(&pp);
@@ -198,6 +213,14 @@ closed:
     return rc;
 }
 
+/* 1.x has no sequence numbers, no acknowledgements and no flow command. */
+static const broker_transport legacy_transport = {
+    .send = legacy_send,
+    .rids = legacy_rids,
+    .resumable = legacy_resumable,
+    .free_state = legacy_link_free,
+};
+
 /* A 1.x hello: a new session, or the resume of one the same key owns. */
 static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, int fd,
                          const mdg_legacy_frame *lf)
@@ -218,7 +241,7 @@ static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_
     zmq_msg_close(&unused);
     peer *node = role == MDG_ROLE_NODE ? mdg_map_get(b->nodes, pk, MDG_KEY_BYTES) : NULL;
     const char *why = role == MDG_ROLE_NONE ? (pk_len == MDG_KEY_BYTES ? "unknown key" : "no 32-byte 'user' key")
-                      : node && !node->legacy ? "that node is connected on the native (authenticated) protocol"
+                      : node && node->transport != &legacy_transport ? "that node is connected on the native (authenticated) protocol"
                       : !p && b->live_conns > b->max_conns ? "broker at its connection limit" /* a new link */
                                               : NULL;
     if (why) {
@@ -246,10 +269,10 @@ static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_
         broker_close_session(b, p, "replaced by a new 1.x hello");
     /* 1.x peers do not beat: libzmq's heartbeats on this socket notice a
      * dead link instead of our silence check */
-    if (!sid_len || !broker_resume_session(b, rid, rid_len, uid, fd, sid, sid_len, 0, INT_MAX, true)) {
+    if (!sid_len || !broker_resume_session(b, rid, rid_len, uid, fd, sid, sid_len, 0, INT_MAX, &legacy_transport)) {
         legacy_link *l = legacy_link_new((size_t)b->queue_limit);
         if (l)
-            broker_open_session(b, rid, rid_len, uid, fd, INT_MAX, l);
+            broker_open_session(b, rid, rid_len, uid, fd, INT_MAX, &legacy_transport, l);
         else
             mdg_log(MDG_LOG_ERROR, "cannot open a 1.x session: out of memory");
     }
@@ -313,7 +336,7 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
     mdg_header_set_command(h, name);
     if (!lf->uuid_len)
         return true;
-    legacy_link *l = p->legacy;
+    legacy_link *l = link_of(p);
     legacy_uuid *u = malloc(sizeof *u);
     if (!u || mdg_map_put_u64(l->uuids, l->next_corr + 1, u) != 0) {
         free(u);
@@ -354,14 +377,14 @@ static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
     mdg_params *params = NULL;
     mdg_frames f = {.n = 3};
     zmq_msg_init(&f.part[3]);
-    if (mdg_legacy_open(lf, p->legacy->sealed ? p->legacy->key : NULL, &params, &f.part[3]) != 0) {
+    if (mdg_legacy_open(lf, seal_key(p), &params, &f.part[3]) != 0) {
         mdg_log(MDG_LOG_WARN, "1.x frame from %s %s refused: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who,
                 mdg_last_error());
         legacy_refuse(b, p, lf, mdg_last_error());
         zmq_msg_close(&f.part[3]);
         return;
     }
-    p->legacy->proven = true;
+    link_of(p)->proven = true;
     mdg_header h = {0};
     bool ok = legacy_classify(b, p, lf, &params, &h, who);
     if (ok && mdg_wire_encode_params(params, &f.part[2]) != 0) {

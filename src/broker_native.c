@@ -2,12 +2,31 @@
  * ROUTER, its sender known by the User-Id our ZAP reply gave its link,
  * its header decoded and checked, then a hello (a session opened or
  * resumed), a goodbye, or a message for its session's channel. What goes
- * back out is encoded by mdg_wire_send (broker_channel.c). */
+ * back out is encoded by mdg_wire_send (native_transport). */
 #include "broker_internal.h"
 
 #include <string.h>
 
 #define RECV_BATCH 256                     /* messages handled per wake-up */
+
+/* One message out, encoded by the wire layer on the CURVE ROUTER. */
+static int native_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    return mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk);
+}
+
+static mdg_map *native_rids(mdg_broker *b)
+{
+    return b->peers;
+}
+
+/* Native peers number and acknowledge their messages and know mdg.flow. */
+static const broker_transport native_transport = {
+    .send = native_send,
+    .rids = native_rids,
+    .acks = true,
+    .flow = true,
+};
 
 /* A hello: a new session, or the resume of one. */
 static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, const char *uid,
@@ -31,8 +50,9 @@ static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len,
     int silence_ms = (int)(3 * hb + 1000);
     if (p && !(sid && sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
         broker_close_session(b, p, "replaced by a new hello");
-    if (!sid || !broker_resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms, false))
-        broker_open_session(b, rid, rid_len, uid, fd, silence_ms, NULL);
+    if (!sid || !broker_resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms,
+                                      &native_transport))
+        broker_open_session(b, rid, rid_len, uid, fd, silence_ms, &native_transport, NULL);
     mdg_params_destroy(&hp);
 }
 

@@ -97,10 +97,11 @@ void broker_fwd_free(mdg_broker *b, fwd *f)
  * command): "pause" its replies (the caller is not reading), "resume"
  * them, or "end" the call (the caller has gone or stopped reading for too
  * long: the node's further replies to it fail locally). Never refused for
- * lack of room: at most a few per call. 1.x nodes know nothing of it. */
+ * lack of room: at most a few per call. Sent only to nodes whose transport
+ * knows it (flow). */
 static void send_flow(mdg_broker *b, peer *node, uint64_t id, const char *state, const char *reason)
 {
-    mdg_params *fp = node->legacy ? NULL : mdg_params_new();
+    mdg_params *fp = node->transport->flow ? mdg_params_new() : NULL;
     mdg_header h = {.kind = MDG_K_CMD};
     zmq_msg_t pm;
     if (fp && mdg_params_set_int(fp, "call", (int64_t)id) == 0 && mdg_params_set_str(fp, "state", state) == 0 &&
@@ -211,9 +212,10 @@ static int broker_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *r
 }
 
 /* The provenance params (docs/protocol.md section 7). Every command a peer
- * sends, user or node, native or 1.x, to a broker handler or forwarded to a
- * node, passes here: whatever the sender wrote under these names is
- * removed, then the broker writes its own values, by the sender's role:
+ * sends, user or node, whatever protocol it speaks, to a broker handler or
+ * forwarded to a node, passes here: whatever the sender wrote under these
+ * names is removed, then the broker writes its own values, by the sender's
+ * role:
  *
  *   sender   user                session                 node
  *   user     its key (32 bytes)  its session id (16)     -
@@ -403,7 +405,7 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
     }
     if (final) {
         broker_fwd_free(b, fw);
-    } else if (caller->out_len >= broker_over_limit(b, 6) && !fw->paused && !node->legacy) {
+    } else if (caller->out_len >= broker_over_limit(b, 6) && !fw->paused && node->transport->flow) {
         fw->paused = true;
         fw->since_pause = 0;
         caller->paused_fwds++;

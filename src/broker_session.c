@@ -11,10 +11,16 @@
 
 #define MONITOR_FAILS_MAX 1000             /* accept failures read per call: libzmq may spin */
 
-/* Routing ids are per socket: a 1.x peer's are looked up apart. */
+/* Routing ids are per socket: each transport's are looked up apart. */
 static mdg_map *rids_of(mdg_broker *b, const peer *p)
 {
-    return p->legacy ? b->lpeers : b->peers;
+    return p->transport->rids(b);
+}
+
+static void free_state(const broker_transport *tp, void *state)
+{
+    if (tp->free_state && state)
+        tp->free_state(state);
 }
 
 /* A session ends for good: out of every table, the application's hook
@@ -56,7 +62,7 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
         mdg_log(MDG_LOG_WARN, "%s %s: %zu queued message(s) not delivered: its session closed (%s)",
                 p->role == MDG_ROLE_NODE ? "node" : "user", who, p->out_len, why);
     broker_free_kept(b, p);
-    broker_legacy_link_free(&p->legacy);
+    free_state(p->transport, p->transport_state);
     free(p);
 }
 
@@ -141,18 +147,20 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
     broker_send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
 }
 
-/* legacy: the 1.x state of a peer on the legacy listener (taken), or NULL. */
+/* tp: the transport of the listener the hello came on; state: its own
+ * state of this peer (taken), or NULL. */
 void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd,
-                         int silence_ms, struct legacy_link *legacy)
+                         int silence_ms, const broker_transport *tp, void *state)
 {
     peer *p = calloc(1, sizeof *p);
     if (!p || mdg_pk_from_b64(p->pk, user_id + 1) != 0) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
-        broker_legacy_link_free(&legacy);
+        free_state(tp, state);
         free(p);
         return;
     }
-    p->legacy = legacy;
+    p->transport = tp;
+    p->transport_state = state;
     snprintf(p->user_id, sizeof p->user_id, "%s", user_id);
     p->role = user_id[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER;
     p->silence_ms = silence_ms;
@@ -171,7 +179,7 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
         mdg_map_take(rids_of(b, p), rid, rid_len);
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
         mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
-        broker_legacy_link_free(&p->legacy);
+        free_state(tp, state);
         free(p);
         return;
     }
@@ -196,7 +204,8 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
  * what the client has not acknowledged. False when there is nothing to
  * resume (the client gets a new session). */
 bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
-                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms, bool legacy)
+                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms,
+                           const broker_transport *tp)
 {
     peer *p = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
     if (!p)
@@ -205,7 +214,7 @@ bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, co
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of another key: refused", uid + 1);
         return false;
     }
-    if (!p->legacy != !legacy) {
+    if (p->transport != tp) {
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of the other protocol: refused", uid + 1);
         return false;
     }
@@ -280,8 +289,8 @@ static void find_expired(void *value, void *arg)
     peer *p = value;
     expired *e = arg;
     int grace = p->role == MDG_ROLE_NODE ? e->b->node_grace_ms : e->b->grace_ms;
-    if (broker_legacy_unproven(p))
-        grace = 0; /* anyone may open such sessions with a public key alone */
+    if (p->transport->resumable && !p->transport->resumable(p))
+        grace = 0;
     if (p->attached && e->now - p->last_rx > p->silence_ms) {
         /* silent past its heartbeats: detached like a dropped link (no
          * libzmq heartbeats at the broker: their timers cost O(n) each) */
