@@ -1,0 +1,453 @@
+/* broker_channel.c - each session's reliable channel at the broker:
+ * messages out are numbered and kept until the peer acknowledges them
+ * (resent after a resume, trimmed on each ack, the rest left to a backlog
+ * timer when libzmq's pipe is full); messages in are taken in order and
+ * once (duplicates dropped, a gap answered with a resync), acknowledged on
+ * the next message out or after ACK_DELAY_MS, and held, unacknowledged,
+ * while where they go is full. broker_process hands each one on to
+ * broker_route.c. The connection (conn.c) has the other end. */
+#include "broker_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ACK_EVERY 32                       /* acknowledge at least every N messages... */
+
+/* ---------------------------------------------------------------- sending */
+
+/* Send on the peer's own socket, in its own protocol; mdg_wire_send's
+ * contract (params and bulk taken, but on MDG_EAGAIN). */
+static int peer_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    return p->transport->send(b, p, h, params, bulk);
+}
+
+/* Hand one kept message to libzmq (a copy: the original stays until it is
+ * acknowledged). 0, MDG_EAGAIN when the peer's pipe is full, or an error. */
+static int push(mdg_broker *b, peer *p, kept *k)
+{
+    zmq_msg_t pm, bm;
+    zmq_msg_init(&pm);
+    zmq_msg_copy(&pm, &k->params);
+    if (k->has_bulk) {
+        zmq_msg_init(&bm);
+        zmq_msg_copy(&bm, &k->bulk);
+    }
+    k->h.ack = p->rx_seq;
+    int rc = peer_send(b, p, &k->h, &pm, k->has_bulk ? &bm : NULL);
+    if (rc == MDG_EAGAIN) {
+        zmq_msg_close(&pm);
+        if (k->has_bulk)
+            zmq_msg_close(&bm);
+    } else if (rc == 0) {
+        p->ack_sent = p->rx_seq;
+    }
+    return rc;
+}
+
+
+/* Send what a peer has not been sent yet, in order, while it is attached.
+ * A full pipe (a slow reader) leaves the rest for the backlog timer. */
+void broker_flush_peer(mdg_broker *b, peer *p)
+{
+    while (p->attached && p->unsent) {
+        int rc = push(b, p, p->unsent);
+        if (rc == MDG_EAGAIN) {
+            mdg_map_put(b->backlog, p->session_id, SESSION_ID_BYTES, p);
+            return;
+        }
+        if (rc != 0) { /* unroutable: the link is gone (the monitor may not know yet) */
+            broker_detach(b, p, "unroutable");
+            return;
+        }
+        p->unsent = p->unsent->next;
+        if (!p->transport->acks) /* none will come: libzmq has it, it is gone */
+            broker_trim_kept(b, p, p->tx_seq);
+    }
+}
+
+/* The final answer to a call (a reply without MORE, or an error to a
+ * corr) is never refused for lack of room: a call the broker took must end
+ * in a reply or an error. Their number is bounded by the calls a session
+ * may have open (node_window per node; a sender whose own queue is full is
+ * paused before its next command is taken, see broker_process()). */
+static bool final_answer(const mdg_header *h)
+{
+    return (h->kind == MDG_K_REPLY && !(h->flags & MDG_F_MORE)) || (h->kind == MDG_K_ERROR && h->corr);
+}
+
+/* queue_limit * quarters / 4: the marks above queue_limit where a caller
+ * that does not read has its streams paused (6/4), resumed (5/4), ended
+ * (8/4), and its own commands held (8/4). */
+size_t broker_over_limit(const mdg_broker *b, int quarters)
+{
+    return (size_t)b->queue_limit * (size_t)quarters / 4;
+}
+
+/* Queue a message to a peer (params and bulk moved). Numbered kinds are
+ * kept until acknowledged, within the peer's queue limit (final answers
+ * past it); past it the message is refused, loudly. Unnumbered ones go now
+ * or not at all. */
+int broker_send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    return broker_send_frames_max(b, p, h, params, bulk, final_answer(h) ? SIZE_MAX : (size_t)b->queue_limit, NULL);
+}
+
+/* limit: how many unacknowledged messages the peer may have with this one;
+ * origin: the session that a fire-and-forget command to a node counts for
+ * (broker_share_release when the node acknowledges it), or NULL. */
+int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk,
+                           size_t limit, const uint8_t *origin)
+{
+    if (!mdg_kind_sequenced(h->kind)) {
+        h->seq = 0;
+        h->ack = p->rx_seq;
+        int rc = p->attached ? peer_send(b, p, h, params, bulk) : mdg_fail(MDG_ECLOSED, "peer is away");
+        if (rc == MDG_EAGAIN || (rc && !p->attached)) {
+            zmq_msg_close(params);
+            if (bulk)
+                zmq_msg_close(bulk);
+        }
+        return rc;
+    }
+    if (p->out_len >= limit) {
+        char who[MDG_KEY_B64_LEN + 1];
+        pk_short(p->pk, who);
+        zmq_msg_close(params);
+        if (bulk)
+            zmq_msg_close(bulk);
+        mdg_log(MDG_LOG_ERROR, "%s '%s' to %s refused: %zu messages already wait for it (queue_limit)",
+                mdg_kind_name(h->kind), h->command, who, p->out_len);
+        return mdg_fail(MDG_EAGAIN, "the receiver's queue is full (%zu messages unacknowledged)", p->out_len);
+    }
+    kept *k = calloc(1, sizeof *k);
+    if (!k) {
+        zmq_msg_close(params);
+        if (bulk)
+            zmq_msg_close(bulk);
+        return mdg_fail(MDG_ENOMEM, "out of memory queueing a message");
+    }
+    h->seq = ++p->tx_seq;
+    k->h = *h;
+    if (origin) {
+        k->counted = true;
+        memcpy(k->origin, origin, SESSION_ID_BYTES);
+    }
+    zmq_msg_init(&k->params);
+    zmq_msg_move(&k->params, params);
+    zmq_msg_close(params);
+    if (bulk) {
+        k->has_bulk = true;
+        zmq_msg_init(&k->bulk);
+        zmq_msg_move(&k->bulk, bulk);
+        zmq_msg_close(bulk);
+    }
+    if (p->out_tail)
+        p->out_tail->next = k;
+    else
+        p->out_head = k;
+    p->out_tail = k;
+    p->out_len++;
+    if (!p->unsent)
+        p->unsent = k;
+    broker_flush_peer(b, p);
+    return 0;
+}
+
+static void free_one_kept(mdg_broker *b, peer *p, kept *k)
+{
+    if (k->counted)
+        broker_share_release(b, k->origin, p->pk);
+    zmq_msg_close(&k->params);
+    if (k->has_bulk)
+        zmq_msg_close(&k->bulk);
+    free(k);
+}
+
+/* A node's session ends with fire-and-forget commands it has not
+ * acknowledged: each sender still connected is told (a notice), since the
+ * node may not have run them. */
+void broker_free_kept(mdg_broker *b, peer *p)
+{
+    while (p->out_head) {
+        kept *k = p->out_head;
+        p->out_head = k->next;
+        peer *sender = k->counted ? mdg_map_get(b->sessions, k->origin, SESSION_ID_BYTES) : NULL;
+        if (sender) {
+            char who[MDG_KEY_B64_LEN + 1], why[400];
+            mdg_pk_to_b64(p->pk, who);
+            snprintf(why, sizeof why, "'%s' may not have reached node %s: its session ended before it acknowledged it",
+                     k->h.command, who);
+            broker_send_error(b, sender->rid, sender->rid_len, sender, 0, k->h.command, why);
+        }
+        free_one_kept(b, p, k);
+    }
+    p->out_tail = p->unsent = NULL;
+    p->out_len = 0;
+}
+
+/* The peer has everything up to ack: forget it (never what was not sent). */
+void broker_trim_kept(mdg_broker *b, peer *p, uint64_t ack)
+{
+    size_t before = p->out_len;
+    while (p->out_head && p->out_head != p->unsent && p->out_head->h.seq <= ack) {
+        kept *k = p->out_head;
+        p->out_head = k->next;
+        free_one_kept(b, p, k);
+        p->out_len--;
+    }
+    if (!p->out_head)
+        p->out_tail = NULL;
+    if (ack > p->acked)
+        p->acked = ack;
+    if (p->out_len == before)
+        return;
+    /* room again: a peer held because its own queue was full goes on, and
+     * nodes paused for its sake may send again once it has caught up */
+    if (p->held_head && p->out_len < broker_over_limit(b, 8))
+        mdg_map_put(b->ready, p->session_id, SESSION_ID_BYTES, p);
+    if (p->paused_fwds && p->out_len <= broker_over_limit(b, 5))
+        broker_resume_paused_fwds(b, p);
+}
+
+/* Encode and send; params taken, bulk copied. With no peer (a sender that
+ * has no session, or one whose numbering is broken) the message goes
+ * unsequenced to the routing id: then it is only ever a notice (corr 0),
+ * the one unnumbered error clients accept (docs/protocol.md 6.1). */
+int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind,
+                   uint64_t corr, uint32_t flags, const char *command, mdg_params *params,
+                   const void *bulk, size_t bulk_len)
+{
+    mdg_header h = {.kind = (uint8_t)kind, .corr = p ? corr : 0, .flags = flags};
+    zmq_msg_t pm, bm;
+    int rc = mdg_header_set_command(&h, command);
+    if (rc == 0)
+        rc = mdg_wire_encode_params(params, &pm);
+    mdg_params_destroy(&params);
+    if (rc)
+        return rc;
+    if (bulk_len) {
+        zmq_msg_init_size(&bm, bulk_len);
+        memcpy(zmq_msg_data(&bm), bulk, bulk_len);
+    }
+    if (p)
+        return broker_send_frames(b, p, &h, &pm, bulk_len ? &bm : NULL);
+    h.kind = (uint8_t)kind;
+    rc = mdg_wire_send(b->router, rid, rid_len, &h, &pm, bulk_len ? &bm : NULL);
+    if (rc == MDG_EAGAIN) {
+        zmq_msg_close(&pm);
+        if (bulk_len)
+            zmq_msg_close(&bm);
+    }
+    return rc;
+}
+
+/* An error for the sender of a message: a reply when it waits for one
+ * (corr), else a notice its error hook sees. */
+void broker_send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, uint64_t corr,
+                       const char *command, const char *text)
+{
+    mdg_params *e = mdg_params_new();
+    if (!e)
+        return;
+    mdg_params_set_str(e, "error", text);
+    mdg_params_set_str(e, "command", command ? command : "");
+    broker_send_to(b, rid, rid_len, p, MDG_K_ERROR, corr, 0, "", e, NULL, 0);
+}
+
+/* -------------------------------------------------------------- receiving */
+
+/* Ask a peer whose link is fine to say hello again: the resume that
+ * follows makes it resend what we have not taken (unsequenced: it may
+ * have no room, and it is about the session itself). */
+static void ask_resend(mdg_broker *b, peer *p, const char *text)
+{
+    mdg_params *e = mdg_params_new();
+    if (e && p->attached) {
+        mdg_params_set_str(e, "error", text);
+        mdg_params_set_bool(e, "resync", true);
+        broker_send_to(b, p->rid, p->rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
+    } else {
+        mdg_params_destroy(&e);
+    }
+}
+
+/* Process one numbered (or unnumbered) message of a peer in order. False
+ * when it must wait because where it goes is full: it is then neither
+ * counted nor acknowledged. Duplicates (resent after a resume) are dropped. */
+bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who)
+{
+    /* a peer without acknowledgements numbers nothing; a numbered kind
+     * without its number never gets here (handle_message refuses it) */
+    bool numbered = p->transport->acks && mdg_kind_sequenced(h->kind);
+    if (numbered && h->seq <= p->rx_seq) {
+        mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
+        return true;
+    }
+    if (numbered && h->seq != p->rx_seq + 1) {
+        /* something before it was lost: never skip it; the client is asked
+         * to say hello again, which makes it resend from what we have */
+        mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu; dropped, asking for a resend", who,
+                (unsigned long long)p->rx_seq + 1, (unsigned long long)h->seq);
+        ask_resend(b, p, "messages were lost: say hello again");
+        return true;
+    }
+    /* A sender whose queue is far past queue_limit is not reading: what
+     * handling this would send it (an answer, a refusal) must not pile up
+     * without bound, so it waits, unacknowledged, until the sender reads.
+     * (Past queue_limit itself only the broker's own sends are refused: a
+     * busy stream of those must not starve the sender's own commands.) A
+     * node's replies go on whatever its own queue holds: they are what
+     * others wait for. */
+    if (p->out_len >= broker_over_limit(b, 8) &&
+        !(p->role == MDG_ROLE_NODE && (h->kind == MDG_K_REPLY || h->kind == MDG_K_ERROR)))
+        return false;
+    /* Counted as received before it is handled, so that what the handling
+     * sends to this peer (a reply, a refusal) acknowledges it at once
+     * instead of a separate ACK later. A message that must wait is taken
+     * back below; nothing is sent to its sender in that case. */
+    uint64_t prev_rx = p->rx_seq;
+    if (numbered)
+        p->rx_seq = h->seq;
+    bool done = true;
+    switch (h->kind) {
+    case MDG_K_CMD:
+        done = broker_dispatch_command(b, p, h, f);
+        break;
+    case MDG_K_REPLY:
+    case MDG_K_ERROR:
+        if (p->role == MDG_ROLE_NODE) {
+            done = broker_route_node_reply(b, p, h, f);
+        } else {
+            mdg_log(MDG_LOG_WARN, "%s from user %s refused: users do not answer calls", mdg_kind_name(h->kind), who);
+            broker_send_error(b, p->rid, p->rid_len, p, 0, "", "replies are only accepted from the node a call went to");
+        }
+        break;
+    default:
+        mdg_log(MDG_LOG_WARN, "unexpected %s from %s dropped", mdg_kind_name(h->kind), who);
+    }
+    if (!done)
+        p->rx_seq = prev_rx;
+    else if (numbered && p->rx_seq - p->ack_sent >= ACK_EVERY)
+        broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
+    else if (numbered && p->rx_seq > p->ack_sent) /* not when a reply carried it */
+        mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
+    return done;
+}
+
+void broker_hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
+{
+    if (p->transport->acks && p->held_len >= (size_t)b->hold_limit) {
+        /* the broker's own bound, whatever the sender's queue_limit: not
+         * taken nor acknowledged, asked for again once the held ones went
+         * on (a peer without acknowledgements is bounded by its listener) */
+        if (!p->resend_owed) {
+            char who[MDG_KEY_B64_LEN + 1];
+            mdg_log(MDG_LOG_WARN, "%s %s has %zu messages held (hold_limit): further ones are not taken until "
+                                  "those have gone on, then it is asked to resend them",
+                    p->role == MDG_ROLE_NODE ? "node" : "user", pk_short(p->pk, who), p->held_len);
+        }
+        p->resend_owed = true;
+        return;
+    }
+    held *hm = malloc(sizeof *hm);
+    if (!hm) { /* not acknowledged: the peer resends it after a reconnect */
+        mdg_log(MDG_LOG_ERROR, "out of memory holding a message");
+        return;
+    }
+    hm->next = NULL;
+    hm->h = *h;
+    mdg_frames_move(&hm->f, f);
+    if (!p->held_head) {
+        char who[MDG_KEY_B64_LEN + 1];
+        pk_short(p->pk, who);
+        mdg_log(MDG_LOG_DEBUG, "%s %s paused: where its %s '%s' goes is full", p->role == MDG_ROLE_NODE ? "node" : "user",
+                who, mdg_kind_name(h->kind), h->command);
+    }
+    if (p->held_tail)
+        p->held_tail->next = hm;
+    else
+        p->held_head = hm;
+    p->held_tail = hm;
+    p->held_len++;
+    mdg_map_put(b->holding, p->session_id, SESSION_ID_BYTES, p);
+}
+
+/* Retry a peer's held messages, in order, until one must wait again. */
+static void release_held(mdg_broker *b, peer *p)
+{
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(p->pk, who);
+    while (p->held_head) {
+        held *hm = p->held_head;
+        if (!broker_process(b, p, &hm->h, &hm->f, who))
+            return;
+        p->held_head = hm->next;
+        if (!p->held_head)
+            p->held_tail = NULL;
+        p->held_len--;
+        mdg_frames_close(&hm->f);
+        free(hm);
+    }
+    mdg_map_take(b->holding, p->session_id, SESSION_ID_BYTES);
+    if (p->resend_owed) {
+        p->resend_owed = false;
+        ask_resend(b, p, "messages past the broker's hold_limit were not taken: say hello again");
+    }
+}
+
+/* Held peers that may go on now (room made by an acknowledgement or a
+ * finished call), after the batch that made it. */
+void broker_release_ready(mdg_broker *b)
+{
+    peer *p;
+    while ((p = mdg_map_pop(b->ready)) != NULL)
+        if (mdg_map_get(b->holding, p->session_id, SESSION_ID_BYTES) == p)
+            release_held(b, p);
+}
+
+/* ---------------------------------------------------------------- timers */
+
+int broker_on_ack_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    peer *p;
+    while ((p = mdg_map_pop(b->owed_ack)) != NULL)
+        if (p->attached && p->rx_seq > p->ack_sent)
+            broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
+    return 0;
+}
+
+static void collect(void *value, void *arg)
+{
+    mdg_ptrs_push(arg, value);
+}
+
+/* Peers that waited for room: their held messages, then what libzmq would
+ * not take. Collected first: processing changes the maps. */
+int broker_on_backlog_timer(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    mdg_ptrs ps = {0};
+    broker_release_ready(b);
+    if (mdg_map_size(b->holding)) {
+        mdg_map_each(b->holding, collect, &ps);
+        for (size_t i = 0; i < ps.n; i++)
+            if (mdg_map_get(b->holding, ((peer *)ps.v[i])->session_id, SESSION_ID_BYTES) == ps.v[i])
+                release_held(b, ps.v[i]);
+        ps.n = 0;
+    }
+    if (mdg_map_size(b->backlog)) {
+        peer *p;
+        while ((p = mdg_map_pop(b->backlog)) != NULL)
+            mdg_ptrs_push(&ps, p);
+        for (size_t i = 0; i < ps.n; i++)
+            broker_flush_peer(b, ps.v[i]); /* puts it back if its pipe is still full */
+    }
+    mdg_ptrs_free(&ps);
+    return 0;
+}

@@ -1,0 +1,267 @@
+/* broker_internal.h - what the broker's files share (not installed): the
+ * broker's state, a peer's session, and the functions one file of the
+ * broker calls in another. Everything runs on the broker's loop thread
+ * unless a comment says otherwise.
+ *
+ * A message's way through the broker, file by file:
+ *   broker_native.c / broker_legacy.c   socket -> decode (the two listeners)
+ *   broker_session.c                    which session: open, resume, detach, close
+ *   broker_channel.c                    in order and once (numbers, acks, resends,
+ *                                       held messages), and back out to the peer
+ *   broker_route.c                      dispatch to a handler, or forward to a node;
+ *                                       replies and the nodes' answers routed back
+ *   broker_auth.c                       who may connect (ZAP, allow-list, budget)
+ *   broker.c                            lifecycle and the public API */
+#ifndef MDG_BROKER_INTERNAL_H
+#define MDG_BROKER_INTERNAL_H
+
+#include "internal.h"
+#include "loop.h"
+#include "map.h"
+#include "msg.h"
+#include "params.h"
+#include "wire.h"
+
+#include <pthread.h>
+#include <zmq.h>
+
+#define SESSION_ID_BYTES 16
+#define USER_ID_LEN (1 + MDG_KEY_B64_LEN) /* role letter + base64 pk */
+#define ACK_EVERY 32                       /* acknowledge at least every N messages... */
+#define ACK_DELAY_MS 20                    /* ...or this long after the first */
+#define BACKLOG_RETRY_MS 5                 /* retry peers whose pipe was full */
+#define GRACE_CHECK_MS 250
+#define TOMBSTONE_MS 10000                 /* an ended channel's late replies are dropped quietly this long */
+#define SPARE_FDS 4                        /* descriptors kept to clear the accept backlog with */
+
+/* A session: a user's or a node's, on either listener. It outlives its
+ * link for a grace period (attached false), so that a client can resume. */
+typedef struct peer {
+    uint8_t rid[255];
+    uint8_t rid_len;
+    /* the routing id of the link before the last drop: what it delivered
+     * before dropping may still be queued in libzmq and is read normally */
+    uint8_t stale_rid[255];
+    uint8_t stale_rid_len;
+    char user_id[USER_ID_LEN + 1]; /* as set by our ZAP reply */
+    uint8_t pk[MDG_KEY_BYTES];
+    int role;
+    uint8_t session_id[SESSION_ID_BYTES];
+    int fd;          /* the connection's socket, to notice it closing */
+    void *data;      /* the application's per-session / per-node data */
+    uint64_t tx_seq; /* last seq we sent */
+    uint64_t rx_seq; /* last seq we received */
+    uint64_t acked;  /* last of ours the peer has acknowledged */
+    uint64_t ack_sent; /* last rx_seq we told the peer about */
+    bool attached;     /* has a live link (rid and fd are valid) */
+    bool silent;       /* detached for silence, its link may still be open */
+    int64_t detached_at;
+    int64_t last_rx;   /* when it last sent anything */
+    int silence_ms;    /* silent this long = gone (from its heartbeat) */
+    /* numbered messages not yet acknowledged, oldest first; from `unsent`
+     * on they have not been handed to libzmq yet */
+    struct kept *out_head, *out_tail, *unsent;
+    size_t out_len;
+    /* messages from this peer read but not yet processed because where
+     * they go is full: processed in order once there is room, and not
+     * acknowledged before, so the peer's own queue limit holds it back */
+    struct held *held_head, *held_tail;
+    size_t held_len;
+    bool resend_owed;  /* messages past hold_limit were not taken: ask for them once the held ones went */
+    int paused_fwds;   /* calls to nodes told to pause because this session is not reading */
+    const struct broker_transport *transport; /* how messages reach it: its listener's */
+    void *transport_state; /* the transport's own state of this peer, or NULL */
+} peer;
+
+/* How the core reaches a session's peer, whatever protocol it speaks: one
+ * per listener (broker_native.c, broker_legacy.c). Session, channel and
+ * route code call through it and never ask which protocol a peer speaks. */
+typedef struct broker_transport {
+    /* One message to the peer in its own protocol; mdg_wire_send's
+     * contract (params and bulk taken, but on MDG_EAGAIN). */
+    int (*send)(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
+    /* The routing ids of its socket -> peer (each socket has its own). */
+    mdg_map *(*rids)(mdg_broker *b);
+    /* Whether a session whose link dropped may wait for a resume; NULL:
+     * always. */
+    bool (*resumable)(const peer *p);
+    /* Frees transport_state; NULL when there is none. */
+    void (*free_state)(void *state);
+    /* The peer numbers its messages and acknowledges ours, so its own
+     * window holds it back; else what it sends is unnumbered and what we
+     * send is done once libzmq has it. */
+    bool acks;
+    /* The peer understands the broker's FLOW_COMMAND (pause, resume, end). */
+    bool flow;
+} broker_transport;
+
+typedef struct held {
+    struct held *next;
+    mdg_header h;
+    mdg_frames f;
+} held;
+
+/* A numbered message kept until the peer acknowledges it. */
+typedef struct kept {
+    struct kept *next;
+    mdg_header h;
+    zmq_msg_t params, bulk;
+    bool has_bulk;
+    /* a fire-and-forget command forwarded to a node: it counts in its
+     * sender's share of that node until the node acknowledges it */
+    bool counted;
+    uint8_t origin[SESSION_ID_BYTES];
+} kept;
+
+struct mdg_broker {
+    mdg_keys *keys;
+    char bind_address[128];
+    int port;       /* asked for */
+    int bound_port; /* got */
+    void *ctx, *router, *zap;
+    mdg_loop *loop;
+    const mdg_cmd *cmds;
+    void *cmd_arg;
+    mdg_broker_hooks hooks;
+    void *hook_arg;
+    mdg_auth_fn auth;
+    void *auth_arg;
+    mdg_map *allow; /* pk -> role, when no auth function is given */
+    bool allow_any;
+    mdg_map *peers;    /* routing id -> peer */
+    mdg_map *lpeers;   /* routing id on the legacy socket -> 1.x peer */
+    void *lrouter, *lmon; /* the 1.x listener (off by default) and its monitor */
+    bool legacy;
+    int legacy_port, legacy_bound_port;
+    long long max_message;
+    mdg_map *sessions; /* session id -> peer (users and nodes) */
+    mdg_map *nodes;    /* node pk -> peer: one live connection per node */
+    mdg_map *by_fd;    /* socket fd -> peer */
+    mdg_map *fwds;     /* forwarded call id -> fwd */
+    uint64_t next_fwd; /* last id given; starts at random, see mdg_broker_new */
+    size_t tombstones; /* ended channels among fwds */
+    mdg_map *shares;   /* session id + node pk -> share */
+    mdg_map *ready;    /* session id -> held peer that may go on now */
+    int grace_ms, node_grace_ms, queue_limit, node_window, hold_limit;
+    mdg_map *owed_ack; /* session id -> peer owed an ACK */
+    mdg_map *backlog;  /* session id -> peer with messages libzmq would not take yet */
+    mdg_map *holding;  /* session id -> peer with held messages */
+    void *mon;         /* ROUTER monitor: tells us when a connection drops */
+    /* Connections are bounded by descriptors: past max_conns, handshakes
+     * are refused (ZAP 500) and the sessions already open go on. */
+    int max_conns_asked, max_conns;
+    long live_conns;     /* accepted minus dropped, both listeners */
+    long fd_limit;       /* RLIMIT_NOFILE when the broker bound */
+    int listen_fd[2];    /* the native and 1.x listeners' sockets (ZMQ_EVENT_LISTENING) */
+    int spare[SPARE_FDS], n_spare; /* given up to clear the accept backlog when out of them */
+    mdg_ratelog full_log, accept_log; /* LIMIT_LOG_MS apart */
+    pthread_t thread;
+    bool thread_started;
+    pthread_t loop_thread;
+    bool loop_running;
+    /* messages from other threads, sent by the loop thread */
+    pthread_mutex_t qlock;
+    struct queued *q_head, *q_tail;
+    struct broker_timer {
+        mdg_broker_timer_fn fn;
+        void *arg;
+        mdg_broker *b;
+    } timers[8];
+    int ntimers;
+};
+
+/* A call forwarded to a node: only that node may answer it, and its
+ * replies go to the calling session only. */
+typedef struct fwd {
+    uint64_t id; /* the correlation id the node sees */
+    uint8_t node_pk[MDG_KEY_BYTES];
+    uint8_t session_id[SESSION_ID_BYTES];
+    uint64_t user_corr;
+    char command[64];
+    bool paused;        /* the node was told to pause its replies (its caller is not reading) */
+    size_t since_pause; /* replies that came after that (on their way before the node heard) */
+    /* ended by the broker (caller gone or not reading): a tombstone whose
+     * late replies are dropped quietly until ended_at + TOMBSTONE_MS */
+    bool ended;
+    int64_t ended_at;
+} fwd;
+
+/* One session's share of one node: what it has there at once (open calls,
+ * unacknowledged fire-and-forget commands), at most node_window. */
+typedef struct share {
+    uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES]; /* session id, node pk */
+    int used;
+} share;
+
+/* A key's first 12 base64 characters, enough to tell keys apart in a log
+ * (out, returned so that it can be made inside a log call). */
+static inline const char *pk_short(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1])
+{
+    mdg_pk_to_b64(pk, out);
+    out[12] = '\0';
+    return out;
+}
+
+/* broker.c: lifecycle and the public API */
+int broker_before_start(const mdg_broker *b, const char *what);
+bool broker_on_loop(const mdg_broker *b);
+int broker_queue_send(mdg_broker *b, bool to_node, const uint8_t *key, size_t key_len, mdg_header *h,
+                      mdg_params *params, const void *bulk, size_t bulk_len);
+int broker_setsock(void *s, int opt, const void *v, size_t len, const char *name);
+int broker_new_router(mdg_broker *b, void **out, int64_t maxmsg);
+int broker_listen_on(mdg_broker *b, void *sock, void **mon, const char *tag, int port, int *bound,
+                     mdg_loop_fn on_input, char ep[160]);
+
+/* broker_auth.c: who may connect */
+int broker_role_of(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES]);
+int broker_on_zap(mdg_loop *loop, void *arg, short revents);
+void broker_take_spares(mdg_broker *b);
+void broker_accept_failed(mdg_broker *b, int which, int err);
+void broker_listening(mdg_broker *b, int which, int fd);
+void broker_set_budget(mdg_broker *b);
+
+/* broker_session.c: the session table */
+void broker_close_session(mdg_broker *b, peer *p, const char *why);
+void broker_detach(mdg_broker *b, peer *p, const char *why);
+void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd,
+                         int silence_ms, const broker_transport *tp, void *state);
+bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
+                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms,
+                           const broker_transport *tp);
+int broker_on_monitor(mdg_loop *loop, void *arg, short revents);
+int broker_on_grace_timer(mdg_loop *loop, void *arg, short revents);
+
+/* broker_channel.c: each session's numbered messages, both ways */
+void broker_flush_peer(mdg_broker *b, peer *p);
+size_t broker_over_limit(const mdg_broker *b, int quarters);
+int broker_send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
+int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk,
+                           size_t limit, const uint8_t *origin);
+void broker_free_kept(mdg_broker *b, peer *p);
+void broker_trim_kept(mdg_broker *b, peer *p, uint64_t ack);
+int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind, uint64_t corr,
+                   uint32_t flags, const char *command, mdg_params *params, const void *bulk, size_t bulk_len);
+void broker_send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, uint64_t corr,
+                       const char *command, const char *text);
+bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who);
+void broker_hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f);
+void broker_release_ready(mdg_broker *b);
+int broker_on_ack_timer(mdg_loop *loop, void *arg, short revents);
+int broker_on_backlog_timer(mdg_loop *loop, void *arg, short revents);
+
+/* broker_route.c: dispatch, forwarding to nodes, fairness */
+void broker_share_release(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk);
+void broker_fwd_free(mdg_broker *b, fwd *f);
+void broker_resume_paused_fwds(mdg_broker *b, peer *p);
+void broker_drop_fwds(mdg_broker *b, peer *p);
+bool broker_dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f);
+bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f);
+
+/* broker_native.c: the native listener */
+void broker_drain(mdg_broker *b, void *sock, void (*handle)(mdg_broker *, mdg_frames *));
+int broker_on_router(mdg_loop *loop, void *arg, short revents);
+
+/* broker_legacy.c: the Messidge 1.x listener */
+int broker_bind_legacy(mdg_broker *b);
+
+#endif

@@ -1,0 +1,203 @@
+/* broker_native.c - the native listener: a message read from the CURVE
+ * ROUTER, its sender known by the User-Id our ZAP reply gave its link,
+ * its header decoded and checked, then a hello (a session opened or
+ * resumed), a goodbye, or a message for its session's channel. What goes
+ * back out is encoded by mdg_wire_send (native_transport). */
+#include "broker_internal.h"
+
+#include <string.h>
+
+#define RECV_BATCH 256                     /* messages handled per wake-up */
+
+/* One message out, encoded by the wire layer on the CURVE ROUTER. */
+static int native_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    return mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk);
+}
+
+static mdg_map *native_rids(mdg_broker *b)
+{
+    return b->peers;
+}
+
+/* Native peers number and acknowledge their messages and know mdg.flow. */
+static const broker_transport native_transport = {
+    .send = native_send,
+    .rids = native_rids,
+    .acks = true,
+    .flow = true,
+};
+
+/* A hello: a new session, or the resume of one. */
+static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, const char *uid,
+                     int fd, mdg_frames *f)
+{
+    mdg_params *hp = NULL;
+    const uint8_t *sid = NULL;
+    size_t sid_len = 0;
+    int64_t ack = 0, hb = 0;
+    if (f->n >= 3 &&
+        mdg_wire_decode_params(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2]), &hp) == 0) {
+        mdg_params_get_bytes(hp, "session", &sid, &sid_len);
+        if (mdg_params_get_int(hp, "ack", &ack) != 0 || ack < 0)
+            ack = 0;
+        mdg_params_get_int(hp, "heartbeat", &hb);
+    }
+    /* A client that keeps quiet for 3 of its heartbeats (and a second) is
+     * taken as gone, as its own side takes a silent broker. */
+    if (hb < 100 || hb > 600000)
+        hb = 2000;
+    int silence_ms = (int)(3 * hb + 1000);
+    if (p && !(sid && sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
+        broker_close_session(b, p, "replaced by a new hello");
+    if (!sid || !broker_resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms,
+                                      &native_transport))
+        broker_open_session(b, rid, rid_len, uid, fd, silence_ms, &native_transport, NULL);
+    mdg_params_destroy(&hp);
+}
+
+/* The session a routing id leads to, for a message from key uid. Routing
+ * ids can be chosen by clients: one that now belongs to another key must
+ * neither reach nor close the old session, so it is unmapped (and the
+ * session detached when that was its live link). */
+static peer *peer_of(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid)
+{
+    peer *p = mdg_map_get(b->peers, rid, rid_len);
+    if (!p || strcmp(p->user_id, uid) == 0)
+        return p;
+    mdg_map_take(b->peers, rid, rid_len);
+    if (p->attached && p->rid_len == rid_len && memcmp(p->rid, rid, rid_len) == 0)
+        broker_detach(b, p, "routing id taken by another key");
+    return NULL;
+}
+
+static void handle_message(mdg_broker *b, mdg_frames *f)
+{
+    if (f->n < 2) {
+        mdg_log(MDG_LOG_WARN, "message without a header dropped");
+        return;
+    }
+    const uint8_t *rid = zmq_msg_data(&f->part[0]);
+    size_t rid_len = zmq_msg_size(&f->part[0]);
+    const char *uid = zmq_msg_gets(&f->part[1], "User-Id");
+    if (!uid || strlen(uid) != USER_ID_LEN) {
+        mdg_log(MDG_LOG_ERROR, "message without an authenticated key dropped");
+        return;
+    }
+    char who[16];
+    snprintf(who, sizeof who, "%.12s", uid + 1);
+
+    peer *p = peer_of(b, rid, rid_len, uid);
+
+    mdg_header h;
+    if (mdg_wire_decode_header(zmq_msg_data(&f->part[1]), zmq_msg_size(&f->part[1]), &h) != 0) {
+        mdg_log(MDG_LOG_WARN, "from %s: %s", who, mdg_last_error());
+        broker_send_error(b, rid, rid_len, p, 0, "", mdg_last_error());
+        return;
+    }
+    if (f->dropped || f->n > 4) {
+        mdg_log(MDG_LOG_WARN, "'%s' from %s with too many frames dropped", h.command, who);
+        broker_send_error(b, rid, rid_len, p, h.corr, h.command, "a message has a header, params and at most one bulk frame");
+        return;
+    }
+    switch (h.kind) {
+    case MDG_K_HELLO: {
+        /* A new link's socket may reuse the fd of one that just dropped:
+         * take the drop events first (libzmq emits them before the old fd
+         * is closed, so they are queued before this hello could arrive). */
+        broker_on_monitor(b->loop, b, 0);
+        p = peer_of(b, rid, rid_len, uid);
+        /* The key was admitted when its connection was made; it may have
+         * been revoked since (the connection outlives the revocation). */
+        uint8_t pk[MDG_KEY_BYTES];
+        int role = mdg_pk_from_b64(pk, uid + 1) == 0 ? broker_role_of(b, pk) : MDG_ROLE_NONE;
+        if (role != (uid[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER)) {
+            mdg_log(MDG_LOG_WARN, "hello from %s refused: key no longer admitted in that role", who);
+            mdg_params *why = mdg_params_new();
+            if (why)
+                mdg_params_set_str(why, "reason", "key not admitted (revoked?)");
+            broker_send_to(b, rid, rid_len, NULL, MDG_K_BYE, 0, 0, "", why, NULL, 0);
+            return;
+        }
+        on_hello(b, p, rid, rid_len, uid, zmq_msg_get(&f->part[1], ZMQ_SRCFD), f);
+        return;
+    }
+    case MDG_K_BYE:
+        if (p) {
+            /* its ack first: what it has is not "undelivered" (even what a
+             * detach marked to send again: the ack says it arrived) */
+            p->unsent = NULL;
+            if (h.ack)
+                broker_trim_kept(b, p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
+            broker_close_session(b, p, "client said goodbye");
+        }
+        return;
+    default:
+        break;
+    }
+    if (!p) {
+        mdg_log(MDG_LOG_WARN, "%s '%s' from %s without a session", mdg_kind_name(h.kind), h.command, who);
+        /* "resync": the client's link is fine but its session is gone (e.g.
+         * closed after a long silence): it should say hello again */
+        mdg_params *e = mdg_params_new();
+        if (e) {
+            mdg_params_set_str(e, "error", "no session: send hello first");
+            mdg_params_set_str(e, "command", h.command);
+            mdg_params_set_bool(e, "resync", true);
+            broker_send_to(b, rid, rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
+        }
+        return;
+    }
+    p->last_rx = mdg_now_ms();
+    if (!p->attached && p->silent && rid_len == p->rid_len && memcmp(rid, p->rid, rid_len) == 0) {
+        /* it was only quiet: the link never dropped */
+        mdg_log(MDG_LOG_INFO, "%s %s speaks again on its link", p->role == MDG_ROLE_NODE ? "node" : "user", who);
+        p->attached = true;
+        p->silent = false;
+        mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p);
+        broker_flush_peer(b, p);
+    }
+    /* acknowledgements count at once, even for a message that must wait:
+     * they are what frees the queues it waits for */
+    if (h.ack)
+        broker_trim_kept(b, p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
+    if (h.kind == MDG_K_ACK)
+        return;
+    if (mdg_kind_sequenced(h.kind) && h.seq == 0) {
+        /* numbered kinds count from 1: one without its number would skip
+         * duplicate detection and run again each time it came. Not
+         * processed, not counted; a command's caller is answered, a reply
+         * or error gets a notice (its corr names a call of ours) */
+        char why[160];
+        snprintf(why, sizeof why, "unnumbered %s refused: commands, replies and errors are numbered from 1 "
+                                  "(seq 0 is only for hello, welcome, bye and ack)", mdg_kind_name(h.kind));
+        mdg_log(MDG_LOG_WARN, "'%s' from %s %s: %s", h.command, p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+        broker_send_error(b, p->rid, p->rid_len, p, h.kind == MDG_K_CMD ? h.corr : 0, h.command, why);
+        return;
+    }
+    if (p->held_head || !broker_process(b, p, &h, f, who))
+        broker_hold(b, p, &h, f);
+}
+
+/* Read a batch from one of the listeners. Connection events first: a
+ * socket fd closes before it can be reused by a new connection whose
+ * messages follow. */
+void broker_drain(mdg_broker *b, void *sock, void (*handle)(mdg_broker *, mdg_frames *))
+{
+    mdg_frames f;
+    broker_on_monitor(b->loop, b, 0);
+    for (int i = 0; i < RECV_BATCH && mdg_frames_recv(sock, &f) == 0; i++) {
+        handle(b, &f);
+        mdg_frames_close(&f);
+    }
+    broker_release_ready(b);
+}
+
+int broker_on_router(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    broker_drain(b, b->router, handle_message);
+    return 0;
+}

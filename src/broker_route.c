@@ -1,0 +1,457 @@
+/* broker_route.c - where a message goes: a command to the broker's own
+ * handler (checked against the application's table, stamped with who sent
+ * it), or forwarded to a node; a node's reply routed back to the session
+ * that called; the replies of the broker's handlers. Fairness: one session
+ * has at most node_window messages at a node at once (its share), and a
+ * caller that does not read has its nodes paused (FLOW_COMMAND), then its
+ * calls ended. */
+#include "broker_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define PAUSE_OVERSHOOT 10000              /* replies a paused call may still bring: a client's default queue_limit */
+#define FLOW_COMMAND "mdg.flow"            /* broker -> node: pause, resume or end one call's replies */
+
+/* ------------------------------------------------------- shares of nodes */
+
+static void share_key(uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES], const uint8_t *sid, const uint8_t *node_pk)
+{
+    memcpy(key, sid, SESSION_ID_BYTES);
+    memcpy(key + SESSION_ID_BYTES, node_pk, MDG_KEY_BYTES);
+}
+
+/* One more message of a session at a node: 0, MDG_EAGAIN when its share
+ * is full (node_window), or MDG_ENOMEM. */
+static int share_take(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk)
+{
+    uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
+    share_key(key, sid, node_pk);
+    share *s = mdg_map_get(b->shares, key, sizeof key);
+    if (s && s->used >= b->node_window)
+        return MDG_EAGAIN;
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s)))
+            return MDG_ENOMEM;
+        memcpy(s->key, key, sizeof key);
+        if (mdg_map_put(b->shares, key, sizeof key, s) != 0) {
+            free(s);
+            return MDG_ENOMEM;
+        }
+    }
+    s->used++;
+    return 0;
+}
+
+/* One message of a session at a node is done: room in its share, so a
+ * session held for want of it goes on (after the current batch). */
+void broker_share_release(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk)
+{
+    uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
+    share_key(key, sid, node_pk);
+    share *s = mdg_map_get(b->shares, key, sizeof key);
+    if (s && --s->used <= 0)
+        free(mdg_map_take(b->shares, key, sizeof key));
+    peer *held = mdg_map_get(b->holding, sid, SESSION_ID_BYTES);
+    if (held)
+        mdg_map_put(b->ready, sid, SESSION_ID_BYTES, held);
+}
+
+/* -------------------------------------------------------- forwarded calls */
+
+/* Collect forwarded calls matching a predicate (the map cannot change
+ * while it is walked). */
+typedef struct fwd_scan {
+    const uint8_t *key;
+    bool by_node; /* match node_pk, else session_id */
+    mdg_ptrs found;
+} fwd_scan;
+
+static void scan_one(void *value, void *arg)
+{
+    fwd *f = value;
+    fwd_scan *s = arg;
+    bool match = s->by_node ? memcmp(f->node_pk, s->key, MDG_KEY_BYTES) == 0
+                            : memcmp(f->session_id, s->key, SESSION_ID_BYTES) == 0;
+    if (match)
+        mdg_ptrs_push(&s->found, f);
+}
+
+/* A forwarded call is over: forgotten, and its place in its caller's share
+ * of the node freed (an ended one freed it when it ended). */
+void broker_fwd_free(mdg_broker *b, fwd *f)
+{
+    mdg_map_take_u64(b->fwds, f->id);
+    if (f->ended) {
+        b->tombstones--;
+    } else {
+        peer *caller = f->paused ? mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES) : NULL;
+        if (caller)
+            caller->paused_fwds--;
+        broker_share_release(b, f->session_id, f->node_pk);
+    }
+    free(f);
+}
+
+/* Tell a node about one of its calls (FLOW_COMMAND, numbered like any
+ * command): "pause" its replies (the caller is not reading), "resume"
+ * them, or "end" the call (the caller has gone or stopped reading for too
+ * long: the node's further replies to it fail locally). Never refused for
+ * lack of room: at most a few per call. Sent only to nodes whose transport
+ * knows it (flow). */
+static void send_flow(mdg_broker *b, peer *node, uint64_t id, const char *state, const char *reason)
+{
+    mdg_params *fp = node->transport->flow ? mdg_params_new() : NULL;
+    mdg_header h = {.kind = MDG_K_CMD};
+    zmq_msg_t pm;
+    if (fp && mdg_params_set_int(fp, "call", (int64_t)id) == 0 && mdg_params_set_str(fp, "state", state) == 0 &&
+        (!reason || mdg_params_set_str(fp, "reason", reason) == 0) && mdg_header_set_command(&h, FLOW_COMMAND) == 0 &&
+        mdg_wire_encode_params(fp, &pm) == 0)
+        broker_send_frames_max(b, node, &h, &pm, NULL, SIZE_MAX, NULL);
+    mdg_params_destroy(&fp);
+}
+
+/* The broker ends a call whose caller has gone or does not read: the
+ * caller (if any) gets a final error, the node is told to stop, and the
+ * record stays a while as a tombstone so that the replies already on their
+ * way are dropped quietly instead of each drawing a refusal. */
+static void end_fwd(mdg_broker *b, fwd *f, peer *caller, const char *why)
+{
+    if (caller)
+        broker_send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
+    peer *node = mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES);
+    if (node)
+        send_flow(b, node, f->id, "end", why);
+    if (f->paused && caller)
+        caller->paused_fwds--;
+    f->paused = false;
+    f->ended = true;
+    f->ended_at = mdg_now_ms();
+    b->tombstones++;
+    broker_share_release(b, f->session_id, f->node_pk);
+}
+
+/* A session that was not reading has caught up: the nodes paused for it
+ * may send its replies again. */
+void broker_resume_paused_fwds(mdg_broker *b, peer *p)
+{
+    fwd_scan s = {.key = p->session_id};
+    mdg_map_each(b->fwds, scan_one, &s);
+    for (size_t i = 0; i < s.found.n; i++) {
+        fwd *f = s.found.v[i];
+        peer *node = f->paused ? mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES) : NULL;
+        if (node)
+            send_flow(b, node, f->id, "resume", NULL);
+        f->paused = false;
+    }
+    p->paused_fwds = 0;
+    mdg_ptrs_free(&s.found);
+}
+
+/* A peer has gone. A node: calls waiting on it are failed to their
+ * callers, so no one waits forever. A user: its calls to nodes are ended
+ * (the nodes are told to stop their replies). */
+void broker_drop_fwds(mdg_broker *b, peer *p)
+{
+    fwd_scan s = {.key = p->role == MDG_ROLE_NODE ? p->pk : p->session_id,
+                  .by_node = p->role == MDG_ROLE_NODE};
+    mdg_map_each(b->fwds, scan_one, &s);
+    for (size_t i = 0; i < s.found.n; i++) {
+        fwd *f = s.found.v[i];
+        if (!s.by_node) {
+            if (!f->ended)
+                end_fwd(b, f, NULL, "the caller's session has closed");
+            continue;
+        }
+        peer *caller = f->ended ? NULL : mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
+        if (caller) {
+            char who[MDG_KEY_B64_LEN + 1], why[160];
+            mdg_pk_to_b64(f->node_pk, who);
+            snprintf(why, sizeof why, "node %s went away before answering", who);
+            broker_send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
+        }
+        broker_fwd_free(b, f);
+    }
+    mdg_ptrs_free(&s.found);
+}
+
+/* -------------------------------------------------------------- dispatch */
+
+/* A message not taken: logged, and its sender told why. */
+static void refuse(mdg_broker *b, peer *p, const mdg_header *h, const char *why)
+{
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(p->pk, who);
+    mdg_log(MDG_LOG_WARN, "'%s' from %s %s refused: %s", h->command,
+            p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+    broker_send_error(b, p->rid, p->rid_len, p, h->corr, h->command, why);
+}
+
+/* Replies of broker handlers go to the session that sent the command, and
+ * only while that session lives. */
+static int broker_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results,
+                             const void *bulk, size_t bulk_len)
+{
+    mdg_broker *b = m->owner;
+    if (kind == MDG_K_ERROR) {
+        char who[MDG_KEY_B64_LEN + 1];
+        const char *text = "";
+        pk_short(m->pk, who);
+        mdg_params_get_str(results, "error", &text);
+        mdg_log(MDG_LOG_INFO, "'%s' from %s failed: %s", m->h.command, who, text);
+    }
+    mdg_header h = {.kind = (uint8_t)kind, .corr = m->h.corr, .flags = flags};
+    if (!broker_on_loop(b))
+        return broker_queue_send(b, false, m->session_id, SESSION_ID_BYTES, &h, results, bulk, bulk_len);
+    peer *p = mdg_map_get(b->sessions, m->session_id, SESSION_ID_BYTES);
+    if (!p) {
+        mdg_params_destroy(&results);
+        return mdg_fail(MDG_ECLOSED, "the session that sent '%s' has closed", m->h.command);
+    }
+    return broker_send_to(b, NULL, 0, p, kind, m->h.corr, flags, "", results, bulk, bulk_len);
+}
+
+/* The provenance params (docs/protocol.md section 7). Every command a peer
+ * sends, user or node, whatever protocol it speaks, to a broker handler or
+ * forwarded to a node, passes here: whatever the sender wrote under these
+ * names is removed, then the broker writes its own values, by the sender's
+ * role:
+ *
+ *   sender   user                session                 node
+ *   user     its key (32 bytes)  its session id (16)     -
+ *   node     -                   -                       its key (32 bytes)
+ *
+ * so a receiver sees each of them only when the broker put it there. (A
+ * node's call to a node is refused before this; replies and the broker's
+ * own commands are stamped nothing.) forward: a user's call to a node,
+ * whose `node` names the target and is no forgery. */
+static const char *const provenance[] = {"user", "session", "node"};
+
+static int stamp_identity(mdg_msg *m, peer *p, bool forward)
+{
+    bool node = p->role == MDG_ROLE_NODE;
+    for (size_t i = 0; i < sizeof provenance / sizeof provenance[0]; i++) {
+        int rc = mdg_params_remove(m->params, provenance[i]);
+        if (rc == MDG_ENOTFOUND || (rc == 0 && forward && strcmp(provenance[i], "node") == 0))
+            continue;
+        if (rc) /* still there: the message must not go on */
+            return rc;
+        char who[MDG_KEY_B64_LEN + 1];
+        mdg_log(MDG_LOG_INFO, "'%s' from %s %s: its own '%s' param removed (only the broker stamps user, session "
+                              "and node)", m->h.command, node ? "node" : "user", pk_short(p->pk, who), provenance[i]);
+    }
+    if (node)
+        return mdg_params_set_bytes(m->params, "node", p->pk, MDG_KEY_BYTES);
+    int rc = mdg_params_set_bytes(m->params, "user", p->pk, MDG_KEY_BYTES);
+    return rc ? rc : mdg_params_set_bytes(m->params, "session", p->session_id, SESSION_ID_BYTES);
+}
+
+static bool in_table(const mdg_cmd *t, const char *name)
+{
+    for (; t && t->name; t++)
+        if (strcmp(t->name, name) == 0)
+            return true;
+    return false;
+}
+
+/* The peer has queue_limit messages unacknowledged: it takes no more. */
+static bool peer_full(const mdg_broker *b, const peer *p)
+{
+    return p->out_len >= (size_t)b->queue_limit;
+}
+
+/* A user's call to a node: check the node, stamp who calls, remember who
+ * may answer, and pass it on (the bulk frame is moved, not copied).
+ * Returns false when the node cannot take more now: the call waits. */
+static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
+{
+    const uint8_t *pk;
+    size_t len;
+    char why[200], who[MDG_KEY_B64_LEN + 1];
+    if (mdg_params_get_bytes(m->params, "node", &pk, &len) != 0 || len != MDG_KEY_BYTES) {
+        refuse(b, p, &m->h, "param 'node' must be a node's public key (32 bytes)");
+        return true;
+    }
+    peer *node = mdg_map_get(b->nodes, pk, MDG_KEY_BYTES);
+    if (!node) {
+        mdg_pk_to_b64(pk, who);
+        snprintf(why, sizeof why, "node %s is not connected", who);
+        refuse(b, p, &m->h, why);
+        return true;
+    }
+    /* commands named mdg.* are the broker's own word to a node (FLOW_COMMAND):
+     * a user who could send one could pause or end another user's call */
+    if (strncmp(m->h.command, "mdg.", 4) == 0) {
+        refuse(b, p, &m->h, "command names beginning 'mdg.' are reserved");
+        return true;
+    }
+    /* fairness: one session has at most node_window messages at a node,
+     * so a flood from one sender waits at the broker, not in front of
+     * everyone else's calls at the node */
+    if (peer_full(b, node))
+        return false;
+    int rc = share_take(b, p->session_id, node->pk);
+    if (rc == MDG_EAGAIN)
+        return false;
+    zmq_msg_t pm, bm;
+    if (rc || stamp_identity(m, p, true) != 0 || /* which removes "node": pk is no longer valid */
+        mdg_wire_encode_params(m->params, &pm) != 0) {
+        if (rc == 0)
+            broker_share_release(b, p->session_id, node->pk);
+        refuse(b, p, &m->h, "broker out of memory");
+        return true;
+    }
+    fwd *f = NULL;
+    if (m->h.corr) {
+        f = calloc(1, sizeof *f);
+        if (!f || mdg_map_put_u64(b->fwds, b->next_fwd + 1, f) != 0) {
+            free(f);
+            zmq_msg_close(&pm);
+            broker_share_release(b, p->session_id, node->pk);
+            refuse(b, p, &m->h, "broker out of memory");
+            return true;
+        }
+        f->id = ++b->next_fwd;
+        memcpy(f->node_pk, node->pk, MDG_KEY_BYTES);
+        memcpy(f->session_id, p->session_id, SESSION_ID_BYTES);
+        f->user_corr = m->h.corr;
+        snprintf(f->command, sizeof f->command, "%.63s", m->h.command);
+    }
+    mdg_header h = {.kind = MDG_K_CMD, .corr = f ? f->id : 0};
+    mdg_header_set_command(&h, m->h.command);
+    if (m->has_bulk) {
+        zmq_msg_init(&bm);
+        zmq_msg_move(&bm, &m->bulk);
+    }
+    /* a call counts in the share while its forward lives, a
+     * fire-and-forget command until the node acknowledges it */
+    if (broker_send_frames_max(b, node, &h, &pm, m->has_bulk ? &bm : NULL, (size_t)b->queue_limit,
+                        f ? NULL : p->session_id) != 0) {
+        if (f)
+            broker_fwd_free(b, f);
+        else
+            broker_share_release(b, p->session_id, node->pk);
+        pk_short(node->pk, who);
+        snprintf(why, sizeof why, "node %s cannot take the call: %s", who, mdg_last_error());
+        refuse(b, p, &m->h, why);
+    }
+    return true;
+}
+
+/* A node's reply: only the node the call went to may answer, and the reply
+ * goes to the calling session only. Frames are passed on as they came. */
+bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f)
+{
+    char who[MDG_KEY_B64_LEN + 1]; /* made only for a log line: this is the reply path */
+    if (h->corr == 0) { /* the node reports an error about a fire-and-forget call */
+        mdg_log(MDG_LOG_WARN, "node %s reports an error it cannot route (no caller waits)", pk_short(node->pk, who));
+        return true;
+    }
+    fwd *fw = mdg_map_get_u64(b->fwds, h->corr);
+    if (!fw || memcmp(fw->node_pk, node->pk, MDG_KEY_BYTES) != 0) {
+        mdg_log(MDG_LOG_WARN, "reply from node %s to call %llu, not pending for it (never sent, or its caller left): refused", pk_short(node->pk, who),
+                (unsigned long long)h->corr);
+        broker_send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: no such call pending for this node");
+        return true;
+    }
+    if (fw->ended) { /* on its way before the node heard that the call was ended */
+        if (!(h->flags & MDG_F_MORE))
+            broker_fwd_free(b, fw);
+        return true;
+    }
+    int nparts = f->n - 2;
+    if (nparts < 1 || nparts > 2 || f->dropped ||
+        mdg_wire_check_cbor(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2])) != 0 ||
+        (((uint8_t *)zmq_msg_data(&f->part[2]))[0] >> 5) != 5 /* a CBOR map */) {
+        mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", pk_short(node->pk, who));
+        broker_send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
+        return true;
+    }
+    /* A node is never paused for one caller: its replies to a caller that
+     * does not read wait in that caller's queue, past queue_limit. At 1.5
+     * times queue_limit the node is asked to pause this call (its other
+     * calls go on). A node that goes on sending to it (more than the
+     * replies already on their way: queue_limit, at least PAUSE_OVERSHOOT)
+     * has the call ended: the caller gets an error, the node is told to
+     * stop. So what waits for one caller is bounded per open call. */
+    bool final = !(h->flags & MDG_F_MORE);
+    size_t overshoot = b->queue_limit > PAUSE_OVERSHOOT ? (size_t)b->queue_limit : PAUSE_OVERSHOOT;
+    peer *caller = mdg_map_get(b->sessions, fw->session_id, SESSION_ID_BYTES);
+    if (!caller) {
+        broker_fwd_free(b, fw);
+        return true;
+    }
+    if (!final && fw->paused && ++fw->since_pause > overshoot) {
+        char why[300];
+        snprintf(why, sizeof why, "the broker ended '%s': its caller is not reading (%zu messages wait for it)",
+                 fw->command, caller->out_len);
+        mdg_log(MDG_LOG_WARN, "from node %s: %s", pk_short(node->pk, who), why);
+        end_fwd(b, fw, caller, why);
+        return true;
+    }
+    mdg_header out = {.kind = h->kind, .corr = fw->user_corr, .flags = h->flags};
+    zmq_msg_t pm, bm;
+    zmq_msg_init(&pm);
+    zmq_msg_move(&pm, &f->part[2]);
+    if (nparts == 2) {
+        zmq_msg_init(&bm);
+        zmq_msg_move(&bm, &f->part[3]);
+    }
+    if (broker_send_frames_max(b, caller, &out, &pm, nparts == 2 ? &bm : NULL, SIZE_MAX, NULL) != 0) {
+        char why[300];
+        snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
+        mdg_log(MDG_LOG_ERROR, "from node %s: %s", pk_short(node->pk, who), why);
+        broker_send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
+    }
+    if (final) {
+        broker_fwd_free(b, fw);
+    } else if (caller->out_len >= broker_over_limit(b, 6) && !fw->paused && node->transport->flow) {
+        fw->paused = true;
+        fw->since_pause = 0;
+        caller->paused_fwds++;
+        send_flow(b, node, fw->id, "pause", NULL);
+    }
+    return true;
+}
+
+/* Returns false when the message must wait (its node is full). */
+bool broker_dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
+{
+    char why[512];
+    mdg_msg *m = NULL;
+    int rc = mdg_msg_from_frames(&m, h, f, 2);
+    if (rc) {
+        snprintf(why, sizeof why, "bad message: %s", mdg_last_error());
+        refuse(b, p, h, why);
+        return true;
+    }
+    m->send_reply = broker_send_reply;
+    m->owner = b;
+    m->session_data = p->data;
+    memcpy(m->session_id, p->session_id, SESSION_ID_BYTES);
+    memcpy(m->pk, p->pk, MDG_KEY_BYTES);
+
+    if (!in_table(b->cmds, h->command) && mdg_params_has(m->params, "node")) {
+        bool done = true;
+        if (p->role == MDG_ROLE_NODE)
+            refuse(b, p, h, "nodes cannot call nodes");
+        else
+            done = forward_to_node(b, p, m);
+        if (!done && m->has_bulk) { /* give the bulk back to the frames for the retry */
+            zmq_msg_move(&f->part[3], &m->bulk);
+        }
+        mdg_msg_destroy(&m);
+        return done;
+    }
+    /* stamped first, so a table may list user/session/node as required */
+    const mdg_cmd *c = NULL;
+    if (stamp_identity(m, p, false) != 0)
+        refuse(b, p, h, "broker out of memory");
+    else if (!(c = mdg_cmd_check(b->cmds, m, p->role == MDG_ROLE_NODE, why, sizeof why)))
+        refuse(b, p, h, why);
+    else
+        c->handler(m, b->cmd_arg);
+    if (!m->kept)
+        mdg_msg_destroy(&m);
+    return true;
+}
