@@ -429,7 +429,7 @@ static int bind_sockets(mdg_broker *b)
         (rc = mdg_loop_watch(b->loop, b->zap, -1, ZMQ_POLLIN, broker_on_zap, b)) ||
         (rc = broker_listen_on(b, b->router, &b->mon, "native", b->port, &b->bound_port, broker_on_router, ep)))
         return rc;
-    if (mdg_loop_timer(b->loop, ACK_DELAY_MS, true, broker_on_ack_timer, b) < 0 ||
+    if (mdg_loop_timer(b->loop, MDG_CHAN_ACK_DELAY_MS, true, broker_on_ack_timer, b) < 0 ||
         mdg_loop_timer(b->loop, BACKLOG_RETRY_MS, true, broker_on_backlog_timer, b) < 0 ||
         mdg_loop_timer(b->loop, GRACE_CHECK_MS, true, broker_on_grace_timer, b) < 0)
         return mdg_fail(MDG_ENOMEM, "no room for the broker's timers");

@@ -11,59 +11,51 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ACK_EVERY 32                       /* acknowledge at least every N messages... */
-
 /* ---------------------------------------------------------------- sending */
 
-/* Send on the peer's own socket, in its own protocol; mdg_wire_send's
- * contract (params and bulk taken, but on MDG_EAGAIN). */
-static int peer_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+/* The peer's link, for its channel: its own socket, in its own protocol. */
+static int chan_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
-    return p->transport->send(b, p, h, params, bulk);
+    peer *p = owner;
+    return p->transport->send(p->broker, p, h, params, bulk);
 }
 
-/* Hand one kept message to libzmq (a copy: the original stays until it is
- * acknowledged). 0, MDG_EAGAIN when the peer's pipe is full, or an error. */
-static int push(mdg_broker *b, peer *p, kept *k)
+static void free_one_kept(mdg_broker *b, peer *p, kept *k)
 {
-    zmq_msg_t pm, bm;
-    zmq_msg_init(&pm);
-    zmq_msg_copy(&pm, &k->params);
-    if (k->has_bulk) {
-        zmq_msg_init(&bm);
-        zmq_msg_copy(&bm, &k->bulk);
-    }
-    k->h.ack = p->rx_seq;
-    int rc = peer_send(b, p, &k->h, &pm, k->has_bulk ? &bm : NULL);
-    if (rc == MDG_EAGAIN) {
-        zmq_msg_close(&pm);
-        if (k->has_bulk)
-            zmq_msg_close(&bm);
-    } else if (rc == 0) {
-        p->ack_sent = p->rx_seq;
-    }
-    return rc;
+    if (k->counted)
+        broker_share_release(b, k->origin, p->pk);
+    zmq_msg_close(&k->m.params);
+    if (k->m.has_bulk)
+        zmq_msg_close(&k->m.bulk);
+    free(k);
 }
 
+static void chan_release(void *owner, mdg_chan_msg *m)
+{
+    peer *p = owner;
+    free_one_kept(p->broker, p, (kept *)m);
+}
+
+static const mdg_chan_ops acking_link = {.send = chan_send, .release = chan_release, .acks = true};
+/* none will come: once libzmq has a message, it is gone */
+static const mdg_chan_ops plain_link = {.send = chan_send, .release = chan_release, .acks = false};
+
+void broker_chan_init(peer *p)
+{
+    mdg_chan_init(&p->chan, p->transport->acks ? &acking_link : &plain_link, p);
+}
 
 /* Send what a peer has not been sent yet, in order, while it is attached.
  * A full pipe (a slow reader) leaves the rest for the backlog timer. */
 void broker_flush_peer(mdg_broker *b, peer *p)
 {
-    while (p->attached && p->unsent) {
-        int rc = push(b, p, p->unsent);
-        if (rc == MDG_EAGAIN) {
-            mdg_map_put(b->backlog, p->session_id, SESSION_ID_BYTES, p);
-            return;
-        }
-        if (rc != 0) { /* unroutable: the link is gone (the monitor may not know yet) */
-            broker_detach(b, p, "unroutable");
-            return;
-        }
-        p->unsent = p->unsent->next;
-        if (!p->transport->acks) /* none will come: libzmq has it, it is gone */
-            broker_trim_kept(b, p, p->tx_seq);
-    }
+    if (!p->attached)
+        return;
+    int rc = mdg_chan_flush(&p->chan);
+    if (rc == MDG_EAGAIN)
+        mdg_map_put(b->backlog, p->session_id, SESSION_ID_BYTES, p);
+    else if (rc != 0) /* unroutable: the link is gone (the monitor may not know yet) */
+        broker_detach(b, p, "unroutable");
 }
 
 /* The final answer to a call (a reply without MORE, or an error to a
@@ -101,24 +93,26 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
 {
     if (!mdg_kind_sequenced(h->kind)) {
         h->seq = 0;
-        h->ack = p->rx_seq;
-        int rc = p->attached ? peer_send(b, p, h, params, bulk) : mdg_fail(MDG_ECLOSED, "peer is away");
+        mdg_chan_stamp(&p->chan, h);
+        int rc = p->attached ? chan_send(p, h, params, bulk) : mdg_fail(MDG_ECLOSED, "peer is away");
         if (rc == MDG_EAGAIN || (rc && !p->attached)) {
             zmq_msg_close(params);
             if (bulk)
                 zmq_msg_close(bulk);
+        } else if (rc == 0) {
+            mdg_chan_ack_told(&p->chan, h->ack); /* an ACK (or a hello's answer) says it too */
         }
         return rc;
     }
-    if (p->out_len >= limit) {
+    if (p->chan.len >= limit) {
         char who[MDG_KEY_B64_LEN + 1];
         pk_short(p->pk, who);
         zmq_msg_close(params);
         if (bulk)
             zmq_msg_close(bulk);
         mdg_log(MDG_LOG_ERROR, "%s '%s' to %s refused: %zu messages already wait for it (queue_limit)",
-                mdg_kind_name(h->kind), h->command, who, p->out_len);
-        return mdg_fail(MDG_EAGAIN, "the receiver's queue is full (%zu messages unacknowledged)", p->out_len);
+                mdg_kind_name(h->kind), h->command, who, p->chan.len);
+        return mdg_fail(MDG_EAGAIN, "the receiver's queue is full (%zu messages unacknowledged)", p->chan.len);
     }
     kept *k = calloc(1, sizeof *k);
     if (!k) {
@@ -127,41 +121,24 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
             zmq_msg_close(bulk);
         return mdg_fail(MDG_ENOMEM, "out of memory queueing a message");
     }
-    h->seq = ++p->tx_seq;
-    k->h = *h;
+    k->m.h = *h;
     if (origin) {
         k->counted = true;
         memcpy(k->origin, origin, SESSION_ID_BYTES);
     }
-    zmq_msg_init(&k->params);
-    zmq_msg_move(&k->params, params);
+    zmq_msg_init(&k->m.params);
+    zmq_msg_move(&k->m.params, params);
     zmq_msg_close(params);
     if (bulk) {
-        k->has_bulk = true;
-        zmq_msg_init(&k->bulk);
-        zmq_msg_move(&k->bulk, bulk);
+        k->m.has_bulk = true;
+        zmq_msg_init(&k->m.bulk);
+        zmq_msg_move(&k->m.bulk, bulk);
         zmq_msg_close(bulk);
     }
-    if (p->out_tail)
-        p->out_tail->next = k;
-    else
-        p->out_head = k;
-    p->out_tail = k;
-    p->out_len++;
-    if (!p->unsent)
-        p->unsent = k;
+    mdg_chan_append(&p->chan, &k->m);
+    h->seq = k->m.h.seq;
     broker_flush_peer(b, p);
     return 0;
-}
-
-static void free_one_kept(mdg_broker *b, peer *p, kept *k)
-{
-    if (k->counted)
-        broker_share_release(b, k->origin, p->pk);
-    zmq_msg_close(&k->params);
-    if (k->has_bulk)
-        zmq_msg_close(&k->bulk);
-    free(k);
 }
 
 /* A node's session ends with fire-and-forget commands it has not
@@ -169,44 +146,35 @@ static void free_one_kept(mdg_broker *b, peer *p, kept *k)
  * node may not have run them. */
 void broker_free_kept(mdg_broker *b, peer *p)
 {
-    while (p->out_head) {
-        kept *k = p->out_head;
-        p->out_head = k->next;
+    for (mdg_chan_msg *m = p->chan.head; m; m = m->next) {
+        kept *k = (kept *)m;
         peer *sender = k->counted ? mdg_map_get(b->sessions, k->origin, SESSION_ID_BYTES) : NULL;
         if (sender) {
             char who[MDG_KEY_B64_LEN + 1], why[400];
             mdg_pk_to_b64(p->pk, who);
             snprintf(why, sizeof why, "'%s' may not have reached node %s: its session ended before it acknowledged it",
-                     k->h.command, who);
-            broker_send_error(b, sender->rid, sender->rid_len, sender, 0, k->h.command, why);
+                     m->h.command, who);
+            broker_send_error(b, sender->rid, sender->rid_len, sender, 0, m->h.command, why);
         }
-        free_one_kept(b, p, k);
     }
-    p->out_tail = p->unsent = NULL;
-    p->out_len = 0;
+    mdg_chan_reset(&p->chan);
 }
 
 /* The peer has everything up to ack: forget it (never what was not sent). */
 void broker_trim_kept(mdg_broker *b, peer *p, uint64_t ack)
 {
-    size_t before = p->out_len;
-    while (p->out_head && p->out_head != p->unsent && p->out_head->h.seq <= ack) {
-        kept *k = p->out_head;
-        p->out_head = k->next;
-        free_one_kept(b, p, k);
-        p->out_len--;
-    }
-    if (!p->out_head)
-        p->out_tail = NULL;
-    if (ack > p->acked)
-        p->acked = ack;
-    if (p->out_len == before)
-        return;
-    /* room again: a peer held because its own queue was full goes on, and
-     * nodes paused for its sake may send again once it has caught up */
-    if (p->held_head && p->out_len < broker_over_limit(b, 8))
+    if (mdg_chan_acked(&p->chan, ack))
+        broker_room_made(b, p);
+}
+
+/* Room again in a peer's queue: a peer held because its own queue was full
+ * goes on, and nodes paused for its sake may send again once it has caught
+ * up. */
+void broker_room_made(mdg_broker *b, peer *p)
+{
+    if (p->held_head && p->chan.len < broker_over_limit(b, 8))
         mdg_map_put(b->ready, p->session_id, SESSION_ID_BYTES, p);
-    if (p->paused_fwds && p->out_len <= broker_over_limit(b, 5))
+    if (p->paused_fwds && p->chan.len <= broker_over_limit(b, 5))
         broker_resume_paused_fwds(b, p);
 }
 
@@ -279,16 +247,17 @@ bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
 {
     /* a peer without acknowledgements numbers nothing; a numbered kind
      * without its number never gets here (handle_message refuses it) */
-    bool numbered = p->transport->acks && mdg_kind_sequenced(h->kind);
-    if (numbered && h->seq <= p->rx_seq) {
+    int verdict = mdg_chan_check(&p->chan, h);
+    bool numbered = verdict == MDG_CHAN_NEXT;
+    if (verdict == MDG_CHAN_DUPLICATE) {
         mdg_log(MDG_LOG_DEBUG, "duplicate seq %llu from %s dropped", (unsigned long long)h->seq, who);
         return true;
     }
-    if (numbered && h->seq != p->rx_seq + 1) {
+    if (verdict == MDG_CHAN_GAP) {
         /* something before it was lost: never skip it; the client is asked
          * to say hello again, which makes it resend from what we have */
         mdg_log(MDG_LOG_ERROR, "seq gap from %s: expected %llu, got %llu; dropped, asking for a resend", who,
-                (unsigned long long)p->rx_seq + 1, (unsigned long long)h->seq);
+                (unsigned long long)p->chan.rx_seq + 1, (unsigned long long)h->seq);
         ask_resend(b, p, "messages were lost: say hello again");
         return true;
     }
@@ -299,16 +268,16 @@ bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
      * busy stream of those must not starve the sender's own commands.) A
      * node's replies go on whatever its own queue holds: they are what
      * others wait for. */
-    if (p->out_len >= broker_over_limit(b, 8) &&
+    if (p->chan.len >= broker_over_limit(b, 8) &&
         !(p->role == MDG_ROLE_NODE && (h->kind == MDG_K_REPLY || h->kind == MDG_K_ERROR)))
         return false;
     /* Counted as received before it is handled, so that what the handling
      * sends to this peer (a reply, a refusal) acknowledges it at once
      * instead of a separate ACK later. A message that must wait is taken
      * back below; nothing is sent to its sender in that case. */
-    uint64_t prev_rx = p->rx_seq;
+    uint64_t prev_rx = p->chan.rx_seq;
     if (numbered)
-        p->rx_seq = h->seq;
+        mdg_chan_received(&p->chan, h->seq);
     bool done = true;
     switch (h->kind) {
     case MDG_K_CMD:
@@ -327,10 +296,10 @@ bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
         mdg_log(MDG_LOG_WARN, "unexpected %s from %s dropped", mdg_kind_name(h->kind), who);
     }
     if (!done)
-        p->rx_seq = prev_rx;
-    else if (numbered && p->rx_seq - p->ack_sent >= ACK_EVERY)
+        mdg_chan_received(&p->chan, prev_rx); /* taken back: it comes again */
+    else if (numbered && mdg_chan_ack_due(&p->chan))
         broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
-    else if (numbered && p->rx_seq > p->ack_sent) /* not when a reply carried it */
+    else if (numbered && mdg_chan_ack_owed(&p->chan)) /* not when a reply carried it */
         mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
     return done;
 }
@@ -415,7 +384,7 @@ int broker_on_ack_timer(mdg_loop *loop, void *arg, short revents)
     mdg_broker *b = arg;
     peer *p;
     while ((p = mdg_map_pop(b->owed_ack)) != NULL)
-        if (p->attached && p->rx_seq > p->ack_sent)
+        if (p->attached && mdg_chan_ack_owed(&p->chan))
             broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
     return 0;
 }

@@ -15,6 +15,7 @@
 #ifndef MDG_BROKER_INTERNAL_H
 #define MDG_BROKER_INTERNAL_H
 
+#include "channel.h"
 #include "internal.h"
 #include "loop.h"
 #include "map.h"
@@ -27,8 +28,6 @@
 
 #define SESSION_ID_BYTES 16
 #define USER_ID_LEN (1 + MDG_KEY_B64_LEN) /* role letter + base64 pk */
-#define ACK_EVERY 32                       /* acknowledge at least every N messages... */
-#define ACK_DELAY_MS 20                    /* ...or this long after the first */
 #define BACKLOG_RETRY_MS 5                 /* retry peers whose pipe was full */
 #define GRACE_CHECK_MS 250
 #define TOMBSTONE_MS 10000                 /* an ended channel's late replies are dropped quietly this long */
@@ -49,19 +48,14 @@ typedef struct peer {
     uint8_t session_id[SESSION_ID_BYTES];
     int fd;          /* the connection's socket, to notice it closing */
     void *data;      /* the application's per-session / per-node data */
-    uint64_t tx_seq; /* last seq we sent */
-    uint64_t rx_seq; /* last seq we received */
-    uint64_t acked;  /* last of ours the peer has acknowledged */
-    uint64_t ack_sent; /* last rx_seq we told the peer about */
     bool attached;     /* has a live link (rid and fd are valid) */
     bool silent;       /* detached for silence, its link may still be open */
     int64_t detached_at;
     int64_t last_rx;   /* when it last sent anything */
     int silence_ms;    /* silent this long = gone (from its heartbeat) */
-    /* numbered messages not yet acknowledged, oldest first; from `unsent`
-     * on they have not been handed to libzmq yet */
-    struct kept *out_head, *out_tail, *unsent;
-    size_t out_len;
+    mdg_broker *broker;
+    /* numbered messages both ways: ours kept until acknowledged */
+    mdg_channel chan;
     /* messages from this peer read but not yet processed because where
      * they go is full: processed in order once there is room, and not
      * acknowledged before, so the peer's own queue limit holds it back */
@@ -103,10 +97,7 @@ typedef struct held {
 
 /* A numbered message kept until the peer acknowledges it. */
 typedef struct kept {
-    struct kept *next;
-    mdg_header h;
-    zmq_msg_t params, bulk;
-    bool has_bulk;
+    mdg_chan_msg m; /* first: the channel's part */
     /* a fire-and-forget command forwarded to a node: it counts in its
      * sender's share of that node until the node acknowledges it */
     bool counted;
@@ -232,6 +223,7 @@ int broker_on_monitor(mdg_loop *loop, void *arg, short revents);
 int broker_on_grace_timer(mdg_loop *loop, void *arg, short revents);
 
 /* broker_channel.c: each session's numbered messages, both ways */
+void broker_chan_init(peer *p);
 void broker_flush_peer(mdg_broker *b, peer *p);
 size_t broker_over_limit(const mdg_broker *b, int quarters);
 int broker_send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
@@ -239,6 +231,7 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
                            size_t limit, const uint8_t *origin);
 void broker_free_kept(mdg_broker *b, peer *p);
 void broker_trim_kept(mdg_broker *b, peer *p, uint64_t ack);
+void broker_room_made(mdg_broker *b, peer *p);
 int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind, uint64_t corr,
                    uint32_t flags, const char *command, mdg_params *params, const void *bulk, size_t bulk_len);
 void broker_send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, uint64_t corr,

@@ -126,9 +126,8 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         if (p) {
             /* its ack first: what it has is not "undelivered" (even what a
              * detach marked to send again: the ack says it arrived) */
-            p->unsent = NULL;
             if (h.ack)
-                broker_trim_kept(b, p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
+                mdg_chan_resume(&p->chan, h.ack);
             broker_close_session(b, p, "client said goodbye");
         }
         return;
@@ -160,7 +159,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     /* acknowledgements count at once, even for a message that must wait:
      * they are what frees the queues it waits for */
     if (h.ack)
-        broker_trim_kept(b, p, h.ack < p->tx_seq ? h.ack : p->tx_seq);
+        broker_trim_kept(b, p, h.ack);
     if (h.kind == MDG_K_ACK)
         return;
     if (mdg_kind_sequenced(h.kind) && h.seq == 0) {

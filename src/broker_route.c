@@ -257,7 +257,7 @@ static bool in_table(const mdg_cmd *t, const char *name)
 /* The peer has queue_limit messages unacknowledged: it takes no more. */
 static bool peer_full(const mdg_broker *b, const peer *p)
 {
-    return p->out_len >= (size_t)b->queue_limit;
+    return p->chan.len >= (size_t)b->queue_limit;
 }
 
 /* A user's call to a node: check the node, stamp who calls, remember who
@@ -384,7 +384,7 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
     if (!final && fw->paused && ++fw->since_pause > overshoot) {
         char why[300];
         snprintf(why, sizeof why, "the broker ended '%s': its caller is not reading (%zu messages wait for it)",
-                 fw->command, caller->out_len);
+                 fw->command, caller->chan.len);
         mdg_log(MDG_LOG_WARN, "from node %s: %s", pk_short(node->pk, who), why);
         end_fwd(b, fw, caller, why);
         return true;
@@ -405,7 +405,7 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
     }
     if (final) {
         broker_fwd_free(b, fw);
-    } else if (caller->out_len >= broker_over_limit(b, 6) && !fw->paused && node->transport->flow) {
+    } else if (caller->chan.len >= broker_over_limit(b, 6) && !fw->paused && node->transport->flow) {
         fw->paused = true;
         fw->since_pause = 0;
         caller->paused_fwds++;

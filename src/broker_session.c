@@ -58,9 +58,9 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
         free(hm);
     }
     broker_drop_fwds(b, p);
-    if (p->out_len)
+    if (p->chan.len)
         mdg_log(MDG_LOG_WARN, "%s %s: %zu queued message(s) not delivered: its session closed (%s)",
-                p->role == MDG_ROLE_NODE ? "node" : "user", who, p->out_len, why);
+                p->role == MDG_ROLE_NODE ? "node" : "user", who, p->chan.len, why);
     broker_free_kept(b, p);
     free_state(p->transport, p->transport_state);
     free(p);
@@ -89,7 +89,7 @@ void broker_detach(mdg_broker *b, peer *p, const char *why)
     p->attached = false;
     p->silent = false;
     p->detached_at = mdg_now_ms();
-    p->unsent = p->out_head; /* whatever was not acknowledged goes again */
+    mdg_chan_rewind(&p->chan); /* whatever was not acknowledged goes again */
 }
 
 /* Attach a session to a (new) link. */
@@ -142,7 +142,7 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
         mdg_params_set_bytes(w, "session", p->session_id, sizeof p->session_id);
         mdg_params_set_str(w, "role", p->role == MDG_ROLE_NODE ? "node" : "user");
         mdg_params_set_bool(w, "resumed", resumed);
-        mdg_params_set_int(w, "ack", (int64_t)p->rx_seq);
+        mdg_params_set_int(w, "ack", (int64_t)p->chan.rx_seq);
     }
     broker_send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
 }
@@ -161,6 +161,8 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
     }
     p->transport = tp;
     p->transport_state = state;
+    p->broker = b;
+    broker_chan_init(p);
     snprintf(p->user_id, sizeof p->user_id, "%s", user_id);
     p->role = user_id[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER;
     p->silence_ms = silence_ms;
@@ -225,13 +227,12 @@ bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, co
         return false;
     }
     p->silence_ms = silence_ms;
-    p->unsent = NULL; /* everything kept goes again, but what the client has */
-    broker_trim_kept(b, p, ack < p->tx_seq ? ack : p->tx_seq);
-    p->unsent = p->out_head;
+    mdg_chan_resume(&p->chan, ack); /* everything kept goes again, but what the client has */
+    broker_room_made(b, p);
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "%s %s resumed its session; resending %zu message(s)",
-            p->role == MDG_ROLE_NODE ? "node" : "user", who, p->out_len);
+            p->role == MDG_ROLE_NODE ? "node" : "user", who, p->chan.len);
     welcome(b, p, true);
     broker_flush_peer(b, p);
     if (p->role == MDG_ROLE_USER && b->hooks.session_recovered)

@@ -87,6 +87,8 @@ int mdg_chan_flush(mdg_channel *ch)
 size_t mdg_chan_acked(mdg_channel *ch, uint64_t ack)
 {
     size_t n = 0;
+    if (ack > ch->tx_seq)
+        ack = ch->tx_seq;
     while (ch->head && ch->head != ch->unsent && ch->head->h.seq <= ack) {
         mdg_chan_msg *m = ch->head;
         ch->head = m->next;
@@ -96,7 +98,7 @@ size_t mdg_chan_acked(mdg_channel *ch, uint64_t ack)
     }
     if (!ch->head)
         ch->tail = NULL;
-    if (ack > ch->acked && ack <= ch->tx_seq)
+    if (ack > ch->acked)
         ch->acked = ack;
     return n;
 }
@@ -104,7 +106,7 @@ size_t mdg_chan_acked(mdg_channel *ch, uint64_t ack)
 void mdg_chan_resume(mdg_channel *ch, uint64_t ack)
 {
     ch->unsent = NULL; /* so that everything the peer has is released */
-    mdg_chan_acked(ch, ack < ch->tx_seq ? ack : ch->tx_seq);
+    mdg_chan_acked(ch, ack);
     ch->unsent = ch->head;
 }
 

@@ -78,12 +78,18 @@ static inline bool mdg_chan_pending(const mdg_channel *ch)
     return ch->unsent != NULL;
 }
 
-/* The peer has ours up to ack: release them (never what was not sent).
- * Returns how many were released. */
+/* The peer has ours up to ack: release them (never what was not sent; an
+ * ack past what was numbered counts as all). Returns how many. */
 size_t mdg_chan_acked(mdg_channel *ch, uint64_t ack);
 /* The session resumed on a new link and the peer has ours up to ack:
  * release those, and send everything else again, in order. */
 void mdg_chan_resume(mdg_channel *ch, uint64_t ack);
+/* The link dropped: whatever was not acknowledged goes again (after a
+ * resume, which may release more). */
+static inline void mdg_chan_rewind(mdg_channel *ch)
+{
+    ch->unsent = ch->head;
+}
 /* The session is gone: release every kept message and start numbering
  * again from 1 both ways. Returns how many were released. */
 size_t mdg_chan_reset(mdg_channel *ch);
