@@ -174,8 +174,8 @@ typedef struct mdg_msg mdg_msg;
 
 /* Command name; "" for a reply. Borrowed. */
 const char *mdg_msg_command(const mdg_msg *m);
-/* Params map (borrowed; never NULL). */
-mdg_params *mdg_msg_params(const mdg_msg *m);
+/* Params map (borrowed and read-only, like the message; never NULL). */
+const mdg_params *mdg_msg_params(const mdg_msg *m);
 /* Raw bulk frame (borrowed), or NULL with *len 0 when there is none. */
 const void *mdg_msg_bulk(const mdg_msg *m, size_t *len);
 /* Whether the sender wants a reply (the message carries a correlation id). */
