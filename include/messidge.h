@@ -391,7 +391,7 @@ int mdg_broker_send_node(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const c
 int mdg_broker_disconnect_key(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *reason);
 
 /* Call fn on the loop thread every interval_ms (e.g. to poll an identity
- * store for revocations). Before start / run; at most 8 timers. */
+ * store for revocations). Before start / run; any number of timers. */
 typedef void (*mdg_broker_timer_fn)(mdg_broker *b, void *arg);
 int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn, void *arg);
 
