@@ -37,7 +37,7 @@
 static void h_divide(mdg_msg *msg, void *arg)
 {
     (void)arg;
-    mdg_params *p = mdg_msg_params(msg);
+    const mdg_params *p = mdg_msg_params(msg);
     double dividend, devisor;
 
     if (mdg_params_get_double(p, "dividend", &dividend) != 0 ||

@@ -25,13 +25,30 @@
 
 #include <cbor.h>
 
+/* Marks the functions of the public API. The shared library is built with
+ * -fvisibility=hidden, so these are all it exports. */
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define MDG_EXPORT __attribute__((visibility("default")))
+#else
+#define MDG_EXPORT
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* ----------------------------------------------------------------- version */
+
+/* The version of this header: the version a program is compiled against. */
 #define MDG_VERSION_MAJOR 0
 #define MDG_VERSION_MINOR 1
 #define MDG_VERSION_PATCH 0
+
+/* The version of the library the program runs with, "MAJOR.MINOR.PATCH"
+ * (e.g. "0.1.0"): with the shared library, the one actually loaded, which
+ * may differ from MDG_VERSION_* above. Static text: never NULL, not to be
+ * freed. Any thread, at any time (no setup needed). */
+MDG_EXPORT const char *mdg_version(void);
 
 /* ------------------------------------------------------------------ errors */
 
@@ -57,12 +74,12 @@ enum mdg_error {
 };
 
 /* Short fixed text for an error code. Never NULL. */
-const char *mdg_strerror(int err);
+MDG_EXPORT const char *mdg_strerror(int err);
 
 /* Detail of the last error set by a libmessidge call in this thread
  * (e.g. "cannot read key file /home/u/.messidge/localhost: No such file").
  * Borrowed, valid until the next libmessidge call in this thread. */
-const char *mdg_last_error(void);
+MDG_EXPORT const char *mdg_last_error(void);
 
 /* ------------------------------------------------------------------ logging */
 
@@ -74,7 +91,7 @@ typedef void (*mdg_log_fn)(int level, const char *text, void *arg);
  * default sink (fn NULL) is stderr; max_level < 0 means MDG_LOG_LEVEL from
  * the environment (0..3), else MDG_LOG_WARN. fn may be called from any
  * library thread, one line at a time. */
-void mdg_set_log(mdg_log_fn fn, void *arg, int max_level);
+MDG_EXPORT void mdg_set_log(mdg_log_fn fn, void *arg, int max_level);
 
 /* -------------------------------------------------------------------- keys */
 
@@ -84,16 +101,16 @@ void mdg_set_log(mdg_log_fn fn, void *arg, int max_level);
 typedef struct mdg_keys mdg_keys; /* a public/secret key pair */
 
 /* New random key pair. */
-int mdg_keys_new(mdg_keys **out);
+MDG_EXPORT int mdg_keys_new(mdg_keys **out);
 /* Key pair from raw keys, or from base64 text (44 chars each). */
-int mdg_keys_from_raw(mdg_keys **out, const uint8_t pk[MDG_KEY_BYTES],
-                      const uint8_t sk[MDG_KEY_BYTES]);
-int mdg_keys_from_b64(mdg_keys **out, const char *pk_b64, const char *sk_b64);
-void mdg_keys_destroy(mdg_keys **keys);
+MDG_EXPORT int mdg_keys_from_raw(mdg_keys **out, const uint8_t pk[MDG_KEY_BYTES],
+                                 const uint8_t sk[MDG_KEY_BYTES]);
+MDG_EXPORT int mdg_keys_from_b64(mdg_keys **out, const char *pk_b64, const char *sk_b64);
+MDG_EXPORT void mdg_keys_destroy(mdg_keys **keys);
 
 /* Borrowed raw keys, MDG_KEY_BYTES long. */
-const uint8_t *mdg_keys_public(const mdg_keys *keys);
-const uint8_t *mdg_keys_secret(const mdg_keys *keys);
+MDG_EXPORT const uint8_t *mdg_keys_public(const mdg_keys *keys);
+MDG_EXPORT const uint8_t *mdg_keys_secret(const mdg_keys *keys);
 
 /* Key files, in the layout of the original library (one dir serves both):
  *   PREFIX/NAME        secret key, base64, mode 0600
@@ -101,25 +118,26 @@ const uint8_t *mdg_keys_secret(const mdg_keys *keys);
  *   PREFIX/NAME.spub   the broker's public key for location NAME
  *   PREFIX/default_location
  * prefix NULL means $MESSIDGE_PREFIX if set, else ~/.messidge. */
-int mdg_keys_load(mdg_keys **out, const char *name, const char *prefix);
+MDG_EXPORT int mdg_keys_load(mdg_keys **out, const char *name, const char *prefix);
 /* Creates PREFIX (mode 0700) if missing; the secret file is 0600. */
-int mdg_keys_save(const mdg_keys *keys, const char *name, const char *prefix);
+MDG_EXPORT int mdg_keys_save(const mdg_keys *keys, const char *name, const char *prefix);
 
 /* PREFIX/LOCATION.spub */
-int mdg_server_pk_load(uint8_t pk[MDG_KEY_BYTES], const char *location, const char *prefix);
-int mdg_server_pk_save(const uint8_t pk[MDG_KEY_BYTES], const char *location,
-                       const char *prefix);
+MDG_EXPORT int mdg_server_pk_load(uint8_t pk[MDG_KEY_BYTES], const char *location,
+                                  const char *prefix);
+MDG_EXPORT int mdg_server_pk_save(const uint8_t pk[MDG_KEY_BYTES], const char *location,
+                                  const char *prefix);
 
 /* PREFIX/default_location into buf (NUL-terminated). */
-int mdg_default_location(char *buf, size_t len, const char *prefix);
-int mdg_default_location_save(const char *location, const char *prefix);
+MDG_EXPORT int mdg_default_location(char *buf, size_t len, const char *prefix);
+MDG_EXPORT int mdg_default_location_save(const char *location, const char *prefix);
 
 /* Resolve the prefix into buf (NUL-terminated). */
-int mdg_prefix_path(char *buf, size_t len, const char *prefix);
+MDG_EXPORT int mdg_prefix_path(char *buf, size_t len, const char *prefix);
 
 /* Base64 text <-> raw key. out gets MDG_KEY_B64_LEN chars plus NUL. */
-int mdg_pk_from_b64(uint8_t pk[MDG_KEY_BYTES], const char *b64);
-void mdg_pk_to_b64(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1]);
+MDG_EXPORT int mdg_pk_from_b64(uint8_t pk[MDG_KEY_BYTES], const char *b64);
+MDG_EXPORT void mdg_pk_to_b64(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1]);
 
 /* ------------------------------------------------------------------ params */
 
@@ -127,43 +145,43 @@ void mdg_pk_to_b64(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1
  * doubles, booleans, null, arrays, nested maps). Public keys are bytes. */
 typedef struct mdg_params mdg_params;
 
-mdg_params *mdg_params_new(void); /* empty map; NULL only when out of memory */
-void mdg_params_destroy(mdg_params **p);
+MDG_EXPORT mdg_params *mdg_params_new(void); /* empty map; NULL only when out of memory */
+MDG_EXPORT void mdg_params_destroy(mdg_params **p);
 
 /* Setters replace an existing value of the same key. */
-int mdg_params_set_str(mdg_params *p, const char *key, const char *value);
-int mdg_params_set_bytes(mdg_params *p, const char *key, const void *data, size_t len);
-int mdg_params_set_int(mdg_params *p, const char *key, int64_t value);
-int mdg_params_set_double(mdg_params *p, const char *key, double value);
-int mdg_params_set_bool(mdg_params *p, const char *key, bool value);
-int mdg_params_set_null(mdg_params *p, const char *key);
+MDG_EXPORT int mdg_params_set_str(mdg_params *p, const char *key, const char *value);
+MDG_EXPORT int mdg_params_set_bytes(mdg_params *p, const char *key, const void *data, size_t len);
+MDG_EXPORT int mdg_params_set_int(mdg_params *p, const char *key, int64_t value);
+MDG_EXPORT int mdg_params_set_double(mdg_params *p, const char *key, double value);
+MDG_EXPORT int mdg_params_set_bool(mdg_params *p, const char *key, bool value);
+MDG_EXPORT int mdg_params_set_null(mdg_params *p, const char *key);
 /* Any libcbor item (arrays, maps...). The item is taken: its reference
  * passes to the params, even on failure. */
-int mdg_params_set_item(mdg_params *p, const char *key, cbor_item_t *item);
-int mdg_params_remove(mdg_params *p, const char *key);
+MDG_EXPORT int mdg_params_set_item(mdg_params *p, const char *key, cbor_item_t *item);
+MDG_EXPORT int mdg_params_remove(mdg_params *p, const char *key);
 
-bool mdg_params_has(const mdg_params *p, const char *key);
-size_t mdg_params_count(const mdg_params *p);
+MDG_EXPORT bool mdg_params_has(const mdg_params *p, const char *key);
+MDG_EXPORT size_t mdg_params_count(const mdg_params *p);
 
 /* Getters return MDG_ENOTFOUND when the key is absent and MDG_ETYPE when
  * it has another type. Strings come back NUL-terminated; the pointer is
  * borrowed and valid as long as p. Bytes are borrowed likewise. */
-int mdg_params_get_str(const mdg_params *p, const char *key, const char **value);
-int mdg_params_get_bytes(const mdg_params *p, const char *key, const uint8_t **data,
-                         size_t *len);
-int mdg_params_get_int(const mdg_params *p, const char *key, int64_t *value);
+MDG_EXPORT int mdg_params_get_str(const mdg_params *p, const char *key, const char **value);
+MDG_EXPORT int mdg_params_get_bytes(const mdg_params *p, const char *key, const uint8_t **data,
+                                    size_t *len);
+MDG_EXPORT int mdg_params_get_int(const mdg_params *p, const char *key, int64_t *value);
 /* Floats of any width; integers are not silently converted. */
-int mdg_params_get_double(const mdg_params *p, const char *key, double *value);
-int mdg_params_get_bool(const mdg_params *p, const char *key, bool *value);
+MDG_EXPORT int mdg_params_get_double(const mdg_params *p, const char *key, double *value);
+MDG_EXPORT int mdg_params_get_bool(const mdg_params *p, const char *key, bool *value);
 /* The CBOR item itself (borrowed), or NULL when absent. */
-cbor_item_t *mdg_params_get(const mdg_params *p, const char *key);
+MDG_EXPORT cbor_item_t *mdg_params_get(const mdg_params *p, const char *key);
 /* The whole map (borrowed). */
-cbor_item_t *mdg_params_map(const mdg_params *p);
+MDG_EXPORT cbor_item_t *mdg_params_map(const mdg_params *p);
 
 /* Human-readable JSON-like text of a CBOR item or a whole params map, for
  * printing and logs (bytes as "b64:..."). Caller frees with free(). */
-char *mdg_item_to_text(const cbor_item_t *item);
-char *mdg_params_to_text(const mdg_params *p);
+MDG_EXPORT char *mdg_item_to_text(const cbor_item_t *item);
+MDG_EXPORT char *mdg_params_to_text(const mdg_params *p);
 
 /* ---------------------------------------------------------------- messages */
 
@@ -173,19 +191,19 @@ char *mdg_params_to_text(const mdg_params *p);
 typedef struct mdg_msg mdg_msg;
 
 /* Command name; "" for a reply. Borrowed. */
-const char *mdg_msg_command(const mdg_msg *m);
-/* Params map (borrowed; never NULL). */
-mdg_params *mdg_msg_params(const mdg_msg *m);
+MDG_EXPORT const char *mdg_msg_command(const mdg_msg *m);
+/* Params map (borrowed and read-only, like the message; never NULL). */
+MDG_EXPORT const mdg_params *mdg_msg_params(const mdg_msg *m);
 /* Raw bulk frame (borrowed), or NULL with *len 0 when there is none. */
-const void *mdg_msg_bulk(const mdg_msg *m, size_t *len);
+MDG_EXPORT const void *mdg_msg_bulk(const mdg_msg *m, size_t *len);
 /* Whether the sender wants a reply (the message carries a correlation id). */
-bool mdg_msg_replyable(const mdg_msg *m);
+MDG_EXPORT bool mdg_msg_replyable(const mdg_msg *m);
 /* For replies: whether this reply says the command failed, and the text.
  * mdg_msg_error returns NULL for a successful reply. Borrowed. */
-bool mdg_msg_is_error(const mdg_msg *m);
-const char *mdg_msg_error(const mdg_msg *m);
+MDG_EXPORT bool mdg_msg_is_error(const mdg_msg *m);
+MDG_EXPORT const char *mdg_msg_error(const mdg_msg *m);
 /* True when more replies will follow on this channel (long-term channel). */
-bool mdg_msg_more(const mdg_msg *m);
+MDG_EXPORT bool mdg_msg_more(const mdg_msg *m);
 
 /* Reply to a replyable message. results is taken (NULL = empty map); bulk
  * is copied. Replying to a message that is not replyable is MDG_EINVAL.
@@ -205,13 +223,14 @@ bool mdg_msg_more(const mdg_msg *m);
  * call are still unacknowledged by the broker (one call's stream must not
  * fill the link ahead of the node's other callers); when the broker has ended it (the caller
  * has gone, or did not read) it returns MDG_ECLOSED: stop replying. */
-int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
-int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
+MDG_EXPORT int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
+MDG_EXPORT int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk,
+                                  size_t bulk_len);
 /* Fail the message: the caller's blocking call returns MDG_EREMOTE with
  * this text (the original Python Messidge's ValueError); a reply callback gets an error reply.
  * printf-style. For a message that is not replyable the text is logged
  * and sent to the peer's error hook. */
-int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
+MDG_EXPORT int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
@@ -225,14 +244,14 @@ int mdg_msg_fail(mdg_msg *m, const char *fmt, ...)
  * session it came in on: once that session has ended its replies fail
  * with MDG_ECLOSED (see mdg_msg_reply), which is how a thread streaming
  * on a long-term channel learns that its caller has gone. */
-mdg_msg *mdg_msg_keep(mdg_msg *m);
+MDG_EXPORT mdg_msg *mdg_msg_keep(mdg_msg *m);
 
 /* Per-session / per-peer application data of the broker session the
  * message came from (the value returned by the session_new hook); NULL on
  * connections. */
-void *mdg_msg_session_data(const mdg_msg *m);
+MDG_EXPORT void *mdg_msg_session_data(const mdg_msg *m);
 
-void mdg_msg_destroy(mdg_msg **m);
+MDG_EXPORT void mdg_msg_destroy(mdg_msg **m);
 
 /* ----------------------------------------------------------- command table */
 
@@ -346,29 +365,30 @@ typedef struct mdg_broker_options {
 } mdg_broker_options;
 
 /* keys: the broker's key pair (copied). opts may be NULL for defaults. */
-int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_options *opts);
-void mdg_broker_destroy(mdg_broker **b);
+MDG_EXPORT int mdg_broker_new(mdg_broker **out, const mdg_keys *keys,
+                              const mdg_broker_options *opts);
+MDG_EXPORT void mdg_broker_destroy(mdg_broker **b);
 
 /* Configuration: only before mdg_broker_start / mdg_broker_run. */
-int mdg_broker_set_commands(mdg_broker *b, const mdg_cmd *table, void *arg);
-int mdg_broker_set_hooks(mdg_broker *b, const mdg_broker_hooks *hooks, void *arg);
-int mdg_broker_set_auth(mdg_broker *b, mdg_auth_fn fn, void *arg);
+MDG_EXPORT int mdg_broker_set_commands(mdg_broker *b, const mdg_cmd *table, void *arg);
+MDG_EXPORT int mdg_broker_set_hooks(mdg_broker *b, const mdg_broker_hooks *hooks, void *arg);
+MDG_EXPORT int mdg_broker_set_auth(mdg_broker *b, mdg_auth_fn fn, void *arg);
 /* Static allow-list (stands in for the identity store): admit pk in role. */
-int mdg_broker_allow(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], int role);
+MDG_EXPORT int mdg_broker_allow(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], int role);
 /* Admit every key as a user (tests and demos only; logged loudly). */
-int mdg_broker_allow_any(mdg_broker *b);
+MDG_EXPORT int mdg_broker_allow_any(mdg_broker *b);
 
 /* Bind and serve on the calling thread until mdg_broker_stop. */
-int mdg_broker_run(mdg_broker *b);
+MDG_EXPORT int mdg_broker_run(mdg_broker *b);
 /* Bind, then serve on a background thread; returns once bound. */
-int mdg_broker_start(mdg_broker *b);
+MDG_EXPORT int mdg_broker_start(mdg_broker *b);
 /* Ask the loop to end; safe from any thread and from a signal handler.
  * After stop, run() returns; destroy() joins a started thread. */
-void mdg_broker_stop(mdg_broker *b);
+MDG_EXPORT void mdg_broker_stop(mdg_broker *b);
 /* The TCP port actually bound (useful with port 0), or 0 before binding. */
-int mdg_broker_port(const mdg_broker *b);
+MDG_EXPORT int mdg_broker_port(const mdg_broker *b);
 /* The legacy (1.x) listener's port, or 0 when it is off or not bound. */
-int mdg_broker_legacy_port(const mdg_broker *b);
+MDG_EXPORT int mdg_broker_legacy_port(const mdg_broker *b);
 
 /* Send a command (no reply expected) to a user session, by the id the
  * broker put in msg params "session", or to a node by its pk: the original Python Messidge's
@@ -379,27 +399,30 @@ int mdg_broker_legacy_port(const mdg_broker *b);
  * for the loop thread and 0 returned; a target that has gone or is full by
  * then is logged as an error. A session that is away (link dropped, within
  * its grace period) still takes messages: they wait for its resume. */
-int mdg_broker_send_session(mdg_broker *b, const uint8_t *session_id, size_t id_len,
-                            const char *command, mdg_params *params, const void *bulk,
-                            size_t bulk_len);
-int mdg_broker_send_node(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *command,
-                         mdg_params *params, const void *bulk, size_t bulk_len);
+MDG_EXPORT int mdg_broker_send_session(mdg_broker *b, const uint8_t *session_id, size_t id_len,
+                                       const char *command, mdg_params *params, const void *bulk,
+                                       size_t bulk_len);
+MDG_EXPORT int mdg_broker_send_node(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
+                                    const char *command, mdg_params *params, const void *bulk,
+                                    size_t bulk_len);
 /* Close every session of a key (all of a user's sessions, or a node's
  * connection), telling each client why (it sees MDG_ECLOSED and the
  * reason); used when a key is revoked. A later hello from the key is
  * refused unless the auth function admits it again. Safe from any thread
  * (queued to the loop thread); returns how many sessions were closed when
  * called on the loop thread, else 0. */
-int mdg_broker_disconnect_key(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const char *reason);
+MDG_EXPORT int mdg_broker_disconnect_key(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES],
+                                         const char *reason);
 
 /* Call fn on the loop thread every interval_ms (e.g. to poll an identity
- * store for revocations). Before start / run; at most 8 timers. */
+ * store for revocations). Before start / run; any number of timers. */
 typedef void (*mdg_broker_timer_fn)(mdg_broker *b, void *arg);
-int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn, void *arg);
+MDG_EXPORT int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn,
+                                    void *arg);
 
 /* Number of connected user sessions and nodes (loop thread, or approximate). */
-size_t mdg_broker_session_count(const mdg_broker *b);
-size_t mdg_broker_node_count(const mdg_broker *b);
+MDG_EXPORT size_t mdg_broker_session_count(const mdg_broker *b);
+MDG_EXPORT size_t mdg_broker_node_count(const mdg_broker *b);
 
 /* -------------------------------------------------------------- connection */
 
@@ -461,26 +484,26 @@ typedef void (*mdg_event_fn)(mdg_conn *c, int event, const char *detail, void *a
 
 /* Connect to `location` (host name or address) using the key files in
  * prefix (NULL = default): PREFIX/LOCATION, .pub and .spub. */
-int mdg_conn_new(mdg_conn **out, const char *location, const char *prefix,
-                 const mdg_conn_options *opts);
+MDG_EXPORT int mdg_conn_new(mdg_conn **out, const char *location, const char *prefix,
+                            const mdg_conn_options *opts);
 /* Or with explicit keys (copied) and pinned broker pk, as nodes do. */
-int mdg_conn_new_with_keys(mdg_conn **out, const char *location,
-                           const uint8_t server_pk[MDG_KEY_BYTES], const mdg_keys *keys,
-                           const mdg_conn_options *opts);
+MDG_EXPORT int mdg_conn_new_with_keys(mdg_conn **out, const char *location,
+                                      const uint8_t server_pk[MDG_KEY_BYTES], const mdg_keys *keys,
+                                      const mdg_conn_options *opts);
 /* Disconnects if needed, joins the loop thread, frees everything. Pending
  * blocking calls return MDG_ECLOSED. */
-void mdg_conn_destroy(mdg_conn **c);
+MDG_EXPORT void mdg_conn_destroy(mdg_conn **c);
 
 /* Before start: commands the broker may push (e.g. resource_offer). */
-int mdg_conn_register_commands(mdg_conn *c, const mdg_cmd *table, void *arg);
-int mdg_conn_set_error_handler(mdg_conn *c, mdg_error_fn fn, void *arg);
+MDG_EXPORT int mdg_conn_register_commands(mdg_conn *c, const mdg_cmd *table, void *arg);
+MDG_EXPORT int mdg_conn_set_error_handler(mdg_conn *c, mdg_error_fn fn, void *arg);
 /* Before start: link and session events, called on the loop thread. */
-int mdg_conn_set_event_handler(mdg_conn *c, mdg_event_fn fn, void *arg);
+MDG_EXPORT int mdg_conn_set_event_handler(mdg_conn *c, mdg_event_fn fn, void *arg);
 /* The session id the broker gave (borrowed; len 0 before the first). */
-const uint8_t *mdg_conn_session_id(const mdg_conn *c, size_t *len);
+MDG_EXPORT const uint8_t *mdg_conn_session_id(const mdg_conn *c, size_t *len);
 
 /* Start the loop thread and begin connecting. */
-int mdg_conn_start(mdg_conn *c);
+MDG_EXPORT int mdg_conn_start(mdg_conn *c);
 /* Wait until the session is established: 0, MDG_ETIMEDOUT, MDG_EAUTH (the
  * broker refused our key), MDG_EHANDSHAKE, MDG_EBUSY (the broker is at its
  * connection limit: the connection keeps retrying with its backoff, so
@@ -496,30 +519,30 @@ int mdg_conn_start(mdg_conn *c);
  * pinned broker key is most likely wrong). After MDG_EAUTH or
  * MDG_EHANDSHAKE the connection still retries every reconnect_max_ms; a
  * later session clears the error. */
-int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms);
+MDG_EXPORT int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms);
 
 /* Fire and forget. params taken (NULL = empty); bulk copied. Messages from
  * one connection are processed in the order they were sent. */
-int mdg_conn_send(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
-                  size_t bulk_len);
+MDG_EXPORT int mdg_conn_send(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
+                             size_t bulk_len);
 /* Send expecting replies: cb runs on the loop thread for each reply. */
-int mdg_conn_send_cb(mdg_conn *c, const char *command, mdg_params *params,
-                     const void *bulk, size_t bulk_len, mdg_reply_fn cb, void *arg);
+MDG_EXPORT int mdg_conn_send_cb(mdg_conn *c, const char *command, mdg_params *params,
+                                const void *bulk, size_t bulk_len, mdg_reply_fn cb, void *arg);
 /* Blocking call: waits up to timeout_ms (< 0: forever) for the reply. On 0,
  * *reply is the caller's (mdg_msg_destroy). When the handler failed the
  * message the result is MDG_EREMOTE, *reply is NULL and mdg_last_error()
  * holds the remote text. Safe from any thread, including inside handlers
  * and reply callbacks. */
-int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
-                  size_t bulk_len, int timeout_ms, mdg_msg **reply);
+MDG_EXPORT int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
+                             size_t bulk_len, int timeout_ms, mdg_msg **reply);
 
 /* Block until the connection's loop ends (disconnect, or the broker closed
  * the session), as the original Python Messidge's wait_until_complete. */
-int mdg_conn_wait_until_complete(mdg_conn *c, int timeout_ms);
+MDG_EXPORT int mdg_conn_wait_until_complete(mdg_conn *c, int timeout_ms);
 /* Say goodbye to the broker and stop the loop: what is queued is sent and
  * the broker's acknowledgement awaited for up to 2 s first. Safe from any
  * thread. */
-void mdg_conn_disconnect(mdg_conn *c);
+MDG_EXPORT void mdg_conn_disconnect(mdg_conn *c);
 
 #ifdef __cplusplus
 }

@@ -57,20 +57,21 @@ typedef struct mdg_identity mdg_identity;
  * a clear text when the path is not a directory, the database is corrupt
  * or not an SQLite file, or it cannot be written (read-only file or
  * directory); MDG_EPROTO when its schema is newer than this library. */
-int mdg_identity_open(mdg_identity **out, const char *state_dir);
+MDG_EXPORT int mdg_identity_open(mdg_identity **out, const char *state_dir);
 /* Close the store. Accepts NULL and a pointer to NULL. */
-void mdg_identity_destroy(mdg_identity **id);
+MDG_EXPORT void mdg_identity_destroy(mdg_identity **id);
 
 /* Role of a key: MDG_ROLE_USER, MDG_ROLE_NODE, or MDG_ROLE_NONE when the
  * key is unknown or revoked; < 0 on a database error. When config_json is
  * not NULL and the key has a role, *config_json gets a copy of its config
  * (JSON text) that the caller frees with free(); else it is set to NULL. */
-int mdg_identity_role(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES], char **config_json);
+MDG_EXPORT int mdg_identity_role(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES],
+                                 char **config_json);
 
 /* An mdg_auth_fn for mdg_broker_set_auth(b, mdg_identity_auth, id):
  * identity is the mdg_identity (borrowed; it must outlive the broker).
  * Database errors refuse the key (MDG_ROLE_NONE) and are logged. */
-int mdg_identity_auth(const uint8_t pk[MDG_KEY_BYTES], void *identity);
+MDG_EXPORT int mdg_identity_auth(const uint8_t pk[MDG_KEY_BYTES], void *identity);
 
 /* Make the store the broker's identity, the usual set-up: the broker's ZAP
  * handler admits keys by mdg_identity_auth, and once a second (on the
@@ -78,15 +79,15 @@ int mdg_identity_auth(const uint8_t pk[MDG_KEY_BYTES], void *identity);
  * sessions of those keys are closed with the reason "key revoked" (their
  * clients are told). Only revocations made after this call count. Before
  * mdg_broker_start / run; id is borrowed and must outlive the broker. */
-int mdg_identity_attach(mdg_identity *id, mdg_broker *b);
+MDG_EXPORT int mdg_identity_attach(mdg_identity *id, mdg_broker *b);
 
 /* Invite a user: store a pending invitation for email (non-empty, at most
  * 320 bytes, no spaces or control characters) that expires after
  * ttl_seconds (<= 0: MDG_INVITE_DEFAULT_TTL), and write its token into
  * token (at least MDG_TOKEN_LEN + 1 bytes; NUL-terminated). Only a hash of
  * the token is stored: a copy of the database does not reveal it. */
-int mdg_identity_invite(mdg_identity *id, const char *email, int64_t ttl_seconds, char *token,
-                        size_t token_len);
+MDG_EXPORT int mdg_identity_invite(mdg_identity *id, const char *email, int64_t ttl_seconds,
+                                   char *token, size_t token_len);
 
 /* Confirm an invitation with the user's key, in one transaction: the
  * pending row is checked and deleted and the user inserted (config "{}"),
@@ -99,29 +100,30 @@ int mdg_identity_invite(mdg_identity *id, const char *email, int64_t ttl_seconds
  *   MDG_ETIMEDOUT  the invitation expired
  *   MDG_EIO        database failure
  * Nothing is stored on failure. */
-int mdg_identity_confirm(mdg_identity *id, const char *token, const uint8_t pk[MDG_KEY_BYTES]);
+MDG_EXPORT int mdg_identity_confirm(mdg_identity *id, const char *token,
+                                    const uint8_t pk[MDG_KEY_BYTES]);
 
 /* Register a node (name may be NULL: "") or a user directly, without an
  * invitation. config_json NULL means "{}"; it must be valid JSON
  * (MDG_EINVAL otherwise). A key already registered is MDG_ESTATE. */
-int mdg_identity_add_node(mdg_identity *id, const char *name, const uint8_t pk[MDG_KEY_BYTES],
-                          const char *config_json);
-int mdg_identity_add_user(mdg_identity *id, const char *email, const uint8_t pk[MDG_KEY_BYTES],
-                          const char *config_json);
+MDG_EXPORT int mdg_identity_add_node(mdg_identity *id, const char *name,
+                                     const uint8_t pk[MDG_KEY_BYTES], const char *config_json);
+MDG_EXPORT int mdg_identity_add_user(mdg_identity *id, const char *email,
+                                     const uint8_t pk[MDG_KEY_BYTES], const char *config_json);
 
 /* Revoke a user or node key: it keeps its row, with the time of
  * revocation, and is refused from then on. MDG_ENOTFOUND for an unknown
  * key, MDG_ESTATE when it was already revoked. */
-int mdg_identity_revoke(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES]);
+MDG_EXPORT int mdg_identity_revoke(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES]);
 
 /* For a running broker, polled (e.g. every second): calls fn(pk, arg) for
  * each revocation recorded after *cursor, in order, then advances *cursor.
  * Start with *cursor = 0 to see every revocation ever made, or pass fn
  * NULL once to move the cursor to the present without calls. fn runs on
  * the calling thread with no lock held (it may use the store). */
-int mdg_identity_revoked_since(mdg_identity *id, int64_t *cursor,
-                               void (*fn)(const uint8_t pk[MDG_KEY_BYTES], void *arg),
-                               void *arg);
+MDG_EXPORT int mdg_identity_revoked_since(mdg_identity *id, int64_t *cursor,
+                                          void (*fn)(const uint8_t pk[MDG_KEY_BYTES], void *arg),
+                                          void *arg);
 
 /* One row of mdg_identity_list. Everything is borrowed for the call. */
 enum mdg_identity_kind { MDG_ENTRY_USER = 1, MDG_ENTRY_NODE = 2, MDG_ENTRY_PENDING = 3 };
@@ -140,8 +142,8 @@ typedef struct mdg_identity_entry {
 /* Call fn for every user, then every node, then every pending invitation
  * (oldest first in each group). fn returns 0 to go on, anything else to
  * stop (returned by mdg_identity_list). fn must not call into id. */
-int mdg_identity_list(mdg_identity *id, int (*fn)(const mdg_identity_entry *e, void *arg),
-                      void *arg);
+MDG_EXPORT int mdg_identity_list(mdg_identity *id,
+                                 int (*fn)(const mdg_identity_entry *e, void *arg), void *arg);
 
 /* ---------------------------------------------------------- account server */
 
@@ -180,17 +182,17 @@ typedef struct mdg_account_server_options {
 /* id is borrowed and must outlive the server; broker_pk and opts are
  * copied (opts NULL: all defaults, every interface, a free port). The
  * server runs once this returns. */
-int mdg_account_server_new_opts(mdg_account_server **out, mdg_identity *id,
-                                const uint8_t broker_pk[MDG_KEY_BYTES],
-                                const mdg_account_server_options *opts);
+MDG_EXPORT int mdg_account_server_new_opts(mdg_account_server **out, mdg_identity *id,
+                                           const uint8_t broker_pk[MDG_KEY_BYTES],
+                                           const mdg_account_server_options *opts);
 /* The same with the default limits. */
-int mdg_account_server_new(mdg_account_server **out, mdg_identity *id,
-                           const uint8_t broker_pk[MDG_KEY_BYTES], const char *bind_address,
-                           int port);
+MDG_EXPORT int mdg_account_server_new(mdg_account_server **out, mdg_identity *id,
+                                      const uint8_t broker_pk[MDG_KEY_BYTES],
+                                      const char *bind_address, int port);
 /* The TCP port actually bound. */
-int mdg_account_server_port(const mdg_account_server *s);
+MDG_EXPORT int mdg_account_server_port(const mdg_account_server *s);
 /* Stop the server (waits for its thread) and free it. Accepts NULL. */
-void mdg_account_server_destroy(mdg_account_server **s);
+MDG_EXPORT void mdg_account_server_destroy(mdg_account_server **s);
 
 /* ------------------------------------------------- client account creation */
 
@@ -214,8 +216,8 @@ enum mdg_account_flags {
  *   MDG_EPROTO     the answer was not a broker key
  *   MDG_ESTATE     an account for location exists (see the flag)
  *   MDG_EINVAL     bad location or token, or the prefix is not writable */
-int mdg_create_account(const char *location, int port, const char *token, const char *prefix,
-                       unsigned flags);
+MDG_EXPORT int mdg_create_account(const char *location, int port, const char *token,
+                                  const char *prefix, unsigned flags);
 
 #ifdef __cplusplus
 }

@@ -340,14 +340,13 @@ int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn,
         return rc;
     if (!fn || interval_ms <= 0)
         return mdg_fail(MDG_EINVAL, "a timer needs a function and an interval");
-    if (b->ntimers == 8)
-        return mdg_fail(MDG_ENOMEM, "at most 8 broker timers");
-    struct broker_timer *t = &b->timers[b->ntimers];
-    *t = (struct broker_timer){fn, arg, b};
-    int id = mdg_loop_timer(b->loop, interval_ms, true, on_timer, t);
-    if (id < 0)
+    struct broker_timer *t = malloc(sizeof *t);
+    if (!t)
         return mdg_fail(MDG_ENOMEM, "no room for another timer");
-    b->ntimers++;
+    *t = (struct broker_timer){fn, arg, b, b->timers};
+    b->timers = t; /* freed with the broker, even if the loop has no room */
+    if (mdg_loop_timer(b->loop, interval_ms, true, on_timer, t) < 0)
+        return mdg_fail(MDG_ENOMEM, "no room for another timer");
     return 0;
 }
 
@@ -542,6 +541,11 @@ void mdg_broker_destroy(mdg_broker **pb)
     pthread_mutex_unlock(&b->qlock);
     pthread_mutex_destroy(&b->qlock);
     mdg_loop_destroy(&b->loop);
+    while (b->timers) {
+        struct broker_timer *next = b->timers->next;
+        free(b->timers);
+        b->timers = next;
+    }
     mdg_map_destroy(&b->peers);
     mdg_map_destroy(&b->lpeers);
     mdg_map_destroy(&b->sessions);

@@ -157,8 +157,8 @@ struct mdg_broker {
         mdg_broker_timer_fn fn;
         void *arg;
         mdg_broker *b;
-    } timers[8];
-    int ntimers;
+        struct broker_timer *next;
+    } *timers; /* mdg_broker_add_timer's, each its own block: the loop keeps pointers */
 };
 
 /* A call forwarded to a node: only that node may answer it, and its

@@ -40,9 +40,8 @@ int mdg_ensure_dir(const char *dir, const char *what);
 /* Monotonic clock in milliseconds. */
 int64_t mdg_now_ms(void);
 
-#endif
-
 /* Introspection for tests: calls the broker has forwarded to nodes and is
  * still routing replies for (loop thread, or approximate). */
-struct mdg_broker;
-size_t mdg_broker_forward_count(const struct mdg_broker *b);
+size_t mdg_broker_forward_count(const mdg_broker *b);
+
+#endif

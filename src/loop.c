@@ -6,14 +6,12 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <zmq.h>
-
-#define LOOP_MAX_WATCH 8
-#define LOOP_MAX_TIMERS 16
 
 typedef struct watch {
     mdg_loop_fn fn;
@@ -25,16 +23,24 @@ typedef struct timer {
     int interval;
     bool repeat;
     int64_t due;
+    uint64_t pass; /* the timer pass during which it was made */
     mdg_loop_fn fn;
     void *arg;
 } timer;
 
+/* Watches and timers live in arrays that double when full, as in Redis's
+ * ae.c: a loop has a handful of each. Callbacks may add and remove both
+ * while the loop walks them, so the walks index the arrays afresh at each
+ * step and never hold a pointer across a callback. */
 struct mdg_loop {
-    zmq_pollitem_t items[LOOP_MAX_WATCH + 1]; /* [0] is the wake-up fd */
-    watch watches[LOOP_MAX_WATCH + 1];
-    int nitems;
-    timer timers[LOOP_MAX_TIMERS];
-    int next_timer_id;
+    zmq_pollitem_t *items; /* what zmq_poll takes; [0] is the wake-up fd */
+    watch *watches;        /* watches[i] serves items[i] */
+    int nitems, items_cap;
+    timer *timers;
+    int ntimers; /* slots up to the last in use; free ones (id 0) are reused */
+    int timers_cap;
+    int last_timer_id;
+    uint64_t pass; /* timer passes run so far */
     int wake_fd;
     volatile int stop; /* set from other threads / signal handlers */
     mdg_loop_fn wake_fn;
@@ -42,18 +48,43 @@ struct mdg_loop {
     bool changed; /* the watch list changed during dispatch: re-poll */
 };
 
+/* The next size of an array of cap elements that is full. */
+static int grown(int cap)
+{
+    return cap ? 2 * cap : 8;
+}
+
+int mdg_loop_watch(mdg_loop *l, void *socket, int fd, short events, mdg_loop_fn fn, void *arg)
+{
+    if (l->nitems == l->items_cap) {
+        int cap = grown(l->items_cap);
+        zmq_pollitem_t *items = realloc(l->items, (size_t)cap * sizeof *items);
+        if (!items)
+            return MDG_ENOMEM;
+        l->items = items; /* larger than items_cap says until watches grow too: harmless */
+        watch *watches = realloc(l->watches, (size_t)cap * sizeof *watches);
+        if (!watches)
+            return MDG_ENOMEM;
+        l->watches = watches;
+        l->items_cap = cap;
+    }
+    l->items[l->nitems] = (zmq_pollitem_t){.socket = socket, .fd = fd, .events = events};
+    l->watches[l->nitems] = (watch){fn, arg};
+    l->nitems++;
+    return 0;
+}
+
 mdg_loop *mdg_loop_new(void)
 {
     mdg_loop *l = calloc(1, sizeof *l);
     if (!l)
         return NULL;
     l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (l->wake_fd < 0) {
-        free(l);
+    /* items[0]: the wake-up, served by mdg_loop_run itself */
+    if (l->wake_fd < 0 || mdg_loop_watch(l, NULL, l->wake_fd, ZMQ_POLLIN, NULL, NULL)) {
+        mdg_loop_destroy(&l);
         return NULL;
     }
-    l->items[0] = (zmq_pollitem_t){.fd = l->wake_fd, .events = ZMQ_POLLIN};
-    l->nitems = 1;
     return l;
 }
 
@@ -61,19 +92,14 @@ void mdg_loop_destroy(mdg_loop **pl)
 {
     if (!pl || !*pl)
         return;
-    close((*pl)->wake_fd);
-    free(*pl);
+    mdg_loop *l = *pl;
+    if (l->wake_fd >= 0)
+        close(l->wake_fd);
+    free(l->items);
+    free(l->watches);
+    free(l->timers);
+    free(l);
     *pl = NULL;
-}
-
-int mdg_loop_watch(mdg_loop *l, void *socket, int fd, short events, mdg_loop_fn fn, void *arg)
-{
-    if (l->nitems > LOOP_MAX_WATCH)
-        return MDG_ENOMEM;
-    l->items[l->nitems] = (zmq_pollitem_t){.socket = socket, .fd = fd, .events = events};
-    l->watches[l->nitems] = (watch){fn, arg};
-    l->nitems++;
-    return 0;
 }
 
 void mdg_loop_unwatch(mdg_loop *l, void *socket, int fd)
@@ -96,24 +122,48 @@ void mdg_loop_set_events(mdg_loop *l, void *socket, int fd, short events)
             l->items[i].events = events;
 }
 
+static timer *find_timer(mdg_loop *l, int id)
+{
+    for (int i = 0; i < l->ntimers; i++)
+        if (l->timers[i].id == id)
+            return &l->timers[i];
+    return NULL;
+}
+
 int mdg_loop_timer(mdg_loop *l, int interval_ms, bool repeat, mdg_loop_fn fn, void *arg)
 {
-    for (int i = 0; i < LOOP_MAX_TIMERS; i++) {
-        timer *t = &l->timers[i];
-        if (t->id)
-            continue;
-        *t = (timer){.id = ++l->next_timer_id, .interval = interval_ms, .repeat = repeat,
-                     .due = mdg_now_ms() + interval_ms, .fn = fn, .arg = arg};
-        return t->id;
+    timer *t = find_timer(l, 0);
+    if (!t) {
+        if (l->ntimers == l->timers_cap) {
+            int cap = grown(l->timers_cap);
+            timer *timers = realloc(l->timers, (size_t)cap * sizeof *timers);
+            if (!timers)
+                return MDG_ENOMEM;
+            l->timers = timers;
+            l->timers_cap = cap;
+        }
+        t = &l->timers[l->ntimers++];
     }
-    return MDG_ENOMEM;
+    /* Ids wrap after INT_MAX timers (a connection makes one per delayed
+     * acknowledgement), skipping those still in use. */
+    int id = l->last_timer_id;
+    do
+        id = id == INT_MAX ? 1 : id + 1;
+    while (find_timer(l, id));
+    l->last_timer_id = id;
+    *t = (timer){.id = id, .interval = interval_ms, .repeat = repeat,
+                 .due = mdg_now_ms() + interval_ms, .pass = l->pass, .fn = fn, .arg = arg};
+    return id;
 }
 
 void mdg_loop_cancel(mdg_loop *l, int id)
 {
-    for (int i = 0; i < LOOP_MAX_TIMERS; i++)
-        if (l->timers[i].id == id)
-            l->timers[i].id = 0;
+    timer *t = id > 0 ? find_timer(l, id) : NULL;
+    if (!t)
+        return;
+    t->id = 0;
+    while (l->ntimers > 0 && !l->timers[l->ntimers - 1].id)
+        l->ntimers--;
 }
 
 void mdg_loop_on_wake(mdg_loop *l, mdg_loop_fn fn, void *arg)
@@ -144,7 +194,7 @@ bool mdg_loop_stopping(mdg_loop *l)
 static long next_timeout(mdg_loop *l, int64_t now)
 {
     long best = -1;
-    for (int i = 0; i < LOOP_MAX_TIMERS; i++) {
+    for (int i = 0; i < l->ntimers; i++) {
         if (!l->timers[i].id)
             continue;
         long d = l->timers[i].due > now ? (long)(l->timers[i].due - now) : 0;
@@ -154,19 +204,23 @@ static long next_timeout(mdg_loop *l, int64_t now)
     return best;
 }
 
+/* Fires the timers that are due. A timer made by a callback during this
+ * pass waits for the next one, so a callback that makes a 0 ms timer
+ * cannot keep the pass going forever. */
 static int run_timers(mdg_loop *l)
 {
     int64_t now = mdg_now_ms();
-    for (int i = 0; i < LOOP_MAX_TIMERS; i++) {
-        timer *t = &l->timers[i];
-        if (!t->id || t->due > now)
+    uint64_t pass = ++l->pass;
+    for (int i = 0; i < l->ntimers; i++) {
+        timer *t = &l->timers[i]; /* not used after fn: fn may move the array */
+        if (!t->id || t->due > now || t->pass == pass)
             continue;
         mdg_loop_fn fn = t->fn;
         void *arg = t->arg;
         if (t->repeat)
             t->due = now + t->interval;
         else
-            t->id = 0;
+            mdg_loop_cancel(l, t->id);
         if (fn(l, arg, 0))
             return 1;
     }

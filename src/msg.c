@@ -52,7 +52,7 @@ const char *mdg_msg_command(const mdg_msg *m)
     return m ? m->h.command : "";
 }
 
-mdg_params *mdg_msg_params(const mdg_msg *m)
+const mdg_params *mdg_msg_params(const mdg_msg *m)
 {
     return m ? m->params : NULL;
 }

@@ -139,7 +139,7 @@ static void h_stream(mdg_msg *msg, void *arg)
 {
     (void)arg;
     int64_t n = 0, ivl = 0;
-    mdg_params *p = mdg_msg_params(msg);
+    const mdg_params *p = mdg_msg_params(msg);
     if (mdg_params_get_int(p, "n", &n) != 0 || n < 1 || mdg_params_get_int(p, "interval_ms", &ivl) != 0 ||
         ivl < 0) {
         mdg_msg_fail(msg, "stream needs integers n >= 1 and interval_ms >= 0");

@@ -25,7 +25,8 @@ static void h_echo(mdg_msg *m, void *arg)
 {
     (void)arg;
     atomic_fetch_add(&handled, 1);
-    mdg_params *in = mdg_msg_params(m), *r = mdg_params_new();
+    const mdg_params *in = mdg_msg_params(m);
+    mdg_params *r = mdg_params_new();
     const uint8_t *b;
     size_t len;
     int64_t i;

@@ -652,7 +652,7 @@ static void on_own(mdg_msg *r, void *arg)
 {
     own_call *o = arg;
     int64_t i = -1, pid = 0;
-    mdg_params *p = mdg_msg_params(r);
+    const mdg_params *p = mdg_msg_params(r);
     if (mdg_msg_is_error(r) || mdg_params_get_int(p, "i", &i) != 0 || i != o->want ||
         mdg_params_get_int(p, "pid", &pid) != 0)
         atomic_fetch_add(&o->foreign, 1);

@@ -244,7 +244,7 @@ static uint8_t seen_user[MDG_KEY_BYTES]; /* 'user' stamped on the last call */
 static void h_divide(mdg_msg *msg, void *arg)
 {
     (void)arg;
-    mdg_params *p = mdg_msg_params(msg);
+    const mdg_params *p = mdg_msg_params(msg);
     const uint8_t *user = NULL;
     size_t len = 0;
     atomic_fetch_add(&divides, 1);
