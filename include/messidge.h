@@ -10,7 +10,11 @@
  *    and mdg_last_error() gives a longer, thread-local detail text (which
  *    file, which param, the remote error text...);
  *  - objects are made with *_new() and freed with *_destroy(&p), which
- *    sets p to NULL and accepts NULL / a pointer to NULL;
+ *    sets p to NULL and accepts NULL / a pointer to NULL. A constructor
+ *    that can fail only for want of memory returns the object or NULL
+ *    (mdg_params_new); one that can fail for other reasons (a file, a key,
+ *    an option) returns 0 or an error code and fills its first argument
+ *    (mdg_keys_new(&keys), mdg_broker_new(&b, ...), mdg_conn_new(&c, ...));
  *  - every function says who owns what: "borrowed" results stay owned by
  *    the object they came from, "taken" arguments become the library's
  *    even when the call fails.

@@ -1,7 +1,11 @@
 /* map.c - open-addressing hash map with linear probing. Deletion shifts
  * the rest of a probe run back into the hole (no tombstones), so a map
  * that sees many puts and takes, as the pending-call and forward maps
- * do, never needs rehashing to stay fast. */
+ * do, never needs rehashing to stay fast. Keys up to MAP_KEY_INLINE bytes
+ * (every key the library makes: ids, session ids, public keys, a session
+ * and a node's key together, libzmq's own routing ids) live in the slot,
+ * so a probe touches one small slot; longer ones (a routing id a client
+ * chose) get a block of their own. */
 #include "map.h"
 
 #include "internal.h"
@@ -10,14 +14,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAP_KEY_MAX 255 /* routing ids are at most 255 bytes in ZMTP */
+#define MAP_KEY_MAX 255   /* routing ids are at most 255 bytes in ZMTP */
+#define MAP_KEY_INLINE 48 /* a session id and a public key */
 
 typedef struct slot {
-    uint64_t hash;  /* 0 = empty, else a live entry */
+    uint64_t hash; /* 0 = empty, else a live entry */
     void *value;
     uint8_t klen;
-    uint8_t key[MAP_KEY_MAX];
+    union {
+        uint8_t bytes[MAP_KEY_INLINE]; /* klen <= MAP_KEY_INLINE */
+        uint8_t *block;                /* longer: its own allocation */
+    } key;
 } slot;
+
+static const uint8_t *slot_key(const slot *s)
+{
+    return s->klen <= MAP_KEY_INLINE ? s->key.bytes : s->key.block;
+}
 
 struct mdg_map {
     slot *slots;
@@ -53,6 +66,9 @@ void mdg_map_destroy(mdg_map **pm)
 {
     if (!pm || !*pm)
         return;
+    for (size_t i = 0; i < (*pm)->cap; i++)
+        if ((*pm)->slots[i].hash && (*pm)->slots[i].klen > MAP_KEY_INLINE)
+            free((*pm)->slots[i].key.block);
     free((*pm)->slots);
     free(*pm);
     *pm = NULL;
@@ -65,7 +81,7 @@ static slot *find(const mdg_map *m, const void *key, size_t klen, uint64_t h)
         slot *s = &m->slots[i];
         if (s->hash == 0)
             return NULL;
-        if (s->hash == h && s->klen == klen && memcmp(s->key, key, klen) == 0)
+        if (s->hash == h && s->klen == klen && memcmp(slot_key(s), key, klen) == 0)
             return s;
     }
 }
@@ -100,8 +116,13 @@ int mdg_map_put(mdg_map *m, const void *key, size_t klen, void *value)
         s->value = value;
         return 0;
     }
-    if ((m->used + 1) * 4 > m->cap * 3 && grow(m) != 0)
+    uint8_t *block = NULL;
+    if (klen > MAP_KEY_INLINE && !(block = malloc(klen)))
         return MDG_ENOMEM;
+    if ((m->used + 1) * 4 > m->cap * 3 && grow(m) != 0) {
+        free(block);
+        return MDG_ENOMEM;
+    }
     size_t mask = m->cap - 1, i = h & mask;
     while (m->slots[i].hash)
         i = (i + 1) & mask;
@@ -109,7 +130,9 @@ int mdg_map_put(mdg_map *m, const void *key, size_t klen, void *value)
     s->hash = h;
     s->value = value;
     s->klen = (uint8_t)klen;
-    memcpy(s->key, key, klen);
+    if (block)
+        s->key.block = block;
+    memcpy(block ? block : s->key.bytes, key, klen);
     m->used++;
     return 0;
 }
@@ -128,6 +151,8 @@ void *mdg_map_get(const mdg_map *m, const void *key, size_t klen)
 static void *erase(mdg_map *m, slot *s)
 {
     void *v = s->value;
+    if (s->klen > MAP_KEY_INLINE)
+        free(s->key.block);
     size_t mask = m->cap - 1, hole = (size_t)(s - m->slots), j = hole;
     for (;;) {
         j = (j + 1) & mask;
