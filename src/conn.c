@@ -46,6 +46,8 @@
 #define CONN_MAX_MSG (256LL << 20)
 #define RECV_BATCH 256
 #define SESSION_ID_MAX 64
+#define ENDPOINT_MAX 300  /* "tcp://" location ":" port */
+#define WHY_MAX 300       /* of a reason's text in fail_text: room for it with the endpoint */
 #define CLOSE_FLUSH_MS 2000  /* disconnect waits this long for acks */
 #define FLOW_COMMAND "mdg.flow" /* the broker pauses, resumes or ends one call's replies */
 #define FLOW_PAUSED ((void *)1)
@@ -94,7 +96,7 @@ typedef struct deferred {
 } deferred;
 
 struct mdg_conn {
-    char endpoint[300];
+    char endpoint[ENDPOINT_MAX];
     uint8_t server_pk[MDG_KEY_BYTES];
     mdg_keys *keys;
     mdg_conn_options opts;
@@ -110,7 +112,7 @@ struct mdg_conn {
     pthread_cond_t room_cond;  /* backlog shrank */
     int state;
     int fail_err; /* why the session cannot go on, or 0 */
-    char fail_text[512];
+    char fail_text[WHY_MAX + ENDPOINT_MAX + 40]; /* why, (endpoint), a few words */
     bool closing;
     out_item *out_head, *out_tail; /* not yet sent */
     size_t backlog;                /* queued + sent-but-unacked */
@@ -1223,7 +1225,7 @@ static void fatal(mdg_conn *c, int err, const char *text)
     bool first = !c->had_session;
     if (!c->fail_err) {
         c->fail_err = err;
-        snprintf(c->fail_text, sizeof c->fail_text, "%s (%s)", text, c->endpoint);
+        snprintf(c->fail_text, sizeof c->fail_text, "%.*s (%s)", WHY_MAX, text, c->endpoint);
         mdg_log(MDG_LOG_ERROR, "%s", c->fail_text);
     }
     pthread_cond_broadcast(&c->state_cond);
@@ -1245,7 +1247,7 @@ static void broker_busy(mdg_conn *c, const char *why)
     bool said = c->fail_err == MDG_EBUSY;
     if (!c->had_session && (!c->fail_err || said)) {
         c->fail_err = MDG_EBUSY;
-        snprintf(c->fail_text, sizeof c->fail_text, "%s (%s); still retrying", why, c->endpoint);
+        snprintf(c->fail_text, sizeof c->fail_text, "%.*s (%s); still retrying", WHY_MAX, why, c->endpoint);
         pthread_cond_broadcast(&c->state_cond);
     }
     pthread_mutex_unlock(&c->lock);
