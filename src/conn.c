@@ -2,14 +2,15 @@
  * one and its options, starting and stopping its loop thread, sends and
  * calls (pending calls, blocking and nested waits), waiting, disconnecting.
  *
- * A connection is one DEALER socket with CURVE (conn_link.c), owned by a
- * background loop thread. Application threads never touch the socket: they
- * encode their message, put it on a locked queue and wake the loop, which
- * numbers and sends it (conn_queue.c). Replies are matched to pending calls
- * by correlation id (conn_receive.c). A blocking call made on the loop
- * thread itself (from a handler or callback) runs a nested wait that
- * handles replies to blocking calls at once and defers all else, so
- * callbacks never nest and messages are dispatched in arrival order.
+ * A connection is one DEALER socket (conn_link.c) with CURVE (its transport,
+ * conn_native.c), owned by a background loop thread. Application threads
+ * never touch the socket: they encode their message, put it on a locked
+ * queue and wake the loop, which numbers and sends it (conn_queue.c).
+ * Replies are matched to pending calls by correlation id (conn_receive.c).
+ * A blocking call made on the loop thread itself (from a handler or
+ * callback) runs a nested wait that handles replies to blocking calls at
+ * once and defers all else, so callbacks never nest and messages are
+ * dispatched in arrival order.
  *
  * Reliability: every numbered message is kept until the broker acknowledges
  * it. When the link drops the socket is thrown away (so nothing stale
@@ -56,10 +57,6 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
         free(c);
         return mdg_fail(MDG_EINVAL, "port %d out of range", bad);
     }
-    if (o->legacy != 0 && o->legacy != MDG_LEGACY_USER && o->legacy != MDG_LEGACY_NODE) {
-        free(c);
-        return mdg_fail(MDG_EINVAL, "legacy must be 0, MDG_LEGACY_USER or MDG_LEGACY_NODE");
-    }
     if (snprintf(c->endpoint, sizeof c->endpoint, "tcp://%s:%d", location, o->port) >=
         (int)sizeof c->endpoint) {
         free(c);
@@ -71,13 +68,19 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
     mdg_ring_init(&c->flow_ended, (size_t)o->queue_limit);
-    mdg_chan_init(&c->chan, conn_link_ops(o->legacy), c);
+    /* the protocol, once: the rest of the connection calls through it */
+    c->transport = o->legacy ? &conn_legacy_transport : &conn_native_transport;
+    mdg_chan_init(&c->chan, c->transport->chan, c);
     if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
         !(c->pending = mdg_map_new()) || !(c->flow = mdg_map_new()) ||
-        !(c->in_flight = mdg_map_new()) || !(c->loop = mdg_loop_new()) ||
-        (o->legacy && conn_legacy_alloc(c) != 0)) {
+        !(c->in_flight = mdg_map_new()) || !(c->loop = mdg_loop_new())) {
         mdg_conn_destroy(&c);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
+    }
+    int rc = c->transport->init ? c->transport->init(c) : 0;
+    if (rc) {
+        mdg_conn_destroy(&c);
+        return rc;
     }
     *out = c;
     return 0;
@@ -228,7 +231,7 @@ static int on_wake(mdg_loop *loop, void *arg, short revents)
 static void *conn_thread(void *arg)
 {
     mdg_conn *c = arg;
-    conn_send_hello(c);
+    c->transport->hello(c);
     if (mdg_loop_run(c->loop) != 0)
         mdg_log(MDG_LOG_ERROR, "connection loop failed: %s", mdg_last_error());
     pthread_mutex_lock(&c->lock);
@@ -429,7 +432,7 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
         mdg_header h;
         mdg_frames f;
         while (!pd->done && mdg_frames_recv(c->sock, &f) == 0) {
-            if ((c->opts.legacy ? conn_legacy_ingest(c, &f, &h) : conn_ingest(c, &f, &h)) != 0) {
+            if (c->transport->ingest(c, &f, &h) != 0) {
                 mdg_frames_close(&f);
                 continue;
             }
@@ -505,7 +508,7 @@ void conn_fail_pending(mdg_conn *c, int err, const char *text)
             snprintf(pd->why, sizeof pd->why, "%s", text);
             pd->done = true;
             pthread_cond_signal(&pd->cond);
-        } else if (pd->done) { /* a 1.x callback call that had its reply */
+        } else if (pd->done) { /* a callback call that had its reply, kept for more */
             free(pd);
         } else {
             pd->reply = (mdg_msg *)cbs; /* chain through an unused field */
@@ -591,7 +594,8 @@ void mdg_conn_destroy(mdg_conn **pc)
     mdg_map_destroy(&c->flow);
     mdg_map_destroy(&c->in_flight);
     mdg_ring_free(&c->flow_ended);
-    conn_legacy_free(c);
+    if (c->transport && c->transport->free_state)
+        c->transport->free_state(c->transport_state);
     mdg_keys_destroy(&c->keys);
     pthread_cond_destroy(&c->state_cond);
     pthread_cond_destroy(&c->room_cond);

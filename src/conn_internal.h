@@ -4,23 +4,26 @@
  * are shared with application threads; the rest belong to the loop thread.
  *
  * A message's way through the connection, file by file:
- *   conn_receive.c   socket -> decode (order, acks) -> session (welcome:
- *                    new, resumed or lost) -> dispatch: a command to its
- *                    handler, a reply to the call that waits for it
- *   conn_queue.c     a handler's reply or a command -> the out queue (the
- *                    backlog, a call's window, the broker's flow control)
- *                    -> the channel -> encode -> socket; acks, keepalives
- *   conn_link.c      the link itself: socket, monitor, reconnect, hello,
- *                    what a failed handshake means
- *   conn_legacy.c    legacy mode: the Messidge 1.x translation
- *   conn.c           the public API: set-up, start/stop, sends and calls
- *                    (pending calls, blocking and nested waits), shutdown */
+ *   in   conn_native.c   socket -> decode (frames and header checked)
+ *        conn_receive.c  -> in order, once (the channel; acks) -> session
+ *                        (welcome: new, resumed or lost) -> dispatch: a
+ *                        command to its handler, a reply to its call
+ *   out  conn_queue.c    a command or a handler's reply -> the out queue
+ *                        (the backlog, a call's window, the broker's flow
+ *                        control) -> the channel; acks, keepalives
+ *        conn_native.c   -> encode -> socket
+ *   conn_link.c          the link itself: socket, monitor, reconnect, what
+ *                        a failed handshake means
+ *   conn.c               the public API: set-up, start/stop, sends and calls
+ *                        (pending calls, blocking and nested waits), shutdown
+ * conn_native.c is the native protocol's transport (conn_transport below);
+ * in legacy mode conn_legacy.c stands in its place. Which one is chosen
+ * once at set-up; the other files call through it and never ask which. */
 #ifndef MDG_CONN_INTERNAL_H
 #define MDG_CONN_INTERNAL_H
 
 #include "channel.h"
 #include "internal.h"
-#include "legacy.h"
 #include "loop.h"
 #include "map.h"
 #include "msg.h"
@@ -37,6 +40,12 @@
 #define FLOW_COMMAND "mdg.flow" /* the broker pauses, resumes or ends one call's replies */
 #define FLOW_PAUSED ((void *)1)
 #define FLOW_ENDED ((void *)2)
+
+/* Consistent evidence needed for MDG_EHANDSHAKE: handshakes the peer ended
+ * in order, in a row. */
+#define HS_VERDICT_AFTER 3
+
+typedef struct conn_transport conn_transport;
 
 enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 
@@ -57,18 +66,13 @@ typedef struct pending {
     void *arg;
     /* blocking calls: the waiter's stack frame; touched only under lock */
     pthread_cond_t cond;
+    /* the reply came (or the call failed); a callback call whose transport
+     * cannot mark a last reply is kept past its first, marked done */
     bool done;
     int err;
     char why[256]; /* with err: why the call ended */
     mdg_msg *reply;
 } pending;
-
-/* The 1.x uuid of a command we received, kept for its replies. */
-typedef struct lg_uuid {
-    bool long_term; /* a 'ka' reply went out: the broker routes by it now */
-    size_t len;
-    uint8_t id[MDG_LEGACY_MAX_UUID];
-} lg_uuid;
 
 /* A message read during a nested wait, dispatched later in arrival order. */
 typedef struct deferred {
@@ -82,6 +86,8 @@ struct mdg_conn {
     uint8_t server_pk[MDG_KEY_BYTES];
     mdg_keys *keys;
     mdg_conn_options opts;
+    const conn_transport *transport; /* how we speak to the broker, chosen at set-up */
+    void *transport_state;           /* the transport's own (loop thread), or NULL */
     void *ctx, *sock, *mon;
     unsigned sock_gen; /* names each socket's monitor endpoint */
     mdg_loop *loop;
@@ -120,7 +126,7 @@ struct mdg_conn {
     mdg_channel chan; /* what was sent, until the broker acknowledges it */
     bool had_session;
     bool resyncing;  /* a hello went out after a "no session" notice */
-    bool handshaken; /* CURVE handshake done on the current link */
+    bool handshaken; /* security handshake done on the current link */
     int hs_closed;   /* handshakes in a row the peer ended (handshake_failed) */
     int hs_reset;    /* links in a row reset before their handshake completed */
     bool pollout;    /* waiting for room in the socket's queue */
@@ -137,16 +143,44 @@ struct mdg_conn {
     void *err_arg;
     mdg_event_fn on_event;
     void *ev_arg;
-
-    /* legacy mode only; loop thread only */
-    bool lg_sealed;                 /* a user link: params and bulk sealed */
-    uint8_t lg_key[MDG_LEGACY_KEY]; /* this link's session key */
-    char lg_prefix[16];             /* our calls' uuids: prefix + corr */
-    mdg_map *lg_uuids;              /* corr we gave a received command -> lg_uuid */
-    mdg_ring lg_in_order;           /* those corrs, to forget the oldest */
-    mdg_ring lg_lingering;          /* callback calls kept after a reply */
-    uint64_t lg_next_in;            /* last corr given to a received command */
 };
+
+/* How the connection speaks to its broker: one per protocol, chosen once
+ * at set-up (conn_native.c, conn_legacy.c). Loop thread, but for init. */
+struct conn_transport {
+    /* Numbered messages to the link, and whether the broker acknowledges
+     * them (the channel's ops; their owner is the connection). */
+    const mdg_chan_ops *chan;
+    /* Make transport_state at set-up (may refuse the options: MDG_EINVAL);
+     * free it with the connection. NULL: there is none. */
+    int (*init)(mdg_conn *c);
+    void (*free_state)(void *state);
+    /* Security options of each new socket; NULL: none. */
+    int (*secure)(mdg_conn *c, void *sock);
+    /* The first thing on every new link: it opens or resumes the session. */
+    void (*hello)(mdg_conn *c);
+    /* An unnumbered control message (HELLO, ACK, BYE; params taken, the
+     * socket is there); NULL: the protocol has none. */
+    void (*control)(mdg_conn *c, int kind, mdg_params *params);
+    /* A message read from the socket, as a native header and frames: 0 to
+     * dispatch it; else it was handled or dropped here. (A transport that
+     * numbers its messages puts each through conn_in_order.) */
+    int (*ingest)(mdg_conn *c, mdg_frames *f, mdg_header *h);
+    /* A reply or error for one of our calls, or a notice (m taken). */
+    void (*on_reply)(mdg_conn *c, mdg_msg *m);
+    /* What it means when the peer ends the handshake in order
+     * HS_VERDICT_AFTER times in a row before the first session (text). */
+    void (*closed_verdict)(mdg_conn *c, char *text, size_t len);
+    const char *handshake; /* its handshake's name in what we log */
+    const char *mismatch;  /* the verdict when the peer names another security mechanism */
+    /* what MDG_EV_RECOVERED adds when the broker does not say whether it
+     * kept the session; NULL: it does */
+    const char *recovered_note;
+    bool flow; /* the broker may send FLOW_COMMAND */
+};
+
+extern const conn_transport conn_native_transport;
+extern const conn_transport conn_legacy_transport;
 
 /* conn.c: the public API, pending calls */
 bool conn_on_loop_thread(mdg_conn *c);
@@ -160,7 +194,6 @@ int conn_out_new(out_item **out, int kind, const char *command, uint64_t corr, u
 int conn_enqueue(mdg_conn *c, out_item *o);
 size_t conn_drop_stale_replies(mdg_conn *c);
 void conn_chan_release(void *owner, mdg_chan_msg *m);
-const mdg_chan_ops *conn_link_ops(int legacy);
 void conn_room_made(mdg_conn *c);
 void conn_acked(mdg_conn *c, uint64_t ack);
 void conn_flush(mdg_conn *c);
@@ -173,8 +206,8 @@ int conn_send_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results, c
                     size_t bulk_len);
 void conn_on_flow(mdg_conn *c, const mdg_msg *m);
 
-/* conn_receive.c: socket -> decode -> session -> dispatch */
-int conn_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h);
+/* conn_receive.c: in order -> session -> dispatch */
+int conn_in_order(mdg_conn *c, const mdg_header *h);
 void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed, int64_t ack);
 void conn_on_reply(mdg_conn *c, mdg_msg *m);
 void conn_dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f);
@@ -183,19 +216,11 @@ bool conn_pop_deferred(mdg_conn *c, mdg_header *h, mdg_frames *f);
 int conn_on_socket(mdg_loop *loop, void *arg, short revents);
 
 /* conn_link.c: the link */
+int conn_set_option(void *sock, int opt, const void *v, size_t len);
 int conn_open_socket(mdg_conn *c);
 void conn_close_socket(mdg_conn *c, bool discard);
-void conn_send_hello(mdg_conn *c);
 void conn_resync(mdg_conn *c, const char *why);
 void conn_link_lost(mdg_conn *c, const char *why);
 void conn_fatal(mdg_conn *c, int err, const char *text);
-
-/* conn_legacy.c: legacy mode */
-extern const mdg_chan_ops conn_legacy_link;
-int conn_legacy_alloc(mdg_conn *c);
-void conn_legacy_free(mdg_conn *c);
-void conn_legacy_hello(mdg_conn *c);
-int conn_legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h);
-void conn_legacy_on_reply(mdg_conn *c, mdg_msg *m);
 
 #endif

@@ -1,49 +1,80 @@
-/* conn_legacy.c - legacy mode (opts.legacy): the connection speaks
- * Messidge 1.x to an original Python Messidge broker, translating at the
- * socket boundary. legacy_send turns each numbered message into one 1.x
- * frame, conn_legacy_ingest turns each 1.x frame into the header and frames
+/* conn_legacy.c - legacy mode's transport (opts.legacy): the connection
+ * speaks Messidge 1.x to an original Python Messidge broker, translating
+ * at the socket boundary. legacy_send turns each numbered message into one
+ * 1.x frame, legacy_ingest turns each 1.x frame into the header and frames
  * of a native one, and all the rest (queue, pending calls, dispatch, nested
- * waits, reconnects) is shared. 1.x has no acknowledgements, sequence
+ * waits, reconnects) is shared: it reaches this file only through
+ * conn_legacy_transport. 1.x has no acknowledgements, sequence
  * numbers or session resumption, so there a message counts as delivered
  * once libzmq took it, nothing is resent after a reconnect, and every later
  * session is reported as MDG_EV_RECOVERED (a 1.x broker does not say
  * whether it still had ours). Nor can 1.x mark a call's last reply: see
- * conn_legacy_on_reply. The 1.x frames themselves are legacy.c's. */
+ * legacy_on_reply. The 1.x frames themselves are legacy.c's. */
 #include "conn_internal.h"
+#include "legacy.h"
 
 #include <errno.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Legacy mode's tables, bounded like the send queue. */
-int conn_legacy_alloc(mdg_conn *c)
+/* The 1.x uuid of a command we received, kept for its replies. */
+typedef struct lg_uuid {
+    bool long_term; /* a 'ka' reply went out: the broker routes by it now */
+    size_t len;
+    uint8_t id[MDG_LEGACY_MAX_UUID];
+} lg_uuid;
+
+/* Legacy mode's state of a connection (its transport_state). */
+typedef struct legacy_state {
+    bool sealed;                 /* a user link: params and bulk sealed */
+    uint8_t key[MDG_LEGACY_KEY]; /* this link's session key */
+    char prefix[16];             /* our calls' uuids: prefix + corr */
+    mdg_map *uuids;              /* corr we gave a received command -> lg_uuid */
+    mdg_ring in_order;           /* those corrs, to forget the oldest */
+    mdg_ring lingering;          /* callback calls kept after a reply */
+    uint64_t next_in;            /* last corr given to a received command */
+} legacy_state;
+
+static void legacy_free(void *state)
+{
+    legacy_state *lg = state;
+    void *u;
+    if (!lg)
+        return;
+    while (lg->uuids && (u = mdg_map_pop(lg->uuids)) != NULL)
+        free(u);
+    mdg_map_destroy(&lg->uuids);
+    mdg_ring_free(&lg->in_order);
+    mdg_ring_free(&lg->lingering);
+    sodium_memzero(lg->key, sizeof lg->key);
+    free(lg);
+}
+
+/* Which 1.x peer we are, and legacy mode's tables, bounded like the send
+ * queue. */
+static int legacy_init(mdg_conn *c)
 {
     char id[23];
     size_t cap = (size_t)c->opts.queue_limit;
+    legacy_state *lg;
+    if (c->opts.legacy != MDG_LEGACY_USER && c->opts.legacy != MDG_LEGACY_NODE)
+        return mdg_fail(MDG_EINVAL, "legacy must be 0, MDG_LEGACY_USER or MDG_LEGACY_NODE");
+    if (!(lg = calloc(1, sizeof *lg)))
+        return mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
     mdg_legacy_uuid(id);
-    memcpy(c->lg_prefix, id, 12);
-    c->lg_prefix[12] = '-'; /* not in the uuid alphabet: the corr follows */
-    c->lg_uuids = mdg_map_new();
-    mdg_ring_init(&c->lg_in_order, cap);
-    mdg_ring_init(&c->lg_lingering, cap);
-    return c->lg_uuids ? 0 : MDG_ENOMEM;
-}
-
-void conn_legacy_free(mdg_conn *c)
-{
-    void *u;
-    while (c->lg_uuids && (u = mdg_map_pop(c->lg_uuids)) != NULL)
-        free(u);
-    mdg_map_destroy(&c->lg_uuids);
-    mdg_ring_free(&c->lg_in_order);
-    mdg_ring_free(&c->lg_lingering);
-    sodium_memzero(c->lg_key, sizeof c->lg_key);
+    memcpy(lg->prefix, id, 12);
+    lg->prefix[12] = '-'; /* not in the uuid alphabet: the corr follows */
+    lg->uuids = mdg_map_new();
+    mdg_ring_init(&lg->in_order, cap);
+    mdg_ring_init(&lg->lingering, cap);
+    c->transport_state = lg;
+    return lg->uuids ? 0 : mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
 }
 
 /* The hello: our key, and the rid of our last session so that the broker
  * may move that session to this link. */
-void conn_legacy_hello(mdg_conn *c)
+static void legacy_hello(mdg_conn *c)
 {
     zmq_msg_t m;
     if (!c->sock)
@@ -67,11 +98,12 @@ _Static_assert(MDG_LEGACY_MAX_RID <= SESSION_ID_MAX, "a 1.x rid must fit as our 
  * there (1.x authenticates neither side of a node link). */
 static void legacy_welcome(mdg_conn *c, zmq_msg_t *frame)
 {
+    legacy_state *lg = c->transport_state;
     uint8_t rid[MDG_LEGACY_MAX_RID];
     size_t rid_len = 0;
     bool sealed = false;
     int rc = mdg_legacy_parse_welcome(zmq_msg_data(frame), zmq_msg_size(frame), c->server_pk,
-                                      mdg_keys_secret(c->keys), &sealed, c->lg_key, rid, &rid_len);
+                                      mdg_keys_secret(c->keys), &sealed, lg->key, rid, &rid_len);
     if (rc == MDG_EAUTH || rc == MDG_EHANDSHAKE) {
         char why[256];
         snprintf(why, sizeof why, "%s", mdg_last_error());
@@ -94,7 +126,7 @@ static void legacy_welcome(mdg_conn *c, zmq_msg_t *frame)
         conn_link_lost(c, why);
         return;
     }
-    c->lg_sealed = sealed;
+    lg->sealed = sealed;
     conn_session_open(c, rid, rid_len, c->had_session, 0);
 }
 
@@ -103,14 +135,15 @@ static void legacy_welcome(mdg_conn *c, zmq_msg_t *frame)
  * command it answers (*u, NULL for a command). */
 static int legacy_out_uuid(mdg_conn *c, const mdg_header *h, char *buf, size_t len, lg_uuid **u)
 {
+    legacy_state *lg = c->transport_state;
     *u = NULL;
     buf[0] = '\0';
     if (h->kind == MDG_K_CMD) {
         if (h->corr)
-            snprintf(buf, len, "%s%llu", c->lg_prefix, (unsigned long long)h->corr);
+            snprintf(buf, len, "%s%llu", lg->prefix, (unsigned long long)h->corr);
         return 0;
     }
-    if (!(*u = mdg_map_get_u64(c->lg_uuids, h->corr)))
+    if (!(*u = mdg_map_get_u64(lg->uuids, h->corr)))
         return mdg_fail(MDG_ENOTFOUND, "the 1.x uuid of the command it answers was forgotten "
                                        "(more than queue_limit commands awaited replies)");
     return 0;
@@ -123,7 +156,8 @@ static int legacy_out_uuid(mdg_conn *c, const mdg_header *h, char *buf, size_t l
  * clear. */
 static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
-    char uuid[sizeof c->lg_prefix + 24];
+    legacy_state *lg = c->transport_state;
+    char uuid[sizeof lg->prefix + 24];
     lg_uuid *u;
     mdg_params *p = NULL;
     zmq_msg_t frame;
@@ -133,7 +167,7 @@ static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params
     const char *command = !u ? h->command : more || u->long_term ? "ka" : "";
     randombytes_buf(nonce, sizeof nonce);
     if (!rc && !(rc = mdg_legacy_params_out(h->kind, zmq_msg_data(params), zmq_msg_size(params), &p)))
-        rc = mdg_legacy_build(&frame, c->lg_sealed ? c->lg_key : NULL, nonce, sizeof nonce, command,
+        rc = mdg_legacy_build(&frame, lg->sealed ? lg->key : NULL, nonce, sizeof nonce, command,
                               strlen(command), u ? (const char *)u->id : uuid, u ? u->len : strlen(uuid), p,
                               bulk ? zmq_msg_data(bulk) : NULL, bulk ? zmq_msg_size(bulk) : 0);
     mdg_params_destroy(&p);
@@ -148,7 +182,7 @@ static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params
     if (u && more)
         u->long_term = true;
     else if (u) /* the final reply: the uuid is done with */
-        free(mdg_map_take_u64(c->lg_uuids, h->corr));
+        free(mdg_map_take_u64(lg->uuids, h->corr));
     return 0;
 }
 
@@ -166,14 +200,15 @@ static int legacy_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_
 }
 
 /* 1.x has no acks: once libzmq has a message, it is gone */
-const mdg_chan_ops conn_legacy_link = {.send = legacy_send, .release = conn_chan_release, .acks = false};
+static const mdg_chan_ops legacy_link = {.send = legacy_send, .release = conn_chan_release, .acks = false};
 
 /* The corr of our call that a uuid names, or 0 when it is not ours. */
 static uint64_t legacy_call_of(const mdg_conn *c, const uint8_t *uuid, size_t len)
 {
-    size_t plen = strlen(c->lg_prefix);
+    const legacy_state *lg = c->transport_state;
+    size_t plen = strlen(lg->prefix);
     uint64_t corr = 0;
-    if (len <= plen || len > plen + 19 || memcmp(uuid, c->lg_prefix, plen) != 0)
+    if (len <= plen || len > plen + 19 || memcmp(uuid, lg->prefix, plen) != 0)
         return 0;
     for (size_t i = plen; i < len; i++) {
         if (uuid[i] < '0' || uuid[i] > '9')
@@ -188,17 +223,18 @@ static uint64_t legacy_call_of(const mdg_conn *c, const uint8_t *uuid, size_t le
  * memory (the command is then not answerable). */
 static uint64_t legacy_remember(mdg_conn *c, const uint8_t *uuid, size_t len)
 {
+    legacy_state *lg = c->transport_state;
     lg_uuid *u = calloc(1, sizeof *u);
-    uint64_t corr = ++c->lg_next_in;
-    if (!u || mdg_map_put_u64(c->lg_uuids, corr, u) != 0) {
+    uint64_t corr = ++lg->next_in;
+    if (!u || mdg_map_put_u64(lg->uuids, corr, u) != 0) {
         free(u);
         mdg_log(MDG_LOG_ERROR, "out of memory: a 1.x command cannot be answered");
         return 0;
     }
     u->len = len;
     memcpy(u->id, uuid, len);
-    uint64_t old = mdg_ring_push(&c->lg_in_order, corr);
-    if (old && (u = mdg_map_take_u64(c->lg_uuids, old)) != NULL) {
+    uint64_t old = mdg_ring_push(&lg->in_order, corr);
+    if (old && (u = mdg_map_take_u64(lg->uuids, old)) != NULL) {
         mdg_log(MDG_LOG_WARN, "more than %d 1.x commands await replies: the oldest can no longer be answered",
                 c->opts.queue_limit);
         free(u);
@@ -253,8 +289,9 @@ static int legacy_to_frames(mdg_frames *f, const mdg_params *p, zmq_msg_t *bulk)
 /* A 1.x frame from the broker becomes the header and frames of a native
  * message (0: dispatch it), or is taken here (the welcome), or dropped
  * with a log line. Nothing a 1.x broker sends ends the link. */
-int conn_legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
+static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
 {
+    const legacy_state *lg = c->transport_state;
     mdg_legacy_frame lf;
     mdg_params *p = NULL;
     zmq_msg_t bulk;
@@ -270,7 +307,7 @@ int conn_legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
     int rc = mdg_legacy_parse(zmq_msg_data(&f->part[0]), zmq_msg_size(&f->part[0]), &lf);
     if (rc == 0) {
         zmq_msg_close(&bulk); /* open makes it again */
-        if ((rc = mdg_legacy_open(&lf, c->lg_sealed ? c->lg_key : NULL, &p, &bulk)) == 0)
+        if ((rc = mdg_legacy_open(&lf, lg->sealed ? lg->key : NULL, &p, &bulk)) == 0)
             rc = legacy_classify(c, &lf, &p, h);
         mdg_legacy_frame_free(&lf);
     }
@@ -287,7 +324,8 @@ int conn_legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
  * (past it the oldest such call is forgotten). */
 static void legacy_linger(mdg_conn *c, uint64_t corr)
 {
-    uint64_t old = mdg_ring_push(&c->lg_lingering, corr);
+    legacy_state *lg = c->transport_state;
+    uint64_t old = mdg_ring_push(&lg->lingering, corr);
     if (!old)
         return;
     pthread_mutex_lock(&c->lock);
@@ -304,7 +342,7 @@ static void legacy_linger(mdg_conn *c, uint64_t corr)
  * blocking call ends with its first reply, as natively; a callback call
  * keeps its callback for further replies, but counts as done (its
  * callback is not failed when the connection ends). */
-void conn_legacy_on_reply(mdg_conn *c, mdg_msg *m)
+static void legacy_on_reply(mdg_conn *c, mdg_msg *m)
 {
     pthread_mutex_lock(&c->lock);
     pending *pd = m->h.corr ? mdg_map_get_u64(c->pending, m->h.corr) : NULL;
@@ -322,3 +360,29 @@ void conn_legacy_on_reply(mdg_conn *c, mdg_msg *m)
     mdg_msg_destroy(&m);
 }
 
+/* The peer ended the ZMTP handshake in order, again and again: a peer that
+ * wants more than 1.x's plain ZMTP. */
+static void legacy_closed_verdict(mdg_conn *c, char *text, size_t len)
+{
+    snprintf(text, len, "the peer closed the link during the ZMTP handshake on %d attempts in a row: not "
+             "Messidge 1.x (a native Messidge broker, which speaks CURVE? then connect without legacy mode)",
+             c->hs_closed);
+}
+
+const conn_transport conn_legacy_transport = {
+    .chan = &legacy_link,
+    .init = legacy_init,
+    .free_state = legacy_free,
+    .secure = NULL, /* 1.x has no CURVE: the broker's key is checked by the welcome's box */
+    .hello = legacy_hello,
+    .control = NULL, /* nor acknowledgements, keepalives or a goodbye */
+    .ingest = legacy_ingest,
+    .on_reply = legacy_on_reply,
+    .closed_verdict = legacy_closed_verdict,
+    .handshake = "ZMTP",
+    .mismatch = "the peer speaks CURVE, not Messidge 1.x (a native Messidge broker? then connect without legacy "
+                "mode)",
+    .recovered_note = "a 1.x broker does not say whether it kept the session: what was sent before the link "
+                      "dropped may be lost",
+    .flow = false, /* FLOW_COMMAND is the native broker's */
+};

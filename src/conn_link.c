@@ -1,9 +1,9 @@
 /* conn_link.c - the connection's link to the broker: the DEALER socket
- * (CURVE, limits), made by us on every reconnect and never by libzmq; its
- * monitor; the hello that opens or resumes the session on each new link;
- * a new link after a backoff when one drops; and what a failed handshake
- * means: a key refused, a broker at its connection limit, a peer that is
- * no Messidge broker. Loop thread only. */
+ * (its limits; its security is the transport's), made by us on every
+ * reconnect and never by libzmq; its monitor; the transport's hello first
+ * on each new link; a new link after a backoff when one drops; and what a
+ * failed handshake means: a key refused, a broker at its connection limit,
+ * a peer that speaks another protocol. Loop thread only. */
 #include "conn_internal.h"
 
 #include <errno.h>
@@ -41,25 +41,7 @@ void conn_close_socket(mdg_conn *c, bool discard)
     c->handshaken = false;
 }
 
-/* Our hello, the first thing on every link: the session to resume and
- * what we have of it. */
-void conn_send_hello(mdg_conn *c)
-{
-    if (c->opts.legacy) {
-        conn_legacy_hello(c);
-        return;
-    }
-    mdg_params *p = mdg_params_new();
-    if (p) {
-        mdg_params_set_int(p, "version", MDG_WIRE_VERSION);
-        mdg_params_set_int(p, "ack", (int64_t)c->chan.rx_seq);
-        mdg_params_set_int(p, "heartbeat", c->opts.heartbeat_ms);
-        if (c->had_session)
-            mdg_params_set_bytes(p, "session", c->session_id, c->session_id_len);
-    }
-    conn_send_control(c, MDG_K_HELLO, p);
-}
-
+/* Time for a new link (after a backoff, or at once for a resync). */
 static int on_reconnect_timer(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
@@ -73,7 +55,7 @@ static int on_reconnect_timer(mdg_loop *loop, void *arg, short revents)
         c->reconnect_timer = mdg_loop_timer(c->loop, c->opts.reconnect_max_ms, false, on_reconnect_timer, c);
         return 0;
     }
-    conn_send_hello(c);
+    c->transport->hello(c);
     return 0;
 }
 
@@ -160,72 +142,20 @@ static void broker_busy(mdg_conn *c, const char *why)
         mdg_log(MDG_LOG_WARN, "%s (%s): retrying", why, c->endpoint);
 }
 
-/* Consistent evidence needed for MDG_EHANDSHAKE: handshakes the peer ended
- * in order, in a row. */
-#define HS_VERDICT_AFTER 3
 /* A broker out of file descriptors resets every new link before its
  * handshake: that many in a row, before the first session, is reported as
  * MDG_EBUSY (a flaky network resets one now and then, not all of them). */
 #define RESETS_BUSY_AFTER 5
-#define PROBE_MS 2000
-
-static const char *const not_curve =
-    "the peer does not speak CURVE, so it is no native Messidge broker (a Messidge 1.x broker? then use "
-    "legacy mode)";
-
-/* Does the peer complete a ZMTP handshake without CURVE, as a Messidge 1.x
- * broker does? libzmq reports the mechanism mismatch only when the peer's
- * whole greeting arrived before it closed the link, and a peer that closes
- * as soon as it has read ours often has not sent all of its own: then a 1.x
- * broker looks like a CURVE broker refusing our HELLO (another key). A
- * NULL-mechanism handshake tells them apart. Blocks the loop thread up to
- * PROBE_MS: only before the first session, when it has nothing else to do. */
-static bool peer_speaks_null(mdg_conn *c)
-{
-    char ep[80];
-    void *s = zmq_socket(c->ctx, ZMQ_DEALER), *m = NULL;
-    bool yes = false, done = false;
-    int zero = 0;
-    snprintf(ep, sizeof ep, "inproc://mdg-probe-%p-%u", (void *)c, c->sock_gen);
-    if (s && zmq_socket_monitor(s, ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_DISCONNECTED |
-                                           ZMQ_EVENT_CLOSED) == 0 &&
-        (m = zmq_socket(c->ctx, ZMQ_PAIR)) && zmq_connect(m, ep) == 0 && zmq_connect(s, c->endpoint) == 0) {
-        int64_t deadline = mdg_now_ms() + PROBE_MS;
-        zmq_pollitem_t it = {.socket = m, .events = ZMQ_POLLIN};
-        while (!done && mdg_now_ms() < deadline && zmq_poll(&it, 1, (long)(deadline - mdg_now_ms())) >= 0) {
-            mdg_frames f;
-            while (!done && mdg_frames_recv(m, &f) == 0) {
-                uint16_t ev = 0;
-                if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 2)
-                    memcpy(&ev, zmq_msg_data(&f.part[0]), 2);
-                mdg_frames_close(&f);
-                done = ev != 0;
-                yes = ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
-            }
-        }
-    }
-    if (s) { /* as conn_close_socket: the monitor first */
-        zmq_socket_monitor(s, NULL, 0);
-        zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-        zmq_close(s);
-    }
-    if (m)
-        zmq_close(m);
-    return yes;
-}
 
 /* A link that ended before its handshake completed. A single failure is
  * never a verdict: a reset or a cut can come at any point of a handshake,
  * and is retried on the normal schedule. Before the first session only
  * evidence a flaky network cannot produce makes MDG_EHANDSHAKE (and the
  * retries slow down to reconnect_max_ms): the peer names another security
- * mechanism (it speaks no CURVE, e.g. Messidge 1.x; or, in legacy mode, it
- * speaks CURVE), or it ends the handshake in order HS_VERDICT_AFTER times
- * in a row: a CURVE broker does that with a HELLO that does not open under
- * its key (we pinned another), unless a NULL handshake shows a 1.x broker;
- * in legacy mode, a peer that is not 1.x. What each attempt saw is kept
- * for a timeout in mdg_conn_wait_until_ready. */
+ * mechanism than our transport's (transport->mismatch), or it ends the
+ * handshake in order HS_VERDICT_AFTER times in a row (what that means is
+ * the transport's: transport->closed_verdict). What each attempt saw is
+ * kept for a timeout in mdg_conn_wait_until_ready. */
 static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
 {
     char seen[200];
@@ -234,9 +164,7 @@ static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
     if (ev == ZMQ_EVENT_CLOSED) {
         snprintf(seen, sizeof seen, "no broker answered");
     } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
-        verdict = c->opts.legacy ? "the peer speaks CURVE, not Messidge 1.x (a native Messidge broker? "
-                                   "then connect without legacy mode)"
-                                 : not_curve;
+        verdict = c->transport->mismatch;
         snprintf(seen, sizeof seen, "%s", verdict);
     } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
         in_order = true;
@@ -245,8 +173,7 @@ static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
         /* DISCONNECTED alone: libzmq gave up on the peer's greeting (not
          * ZMTP 3); EPIPE: the peer closed the link in order */
         in_order = true;
-        snprintf(seen, sizeof seen, "the peer closed the link during the %s handshake",
-                 c->opts.legacy ? "ZMTP" : "CURVE");
+        snprintf(seen, sizeof seen, "the peer closed the link during the %s handshake", c->transport->handshake);
     } else {
         snprintf(seen, sizeof seen, "the link failed during the handshake (%s)", zmq_strerror((int)value));
     }
@@ -259,17 +186,10 @@ static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
     pthread_mutex_unlock(&c->lock);
     if (!c->had_session && (verdict || c->hs_closed >= HS_VERDICT_AFTER)) {
         char text[300];
-        if (!verdict && !c->opts.legacy && c->hs_closed == HS_VERDICT_AFTER && peer_speaks_null(c))
-            verdict = not_curve;
         if (verdict)
             snprintf(text, sizeof text, "%s", verdict);
-        else if (c->opts.legacy)
-            snprintf(text, sizeof text, "the peer closed the link during the ZMTP handshake on %d attempts in a "
-                     "row: not Messidge 1.x (a native Messidge broker, which speaks CURVE? then connect without "
-                     "legacy mode)", c->hs_closed);
         else
-            snprintf(text, sizeof text, "the broker closed the link during the CURVE handshake on %d attempts in "
-                     "a row: its key is most likely not the one pinned", c->hs_closed);
+            c->transport->closed_verdict(c, text, sizeof text);
         conn_fatal(c, MDG_EHANDSHAKE, text);
         c->attempt = 30; /* retry now and then: the broker may be fixed */
     } else if (!c->had_session && c->hs_reset >= RESETS_BUSY_AFTER) {
@@ -281,6 +201,8 @@ static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
     conn_link_lost(c, seen);
 }
 
+/* What the link's monitor saw: a handshake done or failed, the link
+ * dropped. */
 static int on_monitor(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
@@ -339,12 +261,16 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
     return 0;
 }
 
-static int set(void *s, int opt, const void *v, size_t len)
+/* A socket option, or MDG_ESYS saying which. */
+int conn_set_option(void *s, int opt, const void *v, size_t len)
 {
     return zmq_setsockopt(s, opt, v, len) == 0 ? 0
                                                : mdg_fail(MDG_ESYS, "socket option %d: %s", opt, zmq_strerror(errno));
 }
 
+/* A new link: a socket with the transport's security and our limits, and
+ * its monitor, both watched by the loop (libzmq connects in the
+ * background; the transport's hello is queued first). */
 int conn_open_socket(mdg_conn *c)
 {
     /* No receive limit in libzmq: with heartbeats on, libzmq 4.3.4 aborts
@@ -362,18 +288,14 @@ int conn_open_socket(mdg_conn *c)
     char mon_ep[80];
     if (!(c->sock = zmq_socket(c->ctx, ZMQ_DEALER)))
         return mdg_fail(MDG_ESYS, "cannot create the socket: %s", zmq_strerror(errno));
-    /* 1.x has no CURVE: the broker's key is checked by the welcome's box */
-    if ((!c->opts.legacy &&
-         ((rc = set(c->sock, ZMQ_CURVE_SERVERKEY, c->server_pk, MDG_KEY_BYTES)) ||
-          (rc = set(c->sock, ZMQ_CURVE_PUBLICKEY, mdg_keys_public(c->keys), MDG_KEY_BYTES)) ||
-          (rc = set(c->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(c->keys), MDG_KEY_BYTES)))) ||
-        (rc = set(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm)) ||
-        (rc = set(c->sock, ZMQ_RCVHWM, &unlimited, sizeof unlimited)) ||
-        (rc = set(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
-        (rc = set(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) ||
-        (rc = set(c->sock, ZMQ_RECONNECT_IVL, &no_reconnect, sizeof no_reconnect)) ||
-        (rc = set(c->sock, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl)) ||
-        (rc = set(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)))
+    if ((c->transport->secure && (rc = c->transport->secure(c, c->sock))) ||
+        (rc = conn_set_option(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm)) ||
+        (rc = conn_set_option(c->sock, ZMQ_RCVHWM, &unlimited, sizeof unlimited)) ||
+        (rc = conn_set_option(c->sock, ZMQ_LINGER, &linger, sizeof linger)) ||
+        (rc = conn_set_option(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) ||
+        (rc = conn_set_option(c->sock, ZMQ_RECONNECT_IVL, &no_reconnect, sizeof no_reconnect)) ||
+        (rc = conn_set_option(c->sock, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl)) ||
+        (rc = conn_set_option(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)))
         goto fail;
     /* The monitor says when the link drops and why a handshake failed
      * (refused key, wrong server key), so nothing just times out. */

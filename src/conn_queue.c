@@ -190,23 +190,6 @@ void conn_acked(mdg_conn *c, uint64_t ack)
     conn_room_made(c);
 }
 
-/* The native link, for the channel. */
-static int native_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
-{
-    mdg_conn *c = owner;
-    int rc = mdg_wire_send(c->sock, NULL, 0, h, params, bulk);
-    if (rc == 0)
-        c->last_tx = mdg_now_ms();
-    return rc;
-}
-
-static const mdg_chan_ops native_link = {.send = native_send, .release = conn_chan_release, .acks = true};
-
-const mdg_chan_ops *conn_link_ops(int legacy)
-{
-    return legacy ? &conn_legacy_link : &native_link;
-}
-
 static void want_pollout(mdg_conn *c, bool on)
 {
     if (c->pollout != on && c->sock) {
@@ -216,7 +199,7 @@ static void want_pollout(mdg_conn *c, bool on)
 }
 
 /* A message the link refused for good: it stays kept and goes again after
- * the reconnect (1.x: it is dropped). */
+ * the reconnect (a link without acknowledgements drops it). */
 static void cannot_send(const char *command)
 {
     mdg_log(MDG_LOG_WARN, "cannot send %s%s%s now: %s", *command ? "'" : "a message", command, *command ? "'" : "",
@@ -256,22 +239,14 @@ void conn_flush(mdg_conn *c)
     want_pollout(c, rc == MDG_EAGAIN);
 }
 
-/* Unnumbered control messages (HELLO, BYE, ACK) go straight out; 1.x has
- * none of them (its hello is conn_legacy_hello). */
+/* Unnumbered control messages (HELLO, ACK, BYE) go straight out, on a
+ * link whose transport has them. */
 void conn_send_control(mdg_conn *c, int kind, mdg_params *params)
 {
-    mdg_header h = {.kind = (uint8_t)kind};
-    zmq_msg_t pm;
-    mdg_chan_stamp(&c->chan, &h);
-    if (c->sock && !c->opts.legacy && mdg_wire_encode_params(params, &pm) == 0) {
-        if (mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) == MDG_EAGAIN) {
-            zmq_msg_close(&pm);
-        } else {
-            mdg_chan_ack_told(&c->chan, h.ack);
-            c->last_tx = mdg_now_ms();
-        }
-    }
-    mdg_params_destroy(&params);
+    if (c->sock && c->transport->control)
+        c->transport->control(c, kind, params);
+    else
+        mdg_params_destroy(&params);
 }
 
 static int on_ack_timer(mdg_loop *loop, void *arg, short revents)

@@ -1,10 +1,11 @@
 /* conn_receive.c - the connection's incoming side, in arrival order:
- * socket -> decode (conn_ingest: the header, the broker's acknowledgement,
- * the channel's order and duplicate checks) -> session (a welcome opens
- * it: new, resumed, or lost and begun again) -> dispatch: a command to the
- * application's handler, a reply to the call that waits for it, a goodbye
- * that ends the connection. What a nested wait (conn.c) reads is deferred
- * here and dispatched later, still in order. Loop thread only. */
+ * socket -> decode (the transport's ingest) -> in order and once
+ * (conn_in_order: the broker's acknowledgement, the channel's order and
+ * duplicate checks) -> session (a welcome opens it: new, resumed, or lost
+ * and begun again) -> dispatch: a command to the application's handler, a
+ * reply to the call that waits for it, a goodbye that ends the connection.
+ * What a nested wait (conn.c) reads is deferred here and dispatched later,
+ * still in order. Loop thread only. */
 #include "conn_internal.h"
 
 #include <stdlib.h>
@@ -12,27 +13,12 @@
 
 #define RECV_BATCH 256 /* messages read per turn of the loop */
 
-/* First step for every received message, in arrival order: header,
- * acknowledgement and sequence. Returns 0 when it should be dispatched. */
-int conn_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
+/* Where a message the transport decoded stands in the session's
+ * numbering: the broker's acknowledgement taken, a duplicate dropped, a
+ * gap answered by a resync, the next one counted (its ack scheduled).
+ * Returns 0 when it should be dispatched (an ACK never is). */
+int conn_in_order(mdg_conn *c, const mdg_header *h)
 {
-    if (f->dropped || f->n < 2) {
-        mdg_log(MDG_LOG_WARN, "malformed message from the broker dropped (%d frames)", f->n + f->dropped);
-        return -1;
-    }
-    if (mdg_wire_decode_header(zmq_msg_data(&f->part[0]), zmq_msg_size(&f->part[0]), h) != 0) {
-        mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
-        return -1;
-    }
-    if (mdg_kind_sequenced(h->kind) && h->seq == 0 && (h->kind != MDG_K_ERROR || h->corr != 0)) {
-        /* the one unnumbered message of a numbered kind is a notice: the
-         * broker's answer outside the session's numbering ("no session", a
-         * seq gap, a header it could not read). Anything else without its
-         * number would skip duplicate detection. */
-        mdg_log(MDG_LOG_ERROR, "unnumbered %s from the broker dropped: only error notices (corr 0) may have seq 0",
-                mdg_kind_name(h->kind));
-        return -1;
-    }
     if (h->kind != MDG_K_WELCOME && h->ack <= c->chan.tx_seq)
         conn_acked(c, h->ack);
     switch (mdg_chan_check(&c->chan, h)) {
@@ -102,10 +88,7 @@ void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed
     c->hs_closed = 0;
     c->hs_reset = 0;
     if (ev)
-        conn_event(c, ev, ev == MDG_EV_RECOVERED && c->opts.legacy
-                         ? "a 1.x broker does not say whether it kept the session: what was sent "
-                           "before the link dropped may be lost"
-                         : NULL);
+        conn_event(c, ev, ev == MDG_EV_RECOVERED ? c->transport->recovered_note : NULL);
     conn_flush(c);
 }
 
@@ -134,7 +117,7 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
 static void on_command(mdg_conn *c, mdg_msg *m)
 {
     char why[512];
-    if (!c->opts.legacy && strcmp(m->h.command, FLOW_COMMAND) == 0) {
+    if (c->transport->flow && strcmp(m->h.command, FLOW_COMMAND) == 0) {
         conn_on_flow(c, m);
         mdg_msg_destroy(&m);
         return;
@@ -269,11 +252,8 @@ void conn_dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
         return; /* on_command owns m */
     case MDG_K_REPLY:
     case MDG_K_ERROR:
-        if (c->opts.legacy)
-            conn_legacy_on_reply(c, m);
-        else
-            conn_on_reply(c, m);
-        return; /* they own m */
+        c->transport->on_reply(c, m);
+        return; /* it owns m */
     case MDG_K_BYE:
         on_bye(c, m);
         break;
@@ -336,7 +316,7 @@ int conn_on_socket(mdg_loop *loop, void *arg, short revents)
         }
         if (!sock || mdg_frames_recv(sock, &f) != 0)
             break;
-        if ((c->opts.legacy ? conn_legacy_ingest(c, &f, &h) : conn_ingest(c, &f, &h)) == 0)
+        if (c->transport->ingest(c, &f, &h) == 0)
             conn_dispatch(c, &h, &f);
         mdg_frames_close(&f);
     }
