@@ -68,7 +68,7 @@ static void n_stream(mdg_msg *m, void *arg)
 
 /* ---------------------------------------------- d: one call's window */
 
-#define CALL_WINDOW 256 /* conn.c: a call's replies in flight to the broker */
+#define CALL_WINDOW 256 /* conn_queue.c: a call's replies in flight to the broker */
 #define WINDOW_STREAM 1000
 
 static mdg_msg *kept[2];
