@@ -16,6 +16,7 @@
 #define MDG_BROKER_INTERNAL_H
 
 #include "channel.h"
+#include "inbound.h"
 #include "internal.h"
 #include "loop.h"
 #include "map.h"
@@ -91,8 +92,7 @@ typedef struct broker_transport {
 
 typedef struct held {
     struct held *next;
-    mdg_header h;
-    mdg_frames f;
+    mdg_inbound in;
 } held;
 
 /* A numbered message kept until the peer acknowledges it. */
@@ -236,8 +236,7 @@ int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, i
                    uint32_t flags, const char *command, mdg_params *params, const void *bulk, size_t bulk_len);
 void broker_send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, uint64_t corr,
                        const char *command, const char *text);
-bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who);
-void broker_hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f);
+void broker_receive(mdg_broker *b, peer *p, mdg_inbound *in, const char *who);
 void broker_release_ready(mdg_broker *b);
 int broker_on_ack_timer(mdg_loop *loop, void *arg, short revents);
 int broker_on_backlog_timer(mdg_loop *loop, void *arg, short revents);
@@ -247,8 +246,8 @@ void broker_share_release(mdg_broker *b, const uint8_t *sid, const uint8_t *node
 void broker_fwd_free(mdg_broker *b, fwd *f);
 void broker_resume_paused_fwds(mdg_broker *b, peer *p);
 void broker_drop_fwds(mdg_broker *b, peer *p);
-bool broker_dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f);
-bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f);
+bool broker_dispatch_command(mdg_broker *b, peer *p, mdg_inbound *in);
+bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_inbound *in);
 
 /* broker_native.c: the native listener */
 void broker_drain(mdg_broker *b, void *sock, void (*handle)(mdg_broker *, mdg_frames *));

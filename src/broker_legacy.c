@@ -35,8 +35,8 @@ typedef struct legacy_uuid {
 } legacy_uuid;
 
 /* Peers on the legacy socket speak 1.x (legacy.h, docs/compatibility.md).
- * Each 1.x frame becomes the native header and frames the rest of the
- * broker reads, unnumbered (1.x has no sequence numbers), so the command
+ * Each 1.x frame becomes the mdg_inbound the rest of the broker reads,
+ * unnumbered (1.x has no sequence numbers), so the command
  * table, hooks, forwarding and reply routing are the same code for both
  * protocols. Where 1.x was gullible we refuse, with a log line: a resume
  * must come from the session's own key, only the node a call went to may
@@ -360,8 +360,10 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
     return true;
 }
 
-/* A frame of an open 1.x session: opened, classified, then processed as
- * any native message (held when where it goes is full). */
+/* A frame of an open 1.x session: opened and classified into the message
+ * the rest of the broker reads (its params stay decoded: the route encodes
+ * them only to pass a reply on), then processed as any native message
+ * (held when where it goes is full). */
 static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
 {
     char who[MDG_KEY_B64_LEN + 1];
@@ -374,37 +376,21 @@ static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
         legacy_refuse(b, p, lf, "the broker is full: try again later");
         return;
     }
-    mdg_params *params = NULL;
-    mdg_frames f = {.n = 3};
-    zmq_msg_init(&f.part[3]);
-    if (mdg_legacy_open(lf, seal_key(p), &params, &f.part[3]) != 0) {
+    mdg_inbound in = {.h = {0}}; /* no params, no bulk yet */
+    if (mdg_legacy_open(lf, seal_key(p), &in.params, &in.bulk) != 0) {
         mdg_log(MDG_LOG_WARN, "1.x frame from %s %s refused: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who,
                 mdg_last_error());
         legacy_refuse(b, p, lf, mdg_last_error());
-        zmq_msg_close(&f.part[3]);
+        zmq_msg_close(&in.bulk);
         return;
     }
+    in.has_bulk = zmq_msg_size(&in.bulk) != 0; /* 1.x sends b'' for none */
+    if (!in.has_bulk)
+        zmq_msg_close(&in.bulk);
     link_of(p)->proven = true;
-    mdg_header h = {0};
-    bool ok = legacy_classify(b, p, lf, &params, &h, who);
-    if (ok && mdg_wire_encode_params(params, &f.part[2]) != 0) {
-        legacy_refuse(b, p, lf, "broker out of memory");
-        ok = false;
-    }
-    mdg_params_destroy(&params);
-    if (!ok) {
-        zmq_msg_close(&f.part[3]);
-        return;
-    }
-    zmq_msg_init(&f.part[0]); /* where routing id and header would be */
-    zmq_msg_init(&f.part[1]);
-    if (zmq_msg_size(&f.part[3]))
-        f.n = 4;
-    else
-        zmq_msg_close(&f.part[3]);
-    if (p->held_head || !broker_process(b, p, &h, &f, who))
-        broker_hold(b, p, &h, &f);
-    mdg_frames_close(&f);
+    if (legacy_classify(b, p, lf, &in.params, &in.h, who))
+        broker_receive(b, p, &in, who);
+    mdg_inbound_close(&in);
 }
 
 static void legacy_message(mdg_broker *b, mdg_frames *f)

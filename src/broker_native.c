@@ -30,14 +30,13 @@ static const broker_transport native_transport = {
 
 /* A hello: a new session, or the resume of one. */
 static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, const char *uid,
-                     int fd, mdg_frames *f)
+                     int fd, mdg_inbound *in)
 {
     mdg_params *hp = NULL;
     const uint8_t *sid = NULL;
     size_t sid_len = 0;
     int64_t ack = 0, hb = 0;
-    if (f->n >= 3 &&
-        mdg_wire_decode_params(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2]), &hp) == 0) {
+    if (mdg_inbound_take_params(in, &hp) == 0) {
         mdg_params_get_bytes(hp, "session", &sid, &sid_len);
         if (mdg_params_get_int(hp, "ack", &ack) != 0 || ack < 0)
             ack = 0;
@@ -71,63 +70,49 @@ static peer *peer_of(mdg_broker *b, const uint8_t *rid, size_t rid_len, const ch
     return NULL;
 }
 
-static void handle_message(mdg_broker *b, mdg_frames *f)
+/* Who sent a message: its link (routing id, socket) and its key. */
+typedef struct sender {
+    const uint8_t *rid;
+    size_t rid_len;
+    const char *uid; /* the User-Id our ZAP reply gave the link */
+    char who[16];    /* the key's start, for log lines */
+    int fd;
+} sender;
+
+/* A decoded message: a hello or a goodbye, or one for its session's
+ * channel (p: the session its routing id leads to, or NULL). */
+static void on_inbound(mdg_broker *b, peer *p, const sender *s, mdg_inbound *in)
 {
-    if (f->n < 2) {
-        mdg_log(MDG_LOG_WARN, "message without a header dropped");
-        return;
-    }
-    const uint8_t *rid = zmq_msg_data(&f->part[0]);
-    size_t rid_len = zmq_msg_size(&f->part[0]);
-    const char *uid = zmq_msg_gets(&f->part[1], "User-Id");
-    if (!uid || strlen(uid) != USER_ID_LEN) {
-        mdg_log(MDG_LOG_ERROR, "message without an authenticated key dropped");
-        return;
-    }
-    char who[16];
-    snprintf(who, sizeof who, "%.12s", uid + 1);
-
-    peer *p = peer_of(b, rid, rid_len, uid);
-
-    mdg_header h;
-    if (mdg_wire_decode_header(zmq_msg_data(&f->part[1]), zmq_msg_size(&f->part[1]), &h) != 0) {
-        mdg_log(MDG_LOG_WARN, "from %s: %s", who, mdg_last_error());
-        broker_send_error(b, rid, rid_len, p, 0, "", mdg_last_error());
-        return;
-    }
-    if (f->dropped || f->n > 4) {
-        mdg_log(MDG_LOG_WARN, "'%s' from %s with too many frames dropped", h.command, who);
-        broker_send_error(b, rid, rid_len, p, h.corr, h.command, "a message has a header, params and at most one bulk frame");
-        return;
-    }
-    switch (h.kind) {
+    const mdg_header *h = &in->h;
+    const char *who = s->who;
+    switch (h->kind) {
     case MDG_K_HELLO: {
         /* A new link's socket may reuse the fd of one that just dropped:
          * take the drop events first (libzmq emits them before the old fd
          * is closed, so they are queued before this hello could arrive). */
         broker_on_monitor(b->loop, b, 0);
-        p = peer_of(b, rid, rid_len, uid);
+        p = peer_of(b, s->rid, s->rid_len, s->uid);
         /* The key was admitted when its connection was made; it may have
          * been revoked since (the connection outlives the revocation). */
         uint8_t pk[MDG_KEY_BYTES];
-        int role = mdg_pk_from_b64(pk, uid + 1) == 0 ? broker_role_of(b, pk) : MDG_ROLE_NONE;
-        if (role != (uid[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER)) {
+        int role = mdg_pk_from_b64(pk, s->uid + 1) == 0 ? broker_role_of(b, pk) : MDG_ROLE_NONE;
+        if (role != (s->uid[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER)) {
             mdg_log(MDG_LOG_WARN, "hello from %s refused: key no longer admitted in that role", who);
             mdg_params *why = mdg_params_new();
             if (why)
                 mdg_params_set_str(why, "reason", "key not admitted (revoked?)");
-            broker_send_to(b, rid, rid_len, NULL, MDG_K_BYE, 0, 0, "", why, NULL, 0);
+            broker_send_to(b, s->rid, s->rid_len, NULL, MDG_K_BYE, 0, 0, "", why, NULL, 0);
             return;
         }
-        on_hello(b, p, rid, rid_len, uid, zmq_msg_get(&f->part[1], ZMQ_SRCFD), f);
+        on_hello(b, p, s->rid, s->rid_len, s->uid, s->fd, in);
         return;
     }
     case MDG_K_BYE:
         if (p) {
             /* its ack first: what it has is not "undelivered" (even what a
              * detach marked to send again: the ack says it arrived) */
-            if (h.ack)
-                mdg_chan_resume(&p->chan, h.ack);
+            if (h->ack)
+                mdg_chan_resume(&p->chan, h->ack);
             broker_close_session(b, p, "client said goodbye");
         }
         return;
@@ -135,20 +120,20 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         break;
     }
     if (!p) {
-        mdg_log(MDG_LOG_WARN, "%s '%s' from %s without a session", mdg_kind_name(h.kind), h.command, who);
+        mdg_log(MDG_LOG_WARN, "%s '%s' from %s without a session", mdg_kind_name(h->kind), h->command, who);
         /* "resync": the client's link is fine but its session is gone (e.g.
          * closed after a long silence): it should say hello again */
         mdg_params *e = mdg_params_new();
         if (e) {
             mdg_params_set_str(e, "error", "no session: send hello first");
-            mdg_params_set_str(e, "command", h.command);
+            mdg_params_set_str(e, "command", h->command);
             mdg_params_set_bool(e, "resync", true);
-            broker_send_to(b, rid, rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
+            broker_send_to(b, s->rid, s->rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
         }
         return;
     }
     p->last_rx = mdg_now_ms();
-    if (!p->attached && p->silent && rid_len == p->rid_len && memcmp(rid, p->rid, rid_len) == 0) {
+    if (!p->attached && p->silent && s->rid_len == p->rid_len && memcmp(s->rid, p->rid, s->rid_len) == 0) {
         /* it was only quiet: the link never dropped */
         mdg_log(MDG_LOG_INFO, "%s %s speaks again on its link", p->role == MDG_ROLE_NODE ? "node" : "user", who);
         p->attached = true;
@@ -158,24 +143,57 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     }
     /* acknowledgements count at once, even for a message that must wait:
      * they are what frees the queues it waits for */
-    if (h.ack)
-        broker_trim_kept(b, p, h.ack);
-    if (h.kind == MDG_K_ACK)
+    if (h->ack)
+        broker_trim_kept(b, p, h->ack);
+    if (h->kind == MDG_K_ACK)
         return;
-    if (mdg_kind_sequenced(h.kind) && h.seq == 0) {
+    if (mdg_kind_sequenced(h->kind) && h->seq == 0) {
         /* numbered kinds count from 1: one without its number would skip
          * duplicate detection and run again each time it came. Not
          * processed, not counted; a command's caller is answered, a reply
          * or error gets a notice (its corr names a call of ours) */
         char why[160];
         snprintf(why, sizeof why, "unnumbered %s refused: commands, replies and errors are numbered from 1 "
-                                  "(seq 0 is only for hello, welcome, bye and ack)", mdg_kind_name(h.kind));
-        mdg_log(MDG_LOG_WARN, "'%s' from %s %s: %s", h.command, p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
-        broker_send_error(b, p->rid, p->rid_len, p, h.kind == MDG_K_CMD ? h.corr : 0, h.command, why);
+                                  "(seq 0 is only for hello, welcome, bye and ack)", mdg_kind_name(h->kind));
+        mdg_log(MDG_LOG_WARN, "'%s' from %s %s: %s", h->command, p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+        broker_send_error(b, p->rid, p->rid_len, p, h->kind == MDG_K_CMD ? h->corr : 0, h->command, why);
         return;
     }
-    if (p->held_head || !broker_process(b, p, &h, f, who))
-        broker_hold(b, p, &h, f);
+    broker_receive(b, p, in, who);
+}
+
+/* One message off the socket: [routing id, header, params, bulk]. Its
+ * sender and header are checked, then it is decoded into an mdg_inbound. */
+static void handle_message(mdg_broker *b, mdg_frames *f)
+{
+    if (f->n < 2) {
+        mdg_log(MDG_LOG_WARN, "message without a header dropped");
+        return;
+    }
+    sender s = {.rid = zmq_msg_data(&f->part[0]), .rid_len = zmq_msg_size(&f->part[0]),
+                .uid = zmq_msg_gets(&f->part[1], "User-Id")};
+    if (!s.uid || strlen(s.uid) != USER_ID_LEN) {
+        mdg_log(MDG_LOG_ERROR, "message without an authenticated key dropped");
+        return;
+    }
+    snprintf(s.who, sizeof s.who, "%.12s", s.uid + 1);
+    s.fd = zmq_msg_get(&f->part[1], ZMQ_SRCFD);
+
+    peer *p = peer_of(b, s.rid, s.rid_len, s.uid);
+
+    mdg_inbound in;
+    if (mdg_wire_decode_header(zmq_msg_data(&f->part[1]), zmq_msg_size(&f->part[1]), &in.h) != 0) {
+        mdg_log(MDG_LOG_WARN, "from %s: %s", s.who, mdg_last_error());
+        broker_send_error(b, s.rid, s.rid_len, p, 0, "", mdg_last_error());
+        return;
+    }
+    if (mdg_inbound_from_frames(&in, f, 2) != 0) {
+        mdg_log(MDG_LOG_WARN, "'%s' from %s with too many frames dropped", in.h.command, s.who);
+        broker_send_error(b, s.rid, s.rid_len, p, in.h.corr, in.h.command, mdg_last_error());
+        return;
+    }
+    on_inbound(b, p, &s, &in);
+    mdg_inbound_close(&in);
 }
 
 /* Read a batch from one of the listeners. Connection events first: a

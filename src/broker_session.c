@@ -54,7 +54,7 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     while (p->held_head) {
         held *hm = p->held_head;
         p->held_head = hm->next;
-        mdg_frames_close(&hm->f);
+        mdg_inbound_close(&hm->in);
         free(hm);
     }
     broker_drop_fwds(b, p);
