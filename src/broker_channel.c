@@ -179,10 +179,10 @@ void broker_room_made(mdg_broker *b, peer *p)
         broker_resume_paused_fwds(b, p);
 }
 
-/* Encode and send; params taken, bulk copied. With no peer (a sender that
- * has no session, or one whose numbering is broken) the message goes
- * unsequenced to the routing id: then it is only ever a notice (corr 0),
- * the one unnumbered error clients accept (docs/protocol.md 6.1). */
+/* Encode and send; params taken, bulk copied. With no peer (a native link
+ * without a session) the message goes unsequenced to the routing id: then
+ * it is only ever a notice (corr 0), the one unnumbered error clients
+ * accept (docs/protocol.md 6.1). */
 int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind,
                    uint64_t corr, uint32_t flags, const char *command, mdg_params *params,
                    const void *bulk, size_t bulk_len)
@@ -201,14 +201,7 @@ int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, i
     }
     if (p)
         return broker_send_frames(b, p, &h, &pm, bulk_len ? &bm : NULL);
-    h.kind = (uint8_t)kind;
-    rc = mdg_wire_send(b->router, rid, rid_len, &h, &pm, bulk_len ? &bm : NULL);
-    if (rc == MDG_EAGAIN) {
-        zmq_msg_close(&pm);
-        if (bulk_len)
-            zmq_msg_close(&bm);
-    }
-    return rc;
+    return broker_native_notice(b, rid, rid_len, &h, &pm, bulk_len ? &bm : NULL);
 }
 
 /* An error for the sender of a message: a reply when it waits for one
@@ -227,18 +220,18 @@ void broker_send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *
 /* -------------------------------------------------------------- receiving */
 
 /* Ask a peer whose link is fine to say hello again: the resume that
- * follows makes it resend what we have not taken (unsequenced: it may
- * have no room, and it is about the session itself). */
+ * follows makes it resend what we have not taken (an unnumbered notice
+ * outside its channel: it may have no room, and it is about the session
+ * itself). */
 static void ask_resend(mdg_broker *b, peer *p, const char *text)
 {
     mdg_params *e = mdg_params_new();
-    if (e && p->attached) {
-        mdg_params_set_str(e, "error", text);
-        mdg_params_set_bool(e, "resync", true);
-        broker_send_to(b, p->rid, p->rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
-    } else {
-        mdg_params_destroy(&e);
-    }
+    mdg_header h = {.kind = MDG_K_ERROR};
+    zmq_msg_t pm;
+    if (e && p->attached && mdg_params_set_str(e, "error", text) == 0 && mdg_params_set_bool(e, "resync", true) == 0 &&
+        mdg_wire_encode_params(e, &pm) == 0 && p->transport->send(b, p, &h, &pm, NULL) == MDG_EAGAIN)
+        zmq_msg_close(&pm);
+    mdg_params_destroy(&e);
 }
 
 /* Process one numbered (or unnumbered) message of a peer in order. False

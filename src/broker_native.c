@@ -1,8 +1,10 @@
-/* broker_native.c - the native listener: a message read from the CURVE
- * ROUTER, its sender known by the User-Id our ZAP reply gave its link,
- * its header decoded and checked, then a hello (a session opened or
- * resumed), a goodbye, or a message for its session's channel. What goes
- * back out is encoded by mdg_wire_send (native_transport). */
+/* broker_native.c - the native listener: its CURVE ROUTER (clients
+ * admitted by broker_auth.c's ZAP handler); a message read from it, its
+ * sender known by the User-Id our ZAP reply gave its link, its header
+ * decoded and checked and the rest made an mdg_inbound; then a hello (a
+ * session opened or resumed), a goodbye, or a message for its session's
+ * channel (broker_receive). What goes back out is encoded by mdg_wire_send
+ * (native_transport). */
 #include "broker_internal.h"
 
 #include <string.h>
@@ -12,25 +14,35 @@
 /* One message out, encoded by the wire layer on the CURVE ROUTER. */
 static int native_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
-    return mdg_wire_send(b->router, p->rid, p->rid_len, h, params, bulk);
-}
-
-static mdg_map *native_rids(mdg_broker *b)
-{
-    return b->peers;
+    (void)b;
+    return mdg_wire_send(p->listener->sock, p->rid, p->rid_len, h, params, bulk);
 }
 
 /* Native peers number and acknowledge their messages and know mdg.flow. */
 static const broker_transport native_transport = {
     .send = native_send,
-    .rids = native_rids,
     .acks = true,
     .flow = true,
 };
 
+/* A notice to a link without a session (a refusal, "no session"): straight
+ * to its routing id, unnumbered. Params and bulk are taken, even on
+ * MDG_EAGAIN (a notice is not queued). */
+int broker_native_notice(mdg_broker *b, const uint8_t *rid, size_t rid_len, const mdg_header *h,
+                         zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    int rc = mdg_wire_send(broker_listener_of(b, &broker_native_listener)->sock, rid, rid_len, h, params, bulk);
+    if (rc == MDG_EAGAIN) {
+        zmq_msg_close(params);
+        if (bulk)
+            zmq_msg_close(bulk);
+    }
+    return rc;
+}
+
 /* A hello: a new session, or the resume of one. */
-static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, const char *uid,
-                     int fd, mdg_inbound *in)
+static void on_hello(mdg_broker *b, broker_listener *l, peer *p, const uint8_t *rid, size_t rid_len,
+                     const char *uid, int fd, mdg_inbound *in)
 {
     mdg_params *hp = NULL;
     const uint8_t *sid = NULL;
@@ -49,9 +61,8 @@ static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len,
     int silence_ms = (int)(3 * hb + 1000);
     if (p && !(sid && sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
         broker_close_session(b, p, "replaced by a new hello");
-    if (!sid || !broker_resume_session(b, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms,
-                                      &native_transport))
-        broker_open_session(b, rid, rid_len, uid, fd, silence_ms, &native_transport, NULL);
+    if (!sid || !broker_resume_session(b, l, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms))
+        broker_open_session(b, l, rid, rid_len, uid, fd, silence_ms, NULL);
     mdg_params_destroy(&hp);
 }
 
@@ -59,12 +70,12 @@ static void on_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len,
  * ids can be chosen by clients: one that now belongs to another key must
  * neither reach nor close the old session, so it is unmapped (and the
  * session detached when that was its live link). */
-static peer *peer_of(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid)
+static peer *peer_of(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len, const char *uid)
 {
-    peer *p = mdg_map_get(b->peers, rid, rid_len);
+    peer *p = mdg_map_get(l->rids, rid, rid_len);
     if (!p || strcmp(p->user_id, uid) == 0)
         return p;
-    mdg_map_take(b->peers, rid, rid_len);
+    mdg_map_take(l->rids, rid, rid_len);
     if (p->attached && p->rid_len == rid_len && memcmp(p->rid, rid, rid_len) == 0)
         broker_detach(b, p, "routing id taken by another key");
     return NULL;
@@ -81,7 +92,7 @@ typedef struct sender {
 
 /* A decoded message: a hello or a goodbye, or one for its session's
  * channel (p: the session its routing id leads to, or NULL). */
-static void on_inbound(mdg_broker *b, peer *p, const sender *s, mdg_inbound *in)
+static void on_inbound(mdg_broker *b, broker_listener *l, peer *p, const sender *s, mdg_inbound *in)
 {
     const mdg_header *h = &in->h;
     const char *who = s->who;
@@ -91,7 +102,7 @@ static void on_inbound(mdg_broker *b, peer *p, const sender *s, mdg_inbound *in)
          * take the drop events first (libzmq emits them before the old fd
          * is closed, so they are queued before this hello could arrive). */
         broker_on_monitor(b->loop, b, 0);
-        p = peer_of(b, s->rid, s->rid_len, s->uid);
+        p = peer_of(b, l, s->rid, s->rid_len, s->uid);
         /* The key was admitted when its connection was made; it may have
          * been revoked since (the connection outlives the revocation). */
         uint8_t pk[MDG_KEY_BYTES];
@@ -104,7 +115,7 @@ static void on_inbound(mdg_broker *b, peer *p, const sender *s, mdg_inbound *in)
             broker_send_to(b, s->rid, s->rid_len, NULL, MDG_K_BYE, 0, 0, "", why, NULL, 0);
             return;
         }
-        on_hello(b, p, s->rid, s->rid_len, s->uid, s->fd, in);
+        on_hello(b, l, p, s->rid, s->rid_len, s->uid, s->fd, in);
         return;
     }
     case MDG_K_BYE:
@@ -164,7 +175,7 @@ static void on_inbound(mdg_broker *b, peer *p, const sender *s, mdg_inbound *in)
 
 /* One message off the socket: [routing id, header, params, bulk]. Its
  * sender and header are checked, then it is decoded into an mdg_inbound. */
-static void handle_message(mdg_broker *b, mdg_frames *f)
+static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
 {
     if (f->n < 2) {
         mdg_log(MDG_LOG_WARN, "message without a header dropped");
@@ -179,7 +190,7 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
     snprintf(s.who, sizeof s.who, "%.12s", s.uid + 1);
     s.fd = zmq_msg_get(&f->part[1], ZMQ_SRCFD);
 
-    peer *p = peer_of(b, s.rid, s.rid_len, s.uid);
+    peer *p = peer_of(b, l, s.rid, s.rid_len, s.uid);
 
     mdg_inbound in;
     if (mdg_wire_decode_header(zmq_msg_data(&f->part[1]), zmq_msg_size(&f->part[1]), &in.h) != 0) {
@@ -192,29 +203,67 @@ static void handle_message(mdg_broker *b, mdg_frames *f)
         broker_send_error(b, s.rid, s.rid_len, p, in.h.corr, in.h.command, mdg_last_error());
         return;
     }
-    on_inbound(b, p, &s, &in);
+    on_inbound(b, l, p, &s, &in);
     mdg_inbound_close(&in);
 }
 
-/* Read a batch from one of the listeners. Connection events first: a
+/* Read a batch from a listener's socket. Connection events first: a
  * socket fd closes before it can be reused by a new connection whose
  * messages follow. */
-void broker_drain(mdg_broker *b, void *sock, void (*handle)(mdg_broker *, mdg_frames *))
+void broker_drain(broker_listener *l, void (*handle)(mdg_broker *, broker_listener *, mdg_frames *))
 {
+    mdg_broker *b = l->broker;
     mdg_frames f;
     broker_on_monitor(b->loop, b, 0);
-    for (int i = 0; i < RECV_BATCH && mdg_frames_recv(sock, &f) == 0; i++) {
-        handle(b, &f);
+    for (int i = 0; i < RECV_BATCH && mdg_frames_recv(l->sock, &f) == 0; i++) {
+        handle(b, l, &f);
         mdg_frames_close(&f);
     }
     broker_release_ready(b);
 }
 
-int broker_on_router(mdg_loop *loop, void *arg, short revents)
+static int on_router(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
     (void)revents;
-    mdg_broker *b = arg;
-    broker_drain(b, b->router, handle_message);
+    broker_drain(arg, handle_message);
     return 0;
+}
+
+/* ------------------------------------------------------------ the listener */
+
+static int native_configure(broker_listener *l, const mdg_broker_options *opts)
+{
+    l->on = true;
+    l->port = opts ? opts->port : MDG_DEFAULT_PORT;
+    if (l->port < 0 || l->port > 65535)
+        return mdg_fail(MDG_EINVAL, "port %d out of range", l->port);
+    return 0;
+}
+
+/* CURVE, its clients admitted by the ZAP handler (broker_auth.c). */
+static int native_bind(mdg_broker *b, broker_listener *l)
+{
+    int one = 1, rc;
+    char ep[160];
+    if ((rc = broker_new_router(b, &l->sock, b->max_message)) ||
+        (rc = broker_setsock(l->sock, ZMQ_CURVE_SERVER, &one, sizeof one, "CURVE_SERVER")) ||
+        (rc = broker_setsock(l->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(b->keys), MDG_KEY_BYTES, "CURVE_SECRETKEY")) ||
+        (rc = broker_setsock(l->sock, ZMQ_ZAP_DOMAIN, "messidge", 8, "ZAP_DOMAIN")) ||
+        (rc = broker_listen_on(b, l, on_router, ep)))
+        return rc;
+    mdg_log(MDG_LOG_INFO, "broker listening on %s (port %d)", ep, l->bound_port);
+    return 0;
+}
+
+const broker_listener_ops broker_native_listener = {
+    .name = "native",
+    .configure = native_configure,
+    .bind = native_bind,
+    .transport = &native_transport,
+};
+
+int mdg_broker_port(const mdg_broker *b)
+{
+    return b ? broker_listener_of(b, &broker_native_listener)->bound_port : 0;
 }

@@ -11,10 +11,10 @@
 
 #define MONITOR_FAILS_MAX 1000             /* accept failures read per call: libzmq may spin */
 
-/* Routing ids are per socket: each transport's are looked up apart. */
-static mdg_map *rids_of(mdg_broker *b, const peer *p)
+/* Routing ids are per socket: each listener's are looked up apart. */
+static mdg_map *rids_of(const peer *p)
 {
-    return p->transport->rids(b);
+    return p->listener->rids;
 }
 
 static void free_state(const broker_transport *tp, void *state)
@@ -31,7 +31,7 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "%s %s: session closed: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
-    mdg_map *rids = rids_of(b, p);
+    mdg_map *rids = rids_of(p);
     if (mdg_map_get(rids, p->rid, p->rid_len) == p)
         mdg_map_take(rids, p->rid, p->rid_len);
     if (p->stale_rid_len && mdg_map_get(rids, p->stale_rid, p->stale_rid_len) == p)
@@ -76,7 +76,7 @@ void broker_detach(mdg_broker *b, peer *p, const char *why)
             p->role == MDG_ROLE_NODE ? "node" : "user", who, why,
             p->role == MDG_ROLE_NODE ? b->node_grace_ms : b->grace_ms);
     /* keep reading what the old link delivered (its rid stays mapped) */
-    mdg_map *rids = rids_of(b, p);
+    mdg_map *rids = rids_of(p);
     if (p->stale_rid_len && mdg_map_get(rids, p->stale_rid, p->stale_rid_len) == p &&
         (p->stale_rid_len != p->rid_len || memcmp(p->stale_rid, p->rid, p->rid_len) != 0))
         mdg_map_take(rids, p->stale_rid, p->stale_rid_len);
@@ -98,8 +98,8 @@ static int attach(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, in
     memcpy(p->rid, rid, rid_len);
     p->rid_len = (uint8_t)rid_len;
     p->fd = fd;
-    if (mdg_map_put(rids_of(b, p), rid, rid_len, p) || mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p)) {
-        mdg_map_take(rids_of(b, p), rid, rid_len);
+    if (mdg_map_put(rids_of(p), rid, rid_len, p) || mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p)) {
+        mdg_map_take(rids_of(p), rid, rid_len);
         return MDG_ENOMEM;
     }
     p->attached = true;
@@ -147,11 +147,12 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
     broker_send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
 }
 
-/* tp: the transport of the listener the hello came on; state: its own
- * state of this peer (taken), or NULL. */
-void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd,
-                         int silence_ms, const broker_transport *tp, void *state)
+/* l: the listener the hello came on; state: its transport's own state of
+ * this peer (taken), or NULL. */
+void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
+                         const char *user_id, int fd, int silence_ms, void *state)
 {
+    const broker_transport *tp = l->ops->transport;
     peer *p = calloc(1, sizeof *p);
     if (!p || mdg_pk_from_b64(p->pk, user_id + 1) != 0) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
@@ -159,6 +160,7 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
         free(p);
         return;
     }
+    p->listener = l;
     p->transport = tp;
     p->transport_state = state;
     p->broker = b;
@@ -178,7 +180,7 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
     if (attach(b, p, rid, rid_len, fd) || mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p) ||
         (p->role == MDG_ROLE_NODE && mdg_map_put(b->nodes, p->pk, MDG_KEY_BYTES, p))) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
-        mdg_map_take(rids_of(b, p), rid, rid_len);
+        mdg_map_take(rids_of(p), rid, rid_len);
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
         mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
         free_state(tp, state);
@@ -205,9 +207,9 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
  * the same key (never another's: the id alone proves nothing), then send
  * what the client has not acknowledged. False when there is nothing to
  * resume (the client gets a new session). */
-bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
-                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms,
-                           const broker_transport *tp)
+bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
+                           const char *uid, int fd, const uint8_t *sid, size_t sid_len, uint64_t ack,
+                           int silence_ms)
 {
     peer *p = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
     if (!p)
@@ -216,7 +218,7 @@ bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, co
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of another key: refused", uid + 1);
         return false;
     }
-    if (p->transport != tp) {
+    if (p->listener != l) {
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of the other protocol: refused", uid + 1);
         return false;
     }
@@ -249,10 +251,11 @@ int broker_on_monitor(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_broker *b = arg;
     mdg_frames f;
-    /* both listeners' events; fds are unique across them */
-    for (void *mon = b->mon; mon; mon = mon == b->mon ? b->lmon : NULL) {
-        int fails = 0, which = mon == b->mon ? 0 : 1;
-        while (fails < MONITOR_FAILS_MAX && mdg_frames_recv(mon, &f) == 0) {
+    /* every listener's events; fds are unique across them */
+    for (int i = 0; i < BROKER_LISTENERS; i++) {
+        broker_listener *l = &b->listeners[i];
+        int fails = 0;
+        while (l->mon && fails < MONITOR_FAILS_MAX && mdg_frames_recv(l->mon, &f) == 0) {
             uint16_t event = 0;
             uint32_t fd = 0; /* the event's value: an fd, or an errno */
             if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 6) {
@@ -263,10 +266,10 @@ int broker_on_monitor(mdg_loop *loop, void *arg, short revents)
             if (event == ZMQ_EVENT_ACCEPTED) {
                 b->live_conns++;
             } else if (event == ZMQ_EVENT_LISTENING) {
-                broker_listening(b, which, (int)fd);
+                broker_listening(l, (int)fd);
             } else if (event == ZMQ_EVENT_ACCEPT_FAILED) {
                 fails++;
-                broker_accept_failed(b, which, (int)fd);
+                broker_accept_failed(b, l, (int)fd);
             } else if (event == ZMQ_EVENT_DISCONNECTED) {
                 b->live_conns--;
                 int ifd = (int)fd;
