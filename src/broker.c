@@ -263,9 +263,10 @@ int mdg_broker_send_node(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const c
     return send_cmd_to(b, true, pk, MDG_KEY_BYTES, command, params, bulk, bulk_len);
 }
 
+/* Counts kept by the loop thread (publish_counts): safe from any thread. */
 size_t mdg_broker_session_count(const mdg_broker *b)
 {
-    return b ? mdg_map_size(b->sessions) - mdg_map_size(b->nodes) : 0;
+    return b ? __atomic_load_n(&b->user_count, __ATOMIC_RELAXED) : 0;
 }
 
 size_t mdg_broker_forward_count(const mdg_broker *b)
@@ -275,7 +276,7 @@ size_t mdg_broker_forward_count(const mdg_broker *b)
 
 size_t mdg_broker_node_count(const mdg_broker *b)
 {
-    return b ? mdg_map_size(b->nodes) : 0;
+    return b ? __atomic_load_n(&b->node_count, __ATOMIC_RELAXED) : 0;
 }
 
 /* Sessions of one key, collected first: closing changes the maps. */

@@ -154,6 +154,7 @@ struct mdg_broker {
     bool allow_any;
     long long max_message;
     mdg_map *sessions; /* session id -> peer (users and nodes) */
+    size_t user_count, node_count; /* of sessions, for other threads (atomic) */
     mdg_map *nodes;    /* node pk -> peer: one live connection per node */
     mdg_map *by_fd;    /* socket fd -> peer */
     mdg_map *fwds;     /* forwarded call id -> fwd */

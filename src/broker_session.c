@@ -23,6 +23,15 @@ static void free_state(const broker_transport *tp, void *state)
         tp->free_state(state);
 }
 
+/* The counts other threads may read (mdg_broker_session_count and
+ * mdg_broker_node_count), published whenever the tables change. */
+static void publish_counts(mdg_broker *b)
+{
+    size_t nodes = mdg_map_size(b->nodes);
+    __atomic_store_n(&b->node_count, nodes, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->user_count, mdg_map_size(b->sessions) - nodes, __ATOMIC_RELAXED);
+}
+
 /* A session ends for good: out of every table, the application's hook
  * called, its calls to nodes failed or ended, what it had not taken
  * dropped (loudly). */
@@ -39,11 +48,12 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     if (p->attached && mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
     mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
+    if (p->role == MDG_ROLE_NODE && mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p)
+        mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
+    publish_counts(b);
     mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
     mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
     if (p->role == MDG_ROLE_NODE) {
-        if (mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p)
-            mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
         if (b->hooks.node_left)
             b->hooks.node_left(b, p->pk, p->data, b->hook_arg);
     } else if (b->hooks.session_closed) {
@@ -187,6 +197,7 @@ void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, 
         free(p);
         return;
     }
+    publish_counts(b);
     if (p->role == MDG_ROLE_NODE && b->hooks.node_joined)
         p->data = b->hooks.node_joined(b, p->pk, b->hook_arg);
     else if (p->role == MDG_ROLE_USER && b->hooks.session_new)
