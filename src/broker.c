@@ -99,7 +99,8 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     pthread_mutex_init(&b->qlock, NULL);
     bool maps = true;
     for (int i = 0; i < BROKER_LISTENERS; i++)
-        maps = maps && (b->listeners[i].rids = mdg_map_new()) != NULL;
+        maps = maps && (b->listeners[i].rids = mdg_map_new()) != NULL &&
+               (b->listeners[i].stray = mdg_map_new()) != NULL;
     if (!maps || mdg_keys_from_raw(&b->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
         !(b->allow = mdg_map_new()) || !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
         !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
@@ -552,8 +553,10 @@ void mdg_broker_destroy(mdg_broker **pb)
         free(b->timers);
         b->timers = next;
     }
-    for (int i = 0; i < BROKER_LISTENERS; i++)
+    for (int i = 0; i < BROKER_LISTENERS; i++) {
         mdg_map_destroy(&b->listeners[i].rids);
+        mdg_map_destroy(&b->listeners[i].stray);
+    }
     mdg_map_destroy(&b->sessions);
     mdg_map_destroy(&b->nodes);
     mdg_map_destroy(&b->by_fd);

@@ -114,6 +114,7 @@ typedef struct broker_listener {
     void *sock;           /* its ROUTER; NULL until bound */
     void *mon;            /* its monitor: connections accepted, dropped */
     mdg_map *rids;        /* routing id on its socket -> peer */
+    mdg_map *stray;       /* socket fd -> this: links without a session, logged once */
     int port, bound_port; /* asked for (0: any free one), got */
     int listen_fd;        /* its listening socket (ZMQ_EVENT_LISTENING), or -1 */
 } broker_listener;
@@ -246,6 +247,7 @@ void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, 
 bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
                            const char *uid, int fd, const uint8_t *sid, size_t sid_len, uint64_t ack,
                            int silence_ms);
+bool broker_stray_first(broker_listener *l, int fd);
 int broker_on_monitor(mdg_loop *loop, void *arg, short revents);
 int broker_on_grace_timer(mdg_loop *loop, void *arg, short revents);
 

@@ -131,7 +131,9 @@ static void on_inbound(mdg_broker *b, broker_listener *l, peer *p, const sender 
         break;
     }
     if (!p) {
-        mdg_log(MDG_LOG_WARN, "%s '%s' from %s without a session", mdg_kind_name(h->kind), h->command, who);
+        if (broker_stray_first(l, s->fd))
+            mdg_log(MDG_LOG_WARN, "%s '%s' from %s without a session (said once per link; each one is answered)",
+                    mdg_kind_name(h->kind), h->command, who);
         /* "resync": the client's link is fine but its session is gone (e.g.
          * closed after a long silence): it should say hello again */
         mdg_params *e = mdg_params_new();

@@ -115,7 +115,20 @@ static int attach(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, in
     p->attached = true;
     p->silent = false;
     p->last_rx = mdg_now_ms();
+    mdg_map_take(p->listener->stray, &fd, sizeof fd); /* should it lose the session, that is said again */
     return 0;
+}
+
+/* A message on a link without a session is answered each time but logged
+ * once per link: a client that keeps on sending would fill the log. True
+ * the first time on the link with socket fd (until it drops or has a
+ * session), or when that cannot be told. */
+bool broker_stray_first(broker_listener *l, int fd)
+{
+    if (fd < 0 || mdg_map_get(l->stray, &fd, sizeof fd))
+        return fd < 0;
+    mdg_map_put(l->stray, &fd, sizeof fd, l);
+    return true;
 }
 
 static void collect_node(void *value, void *arg)
@@ -284,6 +297,7 @@ int broker_on_monitor(mdg_loop *loop, void *arg, short revents)
             } else if (event == ZMQ_EVENT_DISCONNECTED) {
                 b->live_conns--;
                 int ifd = (int)fd;
+                mdg_map_take(l->stray, &ifd, sizeof ifd);
                 peer *p = mdg_map_get(b->by_fd, &ifd, sizeof ifd);
                 if (p)
                     broker_detach(b, p, "connection lost");
