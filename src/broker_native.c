@@ -81,14 +81,20 @@ static peer *peer_of(mdg_broker *b, broker_listener *l, const uint8_t *rid, size
     return NULL;
 }
 
-/* Who sent a message: its link (routing id, socket) and its key. */
+/* Who sent a message: its link and its key. */
 typedef struct sender {
     const uint8_t *rid;
     size_t rid_len;
     const char *uid; /* the User-Id our ZAP reply gave the link */
     char who[16];    /* the key's start, for log lines */
-    int fd;
+    const zmq_msg_t *header; /* its frame: the link's socket fd, when needed */
 } sender;
+
+/* The socket of the sender's link (a metadata lookup: not for every message). */
+static int link_fd(const sender *s)
+{
+    return zmq_msg_get(s->header, ZMQ_SRCFD);
+}
 
 /* A decoded message: a hello or a goodbye, or one for its session's
  * channel (p: the session its routing id leads to, or NULL). */
@@ -115,7 +121,7 @@ static void on_inbound(mdg_broker *b, broker_listener *l, peer *p, const sender 
             broker_send_to(b, s->rid, s->rid_len, NULL, MDG_K_BYE, 0, 0, "", why, NULL, 0);
             return;
         }
-        on_hello(b, l, p, s->rid, s->rid_len, s->uid, s->fd, in);
+        on_hello(b, l, p, s->rid, s->rid_len, s->uid, link_fd(s), in);
         return;
     }
     case MDG_K_BYE:
@@ -131,7 +137,7 @@ static void on_inbound(mdg_broker *b, broker_listener *l, peer *p, const sender 
         break;
     }
     if (!p) {
-        if (broker_stray_first(l, s->fd))
+        if (broker_stray_first(l, link_fd(s)))
             mdg_log(MDG_LOG_WARN, "%s '%s' from %s without a session (said once per link; each one is answered)",
                     mdg_kind_name(h->kind), h->command, who);
         /* "resync": the client's link is fine but its session is gone (e.g.
@@ -184,13 +190,12 @@ static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
         return;
     }
     sender s = {.rid = zmq_msg_data(&f->part[0]), .rid_len = zmq_msg_size(&f->part[0]),
-                .uid = zmq_msg_gets(&f->part[1], "User-Id")};
+                .uid = zmq_msg_gets(&f->part[1], "User-Id"), .header = &f->part[1]};
     if (!s.uid || strlen(s.uid) != USER_ID_LEN) {
         mdg_log(MDG_LOG_ERROR, "message without an authenticated key dropped");
         return;
     }
     snprintf(s.who, sizeof s.who, "%.12s", s.uid + 1);
-    s.fd = zmq_msg_get(&f->part[1], ZMQ_SRCFD);
 
     peer *p = peer_of(b, l, s.rid, s.rid_len, s.uid);
 
