@@ -548,17 +548,6 @@ static void test_frames(raw *r, mdg_conn *good, const mdg_broker *b, const mdg_k
     GOOD_STILL_WORKS(good);
 }
 
-/* How many times needle is in the captured log. */
-static int log_count(const char *needle)
-{
-    int n = 0;
-    pthread_mutex_lock(&t_log_lock);
-    for (const char *at = t_log; (at = strstr(at, needle)) != NULL; at += strlen(needle))
-        n++;
-    pthread_mutex_unlock(&t_log_lock);
-    return n;
-}
-
 /* A command before HELLO: "no session". */
 static void test_no_session(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn *good)
 {
@@ -578,7 +567,7 @@ static void test_no_session(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn
         raw_cmd(&x, "note", 0, NULL);
         EXPECT_ERROR(&x, 0, "note", "no session", "without a session");
     }
-    CHECK(log_count("without a session") == 1);
+    CHECK(t_log_count("without a session") == 1);
     /* after a hello the same client works */
     raw_hello(&x);
     x.seq = 0; /* a new session counts from 1 */
