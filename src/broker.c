@@ -4,12 +4,12 @@
  * (sends and disconnects are queued to the loop thread, which owns every
  * socket and all state; libzmq's I/O threads do the encryption).
  *
- * The broker is one ROUTER socket with CURVE (broker_native.c), a ZAP
+ * The broker is its listeners (a ROUTER socket each: the native one with
+ * CURVE, broker_native.c, and an optional one for older peers), a ZAP
  * handler that decides who may connect (broker_auth.c), sessions keyed by
  * routing id (broker_session.c, broker_channel.c), and validation of every
  * command against the application's table before its handler runs, or
- * its forwarding to a node (broker_route.c). An optional second listener
- * speaks Messidge 1.x (broker_legacy.c). */
+ * its forwarding to a node (broker_route.c). */
 #include "broker_internal.h"
 
 #include <errno.h>
@@ -37,6 +37,27 @@ typedef struct queued {
 
 /* ------------------------------------------------------------------ set-up */
 
+/* Each listener's module describes it; the first is the broker's own. */
+static const broker_listener_ops *const listener_kinds[BROKER_LISTENERS] = {
+    &broker_native_listener,
+    &broker_legacy_listener,
+};
+
+/* Whether the broker has started binding: the first listener's socket is
+ * made first. */
+static bool started(const mdg_broker *b)
+{
+    return b->listeners[0].sock != NULL;
+}
+
+broker_listener *broker_listener_of(const mdg_broker *b, const broker_listener_ops *ops)
+{
+    for (int i = 0; i < BROKER_LISTENERS; i++)
+        if (b->listeners[i].ops == ops)
+            return (broker_listener *)&b->listeners[i];
+    return NULL;
+}
+
 int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_options *opts)
 {
     if (!out || !keys)
@@ -53,14 +74,11 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
         return mdg_fail(MDG_EINVAL, "bind address too long");
     }
     strcpy(b->bind_address, addr);
-    b->port = opts ? opts->port : MDG_DEFAULT_PORT;
     b->grace_ms = opts && opts->session_grace_ms > 0 ? opts->session_grace_ms : 60000;
     b->node_grace_ms = opts && opts->node_grace_ms > 0 ? opts->node_grace_ms : 5000;
     b->queue_limit = opts && opts->queue_limit > 0 ? opts->queue_limit : 10000;
     b->node_window = opts && opts->node_window > 0 ? opts->node_window : NODE_WINDOW;
     b->hold_limit = opts && opts->hold_limit > 0 ? opts->hold_limit : b->queue_limit;
-    b->legacy = opts && opts->legacy;
-    b->legacy_port = opts ? opts->legacy_port : 0;
     b->max_message = opts && opts->max_message > 0 ? opts->max_message : BROKER_MAX_MSG;
     /* Forward ids count up from a random 63-bit start, so that two broker
      * processes (one restarted, say) do not hand out the same ids: a node
@@ -69,20 +87,22 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     randombytes_buf(&b->next_fwd, sizeof b->next_fwd);
     b->next_fwd >>= 1;
     b->max_conns_asked = opts && opts->max_connections > 0 ? opts->max_connections : 0;
-    b->listen_fd[0] = b->listen_fd[1] = -1;
-    if (b->legacy && (b->legacy_port < 0 || b->legacy_port > 65535)) {
-        free(b);
-        return mdg_fail(MDG_EINVAL, "legacy port out of range");
-    }
-    if (b->port < 0 || b->port > 65535) {
-        int bad = b->port;
-        free(b);
-        return mdg_fail(MDG_EINVAL, "port %d out of range", bad);
+    for (int i = 0; i < BROKER_LISTENERS; i++) {
+        broker_listener *l = &b->listeners[i];
+        *l = (broker_listener){.ops = listener_kinds[i], .broker = b, .listen_fd = -1};
+        int rc = l->ops->configure(l, opts);
+        if (rc) {
+            free(b);
+            return rc;
+        }
     }
     pthread_mutex_init(&b->qlock, NULL);
-    if (mdg_keys_from_raw(&b->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
-        !(b->allow = mdg_map_new()) || !(b->peers = mdg_map_new()) || !(b->lpeers = mdg_map_new()) ||
-        !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
+    bool maps = true;
+    for (int i = 0; i < BROKER_LISTENERS; i++)
+        maps = maps && (b->listeners[i].rids = mdg_map_new()) != NULL &&
+               (b->listeners[i].stray = mdg_map_new()) != NULL;
+    if (!maps || mdg_keys_from_raw(&b->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
+        !(b->allow = mdg_map_new()) || !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
         !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
         !(b->owed_ack = mdg_map_new()) || !(b->backlog = mdg_map_new()) || !(b->holding = mdg_map_new()) ||
         !(b->shares = mdg_map_new()) || !(b->ready = mdg_map_new()) || !(b->ctx = zmq_ctx_new())) {
@@ -98,7 +118,7 @@ int broker_before_start(const mdg_broker *b, const char *what)
 {
     if (!b)
         return mdg_fail(MDG_EINVAL, "no broker");
-    if (b->router)
+    if (started(b))
         return mdg_fail(MDG_ESTATE, "%s before the broker starts", what);
     return 0;
 }
@@ -123,16 +143,6 @@ int mdg_broker_set_hooks(mdg_broker *b, const mdg_broker_hooks *hooks, void *arg
     b->hooks = *hooks;
     b->hook_arg = arg;
     return 0;
-}
-
-int mdg_broker_legacy_port(const mdg_broker *b)
-{
-    return b ? b->legacy_bound_port : 0;
-}
-
-int mdg_broker_port(const mdg_broker *b)
-{
-    return b ? b->bound_port : 0;
 }
 
 /* ---------------------------------------------------- from any thread */
@@ -254,9 +264,10 @@ int mdg_broker_send_node(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const c
     return send_cmd_to(b, true, pk, MDG_KEY_BYTES, command, params, bulk, bulk_len);
 }
 
+/* Counts kept by the loop thread (publish_counts): safe from any thread. */
 size_t mdg_broker_session_count(const mdg_broker *b)
 {
-    return b ? mdg_map_size(b->sessions) - mdg_map_size(b->nodes) : 0;
+    return b ? __atomic_load_n(&b->user_count, __ATOMIC_RELAXED) : 0;
 }
 
 size_t mdg_broker_forward_count(const mdg_broker *b)
@@ -266,7 +277,7 @@ size_t mdg_broker_forward_count(const mdg_broker *b)
 
 size_t mdg_broker_node_count(const mdg_broker *b)
 {
-    return b ? mdg_map_size(b->nodes) : 0;
+    return b ? __atomic_load_n(&b->node_count, __ATOMIC_RELAXED) : 0;
 }
 
 /* Sessions of one key, collected first: closing changes the maps. */
@@ -363,8 +374,8 @@ int broker_setsock(void *s, int opt, const void *v, size_t len, const char *name
  * with heartbeats on, libzmq 4.3.4 aborts (assert !_io_error,
  * zeromq/libzmq#4364) when a link drops while its receive pipe is full.
  * Each native client keeps at most its queue_limit messages
- * unacknowledged, and a 1.x sender's waiting messages are bounded by ours,
- * which bounds what can queue here. */
+ * unacknowledged, and the messages of a sender without acknowledgements
+ * wait in numbers its listener bounds, which bounds what can queue here. */
 int broker_new_router(mdg_broker *b, void **out, int64_t maxmsg)
 {
     int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS, rc;
@@ -380,62 +391,57 @@ int broker_new_router(mdg_broker *b, void **out, int64_t maxmsg)
     return 0;
 }
 
-/* Watch a ROUTER's connections, bind it (port 0: a free one) and watch it.
- * ep gets the endpoint asked for, *bound the port got. */
-int broker_listen_on(mdg_broker *b, void *sock, void **mon, const char *tag, int port, int *bound,
-                     mdg_loop_fn on_input, char ep[160])
+/* Watch a listener's connections, bind its socket (port 0: a free one) and
+ * watch it (on_input gets the listener). ep gets the endpoint asked for,
+ * l->bound_port the port got. */
+int broker_listen_on(mdg_broker *b, broker_listener *l, mdg_loop_fn on_input, char ep[160])
 {
     char mon_ep[80], last[256];
     size_t len = sizeof last;
+    const char *tag = l->ops->name;
     int rc;
-    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-%s-monitor-%p", tag, (void *)b);
-    if (zmq_socket_monitor(sock, mon_ep,
+    snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-broker-%d-monitor-%p", (int)(l - b->listeners), (void *)b);
+    if (zmq_socket_monitor(l->sock, mon_ep,
                            ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_ACCEPT_FAILED |
                                ZMQ_EVENT_LISTENING) != 0 ||
-        !(*mon = zmq_socket(b->ctx, ZMQ_PAIR)) ||
-        zmq_connect(*mon, mon_ep) != 0)
+        !(l->mon = zmq_socket(b->ctx, ZMQ_PAIR)) ||
+        zmq_connect(l->mon, mon_ep) != 0)
         return mdg_fail(MDG_ESYS, "cannot monitor the %s ROUTER: %s", tag, zmq_strerror(errno));
-    if (port)
-        snprintf(ep, 160, "tcp://%s:%d", b->bind_address, port);
+    if (l->port)
+        snprintf(ep, 160, "tcp://%s:%d", b->bind_address, l->port);
     else
         snprintf(ep, 160, "tcp://%s:*", b->bind_address);
-    if (zmq_bind(sock, ep) != 0)
+    if (zmq_bind(l->sock, ep) != 0)
         return mdg_fail(MDG_ESYS, "cannot bind the %s listener %s: %s", tag, ep, zmq_strerror(errno));
-    if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, last, &len) == 0) {
+    if (zmq_getsockopt(l->sock, ZMQ_LAST_ENDPOINT, last, &len) == 0) {
         const char *colon = strrchr(last, ':');
-        *bound = colon ? atoi(colon + 1) : port;
+        l->bound_port = colon ? atoi(colon + 1) : l->port;
     }
-    if ((rc = mdg_loop_watch(b->loop, *mon, -1, ZMQ_POLLIN, broker_on_monitor, b)) ||
-        (rc = mdg_loop_watch(b->loop, sock, -1, ZMQ_POLLIN, on_input, b)))
+    if ((rc = mdg_loop_watch(b->loop, l->mon, -1, ZMQ_POLLIN, broker_on_monitor, b)) ||
+        (rc = mdg_loop_watch(b->loop, l->sock, -1, ZMQ_POLLIN, on_input, l)))
         return rc;
     return 0;
 }
 
 static int bind_sockets(mdg_broker *b)
 {
-    int one = 1, rc;
-    char ep[160];
-    if (b->router)
+    int rc;
+    if (started(b))
         return 0;
-    /* The ZAP handler must be bound before the ROUTER accepts anyone. */
+    /* The ZAP handler must be bound before a listener accepts anyone. */
     b->zap = zmq_socket(b->ctx, ZMQ_REP);
     if (!b->zap || zmq_bind(b->zap, "inproc://zeromq.zap.01") != 0)
         return mdg_fail(MDG_ESYS, "cannot bind the ZAP handler: %s", zmq_strerror(errno));
-    if ((rc = broker_new_router(b, &b->router, b->max_message)) ||
-        (rc = broker_setsock(b->router, ZMQ_CURVE_SERVER, &one, sizeof one, "CURVE_SERVER")) ||
-        (rc = broker_setsock(b->router, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(b->keys), MDG_KEY_BYTES, "CURVE_SECRETKEY")) ||
-        (rc = broker_setsock(b->router, ZMQ_ZAP_DOMAIN, "messidge", 8, "ZAP_DOMAIN")) ||
-        (rc = mdg_loop_watch(b->loop, b->zap, -1, ZMQ_POLLIN, broker_on_zap, b)) ||
-        (rc = broker_listen_on(b, b->router, &b->mon, "native", b->port, &b->bound_port, broker_on_router, ep)))
+    if ((rc = mdg_loop_watch(b->loop, b->zap, -1, ZMQ_POLLIN, broker_on_zap, b)))
         return rc;
+    for (int i = 0; i < BROKER_LISTENERS; i++)
+        if (b->listeners[i].on && (rc = b->listeners[i].ops->bind(b, &b->listeners[i])))
+            return rc;
     if (mdg_loop_timer(b->loop, MDG_CHAN_ACK_DELAY_MS, true, broker_on_ack_timer, b) < 0 ||
         mdg_loop_timer(b->loop, BACKLOG_RETRY_MS, true, broker_on_backlog_timer, b) < 0 ||
         mdg_loop_timer(b->loop, GRACE_CHECK_MS, true, broker_on_grace_timer, b) < 0)
         return mdg_fail(MDG_ENOMEM, "no room for the broker's timers");
     mdg_loop_on_wake(b->loop, on_wake, b);
-    mdg_log(MDG_LOG_INFO, "broker listening on %s (port %d)", ep, b->bound_port);
-    if ((rc = broker_bind_legacy(b)))
-        return rc;
     broker_set_budget(b);
     return 0;
 }
@@ -444,7 +450,10 @@ static int bind_sockets(mdg_broker *b)
 static void close_all_sessions(mdg_broker *b)
 {
     peer *p;
-    if (!b->peers || !b->lpeers || !b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop || !b->owed_ack ||
+    for (int i = 0; i < BROKER_LISTENERS; i++)
+        if (!b->listeners[i].rids)
+            return; /* a broker that failed half-way through mdg_broker_new */
+    if (!b->sessions || !b->nodes || !b->by_fd || !b->fwds || !b->loop || !b->owed_ack ||
         !b->backlog || !b->holding || !b->shares || !b->ready)
         return; /* a broker that failed half-way through mdg_broker_new */
     while ((p = mdg_map_pop(b->sessions)) != NULL) {
@@ -509,17 +518,15 @@ void mdg_broker_destroy(mdg_broker **pb)
     if (b->thread_started) {
         mdg_loop_stop(b->loop);
         pthread_join(b->thread, NULL);
-    } else if (b->peers) {
+    } else if (b->sessions) {
         close_all_sessions(b);
     }
-    if (b->lmon)
-        zmq_close(b->lmon);
-    if (b->lrouter)
-        zmq_close(b->lrouter);
-    if (b->mon)
-        zmq_close(b->mon);
-    if (b->router)
-        zmq_close(b->router);
+    for (int i = BROKER_LISTENERS - 1; i >= 0; i--) {
+        if (b->listeners[i].mon)
+            zmq_close(b->listeners[i].mon);
+        if (b->listeners[i].sock)
+            zmq_close(b->listeners[i].sock);
+    }
     if (b->zap)
         zmq_close(b->zap);
     if (b->ctx)
@@ -546,8 +553,10 @@ void mdg_broker_destroy(mdg_broker **pb)
         free(b->timers);
         b->timers = next;
     }
-    mdg_map_destroy(&b->peers);
-    mdg_map_destroy(&b->lpeers);
+    for (int i = 0; i < BROKER_LISTENERS; i++) {
+        mdg_map_destroy(&b->listeners[i].rids);
+        mdg_map_destroy(&b->listeners[i].stray);
+    }
     mdg_map_destroy(&b->sessions);
     mdg_map_destroy(&b->nodes);
     mdg_map_destroy(&b->by_fd);

@@ -176,11 +176,11 @@ void broker_take_spares(mdg_broker *b)
  * once descriptors are free (broker_on_grace_timer). Open sessions go on.
  * (zmq_unbind would stop the spin too, but libzmq closes every connection
  * the listener accepted along with it.) */
-void broker_accept_failed(mdg_broker *b, int which, int err)
+void broker_accept_failed(mdg_broker *b, broker_listener *l, int err)
 {
     if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
         return; /* EAGAIN, ECONNABORTED...: nothing is left waiting */
-    int lfd = b->listen_fd[which], closed = 0, s;
+    int lfd = l->listen_fd, closed = 0, s;
     struct pollfd pfd = {.fd = lfd, .events = POLLIN};
     if (lfd >= 0 && poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN)) {
         while (b->n_spare)
@@ -200,16 +200,16 @@ void broker_accept_failed(mdg_broker *b, int which, int err)
         mdg_log(MDG_LOG_ERROR, "cannot accept connections on the %s listener: %s (RLIMIT_NOFILE %ld, "
                                "%ld connections open, at most %d served): closed %d waiting; "
                                "%u more failures since the last such line",
-                which ? "1.x" : "native", strerror(err), b->fd_limit, b->live_conns, b->max_conns, closed, held);
+                l->ops->name, strerror(err), b->fd_limit, b->live_conns, b->max_conns, closed, held);
 }
 
 /* A listener is bound: its socket is non-blocking from now on, so that
  * broker_accept_failed never waits (libzmq takes EAGAIN in its stride). */
-void broker_listening(mdg_broker *b, int which, int fd)
+void broker_listening(broker_listener *l, int fd)
 {
     int flags = fcntl(fd, F_GETFL);
     if (flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0)
-        b->listen_fd[which] = fd;
+        l->listen_fd = fd;
 }
 
 /* Descriptors open now (/proc/self/fd, else a scan of the first ones). */

@@ -4,8 +4,9 @@
  * timer when libzmq's pipe is full); messages in are taken in order and
  * once (duplicates dropped, a gap answered with a resync), acknowledged on
  * the next message out or after ACK_DELAY_MS, and held, unacknowledged,
- * while where they go is full. broker_process hands each one on to
- * broker_route.c. The connection (conn.c) has the other end. */
+ * while where they go is full. broker_receive takes each message a
+ * listener decoded (an mdg_inbound) and hands it on to broker_route.c.
+ * The connection (conn.c) has the other end. */
 #include "broker_internal.h"
 
 #include <stdlib.h>
@@ -62,7 +63,7 @@ void broker_flush_peer(mdg_broker *b, peer *p)
  * corr) is never refused for lack of room: a call the broker took must end
  * in a reply or an error. Their number is bounded by the calls a session
  * may have open (node_window per node; a sender whose own queue is full is
- * paused before its next command is taken, see broker_process()). */
+ * paused before its next command is taken, see process()). */
 static bool final_answer(const mdg_header *h)
 {
     return (h->kind == MDG_K_REPLY && !(h->flags & MDG_F_MORE)) || (h->kind == MDG_K_ERROR && h->corr);
@@ -178,10 +179,10 @@ void broker_room_made(mdg_broker *b, peer *p)
         broker_resume_paused_fwds(b, p);
 }
 
-/* Encode and send; params taken, bulk copied. With no peer (a sender that
- * has no session, or one whose numbering is broken) the message goes
- * unsequenced to the routing id: then it is only ever a notice (corr 0),
- * the one unnumbered error clients accept (docs/protocol.md 6.1). */
+/* Encode and send; params taken, bulk copied. With no peer (a native link
+ * without a session) the message goes unsequenced to the routing id: then
+ * it is only ever a notice (corr 0), the one unnumbered error clients
+ * accept (docs/protocol.md 6.1). */
 int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, int kind,
                    uint64_t corr, uint32_t flags, const char *command, mdg_params *params,
                    const void *bulk, size_t bulk_len)
@@ -200,14 +201,7 @@ int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, i
     }
     if (p)
         return broker_send_frames(b, p, &h, &pm, bulk_len ? &bm : NULL);
-    h.kind = (uint8_t)kind;
-    rc = mdg_wire_send(b->router, rid, rid_len, &h, &pm, bulk_len ? &bm : NULL);
-    if (rc == MDG_EAGAIN) {
-        zmq_msg_close(&pm);
-        if (bulk_len)
-            zmq_msg_close(&bm);
-    }
-    return rc;
+    return broker_native_notice(b, rid, rid_len, &h, &pm, bulk_len ? &bm : NULL);
 }
 
 /* An error for the sender of a message: a reply when it waits for one
@@ -226,25 +220,26 @@ void broker_send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *
 /* -------------------------------------------------------------- receiving */
 
 /* Ask a peer whose link is fine to say hello again: the resume that
- * follows makes it resend what we have not taken (unsequenced: it may
- * have no room, and it is about the session itself). */
+ * follows makes it resend what we have not taken (an unnumbered notice
+ * outside its channel: it may have no room, and it is about the session
+ * itself). */
 static void ask_resend(mdg_broker *b, peer *p, const char *text)
 {
     mdg_params *e = mdg_params_new();
-    if (e && p->attached) {
-        mdg_params_set_str(e, "error", text);
-        mdg_params_set_bool(e, "resync", true);
-        broker_send_to(b, p->rid, p->rid_len, NULL, MDG_K_ERROR, 0, 0, "", e, NULL, 0);
-    } else {
-        mdg_params_destroy(&e);
-    }
+    mdg_header h = {.kind = MDG_K_ERROR};
+    zmq_msg_t pm;
+    if (e && p->attached && mdg_params_set_str(e, "error", text) == 0 && mdg_params_set_bool(e, "resync", true) == 0 &&
+        mdg_wire_encode_params(e, &pm) == 0 && p->transport->send(b, p, &h, &pm, NULL) == MDG_EAGAIN)
+        zmq_msg_close(&pm);
+    mdg_params_destroy(&e);
 }
 
 /* Process one numbered (or unnumbered) message of a peer in order. False
  * when it must wait because where it goes is full: it is then neither
  * counted nor acknowledged. Duplicates (resent after a resume) are dropped. */
-bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who)
+static bool process(mdg_broker *b, peer *p, mdg_inbound *in, const char *who)
 {
+    const mdg_header *h = &in->h;
     /* a peer without acknowledgements numbers nothing; a numbered kind
      * without its number never gets here (handle_message refuses it) */
     int verdict = mdg_chan_check(&p->chan, h);
@@ -281,12 +276,12 @@ bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
     bool done = true;
     switch (h->kind) {
     case MDG_K_CMD:
-        done = broker_dispatch_command(b, p, h, f);
+        done = broker_dispatch_command(b, p, in);
         break;
     case MDG_K_REPLY:
     case MDG_K_ERROR:
         if (p->role == MDG_ROLE_NODE) {
-            done = broker_route_node_reply(b, p, h, f);
+            done = broker_route_node_reply(b, p, in);
         } else {
             mdg_log(MDG_LOG_WARN, "%s from user %s refused: users do not answer calls", mdg_kind_name(h->kind), who);
             broker_send_error(b, p->rid, p->rid_len, p, 0, "", "replies are only accepted from the node a call went to");
@@ -304,7 +299,8 @@ bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const 
     return done;
 }
 
-void broker_hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
+/* A message that must wait: kept in order behind the others held. */
+static void hold(mdg_broker *b, peer *p, mdg_inbound *in)
 {
     if (p->transport->acks && p->held_len >= (size_t)b->hold_limit) {
         /* the broker's own bound, whatever the sender's queue_limit: not
@@ -325,13 +321,12 @@ void broker_hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
         return;
     }
     hm->next = NULL;
-    hm->h = *h;
-    mdg_frames_move(&hm->f, f);
+    mdg_inbound_move(&hm->in, in);
     if (!p->held_head) {
         char who[MDG_KEY_B64_LEN + 1];
         pk_short(p->pk, who);
         mdg_log(MDG_LOG_DEBUG, "%s %s paused: where its %s '%s' goes is full", p->role == MDG_ROLE_NODE ? "node" : "user",
-                who, mdg_kind_name(h->kind), h->command);
+                who, mdg_kind_name(hm->in.h.kind), hm->in.h.command);
     }
     if (p->held_tail)
         p->held_tail->next = hm;
@@ -342,6 +337,15 @@ void broker_hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
     mdg_map_put(b->holding, p->session_id, SESSION_ID_BYTES, p);
 }
 
+/* A message of a session, decoded by its listener (what it holds is the
+ * caller's, closed after): processed now, or held behind those already
+ * waiting. */
+void broker_receive(mdg_broker *b, peer *p, mdg_inbound *in, const char *who)
+{
+    if (p->held_head || !process(b, p, in, who))
+        hold(b, p, in);
+}
+
 /* Retry a peer's held messages, in order, until one must wait again. */
 static void release_held(mdg_broker *b, peer *p)
 {
@@ -349,13 +353,13 @@ static void release_held(mdg_broker *b, peer *p)
     pk_short(p->pk, who);
     while (p->held_head) {
         held *hm = p->held_head;
-        if (!broker_process(b, p, &hm->h, &hm->f, who))
+        if (!process(b, p, &hm->in, who))
             return;
         p->held_head = hm->next;
         if (!p->held_head)
             p->held_tail = NULL;
         p->held_len--;
-        mdg_frames_close(&hm->f);
+        mdg_inbound_close(&hm->in);
         free(hm);
     }
     mdg_map_take(b->holding, p->session_id, SESSION_ID_BYTES);

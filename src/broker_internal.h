@@ -4,7 +4,8 @@
  * unless a comment says otherwise.
  *
  * A message's way through the broker, file by file:
- *   broker_native.c / broker_legacy.c   socket -> decode (the two listeners)
+ *   broker_native.c / broker_legacy.c   socket -> decode (the two listeners),
+ *                                       into one mdg_inbound (inbound.h)
  *   broker_session.c                    which session: open, resume, detach, close
  *   broker_channel.c                    in order and once (numbers, acks, resends,
  *                                       held messages), and back out to the peer
@@ -16,6 +17,7 @@
 #define MDG_BROKER_INTERNAL_H
 
 #include "channel.h"
+#include "inbound.h"
 #include "internal.h"
 #include "loop.h"
 #include "map.h"
@@ -63,19 +65,19 @@ typedef struct peer {
     size_t held_len;
     bool resend_owed;  /* messages past hold_limit were not taken: ask for them once the held ones went */
     int paused_fwds;   /* calls to nodes told to pause because this session is not reading */
+    struct broker_listener *listener;         /* the one its link is on */
     const struct broker_transport *transport; /* how messages reach it: its listener's */
     void *transport_state; /* the transport's own state of this peer, or NULL */
 } peer;
 
 /* How the core reaches a session's peer, whatever protocol it speaks: one
- * per listener (broker_native.c, broker_legacy.c). Session, channel and
- * route code call through it and never ask which protocol a peer speaks. */
+ * per listener. Session, channel and route code call through it and never
+ * ask which protocol a peer speaks. */
 typedef struct broker_transport {
-    /* One message to the peer in its own protocol; mdg_wire_send's
-     * contract (params and bulk taken, but on MDG_EAGAIN). */
+    /* One message to the peer in its own protocol, on its listener's
+     * socket; mdg_wire_send's contract (params and bulk taken, but on
+     * MDG_EAGAIN). */
     int (*send)(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
-    /* The routing ids of its socket -> peer (each socket has its own). */
-    mdg_map *(*rids)(mdg_broker *b);
     /* Whether a session whose link dropped may wait for a resume; NULL:
      * always. */
     bool (*resumable)(const peer *p);
@@ -89,10 +91,41 @@ typedef struct broker_transport {
     bool flow;
 } broker_transport;
 
+struct broker_listener;
+
+/* What a protocol's module says of its listener; the core goes through
+ * every listener alike (binding, connection events, teardown). */
+typedef struct broker_listener_ops {
+    const char *name; /* in log lines */
+    /* Its options, read by mdg_broker_new: whether it listens, on which
+     * port. 0, or MDG_EINVAL with the reason. */
+    int (*configure)(struct broker_listener *l, const mdg_broker_options *opts);
+    /* Makes its socket, binds and watches it (broker_listen_on). */
+    int (*bind)(mdg_broker *b, struct broker_listener *l);
+    const broker_transport *transport; /* how its peers are reached */
+} broker_listener_ops;
+
+/* A listener: one ROUTER socket, its connection events, and the routing
+ * ids of its links (each socket has its own). */
+typedef struct broker_listener {
+    const broker_listener_ops *ops;
+    mdg_broker *broker;
+    bool on;              /* listens (configure says) */
+    void *sock;           /* its ROUTER; NULL until bound */
+    void *mon;            /* its monitor: connections accepted, dropped */
+    mdg_map *rids;        /* routing id on its socket -> peer */
+    mdg_map *stray;       /* socket fd -> this: links without a session, logged once */
+    int port, bound_port; /* asked for (0: any free one), got */
+    int listen_fd;        /* its listening socket (ZMQ_EVENT_LISTENING), or -1 */
+} broker_listener;
+
+/* The listeners, in the order they are bound. The first (the native one)
+ * always listens: its socket is the broker's, made first. */
+#define BROKER_LISTENERS 2
+
 typedef struct held {
     struct held *next;
-    mdg_header h;
-    mdg_frames f;
+    mdg_inbound in;
 } held;
 
 /* A numbered message kept until the peer acknowledges it. */
@@ -109,7 +142,8 @@ struct mdg_broker {
     char bind_address[128];
     int port;       /* asked for */
     int bound_port; /* got */
-    void *ctx, *router, *zap;
+    void *ctx, *zap;
+    broker_listener listeners[BROKER_LISTENERS];
     mdg_loop *loop;
     const mdg_cmd *cmds;
     void *cmd_arg;
@@ -119,13 +153,9 @@ struct mdg_broker {
     void *auth_arg;
     mdg_map *allow; /* pk -> role, when no auth function is given */
     bool allow_any;
-    mdg_map *peers;    /* routing id -> peer */
-    mdg_map *lpeers;   /* routing id on the legacy socket -> 1.x peer */
-    void *lrouter, *lmon; /* the 1.x listener (off by default) and its monitor */
-    bool legacy;
-    int legacy_port, legacy_bound_port;
     long long max_message;
     mdg_map *sessions; /* session id -> peer (users and nodes) */
+    size_t user_count, node_count; /* of sessions, for other threads (atomic) */
     mdg_map *nodes;    /* node pk -> peer: one live connection per node */
     mdg_map *by_fd;    /* socket fd -> peer */
     mdg_map *fwds;     /* forwarded call id -> fwd */
@@ -137,13 +167,11 @@ struct mdg_broker {
     mdg_map *owed_ack; /* session id -> peer owed an ACK */
     mdg_map *backlog;  /* session id -> peer with messages libzmq would not take yet */
     mdg_map *holding;  /* session id -> peer with held messages */
-    void *mon;         /* ROUTER monitor: tells us when a connection drops */
     /* Connections are bounded by descriptors: past max_conns, handshakes
      * are refused (ZAP 500) and the sessions already open go on. */
     int max_conns_asked, max_conns;
-    long live_conns;     /* accepted minus dropped, both listeners */
+    long live_conns;     /* accepted minus dropped, all listeners */
     long fd_limit;       /* RLIMIT_NOFILE when the broker bound */
-    int listen_fd[2];    /* the native and 1.x listeners' sockets (ZMQ_EVENT_LISTENING) */
     int spare[SPARE_FDS], n_spare; /* given up to clear the accept backlog when out of them */
     mdg_ratelog full_log, accept_log; /* LIMIT_LOG_MS apart */
     pthread_t thread;
@@ -200,25 +228,26 @@ int broker_queue_send(mdg_broker *b, bool to_node, const uint8_t *key, size_t ke
                       mdg_params *params, const void *bulk, size_t bulk_len);
 int broker_setsock(void *s, int opt, const void *v, size_t len, const char *name);
 int broker_new_router(mdg_broker *b, void **out, int64_t maxmsg);
-int broker_listen_on(mdg_broker *b, void *sock, void **mon, const char *tag, int port, int *bound,
-                     mdg_loop_fn on_input, char ep[160]);
+int broker_listen_on(mdg_broker *b, broker_listener *l, mdg_loop_fn on_input, char ep[160]);
+broker_listener *broker_listener_of(const mdg_broker *b, const broker_listener_ops *ops);
 
 /* broker_auth.c: who may connect */
 int broker_role_of(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES]);
 int broker_on_zap(mdg_loop *loop, void *arg, short revents);
 void broker_take_spares(mdg_broker *b);
-void broker_accept_failed(mdg_broker *b, int which, int err);
-void broker_listening(mdg_broker *b, int which, int fd);
+void broker_accept_failed(mdg_broker *b, broker_listener *l, int err);
+void broker_listening(broker_listener *l, int fd);
 void broker_set_budget(mdg_broker *b);
 
 /* broker_session.c: the session table */
 void broker_close_session(mdg_broker *b, peer *p, const char *why);
 void broker_detach(mdg_broker *b, peer *p, const char *why);
-void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd,
-                         int silence_ms, const broker_transport *tp, void *state);
-bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
-                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms,
-                           const broker_transport *tp);
+void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
+                         const char *user_id, int fd, int silence_ms, void *state);
+bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
+                           const char *uid, int fd, const uint8_t *sid, size_t sid_len, uint64_t ack,
+                           int silence_ms);
+bool broker_stray_first(broker_listener *l, int fd);
 int broker_on_monitor(mdg_loop *loop, void *arg, short revents);
 int broker_on_grace_timer(mdg_loop *loop, void *arg, short revents);
 
@@ -236,8 +265,7 @@ int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, i
                    uint32_t flags, const char *command, mdg_params *params, const void *bulk, size_t bulk_len);
 void broker_send_error(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, uint64_t corr,
                        const char *command, const char *text);
-bool broker_process(mdg_broker *b, peer *p, mdg_header *h, mdg_frames *f, const char *who);
-void broker_hold(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f);
+void broker_receive(mdg_broker *b, peer *p, mdg_inbound *in, const char *who);
 void broker_release_ready(mdg_broker *b);
 int broker_on_ack_timer(mdg_loop *loop, void *arg, short revents);
 int broker_on_backlog_timer(mdg_loop *loop, void *arg, short revents);
@@ -247,14 +275,16 @@ void broker_share_release(mdg_broker *b, const uint8_t *sid, const uint8_t *node
 void broker_fwd_free(mdg_broker *b, fwd *f);
 void broker_resume_paused_fwds(mdg_broker *b, peer *p);
 void broker_drop_fwds(mdg_broker *b, peer *p);
-bool broker_dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f);
-bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f);
+bool broker_dispatch_command(mdg_broker *b, peer *p, mdg_inbound *in);
+bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_inbound *in);
 
 /* broker_native.c: the native listener */
-void broker_drain(mdg_broker *b, void *sock, void (*handle)(mdg_broker *, mdg_frames *));
-int broker_on_router(mdg_loop *loop, void *arg, short revents);
+extern const broker_listener_ops broker_native_listener;
+void broker_drain(broker_listener *l, void (*handle)(mdg_broker *, broker_listener *, mdg_frames *));
+int broker_native_notice(mdg_broker *b, const uint8_t *rid, size_t rid_len, const mdg_header *h,
+                         zmq_msg_t *params, zmq_msg_t *bulk);
 
 /* broker_legacy.c: the Messidge 1.x listener */
-int broker_bind_legacy(mdg_broker *b);
+extern const broker_listener_ops broker_legacy_listener;
 
 #endif

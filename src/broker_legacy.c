@@ -1,7 +1,8 @@
 /* broker_legacy.c - the Messidge 1.x listener (off by default): its
  * socket, the 1.x hello, the uuid table of each 1.x session, and the
- * translation of 1.x frames to and from native messages. Nothing else in
- * the broker reads or writes a 1.x frame. */
+ * translation of 1.x frames into the mdg_inbound the rest of the broker
+ * reads and of native messages out into 1.x frames. Nothing else in the
+ * broker reads or writes a 1.x frame. */
 #include "broker_internal.h"
 #include "legacy.h"
 
@@ -35,8 +36,8 @@ typedef struct legacy_uuid {
 } legacy_uuid;
 
 /* Peers on the legacy socket speak 1.x (legacy.h, docs/compatibility.md).
- * Each 1.x frame becomes the native header and frames the rest of the
- * broker reads, unnumbered (1.x has no sequence numbers), so the command
+ * Each 1.x frame becomes the mdg_inbound the rest of the broker reads,
+ * unnumbered (1.x has no sequence numbers), so the command
  * table, hooks, forwarding and reply routing are the same code for both
  * protocols. Where 1.x was gullible we refuse, with a log line: a resume
  * must come from the session's own key, only the node a call went to may
@@ -75,11 +76,6 @@ static bool legacy_resumable(const peer *p)
     return !(l->sealed && !l->proven);
 }
 
-static mdg_map *legacy_rids(mdg_broker *b)
-{
-    return b->lpeers;
-}
-
 static legacy_link *legacy_link_new(size_t limit)
 {
     legacy_link *l = calloc(1, sizeof *l);
@@ -92,12 +88,13 @@ static legacy_link *legacy_link_new(size_t limit)
     return l;
 }
 
-/* One 1.x frame to a routing id: 0, MDG_EAGAIN or an error. out is closed. */
-static int legacy_emit(mdg_broker *b, const uint8_t *rid, size_t rid_len, zmq_msg_t *out)
+/* One 1.x frame to a routing id of the listener: 0, MDG_EAGAIN or an
+ * error. out is closed. */
+static int legacy_emit(broker_listener *l, const uint8_t *rid, size_t rid_len, zmq_msg_t *out)
 {
     int rc = 0;
-    if (zmq_send(b->lrouter, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_msg_send(out, b->lrouter, ZMQ_DONTWAIT) < 0)
+    if (zmq_send(l->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_msg_send(out, l->sock, ZMQ_DONTWAIT) < 0)
         rc = errno == EAGAIN         ? MDG_EAGAIN
              : errno == EHOSTUNREACH ? mdg_fail(MDG_ECLOSED, "1.x peer is not connected")
                                      : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));
@@ -107,30 +104,29 @@ static int legacy_emit(mdg_broker *b, const uint8_t *rid, size_t rid_len, zmq_ms
 
 /* An exception reply straight to a frame's sender, for refusals made
  * before the frame becomes a message (only when it asked for a reply). */
-static void legacy_refuse_uuid(mdg_broker *b, const peer *p, const uint8_t *uuid, size_t uuid_len,
-                               const char *text)
+static void legacy_refuse_uuid(const peer *p, const uint8_t *uuid, size_t uuid_len, const char *text)
 {
     if (!uuid_len)
         return;
     mdg_params *e = mdg_legacy_exception(text);
     zmq_msg_t out;
     if (e && mdg_legacy_build(&out, seal_key(p), NULL, 0, "", 0, uuid, uuid_len, e, NULL, 0) == 0)
-        legacy_emit(b, p->rid, p->rid_len, &out);
+        legacy_emit(p->listener, p->rid, p->rid_len, &out);
     mdg_params_destroy(&e);
 }
 
-static void legacy_refuse(mdg_broker *b, const peer *p, const mdg_legacy_frame *lf, const char *text)
+static void legacy_refuse(const peer *p, const mdg_legacy_frame *lf, const char *text)
 {
-    legacy_refuse_uuid(b, p, lf->uuid, lf->uuid_len, text);
+    legacy_refuse_uuid(p, lf->uuid, lf->uuid_len, text);
 }
 
 /* 1.x's own refusal of a hello, [b'', b'', uuid, {}, b''], which 1.x
  * clients read as "Authentication failed.". */
-static void legacy_refuse_hello(mdg_broker *b, const uint8_t *rid, size_t rid_len, const mdg_legacy_frame *lf)
+static void legacy_refuse_hello(broker_listener *l, const uint8_t *rid, size_t rid_len, const mdg_legacy_frame *lf)
 {
     zmq_msg_t out;
     if (mdg_legacy_build(&out, NULL, NULL, 0, "", 0, lf->uuid, lf->uuid_len, NULL, NULL, 0) == 0)
-        legacy_emit(b, rid, rid_len, &out);
+        legacy_emit(l, rid, rid_len, &out);
 }
 
 /* A native message out as a 1.x frame (the transport's send). Calls to a
@@ -188,7 +184,7 @@ static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
         if (u) {
             char text[360];
             snprintf(text, sizeof text, "the reply cannot be carried by Messidge 1.x: %s", why);
-            legacy_refuse_uuid(b, p, u->bytes, u->len, text);
+            legacy_refuse_uuid(p, u->bytes, u->len, text);
             if (!(h->flags & MDG_F_MORE)) {
                 mdg_map_take_u64(l->uuids, h->corr);
                 free(u);
@@ -196,7 +192,7 @@ static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
         }
         goto consumed;
     }
-    rc = legacy_emit(b, p->rid, p->rid_len, &out);
+    rc = legacy_emit(p->listener, p->rid, p->rid_len, &out);
     if (rc == MDG_EAGAIN)
         return rc; /* params and bulk are still the caller's */
     if (rc == 0 && u && !(h->flags & MDG_F_MORE)) { /* the final reply: the call is over */
@@ -216,14 +212,13 @@ closed:
 /* 1.x has no sequence numbers, no acknowledgements and no flow command. */
 static const broker_transport legacy_transport = {
     .send = legacy_send,
-    .rids = legacy_rids,
     .resumable = legacy_resumable,
     .free_state = legacy_link_free,
 };
 
 /* A 1.x hello: a new session, or the resume of one the same key owns. */
-static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, int fd,
-                         const mdg_legacy_frame *lf)
+static void legacy_hello(mdg_broker *b, broker_listener *l, peer *p, const uint8_t *rid, size_t rid_len,
+                         int fd, const mdg_legacy_frame *lf)
 {
     mdg_params *hp = NULL;
     zmq_msg_t unused;
@@ -246,7 +241,7 @@ static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_
                                               : NULL;
     if (why) {
         mdg_log(MDG_LOG_WARN, "1.x hello from %s refused: %s", who, why);
-        legacy_refuse_hello(b, rid, rid_len, lf);
+        legacy_refuse_hello(l, rid, rid_len, lf);
         if (p)
             broker_close_session(b, p, "a refused hello on its link");
         mdg_params_destroy(&hp);
@@ -269,10 +264,10 @@ static void legacy_hello(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_
         broker_close_session(b, p, "replaced by a new 1.x hello");
     /* 1.x peers do not beat: libzmq's heartbeats on this socket notice a
      * dead link instead of our silence check */
-    if (!sid_len || !broker_resume_session(b, rid, rid_len, uid, fd, sid, sid_len, 0, INT_MAX, &legacy_transport)) {
-        legacy_link *l = legacy_link_new((size_t)b->queue_limit);
-        if (l)
-            broker_open_session(b, rid, rid_len, uid, fd, INT_MAX, &legacy_transport, l);
+    if (!sid_len || !broker_resume_session(b, l, rid, rid_len, uid, fd, sid, sid_len, 0, INT_MAX)) {
+        legacy_link *link = legacy_link_new((size_t)b->queue_limit);
+        if (link)
+            broker_open_session(b, l, rid, rid_len, uid, fd, INT_MAX, link);
         else
             mdg_log(MDG_LOG_ERROR, "cannot open a 1.x session: out of memory");
     }
@@ -326,7 +321,7 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
     if (lf->command_len > MDG_MAX_COMMAND || memchr(lf->command, 0, lf->command_len)) {
         mdg_log(MDG_LOG_WARN, "1.x command from %s %s refused: its name is longer than %d bytes or has a NUL byte",
                 role, who, MDG_MAX_COMMAND);
-        legacy_refuse(b, p, lf, "bad command name (over 255 bytes, or a NUL byte)");
+        legacy_refuse(p, lf, "bad command name (over 255 bytes, or a NUL byte)");
         return false;
     }
     char name[MDG_MAX_COMMAND + 1];
@@ -341,7 +336,7 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
     if (!u || mdg_map_put_u64(l->uuids, l->next_corr + 1, u) != 0) {
         free(u);
         mdg_log(MDG_LOG_ERROR, "'%s' from 1.x %s %s refused: out of memory", name, role, who);
-        legacy_refuse(b, p, lf, "broker out of memory");
+        legacy_refuse(p, lf, "broker out of memory");
         return false;
     }
     u->len = lf->uuid_len;
@@ -360,8 +355,10 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
     return true;
 }
 
-/* A frame of an open 1.x session: opened, classified, then processed as
- * any native message (held when where it goes is full). */
+/* A frame of an open 1.x session: opened and classified into the message
+ * the rest of the broker reads (its params stay decoded: the route encodes
+ * them only to pass a reply on), then processed as any native message
+ * (held when where it goes is full). */
 static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
 {
     char who[MDG_KEY_B64_LEN + 1];
@@ -371,43 +368,27 @@ static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
          * 1.x has none, so what waits for room is bounded here */
         mdg_log(MDG_LOG_WARN, "1.x frame from %s refused: %zu of its messages already wait for room", who,
                 p->held_len);
-        legacy_refuse(b, p, lf, "the broker is full: try again later");
+        legacy_refuse(p, lf, "the broker is full: try again later");
         return;
     }
-    mdg_params *params = NULL;
-    mdg_frames f = {.n = 3};
-    zmq_msg_init(&f.part[3]);
-    if (mdg_legacy_open(lf, seal_key(p), &params, &f.part[3]) != 0) {
+    mdg_inbound in = {.h = {0}}; /* no params, no bulk yet */
+    if (mdg_legacy_open(lf, seal_key(p), &in.params, &in.bulk) != 0) {
         mdg_log(MDG_LOG_WARN, "1.x frame from %s %s refused: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who,
                 mdg_last_error());
-        legacy_refuse(b, p, lf, mdg_last_error());
-        zmq_msg_close(&f.part[3]);
+        legacy_refuse(p, lf, mdg_last_error());
+        zmq_msg_close(&in.bulk);
         return;
     }
+    in.has_bulk = zmq_msg_size(&in.bulk) != 0; /* 1.x sends b'' for none */
+    if (!in.has_bulk)
+        zmq_msg_close(&in.bulk);
     link_of(p)->proven = true;
-    mdg_header h = {0};
-    bool ok = legacy_classify(b, p, lf, &params, &h, who);
-    if (ok && mdg_wire_encode_params(params, &f.part[2]) != 0) {
-        legacy_refuse(b, p, lf, "broker out of memory");
-        ok = false;
-    }
-    mdg_params_destroy(&params);
-    if (!ok) {
-        zmq_msg_close(&f.part[3]);
-        return;
-    }
-    zmq_msg_init(&f.part[0]); /* where routing id and header would be */
-    zmq_msg_init(&f.part[1]);
-    if (zmq_msg_size(&f.part[3]))
-        f.n = 4;
-    else
-        zmq_msg_close(&f.part[3]);
-    if (p->held_head || !broker_process(b, p, &h, &f, who))
-        broker_hold(b, p, &h, &f);
-    mdg_frames_close(&f);
+    if (legacy_classify(b, p, lf, &in.params, &in.h, who))
+        broker_receive(b, p, &in, who);
+    mdg_inbound_close(&in);
 }
 
-static void legacy_message(mdg_broker *b, mdg_frames *f)
+static void legacy_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
 {
     if (f->n != 2 || f->dropped) {
         mdg_log(MDG_LOG_WARN, "1.x message of %d frames dropped (1.x sends one)", f->n + f->dropped - 1);
@@ -415,7 +396,7 @@ static void legacy_message(mdg_broker *b, mdg_frames *f)
     }
     const uint8_t *rid = zmq_msg_data(&f->part[0]);
     size_t rid_len = zmq_msg_size(&f->part[0]), len = zmq_msg_size(&f->part[1]);
-    peer *p = mdg_map_get(b->lpeers, rid, rid_len);
+    peer *p = mdg_map_get(l->rids, rid, rid_len);
     char who[MDG_KEY_B64_LEN + 1] = "a new link";
     if (p)
         pk_short(p->pk, who);
@@ -433,18 +414,20 @@ static void legacy_message(mdg_broker *b, mdg_frames *f)
         uint8_t uuid[MDG_LEGACY_MAX_UUID];
         mdg_log(MDG_LOG_WARN, "1.x frame from %s refused: %s", who, why);
         if (p) /* the sender is told when it waits for a reply, as 1.x did */
-            legacy_refuse_uuid(b, p, uuid, mdg_legacy_peek_uuid(zmq_msg_data(&f->part[1]), len, uuid), why);
+            legacy_refuse_uuid(p, uuid, mdg_legacy_peek_uuid(zmq_msg_data(&f->part[1]), len, uuid), why);
         return;
     }
     if (p)
         p->last_rx = mdg_now_ms();
     if (lf.command_len == 4 && memcmp(lf.command, "auth", 4) == 0) {
         broker_on_monitor(b->loop, b, 0); /* drops first: a new link may reuse a closed fd */
-        legacy_hello(b, mdg_map_get(b->lpeers, rid, rid_len), rid, rid_len, zmq_msg_get(&f->part[1], ZMQ_SRCFD),
+        legacy_hello(b, l, mdg_map_get(l->rids, rid, rid_len), rid, rid_len, zmq_msg_get(&f->part[1], ZMQ_SRCFD),
                      &lf);
     } else if (!p) {
-        mdg_log(MDG_LOG_WARN, "1.x frame from a link without a session refused (say 'auth' first)");
-        legacy_refuse_hello(b, rid, rid_len, &lf);
+        if (broker_stray_first(l, zmq_msg_get(&f->part[1], ZMQ_SRCFD)))
+            mdg_log(MDG_LOG_WARN, "1.x frame from a link without a session refused (say 'auth' first; said once "
+                                  "per link, each one is refused)");
+        legacy_refuse_hello(l, rid, rid_len, &lf);
     } else {
         legacy_frame(b, p, &lf);
     }
@@ -455,31 +438,51 @@ static int on_legacy_router(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
     (void)revents;
-    mdg_broker *b = arg;
-    broker_drain(b, b->lrouter, legacy_message);
+    broker_drain(arg, legacy_message);
     return 0;
 }
 
-/* The 1.x listener: no CURVE (1.x has none), libzmq heartbeats since 1.x
- * peers send none of their own, and loud warnings about what 1.x lacks. */
-int broker_bind_legacy(mdg_broker *b)
+/* ------------------------------------------------------------ the listener */
+
+/* Off unless the options ask for it (mdg_broker_options.legacy). */
+static int legacy_configure(broker_listener *l, const mdg_broker_options *opts)
+{
+    l->on = opts && opts->legacy;
+    l->port = opts ? opts->legacy_port : 0;
+    if (l->on && (l->port < 0 || l->port > 65535))
+        return mdg_fail(MDG_EINVAL, "legacy port out of range");
+    return 0;
+}
+
+/* No CURVE (1.x has none), libzmq heartbeats since 1.x peers send none of
+ * their own, and loud warnings about what 1.x lacks. */
+static int legacy_bind(mdg_broker *b, broker_listener *l)
 {
     int ivl = LEGACY_HEARTBEAT_MS, timeout = 3 * LEGACY_HEARTBEAT_MS, rc;
     char ep[160];
-    if (!b->legacy)
-        return 0;
-    if ((rc = broker_new_router(b, &b->lrouter, b->max_message + LEGACY_HEADROOM)) ||
-        (rc = broker_setsock(b->lrouter, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl, "HEARTBEAT_IVL")) ||
-        (rc = broker_setsock(b->lrouter, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout, "HEARTBEAT_TIMEOUT")) ||
-        (rc = broker_listen_on(b, b->lrouter, &b->lmon, "legacy", b->legacy_port, &b->legacy_bound_port, on_legacy_router,
-                        ep)))
+    if ((rc = broker_new_router(b, &l->sock, b->max_message + LEGACY_HEADROOM)) ||
+        (rc = broker_setsock(l->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl, "HEARTBEAT_IVL")) ||
+        (rc = broker_setsock(l->sock, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout, "HEARTBEAT_TIMEOUT")) ||
+        (rc = broker_listen_on(b, l, on_legacy_router, ep)))
         return rc;
     mdg_log(MDG_LOG_WARN, "Messidge 1.x listener on %s (port %d) keeps 1.x's weaknesses "
-                          "(docs/compatibility.md); use it on a trusted network only:", ep, b->legacy_bound_port);
+                          "(docs/compatibility.md); use it on a trusted network only:", ep, l->bound_port);
     mdg_log(MDG_LOG_WARN, "  1.x node links are plaintext and unauthenticated: a node is trusted on its public key alone");
     mdg_log(MDG_LOG_WARN, "  1.x user frames seal params and bulk under one nonce, and leave command and uuid "
                           "unauthenticated");
     mdg_log(MDG_LOG_WARN, "  1.x has no replay protection, no forward secrecy, and no acknowledgements "
                           "(a message in flight when a link drops is lost)");
     return 0;
+}
+
+const broker_listener_ops broker_legacy_listener = {
+    .name = "1.x",
+    .configure = legacy_configure,
+    .bind = legacy_bind,
+    .transport = &legacy_transport,
+};
+
+int mdg_broker_legacy_port(const mdg_broker *b)
+{
+    return b ? broker_listener_of(b, &broker_legacy_listener)->bound_port : 0;
 }

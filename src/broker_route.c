@@ -339,9 +339,11 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
 }
 
 /* A node's reply: only the node the call went to may answer, and the reply
- * goes to the calling session only. Frames are passed on as they came. */
-bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frames *f)
+ * goes to the calling session only. Its params are passed on as they came
+ * (a native node's never decoded), its bulk moved. */
+bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_inbound *in)
 {
+    const mdg_header *h = &in->h;
     char who[MDG_KEY_B64_LEN + 1]; /* made only for a log line: this is the reply path */
     if (h->corr == 0) { /* the node reports an error about a fire-and-forget call */
         mdg_log(MDG_LOG_WARN, "node %s reports an error it cannot route (no caller waits)", pk_short(node->pk, who));
@@ -359,10 +361,8 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
             broker_fwd_free(b, fw);
         return true;
     }
-    int nparts = f->n - 2;
-    if (nparts < 1 || nparts > 2 || f->dropped ||
-        mdg_wire_check_cbor(zmq_msg_data(&f->part[2]), zmq_msg_size(&f->part[2])) != 0 ||
-        (((uint8_t *)zmq_msg_data(&f->part[2]))[0] >> 5) != 5 /* a CBOR map */) {
+    zmq_msg_t pm, bm;
+    if (mdg_inbound_take_encoded(in, &pm) != 0) {
         mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", pk_short(node->pk, who));
         broker_send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
         return true;
@@ -378,6 +378,7 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
     size_t overshoot = b->queue_limit > PAUSE_OVERSHOOT ? (size_t)b->queue_limit : PAUSE_OVERSHOOT;
     peer *caller = mdg_map_get(b->sessions, fw->session_id, SESSION_ID_BYTES);
     if (!caller) {
+        zmq_msg_close(&pm);
         broker_fwd_free(b, fw);
         return true;
     }
@@ -386,18 +387,13 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
         snprintf(why, sizeof why, "the broker ended '%s': its caller is not reading (%zu messages wait for it)",
                  fw->command, caller->chan.len);
         mdg_log(MDG_LOG_WARN, "from node %s: %s", pk_short(node->pk, who), why);
+        zmq_msg_close(&pm);
         end_fwd(b, fw, caller, why);
         return true;
     }
     mdg_header out = {.kind = h->kind, .corr = fw->user_corr, .flags = h->flags};
-    zmq_msg_t pm, bm;
-    zmq_msg_init(&pm);
-    zmq_msg_move(&pm, &f->part[2]);
-    if (nparts == 2) {
-        zmq_msg_init(&bm);
-        zmq_msg_move(&bm, &f->part[3]);
-    }
-    if (broker_send_frames_max(b, caller, &out, &pm, nparts == 2 ? &bm : NULL, SIZE_MAX, NULL) != 0) {
+    bool has_bulk = mdg_inbound_take_bulk(in, &bm);
+    if (broker_send_frames_max(b, caller, &out, &pm, has_bulk ? &bm : NULL, SIZE_MAX, NULL) != 0) {
         char why[300];
         snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
         mdg_log(MDG_LOG_ERROR, "from node %s: %s", pk_short(node->pk, who), why);
@@ -415,11 +411,12 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_header *h, mdg_frame
 }
 
 /* Returns false when the message must wait (its node is full). */
-bool broker_dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_frames *f)
+bool broker_dispatch_command(mdg_broker *b, peer *p, mdg_inbound *in)
 {
+    const mdg_header *h = &in->h;
     char why[512];
     mdg_msg *m = NULL;
-    int rc = mdg_msg_from_frames(&m, h, f, 2);
+    int rc = mdg_msg_from_inbound(&m, in);
     if (rc) {
         snprintf(why, sizeof why, "bad message: %s", mdg_last_error());
         refuse(b, p, h, why);
@@ -437,9 +434,8 @@ bool broker_dispatch_command(mdg_broker *b, peer *p, const mdg_header *h, mdg_fr
             refuse(b, p, h, "nodes cannot call nodes");
         else
             done = forward_to_node(b, p, m);
-        if (!done && m->has_bulk) { /* give the bulk back to the frames for the retry */
-            zmq_msg_move(&f->part[3], &m->bulk);
-        }
+        if (!done) /* it waits: tried again later */
+            mdg_msg_give_back(m, in);
         mdg_msg_destroy(&m);
         return done;
     }

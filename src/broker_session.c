@@ -11,16 +11,25 @@
 
 #define MONITOR_FAILS_MAX 1000             /* accept failures read per call: libzmq may spin */
 
-/* Routing ids are per socket: each transport's are looked up apart. */
-static mdg_map *rids_of(mdg_broker *b, const peer *p)
+/* Routing ids are per socket: each listener's are looked up apart. */
+static mdg_map *rids_of(const peer *p)
 {
-    return p->transport->rids(b);
+    return p->listener->rids;
 }
 
 static void free_state(const broker_transport *tp, void *state)
 {
     if (tp->free_state && state)
         tp->free_state(state);
+}
+
+/* The counts other threads may read (mdg_broker_session_count and
+ * mdg_broker_node_count), published whenever the tables change. */
+static void publish_counts(mdg_broker *b)
+{
+    size_t nodes = mdg_map_size(b->nodes);
+    __atomic_store_n(&b->node_count, nodes, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->user_count, mdg_map_size(b->sessions) - nodes, __ATOMIC_RELAXED);
 }
 
 /* A session ends for good: out of every table, the application's hook
@@ -31,7 +40,7 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "%s %s: session closed: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
-    mdg_map *rids = rids_of(b, p);
+    mdg_map *rids = rids_of(p);
     if (mdg_map_get(rids, p->rid, p->rid_len) == p)
         mdg_map_take(rids, p->rid, p->rid_len);
     if (p->stale_rid_len && mdg_map_get(rids, p->stale_rid, p->stale_rid_len) == p)
@@ -39,11 +48,12 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     if (p->attached && mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
     mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
+    if (p->role == MDG_ROLE_NODE && mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p)
+        mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
+    publish_counts(b);
     mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
     mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
     if (p->role == MDG_ROLE_NODE) {
-        if (mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p)
-            mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
         if (b->hooks.node_left)
             b->hooks.node_left(b, p->pk, p->data, b->hook_arg);
     } else if (b->hooks.session_closed) {
@@ -54,7 +64,7 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     while (p->held_head) {
         held *hm = p->held_head;
         p->held_head = hm->next;
-        mdg_frames_close(&hm->f);
+        mdg_inbound_close(&hm->in);
         free(hm);
     }
     broker_drop_fwds(b, p);
@@ -76,7 +86,7 @@ void broker_detach(mdg_broker *b, peer *p, const char *why)
             p->role == MDG_ROLE_NODE ? "node" : "user", who, why,
             p->role == MDG_ROLE_NODE ? b->node_grace_ms : b->grace_ms);
     /* keep reading what the old link delivered (its rid stays mapped) */
-    mdg_map *rids = rids_of(b, p);
+    mdg_map *rids = rids_of(p);
     if (p->stale_rid_len && mdg_map_get(rids, p->stale_rid, p->stale_rid_len) == p &&
         (p->stale_rid_len != p->rid_len || memcmp(p->stale_rid, p->rid, p->rid_len) != 0))
         mdg_map_take(rids, p->stale_rid, p->stale_rid_len);
@@ -98,14 +108,27 @@ static int attach(mdg_broker *b, peer *p, const uint8_t *rid, size_t rid_len, in
     memcpy(p->rid, rid, rid_len);
     p->rid_len = (uint8_t)rid_len;
     p->fd = fd;
-    if (mdg_map_put(rids_of(b, p), rid, rid_len, p) || mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p)) {
-        mdg_map_take(rids_of(b, p), rid, rid_len);
+    if (mdg_map_put(rids_of(p), rid, rid_len, p) || mdg_map_put(b->by_fd, &p->fd, sizeof p->fd, p)) {
+        mdg_map_take(rids_of(p), rid, rid_len);
         return MDG_ENOMEM;
     }
     p->attached = true;
     p->silent = false;
     p->last_rx = mdg_now_ms();
+    mdg_map_take(p->listener->stray, &fd, sizeof fd); /* should it lose the session, that is said again */
     return 0;
+}
+
+/* A message on a link without a session is answered each time but logged
+ * once per link: a client that keeps on sending would fill the log. True
+ * the first time on the link with socket fd (until it drops or has a
+ * session), or when that cannot be told. */
+bool broker_stray_first(broker_listener *l, int fd)
+{
+    if (fd < 0 || mdg_map_get(l->stray, &fd, sizeof fd))
+        return fd < 0;
+    mdg_map_put(l->stray, &fd, sizeof fd, l);
+    return true;
 }
 
 static void collect_node(void *value, void *arg)
@@ -147,11 +170,12 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
     broker_send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
 }
 
-/* tp: the transport of the listener the hello came on; state: its own
- * state of this peer (taken), or NULL. */
-void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *user_id, int fd,
-                         int silence_ms, const broker_transport *tp, void *state)
+/* l: the listener the hello came on; state: its transport's own state of
+ * this peer (taken), or NULL. */
+void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
+                         const char *user_id, int fd, int silence_ms, void *state)
 {
+    const broker_transport *tp = l->ops->transport;
     peer *p = calloc(1, sizeof *p);
     if (!p || mdg_pk_from_b64(p->pk, user_id + 1) != 0) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
@@ -159,6 +183,7 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
         free(p);
         return;
     }
+    p->listener = l;
     p->transport = tp;
     p->transport_state = state;
     p->broker = b;
@@ -178,13 +203,14 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
     if (attach(b, p, rid, rid_len, fd) || mdg_map_put(b->sessions, p->session_id, SESSION_ID_BYTES, p) ||
         (p->role == MDG_ROLE_NODE && mdg_map_put(b->nodes, p->pk, MDG_KEY_BYTES, p))) {
         mdg_log(MDG_LOG_ERROR, "cannot open a session: out of memory");
-        mdg_map_take(rids_of(b, p), rid, rid_len);
+        mdg_map_take(rids_of(p), rid, rid_len);
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
         mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
         free_state(tp, state);
         free(p);
         return;
     }
+    publish_counts(b);
     if (p->role == MDG_ROLE_NODE && b->hooks.node_joined)
         p->data = b->hooks.node_joined(b, p->pk, b->hook_arg);
     else if (p->role == MDG_ROLE_USER && b->hooks.session_new)
@@ -205,9 +231,9 @@ void broker_open_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
  * the same key (never another's: the id alone proves nothing), then send
  * what the client has not acknowledged. False when there is nothing to
  * resume (the client gets a new session). */
-bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, const char *uid, int fd,
-                           const uint8_t *sid, size_t sid_len, uint64_t ack, int silence_ms,
-                           const broker_transport *tp)
+bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
+                           const char *uid, int fd, const uint8_t *sid, size_t sid_len, uint64_t ack,
+                           int silence_ms)
 {
     peer *p = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
     if (!p)
@@ -216,7 +242,7 @@ bool broker_resume_session(mdg_broker *b, const uint8_t *rid, size_t rid_len, co
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of another key: refused", uid + 1);
         return false;
     }
-    if (p->transport != tp) {
+    if (p->listener != l) {
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of the other protocol: refused", uid + 1);
         return false;
     }
@@ -249,10 +275,11 @@ int broker_on_monitor(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_broker *b = arg;
     mdg_frames f;
-    /* both listeners' events; fds are unique across them */
-    for (void *mon = b->mon; mon; mon = mon == b->mon ? b->lmon : NULL) {
-        int fails = 0, which = mon == b->mon ? 0 : 1;
-        while (fails < MONITOR_FAILS_MAX && mdg_frames_recv(mon, &f) == 0) {
+    /* every listener's events; fds are unique across them */
+    for (int i = 0; i < BROKER_LISTENERS; i++) {
+        broker_listener *l = &b->listeners[i];
+        int fails = 0;
+        while (l->mon && fails < MONITOR_FAILS_MAX && mdg_frames_recv(l->mon, &f) == 0) {
             uint16_t event = 0;
             uint32_t fd = 0; /* the event's value: an fd, or an errno */
             if (f.n >= 1 && zmq_msg_size(&f.part[0]) >= 6) {
@@ -263,13 +290,14 @@ int broker_on_monitor(mdg_loop *loop, void *arg, short revents)
             if (event == ZMQ_EVENT_ACCEPTED) {
                 b->live_conns++;
             } else if (event == ZMQ_EVENT_LISTENING) {
-                broker_listening(b, which, (int)fd);
+                broker_listening(l, (int)fd);
             } else if (event == ZMQ_EVENT_ACCEPT_FAILED) {
                 fails++;
-                broker_accept_failed(b, which, (int)fd);
+                broker_accept_failed(b, l, (int)fd);
             } else if (event == ZMQ_EVENT_DISCONNECTED) {
                 b->live_conns--;
                 int ifd = (int)fd;
+                mdg_map_take(l->stray, &ifd, sizeof ifd);
                 peer *p = mdg_map_get(b->by_fd, &ifd, sizeof ifd);
                 if (p)
                     broker_detach(b, p, "connection lost");

@@ -7,32 +7,52 @@
 #include <stdlib.h>
 #include <string.h>
 
-int mdg_msg_from_frames(mdg_msg **out, const mdg_header *h, mdg_frames *f, int first)
+int mdg_msg_from_inbound(mdg_msg **out, mdg_inbound *in)
 {
-    int nparts = f->n - first;
-    if (f->dropped || nparts < 1 || nparts > 2)
-        return mdg_fail(MDG_EPROTO, "a message has a header, params and at most one bulk frame");
     mdg_msg *m = calloc(1, sizeof *m);
     if (!m)
         return MDG_ENOMEM;
-    m->h = *h;
-    int rc = mdg_wire_decode_params(zmq_msg_data(&f->part[first]), zmq_msg_size(&f->part[first]),
-                                    &m->params);
+    int rc = mdg_inbound_take_params(in, &m->params);
     if (rc) {
         free(m);
         return rc;
     }
-    if (nparts == 2) {
-        zmq_msg_init(&m->bulk);
-        zmq_msg_move(&m->bulk, &f->part[first + 1]);
-        m->has_bulk = true;
-    }
-    if (h->kind == MDG_K_ERROR) {
+    m->h = in->h;
+    m->has_bulk = mdg_inbound_take_bulk(in, &m->bulk);
+    if (m->h.kind == MDG_K_ERROR) {
         if (mdg_params_get_str(m->params, "error", &m->error) != 0)
             m->error = "(no error text)";
     }
     *out = m;
     return 0;
+}
+
+void mdg_msg_give_back(mdg_msg *m, mdg_inbound *in)
+{
+    mdg_params_destroy(&in->params);
+    in->params = m->params;
+    m->params = NULL;
+    if (m->has_bulk) {
+        if (in->has_bulk)
+            zmq_msg_close(&in->bulk);
+        zmq_msg_init(&in->bulk);
+        zmq_msg_move(&in->bulk, &m->bulk);
+        zmq_msg_close(&m->bulk);
+        in->has_bulk = true;
+        m->has_bulk = false;
+    }
+}
+
+int mdg_msg_from_frames(mdg_msg **out, const mdg_header *h, mdg_frames *f, int first)
+{
+    mdg_inbound in;
+    int rc = mdg_inbound_from_frames(&in, f, first);
+    if (rc)
+        return rc;
+    in.h = *h;
+    rc = mdg_msg_from_inbound(out, &in);
+    mdg_inbound_close(&in);
+    return rc;
 }
 
 void mdg_msg_destroy(mdg_msg **pm)

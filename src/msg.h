@@ -2,6 +2,7 @@
 #ifndef MDG_MSG_H
 #define MDG_MSG_H
 
+#include "inbound.h"
 #include "messidge.h"
 #include "wire.h"
 
@@ -26,9 +27,15 @@ struct mdg_msg {
     uint8_t pk[MDG_KEY_BYTES]; /* broker: the sender's key */
 };
 
-/* Build a message from received frames: header already decoded; frames
- * params (and bulk, moved out of f) start at index first. 0 or MDG_EPROTO
- * with the reason in mdg_last_error(). */
+/* Build a message for a handler from a received one: its header copied,
+ * its params (decoded now if they came encoded) and bulk taken. 0, or
+ * MDG_EPROTO / MDG_ENOMEM with the reason in mdg_last_error(). */
+int mdg_msg_from_inbound(mdg_msg **out, mdg_inbound *in);
+/* A message that must wait gives its params and bulk back to the received
+ * one it was made from, to be made again later (m is then destroyed). */
+void mdg_msg_give_back(mdg_msg *m, mdg_inbound *in);
+/* The same from received frames: header already decoded; params (and
+ * bulk) start at f->part[first] and are moved out of f. */
 int mdg_msg_from_frames(mdg_msg **out, const mdg_header *h, mdg_frames *f, int first);
 
 /* The library's checks before a handler runs. Returns the matching row, or

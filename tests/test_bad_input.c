@@ -562,6 +562,12 @@ static void test_no_session(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn
     /* a notice when there is no corr */
     raw_cmd(&x, "note", 0, NULL);
     EXPECT_ERROR(&x, 0, "note", "no session", "without a session");
+    /* each one answered, but the log says it once per link */
+    for (int i = 0; i < 20; i++) {
+        raw_cmd(&x, "note", 0, NULL);
+        EXPECT_ERROR(&x, 0, "note", "no session", "without a session");
+    }
+    CHECK(t_log_count("without a session") == 1);
     /* after a hello the same client works */
     raw_hello(&x);
     x.seq = 0; /* a new session counts from 1 */

@@ -75,17 +75,6 @@ static bool echo_ok(mdg_conn *c, int64_t i)
     return rc == 0 && got == i;
 }
 
-/* How many log lines contain needle. */
-static int log_count(const char *needle)
-{
-    int n = 0;
-    pthread_mutex_lock(&t_log_lock);
-    for (const char *s = t_log; (s = strstr(s, needle)) != NULL; s += strlen(needle))
-        n++;
-    pthread_mutex_unlock(&t_log_lock);
-    return n;
-}
-
 static void test_refused_key(void)
 {
     mdg_keys *bkeys = NULL, *good = NULL, *stranger = NULL;
@@ -123,9 +112,9 @@ static void test_refused_key(void)
 
     /* a refused client left alive must not hammer the broker: count the
      * handshakes it makes in one second */
-    int before = log_count("refused connection");
+    int before = t_log_count("refused connection");
     usleep(1000 * 1000);
-    int retries = log_count("refused connection") - before;
+    int retries = t_log_count("refused connection") - before;
     printf("  refused key: %d more refused handshakes in the next second\n", retries);
     CHECK(retries <= 2);
 

@@ -795,6 +795,18 @@ int main(void)
     CHECK(t_logged("frame of 4096 bytes before a hello"));
     free(junk);
     lp_close(&S);
+    /* frames before a hello: each refused, the log says it once per link */
+    lp_open(&S, lport);
+    t_clear_log();
+    for (int i = 0; i < 5; i++) {
+        lreply r;
+        lp_send(&S, "fetch_notes", "early", NULL, NULL, 0);
+        CHECK_RC(lp_recv(&S, &r), 0);
+        CHECK(strcmp(r.uuid, "early") == 0 && r.command[0] == '\0');
+        lr_free(&r);
+    }
+    CHECK(t_log_count("from a link without a session") == 1);
+    lp_close(&S);
     /* and a 1.x hello in the name of a node connected natively */
     lp_open(&S, lport);
     CHECK_RC(lp_hello(&S, nk, NULL, 0), MDG_EAUTH);

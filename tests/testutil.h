@@ -78,6 +78,17 @@ static inline bool t_logged(const char *needle)
     return found;
 }
 
+/* How many times needle is in the captured log. */
+static inline int t_log_count(const char *needle)
+{
+    int n = 0;
+    pthread_mutex_lock(&t_log_lock);
+    for (const char *at = t_log; (at = strstr(at, needle)) != NULL; at += strlen(needle))
+        n++;
+    pthread_mutex_unlock(&t_log_lock);
+    return n;
+}
+
 static inline void t_clear_log(void)
 {
     pthread_mutex_lock(&t_log_lock);

@@ -1,0 +1,48 @@
+/* inbound.h - one received message, whatever protocol brought it: what a
+ * listener hands on once it has decoded a message, and all that the later
+ * steps read of it. Its way through the broker:
+ *
+ *   socket -> decode (broker_native.c, broker_legacy.c: an mdg_inbound)
+ *          -> session (broker_session.c) -> in order, once (broker_channel.c)
+ *          -> route (broker_route.c): forwarded to a node, a node's reply
+ *             sent back, or dispatched to a handler as an mdg_msg (msg.c)
+ *
+ * Its params stay in the form they came in, which is the cheapest: a native
+ * message's encoded CBOR map (a node's reply is passed on as it came, never
+ * decoded), a 1.x message's decoded params (its frame is decoded to be
+ * opened). Whoever needs the other form converts, once. */
+#ifndef MDG_INBOUND_H
+#define MDG_INBOUND_H
+
+#include "wire.h"
+
+typedef struct mdg_inbound {
+    mdg_header h;
+    zmq_msg_t encoded;  /* the params frame as it came (has_encoded) */
+    bool has_encoded;
+    mdg_params *params; /* or the params decoded; never both, maybe neither */
+    zmq_msg_t bulk;     /* the optional bulk frame (has_bulk) */
+    bool has_bulk;
+} mdg_inbound;
+
+/* No params, no bulk; the header is the caller's to fill. */
+void mdg_inbound_init(mdg_inbound *in);
+/* The params and optional bulk of a native message, moved out of f from
+ * f->part[first] on (the header is the caller's). MDG_EPROTO, f untouched,
+ * when more parts came than params and one bulk. A message without params
+ * is taken: the steps that need them refuse it. */
+int mdg_inbound_from_frames(mdg_inbound *in, mdg_frames *f, int first);
+/* Take the params decoded (the frame decoded now when that is what came):
+ * 0 with *out the caller's, or MDG_EPROTO / MDG_ENOMEM with the reason. */
+int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out);
+/* Take the params as a frame to pass on (*out initialised here): the frame
+ * as it came, checked to be one well-formed CBOR map without decoding it,
+ * or the decoded params encoded. 0 or MDG_EPROTO / MDG_ENOMEM. */
+int mdg_inbound_take_encoded(mdg_inbound *in, zmq_msg_t *out);
+/* Take the bulk frame: true with *out initialised and holding it. */
+bool mdg_inbound_take_bulk(mdg_inbound *in, zmq_msg_t *out);
+/* Move all of src to dst (src is left empty, as after init). */
+void mdg_inbound_move(mdg_inbound *dst, mdg_inbound *src);
+void mdg_inbound_close(mdg_inbound *in);
+
+#endif
