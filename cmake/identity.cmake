@@ -6,9 +6,10 @@ pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)
 pkg_check_modules(CURL REQUIRED IMPORTED_TARGET libcurl)
 
 target_sources(messidge_obj PRIVATE
-  src/identity.c        # layer 6: identity store (SQLite, WAL)
-  src/account_server.c  # layer 6: invitation confirmation over HTTP
-  src/account_client.c  # layer 6: create_account (libcurl)
+  src/identity.c          # layer 6: identity store (SQLite, WAL): opening and reading it
+  src/identity_changes.c  # layer 6: identity store: invitations, adding keys, revocation
+  src/account_server.c    # layer 6: invitation confirmation over HTTP
+  src/account_client.c    # layer 6: create_account (libcurl)
 )
 foreach(t messidge_obj messidge messidge_static)
   target_link_libraries(${t} PUBLIC PkgConfig::SQLITE3 PkgConfig::MHD PkgConfig::CURL)

@@ -1,4 +1,7 @@
-/* identity.c - the identity store: who may connect, in SQLite.
+/* identity.c - the identity store: who may connect, in SQLite. This file
+ * opens the store (schema, migrations, its two connections) and reads it:
+ * the ZAP handler's lookup, listing, and the revocation log that
+ * mdg_identity_attach polls for a broker. Changes are identity_changes.c's.
  *
  * One database, STATE_DIR/identity.sqlite3, in WAL mode so that lookups
  * (the broker's ZAP handler, on its loop thread) never wait for a writer
@@ -27,13 +30,10 @@
  * (users/nodes/pending with pk, email and json columns); migration 0 -> 1
  * creates the tables and carries the old rows over.
  */
-#include "internal.h"
-#include "messidge_identity.h"
+#include "identity_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -41,37 +41,19 @@
 #include <unistd.h>
 
 #include <sodium.h>
-#include <sqlite3.h>
 
 /* How long a writer waits for another process's write lock. */
 #define BUSY_TIMEOUT_MS 5000
-/* Token text accepted at confirm: ours are MDG_TOKEN_LEN chars; migrated
- * Messidge 1.x tokens (shortuuid) are 22. */
-#define TOKEN_MIN 16
-#define TOKEN_MAX 64
-#define HASH_BYTES 32
-#define HASH_B64_LEN 43 /* unpadded URL-safe base64 of HASH_BYTES */
-#define MAX_EMAIL 320
-#define MAX_NODE_NAME 256
-#define MAX_TTL ((int64_t)100 * 365 * 24 * 3600)
 
-struct mdg_identity {
-    sqlite3 *rd, *wr;
-    pthread_mutex_t rd_lock, wr_lock;
-    sqlite3_stmt *role_stmt; /* cached: the ZAP handler's lookup */
-    char path[PATH_MAX];     /* the database file, for messages */
-    int64_t revoke_cursor;   /* mdg_identity_attach: revocations seen */
-};
+/* ----------------------------- helpers (identity_changes.c uses them too) */
 
-/* ----------------------------------------------------------------- helpers */
-
-static int64_t now_s(void)
+int64_t identity_now(void)
 {
     return (int64_t)time(NULL);
 }
 
 /* Fail with SQLite's message for db, naming the database file. */
-static int db_fail(const mdg_identity *id, sqlite3 *db, const char *what)
+int identity_db_fail(const mdg_identity *id, sqlite3 *db, const char *what)
 {
     int code = sqlite3_errcode(db) & 0xff;
     if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
@@ -84,29 +66,29 @@ static int db_fail(const mdg_identity *id, sqlite3 *db, const char *what)
 }
 
 /* Run SQL without results (may hold several statements). */
-static int exec(const mdg_identity *id, sqlite3 *db, const char *sql, const char *what)
+int identity_exec(const mdg_identity *id, sqlite3 *db, const char *sql, const char *what)
 {
     if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
-        return db_fail(id, db, what);
+        return identity_db_fail(id, db, what);
     return 0;
 }
 
-static int prepare(const mdg_identity *id, sqlite3 *db, const char *sql, sqlite3_stmt **st)
+int identity_prepare(const mdg_identity *id, sqlite3 *db, const char *sql, sqlite3_stmt **st)
 {
     if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK)
-        return db_fail(id, db, "cannot prepare a statement");
+        return identity_db_fail(id, db, "cannot prepare a statement");
     return 0;
 }
 
 /* Step a statement that returns no rows, then finalize it. */
-static int run(const mdg_identity *id, sqlite3 *db, sqlite3_stmt *st, const char *what)
+int identity_run(const mdg_identity *id, sqlite3 *db, sqlite3_stmt *st, const char *what)
 {
-    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(id, db, what);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : identity_db_fail(id, db, what);
     sqlite3_finalize(st);
     return rc;
 }
 
-static void rollback(sqlite3 *db)
+void identity_rollback(sqlite3 *db)
 {
     /* Harmless when no transaction is open (SQLite may already have rolled
      * back after an error). */
@@ -121,7 +103,7 @@ static int sodium_ready(void)
 }
 
 /* The stored form of a token: unpadded URL-safe base64 of its BLAKE2b. */
-static void token_hash(const char *token, size_t len, char out[HASH_B64_LEN + 1])
+void identity_token_hash(const char *token, size_t len, char out[HASH_B64_LEN + 1])
 {
     uint8_t h[HASH_BYTES];
     crypto_generichash(h, sizeof h, (const unsigned char *)token, len, NULL, 0);
@@ -139,42 +121,8 @@ static void sql_token_hash(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         sqlite3_result_null(ctx);
         return;
     }
-    token_hash((const char *)t, (size_t)sqlite3_value_bytes(argv[0]), out);
+    identity_token_hash((const char *)t, (size_t)sqlite3_value_bytes(argv[0]), out);
     sqlite3_result_text(ctx, out, HASH_B64_LEN, SQLITE_TRANSIENT);
-}
-
-/* A token is URL-safe base64 text of a sane length. */
-static int check_token(const char *token)
-{
-    size_t n = token ? strlen(token) : 0;
-    if (n < TOKEN_MIN || n > TOKEN_MAX)
-        return mdg_fail(MDG_EINVAL, "malformed token: expected %d to %d characters, got %zu",
-                        TOKEN_MIN, TOKEN_MAX, n);
-    for (size_t i = 0; i < n; i++) {
-        char c = token[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_'))
-            return mdg_fail(MDG_EINVAL, "malformed token: character %zu is not URL-safe base64",
-                            i + 1);
-    }
-    return 0;
-}
-
-/* Text fields: bounded, no control characters; spaces only where allowed. */
-static int check_text(const char *s, size_t max, bool spaces, bool empty_ok, const char *what)
-{
-    size_t n = s ? strlen(s) : 0;
-    if (!s || (n == 0 && !empty_ok))
-        return mdg_fail(MDG_EINVAL, "%s is empty", what);
-    if (n > max)
-        return mdg_fail(MDG_EINVAL, "%s is longer than %zu bytes", what, max);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < ' ' || c == 0x7f || (c == ' ' && !spaces))
-            return mdg_fail(MDG_EINVAL, "%s \"%.64s\" contains %s", what, s,
-                            c == ' ' ? "a space" : "a control character");
-    }
-    return 0;
 }
 
 /* ---------------------------------------------------------------- opening */
@@ -242,13 +190,13 @@ static bool table_exists(sqlite3 *db, const char *name)
 static int copy_rows(mdg_identity *id, const char *sql)
 {
     sqlite3_stmt *st;
-    int rc = prepare(id, id->wr, sql, &st);
+    int rc = identity_prepare(id, id->wr, sql, &st);
     if (rc)
         return rc;
-    sqlite3_bind_int64(st, 1, now_s());
+    sqlite3_bind_int64(st, 1, identity_now());
     if (sqlite3_bind_parameter_count(st) >= 2)
         sqlite3_bind_int64(st, 2, MDG_INVITE_DEFAULT_TTL);
-    return run(id, id->wr, st, "cannot migrate the Messidge 1.x tables");
+    return identity_run(id, id->wr, st, "cannot migrate the Messidge 1.x tables");
 }
 
 /* Migration 0 -> 1: an empty database, or the original library's. */
@@ -263,11 +211,11 @@ static int migrate_0_to_1(mdg_identity *id)
         legacy[i] = table_exists(id->wr, old[i]);
         if (legacy[i]) {
             snprintf(sql, sizeof sql, "ALTER TABLE %s RENAME TO v0_%s", old[i], old[i]);
-            if ((rc = exec(id, id->wr, sql, "cannot rename a Messidge 1.x table")) != 0)
+            if ((rc = identity_exec(id, id->wr, sql, "cannot rename a Messidge 1.x table")) != 0)
                 return rc;
         }
     }
-    if ((rc = exec(id, id->wr, schema_v1, "cannot create the tables")) != 0)
+    if ((rc = identity_exec(id, id->wr, schema_v1, "cannot create the tables")) != 0)
         return rc;
     if (legacy[0] && (rc = copy_rows(id, migrate_v0_users)) != 0)
         return rc;
@@ -279,7 +227,7 @@ static int migrate_0_to_1(mdg_identity *id)
         if (!legacy[i])
             continue;
         snprintf(sql, sizeof sql, "DROP TABLE v0_%s", old[i]);
-        if ((rc = exec(id, id->wr, sql, "cannot drop a Messidge 1.x table")) != 0)
+        if ((rc = identity_exec(id, id->wr, sql, "cannot drop a Messidge 1.x table")) != 0)
             return rc;
     }
     if (legacy[0] || legacy[1] || legacy[2])
@@ -299,12 +247,12 @@ static int migrate(mdg_identity *id)
     int version, rc;
     char sql[64];
 
-    if ((rc = exec(id, id->wr, "BEGIN IMMEDIATE", "cannot begin the schema check")) != 0)
+    if ((rc = identity_exec(id, id->wr, "BEGIN IMMEDIATE", "cannot begin the schema check")) != 0)
         return rc;
-    if ((rc = prepare(id, id->wr, "PRAGMA user_version", &st)) != 0)
+    if ((rc = identity_prepare(id, id->wr, "PRAGMA user_version", &st)) != 0)
         goto fail;
     if (sqlite3_step(st) != SQLITE_ROW) {
-        rc = db_fail(id, id->wr, "cannot read the schema version");
+        rc = identity_db_fail(id, id->wr, "cannot read the schema version");
         sqlite3_finalize(st);
         goto fail;
     }
@@ -318,7 +266,7 @@ static int migrate(mdg_identity *id)
         goto fail;
     }
     if (version == MDG_IDENTITY_SCHEMA) {
-        rollback(id->wr);
+        identity_rollback(id->wr);
         return 0;
     }
     for (int v = version; v < MDG_IDENTITY_SCHEMA; v++) {
@@ -328,12 +276,12 @@ static int migrate(mdg_identity *id)
     }
     /* PRAGMA takes no bound parameters; the value is our own constant. */
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", MDG_IDENTITY_SCHEMA);
-    if ((rc = exec(id, id->wr, sql, "cannot set the schema version")) != 0 ||
-        (rc = exec(id, id->wr, "COMMIT", "cannot commit the schema")) != 0)
+    if ((rc = identity_exec(id, id->wr, sql, "cannot set the schema version")) != 0 ||
+        (rc = identity_exec(id, id->wr, "COMMIT", "cannot commit the schema")) != 0)
         goto fail;
     return 0;
 fail:
-    rollback(id->wr);
+    identity_rollback(id->wr);
     return rc;
 }
 
@@ -366,7 +314,7 @@ static int open_writer(mdg_identity *id)
 
     if (sqlite3_open_v2(id->path, &id->wr, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK)
-        return db_fail(id, id->wr, "cannot open");
+        return identity_db_fail(id, id->wr, "cannot open");
     /* SQLite falls back to read-only when the file cannot be opened for
      * writing; an identity store must be writable. */
     if (sqlite3_db_readonly(id->wr, "main") == 1)
@@ -379,7 +327,7 @@ static int open_writer(mdg_identity *id)
     if (sqlite3_create_function(id->wr, "mdg_token_hash", 1,
                                 SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL, sql_token_hash, NULL,
                                 NULL) != SQLITE_OK)
-        return db_fail(id, id->wr, "cannot register a function");
+        return identity_db_fail(id, id->wr, "cannot register a function");
 
     /* The first real read of the file: this is where a file that is not a
      * database shows itself. */
@@ -397,7 +345,7 @@ static int open_writer(mdg_identity *id)
                             "identity database %s cannot be written (%s): the file and its "
                             "directory must be writable",
                             id->path, sqlite3_errmsg(id->wr));
-        return db_fail(id, id->wr, "cannot switch to WAL mode");
+        return identity_db_fail(id, id->wr, "cannot switch to WAL mode");
     }
     bool wal = sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
     sqlite3_finalize(st);
@@ -415,11 +363,11 @@ static int open_reader(mdg_identity *id)
 
     if (sqlite3_open_v2(id->path, &id->rd, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK)
-        return db_fail(id, id->rd, "cannot open for reading");
+        return identity_db_fail(id, id->rd, "cannot open for reading");
     sqlite3_busy_timeout(id->rd, BUSY_TIMEOUT_MS);
     if (sqlite3_prepare_v3(id->rd, role_sql, -1, SQLITE_PREPARE_PERSISTENT, &id->role_stmt,
                            NULL) != SQLITE_OK)
-        return db_fail(id, id->rd, "cannot prepare the key lookup");
+        return identity_db_fail(id, id->rd, "cannot prepare the key lookup");
     return 0;
 }
 
@@ -503,7 +451,7 @@ int mdg_identity_role(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES], char **
                 role = mdg_fail_plain(MDG_ENOMEM);
         }
     } else if (rc != SQLITE_DONE) {
-        role = db_fail(id, id->rd, "cannot look up a key");
+        role = identity_db_fail(id, id->rd, "cannot look up a key");
     }
     /* Reset ends the read transaction, so the next lookup sees new rows. */
     sqlite3_reset(st);
@@ -522,304 +470,6 @@ int mdg_identity_auth(const uint8_t pk[MDG_KEY_BYTES], void *identity)
     return role;
 }
 
-/* --------------------------------------------------------------- changes */
-
-static int begin(mdg_identity *id)
-{
-    pthread_mutex_lock(&id->wr_lock);
-    if (sqlite3_exec(id->wr, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-        int rc = db_fail(id, id->wr, "cannot begin a transaction");
-        pthread_mutex_unlock(&id->wr_lock);
-        return rc;
-    }
-    return 0;
-}
-
-/* Commit when rc is 0, else roll back; then release the writer. */
-static int finish(mdg_identity *id, int rc)
-{
-    if (rc == 0 && sqlite3_exec(id->wr, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-        rc = db_fail(id, id->wr, "cannot commit");
-    if (rc != 0)
-        rollback(id->wr);
-    pthread_mutex_unlock(&id->wr_lock);
-    return rc;
-}
-
-/* Whether b64 is registered as a user or node (revoked or not). Within a
- * transaction on the writer. 1 yes, 0 no, < 0 error. */
-static int key_registered(mdg_identity *id, const char *b64)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(id, id->wr,
-                     "SELECT 1 FROM users WHERE pk = ?1 UNION ALL SELECT 1 FROM nodes WHERE pk = ?1",
-                     &st);
-    if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    rc = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : db_fail(id, id->wr, "cannot look up a key");
-    sqlite3_finalize(st);
-    return rc;
-}
-
-int mdg_identity_invite(mdg_identity *id, const char *email, int64_t ttl_seconds, char *token,
-                        size_t token_len)
-{
-    uint8_t raw[MDG_TOKEN_BYTES];
-    char text[MDG_TOKEN_LEN + 1], hash[HASH_B64_LEN + 1];
-    sqlite3_stmt *st;
-    int64_t now = now_s();
-    int rc;
-
-    _Static_assert(sodium_base64_ENCODED_LEN(MDG_TOKEN_BYTES,
-                                             sodium_base64_VARIANT_URLSAFE_NO_PADDING) ==
-                       MDG_TOKEN_LEN + 1,
-                   "token length");
-    if (!id || !token)
-        return mdg_fail(MDG_EINVAL, "mdg_identity_invite: NULL argument");
-    if (token_len < MDG_TOKEN_LEN + 1)
-        return mdg_fail(MDG_EINVAL, "token buffer of %zu bytes is too small (need %d)",
-                        token_len, MDG_TOKEN_LEN + 1);
-    token[0] = '\0';
-    if ((rc = check_text(email, MAX_EMAIL, false, false, "email")) != 0)
-        return rc;
-    if (ttl_seconds <= 0)
-        ttl_seconds = MDG_INVITE_DEFAULT_TTL;
-    if (ttl_seconds > MAX_TTL)
-        return mdg_fail(MDG_EINVAL, "invitation lifetime of %lld s is too long",
-                        (long long)ttl_seconds);
-
-    /* A token that starts with '-' reads as an option on command lines:
-     * draw again (this costs 1/64 of the token space, nothing). */
-    do {
-        randombytes_buf(raw, sizeof raw);
-        sodium_bin2base64(text, sizeof text, raw, sizeof raw,
-                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    } while (text[0] == '-');
-    token_hash(text, MDG_TOKEN_LEN, hash);
-
-    if ((rc = begin(id)) != 0)
-        return rc;
-    if ((rc = prepare(id, id->wr,
-                      "INSERT INTO pending (token_hash, email, created, expires) "
-                      "VALUES (?, ?, ?, ?)",
-                      &st)) == 0) {
-        sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, email, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, now);
-        sqlite3_bind_int64(st, 4, now + ttl_seconds);
-        rc = run(id, id->wr, st, "cannot store the invitation");
-    }
-    if ((rc = finish(id, rc)) == 0) {
-        memcpy(token, text, MDG_TOKEN_LEN + 1);
-        mdg_log(MDG_LOG_INFO, "invited %s (invitation %.8s, expires in %lld s)", email, hash,
-                (long long)ttl_seconds);
-    }
-    sodium_memzero(text, sizeof text);
-    sodium_memzero(raw, sizeof raw);
-    return rc;
-}
-
-/* The body of mdg_identity_confirm, inside the transaction. */
-static int confirm_locked(mdg_identity *id, const char *hash, const char *b64)
-{
-    sqlite3_stmt *st;
-    char email[MAX_EMAIL + 1];
-    int64_t expires = 0, now = now_s();
-    int rc;
-
-    if ((rc = prepare(id, id->wr, "SELECT email, expires FROM pending WHERE token_hash = ?",
-                      &st)) != 0)
-        return rc;
-    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        const char *e = (const char *)sqlite3_column_text(st, 0);
-        snprintf(email, sizeof email, "%s", e ? e : "");
-        expires = sqlite3_column_int64(st, 1);
-    }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return db_fail(id, id->wr, "cannot look up the invitation");
-
-    if (rc == SQLITE_DONE) {
-        /* Not pending: used already, or never issued. */
-        if ((rc = prepare(id, id->wr, "SELECT 1 FROM users WHERE token_hash = ?", &st)) != 0)
-            return rc;
-        sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        sqlite3_finalize(st);
-        if (rc == SQLITE_ROW)
-            return mdg_fail(MDG_ESTATE, "this token has already been used");
-        if (rc != SQLITE_DONE)
-            return db_fail(id, id->wr, "cannot look up the invitation");
-        return mdg_fail(MDG_ENOTFOUND, "unknown token");
-    }
-    if (now >= expires)
-        return mdg_fail(MDG_ETIMEDOUT, "this invitation has expired");
-
-    if ((rc = key_registered(id, b64)) != 0)
-        return rc < 0 ? rc : mdg_fail(MDG_ESTATE, "this public key is already registered");
-
-    if ((rc = prepare(id, id->wr,
-                      "INSERT INTO users (pk, email, config, created, token_hash) "
-                      "VALUES (?, ?, '{}', ?, ?)",
-                      &st)) != 0)
-        return rc;
-    sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, email, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, now);
-    sqlite3_bind_text(st, 4, hash, -1, SQLITE_STATIC);
-    if ((rc = run(id, id->wr, st, "cannot store the user")) != 0)
-        return rc;
-
-    if ((rc = prepare(id, id->wr, "DELETE FROM pending WHERE token_hash = ?", &st)) != 0)
-        return rc;
-    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
-    if ((rc = run(id, id->wr, st, "cannot delete the invitation")) != 0)
-        return rc;
-    mdg_log(MDG_LOG_INFO, "confirmed %s as user %.12s... (invitation %.8s)", email, b64, hash);
-    return 0;
-}
-
-int mdg_identity_confirm(mdg_identity *id, const char *token, const uint8_t pk[MDG_KEY_BYTES])
-{
-    char b64[MDG_KEY_B64_LEN + 1], hash[HASH_B64_LEN + 1];
-    int rc;
-
-    if (!id || !pk)
-        return mdg_fail(MDG_EINVAL, "mdg_identity_confirm: NULL argument");
-    if ((rc = check_token(token)) != 0)
-        return rc;
-    if (sodium_is_zero(pk, MDG_KEY_BYTES))
-        return mdg_fail(MDG_EINVAL, "the public key is all zeros");
-    mdg_pk_to_b64(pk, b64);
-    token_hash(token, strlen(token), hash);
-    if ((rc = begin(id)) != 0)
-        return rc;
-    return finish(id, confirm_locked(id, hash, b64));
-}
-
-/* Insert a user or node directly. */
-static int add_key(mdg_identity *id, bool node, const char *name, const uint8_t pk[MDG_KEY_BYTES],
-                   const char *config_json)
-{
-    char b64[MDG_KEY_B64_LEN + 1];
-    sqlite3_stmt *st;
-    int rc;
-
-    if (!id || !pk)
-        return mdg_fail(MDG_EINVAL, "mdg_identity_add_%s: NULL argument", node ? "node" : "user");
-    if (node ? (rc = check_text(name ? name : "", MAX_NODE_NAME, true, true, "node name")) != 0
-             : (rc = check_text(name, MAX_EMAIL, false, false, "email")) != 0)
-        return rc;
-    if (sodium_is_zero(pk, MDG_KEY_BYTES))
-        return mdg_fail(MDG_EINVAL, "the public key is all zeros");
-    if (!config_json)
-        config_json = "{}";
-    mdg_pk_to_b64(pk, b64);
-
-    if ((rc = begin(id)) != 0)
-        return rc;
-    if ((rc = key_registered(id, b64)) != 0) {
-        rc = rc < 0 ? rc : mdg_fail(MDG_ESTATE, "key %s is already registered", b64);
-        return finish(id, rc);
-    }
-    /* json_valid() first, for a clear message rather than a CHECK failure. */
-    if ((rc = prepare(id, id->wr, "SELECT json_valid(?)", &st)) != 0)
-        return finish(id, rc);
-    sqlite3_bind_text(st, 1, config_json, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == 1
-             ? 0
-             : mdg_fail(MDG_EINVAL, "config is not valid JSON: %.64s", config_json);
-    sqlite3_finalize(st);
-    if (rc)
-        return finish(id, rc);
-
-    if ((rc = prepare(id, id->wr,
-                      node ? "INSERT INTO nodes (pk, name, config, created) VALUES (?, ?, ?, ?)"
-                           : "INSERT INTO users (pk, email, config, created) VALUES (?, ?, ?, ?)",
-                      &st)) != 0)
-        return finish(id, rc);
-    sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, name ? name : "", -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, config_json, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, now_s());
-    rc = finish(id, run(id, id->wr, st, node ? "cannot store the node" : "cannot store the user"));
-    if (rc == 0)
-        mdg_log(MDG_LOG_INFO, "registered %s %s as %.12s...", node ? "node" : "user",
-                name ? name : "", b64);
-    return rc;
-}
-
-int mdg_identity_add_node(mdg_identity *id, const char *name, const uint8_t pk[MDG_KEY_BYTES],
-                          const char *config_json)
-{
-    return add_key(id, true, name, pk, config_json);
-}
-
-int mdg_identity_add_user(mdg_identity *id, const char *email, const uint8_t pk[MDG_KEY_BYTES],
-                          const char *config_json)
-{
-    return add_key(id, false, email, pk, config_json);
-}
-
-/* UPDATE table SET revoked = now for a live key: rows changed or < 0. */
-static int revoke_in(mdg_identity *id, const char *sql, const char *b64, int64_t now)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(id, id->wr, sql, &st);
-    if (rc)
-        return rc;
-    sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_text(st, 2, b64, -1, SQLITE_STATIC);
-    if ((rc = run(id, id->wr, st, "cannot revoke")) != 0)
-        return rc;
-    return sqlite3_changes(id->wr);
-}
-
-static int revoke_locked(mdg_identity *id, const char *b64)
-{
-    sqlite3_stmt *st;
-    int64_t now = now_s();
-    int rc;
-
-    rc = revoke_in(id, "UPDATE users SET revoked = ? WHERE pk = ? AND revoked IS NULL", b64, now);
-    if (rc == 0)
-        rc = revoke_in(id, "UPDATE nodes SET revoked = ? WHERE pk = ? AND revoked IS NULL", b64,
-                       now);
-    if (rc < 0)
-        return rc;
-    if (rc == 0) {
-        if ((rc = key_registered(id, b64)) < 0)
-            return rc;
-        return rc ? mdg_fail(MDG_ESTATE, "key %s was already revoked", b64)
-                  : mdg_fail(MDG_ENOTFOUND, "key %s is neither a user nor a node", b64);
-    }
-    if ((rc = prepare(id, id->wr, "INSERT INTO revocations (pk, at) VALUES (?, ?)", &st)) != 0)
-        return rc;
-    sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now);
-    return run(id, id->wr, st, "cannot log the revocation");
-}
-
-int mdg_identity_revoke(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES])
-{
-    char b64[MDG_KEY_B64_LEN + 1];
-    int rc;
-
-    if (!id || !pk)
-        return mdg_fail(MDG_EINVAL, "mdg_identity_revoke: NULL argument");
-    mdg_pk_to_b64(pk, b64);
-    if ((rc = begin(id)) != 0)
-        return rc;
-    rc = finish(id, revoke_locked(id, b64));
-    if (rc == 0)
-        mdg_log(MDG_LOG_INFO, "revoked key %s", b64);
-    return rc;
-}
-
 /* ------------------------------------------------------------- reporting */
 
 int mdg_identity_revoked_since(mdg_identity *id, int64_t *cursor,
@@ -835,19 +485,19 @@ int mdg_identity_revoked_since(mdg_identity *id, int64_t *cursor,
         return mdg_fail(MDG_EINVAL, "mdg_identity_revoked_since: NULL argument");
     pthread_mutex_lock(&id->rd_lock);
     if (!fn) {
-        if ((rc = prepare(id, id->rd, "SELECT coalesce(max(seq), 0) FROM revocations", &st)) ==
-            0) {
+        if ((rc = identity_prepare(id, id->rd, "SELECT coalesce(max(seq), 0) FROM revocations",
+                                   &st)) == 0) {
             if (sqlite3_step(st) == SQLITE_ROW)
                 *cursor = sqlite3_column_int64(st, 0);
             else
-                rc = db_fail(id, id->rd, "cannot read the revocations");
+                rc = identity_db_fail(id, id->rd, "cannot read the revocations");
             sqlite3_finalize(st);
         }
         pthread_mutex_unlock(&id->rd_lock);
         return rc;
     }
-    if ((rc = prepare(id, id->rd, "SELECT seq, pk FROM revocations WHERE seq > ? ORDER BY seq",
-                      &st)) != 0) {
+    if ((rc = identity_prepare(
+             id, id->rd, "SELECT seq, pk FROM revocations WHERE seq > ? ORDER BY seq", &st)) != 0) {
         pthread_mutex_unlock(&id->rd_lock);
         return rc;
     }
@@ -872,7 +522,7 @@ int mdg_identity_revoked_since(mdg_identity *id, int64_t *cursor,
         memcpy(rows[n].pk, pk, MDG_KEY_BYTES);
         n++;
     }
-    rc = rc == SQLITE_DONE ? 0 : db_fail(id, id->rd, "cannot read the revocations");
+    rc = rc == SQLITE_DONE ? 0 : identity_db_fail(id, id->rd, "cannot read the revocations");
     sqlite3_finalize(st);
     pthread_mutex_unlock(&id->rd_lock);
 
@@ -906,12 +556,12 @@ int mdg_identity_list(mdg_identity *id, int (*fn)(const mdg_identity_entry *e, v
         return mdg_fail(MDG_EINVAL, "mdg_identity_list: NULL argument");
     pthread_mutex_lock(&id->rd_lock);
     /* One read transaction: the three groups are one consistent picture. */
-    if ((rc = exec(id, id->rd, "BEGIN", "cannot begin reading")) != 0) {
+    if ((rc = identity_exec(id, id->rd, "BEGIN", "cannot begin reading")) != 0) {
         pthread_mutex_unlock(&id->rd_lock);
         return rc;
     }
     for (size_t q = 0; rc == 0 && q < sizeof queries / sizeof queries[0]; q++) {
-        if ((rc = prepare(id, id->rd, queries[q].sql, &st)) != 0)
+        if ((rc = identity_prepare(id, id->rd, queries[q].sql, &st)) != 0)
             break;
         int step = SQLITE_DONE;
         while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
@@ -930,7 +580,7 @@ int mdg_identity_list(mdg_identity *id, int (*fn)(const mdg_identity_entry *e, v
             rc = fn(&e, arg);
         }
         if (rc == 0 && step != SQLITE_DONE)
-            rc = db_fail(id, id->rd, "cannot list");
+            rc = identity_db_fail(id, id->rd, "cannot list");
         sqlite3_finalize(st);
     }
     sqlite3_exec(id->rd, "COMMIT", NULL, NULL, NULL);
