@@ -243,10 +243,10 @@ static void *conn_thread(void *arg)
     pthread_cond_broadcast(&c->room_cond);
     pthread_mutex_unlock(&c->lock);
     conn_fail_pending(c, MDG_ECLOSED, text);
-    mdg_header h;
-    mdg_frames f;
-    while (conn_pop_deferred(c, &h, &f))
-        mdg_frames_close(&f);
+    mdg_inbound in;
+    mdg_inbound_init(&in);
+    while (conn_pop_deferred(c, &in))
+        mdg_inbound_close(&in);
     conn_close_socket(c, false); /* the goodbye may still be on its way */
     return NULL;
 }
@@ -429,26 +429,28 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
         if (closing)
             return mdg_fail(MDG_ECLOSED, "connection closing");
         conn_on_keepalive(c->loop, c, 0); /* the loop's timers do not run meanwhile */
-        mdg_header h;
+        mdg_inbound in;
         mdg_frames f;
+        mdg_inbound_init(&in);
         while (!pd->done && mdg_frames_recv(c->sock, &f) == 0) {
-            if (c->transport->ingest(c, &f, &h) != 0) {
-                mdg_frames_close(&f);
+            int rc = c->transport->ingest(c, &f, &in);
+            mdg_frames_close(&f);
+            if (rc != 0) {
+                mdg_inbound_close(&in);
                 continue;
             }
             bool answers_blocking = false;
-            if ((h.kind == MDG_K_REPLY || h.kind == MDG_K_ERROR) && h.corr) {
+            if ((in.h.kind == MDG_K_REPLY || in.h.kind == MDG_K_ERROR) && in.h.corr) {
                 pthread_mutex_lock(&c->lock);
-                pending *other = mdg_map_get_u64(c->pending, h.corr);
+                pending *other = mdg_map_get_u64(c->pending, in.h.corr);
                 answers_blocking = other && other->blocking;
                 pthread_mutex_unlock(&c->lock);
             }
-            if (answers_blocking) {
-                conn_dispatch(c, &h, &f);
-                mdg_frames_close(&f);
-                continue;
-            }
-            conn_defer(c, &h, &f);
+            if (answers_blocking)
+                conn_dispatch(c, &in);
+            else
+                conn_defer(c, &in);
+            mdg_inbound_close(&in);
         }
     }
     return 0;

@@ -77,8 +77,7 @@ typedef struct pending {
 /* A message read during a nested wait, dispatched later in arrival order. */
 typedef struct deferred {
     struct deferred *next;
-    mdg_header h;
-    mdg_frames f;
+    mdg_inbound in;
 } deferred;
 
 struct mdg_conn {
@@ -162,10 +161,11 @@ struct conn_transport {
     /* An unnumbered control message (HELLO, ACK, BYE; params taken, the
      * socket is there); NULL: the protocol has none. */
     void (*control)(mdg_conn *c, int kind, mdg_params *params);
-    /* A message read from the socket, as a native header and frames: 0 to
-     * dispatch it; else it was handled or dropped here. (A transport that
-     * numbers its messages puts each through conn_in_order.) */
-    int (*ingest)(mdg_conn *c, mdg_frames *f, mdg_header *h);
+    /* A message read from the socket, decoded into *in (initialised by the
+     * caller, closed by it either way): 0 to dispatch it; else it was
+     * handled or dropped here. (A transport that numbers its messages puts
+     * each through conn_in_order.) */
+    int (*ingest)(mdg_conn *c, mdg_frames *f, mdg_inbound *in);
     /* A reply or error for one of our calls, or a notice (m taken). */
     void (*on_reply)(mdg_conn *c, mdg_msg *m);
     /* What it means when the peer ends the handshake in order
@@ -210,9 +210,9 @@ void conn_on_flow(mdg_conn *c, const mdg_msg *m);
 int conn_in_order(mdg_conn *c, const mdg_header *h);
 void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed, int64_t ack);
 void conn_on_reply(mdg_conn *c, mdg_msg *m);
-void conn_dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f);
-void conn_defer(mdg_conn *c, const mdg_header *h, mdg_frames *f);
-bool conn_pop_deferred(mdg_conn *c, mdg_header *h, mdg_frames *f);
+void conn_dispatch(mdg_conn *c, mdg_inbound *in);
+void conn_defer(mdg_conn *c, mdg_inbound *in);
+bool conn_pop_deferred(mdg_conn *c, mdg_inbound *in);
 int conn_on_socket(mdg_loop *loop, void *arg, short revents);
 
 /* conn_link.c: the link */

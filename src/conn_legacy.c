@@ -268,29 +268,13 @@ static int legacy_classify(mdg_conn *c, const mdg_legacy_frame *lf, mdg_params *
     return 0;
 }
 
-/* Rewrite f as a native message's frames: header (unused), params, bulk. */
-static int legacy_to_frames(mdg_frames *f, const mdg_params *p, zmq_msg_t *bulk)
+/* A 1.x frame from the broker becomes a received message like a native
+ * one, its params as decoded (0: dispatch it), or is taken here (the
+ * welcome), or dropped with a log line. Nothing a 1.x broker sends ends
+ * the link. */
+static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
 {
-    mdg_frames_close(f);
-    zmq_msg_init(&f->part[0]);
-    f->n = 1;
-    int rc = mdg_wire_encode_params(p, &f->part[1]);
-    if (rc)
-        return rc;
-    f->n = 2;
-    if (zmq_msg_size(bulk)) {
-        zmq_msg_init(&f->part[2]);
-        zmq_msg_move(&f->part[2], bulk);
-        f->n = 3;
-    }
-    return 0;
-}
-
-/* A 1.x frame from the broker becomes the header and frames of a native
- * message (0: dispatch it), or is taken here (the welcome), or dropped
- * with a log line. Nothing a 1.x broker sends ends the link. */
-static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
-{
+    mdg_header *h = &in->h;
     const legacy_state *lg = c->transport_state;
     mdg_legacy_frame lf;
     mdg_params *p = NULL;
@@ -311,13 +295,20 @@ static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
             rc = legacy_classify(c, &lf, &p, h);
         mdg_legacy_frame_free(&lf);
     }
-    if (rc == 0)
-        rc = legacy_to_frames(f, p, &bulk);
-    if (rc)
+    if (rc) {
         mdg_log(MDG_LOG_WARN, "1.x frame from the broker dropped: %s", mdg_last_error());
-    mdg_params_destroy(&p);
+        mdg_params_destroy(&p);
+        zmq_msg_close(&bulk);
+        return -1;
+    }
+    in->params = p;
+    if (zmq_msg_size(&bulk)) {
+        zmq_msg_init(&in->bulk);
+        zmq_msg_move(&in->bulk, &bulk);
+        in->has_bulk = true;
+    }
     zmq_msg_close(&bulk);
-    return rc ? -1 : 0;
+    return 0;
 }
 
 /* A callback call answered: keep it for more replies, within queue_limit

@@ -68,9 +68,11 @@ static int native_secure(mdg_conn *c, void *sock)
 
 /* First step for every received message, in arrival order: its frames
  * and header, then its place in the session's numbering (conn_in_order).
- * Returns 0 when it should be dispatched. */
-static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
+ * Returns 0 with *in filled (the frames moved into it) when it should be
+ * dispatched. */
+static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
 {
+    mdg_header *h = &in->h;
     if (f->dropped || f->n < 2) {
         mdg_log(MDG_LOG_WARN, "malformed message from the broker dropped (%d frames)", f->n + f->dropped);
         return -1;
@@ -88,7 +90,13 @@ static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_header *h)
                 mdg_kind_name(h->kind));
         return -1;
     }
-    return conn_in_order(c, h);
+    if (conn_in_order(c, h) != 0)
+        return -1;
+    if (mdg_inbound_from_frames(in, f, 1) != 0) {
+        mdg_log(MDG_LOG_WARN, "%s from the broker dropped: %s", mdg_kind_name(h->kind), mdg_last_error());
+        return -1;
+    }
+    return 0;
 }
 
 #define NOT_CURVE \

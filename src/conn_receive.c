@@ -1,11 +1,11 @@
 /* conn_receive.c - the connection's incoming side, in arrival order:
- * socket -> decode (the transport's ingest) -> in order and once
- * (conn_in_order: the broker's acknowledgement, the channel's order and
- * duplicate checks) -> session (a welcome opens it: new, resumed, or lost
- * and begun again) -> dispatch: a command to the application's handler, a
- * reply to the call that waits for it, a goodbye that ends the connection.
- * What a nested wait (conn.c) reads is deferred here and dispatched later,
- * still in order. Loop thread only. */
+ * socket -> decode (the transport's ingest, into an mdg_inbound) -> in
+ * order and once (conn_in_order: the broker's acknowledgement, the
+ * channel's order and duplicate checks) -> session (a welcome opens it:
+ * new, resumed, or lost and begun again) -> dispatch: a command to the
+ * application's handler, a reply to the call that waits for it, a goodbye
+ * that ends the connection. What a nested wait (conn.c) reads is deferred
+ * here and dispatched later, still in order. Loop thread only. */
 #include "conn_internal.h"
 
 #include <stdlib.h>
@@ -216,28 +216,26 @@ static void on_bye(mdg_conn *c, mdg_msg *m)
 static mdg_msg *undecodable_reply(const mdg_header *h, const char *why)
 {
     char text[300];
-    mdg_header eh = *h;
-    mdg_frames f = {.n = 2};
+    mdg_inbound e;
     mdg_msg *m = NULL;
-    mdg_params *e = mdg_params_new();
+    mdg_inbound_init(&e);
+    e.h = *h;
+    e.h.kind = MDG_K_ERROR;
+    e.h.flags = 0; /* the call is over */
     snprintf(text, sizeof text, "malformed reply from the broker: %s", why);
-    eh.kind = MDG_K_ERROR;
-    eh.flags = 0; /* the call is over */
-    zmq_msg_init(&f.part[0]);
-    if (e && mdg_params_set_str(e, "error", text) == 0 && mdg_wire_encode_params(e, &f.part[1]) == 0) {
-        mdg_msg_from_frames(&m, &eh, &f, 1);
-        zmq_msg_close(&f.part[1]);
-    }
-    zmq_msg_close(&f.part[0]);
-    mdg_params_destroy(&e);
+    if ((e.params = mdg_params_new()) && mdg_params_set_str(e.params, "error", text) == 0)
+        mdg_msg_from_inbound(&m, &e);
+    mdg_inbound_close(&e);
     return m;
 }
 
-/* Second step: build the message and hand it to whoever wants it. */
-void conn_dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
+/* Second step: build the message and hand it to whoever wants it. in's
+ * params and bulk are taken; the caller closes it. */
+void conn_dispatch(mdg_conn *c, mdg_inbound *in)
 {
     mdg_msg *m = NULL;
-    if (mdg_msg_from_frames(&m, h, f, 1) != 0) {
+    const mdg_header *h = &in->h;
+    if (mdg_msg_from_inbound(&m, in) != 0) {
         mdg_log(MDG_LOG_WARN, "%s from the broker dropped: %s", mdg_kind_name(h->kind), mdg_last_error());
         if ((h->kind != MDG_K_REPLY && h->kind != MDG_K_ERROR) || !h->corr ||
             !(m = undecodable_reply(h, mdg_last_error())))
@@ -264,17 +262,17 @@ void conn_dispatch(mdg_conn *c, const mdg_header *h, mdg_frames *f)
 }
 
 /* Keep a message read during a nested wait (conn.c) for later, in order. */
-void conn_defer(mdg_conn *c, const mdg_header *h, mdg_frames *f)
+void conn_defer(mdg_conn *c, mdg_inbound *in)
 {
     deferred *d = malloc(sizeof *d);
     if (!d) {
         mdg_log(MDG_LOG_ERROR, "out of memory: message dropped during a nested call");
-        mdg_frames_close(f);
+        mdg_inbound_close(in);
         return;
     }
     d->next = NULL;
-    d->h = *h;
-    mdg_frames_move(&d->f, f);
+    mdg_inbound_init(&d->in);
+    mdg_inbound_move(&d->in, in);
     if (c->def_tail)
         c->def_tail->next = d;
     else
@@ -283,7 +281,7 @@ void conn_defer(mdg_conn *c, const mdg_header *h, mdg_frames *f)
 }
 
 /* The oldest deferred message, if any (taken). */
-bool conn_pop_deferred(mdg_conn *c, mdg_header *h, mdg_frames *f)
+bool conn_pop_deferred(mdg_conn *c, mdg_inbound *in)
 {
     deferred *d = c->def_head;
     if (!d)
@@ -291,8 +289,7 @@ bool conn_pop_deferred(mdg_conn *c, mdg_header *h, mdg_frames *f)
     c->def_head = d->next;
     if (!c->def_head)
         c->def_tail = NULL;
-    *h = d->h;
-    mdg_frames_move(f, &d->f);
+    mdg_inbound_move(in, &d->in);
     free(d);
     return true;
 }
@@ -303,21 +300,23 @@ bool conn_pop_deferred(mdg_conn *c, mdg_header *h, mdg_frames *f)
 int conn_on_socket(mdg_loop *loop, void *arg, short revents)
 {
     mdg_conn *c = arg;
-    mdg_header h;
+    mdg_inbound in;
     mdg_frames f;
+    mdg_inbound_init(&in);
     if (revents & ZMQ_POLLOUT)
         conn_flush(c);
     void *sock = c->sock;
     for (int i = 0; i < RECV_BATCH && !mdg_loop_stopping(loop) && c->sock == sock; i++) {
-        if (conn_pop_deferred(c, &h, &f)) {
-            conn_dispatch(c, &h, &f);
-            mdg_frames_close(&f);
+        if (conn_pop_deferred(c, &in)) {
+            conn_dispatch(c, &in);
+            mdg_inbound_close(&in);
             continue;
         }
         if (!sock || mdg_frames_recv(sock, &f) != 0)
             break;
-        if (c->transport->ingest(c, &f, &h) == 0)
-            conn_dispatch(c, &h, &f);
+        if (c->transport->ingest(c, &f, &in) == 0)
+            conn_dispatch(c, &in);
+        mdg_inbound_close(&in);
         mdg_frames_close(&f);
     }
     if (c->def_head)

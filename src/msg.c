@@ -43,18 +43,6 @@ void mdg_msg_give_back(mdg_msg *m, mdg_inbound *in)
     }
 }
 
-int mdg_msg_from_frames(mdg_msg **out, const mdg_header *h, mdg_frames *f, int first)
-{
-    mdg_inbound in;
-    int rc = mdg_inbound_from_frames(&in, f, first);
-    if (rc)
-        return rc;
-    in.h = *h;
-    rc = mdg_msg_from_inbound(out, &in);
-    mdg_inbound_close(&in);
-    return rc;
-}
-
 void mdg_msg_destroy(mdg_msg **pm)
 {
     if (!pm || !*pm)

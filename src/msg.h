@@ -34,9 +34,6 @@ int mdg_msg_from_inbound(mdg_msg **out, mdg_inbound *in);
 /* A message that must wait gives its params and bulk back to the received
  * one it was made from, to be made again later (m is then destroyed). */
 void mdg_msg_give_back(mdg_msg *m, mdg_inbound *in);
-/* The same from received frames: header already decoded; params (and
- * bulk) start at f->part[first] and are moved out of f. */
-int mdg_msg_from_frames(mdg_msg **out, const mdg_header *h, mdg_frames *f, int first);
 
 /* The library's checks before a handler runs. Returns the matching row, or
  * NULL with the reason written to why (for the error reply and the log). */
