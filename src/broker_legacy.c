@@ -24,16 +24,11 @@ typedef struct legacy_link {
      * it gets no grace period when its link drops) */
     bool proven;
     uint8_t key[MDG_LEGACY_KEY];
-    mdg_map *uuids; /* our corr -> legacy_uuid, until the final reply */
-    mdg_ring order; /* those corrs, oldest first: past queue_limit the oldest goes */
-    bool eviction_logged; /* said once per session, not once per call */
-    uint64_t next_corr;
+    mdg_legacy_calls calls; /* the uuids of calls it made to us, by our corr */
+    bool eviction_logged;   /* said once per session, not once per call */
 } legacy_link;
 
-typedef struct legacy_uuid {
-    size_t len;
-    uint8_t bytes[MDG_LEGACY_MAX_UUID];
-} legacy_uuid;
+#define CALL_PREFIX "m" /* calls to a 1.x node are named "m<forward id>" */
 
 /* Peers on the legacy socket speak 1.x (legacy.h, docs/compatibility.md).
  * Each 1.x frame becomes the mdg_inbound the rest of the broker reads,
@@ -60,11 +55,7 @@ static const uint8_t *seal_key(const peer *p)
 static void legacy_link_free(void *state)
 {
     legacy_link *l = state;
-    legacy_uuid *u;
-    while ((u = mdg_map_pop(l->uuids)) != NULL)
-        free(u);
-    mdg_map_destroy(&l->uuids);
-    mdg_ring_free(&l->order);
+    mdg_legacy_calls_free(&l->calls);
     free(l);
 }
 
@@ -79,12 +70,11 @@ static bool legacy_resumable(const peer *p)
 static legacy_link *legacy_link_new(size_t limit)
 {
     legacy_link *l = calloc(1, sizeof *l);
-    if (l && !(l->uuids = mdg_map_new())) {
+    if (l && mdg_legacy_calls_init(&l->calls, limit) != 0) {
+        mdg_legacy_calls_free(&l->calls);
         free(l);
         return NULL;
     }
-    if (l)
-        mdg_ring_init(&l->order, limit);
     return l;
 }
 
@@ -135,7 +125,7 @@ static void legacy_refuse_hello(broker_listener *l, const uint8_t *rid, size_t r
 static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
     legacy_link *l = link_of(p);
-    legacy_uuid *u = NULL;
+    mdg_legacy_call *u = NULL;
     mdg_params *pp = NULL;
     char num[24];
     const void *uuid = "";
@@ -152,14 +142,14 @@ static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
     case MDG_K_REPLY:
     case MDG_K_ERROR:
         if (h->kind == MDG_K_CMD && h->corr) {
-            uuid_len = (size_t)snprintf(num, sizeof num, "m%llu", (unsigned long long)h->corr);
+            uuid_len = mdg_legacy_call_uuid(num, sizeof num, CALL_PREFIX, h->corr);
             uuid = num;
         } else if (h->kind != MDG_K_CMD) {
-            if (!h->corr || !(u = mdg_map_get_u64(l->uuids, h->corr))) {
+            if (!(u = mdg_legacy_calls_get(&l->calls, h->corr))) {
                 mdg_log(MDG_LOG_INFO, "%s for a 1.x peer that waits for no reply: logged only", mdg_kind_name(h->kind));
                 goto consumed;
             }
-            uuid = u->bytes;
+            uuid = u->uuid;
             uuid_len = u->len;
         }
         rc = mdg_legacy_params_out(h->kind, zmq_msg_data(params), zmq_msg_size(params), &pp);
@@ -184,21 +174,17 @@ static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
         if (u) {
             char text[360];
             snprintf(text, sizeof text, "the reply cannot be carried by Messidge 1.x: %s", why);
-            legacy_refuse_uuid(p, u->bytes, u->len, text);
-            if (!(h->flags & MDG_F_MORE)) {
-                mdg_map_take_u64(l->uuids, h->corr);
-                free(u);
-            }
+            legacy_refuse_uuid(p, u->uuid, u->len, text);
+            if (!(h->flags & MDG_F_MORE))
+                mdg_legacy_calls_done(&l->calls, h->corr);
         }
         goto consumed;
     }
     rc = legacy_emit(p->listener, p->rid, p->rid_len, &out);
     if (rc == MDG_EAGAIN)
         return rc; /* params and bulk are still the caller's */
-    if (rc == 0 && u && !(h->flags & MDG_F_MORE)) { /* the final reply: the call is over */
-        mdg_map_take_u64(l->uuids, h->corr);
-        free(u);
-    }
+    if (rc == 0 && u && !(h->flags & MDG_F_MORE)) /* the final reply: the call is over */
+        mdg_legacy_calls_done(&l->calls, h->corr);
     goto closed;
 consumed:
     rc = 0;
@@ -274,21 +260,6 @@ static void legacy_hello(mdg_broker *b, broker_listener *l, peer *p, const uint8
     mdg_params_destroy(&hp);
 }
 
-/* "m<forward id>": a name we gave a call to a node. */
-static bool legacy_fwd_id(const mdg_legacy_frame *lf, uint64_t *id)
-{
-    if (lf->uuid_len < 2 || lf->uuid_len > 21 || lf->uuid[0] != 'm')
-        return false;
-    uint64_t v = 0;
-    for (size_t i = 1; i < lf->uuid_len; i++) {
-        if (lf->uuid[i] < '0' || lf->uuid[i] > '9')
-            return false;
-        v = v * 10 + (uint64_t)(lf->uuid[i] - '0');
-    }
-    *id = v;
-    return true;
-}
-
 /* Decide what a 1.x frame of a session is; fill the native header. False
  * (logged, and refused to the sender) when it is not acceptable. */
 static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, mdg_params **params,
@@ -296,8 +267,8 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
 {
     const char *role = p->role == MDG_ROLE_NODE ? "node" : "user";
     bool ka = lf->command_len == 2 && memcmp(lf->command, "ka", 2) == 0;
-    uint64_t id;
-    bool named_by_us = p->role == MDG_ROLE_NODE && legacy_fwd_id(lf, &id);
+    uint64_t id = p->role == MDG_ROLE_NODE ? mdg_legacy_corr_of(CALL_PREFIX, lf->uuid, lf->uuid_len) : 0;
+    bool named_by_us = id != 0;
     fwd *fw = named_by_us ? mdg_map_get_u64(b->fwds, id) : NULL;
     if (fw && memcmp(fw->node_pk, p->pk, MDG_KEY_BYTES) == 0) {
         /* the answer to a call forwarded to this very node; 1.x marks a
@@ -332,25 +303,16 @@ static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, 
     if (!lf->uuid_len)
         return true;
     legacy_link *l = link_of(p);
-    legacy_uuid *u = malloc(sizeof *u);
-    if (!u || mdg_map_put_u64(l->uuids, l->next_corr + 1, u) != 0) {
-        free(u);
+    bool evicted;
+    if (!(h->corr = mdg_legacy_calls_add(&l->calls, lf->uuid, lf->uuid_len, &evicted))) {
         mdg_log(MDG_LOG_ERROR, "'%s' from 1.x %s %s refused: out of memory", name, role, who);
         legacy_refuse(p, lf, "broker out of memory");
         return false;
     }
-    u->len = lf->uuid_len;
-    memcpy(u->bytes, lf->uuid, lf->uuid_len);
-    h->corr = ++l->next_corr;
-    /* calls no one answers must not fill the table for good: past
-     * queue_limit the oldest is forgotten (its late reply is dropped) */
-    uint64_t old = mdg_ring_push(&l->order, h->corr);
-    if (old && (u = mdg_map_take_u64(l->uuids, old)) != NULL) {
-        if (!l->eviction_logged)
-            mdg_log(MDG_LOG_WARN, "1.x %s %s has more than %d calls awaiting replies: the oldest can no longer be "
-                                  "answered (said once per session)", role, who, b->queue_limit);
+    if (evicted && !l->eviction_logged) {
+        mdg_log(MDG_LOG_WARN, "1.x %s %s has more than %d calls awaiting replies: the oldest can no longer be "
+                              "answered (said once per session)", role, who, b->queue_limit);
         l->eviction_logged = true;
-        free(u);
     }
     return true;
 }

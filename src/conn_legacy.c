@@ -18,34 +18,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The 1.x uuid of a command we received, kept for its replies. */
-typedef struct lg_uuid {
-    bool long_term; /* a 'ka' reply went out: the broker routes by it now */
-    size_t len;
-    uint8_t id[MDG_LEGACY_MAX_UUID];
-} lg_uuid;
-
 /* Legacy mode's state of a connection (its transport_state). */
 typedef struct legacy_state {
     bool sealed;                 /* a user link: params and bulk sealed */
     uint8_t key[MDG_LEGACY_KEY]; /* this link's session key */
     char prefix[16];             /* our calls' uuids: prefix + corr */
-    mdg_map *uuids;              /* corr we gave a received command -> lg_uuid */
-    mdg_ring in_order;           /* those corrs, to forget the oldest */
+    mdg_legacy_calls calls;      /* the uuids of commands we received, by our corr */
     mdg_ring lingering;          /* callback calls kept after a reply */
-    uint64_t next_in;            /* last corr given to a received command */
 } legacy_state;
 
 static void legacy_free(void *state)
 {
     legacy_state *lg = state;
-    void *u;
     if (!lg)
         return;
-    while (lg->uuids && (u = mdg_map_pop(lg->uuids)) != NULL)
-        free(u);
-    mdg_map_destroy(&lg->uuids);
-    mdg_ring_free(&lg->in_order);
+    mdg_legacy_calls_free(&lg->calls);
     mdg_ring_free(&lg->lingering);
     sodium_memzero(lg->key, sizeof lg->key);
     free(lg);
@@ -65,11 +52,9 @@ static int legacy_init(mdg_conn *c)
     mdg_legacy_uuid(id);
     memcpy(lg->prefix, id, 12);
     lg->prefix[12] = '-'; /* not in the uuid alphabet: the corr follows */
-    lg->uuids = mdg_map_new();
-    mdg_ring_init(&lg->in_order, cap);
     mdg_ring_init(&lg->lingering, cap);
     c->transport_state = lg;
-    return lg->uuids ? 0 : mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
+    return mdg_legacy_calls_init(&lg->calls, cap) == 0 ? 0 : mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
 }
 
 /* The hello: our key, and the rid of our last session so that the broker
@@ -131,19 +116,19 @@ static void legacy_welcome(mdg_conn *c, zmq_msg_t *frame)
 }
 
 /* The uuid a message goes with. A call that wants replies gets our prefix
- * and its corr (legacy_call_of reads it back); a reply, the uuid of the
- * command it answers (*u, NULL for a command). */
-static int legacy_out_uuid(mdg_conn *c, const mdg_header *h, char *buf, size_t len, lg_uuid **u)
+ * and its corr (mdg_legacy_corr_of reads it back); a reply, the uuid of
+ * the command it answers (*u, NULL for a command). */
+static int legacy_out_uuid(mdg_conn *c, const mdg_header *h, char *buf, size_t len, mdg_legacy_call **u)
 {
     legacy_state *lg = c->transport_state;
     *u = NULL;
     buf[0] = '\0';
     if (h->kind == MDG_K_CMD) {
         if (h->corr)
-            snprintf(buf, len, "%s%llu", lg->prefix, (unsigned long long)h->corr);
+            mdg_legacy_call_uuid(buf, len, lg->prefix, h->corr);
         return 0;
     }
-    if (!(*u = mdg_map_get_u64(lg->uuids, h->corr)))
+    if (!(*u = mdg_legacy_calls_get(&lg->calls, h->corr)))
         return mdg_fail(MDG_ENOTFOUND, "the 1.x uuid of the command it answers was forgotten "
                                        "(more than queue_limit commands awaited replies)");
     return 0;
@@ -158,7 +143,7 @@ static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params
 {
     legacy_state *lg = c->transport_state;
     char uuid[sizeof lg->prefix + 24];
-    lg_uuid *u;
+    mdg_legacy_call *u;
     mdg_params *p = NULL;
     zmq_msg_t frame;
     uint8_t nonce[MDG_LEGACY_NONCE]; /* a node's frames carry one too, as 1.x's */
@@ -168,7 +153,7 @@ static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params
     randombytes_buf(nonce, sizeof nonce);
     if (!rc && !(rc = mdg_legacy_params_out(h->kind, zmq_msg_data(params), zmq_msg_size(params), &p)))
         rc = mdg_legacy_build(&frame, lg->sealed ? lg->key : NULL, nonce, sizeof nonce, command,
-                              strlen(command), u ? (const char *)u->id : uuid, u ? u->len : strlen(uuid), p,
+                              strlen(command), u ? (const char *)u->uuid : uuid, u ? u->len : strlen(uuid), p,
                               bulk ? zmq_msg_data(bulk) : NULL, bulk ? zmq_msg_size(bulk) : 0);
     mdg_params_destroy(&p);
     if (rc)
@@ -182,7 +167,7 @@ static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params
     if (u && more)
         u->long_term = true;
     else if (u) /* the final reply: the uuid is done with */
-        free(mdg_map_take_u64(lg->uuids, h->corr));
+        mdg_legacy_calls_done(&lg->calls, h->corr);
     return 0;
 }
 
@@ -202,43 +187,19 @@ static int legacy_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_
 /* 1.x has no acks: once libzmq has a message, it is gone */
 static const mdg_chan_ops legacy_link = {.send = legacy_send, .release = conn_chan_release, .acks = false};
 
-/* The corr of our call that a uuid names, or 0 when it is not ours. */
-static uint64_t legacy_call_of(const mdg_conn *c, const uint8_t *uuid, size_t len)
-{
-    const legacy_state *lg = c->transport_state;
-    size_t plen = strlen(lg->prefix);
-    uint64_t corr = 0;
-    if (len <= plen || len > plen + 19 || memcmp(uuid, lg->prefix, plen) != 0)
-        return 0;
-    for (size_t i = plen; i < len; i++) {
-        if (uuid[i] < '0' || uuid[i] > '9')
-            return 0;
-        corr = corr * 10 + (uint64_t)(uuid[i] - '0');
-    }
-    return corr;
-}
-
 /* Remember the uuid of a command we received under a corr of our own, for
  * its replies; the oldest are forgotten past queue_limit. 0 when out of
  * memory (the command is then not answerable). */
 static uint64_t legacy_remember(mdg_conn *c, const uint8_t *uuid, size_t len)
 {
     legacy_state *lg = c->transport_state;
-    lg_uuid *u = calloc(1, sizeof *u);
-    uint64_t corr = ++lg->next_in;
-    if (!u || mdg_map_put_u64(lg->uuids, corr, u) != 0) {
-        free(u);
+    bool evicted;
+    uint64_t corr = mdg_legacy_calls_add(&lg->calls, uuid, len, &evicted);
+    if (!corr)
         mdg_log(MDG_LOG_ERROR, "out of memory: a 1.x command cannot be answered");
-        return 0;
-    }
-    u->len = len;
-    memcpy(u->id, uuid, len);
-    uint64_t old = mdg_ring_push(&lg->in_order, corr);
-    if (old && (u = mdg_map_take_u64(lg->uuids, old)) != NULL) {
+    if (evicted)
         mdg_log(MDG_LOG_WARN, "more than %d 1.x commands await replies: the oldest can no longer be answered",
                 c->opts.queue_limit);
-        free(u);
-    }
     return corr;
 }
 
@@ -247,10 +208,11 @@ static uint64_t legacy_remember(mdg_conn *c, const uint8_t *uuid, size_t len)
  * notice (an exception for nothing), or a command. */
 static int legacy_classify(mdg_conn *c, const mdg_legacy_frame *lf, mdg_params **p, mdg_header *h)
 {
+    const legacy_state *lg = c->transport_state;
     const char *exc = NULL;
     bool is_exc = mdg_params_get_str(*p, "exception", &exc) == 0;
     memset(h, 0, sizeof *h);
-    h->corr = legacy_call_of(c, lf->uuid, lf->uuid_len);
+    h->corr = mdg_legacy_corr_of(lg->prefix, lf->uuid, lf->uuid_len);
     if (h->corr || (!lf->command_len && !lf->uuid_len && is_exc)) {
         h->kind = is_exc ? MDG_K_ERROR : MDG_K_REPLY;
         return is_exc ? mdg_legacy_error_in(p, exc, NULL) : 0;

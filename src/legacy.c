@@ -372,3 +372,70 @@ void mdg_legacy_uuid(char out[23])
         out[i] = alphabet[randombytes_uniform(sizeof alphabet - 1)];
     out[22] = '\0';
 }
+
+/* ------------------------------------------------ the uuids of 1.x calls */
+
+int mdg_legacy_calls_init(mdg_legacy_calls *t, size_t limit)
+{
+    *t = (mdg_legacy_calls){0};
+    mdg_ring_init(&t->order, limit);
+    return (t->by_corr = mdg_map_new()) ? 0 : MDG_ENOMEM;
+}
+
+void mdg_legacy_calls_free(mdg_legacy_calls *t)
+{
+    mdg_legacy_call *u;
+    while (t->by_corr && (u = mdg_map_pop(t->by_corr)) != NULL)
+        free(u);
+    mdg_map_destroy(&t->by_corr);
+    mdg_ring_free(&t->order);
+}
+
+uint64_t mdg_legacy_calls_add(mdg_legacy_calls *t, const uint8_t *uuid, size_t len, bool *evicted)
+{
+    *evicted = false;
+    mdg_legacy_call *u = calloc(1, sizeof *u);
+    if (!u || len > MDG_LEGACY_MAX_UUID || mdg_map_put_u64(t->by_corr, t->last + 1, u) != 0) {
+        free(u);
+        return 0;
+    }
+    u->len = len;
+    memcpy(u->uuid, uuid, len);
+    uint64_t corr = ++t->last, old = mdg_ring_push(&t->order, corr);
+    if (old && (u = mdg_map_take_u64(t->by_corr, old)) != NULL) {
+        *evicted = true;
+        free(u);
+    }
+    return corr;
+}
+
+mdg_legacy_call *mdg_legacy_calls_get(const mdg_legacy_calls *t, uint64_t corr)
+{
+    return corr ? mdg_map_get_u64(t->by_corr, corr) : NULL;
+}
+
+void mdg_legacy_calls_done(mdg_legacy_calls *t, uint64_t corr)
+{
+    free(mdg_map_take_u64(t->by_corr, corr));
+}
+
+size_t mdg_legacy_call_uuid(char *buf, size_t cap, const char *prefix, uint64_t corr)
+{
+    int n = snprintf(buf, cap, "%s%llu", prefix, (unsigned long long)corr);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+uint64_t mdg_legacy_corr_of(const char *prefix, const uint8_t *uuid, size_t len)
+{
+    size_t plen = strlen(prefix);
+    uint64_t corr = 0;
+    if (len <= plen || len > plen + 20 || memcmp(uuid, prefix, plen) != 0)
+        return 0;
+    for (size_t i = plen; i < len; i++) {
+        uint64_t d = (uint64_t)(uuid[i] - '0');
+        if (uuid[i] < '0' || uuid[i] > '9' || corr > (UINT64_MAX - d) / 10)
+            return 0;
+        corr = corr * 10 + d;
+    }
+    return corr;
+}

@@ -14,6 +14,7 @@
  * decide what a frame means (uuid tables, who may answer what). */
 #ifndef MDG_LEGACY_H
 #define MDG_LEGACY_H
+#include "map.h"
 #include "messidge.h"
 #include <zmq.h>
 
@@ -93,5 +94,41 @@ int mdg_legacy_error_in(mdg_params **p, const char *text, const char *command);
 
 /* A 22-character random ASCII id (1.x uses shortuuid), NUL-terminated. */
 void mdg_legacy_uuid(char out[23]);
+
+/* 1.x names a call by a uuid its caller chose; native messages by a
+ * number (corr). Both ends of a 1.x link keep the uuids of the calls they
+ * received, each under a corr of their own until its final reply, at most
+ * `limit` of them: past it the oldest is forgotten (a call no one answers
+ * must not hold its entry for good; its late reply can then not be sent).
+ * One thread. */
+typedef struct mdg_legacy_call {
+    bool long_term; /* a reply marked 'ka' went out: the channel is long-term */
+    size_t len;
+    uint8_t uuid[MDG_LEGACY_MAX_UUID];
+} mdg_legacy_call;
+
+typedef struct mdg_legacy_calls {
+    mdg_map *by_corr;
+    mdg_ring order; /* corrs, oldest first */
+    uint64_t last;  /* the last corr given */
+} mdg_legacy_calls;
+
+/* 0, or MDG_ENOMEM. */
+int mdg_legacy_calls_init(mdg_legacy_calls *t, size_t limit);
+void mdg_legacy_calls_free(mdg_legacy_calls *t);
+/* Remember a received call's uuid (len <= MDG_LEGACY_MAX_UUID): its corr,
+ * or 0 when out of memory. *evicted says whether the oldest was forgotten
+ * to make room. */
+uint64_t mdg_legacy_calls_add(mdg_legacy_calls *t, const uint8_t *uuid, size_t len, bool *evicted);
+/* The call a corr names, or NULL (never given, answered, or forgotten). */
+mdg_legacy_call *mdg_legacy_calls_get(const mdg_legacy_calls *t, uint64_t corr);
+/* Its final reply went: forget it. */
+void mdg_legacy_calls_done(mdg_legacy_calls *t, uint64_t corr);
+
+/* The uuid of a call we make: prefix, then corr in decimal (a text; its
+ * length is returned). And back: the corr a uuid names, or 0 when it is
+ * not one of ours. */
+size_t mdg_legacy_call_uuid(char *buf, size_t cap, const char *prefix, uint64_t corr);
+uint64_t mdg_legacy_corr_of(const char *prefix, const uint8_t *uuid, size_t len);
 
 #endif
