@@ -18,8 +18,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BROKER_HWM 10000
-#define BROKER_MAX_MSG (256LL << 20)       /* ZMQ_MAXMSGSIZE: one frame */
 #define BROKER_LINGER_MS 1000              /* bounded flush at shutdown */
 #define NODE_WINDOW 64                     /* default: one session's messages at one node at once */
 
@@ -79,7 +77,7 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     b->queue_limit = opts && opts->queue_limit > 0 ? opts->queue_limit : 10000;
     b->node_window = opts && opts->node_window > 0 ? opts->node_window : NODE_WINDOW;
     b->hold_limit = opts && opts->hold_limit > 0 ? opts->hold_limit : b->queue_limit;
-    b->max_message = opts && opts->max_message > 0 ? opts->max_message : BROKER_MAX_MSG;
+    b->max_message = opts && opts->max_message > 0 ? opts->max_message : MDG_MAX_FRAME;
     /* Forward ids count up from a random 63-bit start, so that two broker
      * processes (one restarted, say) do not hand out the same ids: a node
      * still answering a call of the old process never names a call of the
@@ -378,7 +376,7 @@ int broker_setsock(void *s, int opt, const void *v, size_t len, const char *name
  * wait in numbers its listener bounds, which bounds what can queue here. */
 int broker_new_router(mdg_broker *b, void **out, int64_t maxmsg)
 {
-    int one = 1, hwm = BROKER_HWM, unlimited = 0, linger = BROKER_LINGER_MS, rc;
+    int one = 1, hwm = MDG_SEND_HWM, unlimited = 0, linger = BROKER_LINGER_MS, rc;
     void *s = *out = zmq_socket(b->ctx, ZMQ_ROUTER);
     if (!s)
         return mdg_fail(MDG_ESYS, "cannot make a ROUTER: %s", zmq_strerror(errno));

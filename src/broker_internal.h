@@ -87,7 +87,7 @@ typedef struct broker_transport {
      * window holds it back; else what it sends is unnumbered and what we
      * send is done once libzmq has it. */
     bool acks;
-    /* The peer understands the broker's FLOW_COMMAND (pause, resume, end). */
+    /* The peer understands the broker's MDG_FLOW_COMMAND (pause, resume, end). */
     bool flow;
 } broker_transport;
 

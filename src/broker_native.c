@@ -9,7 +9,6 @@
 
 #include <string.h>
 
-#define RECV_BATCH 256                     /* messages handled per wake-up */
 
 /* One message out, encoded by the wire layer on the CURVE ROUTER. */
 static int native_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
@@ -222,7 +221,7 @@ void broker_drain(broker_listener *l, void (*handle)(mdg_broker *, broker_listen
     mdg_broker *b = l->broker;
     mdg_frames f;
     broker_on_monitor(b->loop, b, 0);
-    for (int i = 0; i < RECV_BATCH && mdg_frames_recv(l->sock, &f) == 0; i++) {
+    for (int i = 0; i < MDG_LOOP_BATCH && mdg_frames_recv(l->sock, &f) == 0; i++) {
         handle(b, l, &f);
         mdg_frames_close(&f);
     }

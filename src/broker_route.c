@@ -3,7 +3,7 @@
  * it), or forwarded to a node; a node's reply routed back to the session
  * that called; the replies of the broker's handlers. Fairness: one session
  * has at most node_window messages at a node at once (its share), and a
- * caller that does not read has its nodes paused (FLOW_COMMAND), then its
+ * caller that does not read has its nodes paused (MDG_FLOW_COMMAND), then its
  * calls ended. */
 #include "broker_internal.h"
 
@@ -11,7 +11,6 @@
 #include <string.h>
 
 #define PAUSE_OVERSHOOT 10000              /* replies a paused call may still bring: a client's default queue_limit */
-#define FLOW_COMMAND "mdg.flow"            /* broker -> node: pause, resume or end one call's replies */
 
 /* ------------------------------------------------------- shares of nodes */
 
@@ -93,7 +92,7 @@ void broker_fwd_free(mdg_broker *b, fwd *f)
     free(f);
 }
 
-/* Tell a node about one of its calls (FLOW_COMMAND, numbered like any
+/* Tell a node about one of its calls (MDG_FLOW_COMMAND, numbered like any
  * command): "pause" its replies (the caller is not reading), "resume"
  * them, or "end" the call (the caller has gone or stopped reading for too
  * long: the node's further replies to it fail locally). Never refused for
@@ -105,7 +104,7 @@ static void send_flow(mdg_broker *b, peer *node, uint64_t id, const char *state,
     mdg_header h = {.kind = MDG_K_CMD};
     zmq_msg_t pm;
     if (fp && mdg_params_set_int(fp, "call", (int64_t)id) == 0 && mdg_params_set_str(fp, "state", state) == 0 &&
-        (!reason || mdg_params_set_str(fp, "reason", reason) == 0) && mdg_header_set_command(&h, FLOW_COMMAND) == 0 &&
+        (!reason || mdg_params_set_str(fp, "reason", reason) == 0) && mdg_header_set_command(&h, MDG_FLOW_COMMAND) == 0 &&
         mdg_wire_encode_params(fp, &pm) == 0)
         broker_send_frames_max(b, node, &h, &pm, NULL, SIZE_MAX, NULL);
     mdg_params_destroy(&fp);
@@ -279,7 +278,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
         refuse(b, p, &m->h, why);
         return true;
     }
-    /* commands named mdg.* are the broker's own word to a node (FLOW_COMMAND):
+    /* commands named mdg.* are the broker's own word to a node (MDG_FLOW_COMMAND):
      * a user who could send one could pause or end another user's call */
     if (strncmp(m->h.command, "mdg.", 4) == 0) {
         refuse(b, p, &m->h, "command names beginning 'mdg.' are reserved");

@@ -37,7 +37,6 @@
 #define ENDPOINT_MAX 300  /* "tcp://" location ":" port */
 #define WHY_MAX 300       /* of a reason's text in fail_text: room for it with the endpoint */
 #define CLOSE_FLUSH_MS 2000  /* disconnect waits this long for acks */
-#define FLOW_COMMAND "mdg.flow" /* the broker pauses, resumes or ends one call's replies */
 #define FLOW_PAUSED ((void *)1)
 #define FLOW_ENDED ((void *)2)
 
@@ -176,7 +175,7 @@ struct conn_transport {
     /* what MDG_EV_RECOVERED adds when the broker does not say whether it
      * kept the session; NULL: it does */
     const char *recovered_note;
-    bool flow; /* the broker may send FLOW_COMMAND */
+    bool flow; /* the broker may send MDG_FLOW_COMMAND */
 };
 
 extern const conn_transport conn_native_transport;

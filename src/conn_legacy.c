@@ -337,5 +337,5 @@ const conn_transport conn_legacy_transport = {
                 "mode)",
     .recovered_note = "a 1.x broker does not say whether it kept the session: what was sent before the link "
                       "dropped may be lost",
-    .flow = false, /* FLOW_COMMAND is the native broker's */
+    .flow = false, /* MDG_FLOW_COMMAND is the native broker's */
 };

@@ -10,8 +10,6 @@
 #include <sodium.h>
 #include <string.h>
 
-#define CONN_HWM 10000
-#define CONN_MAX_MSG (256LL << 20)
 
 /* discard: the link is dead, drop what libzmq still holds (it is in our
  * resend buffer); else let libzmq flush it (the goodbye) for a while. */
@@ -277,14 +275,14 @@ int conn_open_socket(mdg_conn *c)
      * (assert !_io_error, zeromq/libzmq#4364) when a link drops while its
      * receive pipe is full. What can queue here is bounded anyway: the
      * broker never has more than its queue_limit unacknowledged for us. */
-    int hwm = CONN_HWM, unlimited = 0, linger = CLOSE_FLUSH_MS, rc;
+    int hwm = MDG_SEND_HWM, unlimited = 0, linger = CLOSE_FLUSH_MS, rc;
     int hb_ivl = c->opts.heartbeat_ms, hb_timeout = 3 * c->opts.heartbeat_ms;
     /* We make each new link ourselves (on_monitor), so libzmq must not
      * reconnect this socket before we close it. Not -1 ("never"): then
      * libzmq ends the pipe when a link drops, and a message being read
      * frame by frame at that moment trips its assert (fq.cpp, !_more). */
     int no_reconnect = 3600 * 1000;
-    int64_t maxmsg = CONN_MAX_MSG;
+    int64_t maxmsg = MDG_MAX_FRAME;
     char mon_ep[80];
     if (!(c->sock = zmq_socket(c->ctx, ZMQ_DEALER)))
         return mdg_fail(MDG_ESYS, "cannot create the socket: %s", zmq_strerror(errno));

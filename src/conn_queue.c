@@ -2,7 +2,7 @@
  * any thread (commands, and the replies of the application's handlers)
  * within the backlog limit (queue_limit), a window per call from the
  * broker (CALL_WINDOW) and the broker's word on a call's replies
- * (FLOW_COMMAND: pause, resume, end); the loop thread hands them in order
+ * (MDG_FLOW_COMMAND: pause, resume, end); the loop thread hands them in order
  * to the channel, which numbers them, sends them on the link and keeps them
  * until the broker acknowledges them. Beside them go the unnumbered
  * control messages: acknowledgements, keepalives, the goodbye. */
@@ -329,7 +329,7 @@ static int flow_wait(mdg_conn *c, uint64_t corr)
     return rc;
 }
 
-/* The broker's word about one of the calls it sent us (FLOW_COMMAND). */
+/* The broker's word about one of the calls it sent us (MDG_FLOW_COMMAND). */
 void conn_on_flow(mdg_conn *c, const mdg_msg *m)
 {
     int64_t call = 0;

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RECV_BATCH 256 /* messages read per turn of the loop */
 
 /* Where a message the transport decoded stands in the session's
  * numbering: the broker's acknowledgement taken, a duplicate dropped, a
@@ -113,11 +112,11 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
 /* A command from the broker (a call routed to this node, or the broker's
  * own, such as resource_offer): checked against the application's table,
  * then its handler, which answers through conn_send_reply. The broker's
- * word on a call's replies (FLOW_COMMAND) goes to conn_queue.c. */
+ * word on a call's replies (MDG_FLOW_COMMAND) goes to conn_queue.c. */
 static void on_command(mdg_conn *c, mdg_msg *m)
 {
     char why[512];
-    if (c->transport->flow && strcmp(m->h.command, FLOW_COMMAND) == 0) {
+    if (c->transport->flow && strcmp(m->h.command, MDG_FLOW_COMMAND) == 0) {
         conn_on_flow(c, m);
         mdg_msg_destroy(&m);
         return;
@@ -306,7 +305,7 @@ int conn_on_socket(mdg_loop *loop, void *arg, short revents)
     if (revents & ZMQ_POLLOUT)
         conn_flush(c);
     void *sock = c->sock;
-    for (int i = 0; i < RECV_BATCH && !mdg_loop_stopping(loop) && c->sock == sock; i++) {
+    for (int i = 0; i < MDG_LOOP_BATCH && !mdg_loop_stopping(loop) && c->sock == sock; i++) {
         if (conn_pop_deferred(c, &in)) {
             conn_dispatch(c, &in);
             mdg_inbound_close(&in);

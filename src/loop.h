@@ -9,6 +9,10 @@
 
 typedef struct mdg_loop mdg_loop;
 
+/* Messages a socket's callback handles per wake-up before the loop's
+ * timers, other sockets and other threads' messages get their turn. */
+#define MDG_LOOP_BATCH 256
+
 /* Called when the socket/fd is ready, or when a timer fires (revents 0).
  * Returning non-zero ends mdg_loop_run. */
 typedef int (*mdg_loop_fn)(mdg_loop *loop, void *arg, short revents);

@@ -19,6 +19,15 @@
  * about 70 bytes of memory per item, so a frame of one-byte items would
  * cost 70 times its size to decode. Bulk data belongs in the bulk frame. */
 #define MDG_MAX_ITEMS (1u << 18)
+/* One frame, at both ends (ZMQ_MAXMSGSIZE: libzmq drops the connection of
+ * a peer that sends more); the broker's max_message may lower it. */
+#define MDG_MAX_FRAME (256LL << 20)
+/* Messages libzmq queues for one peer before it reports the pipe full
+ * (ZMQ_SNDHWM); the channels keep the rest until there is room. */
+#define MDG_SEND_HWM 10000
+/* The broker's word to a node on one of its calls: pause, resume or end
+ * its replies (docs/protocol.md section 8.2.1). */
+#define MDG_FLOW_COMMAND "mdg.flow"
 
 enum mdg_kind {
     MDG_K_HELLO = 1,   /* client -> broker: open or resume a session */
