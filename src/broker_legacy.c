@@ -262,7 +262,7 @@ static void legacy_hello(mdg_broker *b, broker_listener *l, peer *p, const uint8
 
 /* Decide what a 1.x frame of a session is; fill the native header. False
  * (logged, and refused to the sender) when it is not acceptable. */
-static bool legacy_classify(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, mdg_params **params,
+static bool classify_peer_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, mdg_params **params,
                             mdg_header *h, const char *who)
 {
     const char *role = p->role == MDG_ROLE_NODE ? "node" : "user";
@@ -345,7 +345,7 @@ static void legacy_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf)
     if (!in.has_bulk)
         zmq_msg_close(&in.bulk);
     link_of(p)->proven = true;
-    if (legacy_classify(b, p, lf, &in.params, &in.h, who))
+    if (classify_peer_frame(b, p, lf, &in.params, &in.h, who))
         broker_receive(b, p, &in, who);
     mdg_inbound_close(&in);
 }

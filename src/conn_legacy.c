@@ -206,7 +206,7 @@ static uint64_t legacy_remember(mdg_conn *c, const uint8_t *uuid, size_t len)
 /* What a 1.x frame is: a reply to one of our calls (its uuid says so,
  * whatever the command field: 1.x replies put their bulk there), an error
  * notice (an exception for nothing), or a command. */
-static int legacy_classify(mdg_conn *c, const mdg_legacy_frame *lf, mdg_params **p, mdg_header *h)
+static int classify_broker_frame(mdg_conn *c, const mdg_legacy_frame *lf, mdg_params **p, mdg_header *h)
 {
     const legacy_state *lg = c->transport_state;
     const char *exc = NULL;
@@ -254,7 +254,7 @@ static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
     if (rc == 0) {
         zmq_msg_close(&bulk); /* open makes it again */
         if ((rc = mdg_legacy_open(&lf, lg->sealed ? lg->key : NULL, &p, &bulk)) == 0)
-            rc = legacy_classify(c, &lf, &p, h);
+            rc = classify_broker_frame(c, &lf, &p, h);
         mdg_legacy_frame_free(&lf);
     }
     if (rc) {
