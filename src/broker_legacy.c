@@ -263,7 +263,7 @@ static void legacy_hello(mdg_broker *b, broker_listener *l, peer *p, const uint8
 /* Decide what a 1.x frame of a session is; fill the native header. False
  * (logged, and refused to the sender) when it is not acceptable. */
 static bool classify_peer_frame(mdg_broker *b, peer *p, const mdg_legacy_frame *lf, mdg_params **params,
-                            mdg_header *h, const char *who)
+                                mdg_header *h, const char *who)
 {
     const char *role = p->role == MDG_ROLE_NODE ? "node" : "user";
     bool ka = lf->command_len == 2 && memcmp(lf->command, "ka", 2) == 0;
