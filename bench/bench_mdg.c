@@ -551,12 +551,16 @@ static bres stall_start(env *e, fair *F)
     return stalled ? (bres){.ok = true} : na("the node's stream did not start");
 }
 
-/* The native header of a message from a client (docs/protocol.md): [version
- * 1, kind, seq, ack 0 (never reads), corr = seq, command, flags 0]. */
-static size_t raw_header(uint8_t *buf, size_t cap, int kind, uint64_t seq, const char *command)
+/* The head frame of a message from a client (docs/protocol.md): the
+ * header [version 2, kind, seq, ack 0 (never reads), corr = seq, command,
+ * flags 0], then the params. Its length, or 0 when cap is too small. */
+static size_t raw_head(uint8_t *buf, size_t cap, int kind, uint64_t seq, const char *command, const void *params,
+                       size_t plen)
 {
     size_t n = cbor_encode_array_start(7, buf, cap), len = strlen(command);
-    n += cbor_encode_uint(1, buf + n, cap - n);
+    if (cap < 64 + len + plen)
+        return 0;
+    n += cbor_encode_uint(2, buf + n, cap - n);
     n += cbor_encode_uint((uint64_t)kind, buf + n, cap - n);
     n += cbor_encode_uint(seq, buf + n, cap - n);
     n += cbor_encode_uint(0, buf + n, cap - n);
@@ -564,22 +568,23 @@ static size_t raw_header(uint8_t *buf, size_t cap, int kind, uint64_t seq, const
     n += cbor_encode_string_start(len, buf + n, cap - n);
     memcpy(buf + n, command, len);
     n += len;
-    return n + cbor_encode_uint(0, buf + n, cap - n);
+    n += cbor_encode_uint(0, buf + n, cap - n);
+    memcpy(buf + n, params, plen);
+    return n + plen;
 }
 
 /* FLOOD_CALLS calls, sequenced from 1, as fast as the socket takes them. */
 static void *flood_thread(void *arg)
 {
     fair *F = arg;
-    uint8_t h[64];
+    uint8_t h[1024];
     long sent = 0;
     bool stop = false;
     double t0 = now_s();
     while (sent < FLOOD_CALLS && !stop) {
-        size_t hl = raw_header(h, sizeof h, 3 /* command */, (uint64_t)sent + 1, NODE_COMMAND);
+        size_t hl = raw_head(h, sizeof h, 3 /* command */, (uint64_t)sent + 1, NODE_COMMAND, F->params, F->plen);
         bool full = false;
-        if (zmq_send(F->sock, h, hl, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0) {
-            zmq_send(F->sock, F->params, F->plen, 0); /* the rest of a message is never refused */
+        if (hl && zmq_send(F->sock, h, hl, ZMQ_DONTWAIT) >= 0) {
             sent++;
         } else if (errno == EAGAIN) { /* the pipe is full: wait, but look at stop */
             zmq_pollitem_t it = {F->sock, 0, ZMQ_POLLOUT, 0};
@@ -654,13 +659,12 @@ static void fair_down(env *e, fair *F, bres *r)
     if (F->flooding)
         pthread_join(F->flood_th, NULL);
     if (F->sock) { /* say goodbye, so that the broker drops what it keeps for us */
-        uint8_t h[64];
+        uint8_t h[128];
         static const uint8_t empty_map[] = {0xa0};
         int ms = 1000;
-        size_t hl = raw_header(h, sizeof h, 6 /* bye */, 0, "");
+        size_t hl = raw_head(h, sizeof h, 6 /* bye */, 0, "", empty_map, 1);
         zmq_setsockopt(F->sock, ZMQ_SNDTIMEO, &ms, sizeof ms);
-        if (zmq_send(F->sock, h, hl, ZMQ_SNDMORE) >= 0)
-            zmq_send(F->sock, empty_map, 1, 0);
+        zmq_send(F->sock, h, hl, 0);
         zmq_close(F->sock);
     }
     if (F->ctx)

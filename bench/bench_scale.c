@@ -7,7 +7,7 @@
  * sockets, one context per helper process ("idle-mdg", 5,000 sockets each:
  * a libzmq socket costs two fds and the hard fd limit here is 20,000), that
  * speak just enough of the wire format (src/wire.c) to open a session: a
- * HELLO (header [1, 1, 0, 0, 0, "", 0], params {}) and then the WELCOME.
+ * HELLO (one head frame: header [2, 1, 0, 0, 0, "", 0], params {}) and then the WELCOME.
  * To the broker they are sessions like any other. One real mdg_conn in
  * this process measures the round trip before and while they are held.
  *
@@ -139,9 +139,9 @@ void *raw_dealer(void *ctx, const char *endpoint, const char *server_pk, const c
 
 int raw_hello(void *s)
 {
-    static const uint8_t hello[] = {0x87, 1, 1, 0, 0, 0, 0x60, 0}; /* [1,1,0,0,0,"",0] */
-    static const uint8_t empty_map[] = {0xa0};
-    return zmq_send(s, hello, sizeof hello, ZMQ_SNDMORE) < 0 || zmq_send(s, empty_map, 1, 0) < 0;
+    /* one head frame: the header [2,1,0,0,0,"",0], then the params {} */
+    static const uint8_t hello[] = {0x87, 2, 1, 0, 0, 0, 0x60, 0, 0xa0};
+    return zmq_send(s, hello, sizeof hello, 0) < 0;
 }
 
 /* The first reply on a fresh socket: the WELCOME (mdg) or the echo. */

@@ -86,7 +86,7 @@ typedef struct sender {
     size_t rid_len;
     const char *uid; /* the User-Id our ZAP reply gave the link */
     char who[16];    /* the key's start, for log lines */
-    const zmq_msg_t *header; /* its frame: the link's socket fd, when needed */
+    const zmq_msg_t *header; /* its head frame: the link's socket fd, when needed */
 } sender;
 
 /* The socket of the sender's link (a metadata lookup: not for every message). */
@@ -180,7 +180,27 @@ static void on_inbound(mdg_broker *b, broker_listener *l, peer *p, const sender 
     broker_receive(b, p, in, who);
 }
 
-/* One message off the socket: [routing id, header, params, bulk]. Its
+/* A client of native protocol version 1 (an older libmessidge) cannot
+ * read this version's frames: it is told why in its own framing, a
+ * goodbye [header, params] that ends its connection with the reason. */
+static void goodbye_version_1(broker_listener *l, const uint8_t *rid, size_t rid_len)
+{
+    static const uint8_t bye_v1[] = {0x87, 1, MDG_K_BYE, 0, 0, 0, 0x60, 0}; /* [1, BYE, 0, 0, 0, "", 0] */
+    zmq_msg_t pm;
+    mdg_params *p = mdg_params_new();
+    if (!p || mdg_params_set_str(p, "reason", "this broker speaks native protocol version 2: upgrade libmessidge") ||
+        mdg_wire_encode_params(p, &pm) != 0) {
+        mdg_params_destroy(&p);
+        return;
+    }
+    mdg_params_destroy(&p);
+    if (zmq_send(l->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(l->sock, bye_v1, sizeof bye_v1, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_msg_send(&pm, l->sock, ZMQ_DONTWAIT) < 0)
+        zmq_msg_close(&pm);
+}
+
+/* One message off the socket: [routing id, head, bulk]. Its
  * sender and header are checked, then it is decoded into an mdg_inbound. */
 static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
 {
@@ -199,16 +219,21 @@ static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
     peer *p = peer_of(b, l, s.rid, s.rid_len, s.uid);
 
     mdg_inbound in;
-    if (mdg_wire_decode_header(zmq_msg_data(&f->part[1]), zmq_msg_size(&f->part[1]), &in.h) != 0) {
-        mdg_log(MDG_LOG_WARN, "from %s: %s", s.who, mdg_last_error());
-        broker_send_error(b, s.rid, s.rid_len, p, 0, "", mdg_last_error());
+    if (mdg_inbound_from_head(&in, f, 1) != 0) {
+        if (!in.h.kind) { /* the header did not decode */
+            mdg_log(MDG_LOG_WARN, "from %s: %s", s.who, mdg_last_error());
+            if (mdg_wire_peek_version(zmq_msg_data(&f->part[1]), zmq_msg_size(&f->part[1])) == 1)
+                goodbye_version_1(l, s.rid, s.rid_len);
+            else
+                broker_send_error(b, s.rid, s.rid_len, p, 0, "", mdg_last_error());
+        } else {
+            mdg_log(MDG_LOG_WARN, "'%s' from %s with too many frames dropped", in.h.command, s.who);
+            broker_send_error(b, s.rid, s.rid_len, p, in.h.corr, in.h.command, mdg_last_error());
+        }
+        mdg_inbound_close(&in);
         return;
     }
-    if (mdg_inbound_from_frames(&in, f, 2) != 0) {
-        mdg_log(MDG_LOG_WARN, "'%s' from %s with too many frames dropped", in.h.command, s.who);
-        broker_send_error(b, s.rid, s.rid_len, p, in.h.corr, in.h.command, mdg_last_error());
-        return;
-    }
+    s.header = &in.encoded; /* the head frame moved there */
     on_inbound(b, l, p, &s, &in);
     mdg_inbound_close(&in);
 }

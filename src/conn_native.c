@@ -73,12 +73,17 @@ static int native_secure(mdg_conn *c, void *sock)
 static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
 {
     mdg_header *h = &in->h;
-    if (f->dropped || f->n < 2) {
+    if (f->n < 1) {
         mdg_log(MDG_LOG_WARN, "malformed message from the broker dropped (%d frames)", f->n + f->dropped);
         return -1;
     }
-    if (mdg_wire_decode_header(zmq_msg_data(&f->part[0]), zmq_msg_size(&f->part[0]), h) != 0) {
-        mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
+    int rc = mdg_inbound_from_head(in, f, 0);
+    if (rc && !h->kind) { /* the header did not decode */
+        if (mdg_wire_peek_version(zmq_msg_data(&f->part[0]), zmq_msg_size(&f->part[0])) == 1)
+            conn_fatal(c, MDG_EPROTO, "the broker speaks native protocol version 1 (an older libmessidge); "
+                                      "this one speaks version 2: upgrade the broker");
+        else
+            mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
         return -1;
     }
     if (mdg_kind_sequenced(h->kind) && h->seq == 0 && (h->kind != MDG_K_ERROR || h->corr != 0)) {
@@ -92,7 +97,7 @@ static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
     }
     if (conn_in_order(c, h) != 0)
         return -1;
-    if (mdg_inbound_from_frames(in, f, 1) != 0) {
+    if (rc) { /* counted in order, but more frames than a message has */
         mdg_log(MDG_LOG_WARN, "%s from the broker dropped: %s", mdg_kind_name(h->kind), mdg_last_error());
         return -1;
     }

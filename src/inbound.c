@@ -7,26 +7,34 @@
 
 #include <string.h>
 
-#define TOO_MANY_PARTS "a message has a header, params and at most one bulk frame"
+#define TOO_MANY_PARTS "a message is a head frame (header and params) and at most one bulk frame"
+#define NO_PARAMS "a message's head frame has its params after the header"
 
 void mdg_inbound_init(mdg_inbound *in)
 {
     in->has_encoded = false;
+    in->params_off = 0;
     in->params = NULL;
     in->has_bulk = false;
 }
 
-int mdg_inbound_from_frames(mdg_inbound *in, mdg_frames *f, int first)
+int mdg_inbound_from_head(mdg_inbound *in, mdg_frames *f, int first)
 {
     int nparts = f->n - first;
+    mdg_inbound_init(in);
+    if (nparts < 1)
+        return mdg_fail(MDG_EPROTO, "a message without its head frame");
+    int rc = mdg_wire_decode_head(zmq_msg_data(&f->part[first]), zmq_msg_size(&f->part[first]), &in->h,
+                                  &in->params_off);
+    if (rc) {
+        memset(&in->h, 0, sizeof in->h); /* kind 0: no header */
+        return rc;
+    }
     if (f->dropped || nparts > 2)
         return mdg_fail(MDG_EPROTO, TOO_MANY_PARTS);
-    mdg_inbound_init(in);
-    if (nparts >= 1) {
-        zmq_msg_init(&in->encoded);
-        zmq_msg_move(&in->encoded, &f->part[first]);
-        in->has_encoded = true;
-    }
+    zmq_msg_init(&in->encoded);
+    zmq_msg_move(&in->encoded, &f->part[first]);
+    in->has_encoded = true;
     if (nparts == 2) {
         zmq_msg_init(&in->bulk);
         zmq_msg_move(&in->bulk, &f->part[first + 1]);
@@ -43,9 +51,10 @@ int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out)
         in->params = NULL;
         return 0;
     }
-    if (!in->has_encoded)
-        return mdg_fail(MDG_EPROTO, TOO_MANY_PARTS);
-    int rc = mdg_wire_decode_params(zmq_msg_data(&in->encoded), zmq_msg_size(&in->encoded), out);
+    if (!in->has_encoded || zmq_msg_size(&in->encoded) == in->params_off)
+        return mdg_fail(MDG_EPROTO, NO_PARAMS);
+    int rc = mdg_wire_decode_params((const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off,
+                                    zmq_msg_size(&in->encoded) - in->params_off, out);
     if (rc == 0) {
         zmq_msg_close(&in->encoded);
         in->has_encoded = false;
@@ -62,15 +71,20 @@ int mdg_inbound_take_encoded(mdg_inbound *in, zmq_msg_t *out)
         return rc;
     }
     if (!in->has_encoded)
-        return mdg_fail(MDG_EPROTO, TOO_MANY_PARTS);
-    const uint8_t *data = zmq_msg_data(&in->encoded);
-    size_t len = zmq_msg_size(&in->encoded);
+        return mdg_fail(MDG_EPROTO, NO_PARAMS);
+    const uint8_t *data = (const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off;
+    size_t len = zmq_msg_size(&in->encoded) - in->params_off;
+    if (!len)
+        return mdg_fail(MDG_EPROTO, NO_PARAMS);
     if (mdg_wire_check_cbor(data, len) != 0)
         return MDG_EPROTO;
     if ((data[0] >> 5) != 5) /* CBOR major type 5: a map */
         return mdg_fail(MDG_EPROTO, "params must be a map");
-    zmq_msg_init(out);
-    zmq_msg_move(out, &in->encoded);
+    /* the params alone: copied out of the head frame (a header is small,
+     * but the frame goes on with a new one) */
+    if (zmq_msg_init_size(out, len) != 0)
+        return mdg_fail(MDG_ENOMEM, "out of memory passing params on");
+    memcpy(zmq_msg_data(out), data, len);
     zmq_msg_close(&in->encoded);
     in->has_encoded = false;
     return 0;
@@ -96,6 +110,7 @@ void mdg_inbound_move(mdg_inbound *dst, mdg_inbound *src)
         zmq_msg_move(&dst->encoded, &src->encoded);
         zmq_msg_close(&src->encoded);
         dst->has_encoded = true;
+        dst->params_off = src->params_off;
     }
     dst->params = src->params;
     dst->has_bulk = mdg_inbound_take_bulk(src, &dst->bulk);

@@ -18,7 +18,8 @@
 
 typedef struct mdg_inbound {
     mdg_header h;
-    zmq_msg_t encoded;  /* the params frame as it came (has_encoded) */
+    zmq_msg_t encoded;  /* the head frame as it came (has_encoded)... */
+    size_t params_off;  /* ...whose params start here */
     bool has_encoded;
     mdg_params *params; /* or the params decoded; never both, maybe neither */
     zmq_msg_t bulk;     /* the optional bulk frame (has_bulk) */
@@ -27,11 +28,13 @@ typedef struct mdg_inbound {
 
 /* No params, no bulk; the header is the caller's to fill. */
 void mdg_inbound_init(mdg_inbound *in);
-/* The params and optional bulk of a native message, moved out of f from
- * f->part[first] on (the header is the caller's). MDG_EPROTO, f untouched,
- * when more parts came than params and one bulk. A message without params
- * is taken: the steps that need them refuse it. */
-int mdg_inbound_from_frames(mdg_inbound *in, mdg_frames *f, int first);
+/* A native message from f->part[first] on: its head frame's header
+ * decoded into in->h, the frame kept for its params, and the optional bulk
+ * (frames moved out of f). MDG_EPROTO with the reason when the header does
+ * not decode (in->h is then all zero: kind 0), or when more parts came than a
+ * head and one bulk (in->h is then decoded, for the refusal). Params are
+ * checked by whoever takes them. */
+int mdg_inbound_from_head(mdg_inbound *in, mdg_frames *f, int first);
 /* Take the params decoded (the frame decoded now when that is what came):
  * 0 with *out the caller's, or MDG_EPROTO / MDG_ENOMEM with the reason. */
 int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out);

@@ -75,7 +75,9 @@ static void hdr_uint(hdr_state *s, uint64_t v)
     }
     switch (s->field++) {
     case 0:
-        if (v != MDG_WIRE_VERSION)
+        if (v == 1)
+            s->bad = "protocol version 1: the peer is an older libmessidge (this one speaks version 2)";
+        else if (v != MDG_WIRE_VERSION)
             s->bad = "unsupported protocol version";
         break;
     case 1:
@@ -152,14 +154,13 @@ static const struct cbor_callbacks hdr_callbacks = {
     .undefined = cb_other, .null = cb_other, .boolean = cb_other_b, .indef_break = cb_other,
 };
 
-int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h)
+/* The header at the start of buf; *used gets its length. */
+static int decode_header_at(const void *buf, size_t len, mdg_header *h, size_t *used)
 {
     hdr_state s = {.h = h, .field = -1};
     size_t off = 0;
 
     memset(h, 0, sizeof *h);
-    if (len > MDG_MAX_HEADER)
-        return mdg_fail(MDG_EPROTO, "header frame too large (%zu bytes)", len);
     /* 8 items: the array start and its 7 fields */
     for (int i = 0; i < 8 && !s.bad; i++) {
         struct cbor_decoder_result r =
@@ -170,10 +171,49 @@ int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h)
         if (i == 0 && s.field != 0)
             s.bad = "header must be an array of 7 fields";
     }
-    if (!s.bad && off != len)
-        s.bad = "trailing bytes after the header";
+    if (!s.bad && off > MDG_MAX_HEADER)
+        s.bad = "header too large";
     if (s.bad)
         return mdg_fail(MDG_EPROTO, "bad header: %s", s.bad);
+    *used = off;
+    return 0;
+}
+
+int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h)
+{
+    size_t used;
+    if (len > MDG_MAX_HEADER)
+        return mdg_fail(MDG_EPROTO, "header frame too large (%zu bytes)", len);
+    int rc = decode_header_at(buf, len, h, &used);
+    if (rc == 0 && used != len)
+        return mdg_fail(MDG_EPROTO, "bad header: trailing bytes after the header");
+    return rc;
+}
+
+int mdg_wire_decode_head(const void *buf, size_t len, mdg_header *h, size_t *params_off)
+{
+    return decode_header_at(buf, len, h, params_off);
+}
+
+int mdg_wire_peek_version(const void *buf, size_t len)
+{
+    const uint8_t *b = buf;
+    /* a definite array of 7, then a small uint: 0x87 then 0x00..0x17 */
+    return len >= 2 && b[0] == 0x87 && b[1] <= 0x17 ? b[1] : -1;
+}
+
+int mdg_wire_encode_head(const mdg_header *h, const void *params, size_t params_len, zmq_msg_t *out)
+{
+    uint8_t hbuf[MDG_MAX_HEADER];
+    size_t hlen = mdg_wire_encode_header(h, hbuf, sizeof hbuf);
+    if (!hlen)
+        return mdg_fail(MDG_EINVAL, "header does not encode");
+    if (zmq_msg_init_size(out, hlen + params_len) != 0)
+        return mdg_fail(MDG_ENOMEM, "out of memory encoding a message");
+    uint8_t *d = zmq_msg_data(out);
+    memcpy(d, hbuf, hlen);
+    if (params_len)
+        memcpy(d + hlen, params, params_len);
     return 0;
 }
 
@@ -538,34 +578,44 @@ void mdg_frames_move(mdg_frames *dst, mdg_frames *src)
 int mdg_wire_send(void *sock, const void *rid, size_t rid_len, const mdg_header *h,
                   zmq_msg_t *params, zmq_msg_t *bulk)
 {
-    uint8_t hbuf[MDG_MAX_HEADER];
-    size_t hlen = mdg_wire_encode_header(h, hbuf, sizeof hbuf);
-    int rc = 0;
-
+    zmq_msg_t head;
+    int rc = mdg_wire_encode_head(h, zmq_msg_data(params), zmq_msg_size(params), &head);
+    if (rc) {
+        zmq_msg_close(params);
+        if (bulk)
+            zmq_msg_close(bulk);
+        return rc;
+    }
     /* Only the first part can meet a full queue: then nothing is sent and
      * the caller keeps params and bulk to try again. */
     if (rid && zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto first;
-    if (zmq_send(sock, hbuf, hlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    if (zmq_msg_send(&head, sock, (bulk ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
         if (!rid)
             goto first;
         goto fail;
     }
-    if (zmq_msg_send(params, sock, (bulk ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
-        goto fail;
-    params = NULL;
+    zmq_msg_close(params);
     if (bulk && zmq_msg_send(bulk, sock, ZMQ_DONTWAIT) < 0)
-        goto fail;
+        goto fail_sent_head;
     return 0;
 first:
+    zmq_msg_close(&head);
     if (errno == EAGAIN)
         return MDG_EAGAIN;
+    rc = errno == EHOSTUNREACH ? mdg_fail(MDG_ECLOSED, "peer is not connected")
+                               : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));
+    zmq_msg_close(params);
+    if (bulk)
+        zmq_msg_close(bulk);
+    return rc;
 fail:
+    zmq_msg_close(&head);
+    zmq_msg_close(params);
+fail_sent_head:
     rc = errno == EAGAIN        ? MDG_EAGAIN
          : errno == EHOSTUNREACH ? mdg_fail(MDG_ECLOSED, "peer is not connected")
                                  : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));
-    if (params)
-        zmq_msg_close(params);
     if (bulk)
         zmq_msg_close(bulk);
     return rc;

@@ -1,9 +1,12 @@
 /* wire.h - the native wire format (see docs/protocol.md).
  *
- * A message is 2 or 3 ZMQ frames (plus the routing id at a ROUTER):
- *   header  CBOR array [version, kind, seq, ack, corr, command, flags]
- *   params  CBOR map with text keys
- *   bulk    optional raw bytes, never inside CBOR */
+ * A message is 1 or 2 ZMQ frames (plus the routing id at a ROUTER):
+ *   head    two CBOR items back to back: the header, an array
+ *           [version, kind, seq, ack, corr, command, flags], then the
+ *           params, a map with text keys
+ *   bulk    optional raw bytes, never inside CBOR
+ * One frame for header and params is one CURVE box and one libzmq message
+ * less per message than version 1, which sent them as two frames. */
 #ifndef MDG_WIRE_H
 #define MDG_WIRE_H
 
@@ -11,7 +14,7 @@
 
 #include <zmq.h>
 
-#define MDG_WIRE_VERSION 1
+#define MDG_WIRE_VERSION 2
 #define MDG_MAX_COMMAND 255     /* bytes in a command name */
 #define MDG_MAX_HEADER 512      /* bytes in an encoded header */
 #define MDG_MAX_DEPTH 32        /* nesting of params */
@@ -65,6 +68,18 @@ const char *mdg_kind_name(int kind);
 /* Header <-> bytes. decode returns 0 or MDG_EPROTO with mdg_last_error(). */
 size_t mdg_wire_encode_header(const mdg_header *h, uint8_t *buf, size_t cap);
 int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h);
+/* A head frame: the header at its start, the params after it. 0 with h
+ * decoded and *params_off where the params begin (they are not checked
+ * here); MDG_EPROTO with the reason, which for a header of protocol
+ * version 1 says that the peer is an older libmessidge. */
+int mdg_wire_decode_head(const void *buf, size_t len, mdg_header *h, size_t *params_off);
+/* The protocol version a frame's header claims (its first field), or -1
+ * when it does not start like a header: to answer an older peer in its
+ * own framing. */
+int mdg_wire_peek_version(const void *buf, size_t len);
+/* A new head frame: h encoded, then params (an encoded CBOR map). 0 or
+ * MDG_ENOMEM. */
+int mdg_wire_encode_head(const mdg_header *h, const void *params, size_t params_len, zmq_msg_t *out);
 /* Fill command/command_len from a C string; MDG_EINVAL if too long. */
 int mdg_header_set_command(mdg_header *h, const char *command);
 
@@ -72,7 +87,7 @@ int mdg_header_set_command(mdg_header *h, const char *command);
  * declared lengths that fit in the buffer, definite strings only), without
  * allocating. 0 or MDG_EPROTO with detail. */
 int mdg_wire_check_cbor(const void *buf, size_t len);
-/* Decode a params frame: a CBOR map whose keys are all text. On 0 *out is
+/* Decode params: a CBOR map whose keys are all text. On 0 *out is
  * a new params (the caller's). */
 int mdg_wire_decode_params(const void *buf, size_t len, mdg_params **out);
 /* Encode params (NULL = empty map) into a new zmq message without copying. */
@@ -92,11 +107,11 @@ void mdg_frames_close(mdg_frames *f);
 /* Move all parts from src to dst (src is left empty). */
 void mdg_frames_move(mdg_frames *dst, mdg_frames *src);
 
-/* Send a message: optional routing id (copied), header, params (moved),
- * optional bulk (moved). Non-blocking; returns 0, MDG_EAGAIN (nothing was
- * sent, params and bulk are still the caller's), MDG_ECLOSED for an
- * unroutable peer (ROUTER_MANDATORY) or another error; on those errors
- * params and bulk are closed. */
+/* Send a message: optional routing id (copied), the head frame made of h
+ * and params (an encoded map; taken), optional bulk (moved). Non-blocking;
+ * returns 0, MDG_EAGAIN (nothing was sent, params and bulk are still the
+ * caller's), MDG_ECLOSED for an unroutable peer (ROUTER_MANDATORY) or
+ * another error; on those errors params and bulk are closed. */
 int mdg_wire_send(void *sock, const void *rid, size_t rid_len, const mdg_header *h,
                   zmq_msg_t *params, zmq_msg_t *bulk);
 

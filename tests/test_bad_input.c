@@ -106,10 +106,19 @@ static void raw_close(raw *r)
     mdg_keys_destroy(&r->keys);
 }
 
-/* Send n frames as one message. */
+/* Send a message of n parts: the first two (header and params) as its
+ * head frame, the rest as frames of their own (n == 1: a head frame with
+ * the header alone). */
 static void raw_frames(raw *r, int n, const void *const *data, const size_t *len)
 {
-    for (int i = 0; i < n; i++)
+    size_t hl = len[0] + (n > 1 ? len[1] : 0);
+    uint8_t *head = malloc(hl ? hl : 1);
+    memcpy(head, data[0], len[0]);
+    if (n > 1)
+        memcpy(head + len[0], data[1], len[1]);
+    zmq_send(r->sock, head, hl, n > 2 ? ZMQ_SNDMORE : 0);
+    free(head);
+    for (int i = 2; i < n; i++)
         zmq_send(r->sock, data[i], len[i], i < n - 1 ? ZMQ_SNDMORE : 0);
 }
 
@@ -150,9 +159,10 @@ static int raw_recv_any(raw *r, mdg_header *h, mdg_params **p, int timeout_ms)
     *p = NULL;
     if (zmq_poll(&it, 1, timeout_ms) <= 0 || mdg_frames_recv(r->sock, &f) != 0)
         return -1;
-    if (f.n < 2 || f.n > 3 || f.dropped ||
-        mdg_wire_decode_header(zmq_msg_data(&f.part[0]), zmq_msg_size(&f.part[0]), h) != 0 ||
-        mdg_wire_decode_params(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), p) != 0)
+    size_t off = 0;
+    if (f.n < 1 || f.n > 2 || f.dropped ||
+        mdg_wire_decode_head(zmq_msg_data(&f.part[0]), zmq_msg_size(&f.part[0]), h, &off) != 0 ||
+        mdg_wire_decode_params((const uint8_t *)zmq_msg_data(&f.part[0]) + off, zmq_msg_size(&f.part[0]) - off, p) != 0)
         rc = -2;
     mdg_frames_close(&f);
     return rc;
@@ -423,7 +433,7 @@ static void test_bad_params(raw *r, mdg_conn *good)
         {"a huge declared length", {0x9b, 0x10, 0, 0, 0, 0, 0, 0, 0, 1}, 10, "declared length"},
         {"an indefinite string", {0xa1, 0x61, 'a', 0x7f, 0xff}, 5, "indefinite"},
         {"duplicate keys", {0xa2, 0x61, 'a', 1, 0x61, 'a', 2}, 7, "duplicate params key 'a'"},
-        {"empty", {0}, 0, "truncated"},
+        {"empty", {0}, 0, "params after the header"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         t_clear_log();
@@ -471,8 +481,8 @@ static void test_bad_params(raw *r, mdg_conn *good)
     GOOD_STILL_WORKS(good);
 }
 
-/* Headers that cannot be read: the broker cannot know the corr, so the
- * sender gets a notice (corr 0). */
+/* Headers that cannot be read (the start of a head frame): the broker
+ * cannot know the corr, so the sender gets a notice (corr 0). */
 static void test_bad_headers(raw *r, mdg_conn *good)
 {
     static const struct {
@@ -483,30 +493,33 @@ static void test_bad_headers(raw *r, mdg_conn *good)
     } cases[] = {
         {"not CBOR", "hello, broker", 13, "bad header"},
         {"empty", "", 0, "not valid CBOR"},
-        {"a string for seq", "\x87\x01\x03\x61x\x00\x01\x64\x65\x63\x68\x6f\x00", 13, "is a string"},
-        {"an int for the command", "\x87\x01\x03\x01\x00\x01\x05\x00", 8, "must be a text string"},
-        {"a negative seq", "\x87\x01\x03\x20\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "wrong type"},
-        {"6 fields", "\x86\x01\x03\x01\x00\x01\x64\x65\x63\x68\x6f", 11, "array of 7"},
-        {"version 2", "\x87\x02\x03\x01\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "version"},
-        {"kind 9", "\x87\x01\x09\x01\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "unknown message kind"},
+        {"a string for seq", "\x87\x02\x03\x61x\x00\x01\x64\x65\x63\x68\x6f\x00", 13, "is a string"},
+        {"an int for the command", "\x87\x02\x03\x01\x00\x01\x05\x00", 8, "must be a text string"},
+        {"a negative seq", "\x87\x02\x03\x20\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "wrong type"},
+        {"6 fields", "\x86\x02\x03\x01\x00\x01\x64\x65\x63\x68\x6f", 11, "array of 7"},
+        {"version 3", "\x87\x03\x03\x01\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "unsupported protocol version"},
+        {"kind 9", "\x87\x02\x09\x01\x00\x01\x64\x65\x63\x68\x6f\x00", 12, "unknown message kind"},
         {"a map", "\xa0", 1, "bad header"},
     };
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) { /* a head frame of these bytes alone */
         t_clear_log();
-        const void *d[] = {cases[k].bytes, "\xa0"};
-        size_t l[] = {cases[k].len, 1};
-        raw_frames(r, 2, d, l);
+        const void *d[] = {cases[k].bytes};
+        size_t l[] = {cases[k].len};
+        raw_frames(r, 1, d, l);
         fprintf(stderr, "  header: %s\n", cases[k].what);
         EXPECT_ERROR(r, 0, NULL, cases[k].text, cases[k].text);
     }
-    /* a header frame over the limit */
-    uint8_t big[MDG_MAX_HEADER + 10];
-    memset(big, 0x60, sizeof big);
+    /* a command name over the limit (255 bytes): 300 */
+    uint8_t big[9 + 300 + 1] = {0x87, 0x02, 0x03, 0x01, 0x00, 0x01, 0x79, 0x01, 0x2c};
+    memset(big + 9, 'a', 300);
+    big[9 + 300] = 0x00;
     const void *d[] = {big, "\xa0"};
     size_t l[] = {sizeof big, 1};
     t_clear_log();
     raw_frames(r, 2, d, l);
-    EXPECT_ERROR(r, 0, NULL, "too large", "too large");
+    EXPECT_ERROR(r, 0, NULL, "command name too long", "command name too long");
+    /* a header decoded, its params missing from the head frame: answered
+     * as the header says (test_frames) */
     RAW_STILL_WORKS(r);
     GOOD_STILL_WORKS(good);
 }
@@ -516,13 +529,13 @@ static void test_frames(raw *r, mdg_conn *good, const mdg_broker *b, const mdg_k
 {
     uint8_t hb[MDG_MAX_HEADER];
 
-    /* only a header frame: no params */
+    /* a head frame with only a header: no params */
     t_clear_log();
     size_t hl = make_header(hb, MDG_K_CMD, ++r->seq, ++r->corr, "echo");
     const void *d1[] = {hb};
     size_t l1[] = {hl};
     raw_frames(r, 1, d1, l1);
-    EXPECT_ERROR(r, r->corr, "echo", "a message has a header, params and at most one bulk frame", "refused");
+    EXPECT_ERROR(r, r->corr, "echo", "its params after the header", "refused");
     RAW_STILL_WORKS(r);
 
     /* header, params, bulk, and one frame too many. A raw client of its
@@ -535,7 +548,7 @@ static void test_frames(raw *r, mdg_conn *good, const mdg_broker *b, const mdg_k
     const void *d4[] = {hb, "\xa0", "bulk", "extra"};
     size_t l4[] = {hl, 1, 4, 5};
     raw_frames(&x, 4, d4, l4);
-    EXPECT_ERROR(&x, x.corr, "echo", "a message has a header, params and at most one bulk frame",
+    EXPECT_ERROR(&x, x.corr, "echo", "a head frame (header and params) and at most one bulk frame",
                  "too many frames");
     /* many frames more: the broker keeps only the first few */
     t_clear_log();
@@ -546,6 +559,84 @@ static void test_frames(raw *r, mdg_conn *good, const mdg_broker *b, const mdg_k
     raw_close(&x);
     RAW_STILL_WORKS(r);
     GOOD_STILL_WORKS(good);
+}
+
+/* Native protocol version 1 (an older libmessidge) on either side: each
+ * side is told why, in words, instead of waiting or guessing. */
+static void test_version_1(const mdg_broker *b, const mdg_keys *bkeys)
+{
+    /* an older client's hello, [header, params] in two frames: the broker
+     * answers with a goodbye in that same framing, with the reason */
+    raw x;
+    raw_open(&x, b, bkeys);
+    static const uint8_t hello_v1[] = {0x87, 1, 1, 0, 0, 0, 0x60, 0}, bye_v1[] = {0x87, 1, 6, 0, 0, 0, 0x60, 0};
+    t_clear_log();
+    zmq_send(x.sock, hello_v1, sizeof hello_v1, ZMQ_SNDMORE);
+    zmq_send(x.sock, "\xa0", 1, 0);
+    zmq_pollitem_t it = {.socket = x.sock, .events = ZMQ_POLLIN};
+    mdg_frames f = {0};
+    mdg_params *p = NULL;
+    const char *reason = "";
+    bool got = zmq_poll(&it, 1, 5000) == 1 && mdg_frames_recv(x.sock, &f) == 0 && f.n == 2 &&
+               zmq_msg_size(&f.part[0]) == sizeof bye_v1 && memcmp(zmq_msg_data(&f.part[0]), bye_v1, sizeof bye_v1) == 0 &&
+               mdg_wire_decode_params(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &p) == 0 &&
+               mdg_params_get_str(p, "reason", &reason) == 0;
+    printf("a version 1 client's hello: goodbye in its own framing, \"%s\"\n", reason);
+    CHECK(got && strstr(reason, "version 2") != NULL);
+    CHECK(t_logged("protocol version 1"));
+    mdg_params_destroy(&p);
+    if (f.n)
+        mdg_frames_close(&f);
+    raw_close(&x);
+
+    /* a client of this version at an older broker, which answers its hello
+     * with an error notice it frames [header, params]: the client fails at
+     * once with the reason, it does not wait for a welcome */
+    mdg_keys *fk = NULL, *ck = NULL;
+    mdg_keys_new(&fk);
+    mdg_keys_new(&ck);
+    void *ctx = zmq_ctx_new(), *rt = zmq_socket(ctx, ZMQ_ROUTER);
+    int one = 1, linger = 0;
+    char ep[64];
+    size_t eplen = sizeof ep;
+    if (zmq_setsockopt(rt, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+        zmq_setsockopt(rt, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(fk), MDG_KEY_BYTES) ||
+        zmq_setsockopt(rt, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(rt, "tcp://127.0.0.1:*") ||
+        zmq_getsockopt(rt, ZMQ_LAST_ENDPOINT, ep, &eplen)) {
+        fprintf(stderr, "cannot make the stand-in broker: %s\n", zmq_strerror(errno));
+        exit(2);
+    }
+    mdg_conn *c = NULL;
+    mdg_conn_options o = {.port = atoi(strrchr(ep, ':') + 1)};
+    CHECK_RC(mdg_conn_new_with_keys(&c, "127.0.0.1", mdg_keys_public(fk), ck, &o), 0);
+    CHECK_RC(mdg_conn_start(c), 0);
+    it.socket = rt;
+    got = zmq_poll(&it, 1, 5000) == 1 && mdg_frames_recv(rt, &f) == 0 && f.n >= 2;
+    CHECK(got);
+    if (got) {
+        static const uint8_t error_v1[] = {0x87, 1, 5, 0, 0, 0, 0x60, 0}; /* [1, ERROR, 0, 0, 0, "", 0] */
+        zmq_msg_t pm;
+        mdg_params *e = mdg_params_new();
+        mdg_params_set_str(e, "error", "bad header: trailing bytes after the header");
+        mdg_params_set_str(e, "command", "");
+        mdg_wire_encode_params(e, &pm);
+        mdg_params_destroy(&e);
+        zmq_msg_send(&f.part[0], rt, ZMQ_SNDMORE); /* its routing id */
+        zmq_send(rt, error_v1, sizeof error_v1, ZMQ_SNDMORE);
+        zmq_msg_send(&pm, rt, 0);
+        mdg_frames_close(&f);
+    }
+    int64_t t0 = mdg_now_ms();
+    CHECK_RC(mdg_conn_wait_until_ready(c, 10000), MDG_EPROTO);
+    printf("this client at a version 1 broker: failed after %lld ms, \"%s\"\n", (long long)(mdg_now_ms() - t0),
+           mdg_last_error());
+    CHECK(strstr(mdg_last_error(), "version 1") != NULL);
+    CHECK(mdg_now_ms() - t0 < 5000);
+    mdg_conn_destroy(&c);
+    zmq_close(rt);
+    zmq_ctx_term(ctx);
+    mdg_keys_destroy(&fk);
+    mdg_keys_destroy(&ck);
 }
 
 /* A command before HELLO: "no session". */
@@ -774,8 +865,9 @@ static void test_client_unnumbered(void)
     zmq_pollitem_t it = {.socket = rt, .events = ZMQ_POLLIN};
     mdg_frames f = {0};
     mdg_header h = {0};
-    bool got = zmq_poll(&it, 1, 5000) == 1 && mdg_frames_recv(rt, &f) == 0 && f.n >= 3 &&
-               mdg_wire_decode_header(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &h) == 0 &&
+    size_t off = 0;
+    bool got = zmq_poll(&it, 1, 5000) == 1 && mdg_frames_recv(rt, &f) == 0 && f.n >= 2 &&
+               mdg_wire_decode_head(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &h, &off) == 0 &&
                h.kind == MDG_K_HELLO;
     CHECK(got);
     if (!got) {
@@ -893,6 +985,7 @@ int main(void)
     test_bad_headers(&r, good);
     test_frames(&r, good, b, bkeys);
     test_no_session(b, bkeys, good);
+    test_version_1(b, bkeys);
     test_forgery(&r, good, gkeys);
     test_node_forgery(b, bkeys, good, gkeys);
     test_unnumbered(b, bkeys, good);

@@ -153,13 +153,12 @@ static void *raw_user(void *ctx, const mdg_broker *b, const mdg_keys *bkeys, con
 static void raw_send(void *s, int kind, uint64_t seq, uint64_t corr, const char *cmd, const mdg_params *p)
 {
     mdg_header h = {.kind = (uint8_t)kind, .seq = seq, .corr = corr};
-    uint8_t buf[MDG_MAX_HEADER];
-    zmq_msg_t pm;
+    zmq_msg_t pm, head;
     mdg_header_set_command(&h, cmd);
-    size_t n = mdg_wire_encode_header(&h, buf, sizeof buf);
-    zmq_send(s, buf, n, ZMQ_SNDMORE);
     mdg_wire_encode_params(p, &pm);
-    zmq_msg_send(&pm, s, 0);
+    mdg_wire_encode_head(&h, zmq_msg_data(&pm), zmq_msg_size(&pm), &head);
+    zmq_msg_close(&pm);
+    zmq_msg_send(&head, s, 0);
 }
 
 /* The node's library logs each pause it is told of: counted here, not

@@ -218,11 +218,10 @@ static void raw_send(void *s, int kind, uint64_t seq, uint64_t corr, const char 
                      const void *params, size_t plen)
 {
     mdg_header h = {.kind = (uint8_t)kind, .seq = seq, .corr = corr};
-    uint8_t buf[MDG_MAX_HEADER];
+    zmq_msg_t head;
     mdg_header_set_command(&h, cmd);
-    size_t n = mdg_wire_encode_header(&h, buf, sizeof buf);
-    zmq_send(s, buf, n, ZMQ_SNDMORE);
-    zmq_send(s, params, plen, 0);
+    mdg_wire_encode_head(&h, params, plen, &head);
+    zmq_msg_send(&head, s, 0);
 }
 
 /* Receive until a message of `kind` (or timeout); returns its header. */
@@ -236,12 +235,14 @@ static bool raw_recv(void *s, int kind, mdg_header *h, char *params_text, size_t
         mdg_frames f;
         if (mdg_frames_recv(s, &f) != 0)
             continue;
-        bool ok = f.n >= 2 && mdg_wire_decode_header(zmq_msg_data(&f.part[0]), zmq_msg_size(&f.part[0]), h) == 0 &&
+        size_t off = 0;
+        bool ok = f.n >= 1 && mdg_wire_decode_head(zmq_msg_data(&f.part[0]), zmq_msg_size(&f.part[0]), h, &off) == 0 &&
                   h->kind == kind;
         if (ok && params_text) {
             mdg_params *p = NULL;
             params_text[0] = '\0';
-            if (mdg_wire_decode_params(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &p) == 0) {
+            if (mdg_wire_decode_params((const uint8_t *)zmq_msg_data(&f.part[0]) + off, zmq_msg_size(&f.part[0]) - off,
+                                       &p) == 0) {
                 char *t = mdg_params_to_text(p);
                 snprintf(params_text, text_len, "%s", t ? t : "");
                 free(t);

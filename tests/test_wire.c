@@ -147,13 +147,46 @@ static void test_header_round_trip(void)
 
     /* the hand-built form decodes the same as the encoder's */
     cb c = {0};
-    c_header(&c, 1, MDG_K_REPLY, 5, 4, 3, "", MDG_F_MORE);
+    c_header(&c, MDG_WIRE_VERSION, MDG_K_REPLY, 5, 4, 3, "", MDG_F_MORE);
     CHECK_RC(mdg_wire_decode_header(c.b, c.n, &d), 0);
     CHECK(d.kind == MDG_K_REPLY && d.seq == 5 && d.ack == 4 && d.corr == 3 && d.flags == MDG_F_MORE);
     /* non-minimal integer encodings are still integers */
-    static const uint8_t wide[] = {0x87, 0x1b, 0, 0, 0, 0, 0, 0, 0, 1, 0x18, 3, 0x19, 0, 1, 0x1a, 0, 0, 0, 2, 0x00, 0x60, 0x00};
+    static const uint8_t wide[] = {0x87, 0x1b, 0, 0, 0, 0, 0, 0, 0, 2, 0x18, 3, 0x19, 0, 1, 0x1a, 0, 0, 0, 2, 0x00, 0x60, 0x00};
     CHECK_RC(mdg_wire_decode_header(wide, sizeof wide, &d), 0);
     CHECK(d.kind == 3 && d.seq == 1 && d.ack == 2);
+}
+
+/* A head frame: the header, then the params, in one frame. */
+static void test_head(void)
+{
+    mdg_header h = {.kind = MDG_K_CMD, .seq = 7, .ack = 3, .corr = 9}, d;
+    mdg_header_set_command(&h, "write_note");
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_str(p, "note", "hello");
+    zmq_msg_t pm, head;
+    CHECK_RC(mdg_wire_encode_params(p, &pm), 0);
+    CHECK_RC(mdg_wire_encode_head(&h, zmq_msg_data(&pm), zmq_msg_size(&pm), &head), 0);
+    size_t off = 0;
+    CHECK_RC(mdg_wire_decode_head(zmq_msg_data(&head), zmq_msg_size(&head), &d, &off), 0);
+    CHECK(d.kind == MDG_K_CMD && d.seq == 7 && d.ack == 3 && d.corr == 9 && strcmp(d.command, "write_note") == 0);
+    CHECK(off + zmq_msg_size(&pm) == zmq_msg_size(&head) &&
+          memcmp((uint8_t *)zmq_msg_data(&head) + off, zmq_msg_data(&pm), zmq_msg_size(&pm)) == 0);
+    mdg_params *back = NULL;
+    const char *note = NULL;
+    CHECK_RC(mdg_wire_decode_params((uint8_t *)zmq_msg_data(&head) + off, zmq_msg_size(&head) - off, &back), 0);
+    CHECK(mdg_params_get_str(back, "note", &note) == 0 && note && strcmp(note, "hello") == 0);
+    /* the header alone is not a header followed by nothing when decoded exactly */
+    CHECK_RC(mdg_wire_decode_header(zmq_msg_data(&head), zmq_msg_size(&head), &d), MDG_EPROTO);
+    CHECK(strstr(mdg_last_error(), "trailing bytes") != NULL);
+    CHECK(mdg_wire_peek_version(zmq_msg_data(&head), zmq_msg_size(&head)) == MDG_WIRE_VERSION);
+    static const uint8_t v1[] = {0x87, 1, 1, 0, 0, 0, 0x60, 0}, junk[] = {0xa0, 0x01};
+    CHECK(mdg_wire_peek_version(v1, sizeof v1) == 1 && mdg_wire_peek_version(junk, sizeof junk) == -1);
+    CHECK_RC(mdg_wire_decode_head(v1, sizeof v1, &d, &off), MDG_EPROTO);
+    CHECK(strstr(mdg_last_error(), "older libmessidge") != NULL);
+    mdg_params_destroy(&back);
+    mdg_params_destroy(&p);
+    zmq_msg_close(&pm);
+    zmq_msg_close(&head);
 }
 
 static void test_header_refused(void)
@@ -165,11 +198,11 @@ static void test_header_refused(void)
     /* array length */
     c = (cb){0};
     c_arr(&c, 6);
-    c_uint(&c, 1); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1); c_str(&c, "x");
+    c_uint(&c, 2); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1); c_str(&c, "x");
     REFUSE_HEADER(&c, "array of 7");
     c = (cb){0};
     c_arr(&c, 8);
-    c_uint(&c, 1); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1); c_str(&c, "x");
+    c_uint(&c, 2); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1); c_str(&c, "x");
     c_uint(&c, 0); c_uint(&c, 0);
     REFUSE_HEADER(&c, "array of 7");
     c = (cb){0};
@@ -178,34 +211,37 @@ static void test_header_refused(void)
 
     /* version and kind */
     c = (cb){0};
-    c_header(&c, 2, MDG_K_CMD, 1, 0, 1, "x", 0);
-    REFUSE_HEADER(&c, "version");
+    c_header(&c, 3, MDG_K_CMD, 1, 0, 1, "x", 0);
+    REFUSE_HEADER(&c, "unsupported protocol version");
+    c = (cb){0};
+    c_header(&c, 1, MDG_K_CMD, 1, 0, 1, "x", 0); /* an older libmessidge: said so */
+    REFUSE_HEADER(&c, "protocol version 1: the peer is an older libmessidge");
     c = (cb){0};
     c_header(&c, 0, MDG_K_CMD, 1, 0, 1, "x", 0);
     REFUSE_HEADER(&c, "version");
     c = (cb){0};
-    c_header(&c, 1, 0, 1, 0, 1, "x", 0);
+    c_header(&c, MDG_WIRE_VERSION, 0, 1, 0, 1, "x", 0);
     REFUSE_HEADER(&c, "unknown message kind");
     c = (cb){0};
-    c_header(&c, 1, MDG_K_MAX + 1, 1, 0, 1, "x", 0);
+    c_header(&c, MDG_WIRE_VERSION, MDG_K_MAX + 1, 1, 0, 1, "x", 0);
     REFUSE_HEADER(&c, "unknown message kind");
     c = (cb){0};
-    c_header(&c, 1, 256 + MDG_K_CMD, 1, 0, 1, "x", 0); /* must not wrap to a valid uint8 */
+    c_header(&c, MDG_WIRE_VERSION, 256 + MDG_K_CMD, 1, 0, 1, "x", 0); /* must not wrap to a valid uint8 */
     REFUSE_HEADER(&c, "unknown message kind");
 
     /* flags wider than 32 bits */
     c = (cb){0};
-    c_header(&c, 1, MDG_K_CMD, 1, 0, 1, "x", 1ULL << 32);
+    c_header(&c, MDG_WIRE_VERSION, MDG_K_CMD, 1, 0, 1, "x", 1ULL << 32);
     REFUSE_HEADER(&c, "flags");
 
     /* a string where an int belongs, an int where the string belongs */
     c = (cb){0};
     c_arr(&c, 7);
-    c_uint(&c, 1); c_uint(&c, 3); c_str(&c, "seq"); c_uint(&c, 0); c_uint(&c, 1); c_str(&c, "x"); c_uint(&c, 0);
+    c_uint(&c, 2); c_uint(&c, 3); c_str(&c, "seq"); c_uint(&c, 0); c_uint(&c, 1); c_str(&c, "x"); c_uint(&c, 0);
     REFUSE_HEADER(&c, "is a string");
     c = (cb){0};
     c_arr(&c, 7);
-    c_uint(&c, 1); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1); c_uint(&c, 9); c_uint(&c, 0);
+    c_uint(&c, 2); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1); c_uint(&c, 9); c_uint(&c, 0);
     REFUSE_HEADER(&c, "must be a text string");
 
     /* negative ints, floats, bools, null, bytes, nested containers, tags */
@@ -227,14 +263,14 @@ static void test_header_refused(void)
         /* put the wrong item in the seq field */
         c = (cb){0};
         c_arr(&c, 7);
-        c_uint(&c, 1); c_uint(&c, 3);
+        c_uint(&c, 2); c_uint(&c, 3);
         c_raw(&c, wrong_items[k], wrong_len[k]);
         c_uint(&c, 0); c_uint(&c, 1); c_str(&c, "x"); c_uint(&c, 0);
         REFUSE_HEADER(&c, "bad header");
         /* and in the command field */
         c = (cb){0};
         c_arr(&c, 7);
-        c_uint(&c, 1); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1);
+        c_uint(&c, 2); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1);
         c_raw(&c, wrong_items[k], wrong_len[k]);
         c_uint(&c, 0);
         REFUSE_HEADER(&c, "bad header");
@@ -245,17 +281,17 @@ static void test_header_refused(void)
     memset(name, 'n', sizeof name);
     name[MDG_MAX_COMMAND + 1] = '\0';
     c = (cb){0};
-    c_header(&c, 1, MDG_K_CMD, 1, 0, 1, name, 0);
+    c_header(&c, MDG_WIRE_VERSION, MDG_K_CMD, 1, 0, 1, name, 0);
     REFUSE_HEADER(&c, "too long");
     c = (cb){0};
     c_arr(&c, 7);
-    c_uint(&c, 1); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1);
+    c_uint(&c, 2); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1);
     c_strn(&c, "ec\0ho", 5);
     c_uint(&c, 0);
     REFUSE_HEADER(&c, "NUL");
     c = (cb){0};
     c_arr(&c, 7);
-    c_uint(&c, 1); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1);
+    c_uint(&c, 2); c_uint(&c, 3); c_uint(&c, 1); c_uint(&c, 0); c_uint(&c, 1);
     c_raw(&c, "\x7f\x61x\xff", 4);
     c_uint(&c, 0);
     REFUSE_HEADER(&c, "bad header");
@@ -598,6 +634,24 @@ static int write_header(const char *dir, const char *name, int kind, uint64_t se
     return write_file(dir, name, buf, mdg_wire_encode_header(&h, buf, sizeof buf));
 }
 
+/* A head frame: the header, then the params {"note": "hello"}. */
+static int write_head(const char *dir, const char *name, int kind, uint64_t seq, const char *command)
+{
+    mdg_header h = {.kind = (uint8_t)kind, .seq = seq, .corr = seq};
+    mdg_params *p = mdg_params_new();
+    zmq_msg_t pm, head;
+    mdg_header_set_command(&h, command);
+    mdg_params_set_str(p, "note", "hello");
+    int rc = mdg_wire_encode_params(p, &pm) || mdg_wire_encode_head(&h, zmq_msg_data(&pm), zmq_msg_size(&pm), &head);
+    mdg_params_destroy(&p);
+    if (rc)
+        return 1;
+    zmq_msg_close(&pm);
+    rc = write_file(dir, name, zmq_msg_data(&head), zmq_msg_size(&head));
+    zmq_msg_close(&head);
+    return rc;
+}
+
 static int write_params(const char *dir, const char *name, mdg_params *p)
 {
     zmq_msg_t m;
@@ -616,10 +670,12 @@ static int write_seeds(const char *dir)
     rc |= write_header(dir, "hdr-cmd", MDG_K_CMD, 1, 1, "write_note", 0);
     rc |= write_header(dir, "hdr-reply-more", MDG_K_REPLY, 70000, 4294967296ULL, "", MDG_F_MORE);
     rc |= write_header(dir, "hdr-error-notice", MDG_K_ERROR, 3, 0, "", 0);
+    rc |= write_head(dir, "head-cmd", MDG_K_CMD, 1, "write_note");
+    rc |= write_head(dir, "head-reply", MDG_K_REPLY, 12, "");
 
     rc |= write_params(dir, "params-empty", NULL);
     mdg_params *p = mdg_params_new();
-    mdg_params_set_int(p, "version", 1);
+    mdg_params_set_int(p, "version", MDG_WIRE_VERSION);
     mdg_params_set_int(p, "ack", 0);
     rc |= write_params(dir, "params-hello", p);
     p = mdg_params_new();
@@ -656,6 +712,7 @@ int main(int argc, char **argv)
         return write_seeds(argv[2]);
     test_header_round_trip();
     test_header_refused();
+    test_head();
     test_check_cbor();
     test_decode_params();
     return t_done("test_wire");
