@@ -21,6 +21,12 @@ static int chan_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_ms
     return p->transport->send(p->broker, p, h, params, bulk);
 }
 
+static int chan_send_frame(void *owner, zmq_msg_t *head)
+{
+    peer *p = owner;
+    return p->transport->send_frame(p->broker, p, head);
+}
+
 static void free_one_kept(mdg_broker *b, peer *p, kept *k)
 {
     if (k->counted)
@@ -37,12 +43,15 @@ static void chan_release(void *owner, mdg_chan_msg *m)
     free_one_kept(p->broker, p, (kept *)m);
 }
 
-static const mdg_chan_ops acking_link = {.send = chan_send, .release = chan_release, .acks = true};
+static const mdg_chan_ops acking_link = {.send = chan_send, .send_frame = chan_send_frame, .release = chan_release,
+                                         .acks = true};
 /* none will come: once libzmq has a message, it is gone */
 static const mdg_chan_ops plain_link = {.send = chan_send, .release = chan_release, .acks = false};
 
 void broker_chan_init(peer *p)
 {
+    /* a transport that acknowledges (native) also takes several messages in
+     * one head frame */
     mdg_chan_init(&p->chan, p->transport->acks ? &acking_link : &plain_link, p);
 }
 

@@ -78,6 +78,9 @@ typedef struct broker_transport {
      * socket; mdg_wire_send's contract (params and bulk taken, but on
      * MDG_EAGAIN). */
     int (*send)(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
+    /* A head frame of several messages (mdg_wire_send_head's contract);
+     * a transport that acknowledges has one, NULL: one message at a time. */
+    int (*send_frame)(mdg_broker *b, peer *p, zmq_msg_t *head);
     /* Whether a session whose link dropped may wait for a resume; NULL:
      * always. */
     bool (*resumable)(const peer *p);

@@ -17,9 +17,16 @@ static int native_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
     return mdg_wire_send(p->listener->sock, p->rid, p->rid_len, h, params, bulk);
 }
 
+static int native_send_frame(mdg_broker *b, peer *p, zmq_msg_t *head)
+{
+    (void)b;
+    return mdg_wire_send_head(p->listener->sock, p->rid, p->rid_len, head);
+}
+
 /* Native peers number and acknowledge their messages and know mdg.flow. */
 static const broker_transport native_transport = {
     .send = native_send,
+    .send_frame = native_send_frame,
     .acks = true,
     .flow = true,
 };
@@ -200,7 +207,8 @@ static void goodbye_version_1(broker_listener *l, const uint8_t *rid, size_t rid
         zmq_msg_close(&pm);
 }
 
-/* One message off the socket: [routing id, head, bulk]. Its
+/* One message off the socket: [routing id, head, bulk], the head frame
+ * holding one or more messages (a bulk frame only after one). Its
  * sender and header are checked, then it is decoded into an mdg_inbound. */
 static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
 {
@@ -219,7 +227,14 @@ static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
     peer *p = peer_of(b, l, s.rid, s.rid_len, s.uid);
 
     mdg_inbound in;
-    if (mdg_inbound_from_head(&in, f, 1) != 0) {
+    size_t off = 0;
+    int rc;
+    while ((rc = mdg_inbound_next(&in, f, 1, &off)) == 0) { /* each message of the head frame, in order */
+        on_inbound(b, l, p, &s, &in);
+        mdg_inbound_close(&in);
+        p = peer_of(b, l, s.rid, s.rid_len, s.uid); /* a hello or a goodbye may have changed it */
+    }
+    if (rc < 0) {
         if (!in.h.kind) { /* the header did not decode */
             mdg_log(MDG_LOG_WARN, "from %s: %s", s.who, mdg_last_error());
             if (mdg_wire_peek_version(zmq_msg_data(&f->part[1]), zmq_msg_size(&f->part[1])) == 1)
@@ -231,11 +246,7 @@ static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
             broker_send_error(b, s.rid, s.rid_len, p, in.h.corr, in.h.command, mdg_last_error());
         }
         mdg_inbound_close(&in);
-        return;
     }
-    s.header = &in.encoded; /* the head frame moved there */
-    on_inbound(b, l, p, &s, &in);
-    mdg_inbound_close(&in);
 }
 
 /* Read a batch from a listener's socket. Connection events first: a

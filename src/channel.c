@@ -1,6 +1,8 @@
 /* channel.c - the reliable numbered channel (see channel.h). */
 #include "channel.h"
 
+#include <stdlib.h>
+
 void mdg_chan_init(mdg_channel *ch, const mdg_chan_ops *ops, void *owner)
 {
     *ch = (mdg_channel){.ops = ops, .owner = owner};
@@ -69,16 +71,74 @@ int mdg_chan_send_now(mdg_channel *ch, mdg_chan_msg *m)
     return 0;
 }
 
+/* How many unsent messages from m on go in one head frame: none with a
+ * bulk frame (that must follow its own head frame alone), within the
+ * batch limits. *bytes: room the frame needs at most. */
+static size_t batchable(const mdg_chan_msg *m, size_t *bytes)
+{
+    size_t n = 0;
+    *bytes = 0;
+    for (; m && !m->has_bulk && n < MDG_CHAN_BATCH && *bytes < MDG_CHAN_BATCH_BYTES; m = m->next, n++)
+        *bytes += MDG_MAX_HEADER + zmq_msg_size((zmq_msg_t *)&m->params);
+    return n;
+}
+
+static void free_frame(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Send n unsent messages from m on as one head frame. */
+static int push_batch(mdg_channel *ch, mdg_chan_msg *m, size_t n, size_t bytes)
+{
+    uint8_t *buf = malloc(bytes);
+    size_t used = 0;
+    zmq_msg_t head;
+    if (!buf)
+        return push(ch, m) == MDG_EAGAIN ? MDG_EAGAIN : 1; /* one at a time then */
+    mdg_chan_msg *x = m;
+    for (size_t i = 0; i < n; i++, x = x->next) {
+        mdg_chan_stamp(ch, &x->h);
+        used += mdg_wire_put_head(buf + used, bytes - used, &x->h, i + 1 < n, zmq_msg_data(&x->params),
+                                  zmq_msg_size(&x->params));
+    }
+    if (zmq_msg_init_data(&head, buf, used, free_frame, NULL) != 0) {
+        free(buf);
+        return push(ch, m) == MDG_EAGAIN ? MDG_EAGAIN : 1;
+    }
+    int rc = ch->ops->send_frame(ch->owner, &head);
+    if (rc == MDG_EAGAIN)
+        zmq_msg_close(&head);
+    else if (rc == 0)
+        mdg_chan_ack_told(ch, m->h.ack);
+    return rc == 0 ? (int)n : rc;
+}
+
 int mdg_chan_flush(mdg_channel *ch)
 {
     while (ch->unsent) {
         mdg_chan_msg *m = ch->unsent;
-        int rc = push(ch, m);
-        if (rc == MDG_EAGAIN)
-            return rc;
-        ch->unsent = m->next;
-        sent(ch, m);
-        if (rc)
+        size_t bytes = 0, n = ch->ops->send_frame ? batchable(m, &bytes) : 1;
+        int rc;
+        if (n == 0) /* a message with bulk goes alone */
+            n = 1;
+        if (n > 1) {
+            rc = push_batch(ch, m, n, bytes);
+            if (rc == MDG_EAGAIN)
+                return rc;
+            n = rc > 0 ? (size_t)rc : n; /* sent as many; or failed as sent */
+        } else {
+            rc = push(ch, m);
+            if (rc == MDG_EAGAIN)
+                return rc;
+        }
+        for (size_t i = 0; i < n; i++) {
+            mdg_chan_msg *s = ch->unsent;
+            ch->unsent = s->next;
+            sent(ch, s);
+        }
+        if (rc < 0)
             return rc;
     }
     return 0;

@@ -25,6 +25,11 @@
  * first one not acknowledged */
 #define MDG_CHAN_ACK_EVERY 32
 #define MDG_CHAN_ACK_DELAY_MS 20
+/* Messages waiting for one peer go out together, as one head frame of at
+ * most this many messages and about this many bytes: one CURVE box and one
+ * libzmq message for all of them. Only what already waits is coalesced. */
+#define MDG_CHAN_BATCH 64
+#define MDG_CHAN_BATCH_BYTES (64 << 10)
 
 typedef struct mdg_chan_msg {
     struct mdg_chan_msg *next;
@@ -43,6 +48,10 @@ typedef struct mdg_chan_ops {
     /* A message is done with: acknowledged, or dropped with the session.
      * The owner frees it (and anything it kept beside it). */
     void (*release)(void *owner, mdg_chan_msg *m);
+    /* Hand a head frame of several messages (mdg_wire_put_head) to the link,
+     * same contract as send but for the frame (taken, but on MDG_EAGAIN).
+     * NULL: the link takes one message at a time. */
+    int (*send_frame)(void *owner, zmq_msg_t *head);
     /* The peer acknowledges (native); false for a Messidge 1.x peer. */
     bool acks;
 } mdg_chan_ops;

@@ -223,7 +223,7 @@ static int on_wake(mdg_loop *loop, void *arg, short revents)
         return 0;
     }
     conn_flush(c);
-    if (c->def_head)
+    if (c->def_head || c->rx_left)
         conn_on_socket(loop, c, 0);
     return 0;
 }
@@ -421,7 +421,8 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
         if (!c->sock)
             return mdg_fail(MDG_ECLOSED, "the link to the broker is down");
         zmq_pollitem_t it = {.socket = c->sock, .events = ZMQ_POLLIN};
-        if (zmq_poll(&it, 1, left < 0 ? 100 : (long)(left < 100 ? left : 100)) < 0 && errno != EINTR)
+        long wait = c->rx_left ? 0 : left < 0 ? 100 : (long)(left < 100 ? left : 100);
+        if (zmq_poll(&it, 1, wait) < 0 && errno != EINTR)
             return mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
         pthread_mutex_lock(&c->lock);
         bool closing = c->closing;
@@ -430,15 +431,8 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
             return mdg_fail(MDG_ECLOSED, "connection closing");
         conn_on_keepalive(c->loop, c, 0); /* the loop's timers do not run meanwhile */
         mdg_inbound in;
-        mdg_frames f;
         mdg_inbound_init(&in);
-        while (!pd->done && mdg_frames_recv(c->sock, &f) == 0) {
-            int rc = c->transport->ingest(c, &f, &in);
-            mdg_frames_close(&f);
-            if (rc != 0) {
-                mdg_inbound_close(&in);
-                continue;
-            }
+        while (!pd->done && conn_next_inbound(c, &in)) {
             bool answers_blocking = false;
             if ((in.h.kind == MDG_K_REPLY || in.h.kind == MDG_K_ERROR) && in.h.corr) {
                 pthread_mutex_lock(&c->lock);

@@ -135,6 +135,11 @@ struct mdg_conn {
     int64_t last_tx; /* when we last sent anything (keepalive) */
     int64_t close_deadline;
     deferred *def_head, *def_tail;
+    /* the head frame being read, while messages of it are left (a frame
+     * may hold several): read before the socket is */
+    mdg_frames rx_frames;
+    size_t rx_off;
+    bool rx_left;
     const mdg_cmd *cmds;
     void *cmd_arg;
     mdg_error_fn on_error;
@@ -160,10 +165,12 @@ struct conn_transport {
     /* An unnumbered control message (HELLO, ACK, BYE; params taken, the
      * socket is there); NULL: the protocol has none. */
     void (*control)(mdg_conn *c, int kind, mdg_params *params);
-    /* A message read from the socket, decoded into *in (initialised by the
-     * caller, closed by it either way): 0 to dispatch it; else it was
-     * handled or dropped here. (A transport that numbers its messages puts
-     * each through conn_in_order.) */
+    /* The next message, decoded into *in (initialised by the caller, closed
+     * by it either way): of the frames f read from the socket (taken), or
+     * with f NULL of what is left of the last ones (c->rx_left). 0 to
+     * dispatch it; -1 when it was handled or dropped here; 1 when nothing
+     * is left of the last frames. (A transport that numbers its messages
+     * puts each through conn_in_order.) */
     int (*ingest)(mdg_conn *c, mdg_frames *f, mdg_inbound *in);
     /* A reply or error for one of our calls, or a notice (m taken). */
     void (*on_reply)(mdg_conn *c, mdg_msg *m);
@@ -210,6 +217,8 @@ int conn_in_order(mdg_conn *c, const mdg_header *h);
 void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed, int64_t ack);
 void conn_on_reply(mdg_conn *c, mdg_msg *m);
 void conn_dispatch(mdg_conn *c, mdg_inbound *in);
+bool conn_next_inbound(mdg_conn *c, mdg_inbound *in);
+void conn_drop_rx(mdg_conn *c);
 void conn_defer(mdg_conn *c, mdg_inbound *in);
 bool conn_pop_deferred(mdg_conn *c, mdg_inbound *in);
 int conn_on_socket(mdg_loop *loop, void *arg, short revents);

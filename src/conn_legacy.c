@@ -237,6 +237,8 @@ static int classify_broker_frame(mdg_conn *c, const mdg_legacy_frame *lf, mdg_pa
 static int legacy_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
 {
     mdg_header *h = &in->h;
+    if (!f) /* one message per frame: nothing is ever left */
+        return 1;
     const legacy_state *lg = c->transport_state;
     mdg_legacy_frame lf;
     mdg_params *p = NULL;

@@ -37,6 +37,7 @@ void conn_close_socket(mdg_conn *c, bool discard)
     }
     c->pollout = false;
     c->handshaken = false;
+    conn_drop_rx(c);
 }
 
 /* Time for a new link (after a backoff, or at once for a resync). */

@@ -21,7 +21,17 @@ static int native_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_
     return rc;
 }
 
-static const mdg_chan_ops native_link = {.send = native_send, .release = conn_chan_release, .acks = true};
+static int native_send_frame(void *owner, zmq_msg_t *head)
+{
+    mdg_conn *c = owner;
+    int rc = mdg_wire_send_head(c->sock, NULL, 0, head);
+    if (rc == 0)
+        c->last_tx = mdg_now_ms();
+    return rc;
+}
+
+static const mdg_chan_ops native_link = {
+    .send = native_send, .send_frame = native_send_frame, .release = conn_chan_release, .acks = true};
 
 /* An unnumbered control message, stamped with what we received. */
 static void native_control(mdg_conn *c, int kind, mdg_params *params)
@@ -73,17 +83,31 @@ static int native_secure(mdg_conn *c, void *sock)
 static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
 {
     mdg_header *h = &in->h;
-    if (f->n < 1) {
-        mdg_log(MDG_LOG_WARN, "malformed message from the broker dropped (%d frames)", f->n + f->dropped);
-        return -1;
+    if (f) {
+        if (f->n < 1) {
+            mdg_log(MDG_LOG_WARN, "malformed message from the broker dropped (%d frames)", f->n + f->dropped);
+            return -1;
+        }
+        conn_drop_rx(c);
+        mdg_frames_move(&c->rx_frames, f);
+        c->rx_off = 0;
+        c->rx_left = true;
+    } else if (!c->rx_left) {
+        return 1;
     }
-    int rc = mdg_inbound_from_head(in, f, 0);
-    if (rc && !h->kind) { /* the header did not decode */
-        if (mdg_wire_peek_version(zmq_msg_data(&f->part[0]), zmq_msg_size(&f->part[0])) == 1)
+    mdg_frames *rf = &c->rx_frames;
+    int rc = mdg_inbound_next(in, rf, 0, &c->rx_off);
+    if (rc == 1) {
+        conn_drop_rx(c);
+        return 1;
+    }
+    if (rc && !h->kind) { /* the header did not decode: the rest of the frame is lost */
+        if (mdg_wire_peek_version(zmq_msg_data(&rf->part[0]), zmq_msg_size(&rf->part[0])) == 1)
             conn_fatal(c, MDG_EPROTO, "the broker speaks native protocol version 1 (an older libmessidge); "
                                       "this one speaks version 2: upgrade the broker");
         else
             mdg_log(MDG_LOG_WARN, "from the broker: %s", mdg_last_error());
+        conn_drop_rx(c);
         return -1;
     }
     if (mdg_kind_sequenced(h->kind) && h->seq == 0 && (h->kind != MDG_K_ERROR || h->corr != 0)) {
@@ -99,6 +123,7 @@ static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
         return -1;
     if (rc) { /* counted in order, but more frames than a message has */
         mdg_log(MDG_LOG_WARN, "%s from the broker dropped: %s", mdg_kind_name(h->kind), mdg_last_error());
+        conn_drop_rx(c);
         return -1;
     }
     return 0;

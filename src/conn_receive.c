@@ -300,26 +300,49 @@ int conn_on_socket(mdg_loop *loop, void *arg, short revents)
 {
     mdg_conn *c = arg;
     mdg_inbound in;
-    mdg_frames f;
     mdg_inbound_init(&in);
     if (revents & ZMQ_POLLOUT)
         conn_flush(c);
     void *sock = c->sock;
     for (int i = 0; i < MDG_LOOP_BATCH && !mdg_loop_stopping(loop) && c->sock == sock; i++) {
-        if (conn_pop_deferred(c, &in)) {
-            conn_dispatch(c, &in);
-            mdg_inbound_close(&in);
-            continue;
-        }
-        if (!sock || mdg_frames_recv(sock, &f) != 0)
+        if (!conn_pop_deferred(c, &in) && !conn_next_inbound(c, &in))
             break;
-        if (c->transport->ingest(c, &f, &in) == 0)
-            conn_dispatch(c, &in);
+        conn_dispatch(c, &in);
         mdg_inbound_close(&in);
-        mdg_frames_close(&f);
     }
-    if (c->def_head)
-        mdg_loop_wake(loop); /* come back for what a nested wait left */
+    if (c->def_head || c->rx_left)
+        mdg_loop_wake(loop); /* come back for what a nested wait or a long frame left */
     return 0;
+}
+
+/* The next message, in arrival order: what is left of the last frame
+ * read, then new frames from the socket. False when nothing waits. */
+bool conn_next_inbound(mdg_conn *c, mdg_inbound *in)
+{
+    mdg_frames f;
+    for (;;) {
+        int rc = c->transport->ingest(c, NULL, in);
+        if (rc == 0)
+            return true;
+        mdg_inbound_close(in);
+        if (rc < 0)
+            continue; /* that one was dropped; more may be left */
+        if (!c->sock || mdg_frames_recv(c->sock, &f) != 0)
+            return false;
+        rc = c->transport->ingest(c, &f, in);
+        mdg_frames_close(&f);
+        if (rc == 0)
+            return true;
+        mdg_inbound_close(in);
+    }
+}
+
+/* Forget what is left of the last frame read (its link is gone: the broker
+ * sends again what we did not take). */
+void conn_drop_rx(mdg_conn *c)
+{
+    if (c->rx_left)
+        mdg_frames_close(&c->rx_frames);
+    c->rx_left = false;
 }
 

@@ -13,27 +13,33 @@
 void mdg_inbound_init(mdg_inbound *in)
 {
     in->has_encoded = false;
-    in->params_off = 0;
+    in->params_off = in->params_len = 0;
     in->params = NULL;
     in->has_bulk = false;
 }
 
-int mdg_inbound_from_head(mdg_inbound *in, mdg_frames *f, int first)
+int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, size_t *off)
 {
     int nparts = f->n - first;
     mdg_inbound_init(in);
     if (nparts < 1)
         return mdg_fail(MDG_EPROTO, "a message without its head frame");
-    int rc = mdg_wire_decode_head(zmq_msg_data(&f->part[first]), zmq_msg_size(&f->part[first]), &in->h,
-                                  &in->params_off);
+    zmq_msg_t *head = &f->part[first];
+    size_t size = zmq_msg_size(head), start = *off;
+    if (start >= size && start > 0)
+        return 1;
+    int rc = mdg_wire_read_head(zmq_msg_data(head), size, off, &in->h, &in->params_off, &in->params_len);
     if (rc) {
         memset(&in->h, 0, sizeof in->h); /* kind 0: no header */
+        *off = size;
         return rc;
     }
     if (f->dropped || nparts > 2)
         return mdg_fail(MDG_EPROTO, TOO_MANY_PARTS);
+    if (nparts == 2 && (start > 0 || *off < size))
+        return mdg_fail(MDG_EPROTO, "a bulk frame follows a head frame of one message only");
     zmq_msg_init(&in->encoded);
-    zmq_msg_move(&in->encoded, &f->part[first]);
+    zmq_msg_copy(&in->encoded, head);
     in->has_encoded = true;
     if (nparts == 2) {
         zmq_msg_init(&in->bulk);
@@ -51,10 +57,10 @@ int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out)
         in->params = NULL;
         return 0;
     }
-    if (!in->has_encoded || zmq_msg_size(&in->encoded) == in->params_off)
+    if (!in->has_encoded || !in->params_len)
         return mdg_fail(MDG_EPROTO, NO_PARAMS);
-    int rc = mdg_wire_decode_params((const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off,
-                                    zmq_msg_size(&in->encoded) - in->params_off, out);
+    int rc = mdg_wire_decode_params((const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off, in->params_len,
+                                    out);
     if (rc == 0) {
         zmq_msg_close(&in->encoded);
         in->has_encoded = false;
@@ -73,7 +79,7 @@ int mdg_inbound_take_encoded(mdg_inbound *in, zmq_msg_t *out)
     if (!in->has_encoded)
         return mdg_fail(MDG_EPROTO, NO_PARAMS);
     const uint8_t *data = (const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off;
-    size_t len = zmq_msg_size(&in->encoded) - in->params_off;
+    size_t len = in->params_len;
     if (!len)
         return mdg_fail(MDG_EPROTO, NO_PARAMS);
     if (mdg_wire_check_cbor(data, len) != 0)
@@ -111,6 +117,7 @@ void mdg_inbound_move(mdg_inbound *dst, mdg_inbound *src)
         zmq_msg_close(&src->encoded);
         dst->has_encoded = true;
         dst->params_off = src->params_off;
+        dst->params_len = src->params_len;
     }
     dst->params = src->params;
     dst->has_bulk = mdg_inbound_take_bulk(src, &dst->bulk);

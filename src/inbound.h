@@ -19,7 +19,8 @@
 typedef struct mdg_inbound {
     mdg_header h;
     zmq_msg_t encoded;  /* the head frame as it came (has_encoded)... */
-    size_t params_off;  /* ...whose params start here */
+    size_t params_off;  /* ...whose params start here... */
+    size_t params_len;  /* ...and are this long */
     bool has_encoded;
     mdg_params *params; /* or the params decoded; never both, maybe neither */
     zmq_msg_t bulk;     /* the optional bulk frame (has_bulk) */
@@ -28,13 +29,16 @@ typedef struct mdg_inbound {
 
 /* No params, no bulk; the header is the caller's to fill. */
 void mdg_inbound_init(mdg_inbound *in);
-/* A native message from f->part[first] on: its head frame's header
- * decoded into in->h, the frame kept for its params, and the optional bulk
- * (frames moved out of f). MDG_EPROTO with the reason when the header does
- * not decode (in->h is then all zero: kind 0), or when more parts came than a
- * head and one bulk (in->h is then decoded, for the refusal). Params are
- * checked by whoever takes them. */
-int mdg_inbound_from_head(mdg_inbound *in, mdg_frames *f, int first);
+/* The next message of a native message's frames, f->part[first] on: a
+ * head frame of one or more messages, then a bulk frame only after a head
+ * frame of one. *off is where the next message starts in the head frame (0
+ * at first). 0 with in holding the message (its header decoded, the head
+ * frame shared for its params, the bulk moved out of f); 1 when the frame
+ * has no more; MDG_EPROTO with the reason when the header does not decode
+ * (in->h is then all zero: kind 0; the rest of the frame is lost), or when
+ * the frames are not a head and at most one bulk (in->h is then decoded,
+ * for the refusal). Params are checked by whoever takes them. */
+int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, size_t *off);
 /* Take the params decoded (the frame decoded now when that is what came):
  * 0 with *out the caller's, or MDG_EPROTO / MDG_ENOMEM with the reason. */
 int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out);

@@ -195,6 +195,41 @@ int mdg_wire_decode_head(const void *buf, size_t len, mdg_header *h, size_t *par
     return decode_header_at(buf, len, h, params_off);
 }
 
+static int cbor_item_len(const void *buf, size_t len, size_t *used);
+
+int mdg_wire_read_head(const void *buf, size_t len, size_t *off, mdg_header *h, size_t *params_off,
+                       size_t *params_len)
+{
+    size_t used;
+    int rc = decode_header_at((const uint8_t *)buf + *off, len - *off, h, &used);
+    if (rc)
+        return rc;
+    size_t ps = *off + used;
+    if (h->flags & MDG_F_NEXT) {
+        if ((rc = cbor_item_len((const uint8_t *)buf + ps, len - ps, params_len)) != 0)
+            return rc;
+        h->flags &= ~(uint32_t)MDG_F_NEXT;
+    } else {
+        *params_len = len - ps;
+    }
+    *params_off = ps;
+    *off = ps + *params_len;
+    return 0;
+}
+
+size_t mdg_wire_put_head(uint8_t *buf, size_t cap, const mdg_header *h, bool next, const void *params,
+                         size_t params_len)
+{
+    mdg_header nh = *h;
+    nh.flags = next ? nh.flags | MDG_F_NEXT : nh.flags & ~(uint32_t)MDG_F_NEXT;
+    size_t n = mdg_wire_encode_header(&nh, buf, cap);
+    if (!n || cap - n < params_len)
+        return 0;
+    if (params_len)
+        memcpy(buf + n, params, params_len);
+    return n + params_len;
+}
+
 int mdg_wire_peek_version(const void *buf, size_t len)
 {
     const uint8_t *b = buf;
@@ -329,8 +364,9 @@ static const struct cbor_callbacks check_callbacks = {
     .undefined = ck_leaf, .null = ck_leaf, .boolean = ck_b, .indef_break = ck_break,
 };
 
-/* The check, also telling whether half floats were seen. */
-static int check_cbor(const void *buf, size_t len, bool *halves)
+/* The check of the one item at buf's start (*used: its length; trailing
+ * bytes allowed), also telling whether half floats were seen. */
+static int check_item(const void *buf, size_t len, bool *halves, size_t *used)
 {
     check_state s = {.depth = 0, .left = {1}};
     size_t off = 0;
@@ -347,10 +383,25 @@ static int check_cbor(const void *buf, size_t len, bool *halves)
     }
     if (s.bad)
         return mdg_fail(MDG_EPROTO, "refused CBOR: %s", s.bad);
-    if (off != len)
-        return mdg_fail(MDG_EPROTO, "trailing bytes after CBOR item");
     *halves = s.halves;
+    *used = off;
     return 0;
+}
+
+/* The check, also telling whether half floats were seen. */
+static int check_cbor(const void *buf, size_t len, bool *halves)
+{
+    size_t used;
+    int rc = check_item(buf, len, halves, &used);
+    if (rc == 0 && used != len)
+        return mdg_fail(MDG_EPROTO, "trailing bytes after CBOR item");
+    return rc;
+}
+
+static int cbor_item_len(const void *buf, size_t len, size_t *used)
+{
+    bool halves;
+    return check_item(buf, len, &halves, used);
 }
 
 int mdg_wire_check_cbor(const void *buf, size_t len)
@@ -618,5 +669,20 @@ fail_sent_head:
                                  : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));
     if (bulk)
         zmq_msg_close(bulk);
+    return rc;
+}
+
+int mdg_wire_send_head(void *sock, const void *rid, size_t rid_len, zmq_msg_t *head)
+{
+    if ((!rid || zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0) &&
+        zmq_msg_send(head, sock, ZMQ_DONTWAIT) >= 0)
+        return 0;
+    if (errno == EAGAIN && !rid)
+        return MDG_EAGAIN; /* nothing went: head is still the caller's */
+    int rc = errno == EAGAIN        ? MDG_EAGAIN
+             : errno == EHOSTUNREACH ? mdg_fail(MDG_ECLOSED, "peer is not connected")
+                                     : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));
+    if (rc != MDG_EAGAIN)
+        zmq_msg_close(head);
     return rc;
 }

@@ -45,6 +45,9 @@ enum mdg_kind {
 
 enum mdg_header_flags {
     MDG_F_MORE = 1u << 0, /* a reply on a long-term channel: more follow */
+    /* framing only, never seen past the decoder: another message follows
+     * this one's params in the same head frame */
+    MDG_F_NEXT = 1u << 1,
 };
 
 typedef struct mdg_header {
@@ -73,6 +76,18 @@ int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h);
  * here); MDG_EPROTO with the reason, which for a header of protocol
  * version 1 says that the peer is an older libmessidge. */
 int mdg_wire_decode_head(const void *buf, size_t len, mdg_header *h, size_t *params_off);
+/* The message at *off of a head frame of one or more: h decoded (without
+ * MDG_F_NEXT), its params at *params_off, *params_len bytes, and *off moved
+ * to the next message or the frame's end. A message marked MDG_F_NEXT has
+ * its params walked (mdg_wire_check_cbor's limits) to find where the next
+ * begins; the last one's params are the rest of the frame. MDG_EPROTO with
+ * the reason: the rest of the frame cannot be read. */
+int mdg_wire_read_head(const void *buf, size_t len, size_t *off, mdg_header *h, size_t *params_off,
+                       size_t *params_len);
+/* Write one message of a head frame at buf: h (MDG_F_NEXT set when next),
+ * then params. Bytes written, or 0 when cap is too small. */
+size_t mdg_wire_put_head(uint8_t *buf, size_t cap, const mdg_header *h, bool next, const void *params,
+                         size_t params_len);
 /* The protocol version a frame's header claims (its first field), or -1
  * when it does not start like a header: to answer an older peer in its
  * own framing. */
@@ -114,5 +129,8 @@ void mdg_frames_move(mdg_frames *dst, mdg_frames *src);
  * another error; on those errors params and bulk are closed. */
 int mdg_wire_send(void *sock, const void *rid, size_t rid_len, const mdg_header *h,
                   zmq_msg_t *params, zmq_msg_t *bulk);
+/* Send a head frame already made (several messages, no bulk): the same
+ * contract, head in place of params. */
+int mdg_wire_send_head(void *sock, const void *rid, size_t rid_len, zmq_msg_t *head);
 
 #endif

@@ -1,9 +1,11 @@
 /* test_channel.c - the reliable numbered channel on its own, with a link
  * the test controls: numbering, a full link, acknowledgement, resend after
- * a resume in order, reset, the receive verdicts, and a peer that never
- * acknowledges (1.x). The end-to-end behaviour over real sockets is in
+ * a resume in order, reset, the receive verdicts, a peer that never
+ * acknowledges (1.x), and messages waiting together going out as one head
+ * frame that reads back as those messages in order. The end-to-end behaviour over real sockets is in
  * test_reliability, test_restart and test_links. */
 #include "channel.h"
+#include "inbound.h"
 #include "testutil.h"
 
 typedef struct test_link {
@@ -50,8 +52,103 @@ static mdg_chan_msg *new_msg(void)
 static const mdg_chan_ops native = {.send = fake_send, .release = fake_release, .acks = true};
 static const mdg_chan_ops no_acks = {.send = fake_send, .release = fake_release, .acks = false};
 
+/* A link that takes head frames of several messages: the last one kept. */
+static zmq_msg_t last_frame;
+static int frames_sent;
+
+static int frame_send(void *owner, zmq_msg_t *head)
+{
+    (void)owner;
+    zmq_msg_close(&last_frame);
+    zmq_msg_init(&last_frame);
+    zmq_msg_move(&last_frame, head);
+    frames_sent++;
+    return 0;
+}
+
+static void plain_release(void *owner, mdg_chan_msg *m)
+{
+    (void)owner;
+    zmq_msg_close(&m->params);
+    if (m->has_bulk)
+        zmq_msg_close(&m->bulk);
+    free(m);
+}
+
+static int one_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
+{
+    (void)owner;
+    (void)h;
+    zmq_msg_close(params);
+    if (bulk)
+        zmq_msg_close(bulk);
+    frames_sent++;
+    return 0;
+}
+
+static const mdg_chan_ops batching = {.send = one_send, .send_frame = frame_send, .release = plain_release,
+                                      .acks = true};
+
+static mdg_chan_msg *numbered_reply(int i)
+{
+    mdg_chan_msg *m = calloc(1, sizeof *m);
+    mdg_params *p = mdg_params_new();
+    m->h.kind = MDG_K_REPLY;
+    m->h.corr = (uint64_t)i + 1;
+    m->h.flags = i == 2 ? MDG_F_MORE : 0;
+    mdg_params_set_int(p, "i", i);
+    mdg_wire_encode_params(p, &m->params);
+    mdg_params_destroy(&p);
+    return m;
+}
+
+static void test_batches(void)
+{
+    mdg_channel ch;
+    mdg_chan_init(&ch, &batching, NULL);
+    zmq_msg_init(&last_frame);
+    for (int i = 0; i < 5; i++)
+        mdg_chan_append(&ch, numbered_reply(i));
+    CHECK_RC(mdg_chan_flush(&ch), 0);
+    CHECK(frames_sent == 1 && !mdg_chan_pending(&ch) && ch.len == 5);
+    /* the frame reads back as the five, in order, MORE kept, NEXT gone */
+    mdg_frames f = {.n = 1};
+    zmq_msg_init(&f.part[0]);
+    zmq_msg_copy(&f.part[0], &last_frame);
+    size_t off = 0;
+    mdg_inbound in;
+    int rc, k = 0, in_order = 0;
+    while ((rc = mdg_inbound_next(&in, &f, 0, &off)) == 0) {
+        mdg_params *p = NULL;
+        int64_t v = -1;
+        mdg_inbound_take_params(&in, &p);
+        mdg_params_get_int(p, "i", &v);
+        in_order += v == k && in.h.seq == (uint64_t)k + 1 && in.h.corr == (uint64_t)k + 1 &&
+                    in.h.flags == (k == 2 ? MDG_F_MORE : 0u);
+        mdg_params_destroy(&p);
+        mdg_inbound_close(&in);
+        k++;
+    }
+    CHECK(rc == 1 && k == 5 && in_order == 5);
+    mdg_frames_close(&f);
+    /* a message with bulk goes alone, and the ones around it in frames */
+    frames_sent = 0;
+    mdg_chan_append(&ch, numbered_reply(5));
+    mdg_chan_msg *b = numbered_reply(6);
+    b->has_bulk = true;
+    zmq_msg_init_size(&b->bulk, 3);
+    mdg_chan_append(&ch, b);
+    mdg_chan_append(&ch, numbered_reply(7));
+    mdg_chan_append(&ch, numbered_reply(8));
+    CHECK_RC(mdg_chan_flush(&ch), 0);
+    CHECK(frames_sent == 3 && !mdg_chan_pending(&ch) && ch.len == 9);
+    mdg_chan_reset(&ch);
+    zmq_msg_close(&last_frame);
+}
+
 int main(void)
 {
+    test_batches();
     test_link l = {.room = 2};
     mdg_channel ch;
     mdg_chan_init(&ch, &native, &l);
