@@ -102,7 +102,7 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     if (!maps || mdg_keys_from_raw(&b->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
         !(b->allow = mdg_map_new()) || !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
         !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
-        !(b->owed_ack = mdg_map_new()) || !(b->backlog = mdg_map_new()) || !(b->holding = mdg_map_new()) ||
+        !(b->owed_ack = mdg_map_new()) || !(b->to_flush = mdg_map_new()) || !(b->backlog = mdg_map_new()) || !(b->holding = mdg_map_new()) ||
         !(b->shares = mdg_map_new()) || !(b->ready = mdg_map_new()) || !(b->ctx = zmq_ctx_new())) {
         mdg_broker_destroy(&b);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the broker");
@@ -440,6 +440,7 @@ static int bind_sockets(mdg_broker *b)
         mdg_loop_timer(b->loop, GRACE_CHECK_MS, true, broker_on_grace_timer, b) < 0)
         return mdg_fail(MDG_ENOMEM, "no room for the broker's timers");
     mdg_loop_on_wake(b->loop, on_wake, b);
+    mdg_loop_on_turn(b->loop, broker_flush_turn, b);
     broker_set_budget(b);
     return 0;
 }
@@ -560,6 +561,7 @@ void mdg_broker_destroy(mdg_broker **pb)
     mdg_map_destroy(&b->by_fd);
     mdg_map_destroy(&b->fwds);
     mdg_map_destroy(&b->owed_ack);
+    mdg_map_destroy(&b->to_flush);
     mdg_map_destroy(&b->backlog);
     mdg_map_destroy(&b->holding);
     mdg_map_destroy(&b->shares);

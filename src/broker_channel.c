@@ -68,6 +68,18 @@ void broker_flush_peer(mdg_broker *b, peer *p)
         broker_detach(b, p, "unroutable");
 }
 
+/* The end of a turn of the loop: what it gave each peer goes out. */
+int broker_flush_turn(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    mdg_broker *b = arg;
+    peer *p;
+    while ((p = mdg_map_pop(b->to_flush)) != NULL)
+        broker_flush_peer(b, p);
+    return 0;
+}
+
 /* The final answer to a call (a reply without MORE, or an error to a
  * corr) is never refused for lack of room: a call the broker took must end
  * in a reply or an error. Their number is bounded by the calls a session
@@ -102,6 +114,10 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
                            size_t limit, const uint8_t *origin)
 {
     if (!mdg_kind_sequenced(h->kind)) {
+        /* never ahead of the numbered ones this turn gave the peer (a
+         * goodbye after the last replies) */
+        if (mdg_map_take(b->to_flush, p->session_id, SESSION_ID_BYTES))
+            broker_flush_peer(b, p);
         h->seq = 0;
         mdg_chan_stamp(&p->chan, h);
         int rc = p->attached ? chan_send(p, h, params, bulk) : mdg_fail(MDG_ECLOSED, "peer is away");
@@ -147,7 +163,10 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
     }
     mdg_chan_append(&p->chan, &k->m);
     h->seq = k->m.h.seq;
-    broker_flush_peer(b, p);
+    /* sent at the end of this turn of the loop, with whatever else the turn
+     * gives this peer: one frame for many, never a wait for a lone one */
+    if (p->attached)
+        mdg_map_put(b->to_flush, p->session_id, SESSION_ID_BYTES, p);
     return 0;
 }
 

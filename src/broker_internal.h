@@ -168,6 +168,7 @@ struct mdg_broker {
     mdg_map *ready;    /* session id -> held peer that may go on now */
     int grace_ms, node_grace_ms, queue_limit, node_window, hold_limit;
     mdg_map *owed_ack; /* session id -> peer owed an ACK */
+    mdg_map *to_flush; /* session id -> peer given messages this turn of the loop */
     mdg_map *backlog;  /* session id -> peer with messages libzmq would not take yet */
     mdg_map *holding;  /* session id -> peer with held messages */
     /* Connections are bounded by descriptors: past max_conns, handshakes
@@ -257,6 +258,7 @@ int broker_on_grace_timer(mdg_loop *loop, void *arg, short revents);
 /* broker_channel.c: each session's numbered messages, both ways */
 void broker_chan_init(peer *p);
 void broker_flush_peer(mdg_broker *b, peer *p);
+int broker_flush_turn(mdg_loop *loop, void *arg, short revents);
 size_t broker_over_limit(const mdg_broker *b, int quarters);
 int broker_send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
 int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk,

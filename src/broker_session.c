@@ -40,6 +40,8 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "%s %s: session closed: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
+    if (mdg_map_take(b->to_flush, p->session_id, SESSION_ID_BYTES))
+        broker_flush_peer(b, p); /* what this turn gave it still goes */
     mdg_map *rids = rids_of(p);
     if (mdg_map_get(rids, p->rid, p->rid_len) == p)
         mdg_map_take(rids, p->rid, p->rid_len);

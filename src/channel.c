@@ -58,19 +58,6 @@ static void sent(mdg_channel *ch, mdg_chan_msg *m)
         mdg_chan_acked(ch, m->h.seq);
 }
 
-int mdg_chan_send_now(mdg_channel *ch, mdg_chan_msg *m)
-{
-    if (ch->unsent)
-        return MDG_EAGAIN;
-    m->h.seq = ch->tx_seq + 1;
-    int rc = push(ch, m);
-    if (rc == MDG_EAGAIN)
-        return rc;
-    keep(ch, m);
-    sent(ch, m);
-    return 0;
-}
-
 /* How many unsent messages from m on go in one head frame: none with a
  * bulk frame (that must follow its own head frame alone), within the
  * batch limits. *bytes: room the frame needs at most. */

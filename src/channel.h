@@ -73,10 +73,6 @@ void mdg_chan_init(mdg_channel *ch, const mdg_chan_ops *ops, void *owner);
 
 /* Number m and keep it (taken); it goes out with the next mdg_chan_flush. */
 void mdg_chan_append(mdg_channel *ch, mdg_chan_msg *m);
-/* Number m and send it now, only when nothing is waiting before it. 0:
- * taken (sent, or kept for a resume when the link failed); MDG_EAGAIN:
- * not taken and not numbered (the link has no room). */
-int mdg_chan_send_now(mdg_channel *ch, mdg_chan_msg *m);
 /* Hand what is unsent to the link, in order. 0 when all went; MDG_EAGAIN
  * when the link is full (the rest waits); another error when the link
  * failed (the message it failed on stays kept, as sent). */

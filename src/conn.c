@@ -228,6 +228,16 @@ static int on_wake(mdg_loop *loop, void *arg, short revents)
     return 0;
 }
 
+/* The end of a turn of the loop: what handlers and callbacks sent during it
+ * goes out together. */
+static int on_turn(mdg_loop *loop, void *arg, short revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_flush(arg);
+    return 0;
+}
+
 static void *conn_thread(void *arg)
 {
     mdg_conn *c = arg;
@@ -263,6 +273,7 @@ int mdg_conn_start(mdg_conn *c)
     if ((rc = conn_open_socket(c)) != 0)
         return rc;
     mdg_loop_on_wake(c->loop, on_wake, c);
+    mdg_loop_on_turn(c->loop, on_turn, c);
     if (mdg_loop_timer(c->loop, c->opts.heartbeat_ms, true, conn_on_keepalive, c) < 0)
         return mdg_fail(MDG_ENOMEM, "no room for the keepalive timer");
     c->state = C_CONNECTING;
@@ -413,8 +424,8 @@ int mdg_conn_send_cb(mdg_conn *c, const char *command, mdg_params *params, const
  * comes, answering other blocking calls' replies and deferring the rest. */
 static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
 {
-    conn_flush(c);
     while (!pd->done) {
+        conn_flush(c); /* the call, and what the replies read here made */
         int64_t left = deadline < 0 ? -1 : deadline - mdg_now_ms();
         if (deadline >= 0 && left <= 0)
             return MDG_ETIMEDOUT;

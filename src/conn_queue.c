@@ -131,9 +131,9 @@ int conn_enqueue(mdg_conn *c, out_item *o)
         c->out_head = o;
     c->out_tail = o;
     pthread_mutex_unlock(&c->lock);
-    if (loop)
-        conn_flush(c);
-    else if (was_empty)
+    /* the loop thread's own (handlers' replies) go at the end of its turn,
+     * together; another thread's wake the loop */
+    if (!loop && was_empty)
         mdg_loop_wake(c->loop);
     return 0;
 }
@@ -212,28 +212,27 @@ static void cannot_send(const char *command)
 void conn_flush(mdg_conn *c)
 {
     int rc = 0;
-    while (c->state == C_READY && (rc = mdg_chan_flush(&c->chan)) != 0 && rc != MDG_EAGAIN)
-        cannot_send("");
-    /* then the queue, a message at a time: taken off it under lock (other
-     * threads append), put back at its head when the link has no room */
-    while (c->state == C_READY && rc != MDG_EAGAIN) {
-        pthread_mutex_lock(&c->lock);
-        out_item *o = c->out_head;
-        if (o && !(c->out_head = (out_item *)o->m.next))
-            c->out_tail = NULL;
-        pthread_mutex_unlock(&c->lock);
-        if (!o)
+    while (c->state == C_READY) {
+        while ((rc = mdg_chan_flush(&c->chan)) != 0 && rc != MDG_EAGAIN)
+            cannot_send("");
+        if (rc == MDG_EAGAIN)
             break;
-        if ((rc = mdg_chan_send_now(&c->chan, &o->m)) == MDG_EAGAIN) {
-            pthread_mutex_lock(&c->lock);
-            o->m.next = c->out_head ? &c->out_head->m : NULL;
-            if (!c->out_head)
-                c->out_tail = o;
-            c->out_head = o;
-            pthread_mutex_unlock(&c->lock);
-        } else if (rc) {
-            cannot_send(o->m.h.command);
+        /* then what the queue holds, a batch at a time: taken off it under
+         * lock (other threads append) into the channel, which numbers them
+         * and sends them together (one frame, one CURVE box) */
+        mdg_chan_msg *batch[MDG_CHAN_BATCH];
+        size_t n = 0;
+        pthread_mutex_lock(&c->lock);
+        for (out_item *o = c->out_head; o && n < MDG_CHAN_BATCH; o = c->out_head) {
+            if (!(c->out_head = (out_item *)o->m.next))
+                c->out_tail = NULL;
+            batch[n++] = &o->m;
         }
+        pthread_mutex_unlock(&c->lock);
+        if (!n)
+            break;
+        for (size_t i = 0; i < n; i++)
+            mdg_chan_append(&c->chan, batch[i]);
     }
     conn_room_made(c);
     want_pollout(c, rc == MDG_EAGAIN);

@@ -45,6 +45,8 @@ struct mdg_loop {
     volatile int stop; /* set from other threads / signal handlers */
     mdg_loop_fn wake_fn;
     void *wake_arg;
+    mdg_loop_fn turn_fn;
+    void *turn_arg;
     bool changed; /* the watch list changed during dispatch: re-poll */
 };
 
@@ -166,6 +168,12 @@ void mdg_loop_cancel(mdg_loop *l, int id)
         l->ntimers--;
 }
 
+void mdg_loop_on_turn(mdg_loop *l, mdg_loop_fn fn, void *arg)
+{
+    l->turn_fn = fn;
+    l->turn_arg = arg;
+}
+
 void mdg_loop_on_wake(mdg_loop *l, mdg_loop_fn fn, void *arg)
 {
     l->wake_fn = fn;
@@ -252,6 +260,8 @@ int mdg_loop_run(mdg_loop *l)
                 return 0;
         }
         if (run_timers(l))
+            break;
+        if (l->turn_fn && l->turn_fn(l, l->turn_arg, 0))
             break;
     }
     return 0;

@@ -33,6 +33,10 @@ void mdg_loop_cancel(mdg_loop *loop, int timer_id);
 
 /* Called on the loop thread after every wake-up (see mdg_loop_wake). */
 void mdg_loop_on_wake(mdg_loop *loop, mdg_loop_fn fn, void *arg);
+/* Called at the end of every turn of the loop, after the callbacks and
+ * timers of that turn and before it polls again (revents 0): what they
+ * produced can go out together. */
+void mdg_loop_on_turn(mdg_loop *loop, mdg_loop_fn fn, void *arg);
 
 /* Run until mdg_loop_stop or a callback returns non-zero. */
 int mdg_loop_run(mdg_loop *loop);

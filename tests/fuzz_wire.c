@@ -8,6 +8,8 @@
  *  - a decoded header re-encodes and decodes to the same fields;
  *  - a head frame's params start after its header, inside the frame, and
  *    a head made again of that header and those params decodes the same;
+ *    a head frame of several messages (MDG_F_NEXT) reads message by
+ *    message, each inside the frame;
  *  - decode_params never accepts what check_cbor refuses;
  *  - decoded params re-encode, decode again, and print the same text;
  *  - a Messidge 1.x frame that parses and opens in clear rebuilds into a
@@ -171,12 +173,30 @@ static void head_round_trip(const uint8_t *data, size_t size)
     zmq_msg_close(&head);
 }
 
+/* The input as a head frame of several messages: each read in turn, its
+ * params inside the frame and after its header, until the frame ends or
+ * one does not read. */
+static void batch_walk(const uint8_t *data, size_t size)
+{
+    size_t off = 0, poff, plen;
+    mdg_header h;
+    for (int n = 0; off < size && n < 1000; n++) {
+        size_t at = off;
+        if (mdg_wire_read_head(data, size, &off, &h, &poff, &plen) != 0)
+            return;
+        if (poff <= at || poff > size || plen > size - poff || off != poff + plen || (h.flags & MDG_F_NEXT))
+            fail("batched message out of its frame", data, size);
+        params_round_trip(data + poff, plen);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     header_round_trip(data, size);
     head_round_trip(data, size);
+    batch_walk(data, size);
     params_round_trip(data, size);
     legacy_round_trip(data, size);
     return 0;

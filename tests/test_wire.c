@@ -652,6 +652,19 @@ static int write_head(const char *dir, const char *name, int kind, uint64_t seq,
     return rc;
 }
 
+/* A head frame of three messages (MDG_F_NEXT on the first two). */
+static int write_batch(const char *dir, const char *name)
+{
+    uint8_t buf[1024];
+    size_t n = 0;
+    static const uint8_t params[] = {0xa1, 0x61, 'i', 0x01};
+    for (int i = 0; i < 3; i++) {
+        mdg_header h = {.kind = MDG_K_REPLY, .seq = (uint64_t)i + 1, .corr = (uint64_t)i + 1};
+        n += mdg_wire_put_head(buf + n, sizeof buf - n, &h, i < 2, params, sizeof params);
+    }
+    return write_file(dir, name, buf, n);
+}
+
 static int write_params(const char *dir, const char *name, mdg_params *p)
 {
     zmq_msg_t m;
@@ -672,6 +685,7 @@ static int write_seeds(const char *dir)
     rc |= write_header(dir, "hdr-error-notice", MDG_K_ERROR, 3, 0, "", 0);
     rc |= write_head(dir, "head-cmd", MDG_K_CMD, 1, "write_note");
     rc |= write_head(dir, "head-reply", MDG_K_REPLY, 12, "");
+    rc |= write_batch(dir, "head-batch");
 
     rc |= write_params(dir, "params-empty", NULL);
     mdg_params *p = mdg_params_new();
