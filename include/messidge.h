@@ -480,9 +480,11 @@ enum mdg_conn_event {
     MDG_EV_DISCONNECTED,  /* the link dropped; reconnecting with backoff */
     MDG_EV_RECOVERED,     /* reconnected and the session resumed: nothing lost */
     MDG_EV_LOST,          /* reconnected but the broker no longer had the
-                             session: pending calls failed (MDG_ECLOSED),
-                             replies to its commands refused (MDG_ECLOSED),
-                             a new session (and resource offer) follows */
+                             session: reported (with the new session's id
+                             already in mdg_conn_session_id) before pending
+                             calls fail (MDG_ECLOSED); replies to its
+                             commands refused (MDG_ECLOSED); a resource
+                             offer follows */
 };
 typedef void (*mdg_event_fn)(mdg_conn *c, int event, const char *detail, void *arg);
 

@@ -64,13 +64,19 @@ void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed
         char why[200];
         snprintf(why, sizeof why, "the broker no longer knew our session (restarted, or away longer "
                                   "than its grace period); %zu unacknowledged message(s) not delivered", lost);
+        /* the new session and the event first: a caller woken by the
+         * failure below already sees both */
+        pthread_mutex_lock(&c->lock);
+        memcpy(c->session_id, sid, len);
+        c->session_id_len = len;
+        pthread_mutex_unlock(&c->lock);
+        conn_event(c, MDG_EV_LOST, why);
         conn_fail_pending(c, MDG_ECLOSED, why);
         pthread_mutex_lock(&c->lock); /* the broker's word on the old session's calls is void */
         while (mdg_map_pop(c->flow))
             ;
         pthread_cond_broadcast(&c->room_cond);
         pthread_mutex_unlock(&c->lock);
-        conn_event(c, MDG_EV_LOST, why);
         ev = 0;
     }
     pthread_mutex_lock(&c->lock);
