@@ -11,6 +11,7 @@
 #include "testutil.h"
 
 #include "internal.h"
+#include "rawpeer.h"
 #include "wire.h"
 
 #include <stdatomic.h>
@@ -67,6 +68,7 @@ typedef struct raw {
     uint64_t corr;   /* last corr we used */
     uint8_t session[64];
     size_t session_len;
+    t_wire_reader rd; /* a frame may hold several messages */
 } raw;
 
 /* A raw client with the given keys (NULL: new ones) and routing id (NULL:
@@ -101,6 +103,7 @@ static void raw_open(raw *r, const mdg_broker *b, const mdg_keys *bkeys)
 
 static void raw_close(raw *r)
 {
+    t_wire_reader_close(&r->rd);
     zmq_close(r->sock);
     zmq_ctx_term(r->ctx);
     mdg_keys_destroy(&r->keys);
@@ -153,18 +156,14 @@ static void raw_cmd(raw *r, const char *command, uint64_t corr, mdg_params *p)
  * what came is not a valid message. */
 static int raw_recv_any(raw *r, mdg_header *h, mdg_params **p, int timeout_ms)
 {
-    zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
-    mdg_frames f;
-    int rc = 0;
+    mdg_inbound in;
     *p = NULL;
-    if (zmq_poll(&it, 1, timeout_ms) <= 0 || mdg_frames_recv(r->sock, &f) != 0)
-        return -1;
-    size_t off = 0;
-    if (f.n < 1 || f.n > 2 || f.dropped ||
-        mdg_wire_decode_head(zmq_msg_data(&f.part[0]), zmq_msg_size(&f.part[0]), h, &off) != 0 ||
-        mdg_wire_decode_params((const uint8_t *)zmq_msg_data(&f.part[0]) + off, zmq_msg_size(&f.part[0]) - off, p) != 0)
-        rc = -2;
-    mdg_frames_close(&f);
+    int rc = t_wire_next(&r->rd, r->sock, &in, timeout_ms);
+    if (rc)
+        return rc;
+    *h = in.h;
+    rc = mdg_inbound_take_params(&in, p) == 0 ? 0 : -2;
+    mdg_inbound_close(&in);
     return rc;
 }
 

@@ -3,6 +3,7 @@
  * broker's own sends, and every bad input of the nodes issue. */
 #include "internal.h"
 #include "testutil.h"
+#include "rawpeer.h"
 #include "wire.h"
 
 #include <stdatomic.h>
@@ -224,36 +225,62 @@ static void raw_send(void *s, int kind, uint64_t seq, uint64_t corr, const char 
     zmq_msg_send(&head, s, 0);
 }
 
+/* Each raw socket's reader: a frame may hold several messages. */
+static struct {
+    void *sock;
+    t_wire_reader rd;
+} readers[4];
+
+static t_wire_reader *reader_of(void *s)
+{
+    for (int i = 0; i < 4; i++)
+        if (readers[i].sock == s)
+            return &readers[i].rd;
+    for (int i = 0; i < 4; i++)
+        if (!readers[i].sock) {
+            readers[i].sock = s;
+            return &readers[i].rd;
+        }
+    fprintf(stderr, "test_nodes: more raw sockets than readers\n");
+    exit(2);
+}
+
 /* Receive until a message of `kind` (or timeout); returns its header. */
 static bool raw_recv(void *s, int kind, mdg_header *h, char *params_text, size_t text_len, int ms)
 {
-    zmq_pollitem_t it = {.socket = s, .events = ZMQ_POLLIN};
     int64_t end = mdg_now_ms() + ms;
     while (mdg_now_ms() < end) {
-        if (zmq_poll(&it, 1, 100) <= 0)
+        mdg_inbound in;
+        int64_t left = end - mdg_now_ms();
+        if (t_wire_next(reader_of(s), s, &in, left > 0 ? (int)left : 0) != 0)
             continue;
-        mdg_frames f;
-        if (mdg_frames_recv(s, &f) != 0)
-            continue;
-        size_t off = 0;
-        bool ok = f.n >= 1 && mdg_wire_decode_head(zmq_msg_data(&f.part[0]), zmq_msg_size(&f.part[0]), h, &off) == 0 &&
-                  h->kind == kind;
+        *h = in.h;
+        bool ok = h->kind == kind;
         if (ok && params_text) {
             mdg_params *p = NULL;
             params_text[0] = '\0';
-            if (mdg_wire_decode_params((const uint8_t *)zmq_msg_data(&f.part[0]) + off, zmq_msg_size(&f.part[0]) - off,
-                                       &p) == 0) {
+            if (mdg_inbound_take_params(&in, &p) == 0) {
                 char *t = mdg_params_to_text(p);
                 snprintf(params_text, text_len, "%s", t ? t : "");
                 free(t);
                 mdg_params_destroy(&p);
             }
         }
-        mdg_frames_close(&f);
+        mdg_inbound_close(&in);
         if (ok)
             return true;
     }
     return false;
+}
+
+/* A raw socket closed: its reader goes too. */
+static void raw_closed(void *s)
+{
+    for (int i = 0; i < 4; i++)
+        if (readers[i].sock == s) {
+            t_wire_reader_close(&readers[i].rd);
+            readers[i].sock = NULL;
+        }
 }
 
 typedef struct blocked_call {
@@ -334,6 +361,7 @@ static void test_fresh_forward_ids(void *ctx)
                    atomic_load(&a.stale) ? "DELIVERED to the new caller" : "refused");
         }
         mdg_conn_destroy(&u);
+        raw_closed(rawn);
         zmq_close(rawn);
         mdg_broker_destroy(&b);
         mdg_keys_destroy(&bk);
@@ -536,6 +564,7 @@ int main(void)
     pthread_create(&caller_t, NULL, blocked_caller, &bc);
     CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
     int64_t t0 = mdg_now_ms();
+    raw_closed(rawn);
     zmq_close(rawn);
     pthread_join(caller_t, NULL);
     CHECK_RC(bc.rc, MDG_EREMOTE);
@@ -588,6 +617,7 @@ int main(void)
 
     test_fresh_forward_ids(ctx);
 
+    raw_closed(rawu);
     zmq_close(rawu);
     zmq_ctx_term(ctx);
     mdg_conn_destroy(&node3);
