@@ -21,8 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* acknowledge at least every ACK_EVERY messages, or ACK_DELAY_MS after the
- * first one not acknowledged */
+/* acknowledge at least every MDG_CHAN_ACK_EVERY messages, or
+ * MDG_CHAN_ACK_DELAY_MS after the first one not acknowledged */
 #define MDG_CHAN_ACK_EVERY 32
 #define MDG_CHAN_ACK_DELAY_MS 20
 /* Messages waiting for one peer go out together, as one head frame of at

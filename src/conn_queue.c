@@ -272,8 +272,9 @@ int conn_on_keepalive(mdg_loop *loop, void *arg, short revents)
     return 0;
 }
 
-/* Acknowledge what we received: at once after ACK_EVERY messages, else a
- * little later unless a message of ours carries the ack first. */
+/* Acknowledge what we received: at once after MDG_CHAN_ACK_EVERY
+ * messages, else a little later unless a message of ours carries the ack
+ * first. */
 void conn_schedule_ack(mdg_conn *c)
 {
     if (mdg_chan_ack_due(&c->chan))
