@@ -76,30 +76,36 @@ static void free_frame(void *data, void *hint)
     free(data);
 }
 
-/* Send n unsent messages from m on as one head frame. */
-static int push_batch(mdg_channel *ch, mdg_chan_msg *m, size_t n, size_t bytes)
+/* Send n unsent messages from m on as one head frame; *n gets how many
+ * went (or count as sent: the link failed), 1 when memory was short and m
+ * went alone. 0, MDG_EAGAIN (nothing went) or the link's error. */
+static int push_batch(mdg_channel *ch, mdg_chan_msg *m, size_t *n, size_t bytes)
 {
     uint8_t *buf = malloc(bytes);
     size_t used = 0;
     zmq_msg_t head;
-    if (!buf)
-        return push(ch, m) == MDG_EAGAIN ? MDG_EAGAIN : 1; /* one at a time then */
-    mdg_chan_msg *x = m;
-    for (size_t i = 0; i < n; i++, x = x->next) {
-        mdg_chan_stamp(ch, &x->h);
-        used += mdg_wire_put_head(buf + used, bytes - used, &x->h, i + 1 < n, zmq_msg_data(&x->params),
-                                  zmq_msg_size(&x->params));
+    if (buf) {
+        mdg_chan_msg *x = m;
+        for (size_t i = 0; i < *n; i++, x = x->next) {
+            mdg_chan_stamp(ch, &x->h);
+            used += mdg_wire_put_head(buf + used, bytes - used, &x->h, i + 1 < *n, zmq_msg_data(&x->params),
+                                      zmq_msg_size(&x->params));
+        }
+        if (zmq_msg_init_data(&head, buf, used, free_frame, NULL) != 0) {
+            free(buf);
+            buf = NULL;
+        }
     }
-    if (zmq_msg_init_data(&head, buf, used, free_frame, NULL) != 0) {
-        free(buf);
-        return push(ch, m) == MDG_EAGAIN ? MDG_EAGAIN : 1;
+    if (!buf) { /* out of memory: one at a time */
+        *n = 1;
+        return push(ch, m);
     }
     int rc = ch->ops->send_frame(ch->owner, &head);
     if (rc == MDG_EAGAIN)
         zmq_msg_close(&head);
     else if (rc == 0)
         mdg_chan_ack_told(ch, m->h.ack);
-    return rc == 0 ? (int)n : rc;
+    return rc;
 }
 
 int mdg_chan_flush(mdg_channel *ch)
@@ -110,22 +116,15 @@ int mdg_chan_flush(mdg_channel *ch)
         int rc;
         if (n == 0) /* a message with bulk goes alone */
             n = 1;
-        if (n > 1) {
-            rc = push_batch(ch, m, n, bytes);
-            if (rc == MDG_EAGAIN)
-                return rc;
-            n = rc > 0 ? (size_t)rc : n; /* sent as many; or failed as sent */
-        } else {
-            rc = push(ch, m);
-            if (rc == MDG_EAGAIN)
-                return rc;
-        }
-        for (size_t i = 0; i < n; i++) {
+        rc = n > 1 ? push_batch(ch, m, &n, bytes) : push(ch, m);
+        if (rc == MDG_EAGAIN)
+            return rc;
+        for (size_t i = 0; i < n; i++) { /* went, or failed as sent: kept for a resume */
             mdg_chan_msg *s = ch->unsent;
             ch->unsent = s->next;
             sent(ch, s);
         }
-        if (rc < 0)
+        if (rc)
             return rc;
     }
     return 0;

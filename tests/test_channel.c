@@ -55,10 +55,15 @@ static const mdg_chan_ops no_acks = {.send = fake_send, .release = fake_release,
 /* A link that takes head frames of several messages: the last one kept. */
 static zmq_msg_t last_frame;
 static int frames_sent;
+static bool frames_fail; /* the link is gone */
 
 static int frame_send(void *owner, zmq_msg_t *head)
 {
     (void)owner;
+    if (frames_fail) {
+        zmq_msg_close(head);
+        return MDG_ECLOSED;
+    }
     zmq_msg_close(&last_frame);
     zmq_msg_init(&last_frame);
     zmq_msg_move(&last_frame, head);
@@ -142,6 +147,17 @@ static void test_batches(void)
     mdg_chan_append(&ch, numbered_reply(8));
     CHECK_RC(mdg_chan_flush(&ch), 0);
     CHECK(frames_sent == 3 && !mdg_chan_pending(&ch) && ch.len == 9);
+    /* a gone link: the whole frame counts as sent, kept for a resume */
+    frames_fail = true;
+    mdg_chan_append(&ch, numbered_reply(9));
+    mdg_chan_append(&ch, numbered_reply(10));
+    CHECK_RC(mdg_chan_flush(&ch), MDG_ECLOSED);
+    CHECK(!mdg_chan_pending(&ch) && ch.len == 11);
+    frames_fail = false;
+    mdg_chan_rewind(&ch); /* after a resume everything kept goes again, in frames */
+    frames_sent = 0;
+    CHECK_RC(mdg_chan_flush(&ch), 0);
+    CHECK(frames_sent == 3); /* 0-5 in one frame, 6 alone with its bulk, 7-10 in one */
     mdg_chan_reset(&ch);
     zmq_msg_close(&last_frame);
 }
