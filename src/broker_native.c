@@ -227,9 +227,9 @@ static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
     peer *p = peer_of(b, l, s.rid, s.rid_len, s.uid);
 
     mdg_inbound in;
-    size_t off = 0;
+    mdg_inbound_cursor at = {0};
     int rc;
-    while ((rc = mdg_inbound_next(&in, f, 1, &off)) == 0) { /* each message of the head frame, in order */
+    while ((rc = mdg_inbound_next(&in, f, 1, &at)) == 0) { /* each message of the head frame, in order */
         on_inbound(b, l, p, &s, &in);
         mdg_inbound_close(&in);
         p = peer_of(b, l, s.rid, s.rid_len, s.uid); /* a hello or a goodbye may have changed it */

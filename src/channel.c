@@ -65,8 +65,8 @@ static size_t batchable(const mdg_chan_msg *m, size_t *bytes)
 {
     size_t n = 0;
     *bytes = 0;
-    for (; m && !m->has_bulk && n < MDG_CHAN_BATCH && *bytes < MDG_CHAN_BATCH_BYTES; m = m->next, n++)
-        *bytes += MDG_MAX_HEADER + zmq_msg_size((zmq_msg_t *)&m->params);
+    for (; m && !m->has_bulk && n < MDG_MAX_BATCH && *bytes < MDG_CHAN_BATCH_BYTES; m = m->next, n++)
+        *bytes += MDG_HEADER_BOUND(m->h.command_len) + zmq_msg_size((zmq_msg_t *)&m->params);
     return n;
 }
 

@@ -138,7 +138,7 @@ struct mdg_conn {
     /* the head frame being read, while messages of it are left (a frame
      * may hold several): read before the socket is */
     mdg_frames rx_frames;
-    size_t rx_off;
+    mdg_inbound_cursor rx_at;
     bool rx_left;
     const mdg_cmd *cmds;
     void *cmd_arg;

@@ -90,13 +90,13 @@ static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
         }
         conn_drop_rx(c);
         mdg_frames_move(&c->rx_frames, f);
-        c->rx_off = 0;
+        c->rx_at = (mdg_inbound_cursor){0};
         c->rx_left = true;
     } else if (!c->rx_left) {
         return 1;
     }
     mdg_frames *rf = &c->rx_frames;
-    int rc = mdg_inbound_next(in, rf, 0, &c->rx_off);
+    int rc = mdg_inbound_next(in, rf, 0, &c->rx_at);
     if (rc == 1) {
         conn_drop_rx(c);
         return 1;

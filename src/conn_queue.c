@@ -220,10 +220,10 @@ void conn_flush(mdg_conn *c)
         /* then what the queue holds, a batch at a time: taken off it under
          * lock (other threads append) into the channel, which numbers them
          * and sends them together (one frame, one CURVE box) */
-        mdg_chan_msg *batch[MDG_CHAN_BATCH];
+        mdg_chan_msg *batch[MDG_MAX_BATCH];
         size_t n = 0;
         pthread_mutex_lock(&c->lock);
-        for (out_item *o = c->out_head; o && n < MDG_CHAN_BATCH; o = c->out_head) {
+        for (out_item *o = c->out_head; o && n < MDG_MAX_BATCH; o = c->out_head) {
             if (!(c->out_head = (out_item *)o->m.next))
                 c->out_tail = NULL;
             batch[n++] = &o->m;

@@ -18,26 +18,33 @@ void mdg_inbound_init(mdg_inbound *in)
     in->has_bulk = false;
 }
 
-int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, size_t *off)
+int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, mdg_inbound_cursor *at)
 {
     int nparts = f->n - first;
     mdg_inbound_init(in);
     if (nparts < 1)
         return mdg_fail(MDG_EPROTO, "a message without its head frame");
     zmq_msg_t *head = &f->part[first];
-    size_t size = zmq_msg_size(head), start = *off;
-    if (start >= size && start > 0)
+    size_t size = zmq_msg_size(head);
+    if (at->count && at->off >= size)
         return 1;
-    int rc = mdg_wire_read_head(zmq_msg_data(head), size, off, &in->h, &in->params_off, &in->params_len);
+    int rc = mdg_wire_read_head(zmq_msg_data(head), size, &at->off, &in->h, &in->params_off, &in->params_len);
     if (rc) {
         memset(&in->h, 0, sizeof in->h); /* kind 0: no header */
-        *off = size;
+        at->off = size;
         return rc;
     }
+    bool alone = ++at->count == 1 && at->off == size;
     if (f->dropped || nparts > 2)
-        return mdg_fail(MDG_EPROTO, TOO_MANY_PARTS);
-    if (nparts == 2 && (start > 0 || *off < size))
-        return mdg_fail(MDG_EPROTO, "a bulk frame follows a head frame of one message only");
+        rc = mdg_fail(MDG_EPROTO, TOO_MANY_PARTS);
+    else if (nparts == 2 && !alone)
+        rc = mdg_fail(MDG_EPROTO, "a bulk frame follows a head frame of one message only");
+    else if (at->count > MDG_MAX_BATCH)
+        rc = mdg_fail(MDG_EPROTO, "more than %d messages in one head frame", MDG_MAX_BATCH);
+    if (rc) {
+        at->off = size;
+        return rc;
+    }
     zmq_msg_init(&in->encoded);
     zmq_msg_copy(&in->encoded, head);
     in->has_encoded = true;

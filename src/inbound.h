@@ -29,16 +29,23 @@ typedef struct mdg_inbound {
 
 /* No params, no bulk; the header is the caller's to fill. */
 void mdg_inbound_init(mdg_inbound *in);
+/* Where reading a head frame has got to; {0} before its first message. */
+typedef struct mdg_inbound_cursor {
+    size_t off;     /* where the next message starts */
+    unsigned count; /* messages read */
+} mdg_inbound_cursor;
+
 /* The next message of a native message's frames, f->part[first] on: a
- * head frame of one or more messages, then a bulk frame only after a head
- * frame of one. *off is where the next message starts in the head frame (0
- * at first). 0 with in holding the message (its header decoded, the head
- * frame shared for its params, the bulk moved out of f); 1 when the frame
- * has no more; MDG_EPROTO with the reason when the header does not decode
- * (in->h is then all zero: kind 0; the rest of the frame is lost), or when
- * the frames are not a head and at most one bulk (in->h is then decoded,
- * for the refusal). Params are checked by whoever takes them. */
-int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, size_t *off);
+ * head frame of one or more messages (at most MDG_MAX_BATCH), then a bulk
+ * frame only after a head frame of one. 0 with in holding the message (its
+ * header decoded, the head frame shared for its params, the bulk moved out
+ * of f); 1 when the frame has no more; MDG_EPROTO with the reason when the
+ * header does not decode (in->h is then all zero: kind 0), or when the
+ * frames are not a head and at most one bulk, or the head holds more than
+ * MDG_MAX_BATCH messages (in->h is then decoded, for the refusal). After
+ * an error the rest of the frame is not read. Params are checked by
+ * whoever takes them. */
+int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, mdg_inbound_cursor *at);
 /* Take the params decoded (the frame decoded now when that is what came):
  * 0 with *out the caller's, or MDG_EPROTO / MDG_ENOMEM with the reason. */
 int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out);

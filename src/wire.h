@@ -22,6 +22,12 @@
  * about 70 bytes of memory per item, so a frame of one-byte items would
  * cost 70 times its size to decode. Bulk data belongs in the bulk frame. */
 #define MDG_MAX_ITEMS (1u << 18)
+/* Messages in one head frame (MDG_F_NEXT). A receiver refuses the rest of
+ * a longer frame: one peer's frame must not hold a loop for long. */
+#define MDG_MAX_BATCH 64
+/* The most bytes a header with a command of len bytes encodes to: the
+ * array, five uints of at most 9 bytes, the text's length and the flags. */
+#define MDG_HEADER_BOUND(len) (1 + 2 + 5 * 9 + 3 + (size_t)(len))
 /* One frame, at both ends (ZMQ_MAXMSGSIZE: libzmq drops the connection of
  * a peer that sends more); the broker's max_message may lower it. */
 #define MDG_MAX_FRAME (256LL << 20)

@@ -10,7 +10,7 @@
 
 typedef struct t_wire_reader {
     mdg_frames f; /* the frames being read, while has */
-    size_t off;   /* the next message's place in the head frame */
+    mdg_inbound_cursor at; /* how far the head frame is read */
     bool has;
 } t_wire_reader;
 
@@ -22,7 +22,7 @@ static inline int t_wire_next(t_wire_reader *r, void *sock, mdg_inbound *in, int
     int64_t end = mdg_now_ms() + ms;
     for (;;) {
         if (r->has) {
-            int rc = mdg_inbound_next(in, &r->f, 0, &r->off);
+            int rc = mdg_inbound_next(in, &r->f, 0, &r->at);
             if (rc == 0)
                 return 0;
             mdg_frames_close(&r->f);
@@ -35,7 +35,7 @@ static inline int t_wire_next(t_wire_reader *r, void *sock, mdg_inbound *in, int
         if (zmq_poll(&it, 1, left > 0 ? (long)left : 0) <= 0 || mdg_frames_recv(sock, &r->f) != 0)
             return -1;
         r->has = true;
-        r->off = 0;
+        r->at = (mdg_inbound_cursor){0};
     }
 }
 

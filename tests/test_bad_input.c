@@ -638,6 +638,69 @@ static void test_version_1(const mdg_broker *b, const mdg_keys *bkeys)
     mdg_keys_destroy(&ck);
 }
 
+/* n echo commands, numbered from r's next seq, in one head frame (and a
+ * bulk frame after it when bulk). Returns the first one's corr. */
+static uint64_t raw_batch(raw *r, int n, bool bulk)
+{
+    static uint8_t buf[MDG_MAX_BATCH * 2 * MDG_HEADER_BOUND(4) + 64];
+    static const uint8_t params[] = {0xa1, 0x61, 'i', 0x07}; /* {"i": 7} */
+    size_t len = 0;
+    uint64_t first = r->corr + 1;
+    for (int k = 0; k < n; k++) {
+        mdg_header h = {.kind = MDG_K_CMD, .seq = ++r->seq, .corr = ++r->corr};
+        mdg_header_set_command(&h, "echo");
+        len += mdg_wire_put_head(buf + len, sizeof buf - len, &h, k + 1 < n, params, sizeof params);
+    }
+    zmq_send(r->sock, buf, len, bulk ? ZMQ_SNDMORE : 0);
+    if (bulk)
+        zmq_send(r->sock, "bulk", 4, 0);
+    return first;
+}
+
+/* The replies to n echo commands from corr on, in order. */
+static int replies_in_order(raw *r, uint64_t corr, int n)
+{
+    int ok = 0;
+    for (int k = 0; k < n; k++) {
+        mdg_header h;
+        mdg_params *p = NULL;
+        int64_t i = -1;
+        if (raw_recv(r, &h, &p, 5000) != 0)
+            break;
+        ok += h.kind == MDG_K_REPLY && h.corr == corr + (uint64_t)k && h.seq == r->rx_seq + 1 &&
+              mdg_params_get_int(p, "i", &i) == 0 && i == 7;
+        r->rx_seq = h.seq;
+        mdg_params_destroy(&p);
+    }
+    return ok;
+}
+
+/* Several messages in one head frame (MDG_F_NEXT): each taken in order;
+ * a bulk frame after more than one, or more than MDG_MAX_BATCH, refused
+ * with a clear error, and the sender's session goes on. */
+static void test_batched(raw *r, mdg_conn *good)
+{
+    t_clear_log();
+    uint64_t corr = raw_batch(r, 3, false);
+    CHECK(replies_in_order(r, corr, 3) == 3);
+
+    corr = raw_batch(r, 2, true);
+    EXPECT_ERROR(r, corr, "echo", "a bulk frame follows a head frame of one message only", "too many frames");
+    r->seq -= 2; /* neither was taken: their numbers come again */
+    RAW_STILL_WORKS(r);
+
+    t_clear_log();
+    corr = raw_batch(r, MDG_MAX_BATCH + 1, false);
+    int answered = replies_in_order(r, corr, MDG_MAX_BATCH);
+    printf("a head frame of %d messages: %d answered in order, then: ", MDG_MAX_BATCH + 1, answered);
+    CHECK(answered == MDG_MAX_BATCH);
+    EXPECT_ERROR(r, corr + MDG_MAX_BATCH, "echo", "more than 64 messages in one head frame", "too many frames");
+    printf("refused\n");
+    r->seq -= 1; /* the last was not taken */
+    RAW_STILL_WORKS(r);
+    GOOD_STILL_WORKS(good);
+}
+
 /* A command before HELLO: "no session". */
 static void test_no_session(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn *good)
 {
@@ -983,6 +1046,7 @@ int main(void)
     test_bad_params(&r, good);
     test_bad_headers(&r, good);
     test_frames(&r, good, b, bkeys);
+    test_batched(&r, good);
     test_no_session(b, bkeys, good);
     test_version_1(b, bkeys);
     test_forgery(&r, good, gkeys);

@@ -120,10 +120,10 @@ static void test_batches(void)
     mdg_frames f = {.n = 1};
     zmq_msg_init(&f.part[0]);
     zmq_msg_copy(&f.part[0], &last_frame);
-    size_t off = 0;
+    mdg_inbound_cursor at = {0};
     mdg_inbound in;
     int rc, k = 0, in_order = 0;
-    while ((rc = mdg_inbound_next(&in, &f, 0, &off)) == 0) {
+    while ((rc = mdg_inbound_next(&in, &f, 0, &at)) == 0) {
         mdg_params *p = NULL;
         int64_t v = -1;
         mdg_inbound_take_params(&in, &p);
