@@ -560,6 +560,24 @@ static void test_frames(raw *r, mdg_conn *good, const mdg_broker *b, const mdg_k
     GOOD_STILL_WORKS(good);
 }
 
+/* A stand-in broker: a raw CURVE ROUTER with the secret key of fk, on a
+ * free loopback port (returned), that the test drives frame by frame. */
+static int stand_in_broker(void *ctx, const mdg_keys *fk, void **rt)
+{
+    int one = 1, linger = 0;
+    char ep[64];
+    size_t eplen = sizeof ep;
+    *rt = zmq_socket(ctx, ZMQ_ROUTER);
+    if (!*rt || zmq_setsockopt(*rt, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+        zmq_setsockopt(*rt, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(fk), MDG_KEY_BYTES) ||
+        zmq_setsockopt(*rt, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(*rt, "tcp://127.0.0.1:*") ||
+        zmq_getsockopt(*rt, ZMQ_LAST_ENDPOINT, ep, &eplen)) {
+        fprintf(stderr, "cannot make the stand-in broker: %s\n", zmq_strerror(errno));
+        exit(2);
+    }
+    return atoi(strrchr(ep, ':') + 1);
+}
+
 /* Native protocol version 1 (an older libmessidge) on either side: each
  * side is told why, in words, instead of waiting or guessing. */
 static void test_version_1(const mdg_broker *b, const mdg_keys *bkeys)
@@ -594,19 +612,10 @@ static void test_version_1(const mdg_broker *b, const mdg_keys *bkeys)
     mdg_keys *fk = NULL, *ck = NULL;
     mdg_keys_new(&fk);
     mdg_keys_new(&ck);
-    void *ctx = zmq_ctx_new(), *rt = zmq_socket(ctx, ZMQ_ROUTER);
-    int one = 1, linger = 0;
-    char ep[64];
-    size_t eplen = sizeof ep;
-    if (zmq_setsockopt(rt, ZMQ_CURVE_SERVER, &one, sizeof one) ||
-        zmq_setsockopt(rt, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(fk), MDG_KEY_BYTES) ||
-        zmq_setsockopt(rt, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(rt, "tcp://127.0.0.1:*") ||
-        zmq_getsockopt(rt, ZMQ_LAST_ENDPOINT, ep, &eplen)) {
-        fprintf(stderr, "cannot make the stand-in broker: %s\n", zmq_strerror(errno));
-        exit(2);
-    }
+    void *ctx = zmq_ctx_new(), *rt = NULL;
+    int port = stand_in_broker(ctx, fk, &rt);
     mdg_conn *c = NULL;
-    mdg_conn_options o = {.port = atoi(strrchr(ep, ':') + 1)};
+    mdg_conn_options o = {.port = port};
     CHECK_RC(mdg_conn_new_with_keys(&c, "127.0.0.1", mdg_keys_public(fk), ck, &o), 0);
     CHECK_RC(mdg_conn_start(c), 0);
     it.socket = rt;
@@ -904,20 +913,11 @@ static void test_client_unnumbered(void)
     mdg_keys *fk = NULL, *ck = NULL;
     mdg_keys_new(&fk);
     mdg_keys_new(&ck);
-    void *ctx = zmq_ctx_new(), *rt = zmq_socket(ctx, ZMQ_ROUTER);
-    int one = 1, linger = 0;
-    char ep[64];
-    size_t eplen = sizeof ep;
-    if (zmq_setsockopt(rt, ZMQ_CURVE_SERVER, &one, sizeof one) ||
-        zmq_setsockopt(rt, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(fk), MDG_KEY_BYTES) ||
-        zmq_setsockopt(rt, ZMQ_LINGER, &linger, sizeof linger) || zmq_bind(rt, "tcp://127.0.0.1:*") ||
-        zmq_getsockopt(rt, ZMQ_LAST_ENDPOINT, ep, &eplen)) {
-        fprintf(stderr, "cannot make the stand-in broker: %s\n", zmq_strerror(errno));
-        exit(2);
-    }
+    void *ctx = zmq_ctx_new(), *rt = NULL;
+    int port = stand_in_broker(ctx, fk, &rt);
     notices ns = {.lock = PTHREAD_MUTEX_INITIALIZER};
     mdg_conn *c = NULL;
-    mdg_conn_options o = {.port = atoi(strrchr(ep, ':') + 1)};
+    mdg_conn_options o = {.port = port};
     CHECK_RC(mdg_conn_new_with_keys(&c, "127.0.0.1", mdg_keys_public(fk), ck, &o), 0);
     mdg_conn_register_commands(c, client_cmds, NULL);
     mdg_conn_set_error_handler(c, on_notice, &ns);
