@@ -121,13 +121,11 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
         h->seq = 0;
         mdg_chan_stamp(&p->chan, h);
         int rc = p->attached ? chan_send(p, h, params, bulk) : mdg_fail(MDG_ECLOSED, "peer is away");
-        if (rc == MDG_EAGAIN || (rc && !p->attached)) {
-            zmq_msg_close(params);
-            if (bulk)
-                zmq_msg_close(bulk);
-        } else if (rc == 0) {
+        zmq_msg_close(params);
+        if (bulk && (rc == MDG_EAGAIN || (rc && !p->attached)))
+            zmq_msg_close(bulk);
+        else if (rc == 0)
             mdg_chan_ack_told(&p->chan, h->ack); /* an ACK (or a hello's answer) says it too */
-        }
         return rc;
     }
     if (p->chan.len >= limit) {
@@ -257,8 +255,10 @@ static void ask_resend(mdg_broker *b, peer *p, const char *text)
     mdg_header h = {.kind = MDG_K_ERROR};
     zmq_msg_t pm;
     if (e && p->attached && mdg_params_set_str(e, "error", text) == 0 && mdg_params_set_bool(e, "resync", true) == 0 &&
-        mdg_wire_encode_params(e, &pm) == 0 && p->transport->send(b, p, &h, &pm, NULL) == MDG_EAGAIN)
+        mdg_wire_encode_params(e, &pm) == 0) {
+        p->transport->send(b, p, &h, &pm, NULL);
         zmq_msg_close(&pm);
+    }
     mdg_params_destroy(&e);
 }
 

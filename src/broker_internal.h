@@ -75,7 +75,7 @@ typedef struct peer {
  * ask which protocol a peer speaks. */
 typedef struct broker_transport {
     /* One message to the peer in its own protocol, on its listener's
-     * socket; mdg_wire_send's contract (params and bulk taken, but on
+     * socket; mdg_wire_send's contract (params borrowed, bulk taken but on
      * MDG_EAGAIN). */
     int (*send)(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
     /* A head frame of several messages (mdg_wire_send_head's contract);

@@ -182,14 +182,13 @@ static int legacy_send(mdg_broker *b, peer *p, const mdg_header *h, zmq_msg_t *p
     }
     rc = legacy_emit(p->listener, p->rid, p->rid_len, &out);
     if (rc == MDG_EAGAIN)
-        return rc; /* params and bulk are still the caller's */
+        return rc; /* bulk is still the caller's */
     if (rc == 0 && u && !(h->flags & MDG_F_MORE)) /* the final reply: the call is over */
         mdg_legacy_calls_done(&l->calls, h->corr);
     goto closed;
 consumed:
     rc = 0;
 closed:
-    zmq_msg_close(params);
     if (bulk)
         zmq_msg_close(bulk);
     return rc;

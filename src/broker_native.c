@@ -38,11 +38,9 @@ int broker_native_notice(mdg_broker *b, const uint8_t *rid, size_t rid_len, cons
                          zmq_msg_t *params, zmq_msg_t *bulk)
 {
     int rc = mdg_wire_send(broker_listener_of(b, &broker_native_listener)->sock, rid, rid_len, h, params, bulk);
-    if (rc == MDG_EAGAIN) {
-        zmq_msg_close(params);
-        if (bulk)
-            zmq_msg_close(bulk);
-    }
+    zmq_msg_close(params);
+    if (bulk && rc == MDG_EAGAIN)
+        zmq_msg_close(bulk);
     return rc;
 }
 

@@ -31,17 +31,14 @@ void mdg_chan_append(mdg_channel *ch, mdg_chan_msg *m)
  * acknowledges it. */
 static int push(mdg_channel *ch, mdg_chan_msg *m)
 {
-    zmq_msg_t pm, bm;
-    zmq_msg_init(&pm);
-    zmq_msg_copy(&pm, &m->params);
-    if (m->has_bulk) {
+    zmq_msg_t bm;
+    if (m->has_bulk) { /* libzmq takes it: a copy (a reference, not the bytes) */
         zmq_msg_init(&bm);
         zmq_msg_copy(&bm, &m->bulk);
     }
     mdg_chan_stamp(ch, &m->h);
-    int rc = ch->ops->send(ch->owner, &m->h, &pm, m->has_bulk ? &bm : NULL);
+    int rc = ch->ops->send(ch->owner, &m->h, &m->params, m->has_bulk ? &bm : NULL);
     if (rc == MDG_EAGAIN) {
-        zmq_msg_close(&pm);
         if (m->has_bulk)
             zmq_msg_close(&bm);
     } else if (rc == 0) {

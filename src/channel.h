@@ -39,11 +39,11 @@ typedef struct mdg_chan_msg {
 } mdg_chan_msg;
 
 typedef struct mdg_chan_ops {
-    /* Hand one message to the link (params and bulk are copies, moved in).
-     * 0; MDG_EAGAIN when the link has no room (nothing was sent and the
-     * copies are closed by the channel); another error when the link is
-     * gone (the copies are the callee's to close; the message stays kept
-     * and goes again after a resume). */
+    /* Hand one message to the link: params borrowed (the kept message's),
+     * bulk a copy moved in. 0; MDG_EAGAIN when the link has no room
+     * (nothing was sent; the channel closes the copy); another error when
+     * the link is gone (the copy is the callee's to close; the message
+     * stays kept and goes again after a resume). */
     int (*send)(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);
     /* A message is done with: acknowledged, or dropped with the session.
      * The owner frees it (and anything it kept beside it). */

@@ -171,15 +171,12 @@ static int legacy_send_frame(mdg_conn *c, const mdg_header *h, zmq_msg_t *params
     return 0;
 }
 
-/* The channel's link in legacy mode. params and bulk are copies, always
- * ours to close here: a failure ends the message (nothing is resent in
- * 1.x). */
+/* The channel's link in legacy mode (mdg_chan_ops.send): a failure ends
+ * the message (nothing is resent in 1.x). */
 static int legacy_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
-    mdg_conn *c = owner;
-    int rc = legacy_send_frame(c, h, params, bulk);
-    zmq_msg_close(params);
-    if (bulk)
+    int rc = legacy_send_frame(owner, h, params, bulk);
+    if (bulk && rc != MDG_EAGAIN) /* its bytes went into the 1.x frame */
         zmq_msg_close(bulk);
     return rc;
 }

@@ -632,38 +632,30 @@ int mdg_wire_send(void *sock, const void *rid, size_t rid_len, const mdg_header 
     zmq_msg_t head;
     int rc = mdg_wire_encode_head(h, zmq_msg_data(params), zmq_msg_size(params), &head);
     if (rc) {
-        zmq_msg_close(params);
         if (bulk)
             zmq_msg_close(bulk);
         return rc;
     }
     /* Only the first part can meet a full queue: then nothing is sent and
-     * the caller keeps params and bulk to try again. */
+     * the caller keeps bulk to try again. */
     if (rid && zmq_send(sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto first;
     if (zmq_msg_send(&head, sock, (bulk ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&head);
         if (!rid)
             goto first;
         goto fail;
     }
-    zmq_msg_close(params);
     if (bulk && zmq_msg_send(bulk, sock, ZMQ_DONTWAIT) < 0)
-        goto fail_sent_head;
+        goto fail;
     return 0;
 first:
-    zmq_msg_close(&head);
-    if (errno == EAGAIN)
+    if (errno == EAGAIN) {
+        zmq_msg_close(&head);
         return MDG_EAGAIN;
-    rc = errno == EHOSTUNREACH ? mdg_fail(MDG_ECLOSED, "peer is not connected")
-                               : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));
-    zmq_msg_close(params);
-    if (bulk)
-        zmq_msg_close(bulk);
-    return rc;
-fail:
+    }
     zmq_msg_close(&head);
-    zmq_msg_close(params);
-fail_sent_head:
+fail:
     rc = errno == EAGAIN        ? MDG_EAGAIN
          : errno == EHOSTUNREACH ? mdg_fail(MDG_ECLOSED, "peer is not connected")
                                  : mdg_fail(MDG_ESYS, "send: %s", zmq_strerror(errno));

@@ -129,10 +129,10 @@ void mdg_frames_close(mdg_frames *f);
 void mdg_frames_move(mdg_frames *dst, mdg_frames *src);
 
 /* Send a message: optional routing id (copied), the head frame made of h
- * and params (an encoded map; taken), optional bulk (moved). Non-blocking;
- * returns 0, MDG_EAGAIN (nothing was sent, params and bulk are still the
- * caller's), MDG_ECLOSED for an unroutable peer (ROUTER_MANDATORY) or
- * another error; on those errors params and bulk are closed. */
+ * and params (an encoded map; borrowed: its bytes are copied into the
+ * head), optional bulk (moved). Non-blocking; returns 0, MDG_EAGAIN
+ * (nothing was sent, bulk is still the caller's), MDG_ECLOSED for an
+ * unroutable peer (ROUTER_MANDATORY) or another error (bulk is closed). */
 int mdg_wire_send(void *sock, const void *rid, size_t rid_len, const mdg_header *h,
                   zmq_msg_t *params, zmq_msg_t *bulk);
 /* Send a head frame already made (several messages, no bulk): the same

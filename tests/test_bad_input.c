@@ -897,6 +897,7 @@ static void fake_send(void *rt, const zmq_msg_t *rid, int kind, uint64_t seq, ui
     mdg_wire_encode_params(p, &pm);
     mdg_params_destroy(&p);
     CHECK_RC(mdg_wire_send(rt, zmq_msg_data((zmq_msg_t *)rid), zmq_msg_size((zmq_msg_t *)rid), &h, &pm, NULL), 0);
+    zmq_msg_close(&pm);
 }
 
 static mdg_params *error_params(const char *text)

@@ -19,9 +19,9 @@ typedef struct test_link {
 static int fake_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk)
 {
     test_link *l = owner;
+    (void)params; /* borrowed */
     if (l->room == 0)
         return MDG_EAGAIN;
-    zmq_msg_close(params);
     if (bulk)
         zmq_msg_close(bulk);
     if (l->broken)
@@ -84,7 +84,7 @@ static int one_send(void *owner, const mdg_header *h, zmq_msg_t *params, zmq_msg
 {
     (void)owner;
     (void)h;
-    zmq_msg_close(params);
+    (void)params; /* borrowed */
     if (bulk)
         zmq_msg_close(bulk);
     frames_sent++;
