@@ -190,11 +190,6 @@ int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h)
     return rc;
 }
 
-int mdg_wire_decode_head(const void *buf, size_t len, mdg_header *h, size_t *params_off)
-{
-    return decode_header_at(buf, len, h, params_off);
-}
-
 static int cbor_item_len(const void *buf, size_t len, size_t *used);
 
 int mdg_wire_read_head(const void *buf, size_t len, size_t *off, mdg_header *h, size_t *params_off,

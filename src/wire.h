@@ -77,17 +77,14 @@ const char *mdg_kind_name(int kind);
 /* Header <-> bytes. decode returns 0 or MDG_EPROTO with mdg_last_error(). */
 size_t mdg_wire_encode_header(const mdg_header *h, uint8_t *buf, size_t cap);
 int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h);
-/* A head frame: the header at its start, the params after it. 0 with h
- * decoded and *params_off where the params begin (they are not checked
- * here); MDG_EPROTO with the reason, which for a header of protocol
- * version 1 says that the peer is an older libmessidge. */
-int mdg_wire_decode_head(const void *buf, size_t len, mdg_header *h, size_t *params_off);
 /* The message at *off of a head frame of one or more: h decoded (without
- * MDG_F_NEXT), its params at *params_off, *params_len bytes, and *off moved
- * to the next message or the frame's end. A message marked MDG_F_NEXT has
- * its params walked (mdg_wire_check_cbor's limits) to find where the next
- * begins; the last one's params are the rest of the frame. MDG_EPROTO with
- * the reason: the rest of the frame cannot be read. */
+ * MDG_F_NEXT), its params at *params_off, *params_len bytes (not checked
+ * here), and *off moved to the next message or the frame's end. A message
+ * marked MDG_F_NEXT has its params walked (mdg_wire_check_cbor's limits)
+ * to find where the next begins; the last one's params are the rest of
+ * the frame. MDG_EPROTO with the reason (for a header of protocol version
+ * 1: the peer is an older libmessidge); the rest of the frame cannot be
+ * read. */
 int mdg_wire_read_head(const void *buf, size_t len, size_t *off, mdg_header *h, size_t *params_off,
                        size_t *params_len);
 /* Write one message of a head frame at buf: h (MDG_F_NEXT set when next),

@@ -156,19 +156,18 @@ static void legacy_round_trip(const uint8_t *data, size_t size)
 static void head_round_trip(const uint8_t *data, size_t size)
 {
     mdg_header h, again;
-    size_t off = 0, off2 = 0;
+    size_t at = 0, off = 0, len = 0, at2 = 0, off2 = 0, len2 = 0;
     zmq_msg_t head;
-    if (mdg_wire_decode_head(data, size, &h, &off) != 0)
+    if (mdg_wire_read_head(data, size, &at, &h, &off, &len) != 0)
         return;
-    if (off == 0 || off > size || off > MDG_MAX_HEADER)
-        fail("head frame's params offset out of range", data, size);
-    params_round_trip(data + off, size - off);
-    if (mdg_wire_encode_head(&h, data + off, size - off, &head) != 0)
+    if (off == 0 || off > size || off > MDG_MAX_HEADER || len > size - off)
+        fail("head frame's params out of range", data, size);
+    params_round_trip(data + off, len);
+    if (mdg_wire_encode_head(&h, data + off, len, &head) != 0)
         fail("decoded head does not re-encode", data, size);
-    if (mdg_wire_decode_head(zmq_msg_data(&head), zmq_msg_size(&head), &again, &off2) != 0 ||
-        again.kind != h.kind || again.seq != h.seq || again.corr != h.corr ||
-        zmq_msg_size(&head) - off2 != size - off ||
-        memcmp((const uint8_t *)zmq_msg_data(&head) + off2, data + off, size - off) != 0)
+    if (mdg_wire_read_head(zmq_msg_data(&head), zmq_msg_size(&head), &at2, &again, &off2, &len2) != 0 ||
+        again.kind != h.kind || again.seq != h.seq || again.corr != h.corr || len2 != len ||
+        memcmp((const uint8_t *)zmq_msg_data(&head) + off2, data + off, len) != 0)
         fail("head round trip differs", data, size);
     zmq_msg_close(&head);
 }

@@ -928,9 +928,9 @@ static void test_client_unnumbered(void)
     zmq_pollitem_t it = {.socket = rt, .events = ZMQ_POLLIN};
     mdg_frames f = {0};
     mdg_header h = {0};
-    size_t off = 0;
+    size_t at = 0, off = 0, len = 0;
     bool got = zmq_poll(&it, 1, 5000) == 1 && mdg_frames_recv(rt, &f) == 0 && f.n >= 2 &&
-               mdg_wire_decode_head(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &h, &off) == 0 &&
+               mdg_wire_read_head(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &at, &h, &off, &len) == 0 &&
                h.kind == MDG_K_HELLO;
     CHECK(got);
     if (!got) {

@@ -166,8 +166,9 @@ static void test_head(void)
     zmq_msg_t pm, head;
     CHECK_RC(mdg_wire_encode_params(p, &pm), 0);
     CHECK_RC(mdg_wire_encode_head(&h, zmq_msg_data(&pm), zmq_msg_size(&pm), &head), 0);
-    size_t off = 0;
-    CHECK_RC(mdg_wire_decode_head(zmq_msg_data(&head), zmq_msg_size(&head), &d, &off), 0);
+    size_t at = 0, off = 0, len = 0;
+    CHECK_RC(mdg_wire_read_head(zmq_msg_data(&head), zmq_msg_size(&head), &at, &d, &off, &len), 0);
+    CHECK(at == zmq_msg_size(&head) && len == zmq_msg_size(&pm));
     CHECK(d.kind == MDG_K_CMD && d.seq == 7 && d.ack == 3 && d.corr == 9 && strcmp(d.command, "write_note") == 0);
     CHECK(off + zmq_msg_size(&pm) == zmq_msg_size(&head) &&
           memcmp((uint8_t *)zmq_msg_data(&head) + off, zmq_msg_data(&pm), zmq_msg_size(&pm)) == 0);
@@ -181,7 +182,8 @@ static void test_head(void)
     CHECK(mdg_wire_peek_version(zmq_msg_data(&head), zmq_msg_size(&head)) == MDG_WIRE_VERSION);
     static const uint8_t v1[] = {0x87, 1, 1, 0, 0, 0, 0x60, 0}, junk[] = {0xa0, 0x01};
     CHECK(mdg_wire_peek_version(v1, sizeof v1) == 1 && mdg_wire_peek_version(junk, sizeof junk) == -1);
-    CHECK_RC(mdg_wire_decode_head(v1, sizeof v1, &d, &off), MDG_EPROTO);
+    at = 0;
+    CHECK_RC(mdg_wire_read_head(v1, sizeof v1, &at, &d, &off, &len), MDG_EPROTO);
     CHECK(strstr(mdg_last_error(), "older libmessidge") != NULL);
     mdg_params_destroy(&back);
     mdg_params_destroy(&p);
