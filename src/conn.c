@@ -223,7 +223,7 @@ static int on_wake(mdg_loop *loop, void *arg, short revents)
         return 0;
     }
     conn_flush(c);
-    if (c->def_head || c->rx_left)
+    if (c->def_head || c->rx_frames.n)
         conn_on_socket(loop, c, 0);
     return 0;
 }
@@ -432,7 +432,7 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
         if (!c->sock)
             return mdg_fail(MDG_ECLOSED, "the link to the broker is down");
         zmq_pollitem_t it = {.socket = c->sock, .events = ZMQ_POLLIN};
-        long wait = c->rx_left ? 0 : left < 0 ? 100 : (long)(left < 100 ? left : 100);
+        long wait = c->rx_frames.n ? 0 : left < 0 ? 100 : (long)(left < 100 ? left : 100);
         if (zmq_poll(&it, 1, wait) < 0 && errno != EINTR)
             return mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
         pthread_mutex_lock(&c->lock);

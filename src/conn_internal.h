@@ -135,11 +135,10 @@ struct mdg_conn {
     int64_t last_tx; /* when we last sent anything (keepalive) */
     int64_t close_deadline;
     deferred *def_head, *def_tail;
-    /* the head frame being read, while messages of it are left (a frame
-     * may hold several): read before the socket is */
+    /* the head frame being read while messages of it are left (a frame
+     * may hold several; n > 0): read before the socket is */
     mdg_frames rx_frames;
     mdg_inbound_cursor rx_at;
-    bool rx_left;
     const mdg_cmd *cmds;
     void *cmd_arg;
     mdg_error_fn on_error;
@@ -167,7 +166,7 @@ struct conn_transport {
     void (*control)(mdg_conn *c, int kind, mdg_params *params);
     /* The next message, decoded into *in (initialised by the caller, closed
      * by it either way): of the frames f read from the socket (taken), or
-     * with f NULL of what is left of the last ones (c->rx_left). 0 to
+     * with f NULL of what is left of the last ones (c->rx_frames.n > 0). 0 to
      * dispatch it; -1 when it was handled or dropped here; 1 when nothing
      * is left of the last frames. (A transport that numbers its messages
      * puts each through conn_in_order.) */

@@ -90,8 +90,7 @@ static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
         conn_drop_rx(c);
         mdg_frames_move(&c->rx_frames, f);
         c->rx_at = (mdg_inbound_cursor){0};
-        c->rx_left = true;
-    } else if (!c->rx_left) {
+    } else if (!c->rx_frames.n) {
         return 1;
     }
     mdg_frames *rf = &c->rx_frames;

@@ -316,7 +316,7 @@ int conn_on_socket(mdg_loop *loop, void *arg, short revents)
         conn_dispatch(c, &in);
         mdg_inbound_close(&in);
     }
-    if (c->def_head || c->rx_left)
+    if (c->def_head || c->rx_frames.n)
         mdg_loop_wake(loop); /* come back for what a nested wait or a long frame left */
     return 0;
 }
@@ -347,8 +347,6 @@ bool conn_next_inbound(mdg_conn *c, mdg_inbound *in)
  * sends again what we did not take). */
 void conn_drop_rx(mdg_conn *c)
 {
-    if (c->rx_left)
-        mdg_frames_close(&c->rx_frames);
-    c->rx_left = false;
+    mdg_frames_close(&c->rx_frames);
 }
 
