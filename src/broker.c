@@ -157,7 +157,7 @@ int broker_queue_send(mdg_broker *b, bool to_node, const uint8_t *key, size_t ke
                       mdg_header *h, mdg_params *params, const void *bulk, size_t bulk_len)
 {
     queued *q = calloc(1, sizeof *q);
-    int rc = q ? mdg_wire_encode_params(params, &q->params) : MDG_ENOMEM;
+    int rc = q ? mdg_params_encode(params, &q->params) : MDG_ENOMEM;
     mdg_params_destroy(&params);
     if (rc) {
         free(q);

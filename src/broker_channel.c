@@ -217,7 +217,7 @@ int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, i
     zmq_msg_t pm, bm;
     int rc = mdg_header_set_command(&h, command);
     if (rc == 0)
-        rc = mdg_wire_encode_params(params, &pm);
+        rc = mdg_params_encode(params, &pm);
     mdg_params_destroy(&params);
     if (rc)
         return rc;
@@ -255,7 +255,7 @@ static void ask_resend(mdg_broker *b, peer *p, const char *text)
     mdg_header h = {.kind = MDG_K_ERROR};
     zmq_msg_t pm;
     if (e && p->attached && mdg_params_set_str(e, "error", text) == 0 && mdg_params_set_bool(e, "resync", true) == 0 &&
-        mdg_wire_encode_params(e, &pm) == 0) {
+        mdg_params_encode(e, &pm) == 0) {
         p->transport->send(b, p, &h, &pm, NULL);
         zmq_msg_close(&pm);
     }

@@ -194,7 +194,7 @@ static void goodbye_version_1(broker_listener *l, const uint8_t *rid, size_t rid
     zmq_msg_t pm;
     mdg_params *p = mdg_params_new();
     if (!p || mdg_params_set_str(p, "reason", "this broker speaks native protocol version 2: upgrade libmessidge") ||
-        mdg_wire_encode_params(p, &pm) != 0) {
+        mdg_params_encode(p, &pm) != 0) {
         mdg_params_destroy(&p);
         return;
     }

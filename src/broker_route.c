@@ -105,7 +105,7 @@ static void send_flow(mdg_broker *b, peer *node, uint64_t id, const char *state,
     zmq_msg_t pm;
     if (fp && mdg_params_set_int(fp, "call", (int64_t)id) == 0 && mdg_params_set_str(fp, "state", state) == 0 &&
         (!reason || mdg_params_set_str(fp, "reason", reason) == 0) && mdg_header_set_command(&h, MDG_FLOW_COMMAND) == 0 &&
-        mdg_wire_encode_params(fp, &pm) == 0)
+        mdg_params_encode(fp, &pm) == 0)
         broker_send_frames_max(b, node, &h, &pm, NULL, SIZE_MAX, NULL);
     mdg_params_destroy(&fp);
 }
@@ -294,7 +294,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
         return false;
     zmq_msg_t pm, bm;
     if (rc || stamp_identity(m, p, true) != 0 || /* which removes "node": pk is no longer valid */
-        mdg_wire_encode_params(m->params, &pm) != 0) {
+        mdg_params_encode(m->params, &pm) != 0) {
         if (rc == 0)
             broker_share_release(b, p->session_id, node->pk);
         refuse(b, p, &m->h, "broker out of memory");

@@ -39,7 +39,7 @@ static void native_control(mdg_conn *c, int kind, mdg_params *params)
     mdg_header h = {.kind = (uint8_t)kind};
     zmq_msg_t pm;
     mdg_chan_stamp(&c->chan, &h);
-    if (mdg_wire_encode_params(params, &pm) == 0) {
+    if (mdg_params_encode(params, &pm) == 0) {
         if (mdg_wire_send(c->sock, NULL, 0, &h, &pm, NULL) != MDG_EAGAIN) {
             mdg_chan_ack_told(&c->chan, h.ack);
             c->last_tx = mdg_now_ms();

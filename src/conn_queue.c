@@ -41,7 +41,7 @@ int conn_out_new(out_item **out, int kind, const char *command, uint64_t corr, u
     o->m.h.corr = corr;
     o->m.h.flags = flags;
     if ((rc = mdg_header_set_command(&o->m.h, command)) != 0 ||
-        (rc = mdg_wire_encode_params(params, &o->m.params)) != 0) {
+        (rc = mdg_params_encode(params, &o->m.params)) != 0) {
         mdg_params_destroy(&params);
         free(o);
         return rc;

@@ -66,7 +66,7 @@ int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out)
     }
     if (!in->has_encoded || !in->params_len)
         return mdg_fail(MDG_EPROTO, NO_PARAMS);
-    int rc = mdg_wire_decode_params((const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off, in->params_len,
+    int rc = mdg_params_decode((const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off, in->params_len,
                                     out);
     if (rc == 0) {
         zmq_msg_close(&in->encoded);
@@ -78,7 +78,7 @@ int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out)
 int mdg_inbound_take_encoded(mdg_inbound *in, zmq_msg_t *out)
 {
     if (in->params) {
-        int rc = mdg_wire_encode_params(in->params, out);
+        int rc = mdg_params_encode(in->params, out);
         if (rc == 0)
             mdg_params_destroy(&in->params);
         return rc;
@@ -89,7 +89,7 @@ int mdg_inbound_take_encoded(mdg_inbound *in, zmq_msg_t *out)
     size_t len = in->params_len;
     if (!len)
         return mdg_fail(MDG_EPROTO, NO_PARAMS);
-    if (mdg_wire_check_cbor(data, len) != 0)
+    if (mdg_cbor_check(data, len) != 0)
         return MDG_EPROTO;
     if ((data[0] >> 5) != 5) /* CBOR major type 5: a map */
         return mdg_fail(MDG_EPROTO, "params must be a map");

@@ -27,7 +27,7 @@ static bool is_bytes(const cbor_item_t *it)
 /* Load a CBOR array of `n` elements (the whole buffer). */
 static int load_array(const void *buf, size_t len, size_t n, cbor_item_t **out)
 {
-    int rc = mdg_wire_check_cbor(buf, len);
+    int rc = mdg_cbor_check(buf, len);
     if (rc)
         return rc;
     struct cbor_load_result res;
@@ -123,7 +123,7 @@ int mdg_legacy_open(const mdg_legacy_frame *f, const uint8_t *key, mdg_params **
          * keys, no duplicates) apply to 1.x peers as to native ones */
         unsigned char *data = NULL;
         size_t cap = 0, n = cbor_serialize_alloc(f->params, &data, &cap);
-        int rc = n ? mdg_wire_decode_params(data, n, params) : mdg_fail(MDG_ENOMEM, "cannot re-encode params");
+        int rc = n ? mdg_params_decode(data, n, params) : mdg_fail(MDG_ENOMEM, "cannot re-encode params");
         free(data);
         if (rc)
             return rc;
@@ -148,7 +148,7 @@ int mdg_legacy_open(const mdg_legacy_frame *f, const uint8_t *key, mdg_params **
         free(plain);
         return mdg_fail(MDG_EPROTO, "params do not open with the session key (forged or corrupt)");
     }
-    int rc = mdg_wire_decode_params(plain, plen - crypto_secretbox_MACBYTES, params);
+    int rc = mdg_params_decode(plain, plen - crypto_secretbox_MACBYTES, params);
     free(plain);
     if (rc)
         return rc;
@@ -296,7 +296,7 @@ int mdg_legacy_parse_welcome(const void *buf, size_t len, const uint8_t server_p
                              const uint8_t my_sk[MDG_KEY_BYTES], bool *sealed_out,
                              uint8_t key[MDG_LEGACY_KEY], uint8_t *rid, size_t *rid_len)
 {
-    if (mdg_wire_check_cbor(buf, len) != 0)
+    if (mdg_cbor_check(buf, len) != 0)
         return mdg_fail(MDG_EPROTO, "the answer to our 1.x hello is not CBOR");
     struct cbor_load_result res;
     cbor_item_t *item = cbor_load(buf, len, &res);
@@ -340,7 +340,7 @@ mdg_params *mdg_legacy_exception(const char *text)
 
 int mdg_legacy_params_out(int kind, const void *params, size_t len, mdg_params **out)
 {
-    int rc = mdg_wire_decode_params(params, len, out);
+    int rc = mdg_params_decode(params, len, out);
     if (rc || kind != MDG_K_ERROR)
         return rc;
     const char *text = "";

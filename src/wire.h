@@ -10,7 +10,9 @@
 #ifndef MDG_WIRE_H
 #define MDG_WIRE_H
 
+#include "cbor_check.h"
 #include "messidge.h"
+#include "params.h"
 
 #include <zmq.h>
 
@@ -80,7 +82,7 @@ int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h);
 /* The message at *off of a head frame of one or more: h decoded (without
  * MDG_F_NEXT), its params at *params_off, *params_len bytes (not checked
  * here), and *off moved to the next message or the frame's end. A message
- * marked MDG_F_NEXT has its params walked (mdg_wire_check_cbor's limits)
+ * marked MDG_F_NEXT has its params walked (cbor_check.h's limits)
  * to find where the next begins; the last one's params are the rest of
  * the frame. MDG_EPROTO with the reason (for a header of protocol version
  * 1: the peer is an older libmessidge); the rest of the frame cannot be
@@ -100,16 +102,6 @@ int mdg_wire_peek_version(const void *buf, size_t len);
 int mdg_wire_encode_head(const mdg_header *h, const void *params, size_t params_len, zmq_msg_t *out);
 /* Fill command/command_len from a C string; MDG_EINVAL if too long. */
 int mdg_header_set_command(mdg_header *h, const char *command);
-
-/* Check that buf is one well-formed CBOR item within our limits (depth,
- * declared lengths that fit in the buffer, definite strings only), without
- * allocating. 0 or MDG_EPROTO with detail. */
-int mdg_wire_check_cbor(const void *buf, size_t len);
-/* Decode params: a CBOR map whose keys are all text. On 0 *out is
- * a new params (the caller's). */
-int mdg_wire_decode_params(const void *buf, size_t len, mdg_params **out);
-/* Encode params (NULL = empty map) into a new zmq message without copying. */
-int mdg_wire_encode_params(const mdg_params *p, zmq_msg_t *out);
 
 /* The frames of one received message. */
 #define MDG_MAX_FRAMES 4

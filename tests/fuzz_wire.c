@@ -79,9 +79,9 @@ static void touch_params(mdg_params *p)
 
 static void params_round_trip(const uint8_t *data, size_t size)
 {
-    int checked = mdg_wire_check_cbor(data, size);
+    int checked = mdg_cbor_check(data, size);
     mdg_params *p = NULL, *q = NULL;
-    if (mdg_wire_decode_params(data, size, &p) != 0) {
+    if (mdg_params_decode(data, size, &p) != 0) {
         if (p)
             fail("failed decode left params behind", data, size);
         return;
@@ -94,9 +94,9 @@ static void params_round_trip(const uint8_t *data, size_t size)
     touch_params(p);
 
     zmq_msg_t m;
-    if (mdg_wire_encode_params(p, &m) != 0)
+    if (mdg_params_encode(p, &m) != 0)
         fail("decoded params do not re-encode", data, size);
-    if (mdg_wire_decode_params(zmq_msg_data(&m), zmq_msg_size(&m), &q) != 0)
+    if (mdg_params_decode(zmq_msg_data(&m), zmq_msg_size(&m), &q) != 0)
         fail("re-encoded params do not decode", data, size);
     char *text2 = mdg_params_to_text(q);
     if (!text2 || strcmp(text, text2) != 0) {

@@ -146,7 +146,7 @@ static void raw_cmd_bytes(raw *r, const char *command, uint64_t corr, const void
 static void raw_cmd(raw *r, const char *command, uint64_t corr, mdg_params *p)
 {
     zmq_msg_t m;
-    mdg_wire_encode_params(p, &m);
+    mdg_params_encode(p, &m);
     raw_cmd_bytes(r, command, corr, zmq_msg_data(&m), zmq_msg_size(&m));
     zmq_msg_close(&m);
     mdg_params_destroy(&p);
@@ -596,7 +596,7 @@ static void test_version_1(const mdg_broker *b, const mdg_keys *bkeys)
     const char *reason = "";
     bool got = zmq_poll(&it, 1, 5000) == 1 && mdg_frames_recv(x.sock, &f) == 0 && f.n == 2 &&
                zmq_msg_size(&f.part[0]) == sizeof bye_v1 && memcmp(zmq_msg_data(&f.part[0]), bye_v1, sizeof bye_v1) == 0 &&
-               mdg_wire_decode_params(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &p) == 0 &&
+               mdg_params_decode(zmq_msg_data(&f.part[1]), zmq_msg_size(&f.part[1]), &p) == 0 &&
                mdg_params_get_str(p, "reason", &reason) == 0;
     printf("a version 1 client's hello: goodbye in its own framing, \"%s\"\n", reason);
     CHECK(got && strstr(reason, "version 2") != NULL);
@@ -627,7 +627,7 @@ static void test_version_1(const mdg_broker *b, const mdg_keys *bkeys)
         mdg_params *e = mdg_params_new();
         mdg_params_set_str(e, "error", "bad header: trailing bytes after the header");
         mdg_params_set_str(e, "command", "");
-        mdg_wire_encode_params(e, &pm);
+        mdg_params_encode(e, &pm);
         mdg_params_destroy(&e);
         zmq_msg_send(&f.part[0], rt, ZMQ_SNDMORE); /* its routing id */
         zmq_send(rt, error_v1, sizeof error_v1, ZMQ_SNDMORE);
@@ -834,7 +834,7 @@ static void test_unnumbered(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn
     zmq_msg_t pm;
     mdg_params *p = mdg_params_new();
     mdg_params_set_str(p, "note", "once");
-    mdg_wire_encode_params(p, &pm);
+    mdg_params_encode(p, &pm);
     mdg_params_destroy(&p);
     mdg_header h;
     mdg_params *rp = NULL;
@@ -894,7 +894,7 @@ static void fake_send(void *rt, const zmq_msg_t *rid, int kind, uint64_t seq, ui
     mdg_header h = {.kind = (uint8_t)kind, .seq = seq, .corr = corr};
     zmq_msg_t pm;
     mdg_header_set_command(&h, command);
-    mdg_wire_encode_params(p, &pm);
+    mdg_params_encode(p, &pm);
     mdg_params_destroy(&p);
     CHECK_RC(mdg_wire_send(rt, zmq_msg_data((zmq_msg_t *)rid), zmq_msg_size((zmq_msg_t *)rid), &h, &pm, NULL), 0);
     zmq_msg_close(&pm);
@@ -1001,7 +1001,7 @@ static void test_routing_id_reuse(const mdg_broker *b, const mdg_keys *bkeys)
     mdg_params *hp = mdg_params_new();
     mdg_params_set_bytes(hp, "session", sid, sid_len);
     zmq_msg_t pm;
-    mdg_wire_encode_params(hp, &pm);
+    mdg_params_encode(hp, &pm);
     mdg_params_destroy(&hp);
     uint8_t hb[MDG_MAX_HEADER];
     size_t hl = make_header(hb, MDG_K_HELLO, 0, 0, "");

@@ -102,7 +102,7 @@ static mdg_chan_msg *numbered_reply(int i)
     m->h.corr = (uint64_t)i + 1;
     m->h.flags = i == 2 ? MDG_F_MORE : 0;
     mdg_params_set_int(p, "i", i);
-    mdg_wire_encode_params(p, &m->params);
+    mdg_params_encode(p, &m->params);
     mdg_params_destroy(&p);
     return m;
 }

@@ -155,7 +155,7 @@ static void raw_send(void *s, int kind, uint64_t seq, uint64_t corr, const char 
     mdg_header h = {.kind = (uint8_t)kind, .seq = seq, .corr = corr};
     zmq_msg_t pm, head;
     mdg_header_set_command(&h, cmd);
-    mdg_wire_encode_params(p, &pm);
+    mdg_params_encode(p, &pm);
     mdg_wire_encode_head(&h, zmq_msg_data(&pm), zmq_msg_size(&pm), &head);
     zmq_msg_close(&pm);
     zmq_msg_send(&head, s, 0);

@@ -161,7 +161,7 @@ static void h_badreply(mdg_msg *m, void *arg)
     (void)arg;
     cbor_item_t *map = cbor_new_definite_map(1);
     cbor_map_add(map, (struct cbor_pair){.key = cbor_move(cbor_build_uint8(7)), .value = cbor_move(cbor_build_bool(true))});
-    mdg_msg_reply(m, mdg_params_wrap(map), NULL, 0);
+    mdg_msg_reply(m, mdg_params_forge(map), NULL, 0);
 }
 
 static const mdg_cmd node_cmds[] = {

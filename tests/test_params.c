@@ -14,9 +14,9 @@ static mdg_params *round_trip(const mdg_params *p)
 {
     zmq_msg_t m;
     mdg_params *out = NULL;
-    if (mdg_wire_encode_params(p, &m) != 0)
+    if (mdg_params_encode(p, &m) != 0)
         return NULL;
-    if (mdg_wire_decode_params(zmq_msg_data(&m), zmq_msg_size(&m), &out) != 0)
+    if (mdg_params_decode(zmq_msg_data(&m), zmq_msg_size(&m), &out) != 0)
         out = NULL;
     zmq_msg_close(&m);
     return out;
@@ -318,7 +318,7 @@ static void test_nested(void)
 
     /* an empty or NULL params encodes as the empty map (one byte) */
     zmq_msg_t m;
-    CHECK_RC(mdg_wire_encode_params(NULL, &m), 0);
+    CHECK_RC(mdg_params_encode(NULL, &m), 0);
     CHECK(zmq_msg_size(&m) == 1 && ((uint8_t *)zmq_msg_data(&m))[0] == 0xa0);
     zmq_msg_close(&m);
     mdg_params *e = mdg_params_new();
@@ -333,7 +333,7 @@ static void test_nested(void)
 static int decode_hex(const uint8_t *buf, size_t len, mdg_params **out)
 {
     *out = NULL;
-    return mdg_wire_decode_params(buf, len, out);
+    return mdg_params_decode(buf, len, out);
 }
 
 static void test_decode(void)
@@ -377,6 +377,76 @@ static void test_decode(void)
     CHECK(strstr(mdg_last_error(), "duplicate") != NULL);
 }
 
+/* Params are kept encoded: what is decoded goes out byte for byte, a
+ * replaced value keeps its key's place, and what a getter handed out
+ * stays valid after later changes. */
+static void test_encoded_form(void)
+{
+    mdg_params *p = NULL;
+    zmq_msg_t m;
+
+    static const uint8_t ab[] = {0xa2, 0x61, 'a', 0x01, 0x61, 'b', 0x62, 'x', 'y'};
+    CHECK_RC(decode_hex(ab, sizeof ab, &p), 0);
+    CHECK_RC(mdg_params_encode(p, &m), 0);
+    CHECK(zmq_msg_size(&m) == sizeof ab && memcmp(zmq_msg_data(&m), ab, sizeof ab) == 0);
+    zmq_msg_close(&m);
+    mdg_params_destroy(&p);
+
+    /* an indefinite map goes out as the same pairs under a definite head */
+    static const uint8_t indef[] = {0xbf, 0x61, 'a', 0x01, 0x61, 'b', 0x62, 'x', 'y', 0xff};
+    CHECK_RC(decode_hex(indef, sizeof indef, &p), 0);
+    CHECK_RC(mdg_params_encode(p, &m), 0);
+    CHECK(zmq_msg_size(&m) == sizeof ab && memcmp(zmq_msg_data(&m), ab, sizeof ab) == 0);
+    zmq_msg_close(&m);
+
+    /* replacing a value, longer (past the storage inside the params) and
+     * shorter again: the keys keep their order */
+    const char *before = NULL, *after = NULL;
+    cbor_item_t *old_item = mdg_params_get(p, "b");
+    CHECK_RC(mdg_params_get_str(p, "b", &before), 0);
+    CHECK_RC(mdg_params_set_bool(p, "c", true), 0);
+    char longer[300];
+    memset(longer, 'z', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    CHECK_RC(mdg_params_set_str(p, "b", longer), 0);
+    CHECK_RC(mdg_params_get_str(p, "b", &after), 0);
+    CHECK(after && strcmp(after, longer) == 0);
+    CHECK(before && strcmp(before, "xy") == 0); /* still readable */
+    CHECK(old_item && cbor_isa_string(old_item) && cbor_string_length(old_item) == 2);
+    CHECK_RC(mdg_params_set_int(p, "b", -300), 0);
+    CHECK(text_is(p, "{\"a\": 1, \"b\": -300, \"c\": true}"));
+    cbor_item_t *now = mdg_params_get(p, "b");
+    CHECK(now && cbor_isa_negint(now) && cbor_get_int(now) == 299);
+    CHECK_RC(mdg_params_remove(p, "a"), 0);
+    CHECK(text_is(p, "{\"b\": -300, \"c\": true}"));
+    mdg_params *rt = round_trip(p);
+    CHECK(rt && text_is(rt, "{\"b\": -300, \"c\": true}"));
+    mdg_params_destroy(&rt);
+    mdg_params_destroy(&p);
+
+    /* text strings must be UTF-8 (libcbor's loader refuses anything else,
+     * so a broker must not relay it), at any depth; maps must be whole */
+    static const uint8_t utf8_ok[] = {0xa1, 0x61, 'k', 0x84, 0x62, 0xc3, 0xa9, 0x63, 0xe2, 0x82, 0xac,
+                                      0x64, 0xf0, 0x9f, 0x98, 0x80, 0x60};
+    CHECK_RC(decode_hex(utf8_ok, sizeof utf8_ok, &p), 0);
+    mdg_params_destroy(&p);
+    static const uint8_t bad_key[] = {0xa1, 0x61, 0xff, 0x01};
+    static const uint8_t overlong[] = {0xa1, 0x61, 'k', 0x81, 0x62, 0xc0, 0x80};
+    static const uint8_t surrogate[] = {0xa1, 0x61, 'k', 0x63, 0xed, 0xa0, 0x80};
+    static const uint8_t cut[] = {0xa1, 0x61, 'k', 0x62, 0xe2, 0x82};
+    static const uint8_t beyond[] = {0xa1, 0x61, 'k', 0x64, 0xf4, 0x90, 0x80, 0x80};
+    const struct { const uint8_t *b; size_t n; } bad[] = {
+        {bad_key, sizeof bad_key}, {overlong, sizeof overlong}, {surrogate, sizeof surrogate},
+        {cut, sizeof cut}, {beyond, sizeof beyond}};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        CHECK_RC(decode_hex(bad[k].b, bad[k].n, &p), MDG_EPROTO);
+        CHECK(p == NULL && strstr(mdg_last_error(), "not valid UTF-8"));
+    }
+    static const uint8_t odd_nested[] = {0xa1, 0x61, 'k', 0x81, 0xbf, 0x61, 'a', 0xff};
+    CHECK_RC(decode_hex(odd_nested, sizeof odd_nested, &p), MDG_EPROTO);
+    CHECK(p == NULL && strstr(mdg_last_error(), "a key and no value"));
+}
+
 int main(void)
 {
     test_strings_and_bytes();
@@ -384,5 +454,6 @@ int main(void)
     test_replace_and_remove();
     test_nested();
     test_decode();
+    test_encoded_form();
     return t_done("test_params");
 }
