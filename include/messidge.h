@@ -169,7 +169,8 @@ MDG_EXPORT size_t mdg_params_count(const mdg_params *p);
 
 /* Getters return MDG_ENOTFOUND when the key is absent and MDG_ETYPE when
  * it has another type. Strings come back NUL-terminated; the pointer is
- * borrowed and valid as long as p. Bytes are borrowed likewise. */
+ * borrowed and valid as long as p, even after p changes. Bytes likewise
+ * (they point into p's encoded form, which a later change copies first). */
 MDG_EXPORT int mdg_params_get_str(const mdg_params *p, const char *key, const char **value);
 MDG_EXPORT int mdg_params_get_bytes(const mdg_params *p, const char *key, const uint8_t **data,
                                     size_t *len);
@@ -177,9 +178,13 @@ MDG_EXPORT int mdg_params_get_int(const mdg_params *p, const char *key, int64_t 
 /* Floats of any width; integers are not silently converted. */
 MDG_EXPORT int mdg_params_get_double(const mdg_params *p, const char *key, double *value);
 MDG_EXPORT int mdg_params_get_bool(const mdg_params *p, const char *key, bool *value);
-/* The CBOR item itself (borrowed), or NULL when absent. */
+/* The value as a libcbor item, or NULL when absent (or out of memory).
+ * Params are kept encoded; the item is decoded on the first call and kept
+ * for later calls until p changes. Borrowed, valid as long as p (also
+ * after later changes), read-only: changing it does not change p. The
+ * typed getters above are cheaper: they allocate nothing. */
 MDG_EXPORT cbor_item_t *mdg_params_get(const mdg_params *p, const char *key);
-/* The whole map (borrowed). */
+/* The whole map as a libcbor item, on the same terms as mdg_params_get. */
 MDG_EXPORT cbor_item_t *mdg_params_map(const mdg_params *p);
 
 /* Human-readable JSON-like text of a CBOR item or a whole params map, for

@@ -198,6 +198,25 @@ mdg_params_views *mdg_params_views_of(const mdg_params *p)
 
 /* ----------------------------------------------------------------- writing */
 
+/* Before a change: when a getter has lent a pointer into the pairs, they
+ * are left as they are (kept until the params goes) and the change is
+ * made to a copy, so that the pointer stays valid and its bytes stay the
+ * same. Only a change after a lend pays for the copy. */
+static int unlend(mdg_params *p)
+{
+    if (!p->views.lent)
+        return 0;
+    uint8_t *nb = malloc(p->cap);
+    if (!nb || (p->buf != p->small && !mdg_params_views_keep(&p->views, p->buf))) {
+        free(nb);
+        return mdg_fail(MDG_ENOMEM, "out of memory changing params");
+    }
+    memcpy(nb, p->buf, p->len);
+    p->buf = nb; /* p->small, if that was it, is never written again */
+    p->views.lent = false;
+    return 0;
+}
+
 /* Set key to a value whose encoding is vhead then vdata. */
 static int set_encoded(mdg_params *p, const char *key, const uint8_t *vhead, size_t vhlen, const void *vdata,
                        size_t vdlen)
@@ -206,6 +225,9 @@ static int set_encoded(mdg_params *p, const char *key, const uint8_t *vhead, siz
         return mdg_fail(MDG_EINVAL, "params and key are required");
     size_t klen = strlen(key), vlen = vhlen + vdlen;
     long k = find(p, key, klen);
+    int rc = unlend(p);
+    if (rc)
+        return rc;
     mdg_params_views_changed(&p->views);
     if (k >= 0) { /* replace the value in place: the order of keys stays */
         size_t i = 2 * (size_t)k + 1, old = p->at[i + 1] - p->at[i];
@@ -239,6 +261,9 @@ int mdg_params_remove(mdg_params *p, const char *key)
     long k = key ? find(p, key, strlen(key)) : -1;
     if (k < 0)
         return MDG_ENOTFOUND;
+    int rc = unlend(p);
+    if (rc)
+        return rc;
     mdg_params_views_changed(&p->views);
     size_t i = 2 * (size_t)k, start = p->at[i], size = p->at[i + 2] - start;
     memmove(p->buf + start, p->buf + start + size, p->len - start - size);

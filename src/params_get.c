@@ -10,7 +10,7 @@
 
 /* ------------------------------------------------------------------ views */
 
-enum view_kind { VIEW_VALUE, VIEW_MAP, VIEW_TEXT };
+enum view_kind { VIEW_VALUE, VIEW_MAP, VIEW_TEXT, VIEW_BYTES };
 
 struct mdg_params_view {
     mdg_params_view *next;
@@ -18,6 +18,7 @@ struct mdg_params_view {
     enum view_kind kind;
     size_t pair;
     cbor_item_t *item; /* VIEW_VALUE, VIEW_MAP */
+    void *bytes;       /* VIEW_BYTES: pairs as they were when lent */
     char text[];       /* VIEW_TEXT */
 };
 
@@ -25,7 +26,7 @@ void mdg_params_views_init(mdg_params_views *v)
 {
     v->list = NULL;
     v->version = 0;
-    v->halves = false;
+    v->halves = v->lent = false;
 }
 
 void mdg_params_views_free(mdg_params_views *v)
@@ -34,6 +35,7 @@ void mdg_params_views_free(mdg_params_views *v)
         mdg_params_view *n = v->list->next;
         if (v->list->item)
             cbor_decref(&v->list->item);
+        free(v->list->bytes);
         free(v->list);
         v->list = n;
     }
@@ -42,6 +44,18 @@ void mdg_params_views_free(mdg_params_views *v)
 void mdg_params_views_changed(mdg_params_views *v)
 {
     v->version++;
+}
+
+bool mdg_params_views_keep(mdg_params_views *v, void *buf)
+{
+    mdg_params_view *w = calloc(1, sizeof *w);
+    if (!w)
+        return false;
+    w->kind = VIEW_BYTES;
+    w->bytes = buf;
+    w->next = v->list;
+    v->list = w;
+    return true;
 }
 
 static mdg_params_view *view_find(mdg_params_views *v, enum view_kind kind, size_t pair)
@@ -155,6 +169,7 @@ int mdg_params_get_bytes(const mdg_params *p, const char *key, const uint8_t **d
         return rc;
     *data = v.data;
     *len = v.len;
+    mdg_params_views_of(p)->lent = true;
     return 0;
 }
 

@@ -37,11 +37,14 @@ typedef struct mdg_params_views {
     mdg_params_view *list;
     unsigned version; /* bumped by every change to the pairs */
     bool halves;      /* the pairs hold half floats: trees are widened */
+    bool lent;        /* a getter handed out a pointer into the pairs */
 } mdg_params_views;
 
 void mdg_params_views_init(mdg_params_views *v);
 void mdg_params_views_free(mdg_params_views *v);
 void mdg_params_views_changed(mdg_params_views *v);
+/* Keep buf (malloc'd, now the views') until the params goes. */
+bool mdg_params_views_keep(mdg_params_views *v, void *buf);
 
 /* For params_get.c, from params.c: */
 /* The value of key: 0, or MDG_ENOTFOUND with the reason. */

@@ -10,7 +10,7 @@
  *    a head made again of that header and those params decodes the same;
  *    a head frame of several messages (MDG_F_NEXT) reads message by
  *    message, each inside the frame;
- *  - decode_params never accepts what check_cbor refuses;
+ *  - mdg_params_decode never accepts what mdg_cbor_check refuses;
  *  - decoded params re-encode, decode again, and print the same text;
  *  - a Messidge 1.x frame that parses and opens in clear rebuilds into a
  *    frame with the same fields; opening under a key or reading it as a
@@ -51,9 +51,11 @@ static void header_round_trip(const uint8_t *data, size_t size)
 }
 
 /* Use the typed getters on every key, as handlers would. */
-static void touch_params(mdg_params *p)
+static void touch_params(mdg_params *p, const uint8_t *data, size_t size)
 {
-    cbor_item_t *map = mdg_params_map(p);
+    cbor_item_t *map = mdg_params_map(p); /* what passed the checks must load */
+    if (!map)
+        fail("decoded params do not load as a libcbor tree", data, size);
     size_t n = cbor_map_size(map);
     struct cbor_pair *pairs = cbor_map_handle(map);
     for (size_t i = 0; i < n && i < 64; i++) {
@@ -87,11 +89,11 @@ static void params_round_trip(const uint8_t *data, size_t size)
         return;
     }
     if (checked != 0)
-        fail("decode_params accepted what check_cbor refused", data, size);
+        fail("mdg_params_decode accepted what mdg_cbor_check refused", data, size);
     char *text = mdg_params_to_text(p);
     if (!text)
         fail("no text for decoded params", data, size);
-    touch_params(p);
+    touch_params(p, data, size);
 
     zmq_msg_t m;
     if (mdg_params_encode(p, &m) != 0)
@@ -134,7 +136,7 @@ static void legacy_round_trip(const uint8_t *data, size_t size)
         fail("a box opened under a key no one used", data, size);
     zmq_msg_close(&bulk);
     if (mdg_legacy_open(&f, NULL, &p, &bulk) == 0) {
-        touch_params(p);
+        touch_params(p, data, size);
         if (mdg_legacy_build(&out, NULL, f.nonce, f.nonce_len, f.command, f.command_len, f.uuid, f.uuid_len, p,
                              zmq_msg_data(&bulk), zmq_msg_size(&bulk)) != 0 ||
             mdg_legacy_parse(zmq_msg_data(&out), zmq_msg_size(&out), &again) != 0)

@@ -424,6 +424,24 @@ static void test_encoded_form(void)
     mdg_params_destroy(&rt);
     mdg_params_destroy(&p);
 
+    /* bytes handed out stay as they were when p changes after, whether p
+     * keeps its pairs inside (small) or outside (large) */
+    for (int big = 0; big < 2; big++) {
+        p = mdg_params_new();
+        uint8_t blob[400];
+        for (size_t k = 0; k < sizeof blob; k++)
+            blob[k] = (uint8_t)k;
+        size_t blen = big ? sizeof blob : 16, glen = 0;
+        const uint8_t *got = NULL;
+        CHECK_RC(mdg_params_set_bytes(p, "blob", blob, blen), 0);
+        CHECK_RC(mdg_params_get_bytes(p, "blob", &got, &glen), 0);
+        CHECK_RC(mdg_params_set_bytes(p, "blob", "other", 5), 0);
+        CHECK_RC(mdg_params_remove(p, "blob"), 0);
+        CHECK_RC(mdg_params_set_str(p, "more", longer), 0);
+        CHECK(got && glen == blen && memcmp(got, blob, blen) == 0);
+        mdg_params_destroy(&p);
+    }
+
     /* text strings must be UTF-8 (libcbor's loader refuses anything else,
      * so a broker must not relay it), at any depth; maps must be whole */
     static const uint8_t utf8_ok[] = {0xa1, 0x61, 'k', 0x84, 0x62, 0xc3, 0xa9, 0x63, 0xe2, 0x82, 0xac,
