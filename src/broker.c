@@ -482,6 +482,7 @@ int mdg_broker_run(mdg_broker *b)
 
 static void *broker_thread(void *arg)
 {
+    pthread_setname_np(pthread_self(), "mdg-broker"); /* as top -H and perf show it */
     mdg_broker *b = arg;
     if (run_loop(b) != 0)
         mdg_log(MDG_LOG_ERROR, "broker loop failed: %s", mdg_last_error());

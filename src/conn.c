@@ -240,6 +240,7 @@ static int on_turn(mdg_loop *loop, void *arg, short revents)
 
 static void *conn_thread(void *arg)
 {
+    pthread_setname_np(pthread_self(), "mdg-conn"); /* as top -H and perf show it */
     mdg_conn *c = arg;
     c->transport->hello(c);
     if (mdg_loop_run(c->loop) != 0)
