@@ -234,6 +234,11 @@ void conn_flush(mdg_conn *c)
         for (size_t i = 0; i < n; i++)
             mdg_chan_append(&c->chan, batch[i]);
     }
+    if (c->ack_at_flush && c->state == C_READY) {
+        c->ack_at_flush = false;
+        if (mdg_chan_ack_due(&c->chan)) /* nothing sent above carried it */
+            conn_send_control(c, MDG_K_ACK, NULL);
+    }
     conn_room_made(c);
     want_pollout(c, rc == MDG_EAGAIN);
 }
@@ -272,13 +277,15 @@ int conn_on_keepalive(mdg_loop *loop, void *arg, short revents)
     return 0;
 }
 
-/* Acknowledge what we received: at once after MDG_CHAN_ACK_EVERY
- * messages, else a little later unless a message of ours carries the ack
- * first. */
+/* Acknowledge what we received: after MDG_CHAN_ACK_EVERY messages at the
+ * end of this turn (conn_flush), when nothing the turn sends carries it;
+ * else a little later unless a message of ours carries it first. Not at
+ * once: an ACK in the middle of a turn would send what the turn queued so
+ * far as a frame of its own, and then the ACK, where one frame does. */
 void conn_schedule_ack(mdg_conn *c)
 {
     if (mdg_chan_ack_due(&c->chan))
-        conn_send_control(c, MDG_K_ACK, NULL);
+        c->ack_at_flush = true;
     else if (!c->ack_timer)
         c->ack_timer = mdg_loop_timer(c->loop, MDG_CHAN_ACK_DELAY_MS, false, on_ack_timer, c);
 }
