@@ -36,6 +36,11 @@ int cli_write_port_file(const char *path, int port)
     return 0;
 }
 
+void cli_print_version(const char *program)
+{
+    printf("%s %s\n", program, mdg_version());
+}
+
 void cli_block_stop_signals(sigset_t *set)
 {
     sigemptyset(set);

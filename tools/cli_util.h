@@ -21,6 +21,10 @@ int cli_parse_int(const char *text, int lo, int hi);
  * polling for the file never reads it half written. 0 or -1. */
 int cli_write_port_file(const char *path, int port);
 
+/* "PROGRAM VERSION" on stdout, the version of the library it runs with
+ * (--version). */
+void cli_print_version(const char *program);
+
 /* SIGINT and SIGTERM into set, blocked in the calling thread and so in
  * every thread it starts afterwards (call it before any starts): they are
  * then taken only by sigwait, where anything may be called. */

@@ -12,6 +12,8 @@
 #include "messidge.h"
 #include "messidge_identity.h"
 
+#include "cli_util.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -62,6 +64,7 @@ static const char usage_text[] =
     "  --create          make the identity store if there is none yet (else a\n"
     "                    missing store is an error: wrong --state?)\n"
     "  --help            show this text\n"
+    "  --version         print the version and exit\n"
     "\n"
     "Exit status: 0 on success, 1 on failure, 2 on a usage error.\n";
 
@@ -274,6 +277,7 @@ int main(int argc, char **argv)
         {"broker-key", required_argument, NULL, 'b'},
         {"create", no_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     options o = {.location = DEFAULT_LOCATION, .program = DEFAULT_PROGRAM,
@@ -299,6 +303,7 @@ int main(int argc, char **argv)
                                    optarg);
             break;
         case 'h': fputs(usage_text, stdout); return 0;
+        case 'V': cli_print_version("messidge-admin"); return 0;
         default: return usage_error("unknown option");
         }
     }

@@ -56,6 +56,7 @@ static void usage(FILE *out)
             "                        of its connection opening (default 5000)\n"
             "  -v, --verbose         log sessions and refusals (-vv: debug)\n"
             "  -h, --help            this text\n"
+            "      --version         print the version and exit\n"
             "\n"
             "Each connection holds a file descriptor. The broker raises its soft\n"
             "open-file limit to the hard one at start, logs how many connections that\n"
@@ -97,6 +98,7 @@ int main(int argc, char **argv)
         OPT_ACCOUNT_MAX_CONNS,
         OPT_ACCOUNT_PER_ADDRESS,
         OPT_ACCOUNT_TIMEOUT,
+        OPT_VERSION,
     };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, 'p'},
@@ -114,6 +116,7 @@ int main(int argc, char **argv)
         {"account-timeout", required_argument, NULL, OPT_ACCOUNT_TIMEOUT},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
     mdg_broker_options bo = {.bind_address = "*", .port = MDG_DEFAULT_PORT};
@@ -164,6 +167,7 @@ int main(int argc, char **argv)
         case OPT_PORT_FILE: port_file = optarg; break;
         case 'v': verbose++; break;
         case 'h': usage(stdout); return 0;
+        case OPT_VERSION: cli_print_version("messidge-broker"); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -13,6 +13,8 @@
 #include "messidge.h"
 #include "messidge_identity.h"
 
+#include "cli_util.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -60,6 +62,8 @@ static const char usage_text[] =
     "      the exit status is 1.\n"
     "  help\n"
     "      Show this text (also --help).\n"
+    "  version\n"
+    "      Print the version (also --version).\n"
     "\n"
     "Common options:\n"
     "  --prefix DIR   key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
@@ -397,6 +401,10 @@ int main(int argc, char **argv)
         return usage_error("no command given");
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         fputs(usage_text, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        cli_print_version("messidge");
         return 0;
     }
     for (int i = 2; i < argc; i++) {
