@@ -13,7 +13,7 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 DEBS = build-essential cmake pkg-config libzmq3-dev libsodium-dev libcbor-dev \
-       libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev clang libclang-rt-14-dev
+       libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev clang libclang-rt-14-dev
 # What `make bench` needs on top: the NATS baseline (server, C client) and
 # openssl for its TLS certificate.
 BENCH_DEBS = nats-server libnats-dev openssl

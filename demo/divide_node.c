@@ -79,13 +79,14 @@ static void usage(FILE *f)
             "  --location HOST  the broker's host (default localhost)\n"
             "  --port N         the broker's base port (default %d)\n"
             "  --help           this text\n"
+            "  --version        print the version and exit\n"
             "Prints 'divide_node: node ready' once connected; runs until SIGINT or SIGTERM.\n",
             MDG_DEFAULT_PORT);
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_NODE_PK = 1, O_NODE_SK, O_BROKER_PK, O_LOCATION, O_PORT, O_HELP };
+    enum { O_NODE_PK = 1, O_NODE_SK, O_BROKER_PK, O_LOCATION, O_PORT, O_HELP, O_VERSION };
     static const struct option longopts[] = {
         {"node-pk", required_argument, NULL, O_NODE_PK},
         {"node-sk", required_argument, NULL, O_NODE_SK},
@@ -93,6 +94,7 @@ int main(int argc, char **argv)
         {"location", required_argument, NULL, O_LOCATION},
         {"port", required_argument, NULL, O_PORT},
         {"help", no_argument, NULL, O_HELP},
+        {"version", no_argument, NULL, O_VERSION},
         {NULL, 0, NULL, 0},
     };
     /* the environment first; the command line overrides it */
@@ -123,6 +125,7 @@ int main(int argc, char **argv)
             }
             break;
         case O_HELP: usage(stdout); return 0;
+        case O_VERSION: cli_print_version("divide_node"); return 0;
         default: usage(stderr); return 1;
         }
     }

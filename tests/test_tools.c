@@ -27,6 +27,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <jansson.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -256,8 +260,45 @@ static void h_divide(mdg_msg *msg, void *arg)
     t_divide(msg, arg);
 }
 
+/* What JSON has no like: NaN, infinity, a map with an integer key, bytes.
+ * `messidge call` must still print JSON. (Text that is not UTF-8 does not
+ * pass the wire decoder; json_params.c replaces its bad bytes anyway.) */
+static void h_awkward(mdg_msg *msg, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
+    cbor_item_t *intkey = cbor_new_definite_map(1);
+    cbor_item_t *k = cbor_build_uint8(1), *v = cbor_build_string("x");
+    cbor_map_add(intkey, (struct cbor_pair){.key = k, .value = v});
+    cbor_decref(&k);
+    cbor_decref(&v);
+    mdg_params_set_double(r, "nan", NAN);
+    mdg_params_set_double(r, "inf", INFINITY);
+    mdg_params_set_item(r, "intkey", intkey);
+    mdg_params_set_bytes(r, "bytes", "\x00\x01\x02", 3);
+    mdg_params_set_double(r, "tenth", 0.1);
+    mdg_msg_reply(msg, r, NULL, 0);
+}
+
+/* The params back as they came (with the broker's stamps). */
+static void h_echo(mdg_msg *msg, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
+    cbor_item_t *m = mdg_params_map(mdg_msg_params(msg));
+    for (size_t i = 0; i < cbor_map_size(m); i++) {
+        struct cbor_pair kv = cbor_map_handle(m)[i];
+        char key[64];
+        snprintf(key, sizeof key, "%.*s", (int)cbor_string_length(kv.key), cbor_string_handle(kv.key));
+        mdg_params_set_item(r, key, cbor_incref(kv.value));
+    }
+    mdg_msg_reply(msg, r, NULL, 0);
+}
+
 static const mdg_cmd node_commands[] = {
     {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    {"awkward", h_awkward, NULL, MDG_CMD_NEEDS_REPLY},
+    {"echo", h_echo, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 
@@ -381,6 +422,124 @@ static void test_help(void)
     CHECK(has(out, "raised the open-file limit from 256 to 1024"));
 }
 
+/* A loopback port nothing listens on (bound, then closed). */
+static int closed_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* A mistyped --state is refused; a broker that cannot bind writes nothing. */
+static void test_state_refused(int taken_port)
+{
+    static char out[4096];
+    char dir[400], keys[400], key_file[450];
+    snprintf(dir, sizeof dir, "%s/mistyped-state", base);
+    snprintf(keys, sizeof keys, "%s/mistyped-keys", base);
+    snprintf(key_file, sizeof key_file, "%s/localhost_broker", keys);
+    CHECK(t_run(out, sizeof out, "%s --port 0 --bind 127.0.0.1 --state %s --prefix %s", MDG_BROKER_BIN,
+              dir, keys) == 1);
+    CHECK(has(out, "no identity store at") && has(out, "--create"));
+    CHECK(!exists(dir) && !exists(key_file));
+    /* with --create, but the port is taken: neither the store nor the keys */
+    CHECK(t_run(out, sizeof out, "%s --create --port %d --bind 127.0.0.1 --state %s --prefix %s",
+              MDG_BROKER_BIN, taken_port, dir, keys) == 1);
+    CHECK(has(out, "cannot start the broker"));
+    CHECK(!exists(dir) && !exists(key_file));
+}
+
+/* Is v the JSON string s? */
+static bool str_is(const json_t *v, const char *s)
+{
+    return json_is_string(v) && strcmp(json_string_value(v), s) == 0;
+}
+
+/* messidge nodes, call --node NAME, ping, JSON out and in, and a refused
+ * broker reported at once. */
+static void test_cli(int port, const char *prefix, const char *node_pk_b64)
+{
+    static char out[16384];
+    json_error_t err;
+    json_t *v;
+
+    /* nodes by the names add-node gave them */
+    CHECK(t_run(out, sizeof out, "%s nodes --prefix %s --port %d", MDG_CLI_BIN, prefix, port) == 0);
+    CHECK(has(out, "divide") && has(out, node_pk_b64));
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d nodes", MDG_CLI_BIN, prefix, port) == 0);
+    v = json_loads(out, 0, &err);
+    CHECK(v != NULL);
+    json_t *first = json_array_get(json_object_get(v, "nodes"), 0);
+    CHECK(str_is(json_object_get(first, "name"), "divide") && str_is(json_object_get(first, "pk"), node_pk_b64));
+    json_decref(v);
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d ping", MDG_CLI_BIN, prefix, port) == 0);
+    v = json_loads(out, 0, &err);
+    CHECK(json_is_true(json_object_get(v, "pong")) && str_is(json_object_get(v, "version"), mdg_version()));
+    json_decref(v);
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node divide divide dividend=10.0 devisor=5.0",
+              MDG_CLI_BIN, prefix, port) == 0);
+    CHECK(has(out, "\"quotient\": 2.0"));
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node nosuch divide dividend=1.0 devisor=1.0",
+              MDG_CLI_BIN, prefix, port) == 1);
+    CHECK(has(out, "no node named \"nosuch\""));
+
+    /* what JSON cannot say still prints as JSON */
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node divide awkward", MDG_CLI_BIN, prefix,
+              port) == 0);
+    v = json_loads(out, 0, &err);
+    if (!v)
+        fprintf(stderr, "not JSON (%s): %s\n", err.text, out);
+    CHECK(v != NULL);
+    CHECK(json_is_null(json_object_get(v, "nan")) && json_is_null(json_object_get(v, "inf")));
+    json_t *want = json_pack("{s:s}", "1", "x");
+    CHECK(json_equal(json_object_get(v, "intkey"), want) || !"intkey is {\"1\": \"x\"}");
+    json_decref(want);
+    CHECK(str_is(json_object_get(v, "bytes"), "b64:AAEC"));
+    CHECK(json_real_value(json_object_get(v, "tenth")) == 0.1 && has(out, "\"tenth\": 0.1"));
+    json_decref(v);
+
+    /* JSON in: --params and key:=JSON come back equal through a JSON parser */
+    const char *in = "{\"xs\": [1, -2, 2.5, \"a\", true, null, {\"k\": [\"\\u00e9\"]}], "
+                     "\"big\": -9007199254740993, \"third\": 0.3333333333333333}";
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node divide --params '%s' echo 'm:={\"a\": {}}'",
+              MDG_CLI_BIN, prefix, port, in) == 0);
+    json_t *sent = json_loads(in, 0, &err);
+    v = json_loads(out, 0, &err);
+    if (!v)
+        fprintf(stderr, "not JSON (%s): %s\n", err.text, out);
+    CHECK(v && sent);
+    const char *key;
+    json_t *member;
+    json_object_foreach(sent, key, member)
+        CHECK(json_equal(member, json_object_get(v, key)) || !"a --params member came back equal");
+    json_t *m = json_pack("{s:{}}", "a");
+    CHECK(json_equal(json_object_get(v, "m"), m));
+    json_decref(m);
+    json_decref(sent);
+    json_decref(v);
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d ping 'xs:=[1,'", MDG_CLI_BIN, prefix, port) == 2);
+    CHECK(has(out, "not JSON"));
+
+    /* nothing listens: said at once, not after the 10 s timeout */
+    int64_t t0 = now_ms();
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --location 127.0.0.1 --port %d ping", MDG_CLI_BIN,
+              prefix, closed_port()) == 1);
+    CHECK(now_ms() - t0 < 1000);
+    CHECK(has(out, "refused"));
+}
+
 int main(void)
 {
     static char out[16384], text[256];
@@ -421,7 +580,7 @@ int main(void)
     test_help();
 
     /* ---- the broker: free ports on loopback, its key made on first run */
-    char *const argv[] = {MDG_BROKER_BIN, "--port", "0", "--bind", "127.0.0.1",
+    char *const argv[] = {MDG_BROKER_BIN, "--port", "0", "--bind", "127.0.0.1", "--create",
                           "--state", state, "--prefix", bprefix, "--account-port", "0",
                           "--port-file", port_file, "--legacy-port", "0", "--verbose",
                           "--max-connections", "50", "--account-max-connections", "16",
@@ -441,6 +600,8 @@ int main(void)
     snprintf(path, sizeof path, "%s/localhost_broker.pub", bprefix);
     CHECK(read_file(path, text, sizeof text) && strncmp(text, broker_pk_b64, MDG_KEY_B64_LEN) == 0);
     CHECK_RC(mdg_pk_from_b64(broker_pk, broker_pk_b64), 0);
+
+    test_state_refused(port);
 
     /* ---- invite (the broker made the store: no --create needed) */
     CHECK(t_run(out, sizeof out, "%s --state %s invite alice@example.com", MDG_ADMIN_BIN, state) == 0);
@@ -472,8 +633,10 @@ int main(void)
     mdg_keys_destroy(&ukeys);
 
     /* ---- add-node: the node's keys, and the broker's key from its prefix */
-    CHECK(t_run(out, sizeof out, "%s --state %s --prefix %s add-node divide", MDG_ADMIN_BIN, state,
-              bprefix) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s --prefix %s add-node divide --port %d", MDG_ADMIN_BIN, state,
+              bprefix, port) == 0);
+    snprintf(text, sizeof text, "divide_node --location localhost --port %d\n", port);
+    CHECK(has(out, text)); /* the printed command names the port */
     CHECK(field(out, "MESSIDGE_NODE_PK", node_pk_b64, sizeof node_pk_b64) &&
           field(out, "MESSIDGE_NODE_SK", node_sk_b64, sizeof node_sk_b64) &&
           field(out, "MESSIDGE_BROKER_PK", node_bpk_b64, sizeof node_bpk_b64));
@@ -535,6 +698,7 @@ int main(void)
               "%s call --prefix %s --port %d --node '%s' divide dividend=10.0 devisor=0.0",
               MDG_CLI_BIN, uprefix, port, node_pk_b64) == 1);
     CHECK(has(out, "Devisor cannot be zero"));
+    test_cli(port, uprefix, node_pk_b64);
 
     /* ---- bob too */
     bob = user_conn(uprefix2, port, &bob_offer, &rc);

@@ -4,7 +4,7 @@
  * while the broker runs (SQLite in WAL mode, one transaction per change).
  *
  *   messidge-admin [--state DIR] invite EMAIL [--ttl SECONDS]
- *   messidge-admin [--state DIR] [--prefix DIR] add-node [NAME]
+ *   messidge-admin [--state DIR] [--prefix DIR] add-node [NAME] [--port N]
  *   messidge-admin [--state DIR] add-user EMAIL PK_B64
  *   messidge-admin [--state DIR] list
  *   messidge-admin [--state DIR] revoke PK_B64
@@ -42,11 +42,13 @@ static const char usage_text[] =
     "      SECONDS); give it to the user, who runs\n"
     "          messidge confirm LOCATION TOKEN\n"
     "      Only a hash of the token is stored: it cannot be shown again.\n"
-    "  add-node [NAME] [--location L] [--program P] [--broker-key KEY]\n"
-    "      Make a key pair for a new node, register its public key, and print\n"
+    "  add-node [NAME] [--location L] [--port N] [--program P] [--broker-key KEY]\n"
+    "      Make a key pair for a new node, register its public key under NAME\n"
+    "      (`messidge nodes` and `messidge call --node NAME` use it), and print\n"
     "      the command that starts the node with it:\n"
-    "          MESSIDGE_NODE_PK=.. MESSIDGE_NODE_SK=.. MESSIDGE_BROKER_PK=.. P --location L\n"
-    "      (P default " DEFAULT_PROGRAM ", L default " DEFAULT_LOCATION "). The broker's\n"
+    "          MESSIDGE_NODE_PK=.. MESSIDGE_NODE_SK=.. MESSIDGE_BROKER_PK=.. P --location L [--port N]\n"
+    "      (P default " DEFAULT_PROGRAM ", L default " DEFAULT_LOCATION ", N the broker's\n"
+    "      base port, default 2020). The broker's\n"
     "      public key is read from PREFIX/KEY.pub (KEY default " DEFAULT_BROKER_KEY ").\n"
     "      The node's secret key is printed once and stored nowhere.\n"
     "  add-user EMAIL PK_B64\n"
@@ -70,6 +72,7 @@ static const char usage_text[] =
 
 typedef struct options {
     const char *state, *prefix, *location, *program, *broker_key;
+    int port; /* the broker's base port for the node's command; 0: not given */
     int64_t ttl;
     bool create;
 } options;
@@ -169,8 +172,11 @@ static int cmd_add_node(mdg_identity *id, const options *o, char **args, int n)
     printf("node %s%s%sregistered with public key %s\n", *name ? "\"" : "", name,
            *name ? "\" " : "", pk_b64);
     printf("\nStart it with (the secret key is shown only now; keep it secret):\n\n");
-    printf("MESSIDGE_NODE_PK=%s MESSIDGE_NODE_SK=%s MESSIDGE_BROKER_PK=%s %s --location %s\n",
-           pk_b64, sk_b64, bpk_b64, o->program, o->location);
+    printf("MESSIDGE_NODE_PK=%s MESSIDGE_NODE_SK=%s MESSIDGE_BROKER_PK=%s %s --location %s", pk_b64,
+           sk_b64, bpk_b64, o->program, o->location);
+    if (o->port)
+        printf(" --port %d", o->port);
+    putchar('\n');
     if (!have_broker)
         printf("\nBROKER_PK is the broker's public key: the contents of\n  %s\n"
                "which was not readable here (pass --prefix DIR or --broker-key NAME).\n",
@@ -273,6 +279,7 @@ int main(int argc, char **argv)
         {"prefix", required_argument, NULL, 'p'},
         {"ttl", required_argument, NULL, 't'},
         {"location", required_argument, NULL, 'l'},
+        {"port", required_argument, NULL, 'n'},
         {"program", required_argument, NULL, 'P'},
         {"broker-key", required_argument, NULL, 'b'},
         {"create", no_argument, NULL, 'c'},
@@ -292,6 +299,10 @@ int main(int argc, char **argv)
         case 's': o.state = optarg; break;
         case 'p': o.prefix = optarg; break;
         case 'l': o.location = optarg; break;
+        case 'n':
+            if ((o.port = cli_parse_int(optarg, 1, 65535)) < 0)
+                return usage_error("--port wants a port from 1 to 65535, not \"%s\"", optarg);
+            break;
         case 'P': o.program = optarg; break;
         case 'b': o.broker_key = optarg; break;
         case 'c': o.create = true; break;

@@ -1,11 +1,15 @@
-/* messidge-broker - a ready broker: no application commands of its own; it
- * admits the users and nodes of its identity store, runs the account
- * server on the base port + 1, routes users' calls to nodes and offers
- * every new session the list of connected nodes. The program a new user
- * runs first. */
+/* messidge-broker - a ready broker: two commands of its own (ping, nodes:
+ * broker_builtin.c); it admits the users and nodes of its identity store,
+ * runs the account server on the base port + 1, routes users' calls to
+ * nodes and offers every new session the list of connected nodes. The
+ * program a new user runs first.
+ *
+ * Nothing is written before the port is bound: a broker that cannot start
+ * (port taken, mistyped --state) leaves no new key files nor store. */
 #include "messidge.h"
 #include "messidge_identity.h"
 
+#include "broker_builtin.h"
 #include "cli_util.h"
 
 #include <getopt.h>
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The soft open-file limit goes up to this at most (from the hard one). */
@@ -26,7 +31,9 @@ static void usage(FILE *out)
             "usage: messidge-broker [options]\n"
             "\n"
             "A Messidge broker that routes users' calls to nodes and offers each new\n"
-            "session the public keys of the connected nodes (resource_offer).\n"
+            "session the public keys of the connected nodes (resource_offer). Its own\n"
+            "commands: ping, and nodes (the connected nodes, by the names given with\n"
+            "messidge-admin add-node): messidge call ping, messidge nodes.\n"
             "Users and nodes are admitted from the identity store (see messidge-admin).\n"
             "\n"
             "options:\n"
@@ -37,7 +44,9 @@ static void usage(FILE *out)
             "  -k, --key NAME        broker key pair name (default localhost_broker);\n"
             "                        made and saved on first run\n"
             "  -P, --prefix DIR      key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
-            "  -s, --state DIR       identity store directory (default ./messidge-state)\n"
+            "  -s, --state DIR       identity store directory (default ./messidge-state);\n"
+            "                        it must exist (see messidge-admin) unless --create\n"
+            "      --create          make the identity store if there is none yet\n"
             "      --account-port N  account server port (default base port + 1; 0 = free)\n"
             "      --no-accounts     do not run the account server\n"
             "      --legacy-port N   also admit unmodified Messidge 1.x (Python) users and\n"
@@ -99,6 +108,7 @@ int main(int argc, char **argv)
         OPT_ACCOUNT_PER_ADDRESS,
         OPT_ACCOUNT_TIMEOUT,
         OPT_VERSION,
+        OPT_CREATE,
     };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, 'p'},
@@ -106,6 +116,7 @@ int main(int argc, char **argv)
         {"key", required_argument, NULL, 'k'},
         {"prefix", required_argument, NULL, 'P'},
         {"state", required_argument, NULL, 's'},
+        {"create", no_argument, NULL, OPT_CREATE},
         {"account-port", required_argument, NULL, OPT_ACCOUNT_PORT},
         {"no-accounts", no_argument, NULL, OPT_NO_ACCOUNTS},
         {"port-file", required_argument, NULL, OPT_PORT_FILE},
@@ -123,11 +134,12 @@ int main(int argc, char **argv)
     mdg_account_server_options ao = {0};
     const char *key_name = "localhost_broker", *prefix = NULL, *state = NULL, *port_file = NULL;
     int account_port = -1, verbose = 0, opt, rc, status = 1;
-    bool accounts = true;
+    bool accounts = true, create = false, new_keys = false;
     mdg_keys *keys = NULL;
     mdg_identity *id = NULL;
     mdg_broker *b = NULL;
     mdg_account_server *as = NULL;
+    broker_builtin *bb = NULL;
 
     while ((opt = getopt_long(argc, argv, "p:b:k:P:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
@@ -164,6 +176,7 @@ int main(int argc, char **argv)
             break;
         }
         case OPT_NO_ACCOUNTS: accounts = false; break;
+        case OPT_CREATE: create = true; break;
         case OPT_PORT_FILE: port_file = optarg; break;
         case 'v': verbose++; break;
         case 'h': usage(stdout); return 0;
@@ -183,14 +196,28 @@ int main(int argc, char **argv)
     sigset_t stop_signals;
     cli_block_stop_signals(&stop_signals);
 
-    /* the original Python Messidge's "fetch/create the server keys" */
+    /* A mistyped --state would make an empty store that refuses every
+     * client: only with --create (as messidge-admin). */
+    char db[4096];
+    struct stat st;
+    snprintf(db, sizeof db, "%s/%s", state ? state : MDG_DEFAULT_STATE_DIR, MDG_IDENTITY_DB_FILE);
+    if (!create && stat(db, &st) != 0) {
+        fprintf(stderr,
+                "messidge-broker: no identity store at %s: pass the right --state DIR "
+                "(or --create to make a new one)\n",
+                db);
+        goto out;
+    }
+
+    /* the original Python Messidge's "fetch/create the server keys"; a new
+     * pair is saved once the port is bound */
     rc = mdg_keys_load(&keys, key_name, prefix);
     if (rc == MDG_ENOENT) {
-        if ((rc = mdg_keys_new(&keys)) || (rc = mdg_keys_save(keys, key_name, prefix))) {
+        if ((rc = mdg_keys_new(&keys))) {
             fail("cannot make the broker's keys", rc);
             goto out;
         }
-        fprintf(stderr, "messidge-broker: made a new key pair '%s'\n", key_name);
+        new_keys = true;
     } else if (rc) {
         fail("cannot load the broker's keys", rc);
         goto out;
@@ -198,18 +225,27 @@ int main(int argc, char **argv)
     char pk_b64[MDG_KEY_B64_LEN + 1];
     mdg_pk_to_b64(mdg_keys_public(keys), pk_b64);
 
-    if ((rc = mdg_identity_open(&id, state))) {
-        fail("cannot open the identity store", rc);
-        goto out;
-    }
-    /* admit keys from the store; revocations close live sessions */
-    if ((rc = mdg_broker_new(&b, keys, &bo)) || (rc = mdg_identity_attach(id, b))) {
+    /* keys are admitted from the store (once it is open, below);
+     * revocations close live sessions */
+    if ((rc = mdg_broker_new(&b, keys, &bo)) || (rc = broker_builtin_new(&bb, b))) {
         fail("cannot make the broker", rc);
         goto out;
     }
     if ((rc = mdg_broker_start(b))) {
         fail("cannot start the broker", rc);
         goto out;
+    }
+    /* bound: now the store and the keys may be written */
+    if ((rc = mdg_identity_open(&id, state)) || (rc = broker_builtin_set_store(bb, id))) {
+        fail("cannot open the identity store", rc);
+        goto out;
+    }
+    if (new_keys) {
+        if ((rc = mdg_keys_save(keys, key_name, prefix))) {
+            fail("cannot save the broker's keys", rc);
+            goto out;
+        }
+        fprintf(stderr, "messidge-broker: made a new key pair '%s'\n", key_name);
     }
     int port = mdg_broker_port(b);
 
@@ -247,6 +283,7 @@ out:
      * account server and the broker's ZAP handler use it) */
     mdg_account_server_destroy(&as);
     mdg_broker_destroy(&b);
+    broker_builtin_destroy(&bb);
     mdg_identity_destroy(&id);
     mdg_keys_destroy(&keys);
     if (status == 0)
