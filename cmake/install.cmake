@@ -37,3 +37,8 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/messidgeConfig.cmake
 
 install(FILES man/messidge-broker.1 man/messidge-admin.1 man/messidge.1
         DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
+
+# An example systemd unit, with the installed broker's path.
+set(MDG_BROKER_PATH ${CMAKE_INSTALL_FULL_BINDIR}/messidge-broker)
+configure_file(dist/messidge-broker.service.in messidge-broker.service @ONLY)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/messidge-broker.service DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)

@@ -10,3 +10,12 @@ if(TARGET messidge-admin AND TARGET messidge_cli)
     MDG_ADMIN_BIN="$<TARGET_FILE:messidge-admin>"
     MDG_CLI_BIN="$<TARGET_FILE:messidge_cli>")
 endif()
+
+# The example systemd unit (dist/) passes systemd-analyze verify (skipped
+# when it is not installed).
+if(TARGET messidge-broker)
+  add_test(NAME test_systemd_unit
+           COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_systemd_unit.sh
+                   ${CMAKE_SOURCE_DIR}/dist/messidge-broker.service.in $<TARGET_FILE:messidge-broker>)
+  set_tests_properties(test_systemd_unit PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 60)
+endif()

@@ -50,6 +50,9 @@ for tool in messidge-broker messidge-admin messidge; do
 done
 out=$("$PREFIX/bin/divide_node" --version) || die "divide_node is not installed"
 [ "$out" = "divide_node $VERSION" ] || die "divide_node --version said \"$out\""
+unit=$PREFIX/share/doc/messidge/examples/messidge-broker.service
+# (it names the broker under the prefix configured, which --prefix does not change)
+grep -q "^ExecStart=/.*/messidge-broker " "$unit" || die "no example unit naming the broker: $unit"
 echo "test_install: tools --version $VERSION, man pages present"
 
 # pkg-config: the public flags name libcbor only (the header's one

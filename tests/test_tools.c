@@ -189,7 +189,8 @@ static bool start_broker(char *const argv[])
 
 /* Read the broker's stdout until it has said both lines (or ms pass, or
  * it exits): the base port, the account port and its public key. */
-static int legacy_port; /* the Messidge 1.x listener's, from the same line */
+static int legacy_port;  /* the Messidge 1.x listener's, from the same line */
+static int metrics_port; /* the metrics server's, from the same line */
 
 static bool broker_ready(int *port, int *account_port, char pk_b64[MDG_KEY_B64_LEN + 1], int ms)
 {
@@ -215,6 +216,8 @@ static bool broker_ready(int *port, int *account_port, char pk_b64[MDG_KEY_B64_L
         fprintf(stderr, "the broker did not say it is ready; its stdout:\n%s\n", buf);
         return false;
     }
+    const char *mp = strstr(buf, "metrics on port ");
+    metrics_port = mp ? atoi(mp + strlen("metrics on port ")) : 0;
     const char *lp = strstr(buf, "Messidge 1.x on port ");
     legacy_port = lp ? atoi(lp + strlen("Messidge 1.x on port ")) : 0;
     return true;
@@ -546,7 +549,8 @@ int main(void)
     char broker_pk_b64[MDG_KEY_B64_LEN + 1] = "", token[64] = "", token2[64] = "";
     char user_b64[MDG_KEY_B64_LEN + 1] = "", user2_b64[MDG_KEY_B64_LEN + 1] = "";
     char node_pk_b64[64] = "", node_sk_b64[64] = "", node_bpk_b64[64] = "";
-    char port_file[320], path[400], port_text[32];
+    char port_file[320], path[400], port_text[32], pid_path[320];
+    pid_t pid_of_broker = 0;
     uint8_t broker_pk[MDG_KEY_BYTES], node_pk[MDG_KEY_BYTES];
     int port = 0, account_port = 0, rc;
     mdg_keys *node_keys = NULL, *ukeys = NULL;
@@ -572,6 +576,7 @@ int main(void)
     snprintf(uprefix2, sizeof uprefix2, "%s/bob", base);
     snprintf(broker_err, sizeof broker_err, "%s/broker.err", base);
     snprintf(port_file, sizeof port_file, "%s/broker.port", base);
+    snprintf(pid_path, sizeof pid_path, "%s/broker.pid", base);
     snprintf(path, sizeof path, "%s/default-prefix", base);
     setenv("MESSIDGE_PREFIX", path, 1);
     atexit(kill_broker);
@@ -584,7 +589,8 @@ int main(void)
                           "--state", state, "--prefix", bprefix, "--account-port", "0",
                           "--port-file", port_file, "--legacy-port", "0", "--verbose",
                           "--max-connections", "50", "--account-max-connections", "16",
-                          "--account-per-address", "3", "--account-timeout", "4000", NULL};
+                          "--account-per-address", "3", "--account-timeout", "4000",
+                          "--metrics-port", "0", "--pid-file", pid_path, NULL};
     CHECK(start_broker(argv));
     bool up = broker_ready(&port, &account_port, broker_pk_b64, WAIT_MS);
     CHECK(up);
@@ -597,6 +603,10 @@ int main(void)
     /* the port file (written after stdout) agrees; the key is the saved one */
     WAIT_FOR(read_file(port_file, port_text, sizeof port_text) && port_text[0], 2000);
     CHECK(atoi(port_text) == port);
+    pid_of_broker = broker_pid;
+    WAIT_FOR(read_file(pid_path, port_text, sizeof port_text) && port_text[0], 2000);
+    CHECK(atoi(port_text) == (int)broker_pid);
+    CHECK(metrics_port > 0);
     snprintf(path, sizeof path, "%s/localhost_broker.pub", bprefix);
     CHECK(read_file(path, text, sizeof text) && strncmp(text, broker_pk_b64, MDG_KEY_B64_LEN) == 0);
     CHECK_RC(mdg_pk_from_b64(broker_pk, broker_pk_b64), 0);
@@ -778,7 +788,11 @@ int main(void)
     CHECK(stop_broker(WAIT_MS) == 0);
     CHECK(read_file(broker_err, out, sizeof out));
     CHECK(has(out, "revoked: 1 session(s) closed") && has(out, "SIGTERM, stopping") &&
-          has(out, "messidge-broker: stopped"));
+          has(out, "] info: stopped"));
+    /* every line: UTC time, program[pid], level */
+    snprintf(text, sizeof text, "Z messidge-broker[%d] info: SIGTERM, stopping\n", (int)pid_of_broker);
+    CHECK(has(out, text));
+    CHECK(!exists(pid_path)); /* the pid file goes on a clean stop */
     CHECK(!strstr(out, "Sanitizer"));
 
 out:

@@ -9,6 +9,7 @@
  * (handlers, hooks, timers, the auth function), so the node list needs no
  * lock; the store pointer is the one thing another thread sets. */
 #include "broker_builtin.h"
+#include "cli_util.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -36,7 +37,7 @@ static void on_revoked(const uint8_t pk[MDG_KEY_BYTES], void *arg)
     char b64[MDG_KEY_B64_LEN + 1];
     mdg_pk_to_b64(pk, b64);
     int n = mdg_broker_disconnect_key(arg, pk, "key revoked"); /* loop thread: final */
-    fprintf(stderr, "messidge-broker: key %s revoked: %d session(s) closed\n", b64, n);
+    cli_log(MDG_LOG_WARN, "key %.12s revoked: %d session(s) closed", b64, n);
 }
 
 static void poll_revocations(mdg_broker *b, void *arg)
@@ -44,7 +45,7 @@ static void poll_revocations(mdg_broker *b, void *arg)
     broker_builtin *bb = arg;
     mdg_identity *id = atomic_load(&bb->id);
     if (id && mdg_identity_revoked_since(id, &bb->revoke_cursor, on_revoked, b) != 0)
-        fprintf(stderr, "messidge-broker: cannot read revocations: %s\n", mdg_last_error());
+        cli_log(MDG_LOG_WARN, "cannot read revocations: %s", mdg_last_error());
 }
 
 int broker_builtin_set_store(broker_builtin *bb, mdg_identity *id)

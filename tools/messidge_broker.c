@@ -63,6 +63,14 @@ static void usage(FILE *out)
             "                        (default 8; more are refused)\n"
             "      --account-timeout MS  an account request must be complete within MS\n"
             "                        of its connection opening (default 5000)\n"
+            "      --metrics-port N  serve Prometheus metrics on http://ADDR:N/metrics and\n"
+            "                        a health check on /healthz (off by default; 0 = a\n"
+            "                        free port, printed with the others)\n"
+            "      --metrics-bind ADDR  address of the metrics server (default 127.0.0.1)\n"
+            "      --pid-file FILE   write the broker's pid to FILE once serving (removed\n"
+            "                        on a clean stop)\n"
+            "      --syslog          log to syslog (the journal under systemd) instead of\n"
+            "                        stderr\n"
             "  -v, --verbose         log sessions and refusals (-vv: debug)\n"
             "  -h, --help            this text\n"
             "      --version         print the version and exit\n"
@@ -86,13 +94,13 @@ static void raise_nofile(bool verbose)
     rlim_t was = rl.rlim_cur;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > NOFILE_CEILING ? NOFILE_CEILING : rl.rlim_max;
     if (rl.rlim_cur > was && setrlimit(RLIMIT_NOFILE, &rl) == 0 && verbose)
-        fprintf(stderr, "messidge-broker: raised the open-file limit from %llu to %llu\n", (unsigned long long)was,
+        cli_log(MDG_LOG_INFO, "raised the open-file limit from %llu to %llu", (unsigned long long)was,
                 (unsigned long long)rl.rlim_cur);
 }
 
 static int fail(const char *what, int rc)
 {
-    fprintf(stderr, "messidge-broker: %s: %s (%s)\n", what, mdg_last_error(), mdg_strerror(rc));
+    cli_log(MDG_LOG_ERROR, "%s: %s (%s)", what, mdg_last_error(), mdg_strerror(rc));
     return 1;
 }
 
@@ -109,6 +117,10 @@ int main(int argc, char **argv)
         OPT_ACCOUNT_TIMEOUT,
         OPT_VERSION,
         OPT_CREATE,
+        OPT_SYSLOG,
+        OPT_METRICS_PORT,
+        OPT_METRICS_BIND,
+        OPT_PID_FILE,
     };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, 'p'},
@@ -117,6 +129,10 @@ int main(int argc, char **argv)
         {"prefix", required_argument, NULL, 'P'},
         {"state", required_argument, NULL, 's'},
         {"create", no_argument, NULL, OPT_CREATE},
+        {"syslog", no_argument, NULL, OPT_SYSLOG},
+        {"metrics-port", required_argument, NULL, OPT_METRICS_PORT},
+        {"metrics-bind", required_argument, NULL, OPT_METRICS_BIND},
+        {"pid-file", required_argument, NULL, OPT_PID_FILE},
         {"account-port", required_argument, NULL, OPT_ACCOUNT_PORT},
         {"no-accounts", no_argument, NULL, OPT_NO_ACCOUNTS},
         {"port-file", required_argument, NULL, OPT_PORT_FILE},
@@ -134,7 +150,10 @@ int main(int argc, char **argv)
     mdg_account_server_options ao = {0};
     const char *key_name = "localhost_broker", *prefix = NULL, *state = NULL, *port_file = NULL;
     int account_port = -1, verbose = 0, opt, rc, status = 1;
-    bool accounts = true, create = false, new_keys = false;
+    bool accounts = true, create = false, new_keys = false, use_syslog = false;
+    int metrics_port = -1; /* off */
+    const char *metrics_bind = "127.0.0.1", *pid_file = NULL;
+    mdg_metrics_server *ms = NULL;
     mdg_keys *keys = NULL;
     mdg_identity *id = NULL;
     mdg_broker *b = NULL;
@@ -177,6 +196,15 @@ int main(int argc, char **argv)
         }
         case OPT_NO_ACCOUNTS: accounts = false; break;
         case OPT_CREATE: create = true; break;
+        case OPT_SYSLOG: use_syslog = true; break;
+        case OPT_METRICS_BIND: metrics_bind = optarg; break;
+        case OPT_PID_FILE: pid_file = optarg; break;
+        case OPT_METRICS_PORT:
+            if ((metrics_port = cli_parse_port(optarg)) < 0) {
+                fprintf(stderr, "messidge-broker: bad metrics port \"%s\" (0 to 65535)\n", optarg);
+                return 2;
+            }
+            break;
         case OPT_PORT_FILE: port_file = optarg; break;
         case 'v': verbose++; break;
         case 'h': usage(stdout); return 0;
@@ -188,7 +216,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (verbose)
+    if (use_syslog)
+        cli_log_to_syslog("messidge-broker", verbose ? (verbose > 1 ? MDG_LOG_DEBUG : MDG_LOG_INFO) : -1);
+    else if (verbose)
         mdg_set_log(NULL, NULL, verbose > 1 ? MDG_LOG_DEBUG : MDG_LOG_INFO);
     raise_nofile(verbose);
     /* SIGINT/SIGTERM are taken by sigwait below: block them before any
@@ -202,9 +232,7 @@ int main(int argc, char **argv)
     struct stat st;
     snprintf(db, sizeof db, "%s/%s", state ? state : MDG_DEFAULT_STATE_DIR, MDG_IDENTITY_DB_FILE);
     if (!create && stat(db, &st) != 0) {
-        fprintf(stderr,
-                "messidge-broker: no identity store at %s: pass the right --state DIR "
-                "(or --create to make a new one)\n",
+        cli_log(MDG_LOG_ERROR, "no identity store at %s: pass the right --state DIR (or --create to make a new one)",
                 db);
         goto out;
     }
@@ -245,7 +273,7 @@ int main(int argc, char **argv)
             fail("cannot save the broker's keys", rc);
             goto out;
         }
-        fprintf(stderr, "messidge-broker: made a new key pair '%s'\n", key_name);
+        cli_log(MDG_LOG_INFO, "made a new key pair '%s'", key_name);
     }
     int port = mdg_broker_port(b);
 
@@ -260,33 +288,46 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (metrics_port >= 0 && (rc = mdg_metrics_server_new(&ms, b, metrics_bind, metrics_port))) {
+        fail("cannot start the metrics server", rc);
+        goto out;
+    }
     printf("messidge-broker: listening on port %d", port);
     if (as)
         printf(", accounts on port %d", mdg_account_server_port(as));
     if (bo.legacy)
         printf(", Messidge 1.x on port %d", mdg_broker_legacy_port(b));
+    if (ms)
+        printf(", metrics on port %d", mdg_metrics_server_port(ms));
     printf("\nmessidge-broker: broker public key %s\n", pk_b64);
     fflush(stdout);
     if (port_file && cli_write_port_file(port_file, port) != 0) {
-        fprintf(stderr, "messidge-broker: cannot write the port file %s\n", port_file);
+        cli_log(MDG_LOG_ERROR, "cannot write the port file %s", port_file);
+        goto out;
+    }
+    if (pid_file && cli_write_port_file(pid_file, (int)getpid()) != 0) {
+        cli_log(MDG_LOG_ERROR, "cannot write the pid file %s", pid_file);
         goto out;
     }
 
     /* the loop runs on the broker's thread; wait here for a signal */
     int sig = 0;
     sigwait(&stop_signals, &sig);
-    fprintf(stderr, "messidge-broker: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    cli_log(MDG_LOG_INFO, "%s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     status = 0;
 
 out:
     /* on every way out: no leaks, and the store closes last (both the
      * account server and the broker's ZAP handler use it) */
+    mdg_metrics_server_destroy(&ms);
     mdg_account_server_destroy(&as);
     mdg_broker_destroy(&b);
+    if (pid_file && status == 0)
+        unlink(pid_file);
     broker_builtin_destroy(&bb);
     mdg_identity_destroy(&id);
     mdg_keys_destroy(&keys);
     if (status == 0)
-        fprintf(stderr, "messidge-broker: stopped\n");
+        cli_log(MDG_LOG_INFO, "stopped");
     return status;
 }
