@@ -24,6 +24,8 @@
 #include "messidge_identity.h"
 #include "testutil.h"
 
+#include <sqlite3.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -777,6 +779,26 @@ int main(void)
     mdg_conn_disconnect(bob);
     mdg_conn_destroy(&bob);
     mdg_conn_destroy(&node);
+
+    /* ---- export-1x: the admitted keys in the 1.x schema, revoked ones left out */
+    char export_path[400];
+    snprintf(export_path, sizeof export_path, "%s/export-1x.db", base);
+    CHECK(t_run(out, sizeof out, "%s --state %s export-1x %s", MDG_ADMIN_BIN, state, export_path) == 0);
+    CHECK(has(out, "exported 2 user(s) and 0 node(s)") && has(out, "left out 2 revoked key(s)"));
+    CHECK(t_run(out, sizeof out, "%s --state %s export-1x %s", MDG_ADMIN_BIN, state, export_path) == 1);
+    sqlite3 *x = NULL;
+    sqlite3_stmt *st = NULL;
+    int found = 0;
+    CHECK(sqlite3_open_v2(export_path, &x, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+          sqlite3_prepare_v2(x, "SELECT pk, email, json FROM users ORDER BY email", -1, &st, NULL) == SQLITE_OK);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        const char *pk = (const char *)sqlite3_column_text(st, 0);
+        found += strcmp(pk, user2_b64) == 0 && strcmp((const char *)sqlite3_column_text(st, 1), "bob@example.com") == 0;
+        CHECK(strcmp(pk, user_b64) != 0); /* alice was revoked */
+    }
+    CHECK(found == 1);
+    sqlite3_finalize(st);
+    sqlite3_close(x);
 
     /* ---- a second broker on the same port says why and exits 1 (and,
      * under ASan, leaks nothing on that path) */

@@ -8,11 +8,13 @@
  *   messidge-admin [--state DIR] add-user EMAIL PK_B64
  *   messidge-admin [--state DIR] list
  *   messidge-admin [--state DIR] revoke PK_B64
+ *   messidge-admin [--state DIR] export-1x FILE
  */
 #include "messidge.h"
 #include "messidge_identity.h"
 
 #include "cli_util.h"
+#include "export_1x.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -58,6 +60,11 @@ static const char usage_text[] =
     "  revoke PK_B64\n"
     "      Revoke a user or node key. It stays listed, with the time; the\n"
     "      broker refuses it from then on and ends its live sessions.\n"
+    "  export-1x FILE\n"
+    "      Write the admitted users and nodes to a new SQLite FILE with the\n"
+    "      original Python Messidge 1.x schema, for its admin scripts and broker:\n"
+    "      opening a 1.x store migrates it, one way. Revoked keys and pending\n"
+    "      invitations (only their tokens' hashes are kept) are left out.\n"
     "\n"
     "Options:\n"
     "  --state DIR       the broker's state directory (default " MDG_DEFAULT_STATE_DIR ")\n"
@@ -327,7 +334,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "invite") && strcmp(cmd, "add-node") && strcmp(cmd, "add-user") &&
-        strcmp(cmd, "list") && strcmp(cmd, "revoke"))
+        strcmp(cmd, "list") && strcmp(cmd, "revoke") && strcmp(cmd, "export-1x"))
         return usage_error("unknown command \"%s\"", cmd);
 
     /* Opening makes a store where there is none: in the wrong directory
@@ -352,6 +359,8 @@ int main(int argc, char **argv)
         rc = cmd_add_node(id, &o, args, n);
     else if (strcmp(cmd, "add-user") == 0)
         rc = cmd_add_user(id, args, n);
+    else if (strcmp(cmd, "export-1x") == 0)
+        rc = n == 1 ? export_1x(id, args[0]) : usage_error("export-1x takes one FILE");
     else if (strcmp(cmd, "list") == 0)
         rc = cmd_list(id, n);
     else

@@ -3,7 +3,7 @@
  *   messidge confirm LOCATION TOKEN [--port N] [--prefix DIR] [--force]
  *   messidge keygen NAME [--prefix DIR] [--force]
  *   messidge call [--location L] [--port N] [--prefix DIR] [--node NAME|PK_B64]
- *                 [--timeout MS] [--params JSON] COMMAND [key=value|key:=JSON ...]
+ *                 [--timeout MS] [--params JSON] [--legacy] COMMAND [key=value|key:=JSON ...]
  *   messidge nodes [--location L] [--port N] [--prefix DIR] [--timeout MS]
  *
  * Options are parsed by hand rather than with getopt: invitation tokens are
@@ -55,7 +55,7 @@ static const char usage_text[] =
     "      Make a key pair PREFIX/NAME (secret, mode 0600) and NAME.pub, and print\n"
     "      the public key. Refuses to replace an existing NAME unless --force.\n"
     "  call [--location L] [--port N] [--prefix DIR] [--node NAME|PK_B64]\n"
-    "       [--timeout MS] [--params JSON] COMMAND [key=value|key:=JSON ...]\n"
+    "       [--timeout MS] [--params JSON] [--legacy] COMMAND [key=value|key:=JSON ...]\n"
     "      Connect to the broker at L (default: PREFIX/default_location) on\n"
     "      port N (default 2020) with the key files for L, send COMMAND with\n"
     "      the given params, wait for the reply (MS milliseconds, default\n"
@@ -68,6 +68,8 @@ static const char usage_text[] =
     "      commands: ping, nodes. --params takes a JSON object of params;\n"
     "      key:=JSON one param's value as JSON (arrays, maps, any type), e.g.\n"
     "          'xs:=[1, 2.5, \"a\"]'   'opts:={\"deep\": true}'\n"
+    "      --legacy speaks Messidge 1.x, to an original Python broker (which has\n"
+    "      no `nodes`: give --node a key there).\n"
     "      key=value values are typed:\n"
     "          42, -7          integers\n"
     "          1.5, -0.25      floats (numbers containing '.')\n"
@@ -77,7 +79,7 @@ static const char usage_text[] =
     "          anything else   a string\n"
     "      When the handler fails the call, its error text goes to stderr and\n"
     "      the exit status is 1.\n"
-    "  nodes [--location L] [--port N] [--prefix DIR] [--timeout MS]\n"
+    "  nodes [--location L] [--port N] [--prefix DIR] [--timeout MS] [--legacy]\n"
     "      List the nodes connected to the broker (messidge-broker's `nodes`\n"
     "      command): one line each, name and public key.\n"
     "  help\n"
@@ -96,7 +98,7 @@ static const char usage_text[] =
 /* Everything any subcommand may be given. */
 typedef struct args {
     const char *port, *prefix, *location, *node, *timeout, *params;
-    bool force;
+    bool force, legacy;
     char *pos[MAX_POSITIONAL];
     int npos;
 } args;
@@ -133,12 +135,13 @@ static int parse(int argc, char **argv, const char *allowed, args *a)
 {
     static const struct {
         const char *name;
-        size_t field; /* offsetof into args, or 0 for --force */
+        size_t field; /* offsetof into args */
+        bool flag;    /* takes no value: field is a bool */
     } opts[] = {
-        {"port", offsetof(args, port)},       {"prefix", offsetof(args, prefix)},
-        {"location", offsetof(args, location)}, {"node", offsetof(args, node)},
-        {"timeout", offsetof(args, timeout)}, {"params", offsetof(args, params)},
-        {"force", 0},
+        {"port", offsetof(args, port), false},       {"prefix", offsetof(args, prefix), false},
+        {"location", offsetof(args, location), false}, {"node", offsetof(args, node), false},
+        {"timeout", offsetof(args, timeout), false}, {"params", offsetof(args, params), false},
+        {"force", offsetof(args, force), true}, {"legacy", offsetof(args, legacy), true},
     };
     bool options_done = false;
 
@@ -175,10 +178,10 @@ static int parse(int argc, char **argv, const char *allowed, args *a)
                 break;
         if (k == sizeof opts / sizeof opts[0])
             return usage_error("unknown option %s", arg);
-        if (strcmp(name, "force") == 0) {
+        if (opts[k].flag) {
             if (value)
-                return usage_error("--force takes no value");
-            a->force = true;
+                return usage_error("--%s takes no value", name);
+            *(bool *)((char *)a + opts[k].field) = true;
             continue;
         }
         if (!value) {
@@ -408,7 +411,7 @@ static int probe_broker(const char *location, int port, int budget_ms)
 static int open_conn(const args *a, long timeout, mdg_conn **out)
 {
     char location[256];
-    mdg_conn_options co = {.port = MDG_DEFAULT_PORT};
+    mdg_conn_options co = {.port = MDG_DEFAULT_PORT, .legacy = a->legacy ? MDG_LEGACY_USER : 0};
     long port;
     int rc;
 
@@ -504,7 +507,7 @@ static int cmd_call(int argc, char **argv)
     args a;
     int rc, status = 1;
 
-    if ((rc = parse(argc, argv, "location port prefix node timeout params", &a)) != 0)
+    if ((rc = parse(argc, argv, "location port prefix node timeout params legacy", &a)) != 0)
         return rc;
     if (a.npos < 1)
         return usage_error("call needs a COMMAND");
@@ -570,7 +573,7 @@ static int cmd_nodes(int argc, char **argv)
     args a;
     int rc;
 
-    if ((rc = parse(argc, argv, "location port prefix timeout", &a)) != 0)
+    if ((rc = parse(argc, argv, "location port prefix timeout legacy", &a)) != 0)
         return rc;
     if (a.npos != 0)
         return usage_error("nodes takes no arguments");
