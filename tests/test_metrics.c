@@ -8,7 +8,11 @@
  *   is a zap refusal{unknown_key}; a node that holds a call shows one
  *   node call in flight, then none once it answers; the sessions gauge
  *   shows the user and the node attached; /healthz says ok, and 503 once
- *   the broker stopped. */
+ *   the broker stopped. A client behind a fault proxy: its link cut, it
+ *   resumes (resumes 1); its link cut and new ones held back past the
+ *   session's grace period, its hello names a session the broker no longer
+ *   has (sessions lost 1). */
+#include "faultproxy.h"
 #include "testutil.h"
 
 #include <arpa/inet.h>
@@ -61,6 +65,15 @@ static double sample(const char *text, const char *name)
         if (strncmp(l, name, n) == 0 && l[n] == ' ')
             return atof(l + n + 1);
     return -1;
+}
+
+/* The user sessions gauge is attached, detached (from one scrape). */
+static bool user_sessions(double attached, double detached)
+{
+    static char text[1 << 16];
+    return http_get("/metrics", text, sizeof text) == 200 &&
+           sample(text, "messidge_sessions{role=\"user\",state=\"attached\"}") == attached &&
+           sample(text, "messidge_sessions{role=\"user\",state=\"detached\"}") == detached;
 }
 
 static double scrape(const char *name)
@@ -136,27 +149,32 @@ static void *traffic(void *arg)
 int main(void)
 {
     static char body[1 << 16];
-    mdg_keys *bkeys = NULL, *ukeys = NULL, *nkeys = NULL, *skeys = NULL;
+    mdg_keys *bkeys = NULL, *ukeys = NULL, *nkeys = NULL, *skeys = NULL, *rkeys = NULL;
     mdg_broker *b = NULL;
-    mdg_broker_options o = {.bind_address = "127.0.0.1", .port = 0};
+    /* a short grace, for the lost session below */
+    mdg_broker_options o = {.bind_address = "127.0.0.1", .port = 0, .session_grace_ms = 300};
     mdg_metrics_server *ms = NULL;
 
     CHECK_RC(mdg_keys_new(&bkeys), 0);
     CHECK_RC(mdg_keys_new(&ukeys), 0);
     CHECK_RC(mdg_keys_new(&nkeys), 0);
     CHECK_RC(mdg_keys_new(&skeys), 0);
+    CHECK_RC(mdg_keys_new(&rkeys), 0);
     CHECK_RC(mdg_broker_new(&b, bkeys, &o), 0);
     if (!b)
         return t_done("test_metrics");
     mdg_broker_set_commands(b, broker_commands, NULL);
     mdg_broker_allow(b, mdg_keys_public(ukeys), MDG_ROLE_USER);
     mdg_broker_allow(b, mdg_keys_public(nkeys), MDG_ROLE_NODE);
+    mdg_broker_allow(b, mdg_keys_public(rkeys), MDG_ROLE_USER);
     CHECK(!mdg_broker_healthy(b)); /* not started */
     CHECK_RC(mdg_broker_start(b), 0);
     CHECK_RC(mdg_metrics_server_new(&ms, b, "127.0.0.1", 0), 0);
     metrics_port = mdg_metrics_server_port(ms);
     CHECK(metrics_port > 0);
 
+    /* healthy once the loop thread runs (it may not have yet) */
+    WAIT_FOR(http_get("/healthz", body, sizeof body) == 200, WAIT_MS);
     CHECK(http_get("/healthz", body, sizeof body) == 200 && strcmp(body, "ok\n") == 0);
     CHECK(http_get("/nothing", body, sizeof body) == 404);
     CHECK(http_get("/metrics", body, sizeof body) == 200);
@@ -240,6 +258,33 @@ int main(void)
     WAIT_FOR(scrape("messidge_node_calls_in_flight") == 0, WAIT_MS);
     CHECK(scrape("messidge_node_calls_in_flight") == 0);
 
+    /* ---- resumed, then lost: a client behind a proxy */
+    CHECK(scrape("messidge_resumes_total") == 0 && scrape("messidge_sessions_lost_total") == 0);
+    faultproxy *fp = fp_new(mdg_broker_port(b));
+    mdg_conn_options ro = {.port = fp ? fp_port(fp) : 0, .reconnect_min_ms = 20, .reconnect_max_ms = 100};
+    mdg_conn *roamer = NULL;
+    CHECK_RC(mdg_conn_new_with_keys(&roamer, "127.0.0.1", mdg_keys_public(bkeys), rkeys, &ro), 0);
+    CHECK_RC(mdg_conn_start(roamer), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(roamer, WAIT_MS), 0);
+    fp_cut(fp);
+    WAIT_FOR(scrape("messidge_resumes_total") == 1, WAIT_MS);
+    CHECK(scrape("messidge_resumes_total") == 1);
+    /* settled: the roamer's session attached again (one scrape for both) */
+    WAIT_FOR(user_sessions(2, 0), WAIT_MS);
+    CHECK(user_sessions(2, 0));
+    /* cut again and let no new link through until the grace has passed:
+     * the roamer's session is gone once only the first user's is left */
+    fp_stall(fp, 1);
+    fp_cut(fp);
+    WAIT_FOR(user_sessions(1, 0), WAIT_MS);
+    CHECK(user_sessions(1, 0));
+    fp_stall(fp, 0);
+    WAIT_FOR(scrape("messidge_sessions_lost_total") == 1, WAIT_MS);
+    CHECK(scrape("messidge_sessions_lost_total") == 1);
+    mdg_conn_disconnect(roamer);
+    mdg_conn_destroy(&roamer);
+    fp_destroy(&fp);
+
     /* ---- goodbye: no session left attached */
     mdg_conn_disconnect(node);
     mdg_conn_disconnect(user);
@@ -260,5 +305,6 @@ int main(void)
     mdg_keys_destroy(&ukeys);
     mdg_keys_destroy(&nkeys);
     mdg_keys_destroy(&skeys);
+    mdg_keys_destroy(&rkeys);
     return t_done("test_metrics");
 }
