@@ -2,13 +2,18 @@
 #   make demo   install what is missing, build, run the notes demo on loopback
 #   make test   install what is missing, build with ASan+UBSan, run ctest
 #   make fuzz   run the wire-decoder fuzzer for FUZZ_SECONDS (default 60)
-#   make install   build (release) and install under PREFIX (default /usr/local)
+#   make install   Release build of what is installed (library, headers, tools,
+#                  man pages; no tests) and install under PREFIX (default
+#                  /usr/local). Installs no packages: run `make deps` first.
+#
+# Every build here but `make install` treats warnings as errors
+# (MDG_WERROR=ON); a plain cmake build does so only for Debug.
 
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 DEBS = build-essential cmake pkg-config libzmq3-dev libsodium-dev libcbor-dev \
-       libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev clang libclang-rt-14-dev
+       libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev clang libclang-rt-14-dev
 # What `make bench` needs on top: the NATS baseline (server, C client) and
 # openssl for its TLS certificate.
 BENCH_DEBS = nats-server libnats-dev openssl
@@ -32,7 +37,7 @@ deps:
 	fi
 
 build: deps
-	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMDG_WERROR=ON >/dev/null
 	cmake --build build -j $(JOBS)
 
 demo: build
@@ -40,7 +45,8 @@ demo: build
 
 test:
 	$(MAKE) deps EXTRA_DEBS="$(TEST_DEBS)"
-	CC=clang cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DMDG_SANITIZE=ON -DMDG_FUZZ=ON >/dev/null
+	CC=clang cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DMDG_SANITIZE=ON -DMDG_FUZZ=ON \
+	  -DMDG_WERROR=ON >/dev/null
 	cmake --build build-test -j $(JOBS)
 	cd build-test && ctest --output-on-failure -j $(JOBS) --timeout 300
 
@@ -50,11 +56,15 @@ fuzz: deps
 	mkdir -p build-test/fuzz-corpus
 	build-test/tests/fuzz_wire -max_total_time=$(FUZZ_SECONDS) build-test/fuzz-corpus tests/fuzz-seeds
 
-install: build
-	cmake --install build
+# No apt-get and no tests: what a packager or `sudo make install` expects.
+install:
+	cmake -S . -B build-install -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$(PREFIX) \
+	  -DMDG_TESTS=OFF -DMDG_BENCH=OFF -DMDG_WERROR=OFF >/dev/null
+	cmake --build build-install -j $(JOBS)
+	cmake --install build-install
 
 clean:
-	rm -rf build build-test
+	rm -rf build build-test build-install
 
 # Benchmarks (bench/README.md): install what is missing, build optimised
 # (-O2, no sanitizers) in build-bench, run every scenario on loopback, print
@@ -62,6 +72,6 @@ clean:
 bench:
 	$(MAKE) deps EXTRA_DEBS="$(BENCH_DEBS)"
 	cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" \
-	  -DMDG_BENCH=ON -DMDG_TESTS=OFF >/dev/null
+	  -DMDG_BENCH=ON -DMDG_TESTS=OFF -DMDG_WERROR=ON >/dev/null
 	cmake --build build-bench -j $(JOBS)
 	./bench/run-bench.sh build-bench

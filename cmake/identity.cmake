@@ -10,9 +10,12 @@ target_sources(messidge_obj PRIVATE
   src/identity_changes.c  # layer 6: identity store: invitations, adding keys, revocation
   src/account_server.c    # layer 6: invitation confirmation over HTTP
   src/account_client.c    # layer 6: create_account (libcurl)
+  src/http_listen.c       # where a libmicrohttpd server listens (account and metrics)
+  src/metrics_server.c    # the broker's /metrics and /healthz (libmicrohttpd)
 )
-foreach(t messidge_obj messidge messidge_static)
+foreach(t messidge_obj messidge_static)
   target_link_libraries(${t} PUBLIC PkgConfig::SQLITE3 PkgConfig::MHD PkgConfig::CURL)
 endforeach()
+target_link_libraries(messidge PRIVATE PkgConfig::SQLITE3 PkgConfig::MHD PkgConfig::CURL)
 
 install(FILES include/messidge_identity.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})

@@ -16,7 +16,7 @@
  *   MESSIDGE_BROKER_PK                   the broker's public key (base64)
  *
  *   divide_node [--node-pk B64] [--node-sk B64] [--broker-pk B64]
- *               [--location HOST] [--port N]
+ *               [--location HOST] [--port N] [--legacy]
  *
  * It prints "divide_node: node ready" on stdout once the broker has given
  * it a session, and runs until SIGINT or SIGTERM.
@@ -79,13 +79,16 @@ static void usage(FILE *f)
             "  --location HOST  the broker's host (default localhost)\n"
             "  --port N         the broker's base port (default %d)\n"
             "  --help           this text\n"
+            "  --version        print the version and exit\n"
+            "  --legacy         speak Messidge 1.x, to an original Python broker (the\n"
+            "                   node link is then plaintext, as 1.x's)\n"
             "Prints 'divide_node: node ready' once connected; runs until SIGINT or SIGTERM.\n",
             MDG_DEFAULT_PORT);
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_NODE_PK = 1, O_NODE_SK, O_BROKER_PK, O_LOCATION, O_PORT, O_HELP };
+    enum { O_NODE_PK = 1, O_NODE_SK, O_BROKER_PK, O_LOCATION, O_PORT, O_HELP, O_VERSION, O_LEGACY };
     static const struct option longopts[] = {
         {"node-pk", required_argument, NULL, O_NODE_PK},
         {"node-sk", required_argument, NULL, O_NODE_SK},
@@ -93,6 +96,8 @@ int main(int argc, char **argv)
         {"location", required_argument, NULL, O_LOCATION},
         {"port", required_argument, NULL, O_PORT},
         {"help", no_argument, NULL, O_HELP},
+        {"version", no_argument, NULL, O_VERSION},
+        {"legacy", no_argument, NULL, O_LEGACY},
         {NULL, 0, NULL, 0},
     };
     /* the environment first; the command line overrides it */
@@ -123,6 +128,8 @@ int main(int argc, char **argv)
             }
             break;
         case O_HELP: usage(stdout); return 0;
+        case O_VERSION: cli_print_version("divide_node"); return 0;
+        case O_LEGACY: co.legacy = MDG_LEGACY_NODE; break; /* a Python Messidge 1.x broker */
         default: usage(stderr); return 1;
         }
     }

@@ -47,9 +47,10 @@ static int log_level = MDG_LOG_INFO;
 /* One sink for the library's lines and ours, so they read as one log. */
 static void log_sink(int level, const char *text, void *arg)
 {
-    static const char *names[] = {"error", "warn", "info", "debug"};
+    char line[1200];
     (void)arg;
-    fprintf(stderr, "notes_broker %s: %s\n", names[level & 3], text);
+    mdg_log_format(line, sizeof line, level, text); /* time, notes_broker[pid], level */
+    fputs(line, stderr);
 }
 
 static void logf_(int level, const char *fmt, ...)
@@ -269,7 +270,7 @@ static void on_session_closed(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], vo
     (void)pk;
     (void)arg;
     session *s = data;
-    logf_(MDG_LOG_DEBUG, "session of %s closed", s ? s->pk_b64 : "?");
+    logf_(MDG_LOG_DEBUG, "session of %.12s closed", s ? s->pk_b64 : "?");
     free(s);
 }
 
@@ -291,7 +292,7 @@ static void *on_node_joined(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void
     if (model_add_node(m, pk) != 0)
         logf_(MDG_LOG_ERROR, "out of memory: node not offered to users");
     logf_(MDG_LOG_DEBUG, "I am the right kind of node object.");
-    logf_(MDG_LOG_INFO, "node %s joined", n ? n->pk_b64 : "?");
+    logf_(MDG_LOG_INFO, "node %.12s joined", n ? n->pk_b64 : "?");
     return n;
 }
 
@@ -301,7 +302,7 @@ static void on_node_left(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *d
     model *m = arg;
     node *n = data;
     model_remove_node(m, pk);
-    logf_(MDG_LOG_INFO, "node %s left", n ? n->pk_b64 : "?");
+    logf_(MDG_LOG_INFO, "node %.12s left", n ? n->pk_b64 : "?");
     free(n);
 }
 
@@ -350,6 +351,10 @@ static void usage(FILE *f)
             "                      when --port is 0; 0 = any free port)\n"
             "  --port-file FILE    write the bound base port to FILE once serving\n"
             "  --bind ADDR         interface to listen on (default 127.0.0.1)\n"
+            "  --legacy-port N     also admit the original Python Messidge 1.x users and\n"
+            "                      nodes on port N (they use 2020: run --port 3030\n"
+            "                      --legacy-port 2020; 0 = any free port); see\n"
+            "                      docs/compatibility.md for what 1.x links lack\n"
             "  --verbose           debug logging\n"
             "  --help              this text\n"
             "Prints 'notes_broker: listening on port N, accounts on port M' on stdout once\n"
@@ -385,7 +390,7 @@ static int broker_keys(mdg_keys **keys, const char *prefix)
 
 int main(int argc, char **argv)
 {
-    enum { O_PREFIX = 1, O_STATE, O_PORT, O_ACCOUNT_PORT, O_PORT_FILE, O_BIND, O_VERBOSE, O_HELP };
+    enum { O_PREFIX = 1, O_STATE, O_PORT, O_ACCOUNT_PORT, O_PORT_FILE, O_BIND, O_VERBOSE, O_HELP, O_LEGACY_PORT };
     static const struct option longopts[] = {
         {"prefix", required_argument, NULL, O_PREFIX},
         {"state", required_argument, NULL, O_STATE},
@@ -395,10 +400,12 @@ int main(int argc, char **argv)
         {"bind", required_argument, NULL, O_BIND},
         {"verbose", no_argument, NULL, O_VERBOSE},
         {"help", no_argument, NULL, O_HELP},
+        {"legacy-port", required_argument, NULL, O_LEGACY_PORT},
         {NULL, 0, NULL, 0},
     };
     const char *prefix = NULL, *state = NULL, *port_file = NULL, *bind_addr = "127.0.0.1";
     int port = MDG_DEFAULT_PORT, account_port = -1; /* -1: base port + 1 */
+    int legacy_port = -1;                           /* -1: no Messidge 1.x listener */
     int opt, rc, status = 1;
     char pk_b64[MDG_KEY_B64_LEN + 1];
     mdg_keys *keys = NULL;
@@ -421,13 +428,14 @@ int main(int argc, char **argv)
         case O_PREFIX: prefix = optarg; break;
         case O_STATE: state = optarg; break;
         case O_PORT:
-        case O_ACCOUNT_PORT: {
+        case O_ACCOUNT_PORT:
+        case O_LEGACY_PORT: {
             int v = cli_parse_port(optarg);
             if (v < 0) {
                 fprintf(stderr, "notes_broker: bad port '%s'\n", optarg);
                 return 1;
             }
-            *(opt == O_PORT ? &port : &account_port) = v;
+            *(opt == O_PORT ? &port : opt == O_ACCOUNT_PORT ? &account_port : &legacy_port) = v;
             break;
         }
         case O_PORT_FILE: port_file = optarg; break;
@@ -442,7 +450,10 @@ int main(int argc, char **argv)
         return 1;
     }
     mdg_set_log(log_sink, NULL, log_level);
-    mdg_broker_options bo = {.bind_address = bind_addr, .port = port};
+    /* --legacy-port: the original Python Messidge 1.x users and nodes join
+     * the same sessions on their own listener (docs/compatibility.md) */
+    mdg_broker_options bo = {.bind_address = bind_addr, .port = port, .legacy = legacy_port >= 0,
+                             .legacy_port = legacy_port >= 0 ? legacy_port : 0};
 
     /* Who may connect: the identity store that messidge-admin fills (and
      * the account server below, when a user confirms an invitation).
@@ -501,9 +512,10 @@ int main(int argc, char **argv)
     }
     logf_(MDG_LOG_INFO, "serving notes on %s port %d, accounts on port %d", bind_addr, port,
           mdg_account_server_port(accounts));
-    printf("notes_broker: listening on port %d, accounts on port %d\n"
-           "notes_broker: broker public key %s\n",
-           port, mdg_account_server_port(accounts), pk_b64);
+    printf("notes_broker: listening on port %d, accounts on port %d", port, mdg_account_server_port(accounts));
+    if (bo.legacy)
+        printf(", Messidge 1.x on port %d", mdg_broker_legacy_port(b));
+    printf("\nnotes_broker: broker public key %s\n", pk_b64);
     fflush(stdout);
     if (port_file && cli_write_port_file(port_file, port) != 0) {
         perror("notes_broker: cannot write the port file");

@@ -211,11 +211,12 @@ static int divide(mdg_conn *conn, const uint8_t pk[MDG_KEY_BYTES], double divide
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: notes_client [--prefix DIR] [--port N] [--require-node]\n"
+    fprintf(f, "usage: notes_client [--prefix DIR] [--port N] [--require-node] [--legacy]\n"
                "  --prefix DIR    key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
                "                  holding default_location and LOCATION(.pub, .spub)\n"
                "  --port N        the broker's base port (default %d)\n"
-               "  --require-node  fail unless the broker offers at least one node\n",
+               "  --require-node  fail unless the broker offers at least one node\n"
+               "  --legacy        speak Messidge 1.x, to an original Python broker\n",
             MDG_DEFAULT_PORT);
 }
 
@@ -225,6 +226,7 @@ int main(int argc, char **argv)
         {"prefix", required_argument, NULL, 'p'},
         {"port", required_argument, NULL, 'P'},
         {"require-node", no_argument, NULL, 'r'},
+        {"legacy", no_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -251,6 +253,7 @@ int main(int argc, char **argv)
             }
             break;
         case 'r': require_node = true; break;
+        case 'l': co.legacy = MDG_LEGACY_USER; break; /* a Python Messidge 1.x broker */
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 1;
         }

@@ -121,12 +121,12 @@ show ls "$MESSIDGE_PREFIX"
 ls "$MESSIDGE_PREFIX"
 
 step "4. The admin registers the divide node (messidge-admin add-node)"
-show messidge-admin --state "$STATE" add-node divide
+show messidge-admin --state "$STATE" add-node divide --port "$PORT"
 # It prints the node's key pair and the broker's key, as the command that
 # starts the node. The secret goes from this variable into the node's
 # environment only: never into an argument list (visible in ps), a file,
 # or the output below.
-ADD_NODE=$(messidge-admin --state "$STATE" add-node divide) || die "messidge-admin add-node"
+ADD_NODE=$(messidge-admin --state "$STATE" add-node divide --port "$PORT") || die "messidge-admin add-node"
 field() { printf '%s\n' "$ADD_NODE" | sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 NODE_PK=$(field MESSIDGE_NODE_PK)
 NODE_SK=$(field MESSIDGE_NODE_SK)

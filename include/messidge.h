@@ -92,10 +92,20 @@ enum mdg_log_level { MDG_LOG_ERROR = 0, MDG_LOG_WARN, MDG_LOG_INFO, MDG_LOG_DEBU
 typedef void (*mdg_log_fn)(int level, const char *text, void *arg);
 
 /* Where library log lines go (process-wide), and up to which level. The
- * default sink (fn NULL) is stderr; max_level < 0 means MDG_LOG_LEVEL from
- * the environment (0..3), else MDG_LOG_WARN. fn may be called from any
- * library thread, one line at a time. */
+ * default sink (fn NULL) is stderr, one line each as mdg_log_format makes
+ * it; max_level < 0 means MDG_LOG_LEVEL from the environment (0..3), else
+ * MDG_LOG_WARN. fn may be called from any library thread, one line at a
+ * time. Keys in log lines are their first 12 base64 characters. */
 MDG_EXPORT void mdg_set_log(mdg_log_fn fn, void *arg, int max_level);
+/* The default sink's line for text, newline included:
+ *   2026-12-03T10:35:12.123Z PROGRAM[PID] LEVEL: TEXT
+ * (UTC, milliseconds; LEVEL error, warn, info or debug), truncated to len.
+ * Returns what snprintf does. For a program's own lines in the same form. */
+MDG_EXPORT int mdg_log_format(char *buf, size_t len, int level, const char *text);
+/* A sink for mdg_set_log that sends each line to syslog(3) (and so to the
+ * journal under systemd) at the matching priority; call openlog() first
+ * to name the program and facility. arg is unused. */
+MDG_EXPORT void mdg_log_syslog(int level, const char *text, void *arg);
 
 /* -------------------------------------------------------------------- keys */
 
@@ -432,6 +442,29 @@ MDG_EXPORT int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_t
 /* Number of connected user sessions and nodes (loop thread, or approximate). */
 MDG_EXPORT size_t mdg_broker_session_count(const mdg_broker *b);
 MDG_EXPORT size_t mdg_broker_node_count(const mdg_broker *b);
+
+/* ----------------------------------------------------------------- metrics */
+
+/* The broker's counters and gauges as Prometheus text (exposition format
+ * 0.0.4): sessions by role and state, messages and bytes in and out by
+ * kind, refusals by reason, handshakes and ZAP refusals, resumes and lost
+ * sessions, held senders and queue depths, node calls in flight, uptime
+ * (README.md, "Operating the broker", lists them). Any thread; the caller frees the text.
+ * Counters are exact; gauges are at most a quarter of a second old. NULL
+ * when out of memory. */
+MDG_EXPORT char *mdg_broker_metrics_text(const mdg_broker *b);
+/* Whether the broker's loop runs (it refreshed its gauges within 5 s). */
+MDG_EXPORT bool mdg_broker_healthy(const mdg_broker *b);
+
+/* An HTTP server for a started broker: GET /metrics (the text above) and
+ * GET /healthz (200 "ok", or 503 when the loop is not running), on its own
+ * thread. Opt-in; bind it to a private address (bind_address NULL or "*":
+ * all IPv4 addresses; port 0: a free one). The broker must outlive it. */
+typedef struct mdg_metrics_server mdg_metrics_server;
+MDG_EXPORT int mdg_metrics_server_new(mdg_metrics_server **out, const mdg_broker *b,
+                                      const char *bind_address, int port);
+MDG_EXPORT int mdg_metrics_server_port(const mdg_metrics_server *s);
+MDG_EXPORT void mdg_metrics_server_destroy(mdg_metrics_server **s);
 
 /* -------------------------------------------------------------- connection */
 

@@ -22,6 +22,7 @@
  * request_timeout_ms after it opened. A slow or greedy client cannot hold
  * the server (mdg_account_server_options).
  */
+#include "http_listen.h"
 #include "internal.h"
 #include "messidge_identity.h"
 
@@ -413,52 +414,6 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 /* ---------------------------------------------------------------- life */
 
 /* The socket address to bind: NULL or "*" is every IPv4 interface. */
-static int resolve_bind(mdg_account_server *s, const char *bind_address, int port)
-{
-    struct addrinfo hints = {0}, *res = NULL;
-    int err;
-
-    memset(&s->addr, 0, sizeof s->addr);
-    if (!bind_address || !*bind_address || strcmp(bind_address, "*") == 0) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&s->addr;
-        in->sin_family = AF_INET;
-        in->sin_addr.s_addr = htonl(INADDR_ANY);
-        in->sin_port = htons((uint16_t)port);
-        return 0;
-    }
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    err = getaddrinfo(bind_address, NULL, &hints, &res);
-    if (err != 0 || !res)
-        return mdg_fail(MDG_EINVAL, "account server: cannot resolve bind address %s: %s",
-                        bind_address, gai_strerror(err));
-    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
-    if (s->addr.ss_family == AF_INET)
-        ((struct sockaddr_in *)&s->addr)->sin_port = htons((uint16_t)port);
-    else if (s->addr.ss_family == AF_INET6)
-        ((struct sockaddr_in6 *)&s->addr)->sin6_port = htons((uint16_t)port);
-    else
-        return mdg_fail(MDG_EINVAL, "account server: %s is not an IP address", bind_address);
-    return 0;
-}
-
-/* The port the listening socket got (for port 0). */
-static int bound_port(struct MHD_Daemon *d)
-{
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    if (!info || getsockname(info->listen_fd, (struct sockaddr *)&ss, &len) != 0)
-        return 0;
-    if (ss.ss_family == AF_INET)
-        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    if (ss.ss_family == AF_INET6)
-        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return 0;
-}
-
 /* Stop the watchdog thread (before the daemon: it shuts sockets down). */
 static void stop_watchdog(mdg_account_server *s)
 {
@@ -516,7 +471,7 @@ int mdg_account_server_new_opts(mdg_account_server **out, mdg_identity *id,
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the watchdog's ticks */
     pthread_cond_init(&s->wake, &ca);
     pthread_condattr_destroy(&ca);
-    if ((rc = resolve_bind(s, o.bind_address, o.port)) != 0) {
+    if ((rc = mdg_http_resolve_bind(&s->addr, o.bind_address, o.port, "account server")) != 0) {
         server_free(s);
         return rc;
     }
@@ -549,7 +504,7 @@ int mdg_account_server_new_opts(mdg_account_server **out, mdg_identity *id,
         return mdg_fail(MDG_ESYS, "account server: cannot start its watchdog thread");
     }
     s->watchdog_started = true;
-    s->port = bound_port(s->daemon);
+    s->port = mdg_http_bound_port(s->daemon);
     mdg_log(MDG_LOG_INFO,
             "account server listening on %s port %d (at most %d connections, %d per address, "
             "%d ms per request)",

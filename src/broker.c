@@ -437,7 +437,8 @@ static int bind_sockets(mdg_broker *b)
             return rc;
     if (mdg_loop_timer(b->loop, MDG_CHAN_ACK_DELAY_MS, true, broker_on_ack_timer, b) < 0 ||
         mdg_loop_timer(b->loop, BACKLOG_RETRY_MS, true, broker_on_backlog_timer, b) < 0 ||
-        mdg_loop_timer(b->loop, GRACE_CHECK_MS, true, broker_on_grace_timer, b) < 0)
+        mdg_loop_timer(b->loop, GRACE_CHECK_MS, true, broker_on_grace_timer, b) < 0 ||
+        broker_metrics_start(b) != 0)
         return mdg_fail(MDG_ENOMEM, "no room for the broker's timers");
     mdg_loop_on_wake(b->loop, on_wake, b);
     mdg_loop_on_turn(b->loop, broker_flush_turn, b);

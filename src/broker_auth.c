@@ -128,16 +128,19 @@ static void zap_request(mdg_broker *b)
          * key; a 500 reaches it as ZMQ_EVENT_HANDSHAKE_FAILED_AUTH 500 */
         unsigned held;
         if (mdg_ratelog_due(&b->full_log, LIMIT_LOG_MS, &held))
-            mdg_log(MDG_LOG_WARN, "refused connection from %s (key %s): broker at its connection limit "
+            mdg_log(MDG_LOG_WARN, "refused connection from %s (key %.12s): broker at its connection limit "
                                   "(%d; RLIMIT_NOFILE %ld); %u more refused since the last such line",
                     addr, b64, b->max_conns, b->fd_limit, held);
         zap_answer(b, &part[1], "500", "broker at its connection limit", "");
+        broker_count(&b->metrics.refused[REFUSED_ZAP_BUSY], 1);
     } else if (why) {
-        mdg_log(MDG_LOG_WARN, "refused connection from %s (key %s): %s", addr, b64, why);
+        mdg_log(MDG_LOG_WARN, "refused connection from %s (key %.12s): %s", addr, b64, why);
+        broker_count(&b->metrics.refused[*b64 == '?' ? REFUSED_ZAP_NOT_CURVE : REFUSED_ZAP_UNKNOWN_KEY], 1);
         zap_answer(b, &part[1], "400", why, "");
     } else {
         mdg_log(MDG_LOG_DEBUG, "admitted %s as %s", addr, user_id);
         zap_answer(b, &part[1], "200", "OK", user_id);
+        broker_count(&b->metrics.handshakes, 1);
     }
     for (int i = 0; i < ZAP_FRAMES; i++)
         zmq_msg_close(&part[i]);

@@ -126,6 +126,8 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
             broker_flush_peer(b, p);
         h->seq = 0;
         mdg_chan_stamp(&p->chan, h);
+        if (p->attached)
+            broker_count_out(b, h->kind, params, bulk);
         int rc = p->attached ? chan_send(p, h, params, bulk) : mdg_fail(MDG_ECLOSED, "peer is away");
         zmq_msg_close(params);
         if (bulk && (rc == MDG_EAGAIN || (rc && !p->attached)))
@@ -140,6 +142,7 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
         zmq_msg_close(params);
         if (bulk)
             zmq_msg_close(bulk);
+        broker_count(&b->metrics.refused[REFUSED_QUEUE_FULL], 1);
         mdg_log(MDG_LOG_ERROR, "%s '%s' to %s refused: %zu messages already wait for it (queue_limit)",
                 mdg_kind_name(h->kind), h->command, who, p->chan.len);
         return mdg_fail(MDG_EAGAIN, "the receiver's queue is full (%zu messages unacknowledged)", p->chan.len);
@@ -151,6 +154,7 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
             zmq_msg_close(bulk);
         return mdg_fail(MDG_ENOMEM, "out of memory queueing a message");
     }
+    broker_count_out(b, h->kind, params, bulk);
     k->m.h = *h;
     if (origin) {
         k->counted = true;
@@ -381,6 +385,7 @@ static void hold(mdg_broker *b, peer *p, mdg_inbound *in)
  * waiting. */
 void broker_receive(mdg_broker *b, peer *p, mdg_inbound *in, const char *who)
 {
+    broker_count_in(b, in);
     if (p->held_head || !process(b, p, in, who))
         hold(b, p, in);
 }

@@ -26,6 +26,7 @@
 #include "wire.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <zmq.h>
 
 #define SESSION_ID_BYTES 16
@@ -141,7 +142,38 @@ typedef struct kept {
     uint8_t origin[SESSION_ID_BYTES];
 } kept;
 
+/* Why the broker refused something (broker_metrics.c names them). */
+enum broker_refusal {
+    REFUSED_ZAP_UNKNOWN_KEY, /* handshake: key not admitted (or revoked) */
+    REFUSED_ZAP_BUSY,        /* handshake: at the connection limit */
+    REFUSED_ZAP_NOT_CURVE,   /* handshake: not a CURVE client */
+    REFUSED_COMMAND,         /* a message refused with an error to its sender */
+    REFUSED_QUEUE_FULL,      /* a send past the receiver's queue_limit */
+    REFUSED_HELLO,           /* a hello naming another key's session */
+    REFUSED_REASONS
+};
+
+/* The broker's counters for /metrics (broker_metrics.c). Written on the
+ * loop thread only, read from the metrics server's: relaxed atomics, a
+ * plain load and store each (broker_count), no locked instruction. */
+typedef struct broker_metrics {
+    _Atomic uint64_t msgs_in[MDG_K_MAX + 1], bytes_in[MDG_K_MAX + 1];
+    _Atomic uint64_t msgs_out[MDG_K_MAX + 1], bytes_out[MDG_K_MAX + 1];
+    _Atomic uint64_t refused[REFUSED_REASONS];
+    _Atomic uint64_t handshakes, opened[3], resumes, lost; /* opened by role */
+    /* gauges, taken by a loop timer (broker_metrics_start) */
+    _Atomic uint64_t sessions[3][2]; /* [role][attached] */
+    _Atomic uint64_t held_senders, held_msgs, queued, queue_max, in_flight, conns;
+    _Atomic int64_t started_ms, refreshed_ms; /* mdg_now_ms; 0: not started */
+} broker_metrics;
+
+static inline void broker_count(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
 struct mdg_broker {
+    broker_metrics metrics;
     mdg_keys *keys;
     char bind_address[128];
     int port;       /* asked for */
@@ -225,6 +257,11 @@ static inline const char *pk_short(const uint8_t pk[MDG_KEY_BYTES], char out[MDG
     out[12] = '\0';
     return out;
 }
+
+/* broker_metrics.c: counters for /metrics */
+int broker_metrics_start(mdg_broker *b);
+void broker_count_in(mdg_broker *b, const mdg_inbound *in);
+void broker_count_out(mdg_broker *b, int kind, const zmq_msg_t *params, const zmq_msg_t *bulk);
 
 /* broker.c: lifecycle and the public API */
 int broker_before_start(const mdg_broker *b, const char *what);

@@ -184,6 +184,7 @@ static void refuse(mdg_broker *b, peer *p, const mdg_header *h, const char *why)
     mdg_log(MDG_LOG_WARN, "'%s' from %s %s refused: %s", h->command,
             p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
     broker_send_error(b, p->rid, p->rid_len, p, h->corr, h->command, why);
+    broker_count(&b->metrics.refused[REFUSED_COMMAND], 1);
 }
 
 /* Replies of broker handlers go to the session that sent the command, and

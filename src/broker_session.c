@@ -213,6 +213,7 @@ void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, 
         return;
     }
     publish_counts(b);
+    broker_count(&b->metrics.opened[p->role], 1);
     if (p->role == MDG_ROLE_NODE && b->hooks.node_joined)
         p->data = b->hooks.node_joined(b, p->pk, b->hook_arg);
     else if (p->role == MDG_ROLE_USER && b->hooks.session_new)
@@ -238,14 +239,18 @@ bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid
                            int silence_ms)
 {
     peer *p = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
-    if (!p)
+    if (!p) {
+        broker_count(&b->metrics.lost, 1); /* the client is told its session is lost */
         return false;
+    }
     if (strcmp(p->user_id, uid) != 0) {
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of another key: refused", uid + 1);
+        broker_count(&b->metrics.refused[REFUSED_HELLO], 1);
         return false;
     }
     if (p->listener != l) {
         mdg_log(MDG_LOG_WARN, "hello from %.12s names a session of the other protocol: refused", uid + 1);
+        broker_count(&b->metrics.refused[REFUSED_HELLO], 1);
         return false;
     }
     if (p->attached) /* the old link has not been seen to drop yet */
@@ -262,6 +267,7 @@ bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid
     mdg_log(MDG_LOG_INFO, "%s %s resumed its session; resending %zu message(s)",
             p->role == MDG_ROLE_NODE ? "node" : "user", who, p->chan.len);
     welcome(b, p, true);
+    broker_count(&b->metrics.resumes, 1);
     broker_flush_peer(b, p);
     if (p->role == MDG_ROLE_USER && b->hooks.session_recovered)
         b->hooks.session_recovered(b, p->pk, p->data, b->hook_arg);

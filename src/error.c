@@ -4,8 +4,11 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <syslog.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Thread_local char last_error[512];
 
@@ -88,10 +91,29 @@ bool mdg_log_enabled(int level)
     return level <= l;
 }
 
-void mdg_log(int level, const char *fmt, ...)
+int mdg_log_format(char *buf, size_t len, int level, const char *text)
 {
     static const char *names[] = {"error", "warn", "info", "debug"};
-    char text[1024];
+    struct timespec ts;
+    struct tm tm;
+    char when[32] = "";
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (gmtime_r(&ts.tv_sec, &tm))
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    return snprintf(buf, len, "%s.%03ldZ %s[%ld] %s: %s\n", when, ts.tv_nsec / 1000000L,
+                    program_invocation_short_name, (long)getpid(), names[level & 3], text);
+}
+
+void mdg_log_syslog(int level, const char *text, void *arg)
+{
+    static const int priority[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+    (void)arg;
+    syslog(priority[level & 3], "%s", text); /* openlog (if any) named the program */
+}
+
+void mdg_log(int level, const char *fmt, ...)
+{
+    char text[1024], line[1200];
     va_list ap;
 
     if (!mdg_log_enabled(level))
@@ -100,10 +122,12 @@ void mdg_log(int level, const char *fmt, ...)
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&log_lock);
-    if (log_fn)
+    if (log_fn) {
         log_fn(level, text, log_arg);
-    else
-        fprintf(stderr, "messidge %s: %s\n", names[level & 3], text);
+    } else {
+        mdg_log_format(line, sizeof line, level, text);
+        fputs(line, stderr);
+    }
     pthread_mutex_unlock(&log_lock);
 }
 

@@ -596,7 +596,7 @@ static void on_revoked(const uint8_t pk[MDG_KEY_BYTES], void *arg)
     mdg_pk_to_b64(pk, b64);
     /* a broker timer runs on the loop thread: the count is final */
     int n = mdg_broker_disconnect_key(arg, pk, "key revoked");
-    mdg_log(MDG_LOG_WARN, "key %s revoked: %d session(s) closed", b64, n);
+    mdg_log(MDG_LOG_WARN, "key %.12s revoked: %d session(s) closed", b64, n);
 }
 
 static void poll_revocations(mdg_broker *b, void *arg)

@@ -213,7 +213,7 @@ static int confirm_locked(mdg_identity *id, const char *hash, const char *b64)
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     if ((rc = identity_run(id, id->wr, st, "cannot delete the invitation")) != 0)
         return rc;
-    mdg_log(MDG_LOG_INFO, "confirmed %s as user %.12s... (invitation %.8s)", email, b64, hash);
+    mdg_log(MDG_LOG_INFO, "confirmed %s as user %.12s (invitation %.8s)", email, b64, hash);
     return 0;
 }
 
@@ -284,7 +284,7 @@ static int add_key(mdg_identity *id, bool node, const char *name, const uint8_t 
     rc = finish(
         id, identity_run(id, id->wr, st, node ? "cannot store the node" : "cannot store the user"));
     if (rc == 0)
-        mdg_log(MDG_LOG_INFO, "registered %s %s as %.12s...", node ? "node" : "user",
+        mdg_log(MDG_LOG_INFO, "registered %s %s as %.12s", node ? "node" : "user",
                 name ? name : "", b64);
     return rc;
 }
@@ -353,6 +353,6 @@ int mdg_identity_revoke(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES])
         return rc;
     rc = finish(id, revoke_locked(id, b64));
     if (rc == 0)
-        mdg_log(MDG_LOG_INFO, "revoked key %s", b64);
+        mdg_log(MDG_LOG_INFO, "revoked key %.12s", b64);
     return rc;
 }

@@ -10,3 +10,22 @@ if(TARGET messidge-admin AND TARGET messidge_cli)
     MDG_ADMIN_BIN="$<TARGET_FILE:messidge-admin>"
     MDG_CLI_BIN="$<TARGET_FILE:messidge_cli>")
 endif()
+
+# The example systemd unit (dist/) passes systemd-analyze verify (skipped
+# when it is not installed).
+if(TARGET messidge-broker)
+  add_test(NAME test_systemd_unit
+           COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_systemd_unit.sh
+                   ${CMAKE_SOURCE_DIR}/dist/messidge-broker.service.in $<TARGET_FILE:messidge-broker>)
+  set_tests_properties(test_systemd_unit PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 60)
+endif()
+
+# The mixed Messidge 1.x demo from the shipped programs (demo/ and tools/)
+# with the Python 1.x peers: notes_broker --legacy-port, and notes_client,
+# divide_node and messidge call --legacy against a 1.x broker.
+if(TARGET messidge-admin AND TARGET messidge_cli)
+  add_test(NAME test_mixed_demo
+           COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_mixed_demo.sh ${CMAKE_BINARY_DIR} /usr/bin/python3
+                   ${CMAKE_CURRENT_SOURCE_DIR}/legacy/peer.py)
+  set_tests_properties(test_mixed_demo PROPERTIES TIMEOUT 180)
+endif()

@@ -100,8 +100,10 @@ static void test_refused_key(void)
     CHECK(strstr(mdg_last_error(), "refused") != NULL);
     printf("  refused key: wait_until_ready -> %s in %lld ms: \"%s\"\n", mdg_strerror(MDG_EAUTH),
            (long long)took, mdg_last_error());
-    /* the broker logged the refusal, naming the key */
+    /* the broker logged the refusal, naming the key as log lines do: its
+     * first 12 base64 characters */
     CHECK(t_logged("refused"));
+    b64[12] = '\0';
     CHECK(t_logged(b64));
     /* and later calls say the same thing, at once */
     mdg_msg *r = NULL;

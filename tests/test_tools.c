@@ -24,9 +24,15 @@
 #include "messidge_identity.h"
 #include "testutil.h"
 
+#include <sqlite3.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <jansson.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -185,7 +191,8 @@ static bool start_broker(char *const argv[])
 
 /* Read the broker's stdout until it has said both lines (or ms pass, or
  * it exits): the base port, the account port and its public key. */
-static int legacy_port; /* the Messidge 1.x listener's, from the same line */
+static int legacy_port;  /* the Messidge 1.x listener's, from the same line */
+static int metrics_port; /* the metrics server's, from the same line */
 
 static bool broker_ready(int *port, int *account_port, char pk_b64[MDG_KEY_B64_LEN + 1], int ms)
 {
@@ -211,6 +218,8 @@ static bool broker_ready(int *port, int *account_port, char pk_b64[MDG_KEY_B64_L
         fprintf(stderr, "the broker did not say it is ready; its stdout:\n%s\n", buf);
         return false;
     }
+    const char *mp = strstr(buf, "metrics on port ");
+    metrics_port = mp ? atoi(mp + strlen("metrics on port ")) : 0;
     const char *lp = strstr(buf, "Messidge 1.x on port ");
     legacy_port = lp ? atoi(lp + strlen("Messidge 1.x on port ")) : 0;
     return true;
@@ -256,8 +265,45 @@ static void h_divide(mdg_msg *msg, void *arg)
     t_divide(msg, arg);
 }
 
+/* What JSON has no like: NaN, infinity, a map with an integer key, bytes.
+ * `messidge call` must still print JSON. (Text that is not UTF-8 does not
+ * pass the wire decoder; json_params.c replaces its bad bytes anyway.) */
+static void h_awkward(mdg_msg *msg, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
+    cbor_item_t *intkey = cbor_new_definite_map(1);
+    cbor_item_t *k = cbor_build_uint8(1), *v = cbor_build_string("x");
+    cbor_map_add(intkey, (struct cbor_pair){.key = k, .value = v});
+    cbor_decref(&k);
+    cbor_decref(&v);
+    mdg_params_set_double(r, "nan", NAN);
+    mdg_params_set_double(r, "inf", INFINITY);
+    mdg_params_set_item(r, "intkey", intkey);
+    mdg_params_set_bytes(r, "bytes", "\x00\x01\x02", 3);
+    mdg_params_set_double(r, "tenth", 0.1);
+    mdg_msg_reply(msg, r, NULL, 0);
+}
+
+/* The params back as they came (with the broker's stamps). */
+static void h_echo(mdg_msg *msg, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
+    cbor_item_t *m = mdg_params_map(mdg_msg_params(msg));
+    for (size_t i = 0; i < cbor_map_size(m); i++) {
+        struct cbor_pair kv = cbor_map_handle(m)[i];
+        char key[64];
+        snprintf(key, sizeof key, "%.*s", (int)cbor_string_length(kv.key), cbor_string_handle(kv.key));
+        mdg_params_set_item(r, key, cbor_incref(kv.value));
+    }
+    mdg_msg_reply(msg, r, NULL, 0);
+}
+
 static const mdg_cmd node_commands[] = {
     {"divide", h_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    {"awkward", h_awkward, NULL, MDG_CMD_NEEDS_REPLY},
+    {"echo", h_echo, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 
@@ -381,13 +427,132 @@ static void test_help(void)
     CHECK(has(out, "raised the open-file limit from 256 to 1024"));
 }
 
+/* A loopback port nothing listens on (bound, then closed). */
+static int closed_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* A mistyped --state is refused; a broker that cannot bind writes nothing. */
+static void test_state_refused(int taken_port)
+{
+    static char out[4096];
+    char dir[400], keys[400], key_file[450];
+    snprintf(dir, sizeof dir, "%s/mistyped-state", base);
+    snprintf(keys, sizeof keys, "%s/mistyped-keys", base);
+    snprintf(key_file, sizeof key_file, "%s/localhost_broker", keys);
+    CHECK(t_run(out, sizeof out, "%s --port 0 --bind 127.0.0.1 --state %s --prefix %s", MDG_BROKER_BIN,
+              dir, keys) == 1);
+    CHECK(has(out, "no identity store at") && has(out, "--create"));
+    CHECK(!exists(dir) && !exists(key_file));
+    /* with --create, but the port is taken: neither the store nor the keys */
+    CHECK(t_run(out, sizeof out, "%s --create --port %d --bind 127.0.0.1 --state %s --prefix %s",
+              MDG_BROKER_BIN, taken_port, dir, keys) == 1);
+    CHECK(has(out, "cannot start the broker"));
+    CHECK(!exists(dir) && !exists(key_file));
+}
+
+/* Is v the JSON string s? */
+static bool str_is(const json_t *v, const char *s)
+{
+    return json_is_string(v) && strcmp(json_string_value(v), s) == 0;
+}
+
+/* messidge nodes, call --node NAME, ping, JSON out and in, and a refused
+ * broker reported at once. */
+static void test_cli(int port, const char *prefix, const char *node_pk_b64)
+{
+    static char out[16384];
+    json_error_t err;
+    json_t *v;
+
+    /* nodes by the names add-node gave them */
+    CHECK(t_run(out, sizeof out, "%s nodes --prefix %s --port %d", MDG_CLI_BIN, prefix, port) == 0);
+    CHECK(has(out, "divide") && has(out, node_pk_b64));
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d nodes", MDG_CLI_BIN, prefix, port) == 0);
+    v = json_loads(out, 0, &err);
+    CHECK(v != NULL);
+    json_t *first = json_array_get(json_object_get(v, "nodes"), 0);
+    CHECK(str_is(json_object_get(first, "name"), "divide") && str_is(json_object_get(first, "pk"), node_pk_b64));
+    json_decref(v);
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d ping", MDG_CLI_BIN, prefix, port) == 0);
+    v = json_loads(out, 0, &err);
+    CHECK(json_is_true(json_object_get(v, "pong")) && str_is(json_object_get(v, "version"), mdg_version()));
+    json_decref(v);
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node divide divide dividend=10.0 devisor=5.0",
+              MDG_CLI_BIN, prefix, port) == 0);
+    CHECK(has(out, "\"quotient\": 2.0"));
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node nosuch divide dividend=1.0 devisor=1.0",
+              MDG_CLI_BIN, prefix, port) == 1);
+    CHECK(has(out, "no node named \"nosuch\""));
+
+    /* what JSON cannot say still prints as JSON */
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node divide awkward", MDG_CLI_BIN, prefix,
+              port) == 0);
+    v = json_loads(out, 0, &err);
+    if (!v)
+        fprintf(stderr, "not JSON (%s): %s\n", err.text, out);
+    CHECK(v != NULL);
+    CHECK(json_is_null(json_object_get(v, "nan")) && json_is_null(json_object_get(v, "inf")));
+    json_t *want = json_pack("{s:s}", "1", "x");
+    CHECK(json_equal(json_object_get(v, "intkey"), want) || !"intkey is {\"1\": \"x\"}");
+    json_decref(want);
+    CHECK(str_is(json_object_get(v, "bytes"), "b64:AAEC"));
+    CHECK(json_real_value(json_object_get(v, "tenth")) == 0.1 && has(out, "\"tenth\": 0.1"));
+    json_decref(v);
+
+    /* JSON in: --params and key:=JSON come back equal through a JSON parser */
+    const char *in = "{\"xs\": [1, -2, 2.5, \"a\", true, null, {\"k\": [\"\\u00e9\"]}], "
+                     "\"big\": -9007199254740993, \"third\": 0.3333333333333333}";
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node divide --params '%s' echo 'm:={\"a\": {}}'",
+              MDG_CLI_BIN, prefix, port, in) == 0);
+    json_t *sent = json_loads(in, 0, &err);
+    v = json_loads(out, 0, &err);
+    if (!v)
+        fprintf(stderr, "not JSON (%s): %s\n", err.text, out);
+    CHECK(v && sent);
+    const char *key;
+    json_t *member;
+    json_object_foreach(sent, key, member)
+        CHECK(json_equal(member, json_object_get(v, key)) || !"a --params member came back equal");
+    json_t *m = json_pack("{s:{}}", "a");
+    CHECK(json_equal(json_object_get(v, "m"), m));
+    json_decref(m);
+    json_decref(sent);
+    json_decref(v);
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d ping 'xs:=[1,'", MDG_CLI_BIN, prefix, port) == 2);
+    CHECK(has(out, "not JSON"));
+
+    /* nothing listens: said at once, not after the 10 s timeout */
+    int64_t t0 = now_ms();
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --location 127.0.0.1 --port %d ping", MDG_CLI_BIN,
+              prefix, closed_port()) == 1);
+    CHECK(now_ms() - t0 < 1000);
+    CHECK(has(out, "refused"));
+}
+
 int main(void)
 {
     static char out[16384], text[256];
     char broker_pk_b64[MDG_KEY_B64_LEN + 1] = "", token[64] = "", token2[64] = "";
     char user_b64[MDG_KEY_B64_LEN + 1] = "", user2_b64[MDG_KEY_B64_LEN + 1] = "";
     char node_pk_b64[64] = "", node_sk_b64[64] = "", node_bpk_b64[64] = "";
-    char port_file[320], path[400], port_text[32];
+    char port_file[320], path[400], port_text[32], pid_path[320];
+    pid_t pid_of_broker = 0;
     uint8_t broker_pk[MDG_KEY_BYTES], node_pk[MDG_KEY_BYTES];
     int port = 0, account_port = 0, rc;
     mdg_keys *node_keys = NULL, *ukeys = NULL;
@@ -413,6 +578,7 @@ int main(void)
     snprintf(uprefix2, sizeof uprefix2, "%s/bob", base);
     snprintf(broker_err, sizeof broker_err, "%s/broker.err", base);
     snprintf(port_file, sizeof port_file, "%s/broker.port", base);
+    snprintf(pid_path, sizeof pid_path, "%s/broker.pid", base);
     snprintf(path, sizeof path, "%s/default-prefix", base);
     setenv("MESSIDGE_PREFIX", path, 1);
     atexit(kill_broker);
@@ -421,11 +587,12 @@ int main(void)
     test_help();
 
     /* ---- the broker: free ports on loopback, its key made on first run */
-    char *const argv[] = {MDG_BROKER_BIN, "--port", "0", "--bind", "127.0.0.1",
+    char *const argv[] = {MDG_BROKER_BIN, "--port", "0", "--bind", "127.0.0.1", "--create",
                           "--state", state, "--prefix", bprefix, "--account-port", "0",
                           "--port-file", port_file, "--legacy-port", "0", "--verbose",
                           "--max-connections", "50", "--account-max-connections", "16",
-                          "--account-per-address", "3", "--account-timeout", "4000", NULL};
+                          "--account-per-address", "3", "--account-timeout", "4000",
+                          "--metrics-port", "0", "--pid-file", pid_path, NULL};
     CHECK(start_broker(argv));
     bool up = broker_ready(&port, &account_port, broker_pk_b64, WAIT_MS);
     CHECK(up);
@@ -438,9 +605,15 @@ int main(void)
     /* the port file (written after stdout) agrees; the key is the saved one */
     WAIT_FOR(read_file(port_file, port_text, sizeof port_text) && port_text[0], 2000);
     CHECK(atoi(port_text) == port);
+    pid_of_broker = broker_pid;
+    WAIT_FOR(read_file(pid_path, port_text, sizeof port_text) && port_text[0], 2000);
+    CHECK(atoi(port_text) == (int)broker_pid);
+    CHECK(metrics_port > 0);
     snprintf(path, sizeof path, "%s/localhost_broker.pub", bprefix);
     CHECK(read_file(path, text, sizeof text) && strncmp(text, broker_pk_b64, MDG_KEY_B64_LEN) == 0);
     CHECK_RC(mdg_pk_from_b64(broker_pk, broker_pk_b64), 0);
+
+    test_state_refused(port);
 
     /* ---- invite (the broker made the store: no --create needed) */
     CHECK(t_run(out, sizeof out, "%s --state %s invite alice@example.com", MDG_ADMIN_BIN, state) == 0);
@@ -472,8 +645,10 @@ int main(void)
     mdg_keys_destroy(&ukeys);
 
     /* ---- add-node: the node's keys, and the broker's key from its prefix */
-    CHECK(t_run(out, sizeof out, "%s --state %s --prefix %s add-node divide", MDG_ADMIN_BIN, state,
-              bprefix) == 0);
+    CHECK(t_run(out, sizeof out, "%s --state %s --prefix %s add-node divide --port %d", MDG_ADMIN_BIN, state,
+              bprefix, port) == 0);
+    snprintf(text, sizeof text, "divide_node --location localhost --port %d\n", port);
+    CHECK(has(out, text)); /* the printed command names the port */
     CHECK(field(out, "MESSIDGE_NODE_PK", node_pk_b64, sizeof node_pk_b64) &&
           field(out, "MESSIDGE_NODE_SK", node_sk_b64, sizeof node_sk_b64) &&
           field(out, "MESSIDGE_BROKER_PK", node_bpk_b64, sizeof node_bpk_b64));
@@ -535,6 +710,7 @@ int main(void)
               "%s call --prefix %s --port %d --node '%s' divide dividend=10.0 devisor=0.0",
               MDG_CLI_BIN, uprefix, port, node_pk_b64) == 1);
     CHECK(has(out, "Devisor cannot be zero"));
+    test_cli(port, uprefix, node_pk_b64);
 
     /* ---- bob too */
     bob = user_conn(uprefix2, port, &bob_offer, &rc);
@@ -604,6 +780,26 @@ int main(void)
     mdg_conn_destroy(&bob);
     mdg_conn_destroy(&node);
 
+    /* ---- export-1x: the admitted keys in the 1.x schema, revoked ones left out */
+    char export_path[400];
+    snprintf(export_path, sizeof export_path, "%s/export-1x.db", base);
+    CHECK(t_run(out, sizeof out, "%s --state %s export-1x %s", MDG_ADMIN_BIN, state, export_path) == 0);
+    CHECK(has(out, "exported 2 user(s) and 0 node(s)") && has(out, "left out 2 revoked key(s)"));
+    CHECK(t_run(out, sizeof out, "%s --state %s export-1x %s", MDG_ADMIN_BIN, state, export_path) == 1);
+    sqlite3 *x = NULL;
+    sqlite3_stmt *st = NULL;
+    int found = 0;
+    CHECK(sqlite3_open_v2(export_path, &x, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+          sqlite3_prepare_v2(x, "SELECT pk, email, json FROM users ORDER BY email", -1, &st, NULL) == SQLITE_OK);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        const char *pk = (const char *)sqlite3_column_text(st, 0);
+        found += strcmp(pk, user2_b64) == 0 && strcmp((const char *)sqlite3_column_text(st, 1), "bob@example.com") == 0;
+        CHECK(strcmp(pk, user_b64) != 0); /* alice was revoked */
+    }
+    CHECK(found == 1);
+    sqlite3_finalize(st);
+    sqlite3_close(x);
+
     /* ---- a second broker on the same port says why and exits 1 (and,
      * under ASan, leaks nothing on that path) */
     CHECK(t_run(out, sizeof out, "timeout 20 %s --port %d --bind 127.0.0.1 --state %s --prefix %s",
@@ -614,7 +810,11 @@ int main(void)
     CHECK(stop_broker(WAIT_MS) == 0);
     CHECK(read_file(broker_err, out, sizeof out));
     CHECK(has(out, "revoked: 1 session(s) closed") && has(out, "SIGTERM, stopping") &&
-          has(out, "messidge-broker: stopped"));
+          has(out, "] info: stopped"));
+    /* every line: UTC time, program[pid], level */
+    snprintf(text, sizeof text, "Z messidge-broker[%d] info: SIGTERM, stopping\n", (int)pid_of_broker);
+    CHECK(has(out, text));
+    CHECK(!exists(pid_path)); /* the pid file goes on a clean stop */
     CHECK(!strstr(out, "Sanitizer"));
 
 out:

@@ -1,9 +1,13 @@
 /* cli_util.c - see cli_util.h. */
 #include "cli_util.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <syslog.h>
 #include <unistd.h>
+
+static atomic_bool log_syslog;
 
 int cli_parse_int(const char *text, int lo, int hi)
 {
@@ -34,6 +38,33 @@ int cli_write_port_file(const char *path, int port)
         return -1;
     }
     return 0;
+}
+
+void cli_log(int level, const char *fmt, ...)
+{
+    char text[1024], line[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (atomic_load(&log_syslog)) {
+        mdg_log_syslog(level, text, NULL);
+    } else {
+        mdg_log_format(line, sizeof line, level, text);
+        fputs(line, stderr);
+    }
+}
+
+void cli_log_to_syslog(const char *ident, int max_level)
+{
+    openlog(ident, LOG_PID, LOG_DAEMON);
+    atomic_store(&log_syslog, true);
+    mdg_set_log(mdg_log_syslog, NULL, max_level);
+}
+
+void cli_print_version(const char *program)
+{
+    printf("%s %s\n", program, mdg_version());
 }
 
 void cli_block_stop_signals(sigset_t *set)

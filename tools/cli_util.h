@@ -17,9 +17,22 @@ int cli_parse_port(const char *text);
 /* An integer in [lo, hi] from an option, or -1. */
 int cli_parse_int(const char *text, int lo, int hi);
 
-/* Write the port to path via a temporary file and rename, so that a script
+/* Write the port (or a pid) to path via a temporary file and rename, so that a script
  * polling for the file never reads it half written. 0 or -1. */
 int cli_write_port_file(const char *path, int port);
+
+/* A server program's own log lines, in the library's form (mdg_log_format:
+ * time, program[pid], level) on stderr, or to syslog after
+ * cli_log_to_syslog. Library lines go the same way. */
+void cli_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* From now on, this program's lines and the library's go to syslog(3)
+ * (the journal under systemd) as ident[pid], facility daemon; library
+ * lines up to max_level (< 0: MDG_LOG_LEVEL or warnings). */
+void cli_log_to_syslog(const char *ident, int max_level);
+
+/* "PROGRAM VERSION" on stdout, the version of the library it runs with
+ * (--version). */
+void cli_print_version(const char *program);
 
 /* SIGINT and SIGTERM into set, blocked in the calling thread and so in
  * every thread it starts afterwards (call it before any starts): they are

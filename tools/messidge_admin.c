@@ -4,13 +4,17 @@
  * while the broker runs (SQLite in WAL mode, one transaction per change).
  *
  *   messidge-admin [--state DIR] invite EMAIL [--ttl SECONDS]
- *   messidge-admin [--state DIR] [--prefix DIR] add-node [NAME]
+ *   messidge-admin [--state DIR] [--prefix DIR] add-node [NAME] [--port N]
  *   messidge-admin [--state DIR] add-user EMAIL PK_B64
  *   messidge-admin [--state DIR] list
  *   messidge-admin [--state DIR] revoke PK_B64
+ *   messidge-admin [--state DIR] export-1x FILE
  */
 #include "messidge.h"
 #include "messidge_identity.h"
+
+#include "cli_util.h"
+#include "export_1x.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -40,11 +44,13 @@ static const char usage_text[] =
     "      SECONDS); give it to the user, who runs\n"
     "          messidge confirm LOCATION TOKEN\n"
     "      Only a hash of the token is stored: it cannot be shown again.\n"
-    "  add-node [NAME] [--location L] [--program P] [--broker-key KEY]\n"
-    "      Make a key pair for a new node, register its public key, and print\n"
+    "  add-node [NAME] [--location L] [--port N] [--program P] [--broker-key KEY]\n"
+    "      Make a key pair for a new node, register its public key under NAME\n"
+    "      (`messidge nodes` and `messidge call --node NAME` use it), and print\n"
     "      the command that starts the node with it:\n"
-    "          MESSIDGE_NODE_PK=.. MESSIDGE_NODE_SK=.. MESSIDGE_BROKER_PK=.. P --location L\n"
-    "      (P default " DEFAULT_PROGRAM ", L default " DEFAULT_LOCATION "). The broker's\n"
+    "          MESSIDGE_NODE_PK=.. MESSIDGE_NODE_SK=.. MESSIDGE_BROKER_PK=.. P --location L [--port N]\n"
+    "      (P default " DEFAULT_PROGRAM ", L default " DEFAULT_LOCATION ", N the broker's\n"
+    "      base port, default 2020). The broker's\n"
     "      public key is read from PREFIX/KEY.pub (KEY default " DEFAULT_BROKER_KEY ").\n"
     "      The node's secret key is printed once and stored nowhere.\n"
     "  add-user EMAIL PK_B64\n"
@@ -54,6 +60,11 @@ static const char usage_text[] =
     "  revoke PK_B64\n"
     "      Revoke a user or node key. It stays listed, with the time; the\n"
     "      broker refuses it from then on and ends its live sessions.\n"
+    "  export-1x FILE\n"
+    "      Write the admitted users and nodes to a new SQLite FILE with the\n"
+    "      original Python Messidge 1.x schema, for its admin scripts and broker:\n"
+    "      opening a 1.x store migrates it, one way. Revoked keys and pending\n"
+    "      invitations (only their tokens' hashes are kept) are left out.\n"
     "\n"
     "Options:\n"
     "  --state DIR       the broker's state directory (default " MDG_DEFAULT_STATE_DIR ")\n"
@@ -62,11 +73,13 @@ static const char usage_text[] =
     "  --create          make the identity store if there is none yet (else a\n"
     "                    missing store is an error: wrong --state?)\n"
     "  --help            show this text\n"
+    "  --version         print the version and exit\n"
     "\n"
     "Exit status: 0 on success, 1 on failure, 2 on a usage error.\n";
 
 typedef struct options {
     const char *state, *prefix, *location, *program, *broker_key;
+    int port; /* the broker's base port for the node's command; 0: not given */
     int64_t ttl;
     bool create;
 } options;
@@ -166,8 +179,11 @@ static int cmd_add_node(mdg_identity *id, const options *o, char **args, int n)
     printf("node %s%s%sregistered with public key %s\n", *name ? "\"" : "", name,
            *name ? "\" " : "", pk_b64);
     printf("\nStart it with (the secret key is shown only now; keep it secret):\n\n");
-    printf("MESSIDGE_NODE_PK=%s MESSIDGE_NODE_SK=%s MESSIDGE_BROKER_PK=%s %s --location %s\n",
-           pk_b64, sk_b64, bpk_b64, o->program, o->location);
+    printf("MESSIDGE_NODE_PK=%s MESSIDGE_NODE_SK=%s MESSIDGE_BROKER_PK=%s %s --location %s", pk_b64,
+           sk_b64, bpk_b64, o->program, o->location);
+    if (o->port)
+        printf(" --port %d", o->port);
+    putchar('\n');
     if (!have_broker)
         printf("\nBROKER_PK is the broker's public key: the contents of\n  %s\n"
                "which was not readable here (pass --prefix DIR or --broker-key NAME).\n",
@@ -270,10 +286,12 @@ int main(int argc, char **argv)
         {"prefix", required_argument, NULL, 'p'},
         {"ttl", required_argument, NULL, 't'},
         {"location", required_argument, NULL, 'l'},
+        {"port", required_argument, NULL, 'n'},
         {"program", required_argument, NULL, 'P'},
         {"broker-key", required_argument, NULL, 'b'},
         {"create", no_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     options o = {.location = DEFAULT_LOCATION, .program = DEFAULT_PROGRAM,
@@ -288,6 +306,10 @@ int main(int argc, char **argv)
         case 's': o.state = optarg; break;
         case 'p': o.prefix = optarg; break;
         case 'l': o.location = optarg; break;
+        case 'n':
+            if ((o.port = cli_parse_int(optarg, 1, 65535)) < 0)
+                return usage_error("--port wants a port from 1 to 65535, not \"%s\"", optarg);
+            break;
         case 'P': o.program = optarg; break;
         case 'b': o.broker_key = optarg; break;
         case 'c': o.create = true; break;
@@ -299,6 +321,7 @@ int main(int argc, char **argv)
                                    optarg);
             break;
         case 'h': fputs(usage_text, stdout); return 0;
+        case 'V': cli_print_version("messidge-admin"); return 0;
         default: return usage_error("unknown option");
         }
     }
@@ -311,7 +334,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "invite") && strcmp(cmd, "add-node") && strcmp(cmd, "add-user") &&
-        strcmp(cmd, "list") && strcmp(cmd, "revoke"))
+        strcmp(cmd, "list") && strcmp(cmd, "revoke") && strcmp(cmd, "export-1x"))
         return usage_error("unknown command \"%s\"", cmd);
 
     /* Opening makes a store where there is none: in the wrong directory
@@ -336,6 +359,8 @@ int main(int argc, char **argv)
         rc = cmd_add_node(id, &o, args, n);
     else if (strcmp(cmd, "add-user") == 0)
         rc = cmd_add_user(id, args, n);
+    else if (strcmp(cmd, "export-1x") == 0)
+        rc = n == 1 ? export_1x(id, args[0]) : usage_error("export-1x takes one FILE");
     else if (strcmp(cmd, "list") == 0)
         rc = cmd_list(id, n);
     else

@@ -1,11 +1,15 @@
-/* messidge-broker - a ready broker: no application commands of its own; it
- * admits the users and nodes of its identity store, runs the account
- * server on the base port + 1, routes users' calls to nodes and offers
- * every new session the list of connected nodes. The program a new user
- * runs first. */
+/* messidge-broker - a ready broker: two commands of its own (ping, nodes:
+ * broker_builtin.c); it admits the users and nodes of its identity store,
+ * runs the account server on the base port + 1, routes users' calls to
+ * nodes and offers every new session the list of connected nodes. The
+ * program a new user runs first.
+ *
+ * Nothing is written before the port is bound: a broker that cannot start
+ * (port taken, mistyped --state) leaves no new key files nor store. */
 #include "messidge.h"
 #include "messidge_identity.h"
 
+#include "broker_builtin.h"
 #include "cli_util.h"
 
 #include <getopt.h>
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The soft open-file limit goes up to this at most (from the hard one). */
@@ -26,7 +31,9 @@ static void usage(FILE *out)
             "usage: messidge-broker [options]\n"
             "\n"
             "A Messidge broker that routes users' calls to nodes and offers each new\n"
-            "session the public keys of the connected nodes (resource_offer).\n"
+            "session the public keys of the connected nodes (resource_offer). Its own\n"
+            "commands: ping, and nodes (the connected nodes, by the names given with\n"
+            "messidge-admin add-node): messidge call ping, messidge nodes.\n"
             "Users and nodes are admitted from the identity store (see messidge-admin).\n"
             "\n"
             "options:\n"
@@ -37,12 +44,15 @@ static void usage(FILE *out)
             "  -k, --key NAME        broker key pair name (default localhost_broker);\n"
             "                        made and saved on first run\n"
             "  -P, --prefix DIR      key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
-            "  -s, --state DIR       identity store directory (default ./messidge-state)\n"
+            "  -s, --state DIR       identity store directory (default ./messidge-state);\n"
+            "                        it must exist (see messidge-admin) unless --create\n"
+            "      --create          make the identity store if there is none yet\n"
             "      --account-port N  account server port (default base port + 1; 0 = free)\n"
             "      --no-accounts     do not run the account server\n"
             "      --legacy-port N   also admit unmodified Messidge 1.x (Python) users and\n"
-            "                        nodes on port N (1.x clients always use 2020: run\n"
-            "                        -p 3030 --legacy-port 2020); 1.x links keep 1.x's\n"
+            "                        nodes on port N (1.x clients always use 2020, and\n"
+            "                        1.x's create_account 2021: run -p 3030 --legacy-port\n"
+            "                        2020 --account-port 2021); 1.x links keep 1.x's\n"
             "                        weaknesses, see docs/compatibility.md. Off by default\n"
             "      --port-file FILE  write the bound base port to FILE once serving (for\n"
             "                        scripts; the ports are also printed on stdout)\n"
@@ -54,8 +64,17 @@ static void usage(FILE *out)
             "                        (default 8; more are refused)\n"
             "      --account-timeout MS  an account request must be complete within MS\n"
             "                        of its connection opening (default 5000)\n"
+            "      --metrics-port N  serve Prometheus metrics on http://ADDR:N/metrics and\n"
+            "                        a health check on /healthz (off by default; 0 = a\n"
+            "                        free port, printed with the others)\n"
+            "      --metrics-bind ADDR  address of the metrics server (default 127.0.0.1)\n"
+            "      --pid-file FILE   write the broker's pid to FILE once serving (removed\n"
+            "                        on a clean stop)\n"
+            "      --syslog          log to syslog (the journal under systemd) instead of\n"
+            "                        stderr\n"
             "  -v, --verbose         log sessions and refusals (-vv: debug)\n"
             "  -h, --help            this text\n"
+            "      --version         print the version and exit\n"
             "\n"
             "Each connection holds a file descriptor. The broker raises its soft\n"
             "open-file limit to the hard one at start, logs how many connections that\n"
@@ -76,13 +95,13 @@ static void raise_nofile(bool verbose)
     rlim_t was = rl.rlim_cur;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > NOFILE_CEILING ? NOFILE_CEILING : rl.rlim_max;
     if (rl.rlim_cur > was && setrlimit(RLIMIT_NOFILE, &rl) == 0 && verbose)
-        fprintf(stderr, "messidge-broker: raised the open-file limit from %llu to %llu\n", (unsigned long long)was,
+        cli_log(MDG_LOG_INFO, "raised the open-file limit from %llu to %llu", (unsigned long long)was,
                 (unsigned long long)rl.rlim_cur);
 }
 
 static int fail(const char *what, int rc)
 {
-    fprintf(stderr, "messidge-broker: %s: %s (%s)\n", what, mdg_last_error(), mdg_strerror(rc));
+    cli_log(MDG_LOG_ERROR, "%s: %s (%s)", what, mdg_last_error(), mdg_strerror(rc));
     return 1;
 }
 
@@ -97,6 +116,12 @@ int main(int argc, char **argv)
         OPT_ACCOUNT_MAX_CONNS,
         OPT_ACCOUNT_PER_ADDRESS,
         OPT_ACCOUNT_TIMEOUT,
+        OPT_VERSION,
+        OPT_CREATE,
+        OPT_SYSLOG,
+        OPT_METRICS_PORT,
+        OPT_METRICS_BIND,
+        OPT_PID_FILE,
     };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, 'p'},
@@ -104,6 +129,11 @@ int main(int argc, char **argv)
         {"key", required_argument, NULL, 'k'},
         {"prefix", required_argument, NULL, 'P'},
         {"state", required_argument, NULL, 's'},
+        {"create", no_argument, NULL, OPT_CREATE},
+        {"syslog", no_argument, NULL, OPT_SYSLOG},
+        {"metrics-port", required_argument, NULL, OPT_METRICS_PORT},
+        {"metrics-bind", required_argument, NULL, OPT_METRICS_BIND},
+        {"pid-file", required_argument, NULL, OPT_PID_FILE},
         {"account-port", required_argument, NULL, OPT_ACCOUNT_PORT},
         {"no-accounts", no_argument, NULL, OPT_NO_ACCOUNTS},
         {"port-file", required_argument, NULL, OPT_PORT_FILE},
@@ -114,17 +144,22 @@ int main(int argc, char **argv)
         {"account-timeout", required_argument, NULL, OPT_ACCOUNT_TIMEOUT},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
     };
     mdg_broker_options bo = {.bind_address = "*", .port = MDG_DEFAULT_PORT};
     mdg_account_server_options ao = {0};
     const char *key_name = "localhost_broker", *prefix = NULL, *state = NULL, *port_file = NULL;
     int account_port = -1, verbose = 0, opt, rc, status = 1;
-    bool accounts = true;
+    bool accounts = true, create = false, new_keys = false, use_syslog = false;
+    int metrics_port = -1; /* off */
+    const char *metrics_bind = "127.0.0.1", *pid_file = NULL;
+    mdg_metrics_server *ms = NULL;
     mdg_keys *keys = NULL;
     mdg_identity *id = NULL;
     mdg_broker *b = NULL;
     mdg_account_server *as = NULL;
+    broker_builtin *bb = NULL;
 
     while ((opt = getopt_long(argc, argv, "p:b:k:P:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
@@ -161,9 +196,20 @@ int main(int argc, char **argv)
             break;
         }
         case OPT_NO_ACCOUNTS: accounts = false; break;
+        case OPT_CREATE: create = true; break;
+        case OPT_SYSLOG: use_syslog = true; break;
+        case OPT_METRICS_BIND: metrics_bind = optarg; break;
+        case OPT_PID_FILE: pid_file = optarg; break;
+        case OPT_METRICS_PORT:
+            if ((metrics_port = cli_parse_port(optarg)) < 0) {
+                fprintf(stderr, "messidge-broker: bad metrics port \"%s\" (0 to 65535)\n", optarg);
+                return 2;
+            }
+            break;
         case OPT_PORT_FILE: port_file = optarg; break;
         case 'v': verbose++; break;
         case 'h': usage(stdout); return 0;
+        case OPT_VERSION: cli_print_version("messidge-broker"); return 0;
         default: usage(stderr); return 2;
         }
     }
@@ -171,7 +217,9 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (verbose)
+    if (use_syslog)
+        cli_log_to_syslog("messidge-broker", verbose ? (verbose > 1 ? MDG_LOG_DEBUG : MDG_LOG_INFO) : -1);
+    else if (verbose)
         mdg_set_log(NULL, NULL, verbose > 1 ? MDG_LOG_DEBUG : MDG_LOG_INFO);
     raise_nofile(verbose);
     /* SIGINT/SIGTERM are taken by sigwait below: block them before any
@@ -179,14 +227,26 @@ int main(int argc, char **argv)
     sigset_t stop_signals;
     cli_block_stop_signals(&stop_signals);
 
-    /* the original Python Messidge's "fetch/create the server keys" */
+    /* A mistyped --state would make an empty store that refuses every
+     * client: only with --create (as messidge-admin). */
+    char db[4096];
+    struct stat st;
+    snprintf(db, sizeof db, "%s/%s", state ? state : MDG_DEFAULT_STATE_DIR, MDG_IDENTITY_DB_FILE);
+    if (!create && stat(db, &st) != 0) {
+        cli_log(MDG_LOG_ERROR, "no identity store at %s: pass the right --state DIR (or --create to make a new one)",
+                db);
+        goto out;
+    }
+
+    /* the original Python Messidge's "fetch/create the server keys"; a new
+     * pair is saved once the port is bound */
     rc = mdg_keys_load(&keys, key_name, prefix);
     if (rc == MDG_ENOENT) {
-        if ((rc = mdg_keys_new(&keys)) || (rc = mdg_keys_save(keys, key_name, prefix))) {
+        if ((rc = mdg_keys_new(&keys))) {
             fail("cannot make the broker's keys", rc);
             goto out;
         }
-        fprintf(stderr, "messidge-broker: made a new key pair '%s'\n", key_name);
+        new_keys = true;
     } else if (rc) {
         fail("cannot load the broker's keys", rc);
         goto out;
@@ -194,18 +254,27 @@ int main(int argc, char **argv)
     char pk_b64[MDG_KEY_B64_LEN + 1];
     mdg_pk_to_b64(mdg_keys_public(keys), pk_b64);
 
-    if ((rc = mdg_identity_open(&id, state))) {
-        fail("cannot open the identity store", rc);
-        goto out;
-    }
-    /* admit keys from the store; revocations close live sessions */
-    if ((rc = mdg_broker_new(&b, keys, &bo)) || (rc = mdg_identity_attach(id, b))) {
+    /* keys are admitted from the store (once it is open, below);
+     * revocations close live sessions */
+    if ((rc = mdg_broker_new(&b, keys, &bo)) || (rc = broker_builtin_new(&bb, b))) {
         fail("cannot make the broker", rc);
         goto out;
     }
     if ((rc = mdg_broker_start(b))) {
         fail("cannot start the broker", rc);
         goto out;
+    }
+    /* bound: now the store and the keys may be written */
+    if ((rc = mdg_identity_open(&id, state)) || (rc = broker_builtin_set_store(bb, id))) {
+        fail("cannot open the identity store", rc);
+        goto out;
+    }
+    if (new_keys) {
+        if ((rc = mdg_keys_save(keys, key_name, prefix))) {
+            fail("cannot save the broker's keys", rc);
+            goto out;
+        }
+        cli_log(MDG_LOG_INFO, "made a new key pair '%s'", key_name);
     }
     int port = mdg_broker_port(b);
 
@@ -220,32 +289,46 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (metrics_port >= 0 && (rc = mdg_metrics_server_new(&ms, b, metrics_bind, metrics_port))) {
+        fail("cannot start the metrics server", rc);
+        goto out;
+    }
     printf("messidge-broker: listening on port %d", port);
     if (as)
         printf(", accounts on port %d", mdg_account_server_port(as));
     if (bo.legacy)
         printf(", Messidge 1.x on port %d", mdg_broker_legacy_port(b));
+    if (ms)
+        printf(", metrics on port %d", mdg_metrics_server_port(ms));
     printf("\nmessidge-broker: broker public key %s\n", pk_b64);
     fflush(stdout);
     if (port_file && cli_write_port_file(port_file, port) != 0) {
-        fprintf(stderr, "messidge-broker: cannot write the port file %s\n", port_file);
+        cli_log(MDG_LOG_ERROR, "cannot write the port file %s", port_file);
+        goto out;
+    }
+    if (pid_file && cli_write_port_file(pid_file, (int)getpid()) != 0) {
+        cli_log(MDG_LOG_ERROR, "cannot write the pid file %s", pid_file);
         goto out;
     }
 
     /* the loop runs on the broker's thread; wait here for a signal */
     int sig = 0;
     sigwait(&stop_signals, &sig);
-    fprintf(stderr, "messidge-broker: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    cli_log(MDG_LOG_INFO, "%s, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     status = 0;
 
 out:
     /* on every way out: no leaks, and the store closes last (both the
      * account server and the broker's ZAP handler use it) */
+    mdg_metrics_server_destroy(&ms);
     mdg_account_server_destroy(&as);
     mdg_broker_destroy(&b);
+    if (pid_file && status == 0)
+        unlink(pid_file);
+    broker_builtin_destroy(&bb);
     mdg_identity_destroy(&id);
     mdg_keys_destroy(&keys);
     if (status == 0)
-        fprintf(stderr, "messidge-broker: stopped\n");
+        cli_log(MDG_LOG_INFO, "stopped");
     return status;
 }

@@ -2,8 +2,9 @@
  *
  *   messidge confirm LOCATION TOKEN [--port N] [--prefix DIR] [--force]
  *   messidge keygen NAME [--prefix DIR] [--force]
- *   messidge call [--location L] [--port N] [--prefix DIR] [--node PK_B64]
- *                 [--timeout MS] COMMAND [key=value ...]
+ *   messidge call [--location L] [--port N] [--prefix DIR] [--node NAME|PK_B64]
+ *                 [--timeout MS] [--params JSON] [--legacy] COMMAND [key=value|key:=JSON ...]
+ *   messidge nodes [--location L] [--port N] [--prefix DIR] [--timeout MS]
  *
  * Options are parsed by hand rather than with getopt: invitation tokens are
  * URL-safe base64 and may start with '-', which getopt would take for an
@@ -13,6 +14,8 @@
 #include "messidge.h"
 #include "messidge_identity.h"
 
+#include "cli_util.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -21,11 +24,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
+#include "json_params.h"
+
 #define DEFAULT_TIMEOUT_MS 10000
+/* How long `call` waits to learn whether anything listens at the broker's
+ * address before leaving it to the connection (and its timeout). */
+#define PROBE_MS 1000
 #define MAX_POSITIONAL 256
 
 static const char usage_text[] =
@@ -42,14 +54,23 @@ static const char usage_text[] =
     "  keygen NAME [--prefix DIR] [--force]\n"
     "      Make a key pair PREFIX/NAME (secret, mode 0600) and NAME.pub, and print\n"
     "      the public key. Refuses to replace an existing NAME unless --force.\n"
-    "  call [--location L] [--port N] [--prefix DIR] [--node PK_B64]\n"
-    "       [--timeout MS] COMMAND [key=value ...]\n"
+    "  call [--location L] [--port N] [--prefix DIR] [--node NAME|PK_B64]\n"
+    "       [--timeout MS] [--params JSON] [--legacy] COMMAND [key=value|key:=JSON ...]\n"
     "      Connect to the broker at L (default: PREFIX/default_location) on\n"
     "      port N (default 2020) with the key files for L, send COMMAND with\n"
     "      the given params, wait for the reply (MS milliseconds, default\n"
     "      10000, for connecting and again for the reply) and print its params\n"
-    "      as JSON (bytes as \"b64:...\"). --node adds the param node = that\n"
-    "      key, to address a node. Values are typed:\n"
+    "      as JSON (bytes as \"b64:...\", NaN and infinities as null). A broker\n"
+    "      that refuses the connection or cannot be reached is reported at\n"
+    "      once. --node adds the param node = that node's key, to address a\n"
+    "      node: its name (as `messidge-admin add-node NAME` registered it,\n"
+    "      see `messidge nodes`) or its public key. messidge-broker's own\n"
+    "      commands: ping, nodes. --params takes a JSON object of params;\n"
+    "      key:=JSON one param's value as JSON (arrays, maps, any type), e.g.\n"
+    "          'xs:=[1, 2.5, \"a\"]'   'opts:={\"deep\": true}'\n"
+    "      --legacy speaks Messidge 1.x, to an original Python broker (which has\n"
+    "      no `nodes`: give --node a key there).\n"
+    "      key=value values are typed:\n"
     "          42, -7          integers\n"
     "          1.5, -0.25      floats (numbers containing '.')\n"
     "          true false null\n"
@@ -58,8 +79,13 @@ static const char usage_text[] =
     "          anything else   a string\n"
     "      When the handler fails the call, its error text goes to stderr and\n"
     "      the exit status is 1.\n"
+    "  nodes [--location L] [--port N] [--prefix DIR] [--timeout MS] [--legacy]\n"
+    "      List the nodes connected to the broker (messidge-broker's `nodes`\n"
+    "      command): one line each, name and public key.\n"
     "  help\n"
     "      Show this text (also --help).\n"
+    "  version\n"
+    "      Print the version (also --version).\n"
     "\n"
     "Common options:\n"
     "  --prefix DIR   key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
@@ -71,8 +97,8 @@ static const char usage_text[] =
 
 /* Everything any subcommand may be given. */
 typedef struct args {
-    const char *port, *prefix, *location, *node, *timeout;
-    bool force;
+    const char *port, *prefix, *location, *node, *timeout, *params;
+    bool force, legacy;
     char *pos[MAX_POSITIONAL];
     int npos;
 } args;
@@ -96,17 +122,26 @@ static int fail(const char *what, int rc)
     return 1;
 }
 
+static void close_conn(mdg_conn **conn)
+{
+    if (*conn)
+        mdg_conn_disconnect(*conn);
+    mdg_conn_destroy(conn);
+}
+
 /* Split argv into options (only those in `allowed`, a space-separated list
  * of names) and positional arguments. 0 or a usage error (2). */
 static int parse(int argc, char **argv, const char *allowed, args *a)
 {
     static const struct {
         const char *name;
-        size_t field; /* offsetof into args, or 0 for --force */
+        size_t field; /* offsetof into args */
+        bool flag;    /* takes no value: field is a bool */
     } opts[] = {
-        {"port", offsetof(args, port)},       {"prefix", offsetof(args, prefix)},
-        {"location", offsetof(args, location)}, {"node", offsetof(args, node)},
-        {"timeout", offsetof(args, timeout)}, {"force", 0},
+        {"port", offsetof(args, port), false},       {"prefix", offsetof(args, prefix), false},
+        {"location", offsetof(args, location), false}, {"node", offsetof(args, node), false},
+        {"timeout", offsetof(args, timeout), false}, {"params", offsetof(args, params), false},
+        {"force", offsetof(args, force), true}, {"legacy", offsetof(args, legacy), true},
     };
     bool options_done = false;
 
@@ -143,10 +178,10 @@ static int parse(int argc, char **argv, const char *allowed, args *a)
                 break;
         if (k == sizeof opts / sizeof opts[0])
             return usage_error("unknown option %s", arg);
-        if (strcmp(name, "force") == 0) {
+        if (opts[k].flag) {
             if (value)
-                return usage_error("--force takes no value");
-            a->force = true;
+                return usage_error("--%s takes no value", name);
+            *(bool *)((char *)a + opts[k].field) = true;
             continue;
         }
         if (!value) {
@@ -231,7 +266,10 @@ static int cmd_keygen(int argc, char **argv)
 
 /* --------------------------------------------------------------------- call */
 
-/* Put "key=value" into p with the typing rules of the help text. */
+static int set_param_json(mdg_params *p, const char *key, const char *text);
+
+/* Put "key=value" (or "key:=JSON") into p with the typing rules of the
+ * help text. */
 static int set_param(mdg_params *p, const char *kv)
 {
     const char *eq = strchr(kv, '=');
@@ -246,6 +284,10 @@ static int set_param(mdg_params *p, const char *kv)
     memcpy(key, kv, (size_t)(eq - kv));
     key[eq - kv] = '\0';
     v = eq + 1;
+    if (eq[-1] == ':' && eq - kv > 1) {
+        key[eq - kv - 1] = '\0'; /* key:=JSON */
+        return set_param_json(p, key, v);
+    }
 
     if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0) {
         rc = mdg_params_set_bool(p, key, v[0] == 't');
@@ -283,69 +325,217 @@ static int set_param(mdg_params *p, const char *kv)
     return rc ? fail("cannot set a param", rc) : 0;
 }
 
-static int cmd_call(int argc, char **argv)
+/* A JSON value for param key (key:=JSON or a member of --params). */
+static int set_param_json(mdg_params *p, const char *key, const char *text)
+{
+    json_error_t err;
+    json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
+    if (!v)
+        return usage_error("param %s: not JSON (%s): %s", key, err.text, text);
+    cbor_item_t *item = json_params_to_cbor(v);
+    json_decref(v);
+    if (!item)
+        return fail("out of memory", MDG_ENOMEM);
+    int rc = mdg_params_set_item(p, key, item); /* item taken */
+    return rc ? fail("cannot set a param", rc) : 0;
+}
+
+/* --params '{"a": [1, 2], ...}': every member a param. */
+static int set_params_object(mdg_params *p, const char *text)
+{
+    json_error_t err;
+    json_t *v = json_loads(text, JSON_REJECT_DUPLICATES, &err);
+    const char *key;
+    json_t *member;
+    if (!v || !json_is_object(v)) {
+        json_decref(v);
+        return usage_error("--params wants a JSON object (%s)", v ? "not an object" : err.text);
+    }
+    json_object_foreach(v, key, member)
+    {
+        cbor_item_t *item = json_params_to_cbor(member);
+        int rc = item ? mdg_params_set_item(p, key, item) : MDG_ENOMEM;
+        if (rc) {
+            json_decref(v);
+            return fail("cannot set a param", rc);
+        }
+    }
+    json_decref(v);
+    return 0;
+}
+
+/* Is anything listening at location:port? A refused or unreachable broker
+ * is told at once (the connection itself would retry until its timeout);
+ * no answer within budget_ms is left to the connection to judge. 0, or 1
+ * after saying why. */
+static int probe_broker(const char *location, int port, int budget_ms)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res, *ai;
+    char service[16];
+    int err = 0, rc;
+
+    snprintf(service, sizeof service, "%d", port);
+    if ((rc = getaddrinfo(location, service, &hints, &res)) != 0) {
+        fprintf(stderr, "messidge: cannot find the broker's address %s: %s\n", location,
+                gai_strerror(rc));
+        return 1;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0)
+            continue;
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            err = 0;
+        } else if (errno == EINPROGRESS) {
+            struct pollfd pf = {.fd = fd, .events = POLLOUT};
+            socklen_t len = sizeof err;
+            if (poll(&pf, 1, budget_ms) <= 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+                err = EINPROGRESS; /* no verdict in time */
+        } else {
+            err = errno;
+        }
+        close(fd);
+        if (err == 0 || err == EINPROGRESS)
+            break; /* open, or no verdict: the connection goes on */
+    }
+    freeaddrinfo(res);
+    if (err == 0 || err == EINPROGRESS)
+        return 0;
+    fprintf(stderr, "messidge: cannot connect to the broker at %s port %d: %s%s\n", location, port,
+            strerror(err), err == ECONNREFUSED ? " (is messidge-broker running there?)" : "");
+    return 1;
+}
+
+/* Connect with the options of a (location, port, prefix, timeout) and
+ * wait for a session. 0 with *out, or the exit status. */
+static int open_conn(const args *a, long timeout, mdg_conn **out)
 {
     char location[256];
-    mdg_conn_options co = {.port = MDG_DEFAULT_PORT};
-    mdg_params *params = NULL;
-    mdg_conn *conn = NULL;
-    mdg_msg *reply = NULL;
-    long timeout = DEFAULT_TIMEOUT_MS, port;
-    args a;
-    int rc, status = 1;
+    mdg_conn_options co = {.port = MDG_DEFAULT_PORT, .legacy = a->legacy ? MDG_LEGACY_USER : 0};
+    long port;
+    int rc;
 
-    if ((rc = parse(argc, argv, "location port prefix node timeout", &a)) != 0)
-        return rc;
-    if (a.npos < 1)
-        return usage_error("call needs a COMMAND");
-    if (a.port) {
-        if ((rc = parse_number(a.port, "--port", 65535, &port)) != 0)
+    *out = NULL;
+    if (a->port) {
+        if ((rc = parse_number(a->port, "--port", 65535, &port)) != 0)
             return rc;
         co.port = (int)port;
     }
-    if (a.timeout && (rc = parse_number(a.timeout, "--timeout", 24L * 3600 * 1000, &timeout)) != 0)
-        return rc;
-    if (a.location) {
-        snprintf(location, sizeof location, "%s", a.location);
-    } else if ((rc = mdg_default_location(location, sizeof location, a.prefix)) != 0) {
-        return fail("no --location and no default location (run `messidge confirm` first)",
-                    rc);
+    if (a->location) {
+        snprintf(location, sizeof location, "%s", a->location);
+    } else if ((rc = mdg_default_location(location, sizeof location, a->prefix)) != 0) {
+        return fail("no --location and no default location (run `messidge confirm` first)", rc);
     }
-
-    params = mdg_params_new();
-    if (!params)
-        return fail("out of memory", MDG_ENOMEM);
-    for (int i = 1; i < a.npos; i++)
-        if ((rc = set_param(params, a.pos[i])) != 0) {
-            mdg_params_destroy(&params);
-            return rc;
-        }
-    if (a.node) {
-        uint8_t pk[MDG_KEY_BYTES];
-        if (mdg_pk_from_b64(pk, a.node) != 0) {
-            mdg_params_destroy(&params);
-            return usage_error("--node \"%s\" is not a base64 public key", a.node);
-        }
-        mdg_params_set_bytes(params, "node", pk, MDG_KEY_BYTES);
-    }
-
-    if ((rc = mdg_conn_new(&conn, location, a.prefix, &co)) != 0) {
-        mdg_params_destroy(&params);
+    if (probe_broker(location, co.port, timeout < PROBE_MS ? (int)timeout : PROBE_MS) != 0)
+        return 1;
+    if ((rc = mdg_conn_new(out, location, a->prefix, &co)) != 0)
         return fail("cannot set up the connection", rc);
-    }
-    if ((rc = mdg_conn_start(conn)) != 0) {
+    if ((rc = mdg_conn_start(*out)) != 0) {
         fail("cannot start the connection", rc);
-        goto done;
-    }
-    rc = mdg_conn_wait_until_ready(conn, (int)timeout);
-    if (rc != 0) {
+    } else if ((rc = mdg_conn_wait_until_ready(*out, (int)timeout)) != 0) {
         fail("cannot connect to the broker", rc);
         if (rc == MDG_EAUTH)
             fprintf(stderr, "(is this key revoked, or its account not yet confirmed?)\n");
         else if (rc == MDG_EBUSY)
             fprintf(stderr, "(it serves as many connections as it may: try again later)\n");
-        goto done;
     }
+    if (rc != 0) {
+        close_conn(out);
+        return 1;
+    }
+    return 0;
+}
+
+/* Call the broker's `nodes`: its reply (the caller destroys it), or NULL
+ * after saying why. */
+static mdg_msg *call_nodes(mdg_conn *conn, long timeout)
+{
+    mdg_msg *reply = NULL;
+    int rc = mdg_conn_call(conn, "nodes", NULL, NULL, 0, (int)timeout, &reply);
+    if (rc == MDG_EREMOTE) {
+        fprintf(stderr, "messidge: the broker has no `nodes` command (%s): is it messidge-broker?\n",
+                mdg_last_error());
+        return NULL;
+    }
+    if (rc != 0) {
+        fail("cannot list the nodes", rc);
+        return NULL;
+    }
+    return reply;
+}
+
+/* --node NAME: the public key of the one connected node of that name. */
+static int node_by_name(mdg_conn *conn, long timeout, const char *name, uint8_t pk[MDG_KEY_BYTES])
+{
+    mdg_msg *reply = call_nodes(conn, timeout);
+    int found = 0;
+    if (!reply)
+        return 1;
+    /* read through JSON: the reply's shape is checked by jansson's getters */
+    char *text = json_params_text(mdg_msg_params(reply));
+    json_t *v = text ? json_loads(text, 0, NULL) : NULL;
+    json_t *nodes = json_object_get(v, "nodes"), *e;
+    size_t i;
+    json_array_foreach(nodes, i, e)
+    {
+        const char *n = json_string_value(json_object_get(e, "name"));
+        const char *k = json_string_value(json_object_get(e, "pk"));
+        if (n && k && strcmp(n, name) == 0 && mdg_pk_from_b64(pk, k) == 0)
+            found++;
+    }
+    json_decref(v);
+    free(text);
+    mdg_msg_destroy(&reply);
+    if (found == 1)
+        return 0;
+    if (found == 0)
+        fprintf(stderr, "messidge: no node named \"%s\" is connected (see messidge nodes)\n", name);
+    else
+        fprintf(stderr, "messidge: %d connected nodes are named \"%s\": give --node the key\n", found,
+                name);
+    return 1;
+}
+
+static int cmd_call(int argc, char **argv)
+{
+    mdg_params *params = NULL;
+    mdg_conn *conn = NULL;
+    mdg_msg *reply = NULL;
+    long timeout = DEFAULT_TIMEOUT_MS;
+    uint8_t node_pk[MDG_KEY_BYTES];
+    bool node_named = false;
+    args a;
+    int rc, status = 1;
+
+    if ((rc = parse(argc, argv, "location port prefix node timeout params legacy", &a)) != 0)
+        return rc;
+    if (a.npos < 1)
+        return usage_error("call needs a COMMAND");
+    if (a.timeout && (rc = parse_number(a.timeout, "--timeout", 24L * 3600 * 1000, &timeout)) != 0)
+        return rc;
+    if (a.node && mdg_pk_from_b64(node_pk, a.node) != 0)
+        node_named = true; /* not a key: a name, looked up once connected */
+
+    params = mdg_params_new();
+    if (!params)
+        return fail("out of memory", MDG_ENOMEM);
+    rc = a.params ? set_params_object(params, a.params) : 0;
+    for (int i = 1; rc == 0 && i < a.npos; i++)
+        rc = set_param(params, a.pos[i]);
+    if (rc != 0) {
+        mdg_params_destroy(&params);
+        return rc;
+    }
+
+    if ((status = open_conn(&a, timeout, &conn)) != 0) {
+        mdg_params_destroy(&params);
+        return status;
+    }
+    status = 1;
+    if (a.node && node_named && node_by_name(conn, timeout, a.node, node_pk) != 0)
+        goto done;
+    if (a.node)
+        mdg_params_set_bytes(params, "node", node_pk, MDG_KEY_BYTES);
     rc = mdg_conn_call(conn, a.pos[0], params, NULL, 0, (int)timeout, &reply);
     params = NULL; /* taken */
     if (rc == MDG_EREMOTE) {
@@ -356,7 +546,7 @@ static int cmd_call(int argc, char **argv)
         fail("the call failed", rc);
         goto done;
     }
-    char *text = mdg_params_to_text(mdg_msg_params(reply));
+    char *text = json_params_text(mdg_msg_params(reply));
     if (!text) {
         fail("cannot print the reply", MDG_ENOMEM);
         goto done;
@@ -370,10 +560,46 @@ static int cmd_call(int argc, char **argv)
 done:
     mdg_msg_destroy(&reply);
     mdg_params_destroy(&params);
-    if (conn)
-        mdg_conn_disconnect(conn);
-    mdg_conn_destroy(&conn);
+    close_conn(&conn);
     return status;
+}
+
+/* -------------------------------------------------------------------- nodes */
+
+static int cmd_nodes(int argc, char **argv)
+{
+    long timeout = DEFAULT_TIMEOUT_MS;
+    mdg_conn *conn = NULL;
+    args a;
+    int rc;
+
+    if ((rc = parse(argc, argv, "location port prefix timeout legacy", &a)) != 0)
+        return rc;
+    if (a.npos != 0)
+        return usage_error("nodes takes no arguments");
+    if (a.timeout && (rc = parse_number(a.timeout, "--timeout", 24L * 3600 * 1000, &timeout)) != 0)
+        return rc;
+    if ((rc = open_conn(&a, timeout, &conn)) != 0)
+        return rc;
+    mdg_msg *reply = call_nodes(conn, timeout);
+    char *text = reply ? json_params_text(mdg_msg_params(reply)) : NULL;
+    json_t *v = text ? json_loads(text, 0, NULL) : NULL, *e;
+    size_t i, n = 0;
+    json_array_foreach(json_object_get(v, "nodes"), i, e)
+    {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        printf("%-20s %s\n", name && *name ? name : "(no name)",
+               json_string_value(json_object_get(e, "pk")) ? json_string_value(json_object_get(e, "pk")) : "?");
+        n++;
+    }
+    if (reply && n == 0)
+        fprintf(stderr, "messidge: no nodes are connected\n");
+    json_decref(v);
+    free(text);
+    rc = reply ? 0 : 1;
+    mdg_msg_destroy(&reply);
+    close_conn(&conn);
+    return rc;
 }
 
 /* --------------------------------------------------------------------- main */
@@ -399,6 +625,10 @@ int main(int argc, char **argv)
         fputs(usage_text, stdout);
         return 0;
     }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        cli_print_version("messidge");
+        return 0;
+    }
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0)
             break;
@@ -413,5 +643,7 @@ int main(int argc, char **argv)
         return cmd_keygen(argc - 2, argv + 2);
     if (strcmp(cmd, "call") == 0)
         return cmd_call(argc - 2, argv + 2);
+    if (strcmp(cmd, "nodes") == 0)
+        return cmd_nodes(argc - 2, argv + 2);
     return usage_error("unknown command \"%s\"", cmd);
 }
