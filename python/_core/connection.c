@@ -442,11 +442,17 @@ static PyObject *conn_send(mdgpy_conn *self, PyObject *args, PyObject *kw)
 }
 
 /* A reply as the caller's result: the Message, or ValueError for a
- * handler's failure. */
-static PyObject *call_result(mdgpy_message *m)
+ * handler's failure. A failure made here, not by a peer (the connection
+ * closed, or its session was lost, before the reply came), carries no
+ * "error" param: that is a ClosedError. */
+static PyObject *call_result(mdgpy_message *m, const char *cmd)
 {
     if (m->error != Py_None) {
-        PyErr_SetObject(PyExc_ValueError, m->error);
+        int local = PyDict_GetItemString(m->params, "error") == NULL;
+        if (local)
+            mdgpy_raise(MDG_ECLOSED, cmd, PyUnicode_AsUTF8(m->error));
+        else
+            PyErr_SetObject(PyExc_ValueError, m->error);
         Py_DECREF(m);
         return NULL;
     }
@@ -467,7 +473,7 @@ static PyObject *nested_call(mdgpy_conn *self, const char *cmd, mdg_params *p, P
         return mdgpy_raise(rc, rc == MDG_EREMOTE ? NULL : cmd, NULL);
     mdgpy_message *m = mdgpy_message_new(reply, NULL);
     mdg_msg_destroy(&reply);
-    return m ? call_result(m) : NULL;
+    return m ? call_result(m, cmd) : NULL;
 }
 
 static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
@@ -527,7 +533,7 @@ static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
     }
     if (!m)
         return PyErr_NoMemory();
-    return call_result(m);
+    return call_result(m, cmd);
 }
 
 static PyObject *conn_wait_until_complete(mdgpy_conn *self, PyObject *args, PyObject *kw)
