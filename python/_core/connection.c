@@ -58,7 +58,7 @@ static int slice_ms(int64_t deadline)
 
 /* send(..., callback=f): f(msg) on the loop thread for every reply. */
 typedef struct {
-    mdgpy_shim *shim; /* only to note the loop thread; may be gone */
+    mdgpy_shim *shim; /* only to note the loop thread (valid while callbacks come) */
     PyObject *callback;
 } cb_ctx;
 
@@ -69,6 +69,7 @@ static void on_reply(mdg_msg *reply, void *arg)
     if (!mdgpy_python_alive())
         return;
     PyGILState_STATE g = PyGILState_Ensure();
+    mdgpy_shim_owner(ctx->shim); /* notes the loop thread, for nested calls */
     mdgpy_message *m = mdgpy_message_new(reply, NULL);
     PyObject *r = m ? PyObject_CallOneArg(ctx->callback, (PyObject *)m) : NULL;
     if (!r)
@@ -85,6 +86,7 @@ static void on_reply(mdg_msg *reply, void *arg)
 /* A blocking call waited for by an application thread. Two hold it: the
  * waiter, and the library until the call's final reply; the last frees. */
 typedef struct {
+    mdgpy_shim *shim; /* only to note the loop thread */
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int holders;
@@ -112,6 +114,7 @@ static void on_blocking_reply(mdg_msg *reply, void *arg)
     if (!mdgpy_python_alive())
         return;
     PyGILState_STATE g = PyGILState_Ensure();
+    mdgpy_shim_owner(w->shim);
     mdgpy_message *m = NULL;
     pthread_mutex_lock(&w->lock);
     bool first = !w->done && w->holders == 2;
@@ -504,6 +507,7 @@ static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     w->holders = 2;
+    w->shim = self->o.shim;
     mdg_conn *c = self->conn;
     Py_BEGIN_ALLOW_THREADS
     rc = mdg_conn_send_cb(c, cmd, p, view.buf, (size_t)view.len, on_blocking_reply, w);
