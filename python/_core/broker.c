@@ -190,10 +190,14 @@ static int broker_init(mdgpy_broker *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
-static void close_broker(void *obj)
+static void stop_broker(void *obj)
+{
+    mdg_broker_stop(obj);
+}
+
+static void destroy_broker(void *obj)
 {
     mdg_broker *b = obj;
-    mdg_broker_stop(b);
     mdg_broker_destroy(&b); /* joins the loop; session_closed / node_left run */
 }
 
@@ -207,7 +211,7 @@ static void broker_close(mdgpy_broker *self)
     self->stopped = true;
     pthread_cond_broadcast(&self->cond);
     pthread_mutex_unlock(&self->lock);
-    mdgpy_owner_close(&self->o, close_broker, b);
+    mdgpy_owner_close(&self->o, stop_broker, destroy_broker, b);
     Py_CLEAR(self->hooks);
 }
 
@@ -219,13 +223,18 @@ static void broker_dealloc(mdgpy_broker *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int apply_table(mdgpy_owner *o, mdg_cmd *t)
+{
+    int rc = mdg_broker_set_commands(((mdgpy_broker *)o)->b, t, o->shim);
+    if (rc != 0)
+        mdgpy_raise(rc, "set_commands", NULL);
+    return rc ? -1 : 0;
+}
+
 static PyObject *broker_set_commands(mdgpy_broker *self, PyObject *rows)
 {
-    if (need_broker(self) < 0 || mdgpy_owner_set_table(&self->o, rows) < 0)
+    if (need_broker(self) < 0 || mdgpy_owner_set_table(&self->o, rows, apply_table) < 0)
         return NULL;
-    int rc = mdg_broker_set_commands(self->b, self->o.table, self->o.shim);
-    if (rc != 0)
-        return mdgpy_raise(rc, "set_commands", NULL);
     Py_RETURN_NONE;
 }
 
@@ -289,8 +298,10 @@ static PyObject *broker_start(mdgpy_broker *self, PyObject *unused)
     if (self->started)
         Py_RETURN_NONE;
     mdg_broker *b = self->b;
+    mdgpy_shim *busy = mdgpy_busy_enter(&self->o);
     Py_BEGIN_ALLOW_THREADS
     rc = mdg_broker_start(b);
+    mdgpy_busy_leave(busy);
     Py_END_ALLOW_THREADS
     if (rc != 0)
         return mdgpy_raise(rc, "start", NULL);
@@ -391,10 +402,12 @@ static PyObject *broker_send(mdgpy_broker *self, PyObject *args, PyObject *kw, b
                      : mdg_broker_send_session(b, to.buf, (size_t)to.len, cmd, p, view.buf,
                                                (size_t)view.len);
     else {
+        mdgpy_shim *busy = mdgpy_busy_enter(&self->o);
         Py_BEGIN_ALLOW_THREADS
         rc = to_node ? mdg_broker_send_node(b, pk, cmd, p, view.buf, (size_t)view.len)
                      : mdg_broker_send_session(b, to.buf, (size_t)to.len, cmd, p, view.buf,
                                                (size_t)view.len);
+        mdgpy_busy_leave(busy);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&to);

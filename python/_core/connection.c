@@ -214,10 +214,14 @@ static void on_error(const char *command, const char *text, void *arg)
     PyGILState_Release(g);
 }
 
-static void close_conn(void *obj)
+static void stop_conn(void *obj)
+{
+    mdg_conn_disconnect(obj); /* every wait on it ends */
+}
+
+static void destroy_conn(void *obj)
 {
     mdg_conn *c = obj;
-    mdg_conn_disconnect(c);
     mdg_conn_destroy(&c);
 }
 
@@ -225,7 +229,7 @@ static void conn_close(mdgpy_conn *self)
 {
     mdg_conn *c = self->conn;
     self->conn = NULL;
-    mdgpy_owner_close(&self->o, close_conn, c);
+    mdgpy_owner_close(&self->o, stop_conn, destroy_conn, c);
     Py_CLEAR(self->on_event);
     Py_CLEAR(self->on_error);
 }
@@ -302,13 +306,18 @@ static void conn_dealloc(mdgpy_conn *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int apply_table(mdgpy_owner *o, mdg_cmd *t)
+{
+    int rc = mdg_conn_register_commands(((mdgpy_conn *)o)->conn, t, o->shim);
+    if (rc != 0)
+        mdgpy_raise(rc, "register_commands", NULL);
+    return rc ? -1 : 0;
+}
+
 static PyObject *conn_register_commands(mdgpy_conn *self, PyObject *rows)
 {
-    if (need_conn(self) < 0 || mdgpy_owner_set_table(&self->o, rows) < 0)
+    if (need_conn(self) < 0 || mdgpy_owner_set_table(&self->o, rows, apply_table) < 0)
         return NULL;
-    int rc = mdg_conn_register_commands(self->conn, self->o.table, self->o.shim);
-    if (rc != 0)
-        return mdgpy_raise(rc, "register_commands", NULL);
     Py_RETURN_NONE;
 }
 
@@ -356,8 +365,13 @@ static PyObject *conn_wait_until_ready(mdgpy_conn *self, PyObject *args, PyObjec
         return NULL;
     for (;;) {
         int ms = slice_ms(deadline);
+        if (need_conn(self) < 0) /* closed by another thread meanwhile */
+            return NULL;
+        mdg_conn *c = self->conn;
+        mdgpy_shim *busy = mdgpy_busy_enter(&self->o);
         Py_BEGIN_ALLOW_THREADS
-        rc = mdg_conn_wait_until_ready(self->conn, ms);
+        rc = mdg_conn_wait_until_ready(c, ms);
+        mdgpy_busy_leave(busy);
         Py_END_ALLOW_THREADS
         if (rc != MDG_ETIMEDOUT || (deadline >= 0 && now_ms() >= deadline))
             break;
@@ -370,7 +384,7 @@ static PyObject *conn_wait_until_ready(mdgpy_conn *self, PyObject *args, PyObjec
 }
 
 /* command, params, bulk of a send: converted, or -1. */
-static int send_args(PyObject *command, PyObject *params, PyObject *bulk, const char **cmd,
+static int send_args(mdgpy_conn *self, PyObject *command, PyObject *params, PyObject *bulk, const char **cmd,
                      mdg_params **p, Py_buffer *view)
 {
     if (PyBytes_Check(command)) /* the guide's b'write_note' */
@@ -394,6 +408,11 @@ static int send_args(PyObject *command, PyObject *params, PyObject *bulk, const 
         PyBuffer_Release(view);
         return -1;
     }
+    if (need_conn(self) < 0) { /* closed by another thread while converting */
+        mdg_params_destroy(p);
+        PyBuffer_Release(view);
+        return -1;
+    }
     return 0;
 }
 
@@ -414,12 +433,15 @@ static PyObject *conn_send(mdgpy_conn *self, PyObject *args, PyObject *kw)
                      Py_TYPE(callback)->tp_name);
         return NULL;
     }
-    if (send_args(command, params, bulk, &cmd, &p, &view) < 0)
+    if (send_args(self, command, params, bulk, &cmd, &p, &view) < 0)
         return NULL;
     mdg_conn *c = self->conn;
+    mdgpy_shim *busy;
     if (callback == Py_None) {
+        busy = mdgpy_busy_enter(&self->o);
         Py_BEGIN_ALLOW_THREADS /* a full queue waits for room */
         rc = mdg_conn_send(c, cmd, p, view.buf, (size_t)view.len);
+        mdgpy_busy_leave(busy);
         Py_END_ALLOW_THREADS
     } else {
         cb_ctx *ctx = malloc(sizeof *ctx);
@@ -430,8 +452,10 @@ static PyObject *conn_send(mdgpy_conn *self, PyObject *args, PyObject *kw)
         }
         ctx->shim = self->o.shim;
         ctx->callback = Py_NewRef(callback);
+        busy = mdgpy_busy_enter(&self->o);
         Py_BEGIN_ALLOW_THREADS
         rc = mdg_conn_send_cb(c, cmd, p, view.buf, (size_t)view.len, on_reply, ctx);
+        mdgpy_busy_leave(busy);
         Py_END_ALLOW_THREADS
         if (rc != 0) {
             Py_DECREF(ctx->callback);
@@ -469,8 +493,10 @@ static PyObject *nested_call(mdgpy_conn *self, const char *cmd, mdg_params *p, P
     mdg_msg *reply = NULL;
     int rc, ms = deadline < 0 ? -1 : (int)(deadline - now_ms() > 0 ? deadline - now_ms() : 0);
     mdg_conn *c = self->conn;
+    mdgpy_shim *busy = mdgpy_busy_enter(&self->o);
     Py_BEGIN_ALLOW_THREADS
     rc = mdg_conn_call(c, cmd, p, view->buf, (size_t)view->len, ms, &reply);
+    mdgpy_busy_leave(busy);
     Py_END_ALLOW_THREADS
     if (rc != 0)
         return mdgpy_raise(rc, rc == MDG_EREMOTE ? NULL : cmd, NULL);
@@ -491,7 +517,7 @@ static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOO:call", kwlist, &command, &params, &bulk,
                                      &timeout) ||
         timeout_arg(timeout, &deadline) < 0 || need_conn(self) < 0 ||
-        send_args(command, params, bulk, &cmd, &p, &view) < 0)
+        send_args(self, command, params, bulk, &cmd, &p, &view) < 0)
         return NULL;
     if (mdgpy_on_loop_thread(&self->o)) {
         PyObject *r = nested_call(self, cmd, p, &view, deadline);
@@ -509,8 +535,10 @@ static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
     w->holders = 2;
     w->shim = self->o.shim;
     mdg_conn *c = self->conn;
+    mdgpy_shim *busy = mdgpy_busy_enter(&self->o);
     Py_BEGIN_ALLOW_THREADS
     rc = mdg_conn_send_cb(c, cmd, p, view.buf, (size_t)view.len, on_blocking_reply, w);
+    mdgpy_busy_leave(busy);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     if (rc != 0) {
@@ -551,9 +579,13 @@ static PyObject *conn_wait_until_complete(mdgpy_conn *self, PyObject *args, PyOb
         return NULL;
     for (;;) {
         int ms = slice_ms(deadline);
+        if (!self->conn) /* disconnected by another thread meanwhile */
+            Py_RETURN_TRUE;
         mdg_conn *c = self->conn;
+        mdgpy_shim *busy = mdgpy_busy_enter(&self->o);
         Py_BEGIN_ALLOW_THREADS
         rc = mdg_conn_wait_until_complete(c, ms);
+        mdgpy_busy_leave(busy);
         Py_END_ALLOW_THREADS
         if (rc != MDG_ETIMEDOUT)
             break;
@@ -561,8 +593,6 @@ static PyObject *conn_wait_until_complete(mdgpy_conn *self, PyObject *args, PyOb
             Py_RETURN_FALSE;
         if (PyErr_CheckSignals() < 0)
             return NULL;
-        if (!self->conn) /* disconnected by another thread meanwhile */
-            Py_RETURN_TRUE;
     }
     if (rc != 0)
         return mdgpy_raise(rc, "wait_until_complete", NULL);

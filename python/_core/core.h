@@ -17,6 +17,7 @@
 #include "messidge_identity.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 /* How long one slice of a long wait lasts before signals are checked. */
@@ -57,6 +58,9 @@ typedef struct mdgpy_owner mdgpy_owner;
  * still there to call (owner NULL: no). Read and written under the GIL. */
 typedef struct mdgpy_shim {
     mdgpy_owner *owner;
+    /* Threads using the library object with the GIL released: closing
+     * waits for them to leave before it destroys the object. */
+    atomic_int busy;
 } mdgpy_shim;
 struct mdgpy_owner {
     PyObject_HEAD
@@ -73,13 +77,31 @@ int mdgpy_owner_init(mdgpy_owner *o);
 /* Take the owner of a shim for a callback, with the GIL held: NULL when
  * the Python object is gone or going (the callback then does nothing). */
 mdgpy_owner *mdgpy_shim_owner(void *shim);
-/* Close the library object: kept messages first, then close_fn(obj) with
- * the GIL released, then the table and the shim. From the owner's loop
- * thread (a handler, or the object freed there) the loop cannot be joined:
- * a detached thread closes it. */
-void mdgpy_owner_close(mdgpy_owner *o, void (*close_fn)(void *obj), void *obj);
-/* Set the table from a list of (name, handler, required tuple, flags). */
-int mdgpy_owner_set_table(mdgpy_owner *o, PyObject *rows);
+/* Close the library object obj: stop_fn(obj) (which ends every wait on
+ * it), then wait until no thread uses it (busy), then destroy_fn(obj)
+ * with the kept messages destroyed before it, all with the GIL released;
+ * then the table and the shim go. From the owner's loop thread (a handler,
+ * or the object freed there) the loop cannot be joined: a thread of its
+ * own closes it, and the kept messages go at once. */
+typedef void (*mdgpy_close_fn)(void *obj);
+void mdgpy_owner_close(mdgpy_owner *o, mdgpy_close_fn stop_fn, mdgpy_close_fn destroy_fn, void *obj);
+/* Around a use of the library object with the GIL released: enter (with
+ * the GIL, the object open) before Py_BEGIN_ALLOW_THREADS, leave right
+ * after the call, still without the GIL. */
+static inline mdgpy_shim *mdgpy_busy_enter(mdgpy_owner *o)
+{
+    atomic_fetch_add(&o->shim->busy, 1);
+    return o->shim;
+}
+static inline void mdgpy_busy_leave(mdgpy_shim *s)
+{
+    atomic_fetch_sub(&s->busy, 1);
+}
+/* Set the table from a list of (name, handler, required tuple, flags):
+ * the new table is given to the library by apply(o, table); only when
+ * that succeeds does it replace the old one (which the library may still
+ * be reading otherwise). */
+int mdgpy_owner_set_table(mdgpy_owner *o, PyObject *rows, int (*apply)(mdgpy_owner *o, mdg_cmd *t));
 /* Drop handlers and free the table (after the library object is gone). */
 void mdgpy_owner_clear(mdgpy_owner *o);
 /* Destroy every kept message (before the library object goes). */

@@ -131,6 +131,8 @@ static PyObject *do_reply(mdgpy_message *m, PyObject *args, PyObject *kw, bool m
         PyErr_Format(PyExc_ValueError, "'%U' was sent without wanting a reply", m->command);
         return NULL;
     }
+    if (!m->owner->shim) /* its broker or connection is closing */
+        return mdgpy_raise(MDG_ECLOSED, "reply", "closed");
     Py_buffer view;
     if (mdgpy_bulk_arg(bulk, &view) < 0)
         return NULL;
@@ -139,12 +141,20 @@ static PyObject *do_reply(mdgpy_message *m, PyObject *args, PyObject *kw, bool m
         PyBuffer_Release(&view);
         return NULL;
     }
+    if (!m->msg || !m->owner || !m->owner->shim) { /* closed while the results were made */
+        mdg_params_destroy(&p);
+        PyBuffer_Release(&view);
+        return mdgpy_raise(MDG_ECLOSED, "reply", "closed");
+    }
     int rc;
     mdg_msg *msg = m->msg;
-    /* A reply from an application thread may wait for room in the queue. */
+    /* A reply from an application thread may wait for room in the queue;
+     * a closing owner waits for it before destroying the message. */
+    mdgpy_shim *busy = mdgpy_busy_enter(m->owner);
     Py_BEGIN_ALLOW_THREADS
     rc = more ? mdg_msg_reply_more(msg, p, view.buf, (size_t)view.len)
               : mdg_msg_reply(msg, p, view.buf, (size_t)view.len);
+    mdgpy_busy_leave(busy);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     if (rc != 0)

@@ -3,6 +3,8 @@
  */
 #include "core.h"
 
+#include <time.h>
+
 bool mdgpy_python_alive(void)
 {
     return !_Py_IsFinalizing();
@@ -62,56 +64,71 @@ mdgpy_owner *mdgpy_shim_owner(void *shim)
 }
 
 static void free_table(mdg_cmd *t);
-
 /* What closes a library object away from its own loop thread. */
 typedef struct closer {
-    void (*close_fn)(void *obj);
+    mdgpy_close_fn stop_fn, destroy_fn;
     void *obj;
     mdgpy_shim *shim;
     mdg_cmd *table;
 } closer;
 
+/* stop, wait for the users to leave, destroy: without the GIL. */
+static void stop_and_destroy(closer *c)
+{
+    c->stop_fn(c->obj);
+    while (c->shim && atomic_load(&c->shim->busy) > 0) /* each leaves once its wait ends */
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    c->destroy_fn(c->obj);
+}
+
 static void *close_thread(void *arg)
 {
     closer *c = arg;
-    c->close_fn(c->obj);
+    stop_and_destroy(c);
     free(c->shim);
     free_table(c->table); /* the library borrowed it until now */
     free(c);
     return NULL;
 }
 
-void mdgpy_owner_close(mdgpy_owner *o, void (*close_fn)(void *obj), void *obj)
+void mdgpy_owner_close(mdgpy_owner *o, mdgpy_close_fn stop_fn, mdgpy_close_fn destroy_fn, void *obj)
 {
-    mdgpy_owner_drop_kept(o);
     mdgpy_shim *shim = o->shim;
     o->shim = NULL;
     if (shim)
         shim->owner = NULL; /* from now on callbacks find no one */
+    closer c = {stop_fn, destroy_fn, obj, shim, o->table};
     if (obj && mdgpy_on_loop_thread(o)) {
-        closer *c = malloc(sizeof *c);
+        mdgpy_owner_drop_kept(o);
+        closer *heap = malloc(sizeof *heap);
         pthread_t t;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (c)
-            *c = (closer){close_fn, obj, shim, o->table};
-        if (c && pthread_create(&t, &attr, close_thread, c) == 0) {
-            o->table = NULL; /* the thread's now */
-        } else {
-            /* Cannot close without joining ourselves: the object, its
-             * shim and its table are left as they are. */
-            free(c);
-            o->table = NULL;
+        if (heap)
+            *heap = c;
+        if (!heap || pthread_create(&t, &attr, close_thread, heap) != 0) {
+            /* Cannot close without joining ourselves: stop it, and leave
+             * the object, its shim and its table as they are. */
+            free(heap);
+            stop_fn(obj);
             PyErr_WarnEx(PyExc_ResourceWarning, "messidge: cannot close from the loop thread", 1);
         }
+        o->table = NULL; /* the closing thread's now (or left) */
         pthread_attr_destroy(&attr);
+    } else if (obj) {
+        Py_BEGIN_ALLOW_THREADS
+        c.stop_fn(c.obj);
+        while (c.shim && atomic_load(&c.shim->busy) > 0)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        Py_END_ALLOW_THREADS
+        mdgpy_owner_drop_kept(o); /* no thread replies on them now */
+        Py_BEGIN_ALLOW_THREADS
+        c.destroy_fn(c.obj);
+        Py_END_ALLOW_THREADS
+        free(shim);
     } else {
-        if (obj) {
-            Py_BEGIN_ALLOW_THREADS
-            close_fn(obj);
-            Py_END_ALLOW_THREADS
-        }
+        mdgpy_owner_drop_kept(o);
         free(shim);
     }
     mdgpy_owner_clear(o);
@@ -164,7 +181,7 @@ static int fill_row(mdg_cmd *r, PyObject *row, PyObject *handlers)
     return PyDict_SetItem(handlers, name, handler);
 }
 
-int mdgpy_owner_set_table(mdgpy_owner *o, PyObject *rows)
+int mdgpy_owner_set_table(mdgpy_owner *o, PyObject *rows, int (*apply)(mdgpy_owner *o, mdg_cmd *t))
 {
     PyObject *fast = PySequence_Fast(rows, "commands must be a list of rows");
     if (!fast)
@@ -178,6 +195,8 @@ int mdgpy_owner_set_table(mdgpy_owner *o, PyObject *rows)
     for (Py_ssize_t i = 0; rc == 0 && i < n; i++)
         rc = fill_row(&t[i], PySequence_Fast_GET_ITEM(fast, i), handlers);
     Py_DECREF(fast);
+    if (rc == 0)
+        rc = apply(o, t);
     if (rc) {
         free_table(t);
         Py_XDECREF(handlers);

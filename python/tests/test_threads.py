@@ -163,3 +163,28 @@ def test_no_leaks_over_100000_calls(setup):
     # tens of MB; allow for noise only
     assert grown_objects < 1000, grown_objects
     assert grown_rss < 8 * 1024, "RSS grew by %d KiB over 100,000 calls" % grown_rss
+
+
+def test_closing_from_a_handler_and_another_thread(setup, closing):
+    """A node's handler disconnects it (its loop thread cannot join itself:
+    a thread of its own closes it) while the main thread waits for the end,
+    as the guide's Node.run() does; and a connection closed by another
+    thread while this one waits in it."""
+    ctl, b, user = setup
+    node_keys = KeyPair.new()
+    b.allow(node_keys.public, 2)
+
+    class NodeCtl:
+        def _shutdown(self, msg):
+            node.disconnect()
+        commands = {b'shutdown': node_cmd([])}
+    node = Connection('127.0.0.1', server_pk=b.keys.public, keys=node_keys, port=b.port)
+    node.register_commands(NodeCtl(), NodeCtl.commands)
+    node.start().wait_until_ready(TIMEOUT)
+    user.send_cmd(b'shutdown', {'node': node_keys.public})
+    assert node.wait_until_complete(TIMEOUT) is True
+    assert node.closed
+
+    other = make_conn(b)
+    threading.Timer(0.1, other.disconnect).start()
+    assert other.wait_until_complete(TIMEOUT) is True
