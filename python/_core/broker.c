@@ -358,6 +358,12 @@ static PyObject *broker_legacy_port(mdgpy_broker *self, void *closure)
     return PyLong_FromLong(self->b ? mdg_broker_legacy_port(self->b) : 0);
 }
 
+static PyObject *broker_on_loop_thread(mdgpy_broker *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(mdgpy_on_loop_thread(&self->o));
+}
+
 static PyObject *broker_counts(mdgpy_broker *self, void *closure)
 {
     if (!self->b)
@@ -477,6 +483,8 @@ static PyGetSetDef broker_getset[] = {
     {"legacy_port", (getter)broker_legacy_port, NULL, "the 1.x listener's port, or 0", NULL},
     {"session_count", (getter)broker_counts, NULL, "user sessions connected", NULL},
     {"node_count", (getter)broker_counts, NULL, "nodes connected", (void *)1},
+    {"on_loop_thread", (getter)broker_on_loop_thread, NULL,
+     "whether the calling thread is the broker's loop thread (a handler or hook)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -188,3 +188,34 @@ def test_closing_from_a_handler_and_another_thread(setup, closing):
     other = make_conn(b)
     threading.Timer(0.1, other.disconnect).start()
     assert other.wait_until_complete(TIMEOUT) is True
+
+
+
+def test_broker_stopped_from_its_handler(tmp_path):
+    """broker.stop() from a handler: its loop thread cannot join itself, so
+    a thread of its own closes it; run() in another thread returns, and
+    the client learns the broker has gone."""
+    from messidge.broker.bases import ModelMinimal
+    from messidge.broker.broker import Broker
+
+    class Halt:
+        def _halt(self, msg):
+            broker.stop()
+        commands = {b'halt': cmd([])}
+    user = KeyPair.new()
+    broker = Broker(KeyPair.new(), ModelMinimal(), controller=Halt(), port=0,
+                    bind_address='127.0.0.1', state_dir=str(tmp_path / 'state'), accounts=False)
+    broker.identity.add_user('u@example.com', user.public)
+    runner = threading.Thread(target=broker.run)
+    runner.start()
+    wait_for(lambda: broker.port, what="the broker bound")
+    c = Connection('127.0.0.1', server_pk=broker.keys.public, keys=user, port=broker.port,
+                   reconnect_max_ms=200)
+    try:
+        c.start().wait_until_ready(TIMEOUT)
+        c.send_cmd(b'halt')
+        runner.join(TIMEOUT)
+        assert not runner.is_alive()
+        wait_for(lambda: broker.port == 0, what="the broker closed")
+    finally:
+        c.disconnect()

@@ -85,13 +85,18 @@ class Broker(_core.Broker):
         super().run()
 
     def stop(self):
-        """Stop serving: the account server, the broker, the identity store."""
+        """Stop serving: the account server, the broker, the identity store.
+        From a handler the broker closes on a thread of its own, still
+        reading the store: the store is then left open (closed when freed)."""
         if self.account_server is not None:
             self.account_server.close()
             self.account_server = None
+        from_handler = self.on_loop_thread
         super().stop()
         identity, self.identity = self.identity, None
-        if identity is not None:
+        if from_handler:
+            self._identity_still_read = identity  # kept open while the broker closes
+        elif identity is not None:
             identity.close()
         self.model.sessions.clear()
         self.model.nodes.clear()
