@@ -5,6 +5,7 @@
 #   make install   Release build of what is installed (library, headers, tools,
 #                  man pages; no tests) and install under PREFIX (default
 #                  /usr/local). Installs no packages: run `make deps` first.
+#   make python    build messidge for Python (python/) into build/python
 #
 # Every build here but `make install` treats warnings as errors
 # (MDG_WERROR=ON); a plain cmake build does so only for Debug.
@@ -13,15 +14,16 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 DEBS = build-essential cmake pkg-config libzmq3-dev libsodium-dev libcbor-dev \
-       libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev clang libclang-rt-14-dev
+       libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev clang libclang-rt-14-dev \
+       python3-dev
 # What `make bench` needs on top: the NATS baseline (server, C client) and
 # openssl for its TLS certificate.
 BENCH_DEBS = nats-server libnats-dev openssl
 # What `make test` needs on top: the Messidge 1.x interop peers (Python,
-# with Debian's own modules; no PyPI).
-TEST_DEBS = python3 python3-zmq python3-libnacl python3-cbor
+# with Debian's own modules; no PyPI), and pytest for messidge for Python.
+TEST_DEBS = python3 python3-zmq python3-libnacl python3-cbor python3-pytest
 
-.PHONY: all deps build demo test fuzz install clean bench
+.PHONY: all deps build demo test fuzz install clean bench python
 
 all: build
 
@@ -42,6 +44,12 @@ build: deps
 
 demo: build
 	./demo/run-demo.sh build
+
+# messidge for Python: the package in build/python (PYTHONPATH=build/python),
+# also built by `make build`; installed by `make install`.
+python: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMDG_WERROR=ON >/dev/null
+	cmake --build build -j $(JOBS) --target python
 
 test:
 	$(MAKE) deps EXTRA_DEBS="$(TEST_DEBS)"

@@ -113,7 +113,7 @@ typedef struct scale_res {
 scale_res scale_run(const char *self);
 /* The child programs: serve-mdg, serve-zmq, idle-mdg/idle-zmq PORT PK N. */
 int serve_child(int argc, char **argv);
-int mdg_serve_child(void);         /* bench_mdg.c: a broker until stdin closes */
+int mdg_serve_child(bool with_node); /* bench_mdg.c: a broker (and a node) until stdin closes */
 int zmq_serve_child(void);         /* bench_zmq.c: the raw echo server, likewise */
 
 /* A raw CURVE DEALER that speaks just enough of the native protocol

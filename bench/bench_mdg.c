@@ -754,19 +754,28 @@ bres mdg_run(const spec *s)
 /* ------------------------------------------- scale: the broker child */
 
 /* A broker serving "echo" until stdin closes; prints "READY port pk-z85". */
-int mdg_serve_child(void)
+/* serve-mdg: a broker; serve-mdg-node: a broker and a node serving
+ * node_echo, for clients in other processes (the Python client rows). */
+int mdg_serve_child(bool with_node)
 {
     env e;
     mdg_set_log(quiet_log, NULL, MDG_LOG_ERROR);
-    bres r = env_up(&e, P_BROKER, 0);
+    bres r = env_up(&e, with_node ? P_NODE : P_BROKER, 0);
     if (!r.ok) {
         fprintf(stderr, "%s\n", r.why);
         env_down(&e);
         return 1;
     }
-    char z85[41];
-    zmq_z85_encode(z85, mdg_keys_public(e.bkeys), 32);
-    printf("READY %d %s\n", mdg_broker_port(e.b), z85);
+    if (with_node) {
+        char bpk[MDG_KEY_B64_LEN + 1], npk[MDG_KEY_B64_LEN + 1];
+        mdg_pk_to_b64(mdg_keys_public(e.bkeys), bpk);
+        mdg_pk_to_b64(mdg_keys_public(e.nkeys), npk);
+        printf("READY %d %s %s\n", mdg_broker_port(e.b), bpk, npk);
+    } else {
+        char z85[41];
+        zmq_z85_encode(z85, mdg_keys_public(e.bkeys), 32);
+        printf("READY %d %s\n", mdg_broker_port(e.b), z85);
+    }
     fflush(stdout);
     char buf[64];
     while (fgets(buf, sizeof buf, stdin))

@@ -218,14 +218,17 @@ static int idle_open(idle *I, int port, const char *server_pk, int n, bool mdg, 
 /* ------------------------------------------------------ child programs */
 
 /* serve-mdg | serve-zmq: a server that prints "READY port pk-z85" and runs
- * until stdin closes. idle-mdg | idle-zmq PORT PK N SECS: opens up to N
+ * until stdin closes; serve-mdg-node: a broker and a node serving
+ * node_echo, "READY port broker-pk-b64 node-pk-b64" (bench_python.py). idle-mdg | idle-zmq PORT PK N SECS: opens up to N
  * idle sessions within SECS seconds, prints "OPEN count" (or "FAIL why")
  * and holds them until stdin closes. */
 int serve_child(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     if (argc == 1 && strcmp(argv[0], "serve-mdg") == 0)
-        return mdg_serve_child();
+        return mdg_serve_child(false);
+    if (argc == 1 && strcmp(argv[0], "serve-mdg-node") == 0)
+        return mdg_serve_child(true);
     if (argc == 1 && strcmp(argv[0], "serve-zmq") == 0)
         return zmq_serve_child();
     if (argc == 5 && strncmp(argv[0], "idle-", 5) == 0) {

@@ -10,6 +10,8 @@
 # writes BUILD_DIR/bench/results.json and leaves the README alone.
 # BENCH_WRAPPER="valgrind --leak-check=full" bench/run-bench.sh build-bench
 # --runs 1 --secs 0.2 runs the program under valgrind.
+# The Python client rows (bench_python.py, messidge for Python of
+# BUILD_DIR/python) follow mdg_bench's; `--only python` runs just them.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -72,13 +74,45 @@ if [ $# -eq 0 ]; then
 else
   json=$build/bench/results.json
 fi
-# BENCH_WRAPPER runs the program under a tool, e.g. "valgrind --leak-check=full".
-${BENCH_WRAPPER:-} "$bin" "${args[@]}" --json "$json" --table "$tmp/table.txt" "$@"
+# "python" in --only is ours (the Python rows), not mdg_bench's; --runs and
+# --secs go to both.
+opts=() py_opts=() run_py=yes run_c=yes
+while [ $# -gt 0 ]; do
+  case $1 in
+    --only)
+      only=$(printf '%s' "${2:-}" | tr ',' '\n' | { grep -vx python || true; } | paste -sd, -)
+      case ",${2:-}," in *,python,*) ;; *) run_py=no ;; esac
+      if [ -n "$only" ]; then opts+=(--only "$only"); else run_c=no; fi
+      shift 2 ;;
+    --runs|--secs)
+      opts+=("$1" "${2:-}")
+      py_opts+=("$1" "${2:-}")
+      shift 2 ;;
+    *)
+      opts+=("$1")
+      shift ;;
+  esac
+done
+rm -f "$tmp/table.txt"
+if [ "$run_c" = yes ]; then
+  # BENCH_WRAPPER runs the program under a tool, e.g. "valgrind --leak-check=full".
+  ${BENCH_WRAPPER:-} "$bin" "${args[@]}" --json "$json" --table "$tmp/table.txt" ${opts[@]+"${opts[@]}"}
+else
+  rm -f "$json" # the Python rows alone: a results file of their own
+fi
+if [ "$run_py" = yes ]; then
+  if [ -f "$build/python/messidge/__init__.py" ] && [ -x /usr/bin/python3 ]; then
+    /usr/bin/python3 "$here/bench_python.py" "$build" ${py_opts[@]+"${py_opts[@]}"} \
+      --json "$json" --table "$tmp/table.txt"
+  else
+    echo "run-bench.sh: no messidge for Python in $build/python: the Python rows are skipped" >&2
+  fi
+fi
 echo "results: $json"
 
 # A full run refreshes the table in the README (between the markers).
 readme=$here/README.md
-if [ $# -eq 0 ] && grep -q '<!-- bench-table-start -->' "$readme" 2>/dev/null; then
+if [ ${#opts[@]} -eq 0 ] && [ "$run_c" = yes ] && grep -q '<!-- bench-table-start -->' "$readme" 2>/dev/null; then
   awk -v table="$tmp/table.txt" '
     /<!-- bench-table-start -->/ { print; print "```text"; while ((getline l < table) > 0) print l;
                                    print "```"; skip = 1; next }

@@ -1,0 +1,1 @@
+"""The client (and node) side: messidge.client.connection (Connection, cmd)."""

@@ -1,0 +1,163 @@
+"""A broker and connections in one process: commands declared the guide's
+way, fire and forget, blocking calls, reply callbacks, the ValueError round
+trip, the checks a command table makes, and the resource offer."""
+import threading
+
+import pytest
+
+import messidge
+from conftest import TIMEOUT, make_broker, make_conn, wait_for
+from messidge.broker.bases import ModelMinimal
+from messidge.broker.broker import cmd
+from messidge.client.connection import cmd as client_cmd
+
+
+class Notes:
+    def __init__(self):
+        self.notes = {}
+        self.lock = threading.Lock()
+
+    def _write_note(self, msg):
+        self.notes.setdefault(msg.params['user'], []).append(msg.params['note'])
+
+    def _fetch_notes(self, msg):
+        msg.reply({'notes': self.notes.get(msg.params['user'], [])})
+
+    def _echo(self, msg):
+        msg.reply(results=dict(msg.params), bulk=msg.bulk)
+
+    def _raise_exception(self, msg):
+        raise ValueError("raise_exception was called")
+
+    def _type_error(self, msg):
+        raise TypeError("not a ValueError")
+
+    def _node_thing(self, msg):
+        msg.reply({})
+
+    commands = {
+        b'write_note': cmd(['note']),
+        b'fetch_notes': cmd([], needs_reply=True),
+        b'echo': cmd([], needs_reply=True),
+        b'raise_exception': cmd([], needs_reply=True),
+        'type_error': cmd([], needs_reply=True),
+        b'node_thing': cmd([], needs_reply=True, node_only=True),
+    }
+
+
+@pytest.fixture
+def broker(broker_keys, closing):
+    b = make_broker(broker_keys, Notes())
+    closing.append(b)
+    return b
+
+
+@pytest.fixture
+def conn(broker, closing):
+    c = make_conn(broker)
+    closing.append(c)
+    return c
+
+
+def test_notes(conn):
+    conn.send_cmd(b'write_note', {'note': 'one'})
+    conn.send_cmd('write_note', {'note': 'two'})
+    # in order: the blocking call is not processed before the writes
+    assert conn.send_blocking_cmd(b'fetch_notes').params['notes'] == ['one', 'two']
+
+
+def test_stamped_identity(conn):
+    r = conn.send_blocking_cmd(b'echo', {'user': b'x' * 32, 'session': b'forged'})
+    # the broker's stamps win over what the sender put
+    assert r.params['user'] != b'x' * 32 and len(r.params['user']) == 32
+    assert r.params['session'] == conn.session_id
+
+
+def test_values_round_trip(conn):
+    values = {'none': None, 't': True, 'f': False, 'int': -5, 'big': 2 ** 64 - 1, 'neg': -2 ** 63,
+              'float': 1.5, 'str': 'héllo', 'bytes': b'\x00\xff', 'list': [1, [2, 'x']],
+              'map': {'a': {'b': 1}}, 'tuple': (1, 2), 'empty': {}}
+    r = conn.send_blocking_cmd(b'echo', values, bulk=b'bulk data' * 1000)
+    for k, v in values.items():
+        assert r.params[k] == (list(v) if isinstance(v, tuple) else v), k
+    assert r.bulk == b'bulk data' * 1000
+    assert r.command == '' and r.error is None and not r.more
+
+
+def test_reply_callback(conn):
+    got = []
+    done = threading.Event()
+    thread = []
+
+    def cb(msg):
+        got.append(msg.params['notes'])
+        thread.append(threading.get_ident())
+        done.set()
+    conn.send_cmd(b'write_note', {'note': 'n'})
+    conn.send_cmd(b'fetch_notes', reply_callback=cb)
+    assert done.wait(TIMEOUT)
+    assert got == [['n']]
+    assert thread[0] != threading.get_ident()  # the loop thread
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the TypeError, reported
+def test_value_error_round_trip(conn):
+    with pytest.raises(ValueError, match="^raise_exception was called$"):
+        conn.send_blocking_cmd(b'raise_exception')
+    # another exception fails the call too, with its type (and is reported)
+    with pytest.raises(ValueError, match="TypeError: not a ValueError"):
+        conn.send_blocking_cmd(b'type_error')
+    # an error reply to a callback
+    got = []
+    done = threading.Event()
+    conn.send_cmd(b'raise_exception', reply_callback=lambda m: (got.append(m.error), done.set()))
+    assert done.wait(TIMEOUT)
+    assert got == ["raise_exception was called"]
+
+
+def test_table_checks(conn):
+    with pytest.raises(ValueError, match="note"):
+        conn.send_blocking_cmd(b'write_note')  # a required param missing
+    with pytest.raises(ValueError, match="no_such"):
+        conn.send_blocking_cmd(b'no_such')
+    with pytest.raises(ValueError, match="node"):
+        conn.send_blocking_cmd(b'node_thing')  # node only
+
+
+def test_resource_offer(broker, closing):
+    class Client:
+        def __init__(self):
+            self.offers = []
+
+        def _resource_offer(self, msg):
+            self.offers.append(msg.params['nodes'])
+        commands = {b'resource_offer': client_cmd(['nodes'])}
+    ctl = Client()
+    c = make_conn(broker, start=False)
+    closing.append(c)
+    c.register_commands(ctl, Client.commands)
+    c.start().wait_until_ready(TIMEOUT)
+    wait_for(lambda: ctl.offers, what="the resource offer")
+    assert ctl.offers == [[]]  # ModelMinimal offers the connected nodes: none
+
+
+def test_sessions_in_model(broker, closing):
+    c = make_conn(broker)
+    wait_for(lambda: c.session_id in broker.model.sessions, what="the session in the model")
+    s = broker.model.sessions[c.session_id]
+    assert isinstance(s, messidge.broker.bases.SessionMinimal) and s.rid == c.session_id
+    c.disconnect()
+    wait_for(lambda: not broker.model.sessions, what="the session's end")
+
+
+def test_timeout(broker, closing):
+    class Silent:
+        def _hold(self, msg):
+            self.kept = msg.keep()  # never replied to
+        commands = {b'hold': cmd([], needs_reply=True)}
+    b = make_broker(messidge.KeyPair.new(), Silent())
+    closing.append(b)
+    c = make_conn(b)
+    closing.append(c)
+    with pytest.raises(TimeoutError, match="no reply to 'hold' within 0.2 s"):
+        c.send_blocking_cmd(b'hold', timeout=0.2)
