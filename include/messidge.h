@@ -162,7 +162,10 @@ typedef struct mdg_params mdg_params;
 MDG_EXPORT mdg_params *mdg_params_new(void); /* empty map; NULL only when out of memory */
 MDG_EXPORT void mdg_params_destroy(mdg_params **p);
 
-/* Setters replace an existing value of the same key. */
+/* Setters replace an existing value of the same key. Text must be UTF-8
+ * and an item within what a receiver accepts (definite strings, nesting
+ * and size limits, docs/protocol.md): else MDG_EINVAL with the reason,
+ * here rather than a refusal at the receiver. */
 MDG_EXPORT int mdg_params_set_str(mdg_params *p, const char *key, const char *value);
 MDG_EXPORT int mdg_params_set_bytes(mdg_params *p, const char *key, const void *data, size_t len);
 MDG_EXPORT int mdg_params_set_int(mdg_params *p, const char *key, int64_t value);

@@ -85,7 +85,7 @@ static void ck_data(void *c, cbor_data d, uint64_t l) { (void)d; (void)l; leaf(c
 /* Well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing
  * past U+10FFFF), as libcbor's loader demands of text strings: a text
  * that passed here must load, wherever it is relayed to. */
-static bool utf8_ok(const uint8_t *s, size_t n)
+bool mdg_utf8_valid(const uint8_t *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
@@ -120,7 +120,7 @@ static bool utf8_ok(const uint8_t *s, size_t n)
 
 static void ck_text(void *c, cbor_data d, uint64_t l)
 {
-    if (!utf8_ok(d, (size_t)l)) {
+    if (!mdg_utf8_valid(d, (size_t)l)) {
         ((check_state *)c)->bad = "a text string is not valid UTF-8";
         return;
     }

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* What a walk over one item found. mark, when set, is called with the
  * offset of every item directly inside the top container (for a map: its
@@ -26,5 +27,8 @@ int mdg_cbor_walk_item(const void *buf, size_t len, mdg_cbor_walk *w);
 int mdg_cbor_check(const void *buf, size_t len);
 /* The length of the item at buf's start, checked. 0 or MDG_EPROTO. */
 int mdg_cbor_item_len(const void *buf, size_t len, size_t *used);
+
+/* Well-formed UTF-8 (RFC 3629), as text strings must be. */
+bool mdg_utf8_valid(const uint8_t *s, size_t n);
 
 #endif

@@ -280,6 +280,8 @@ int mdg_params_set_str(mdg_params *p, const char *key, const char *value)
         return MDG_EINVAL;
     uint8_t h[9];
     size_t n = strlen(value);
+    if (!mdg_utf8_valid((const uint8_t *)value, n)) /* no receiver would take it */
+        return mdg_fail(MDG_EINVAL, "param '%s': text is not valid UTF-8", key ? key : "(null)");
     return set_encoded(p, key, h, cbor_encode_string_start(n, h, sizeof h), value, n);
 }
 
@@ -328,7 +330,16 @@ int mdg_params_set_item(mdg_params *p, const char *key, cbor_item_t *item)
     unsigned char *data = NULL;
     size_t cap = 0, n = cbor_serialize_alloc(item, &data, &cap);
     cbor_decref(&item);
-    int rc = n ? set_encoded(p, key, data, n, NULL, 0) : mdg_fail(MDG_ENOMEM, "cannot encode param '%s'", key);
+    int rc = n ? 0 : mdg_fail(MDG_ENOMEM, "cannot encode param '%s'", key);
+    /* what no receiver would take is refused here, where it is made, with
+     * the reason (text that is not UTF-8, indefinite strings, too deep) */
+    if (rc == 0 && mdg_cbor_check(data, n) != 0) {
+        char why[200];
+        snprintf(why, sizeof why, "%s", mdg_last_error()); /* mdg_fail writes where it reads */
+        rc = mdg_fail(MDG_EINVAL, "param '%s' cannot be sent: %s", key, why);
+    }
+    if (rc == 0)
+        rc = set_encoded(p, key, data, n, NULL, 0);
     free(data);
     return rc;
 }

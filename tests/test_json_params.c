@@ -1,6 +1,8 @@
-/* test_json_params.c - tools/json_params.c on params no peer could send
- * (the wire decoder refuses text that is not UTF-8): what `messidge call`
- * prints is JSON whatever the params hold. */
+/* test_json_params.c - tools/json_params.c on the awkward values params can
+ * hold (undefined, integers past int64, infinities): what `messidge call`
+ * prints is JSON whatever the params hold. Text that is not UTF-8 and
+ * indefinite strings cannot be in params at all: the setters refuse them,
+ * as a receiver's decoder would. */
 #include "../tools/json_params.h"
 #include "testutil.h"
 
@@ -13,8 +15,11 @@ int main(void)
     cbor_item_t *part = cbor_build_stringn("ab", 2);
     cbor_string_add_chunk(chunked, part);
     cbor_decref(&part);
-    mdg_params_set_item(p, "bad_utf8", cbor_build_stringn("a\xff\xfe\xed\xa0\x80z", 7));
-    mdg_params_set_item(p, "chunked", chunked);
+    CHECK_RC(mdg_params_set_item(p, "bad_utf8", cbor_build_stringn("a\xff\xfe\xed\xa0\x80z", 7)), MDG_EINVAL);
+    CHECK(strstr(mdg_last_error(), "not valid UTF-8") != NULL);
+    CHECK_RC(mdg_params_set_str(p, "bad_utf8", "a\xff\xfez"), MDG_EINVAL);
+    CHECK_RC(mdg_params_set_item(p, "chunked", chunked), MDG_EINVAL);
+    CHECK(!mdg_params_has(p, "bad_utf8") && !mdg_params_has(p, "chunked"));
     mdg_params_set_item(p, "undefined", cbor_new_undef());
     mdg_params_set_item(p, "huge", cbor_build_uint64(UINT64_MAX));
     mdg_params_set_double(p, "ninf", -INFINITY);
@@ -25,11 +30,6 @@ int main(void)
     if (!v)
         fprintf(stderr, "not JSON: %s\n", text ? text : "(null)");
     CHECK(v != NULL);
-    /* each bad byte is one U+FFFD (a surrogate's 3 bytes too) */
-    const char *bad = json_string_value(json_object_get(v, "bad_utf8"));
-    CHECK(bad && strcmp(bad, "a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdz") == 0);
-    CHECK(json_is_string(json_object_get(v, "chunked")) &&
-          strcmp(json_string_value(json_object_get(v, "chunked")), "ab") == 0);
     CHECK(json_is_null(json_object_get(v, "undefined")) && json_is_null(json_object_get(v, "ninf")));
     CHECK(json_is_real(json_object_get(v, "huge")));
     json_decref(v);

@@ -138,6 +138,8 @@ static char *key_text(const cbor_item_t *k, int depth)
 
 static json_t *cbor_to_json(const cbor_item_t *it, int depth)
 {
+    if (!it) /* a tree could not be made: out of memory */
+        return NULL;
     if (depth > MAX_DEPTH)
         return json_null();
     switch (cbor_typeof(it)) {
