@@ -145,6 +145,7 @@ int mdg_loop_timer(mdg_loop *l, int interval_ms, bool repeat, mdg_loop_fn fn, vo
             l->timers_cap = cap;
         }
         t = &l->timers[l->ntimers++];
+        t->id = 0; /* free until filled below: the id search reads it */
     }
     /* Ids wrap after INT_MAX timers (a connection makes one per delayed
      * acknowledgement), skipping those still in use. */
