@@ -225,18 +225,19 @@ int mdg_legacy_build(zmq_msg_t *out, const uint8_t *key, const uint8_t *nonce, s
     if (key) {
         uint8_t fresh[MDG_LEGACY_NONCE];
         randombytes_buf(fresh, sizeof fresh);
-        unsigned char *plain = NULL;
-        size_t cap = 0, plen = 0;
-        static const unsigned char empty_map = 0xa0;
-        if (params && mdg_params_count(params))
-            plen = cbor_serialize_alloc(mdg_params_map(params), &plain, &cap);
-        ok = (!params || !mdg_params_count(params) || plen) && push_bytes(arr, fresh, sizeof fresh) &&
-             push_bytes(arr, command, command_len) && push_bytes(arr, uuid, uuid_len) &&
-             push_item(arr, plen ? sealed(plain, plen, fresh, key) : sealed(&empty_map, 1, fresh, key)) &&
+        /* the params as they are encoded (no tree): sealed as one box */
+        size_t plen = mdg_params_encoded_size(params);
+        unsigned char *plain = malloc(plen);
+        if (plain)
+            mdg_params_write(params, plain, plen);
+        ok = plain && push_bytes(arr, fresh, sizeof fresh) && push_bytes(arr, command, command_len) &&
+             push_bytes(arr, uuid, uuid_len) && push_item(arr, sealed(plain, plen, fresh, key)) &&
              (bulk_len ? push_item(arr, sealed(bulk, bulk_len, fresh, key)) : push_bytes(arr, "", 0));
         free(plain);
     } else {
-        cbor_item_t *map = params ? cbor_incref(mdg_params_map(params)) : cbor_new_definite_map(0);
+        /* a plaintext frame holds the params as an item of its own */
+        cbor_item_t *tree = params ? mdg_params_map(params) : NULL;
+        cbor_item_t *map = !params ? cbor_new_definite_map(0) : tree ? cbor_incref(tree) : NULL;
         ok = push_bytes(arr, nonce, nonce ? nonce_len : 0) && push_bytes(arr, command, command_len) &&
              push_bytes(arr, uuid, uuid_len) && push_item(arr, map) && push_bytes(arr, bulk, bulk_len);
     }

@@ -7,6 +7,8 @@
  */
 #include "core.h"
 
+#include <string.h>
+
 #define MAX_DEPTH 64
 
 static cbor_item_t *to_cbor(PyObject *o, const char *key, int depth);
@@ -138,6 +140,41 @@ static cbor_item_t *to_cbor(PyObject *o, const char *key, int depth)
     return it;
 }
 
+/* The usual values go straight into the params' encoded form with the
+ * typed setters: no libcbor item made and encoded again. 1 with *rc set
+ * when v was one of them, 0 for the rest (to_cbor), -1 with an exception. */
+static int set_plain(mdg_params *p, const char *key, PyObject *v, int *rc)
+{
+    if (v == Py_None) {
+        *rc = mdg_params_set_null(p, key);
+    } else if (PyBool_Check(v)) {
+        *rc = mdg_params_set_bool(p, key, v == Py_True);
+    } else if (PyLong_Check(v)) {
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (n == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0; /* past int64: to_cbor's big integers */
+        }
+        *rc = mdg_params_set_int(p, key, (int64_t)n);
+    } else if (PyFloat_Check(v)) {
+        *rc = mdg_params_set_double(p, key, PyFloat_AS_DOUBLE(v));
+    } else if (PyBytes_Check(v)) {
+        *rc = mdg_params_set_bytes(p, key, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+    } else if (PyUnicode_Check(v)) {
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &len);
+        if (!s)
+            return -1;
+        if (memchr(s, '\0', (size_t)len))
+            return 0; /* a C string would end at the NUL */
+        *rc = mdg_params_set_str(p, key, s);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 mdg_params *mdgpy_params_from_dict(PyObject *dict, const char *what)
 {
     mdg_params *p = mdg_params_new();
@@ -159,8 +196,11 @@ mdg_params *mdgpy_params_from_dict(PyObject *dict, const char *what)
             return NULL;
         }
         const char *key = PyUnicode_AsUTF8(k);
-        cbor_item_t *it = key ? to_cbor(v, key, 0) : NULL;
-        int rc = it ? mdg_params_set_item(p, key, it) : MDG_ENOMEM; /* the item is taken */
+        int rc = MDG_ENOMEM, plain = key ? set_plain(p, key, v, &rc) : -1;
+        if (plain == 0) {
+            cbor_item_t *it = to_cbor(v, key, 0);
+            rc = it ? mdg_params_set_item(p, key, it) : MDG_ENOMEM; /* the item is taken */
+        }
         if (rc != 0) {
             if (!PyErr_Occurred())
                 mdgpy_raise(rc, what, NULL);
