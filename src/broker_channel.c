@@ -147,7 +147,11 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
                 mdg_kind_name(h->kind), h->command, who, p->chan.len);
         return mdg_fail(MDG_EAGAIN, "the receiver's queue is full (%zu messages unacknowledged)", p->chan.len);
     }
-    kept *k = calloc(1, sizeof *k);
+    /* the params are copied into the kept message itself (one allocation
+     * for both); m.params is a libzmq message over those bytes that owns
+     * nothing, safe because every send copies them into a frame of its own */
+    size_t plen = zmq_msg_size(params);
+    kept *k = calloc(1, sizeof *k + plen);
     if (!k) {
         zmq_msg_close(params);
         if (bulk)
@@ -160,8 +164,8 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
         k->counted = true;
         memcpy(k->origin, origin, SESSION_ID_BYTES);
     }
-    zmq_msg_init(&k->m.params);
-    zmq_msg_move(&k->m.params, params);
+    memcpy(k->params, zmq_msg_data(params), plen);
+    zmq_msg_init_data(&k->m.params, k->params, plen, NULL, NULL);
     zmq_msg_close(params);
     if (bulk) {
         k->m.has_bulk = true;
@@ -225,9 +229,10 @@ int broker_send_to(mdg_broker *b, const uint8_t *rid, size_t rid_len, peer *p, i
 {
     mdg_header h = {.kind = (uint8_t)kind, .corr = p ? corr : 0, .flags = flags};
     zmq_msg_t pm, bm;
+    uint8_t stack[MDG_PARAMS_STACK];
     int rc = mdg_header_set_command(&h, command);
     if (rc == 0)
-        rc = mdg_params_encode(params, &pm);
+        rc = mdg_params_encode_at(params, stack, sizeof stack, &pm);
     mdg_params_destroy(&params);
     if (rc)
         return rc;

@@ -140,6 +140,7 @@ typedef struct kept {
      * sender's share of that node until the node acknowledges it */
     bool counted;
     uint8_t origin[SESSION_ID_BYTES];
+    uint8_t params[]; /* the encoded params, which m.params points at */
 } kept;
 
 /* Why the broker refused something (broker_metrics.c names them). */

@@ -294,8 +294,9 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
     if (rc == MDG_EAGAIN)
         return false;
     zmq_msg_t pm, bm;
+    uint8_t stack[MDG_PARAMS_STACK];
     if (rc || stamp_identity(m, p, true) != 0 || /* which removes "node": pk is no longer valid */
-        mdg_params_encode(m->params, &pm) != 0) {
+        mdg_params_encode_at(m->params, stack, sizeof stack, &pm) != 0) {
         if (rc == 0)
             broker_share_release(b, p->session_id, node->pk);
         refuse(b, p, &m->h, "broker out of memory");

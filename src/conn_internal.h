@@ -54,6 +54,7 @@ enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 typedef struct out_item {
     mdg_chan_msg m; /* first: the channel's part (kind, corr, flags, command, frames) */
     uint64_t epoch; /* a reply: the session of the command it answers */
+    uint8_t params[]; /* the encoded params, which m.params points at */
 } out_item;
 
 /* A call of ours that waits for its reply (c->pending, by corr). */

@@ -27,12 +27,17 @@ void conn_out_free(out_item *o)
     free(o);
 }
 
-/* Build an outgoing message; params taken, bulk copied. */
+/* Build an outgoing message; params taken, bulk copied. The params are
+ * encoded into the item itself, one allocation for both: m.params is a
+ * libzmq message over those bytes that owns nothing (no free function),
+ * which is safe because every way out copies them into a frame of its own
+ * (a head frame, or a 1.x frame). */
 int conn_out_new(out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
                  mdg_params *params, const void *bulk, size_t bulk_len)
 {
     int rc;
-    out_item *o = calloc(1, sizeof *o);
+    size_t plen = mdg_params_encoded_size(params);
+    out_item *o = calloc(1, sizeof *o + plen);
     if (!o) {
         mdg_params_destroy(&params);
         return MDG_ENOMEM;
@@ -40,13 +45,13 @@ int conn_out_new(out_item **out, int kind, const char *command, uint64_t corr, u
     o->m.h.kind = (uint8_t)kind;
     o->m.h.corr = corr;
     o->m.h.flags = flags;
-    if ((rc = mdg_header_set_command(&o->m.h, command)) != 0 ||
-        (rc = mdg_params_encode(params, &o->m.params)) != 0) {
-        mdg_params_destroy(&params);
-        free(o);
-        return rc;
-    }
+    mdg_params_write(params, o->params, plen);
     mdg_params_destroy(&params);
+    if ((rc = mdg_header_set_command(&o->m.h, command)) != 0 ||
+        zmq_msg_init_data(&o->m.params, o->params, plen, NULL, NULL) != 0) {
+        free(o);
+        return rc ? rc : MDG_ENOMEM;
+    }
     if (bulk_len) {
         o->m.has_bulk = true;
         zmq_msg_init_size(&o->m.bulk, bulk_len);

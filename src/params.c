@@ -372,6 +372,16 @@ int mdg_params_encode(const mdg_params *p, zmq_msg_t *out)
     return 0;
 }
 
+int mdg_params_encode_at(const mdg_params *p, uint8_t *buf, size_t cap, zmq_msg_t *out)
+{
+    size_t size = mdg_params_encoded_size(p);
+    if (size > cap)
+        return mdg_params_encode(p, out);
+    mdg_params_write(p, buf, size);
+    zmq_msg_init_data(out, buf, size, NULL, NULL); /* owns nothing: cannot fail */
+    return 0;
+}
+
 /* ------------------------------------------------------------ decoding */
 
 /* The walk marks where each key and value starts; they become the index

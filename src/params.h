@@ -23,6 +23,12 @@ size_t mdg_params_encoded_size(const mdg_params *p);
 size_t mdg_params_write(const mdg_params *p, uint8_t *buf, size_t cap);
 /* The encoded map as a new zmq message. 0 or MDG_ENOMEM. */
 int mdg_params_encode(const mdg_params *p, zmq_msg_t *out);
+/* The same, written at buf when it fits cap: then *out is a libzmq
+ * message over buf that owns nothing (no allocation), valid while buf is,
+ * for a caller whose next step copies it (into a kept message or a
+ * frame); else a message of its own, as mdg_params_encode. */
+#define MDG_PARAMS_STACK 512
+int mdg_params_encode_at(const mdg_params *p, uint8_t *buf, size_t cap, zmq_msg_t *out);
 /* For tests only: params made of any CBOR map, keys unchecked (the map's
  * reference is taken, even on failure), to send what a faulty or hostile
  * peer would. NULL when it does not encode or is not a map. */
