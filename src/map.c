@@ -37,12 +37,13 @@ struct mdg_map {
     size_t cap;   /* power of two */
     size_t used;  /* live entries */
     uint8_t sipkey[crypto_shorthash_KEYBYTES];
-    uint64_t seed;
+    uint64_t mixkey; /* secret per map, like sipkey, for 8-byte keys */
 };
 
 /* Keys of 8 bytes are the library's own counters (call and forward ids),
- * never chosen by a peer: a seeded splitmix64 finaliser spreads them for
- * a fraction of SipHash's cost, which the hot path paid on every message.
+ * never chosen by a peer: the key xor a secret of the map, through the
+ * splitmix64 finaliser, spreads them for a fraction of SipHash's cost,
+ * which the hot path paid on every message.
  * Every other key (session ids, public keys, routing ids) may come from
  * the network and gets SipHash with the map's secret key. */
 static uint64_t hash_key(const mdg_map *m, const void *key, size_t klen)
@@ -50,7 +51,7 @@ static uint64_t hash_key(const mdg_map *m, const void *key, size_t klen)
     uint64_t h;
     if (klen == sizeof h) {
         memcpy(&h, key, sizeof h);
-        h ^= m->seed;
+        h ^= m->mixkey;
         h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
         h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
         h ^= h >> 31;
@@ -70,7 +71,7 @@ mdg_map *mdg_map_new(void)
     if (!m->slots)
         goto fail;
     randombytes_buf(m->sipkey, sizeof m->sipkey);
-    randombytes_buf(&m->seed, sizeof m->seed);
+    randombytes_buf(&m->mixkey, sizeof m->mixkey);
     return m;
 fail:
     free(m);
