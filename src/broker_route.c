@@ -363,7 +363,7 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_inbound *in)
         return true;
     }
     zmq_msg_t pm, bm;
-    if (mdg_inbound_take_encoded(in, &pm) != 0) {
+    if (mdg_inbound_encoded_params(in, &pm) != 0) {
         mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", pk_short(node->pk, who));
         broker_send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
         return true;

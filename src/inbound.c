@@ -12,7 +12,7 @@
 
 void mdg_inbound_init(mdg_inbound *in)
 {
-    in->has_encoded = false;
+    in->has_encoded = in->params_checked = false;
     in->params_off = in->params_len = 0;
     in->params = NULL;
     in->has_bulk = false;
@@ -34,6 +34,7 @@ int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, mdg_inbound_curs
         at->off = size;
         return rc;
     }
+    in->params_checked = at->off < size; /* walked to find the next message */
     bool alone = ++at->count == 1 && at->off == size;
     if (f->dropped || nparts > 2)
         rc = mdg_fail(MDG_EPROTO, TOO_MANY_PARTS);
@@ -75,7 +76,7 @@ int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out)
     return rc;
 }
 
-int mdg_inbound_take_encoded(mdg_inbound *in, zmq_msg_t *out)
+int mdg_inbound_encoded_params(mdg_inbound *in, zmq_msg_t *out)
 {
     if (in->params) {
         int rc = mdg_params_encode(in->params, out);
@@ -89,17 +90,14 @@ int mdg_inbound_take_encoded(mdg_inbound *in, zmq_msg_t *out)
     size_t len = in->params_len;
     if (!len)
         return mdg_fail(MDG_EPROTO, NO_PARAMS);
-    if (mdg_cbor_check(data, len) != 0)
+    /* walked already when another message followed in the frame */
+    if (!in->params_checked && mdg_cbor_check(data, len) != 0)
         return MDG_EPROTO;
     if ((data[0] >> 5) != 5) /* CBOR major type 5: a map */
         return mdg_fail(MDG_EPROTO, "params must be a map");
-    /* the params alone: copied out of the head frame (a header is small,
-     * but the frame goes on with a new one) */
-    if (zmq_msg_init_size(out, len) != 0)
-        return mdg_fail(MDG_ENOMEM, "out of memory passing params on");
-    memcpy(zmq_msg_data(out), data, len);
-    zmq_msg_close(&in->encoded);
-    in->has_encoded = false;
+    /* the params alone, still in the head frame: whoever passes them on
+     * copies them into a message of its own */
+    zmq_msg_init_data(out, (void *)data, len, NULL, NULL); /* owns nothing */
     return 0;
 }
 
@@ -125,6 +123,7 @@ void mdg_inbound_move(mdg_inbound *dst, mdg_inbound *src)
         dst->has_encoded = true;
         dst->params_off = src->params_off;
         dst->params_len = src->params_len;
+        dst->params_checked = src->params_checked;
     }
     dst->params = src->params;
     dst->has_bulk = mdg_inbound_take_bulk(src, &dst->bulk);

@@ -20,7 +20,8 @@ typedef struct mdg_inbound {
     mdg_header h;
     zmq_msg_t encoded;  /* the head frame as it came (has_encoded)... */
     size_t params_off;  /* ...whose params start here... */
-    size_t params_len;  /* ...and are this long */
+    size_t params_len;  /* ...and are this long, */
+    bool params_checked; /* ...within cbor_check.h's limits (walked already) */
     bool has_encoded;
     mdg_params *params; /* or the params decoded; never both, maybe neither */
     zmq_msg_t bulk;     /* the optional bulk frame (has_bulk) */
@@ -49,10 +50,12 @@ int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, mdg_inbound_curs
 /* Take the params decoded (the frame decoded now when that is what came):
  * 0 with *out the caller's, or MDG_EPROTO / MDG_ENOMEM with the reason. */
 int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out);
-/* Take the params as a frame to pass on (*out initialised here): the frame
- * as it came, checked to be one well-formed CBOR map without decoding it,
- * or the decoded params encoded. 0 or MDG_EPROTO / MDG_ENOMEM. */
-int mdg_inbound_take_encoded(mdg_inbound *in, zmq_msg_t *out);
+/* The params as a message to pass on (*out initialised here, the caller
+ * closes it): the bytes as they came, checked to be one well-formed CBOR
+ * map without decoding them, in a message that owns nothing and is valid
+ * until in is closed (to be copied where it is kept); or the decoded
+ * params encoded. 0 or MDG_EPROTO / MDG_ENOMEM. */
+int mdg_inbound_encoded_params(mdg_inbound *in, zmq_msg_t *out);
 /* Take the bulk frame: true with *out initialised and holding it. */
 bool mdg_inbound_take_bulk(mdg_inbound *in, zmq_msg_t *out);
 /* Move all of src to dst (src is left empty, as after init). */

@@ -557,6 +557,25 @@ int main(void)
     CHECK_RC(bm.rc, MDG_EREMOTE);
     CHECK(strstr(bm.err, "malformed reply from the broker") != NULL);
 
+    /* two replies in one head frame, the first's params not a map: the
+     * broker walked them to find the second (so takes them as checked),
+     * still refuses the first, and passes the second on */
+    mdg_conn_call(user, "noop", to_node(mdg_keys_public(n2keys), 32), NULL, 0, 1, &r); /* times out: fine */
+    CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
+    {
+        uint8_t frame[256];
+        size_t n = 0;
+        mdg_header r1 = {.kind = MDG_K_REPLY, .seq = 5, .corr = h.corr}, r2 = r1;
+        r2.seq = 6;
+        n += mdg_wire_put_head(frame + n, sizeof frame - n, &r1, true, "\x81\x01", 2);
+        n += mdg_wire_put_head(frame + n, sizeof frame - n, &r2, false, "\xa0", 1);
+        zmq_send(rawn, frame, n, 0);
+    }
+    CHECK(raw_recv(rawn, MDG_K_ERROR, &h, text, sizeof text, 5000));
+    CHECK(strstr(text, "malformed") != NULL);
+    WAIT_FOR(mdg_broker_forward_count(b) == 0, 2000);
+    CHECK(mdg_broker_forward_count(b) == 0); /* the second reply answered the call */
+
     /* a node that dies with a blocking call pending: the caller gets an
      * error quickly, not a hang (raw node closed without a goodbye, so the
      * broker learns it from the dropped connection) */
