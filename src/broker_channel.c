@@ -77,11 +77,8 @@ int broker_flush_turn(mdg_loop *loop, void *arg, short revents)
     peer *p;
     while ((p = mdg_map_pop(b->to_flush)) != NULL) {
         broker_flush_peer(b, p);
-        if (p->ack_at_flush) {
-            p->ack_at_flush = false;
-            if (p->attached && mdg_chan_ack_due(&p->chan)) /* nothing sent carried it */
-                broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
-        }
+        if (p->attached && mdg_chan_ack_due(&p->chan)) /* nothing sent carried it */
+            broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
     }
     return 0;
 }
@@ -335,13 +332,11 @@ static bool process(mdg_broker *b, peer *p, mdg_inbound *in, const char *who)
     }
     if (!done)
         mdg_chan_received(&p->chan, prev_rx); /* taken back: it comes again */
-    else if (numbered && mdg_chan_ack_due(&p->chan)) {
+    else if (numbered && mdg_chan_ack_due(&p->chan))
         /* at the end of this turn, unless what the turn sends p carries it
          * (an ACK now would send what p was given so far as a frame of its
          * own) */
-        p->ack_at_flush = true;
         mdg_map_put(b->to_flush, p->session_id, SESSION_ID_BYTES, p);
-    }
     else if (numbered && mdg_chan_ack_owed(&p->chan)) /* not when a reply carried it */
         mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
     return done;

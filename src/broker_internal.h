@@ -59,7 +59,6 @@ typedef struct peer {
     mdg_broker *broker;
     /* numbered messages both ways: ours kept until acknowledged */
     mdg_channel chan;
-    bool ack_at_flush; /* an ACK is due: at the end of the turn, unless a message carries it */
     /* messages from this peer read but not yet processed because where
      * they go is full: processed in order once there is room, and not
      * acknowledged before, so the peer's own queue limit holds it back */

@@ -132,7 +132,6 @@ struct mdg_conn {
     bool room_made;  /* the channel released messages: wake who waits for room */
     int attempt;     /* reconnects since the last session */
     int ack_timer;
-    bool ack_at_flush; /* an ACK is due: at the end of the turn, unless a message carries it */
     int reconnect_timer; /* pending reconnect, or 0 */
     int64_t last_tx; /* when we last sent anything (keepalive) */
     int64_t close_deadline;

@@ -239,11 +239,8 @@ void conn_flush(mdg_conn *c)
         for (size_t i = 0; i < n; i++)
             mdg_chan_append(&c->chan, batch[i]);
     }
-    if (c->ack_at_flush && c->state == C_READY) {
-        c->ack_at_flush = false;
-        if (mdg_chan_ack_due(&c->chan)) /* nothing sent above carried it */
-            conn_send_control(c, MDG_K_ACK, NULL);
-    }
+    if (c->state == C_READY && mdg_chan_ack_due(&c->chan)) /* nothing sent above carried it */
+        conn_send_control(c, MDG_K_ACK, NULL);
     conn_room_made(c);
     want_pollout(c, rc == MDG_EAGAIN);
 }
@@ -289,9 +286,7 @@ int conn_on_keepalive(mdg_loop *loop, void *arg, short revents)
  * far as a frame of its own, and then the ACK, where one frame does. */
 void conn_schedule_ack(mdg_conn *c)
 {
-    if (mdg_chan_ack_due(&c->chan))
-        c->ack_at_flush = true;
-    else if (!c->ack_timer)
+    if (!mdg_chan_ack_due(&c->chan) && !c->ack_timer)
         c->ack_timer = mdg_loop_timer(c->loop, MDG_CHAN_ACK_DELAY_MS, false, on_ack_timer, c);
 }
 
