@@ -6,6 +6,7 @@
  * caller that does not read has its nodes paused (MDG_FLOW_COMMAND), then its
  * calls ended. */
 #include "broker_internal.h"
+#include "params_view.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -265,13 +266,15 @@ static bool peer_full(const mdg_broker *b, const peer *p)
  * Returns false when the node cannot take more now: the call waits. */
 static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
 {
-    const uint8_t *pk;
-    size_t len;
     char why[200], who[MDG_KEY_B64_LEN + 1];
-    if (mdg_params_get_bytes(m->params, "node", &pk, &len) != 0 || len != MDG_KEY_BYTES) {
+    /* read without a lend (mdg_params_get_bytes would make the stamp below
+     * copy the params first): pk is not used once the stamp changes them */
+    mdg_cbor_value v;
+    if (mdg_params_lookup(m->params, "node", &v) != 0 || v.kind != MDG_CBOR_BYTES || v.len != MDG_KEY_BYTES) {
         refuse(b, p, &m->h, "param 'node' must be a node's public key (32 bytes)");
         return true;
     }
+    const uint8_t *pk = v.data;
     peer *node = mdg_map_get(b->nodes, pk, MDG_KEY_BYTES);
     if (!node) {
         mdg_pk_to_b64(pk, who);

@@ -46,7 +46,8 @@ void mdg_params_views_changed(mdg_params_views *v);
 /* Keep buf (malloc'd, now the views') until the params goes. */
 bool mdg_params_views_keep(mdg_params_views *v, void *buf);
 
-/* For params_get.c, from params.c: */
+/* From params.c, for params_get.c (and the broker's read of a forward's
+ * "node", which must not lend): */
 /* The value of key: 0, or MDG_ENOTFOUND with the reason. */
 int mdg_params_lookup(const mdg_params *p, const char *key, mdg_cbor_value *v);
 mdg_params_views *mdg_params_views_of(const mdg_params *p);
