@@ -134,6 +134,13 @@ static void head(text *t, const char *name, const char *type, const char *help)
     put(t, "# HELP messidge_%s %s\n# TYPE messidge_%s %s\n", name, help, name, type);
 }
 
+/* A metric of one value, without labels. */
+static void single(text *t, const char *name, const char *type, const char *help, const _Atomic uint64_t *v)
+{
+    head(t, name, type, help);
+    put(t, "messidge_%s %llu\n", name, (unsigned long long)get(v));
+}
+
 static void by_kind(text *t, const char *name, const char *help, const _Atomic uint64_t *v)
 {
     head(t, name, "counter", help);
@@ -163,8 +170,7 @@ char *mdg_broker_metrics_text(const mdg_broker *b)
         for (int a = 1; a >= 0; a--)
             put(&t, "messidge_sessions{role=\"%s\",state=\"%s\"} %llu\n", role[r], a ? "attached" : "detached",
                 (unsigned long long)get(&m->sessions[r][a]));
-    head(&t, "connections", "gauge", "Connections open on the broker's listeners.");
-    put(&t, "messidge_connections %llu\n", (unsigned long long)get(&m->conns));
+    single(&t, "connections", "gauge", "Connections open on the broker's listeners.", &m->conns);
     by_kind(&t, "messages_in_total", "Messages taken from peers, by kind.", m->msgs_in);
     by_kind(&t, "bytes_in_total", "Params and bulk bytes of the messages taken from peers, by kind.", m->bytes_in);
     by_kind(&t, "messages_out_total", "Messages given to peers, by kind.", m->msgs_out);
@@ -172,8 +178,7 @@ char *mdg_broker_metrics_text(const mdg_broker *b)
     head(&t, "refusals_total", "counter", "Messages and hellos refused, by reason.");
     for (int r = REFUSED_COMMAND; r < REFUSED_REASONS; r++)
         put(&t, "messidge_refusals_total{reason=\"%s\"} %llu\n", refusal[r], (unsigned long long)get(&m->refused[r]));
-    head(&t, "handshakes_total", "counter", "CURVE handshakes the broker's ZAP handler admitted.");
-    put(&t, "messidge_handshakes_total %llu\n", (unsigned long long)get(&m->handshakes));
+    single(&t, "handshakes_total", "counter", "CURVE handshakes the broker's ZAP handler admitted.", &m->handshakes);
     head(&t, "zap_refusals_total", "counter", "CURVE handshakes refused, by reason.");
     for (int r = REFUSED_ZAP_UNKNOWN_KEY; r <= REFUSED_ZAP_NOT_CURVE; r++)
         put(&t, "messidge_zap_refusals_total{reason=\"%s\"} %llu\n", refusal[r],
@@ -181,20 +186,13 @@ char *mdg_broker_metrics_text(const mdg_broker *b)
     head(&t, "sessions_opened_total", "counter", "New sessions, by role.");
     for (int r = 1; r < 3; r++)
         put(&t, "messidge_sessions_opened_total{role=\"%s\"} %llu\n", role[r], (unsigned long long)get(&m->opened[r]));
-    head(&t, "resumes_total", "counter", "Sessions resumed on a new link.");
-    put(&t, "messidge_resumes_total %llu\n", (unsigned long long)get(&m->resumes));
-    head(&t, "sessions_lost_total", "counter", "Hellos naming a session the broker no longer had.");
-    put(&t, "messidge_sessions_lost_total %llu\n", (unsigned long long)get(&m->lost));
-    head(&t, "held_senders", "gauge", "Peers with messages held unprocessed (where they go is full).");
-    put(&t, "messidge_held_senders %llu\n", (unsigned long long)get(&m->held_senders));
-    head(&t, "held_messages", "gauge", "Messages held unprocessed, all peers.");
-    put(&t, "messidge_held_messages %llu\n", (unsigned long long)get(&m->held_msgs));
-    head(&t, "queued_messages", "gauge", "Messages sent and not yet acknowledged, all peers.");
-    put(&t, "messidge_queued_messages %llu\n", (unsigned long long)get(&m->queued));
-    head(&t, "queue_depth_max", "gauge", "The longest queue of unacknowledged messages to one peer.");
-    put(&t, "messidge_queue_depth_max %llu\n", (unsigned long long)get(&m->queue_max));
-    head(&t, "node_calls_in_flight", "gauge", "Calls forwarded to nodes and not yet finally answered.");
-    put(&t, "messidge_node_calls_in_flight %llu\n", (unsigned long long)get(&m->in_flight));
+    single(&t, "resumes_total", "counter", "Sessions resumed on a new link.", &m->resumes);
+    single(&t, "sessions_lost_total", "counter", "Hellos naming a session the broker no longer had.", &m->lost);
+    single(&t, "held_senders", "gauge", "Peers with messages held unprocessed (where they go is full).", &m->held_senders);
+    single(&t, "held_messages", "gauge", "Messages held unprocessed, all peers.", &m->held_msgs);
+    single(&t, "queued_messages", "gauge", "Messages sent and not yet acknowledged, all peers.", &m->queued);
+    single(&t, "queue_depth_max", "gauge", "The longest queue of unacknowledged messages to one peer.", &m->queue_max);
+    single(&t, "node_calls_in_flight", "gauge", "Calls forwarded to nodes and not yet finally answered.", &m->in_flight);
     if (t.failed) {
         free(t.buf);
         return NULL;
