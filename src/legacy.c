@@ -201,6 +201,15 @@ static bool push_item(cbor_item_t *arr, cbor_item_t *it)
     return ok;
 }
 
+/* The params as a tree of our own (a new reference; NULL when out of
+ * memory): half floats are singles there, which a 1.x peer's decoder
+ * reads whatever it makes of halves. */
+static cbor_item_t *params_tree(const mdg_params *params)
+{
+    cbor_item_t *map = params ? mdg_params_map(params) : NULL;
+    return map ? cbor_incref(map) : params ? NULL : cbor_new_definite_map(0);
+}
+
 /* Seal data with key and nonce into a new byte-string item. */
 static cbor_item_t *sealed(const void *data, size_t len, const uint8_t *nonce, const uint8_t *key)
 {
@@ -225,21 +234,21 @@ int mdg_legacy_build(zmq_msg_t *out, const uint8_t *key, const uint8_t *nonce, s
     if (key) {
         uint8_t fresh[MDG_LEGACY_NONCE];
         randombytes_buf(fresh, sizeof fresh);
-        /* the params as they are encoded (no tree): sealed as one box */
-        size_t plen = mdg_params_encoded_size(params);
-        unsigned char *plain = malloc(plen);
-        if (plain)
-            mdg_params_write(params, plain, plen);
-        ok = plain && push_bytes(arr, fresh, sizeof fresh) && push_bytes(arr, command, command_len) &&
+        /* encoded again from the tree (see params_tree) */
+        cbor_item_t *tree = params_tree(params);
+        unsigned char *plain = NULL;
+        size_t cap = 0, plen = tree ? cbor_serialize_alloc(tree, &plain, &cap) : 0;
+        if (tree)
+            cbor_decref(&tree);
+        ok = plen && push_bytes(arr, fresh, sizeof fresh) && push_bytes(arr, command, command_len) &&
              push_bytes(arr, uuid, uuid_len) && push_item(arr, sealed(plain, plen, fresh, key)) &&
              (bulk_len ? push_item(arr, sealed(bulk, bulk_len, fresh, key)) : push_bytes(arr, "", 0));
         free(plain);
     } else {
         /* a plaintext frame holds the params as an item of its own */
-        cbor_item_t *tree = params ? mdg_params_map(params) : NULL;
-        cbor_item_t *map = !params ? cbor_new_definite_map(0) : tree ? cbor_incref(tree) : NULL;
         ok = push_bytes(arr, nonce, nonce ? nonce_len : 0) && push_bytes(arr, command, command_len) &&
-             push_bytes(arr, uuid, uuid_len) && push_item(arr, map) && push_bytes(arr, bulk, bulk_len);
+             push_bytes(arr, uuid, uuid_len) && push_item(arr, params_tree(params)) &&
+             push_bytes(arr, bulk, bulk_len);
     }
     if (!ok) {
         cbor_decref(&arr);
