@@ -50,6 +50,15 @@ def make_conn(broker, keys=None, start=True, **kw):
     return c
 
 
+def broker_and_conn(keys, controller, closing):
+    """A broker serving controller and a connection to it, both in closing."""
+    b = make_broker(keys, controller)
+    closing.append(b)
+    c = make_conn(b)
+    closing.append(c)
+    return b, c
+
+
 @pytest.fixture
 def closing():
     """Things to stop or disconnect at the end of a test, in reverse order."""

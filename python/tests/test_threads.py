@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import TIMEOUT, make_broker, make_conn, wait_for
+from conftest import TIMEOUT, broker_and_conn, make_conn, wait_for
 from messidge import KeyPair
 from messidge.broker.broker import cmd
 from messidge.client.connection import Connection, cmd as node_cmd
@@ -36,10 +36,7 @@ class Ctl:
 @pytest.fixture
 def setup(broker_keys, closing):
     ctl = Ctl()
-    b = make_broker(broker_keys, ctl)
-    closing.append(b)
-    c = make_conn(b)
-    closing.append(c)
+    b, c = broker_and_conn(broker_keys, ctl, closing)
     return ctl, b, c
 
 
