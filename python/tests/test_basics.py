@@ -1,6 +1,7 @@
 """A broker and connections in one process: commands declared the guide's
 way, fire and forget, blocking calls, reply callbacks, the ValueError round
-trip, the checks a command table makes, and the resource offer."""
+trip, the checks a command table makes, the resource offer, and commands
+the broker sends to a session or a node."""
 import threading
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import TIMEOUT, make_broker, make_conn, wait_for
 from messidge.broker.bases import ModelMinimal
 from messidge.broker.broker import cmd
 from messidge.client.connection import cmd as client_cmd
+from messidge.identity import ROLE_NODE
 
 
 class Notes:
@@ -161,3 +163,38 @@ def test_timeout(broker, closing):
     closing.append(c)
     with pytest.raises(TimeoutError, match="no reply to 'hold' within 0.2 s"):
         c.send_blocking_cmd(b'hold', timeout=0.2)
+
+
+def test_broker_send_cmd(broker, closing):
+    class Client:
+        def __init__(self):
+            self.got = []
+
+        def _pushed(self, msg):
+            self.got.append((dict(msg.params), msg.bulk))
+        commands = {b'pushed': client_cmd(['n'])}
+    ctl = Client()
+    c = make_conn(broker, start=False)
+    closing.append(c)
+    c.register_commands(ctl, Client.commands)
+    c.start().wait_until_ready(TIMEOUT)
+    wait_for(lambda: c.session_id in broker.model.sessions, what="the session in the model")
+    broker.send_cmd(c.session_id, b'pushed', {'n': 1}, b'bulk')
+    wait_for(lambda: ctl.got, what="the command the broker sent")
+    assert ctl.got == [({'n': 1}, b'bulk')]
+    # to a node: send_cmd takes its key as the rid
+    node_keys = messidge.KeyPair.new()
+    broker.allow(node_keys.public, ROLE_NODE)
+    node_ctl = Client()
+    node = make_conn(broker, keys=node_keys, start=False)
+    closing.append(node)
+    node.register_commands(node_ctl, Client.commands)
+    node.start().wait_until_ready(TIMEOUT)
+    wait_for(lambda: node_keys.public in broker.model.nodes, what="the node in the model")
+    broker.send_cmd(node_keys.public, 'pushed', {'n': 2})
+    wait_for(lambda: node_ctl.got, what="the command the broker sent the node")
+    assert node_ctl.got == [({'n': 2}, None)] and len(ctl.got) == 1
+    with pytest.raises(ValueError, match="a node's key is 32 bytes, not 5"):
+        broker.send_node(b'short', 'pushed')
+    with pytest.raises(messidge.Error, match="pushed: bad target or command"):
+        broker.send_session(b'no such session', 'pushed', {'n': 2})
