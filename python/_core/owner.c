@@ -245,24 +245,23 @@ void mdgpy_dispatch(mdg_msg *msg, void *shim)
         return;
     PyGILState_STATE g = PyGILState_Ensure();
     mdgpy_owner *o = mdgpy_shim_owner(shim);
-    PyObject *handler = o && o->handlers ? PyDict_GetItemString(o->handlers, mdg_msg_command(msg)) : NULL;
-    if (!handler) { /* closing: the Python side is gone */
-        if (mdg_msg_replyable(msg))
-            mdg_msg_fail(msg, "'%s' not handled: closing", mdg_msg_command(msg));
-        PyGILState_Release(g);
-        return;
-    }
-    Py_INCREF(handler);
-    mdgpy_message *m = mdgpy_message_new(msg, o);
-    PyObject *r = m ? PyObject_CallOneArg(handler, (PyObject *)m) : NULL;
+    /* The Message first: its command is the handlers' key, so a message
+     * makes one str of its name, not a second one for the lookup. */
+    mdgpy_message *m = o && o->handlers ? mdgpy_message_new(msg, o) : NULL;
+    PyObject *handler = m ? Py_XNewRef(PyDict_GetItemWithError(o->handlers, m->command)) : NULL;
+    PyObject *r = NULL;
+    if (handler)
+        r = PyObject_CallOneArg(handler, (PyObject *)m);
+    else if (!PyErr_Occurred() && mdg_msg_replyable(msg)) /* closing: the Python side is gone */
+        mdg_msg_fail(msg, "'%s' not handled: closing", mdg_msg_command(msg));
     if (r)
         Py_DECREF(r);
-    else
+    else if (PyErr_Occurred()) /* the handler raised, or the Message could not be made */
         handler_failed(msg, handler);
     if (m) {
         mdgpy_message_release(m);
         Py_DECREF(m);
     }
-    Py_DECREF(handler);
+    Py_XDECREF(handler);
     PyGILState_Release(g);
 }
