@@ -63,7 +63,6 @@ mdgpy_owner *mdgpy_shim_owner(void *shim)
     return o;
 }
 
-static void free_table(mdg_cmd *t);
 /* What closes a library object away from its own loop thread. */
 typedef struct closer {
     mdgpy_close_fn stop_fn, destroy_fn;
@@ -72,12 +71,19 @@ typedef struct closer {
     mdg_cmd *table;
 } closer;
 
+/* Until no thread is in a library call on the object (each leaves once
+ * its wait ends; the object is stopped). Without the GIL. */
+static void wait_unused(const mdgpy_shim *shim)
+{
+    while (shim && atomic_load(&shim->busy) > 0)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+}
+
 /* stop, wait for the users to leave, destroy: without the GIL. */
 static void stop_and_destroy(closer *c)
 {
     c->stop_fn(c->obj);
-    while (c->shim && atomic_load(&c->shim->busy) > 0) /* each leaves once its wait ends */
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    wait_unused(c->shim);
     c->destroy_fn(c->obj);
 }
 
@@ -119,8 +125,7 @@ void mdgpy_owner_close(mdgpy_owner *o, mdgpy_close_fn stop_fn, mdgpy_close_fn de
     } else if (obj) {
         Py_BEGIN_ALLOW_THREADS
         c.stop_fn(c.obj);
-        while (c.shim && atomic_load(&c.shim->busy) > 0)
-            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        wait_unused(c.shim);
         Py_END_ALLOW_THREADS
         mdgpy_owner_drop_kept(o); /* no thread replies on them now */
         Py_BEGIN_ALLOW_THREADS
