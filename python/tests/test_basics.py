@@ -78,7 +78,8 @@ def test_stamped_identity(conn):
 def test_values_round_trip(conn):
     values = {'none': None, 't': True, 'f': False, 'int': -5, 'big': 2 ** 64 - 1, 'neg': -2 ** 63,
               'float': 1.5, 'str': 'héllo', 'bytes': b'\x00\xff', 'list': [1, [2, 'x']],
-              'map': {'a': {'b': 1}}, 'tuple': (1, 2), 'empty': {}}
+              'map': {'a': {'b': 1}}, 'tuple': (1, 2), 'empty': {},
+              'keys': {1: 'int', (1, (2, 'x')): 'a tuple key comes back a tuple'}}
     r = conn.send_blocking_cmd(b'echo', values, bulk=b'bulk data' * 1000)
     for k, v in values.items():
         assert r.params[k] == (list(v) if isinstance(v, tuple) else v), k
