@@ -136,10 +136,8 @@ def test_resource_offer(broker, closing):
             self.offers.append(msg.params['nodes'])
         commands = {b'resource_offer': client_cmd(['nodes'])}
     ctl = Client()
-    c = make_conn(broker, start=False)
+    c = make_conn(broker, controller=ctl)
     closing.append(c)
-    c.register_commands(ctl, Client.commands)
-    c.start().wait_until_ready(TIMEOUT)
     wait_for(lambda: ctl.offers, what="the resource offer")
     assert ctl.offers == [[]]  # ModelMinimal offers the connected nodes: none
 
@@ -175,10 +173,8 @@ def test_broker_send_cmd(broker, closing):
             self.got.append((dict(msg.params), msg.bulk))
         commands = {b'pushed': client_cmd(['n'])}
     ctl = Client()
-    c = make_conn(broker, start=False)
+    c = make_conn(broker, controller=ctl)
     closing.append(c)
-    c.register_commands(ctl, Client.commands)
-    c.start().wait_until_ready(TIMEOUT)
     wait_for(lambda: c.session_id in broker.model.sessions, what="the session in the model")
     broker.send_cmd(c.session_id, b'pushed', {'n': 1}, b'bulk')
     wait_for(lambda: ctl.got, what="the command the broker sent")
@@ -187,10 +183,7 @@ def test_broker_send_cmd(broker, closing):
     node_keys = messidge.KeyPair.new()
     broker.allow(node_keys.public, ROLE_NODE)
     node_ctl = Client()
-    node = make_conn(broker, keys=node_keys, start=False)
-    closing.append(node)
-    node.register_commands(node_ctl, Client.commands)
-    node.start().wait_until_ready(TIMEOUT)
+    closing.append(make_conn(broker, keys=node_keys, controller=node_ctl))
     wait_for(lambda: node_keys.public in broker.model.nodes, what="the node in the model")
     broker.send_cmd(node_keys.public, 'pushed', {'n': 2})
     wait_for(lambda: node_ctl.got, what="the command the broker sent the node")
