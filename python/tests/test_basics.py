@@ -8,7 +8,6 @@ import pytest
 
 import messidge
 from conftest import TIMEOUT, make_broker, make_conn, wait_for
-from messidge.broker.bases import ModelMinimal
 from messidge.broker.broker import cmd
 from messidge.client.connection import cmd as client_cmd
 from messidge.identity import ROLE_NODE
