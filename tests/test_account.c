@@ -99,19 +99,6 @@ static int count_users(void)
     return n;
 }
 
-/* A port nothing listens on: bind one, close it. */
-static int dead_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 /* ------------------------------------------------------------- raw HTTP */
 
 typedef struct resp {
@@ -266,7 +253,7 @@ static void test_create_account_failures(void)
 
     /* No server there. */
     invite(token, 0);
-    CHECK_RC(mdg_create_account("127.0.0.1", dead_port(), token, p, 0), MDG_EIO);
+    CHECK_RC(mdg_create_account("127.0.0.1", t_free_port(), token, p, 0), MDG_EIO);
     CHECK(last_error_has("cannot reach the account server"));
     CHECK(!exists(p));
 

@@ -11,6 +11,7 @@ BUILD=$1
 CC=$2
 CFLAGS=${3:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/testutil.sh" # wait_for
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/mdg-install.XXXXXX") || exit 1
 BROKER_PID=
 NODE_PID=
@@ -92,16 +93,6 @@ if cmake -S "$HERE/install" -B "$TMP/app-v99" -DCMAKE_PREFIX_PATH="$PREFIX" -DMD
 fi
 # README's quickstart with the installed programs only (PATH, no build
 # tree), on free loopback ports instead of 2020/2021.
-# wait_for FILE PATTERN PID: FILE matches PATTERN within 20 s, PID alive.
-wait_for() {
-    i=0
-    until grep -q "$2" "$1" 2>/dev/null; do
-        kill -0 "$3" 2>/dev/null || return 1
-        i=$((i + 1))
-        [ "$i" -le 400 ] || return 1
-        sleep 0.05
-    done
-}
 PATH=$PREFIX/bin:/usr/bin:/bin
 MESSIDGE_PREFIX=$TMP/keys
 export PATH MESSIDGE_PREFIX

@@ -76,19 +76,6 @@ static void cleanup(void)
     unlink(log_path);
 }
 
-/* A free loopback port: bind port 0, read it, close. */
-static int free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    need(s >= 0 && bind(s, (struct sockaddr *)&a, sizeof a) == 0 &&
-             getsockname(s, (struct sockaddr *)&a, &len) == 0,
-         "no free port");
-    close(s);
-    return ntohs(a.sin_port);
-}
-
 /* proc_broker with RLIMIT_NOFILE at FD_LIMIT, its log (stderr) in
  * log_path; returns once it says it is ready. Everything is prepared
  * before fork: the child only makes system calls before exec. */
@@ -303,7 +290,8 @@ int main(int argc, char **argv)
     t_capture_log();
     atexit(cleanup);
     need(mdg_keys_new(&bkeys) == 0, "cannot make the broker's keys");
-    port = free_port();
+    port = t_free_port();
+    need(port > 0, "no free port");
     start_broker();
 
     /* a. the budget, from the start-up warning */

@@ -15,6 +15,8 @@ set -u
 BUILD=$1
 PY=$2
 PEER=$3
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/testutil.sh" # wait_for
 export PYTHONDONTWRITEBYTECODE=1
 PATH=$BUILD/demo:$BUILD/tools:/usr/bin:/bin
 export PATH
@@ -31,16 +33,6 @@ trap cleanup EXIT
 die() {
     echo "test_mixed_demo: FAILED: $*" >&2
     exit 1
-}
-# wait_for FILE PATTERN PID: FILE matches within 20 s while PID lives
-wait_for() {
-    i=0
-    until grep -q "$2" "$1" 2>/dev/null; do
-        kill -0 "$3" 2>/dev/null || return 1
-        i=$((i + 1))
-        [ "$i" -le 400 ] || return 1
-        sleep 0.05
-    done
 }
 # field NAME FILE: the value of NAME=... in add-node's output
 field() { tr ' ' '\n' <"$2" | sed -n "s/^$1=//p"; }

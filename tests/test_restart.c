@@ -206,21 +206,6 @@ static void need(bool ok, const char *what)
     }
 }
 
-/* A free loopback port: bind port 0, read it, close. */
-static int free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(s, (struct sockaddr *)&a, &len) != 0) {
-        perror("free port");
-        exit(2);
-    }
-    close(s);
-    return ntohs(a.sin_port);
-}
-
 /* ---------------------------------------------------------------- the user */
 
 /* Connection events, in order, with when they came. */
@@ -846,7 +831,8 @@ int main(int argc, char **argv)
     mdg_keys_destroy(&bkeys);
     mdg_keys_destroy(&nkeys);
 
-    port = free_port();
+    port = t_free_port();
+    need(port > 0, "no free port");
     start_broker();
     need(wait_ready(&broker_proc, 15000) == 0, "the broker");
     start_node();

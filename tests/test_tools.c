@@ -427,20 +427,6 @@ static void test_help(void)
     CHECK(has(out, "raised the open-file limit from 256 to 1024"));
 }
 
-/* A loopback port nothing listens on (bound, then closed). */
-static int closed_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
 static bool exists(const char *path)
 {
     struct stat st;
@@ -540,7 +526,7 @@ static void test_cli(int port, const char *prefix, const char *node_pk_b64)
     /* nothing listens: said at once, not after the 10 s timeout */
     int64_t t0 = now_ms();
     CHECK(t_run(out, sizeof out, "%s call --prefix %s --location 127.0.0.1 --port %d ping", MDG_CLI_BIN,
-              prefix, closed_port()) == 1);
+              prefix, t_free_port()) == 1);
     CHECK(now_ms() - t0 < 1000);
     CHECK(has(out, "refused"));
 }

@@ -5,9 +5,12 @@
 
 #include "messidge.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +127,21 @@ static inline int t_run(char *out, size_t len, const char *fmt, ...)
     if (getenv("MDG_TEST_VERBOSE"))
         fprintf(stderr, "$ %s\n%s[exit %d]\n", cmd, out, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* A loopback port nothing listens on (bound to port 0, read, closed),
+ * or 0 when no socket could be bound. */
+static inline int t_free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
 }
 
 /* Poll for a condition (other threads set it) for up to ms. */

@@ -371,6 +371,15 @@ static PyObject *broker_counts(mdgpy_broker *self, void *closure)
     return PyLong_FromSize_t(closure ? mdg_broker_node_count(self->b) : mdg_broker_session_count(self->b));
 }
 
+/* The library's send for session ids or node keys (to holds the key). */
+static int send_to(mdg_broker *b, bool to_node, const Py_buffer *to, const char *cmd, mdg_params *p,
+                   const Py_buffer *bulk)
+{
+    return to_node ? mdg_broker_send_node(b, to->buf, cmd, p, bulk->buf, (size_t)bulk->len)
+                   : mdg_broker_send_session(b, to->buf, (size_t)to->len, cmd, p, bulk->buf,
+                                             (size_t)bulk->len);
+}
+
 /* send_session(session_id, command, params=None, bulk=None) and
  * send_node(pk, ...): the original's send_cmd(rid, ...) from the broker. */
 static PyObject *broker_send(mdgpy_broker *self, PyObject *args, PyObject *kw, bool to_node)
@@ -379,7 +388,6 @@ static PyObject *broker_send(mdgpy_broker *self, PyObject *args, PyObject *kw, b
     PyObject *params = Py_None, *bulk = Py_None;
     Py_buffer to, view;
     const char *cmd;
-    uint8_t pk[MDG_KEY_BYTES];
     int rc;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "y*s|OO:send", kwlist, &to, &cmd, &params, &bulk))
         return NULL;
@@ -388,13 +396,9 @@ static PyObject *broker_send(mdgpy_broker *self, PyObject *args, PyObject *kw, b
         return NULL;
     }
     mdg_params *p = mdgpy_params_from_dict(params, "params");
-    if (p && to_node) {
-        if (to.len != MDG_KEY_BYTES) {
-            PyErr_Format(PyExc_ValueError, "a node's key is %d bytes, not %zd", MDG_KEY_BYTES, to.len);
-            mdg_params_destroy(&p);
-        } else {
-            memcpy(pk, to.buf, MDG_KEY_BYTES);
-        }
+    if (p && to_node && to.len != MDG_KEY_BYTES) {
+        PyErr_Format(PyExc_ValueError, "a node's key is %d bytes, not %zd", MDG_KEY_BYTES, to.len);
+        mdg_params_destroy(&p);
     }
     if (!p) {
         PyBuffer_Release(&to);
@@ -402,17 +406,12 @@ static PyObject *broker_send(mdgpy_broker *self, PyObject *args, PyObject *kw, b
         return NULL;
     }
     mdg_broker *b = self->b;
-    bool on_loop = mdgpy_on_loop_thread(&self->o);
-    if (on_loop) /* quick and final there; no GIL dance */
-        rc = to_node ? mdg_broker_send_node(b, pk, cmd, p, view.buf, (size_t)view.len)
-                     : mdg_broker_send_session(b, to.buf, (size_t)to.len, cmd, p, view.buf,
-                                               (size_t)view.len);
+    if (mdgpy_on_loop_thread(&self->o)) /* quick and final there; no GIL dance */
+        rc = send_to(b, to_node, &to, cmd, p, &view);
     else {
         mdgpy_shim *busy = mdgpy_busy_enter(&self->o);
         Py_BEGIN_ALLOW_THREADS
-        rc = to_node ? mdg_broker_send_node(b, pk, cmd, p, view.buf, (size_t)view.len)
-                     : mdg_broker_send_session(b, to.buf, (size_t)to.len, cmd, p, view.buf,
-                                               (size_t)view.len);
+        rc = send_to(b, to_node, &to, cmd, p, &view);
         mdgpy_busy_leave(busy);
         Py_END_ALLOW_THREADS
     }

@@ -92,6 +92,7 @@ typedef struct {
     int holders;
     bool done;
     mdgpy_message *reply; /* the first reply */
+    PyObject *error;      /* or why it could not be made a Message, for the caller */
 } waiter;
 
 static void waiter_drop(waiter *w)
@@ -101,6 +102,7 @@ static void waiter_drop(waiter *w)
     pthread_mutex_unlock(&w->lock);
     if (last) {
         Py_XDECREF(w->reply); /* GIL held by both droppers */
+        Py_XDECREF(w->error);
         pthread_cond_destroy(&w->cond);
         pthread_mutex_destroy(&w->lock);
         free(w);
@@ -116,18 +118,26 @@ static void on_blocking_reply(mdg_msg *reply, void *arg)
     PyGILState_STATE g = PyGILState_Ensure();
     mdgpy_shim_owner(w->shim);
     mdgpy_message *m = NULL;
+    PyObject *error = NULL;
     pthread_mutex_lock(&w->lock);
     bool first = !w->done && w->holders == 2;
     pthread_mutex_unlock(&w->lock);
-    if (first && !(m = mdgpy_message_new(reply, NULL)))
-        PyErr_Clear(); /* out of memory: the waiter sees a reply-less failure */
+    if (first && !(m = mdgpy_message_new(reply, NULL))) { /* the caller raises why */
+        PyObject *type, *tb;
+        PyErr_Fetch(&type, &error, &tb);
+        PyErr_NormalizeException(&type, &error, &tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+    }
     pthread_mutex_lock(&w->lock);
     if (!w->done) {
         w->reply = m;
+        w->error = error;
         w->done = true;
         pthread_cond_signal(&w->cond);
     } else {
         Py_XDECREF(m);
+        Py_XDECREF(error);
     }
     pthread_mutex_unlock(&w->lock);
     if (final)
@@ -548,10 +558,13 @@ static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
     }
     int waited = waiter_wait(w, deadline);
     mdgpy_message *m = NULL;
+    PyObject *error = NULL;
     pthread_mutex_lock(&w->lock);
     if (waited == 0) {
         m = w->reply;
         w->reply = NULL;
+        error = w->error;
+        w->error = NULL;
     } else {
         w->done = true; /* a late reply is dropped */
     }
@@ -563,8 +576,13 @@ static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
         PyErr_Format(PyExc_TimeoutError, "no reply to '%s' within %S s", cmd, timeout);
         return NULL;
     }
-    if (!m)
-        return PyErr_NoMemory();
+    if (!m) {
+        if (!error)
+            return PyErr_NoMemory();
+        PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+        Py_DECREF(error);
+        return NULL;
+    }
     return call_result(m, cmd);
 }
 

@@ -63,7 +63,6 @@ mdgpy_owner *mdgpy_shim_owner(void *shim)
     return o;
 }
 
-static void free_table(mdg_cmd *t);
 /* What closes a library object away from its own loop thread. */
 typedef struct closer {
     mdgpy_close_fn stop_fn, destroy_fn;
@@ -72,12 +71,19 @@ typedef struct closer {
     mdg_cmd *table;
 } closer;
 
+/* Until no thread is in a library call on the object (each leaves once
+ * its wait ends; the object is stopped). Without the GIL. */
+static void wait_unused(const mdgpy_shim *shim)
+{
+    while (shim && atomic_load(&shim->busy) > 0)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+}
+
 /* stop, wait for the users to leave, destroy: without the GIL. */
 static void stop_and_destroy(closer *c)
 {
     c->stop_fn(c->obj);
-    while (c->shim && atomic_load(&c->shim->busy) > 0) /* each leaves once its wait ends */
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    wait_unused(c->shim);
     c->destroy_fn(c->obj);
 }
 
@@ -119,8 +125,7 @@ void mdgpy_owner_close(mdgpy_owner *o, mdgpy_close_fn stop_fn, mdgpy_close_fn de
     } else if (obj) {
         Py_BEGIN_ALLOW_THREADS
         c.stop_fn(c.obj);
-        while (c.shim && atomic_load(&c.shim->busy) > 0)
-            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        wait_unused(c.shim);
         Py_END_ALLOW_THREADS
         mdgpy_owner_drop_kept(o); /* no thread replies on them now */
         Py_BEGIN_ALLOW_THREADS
@@ -245,24 +250,23 @@ void mdgpy_dispatch(mdg_msg *msg, void *shim)
         return;
     PyGILState_STATE g = PyGILState_Ensure();
     mdgpy_owner *o = mdgpy_shim_owner(shim);
-    PyObject *handler = o && o->handlers ? PyDict_GetItemString(o->handlers, mdg_msg_command(msg)) : NULL;
-    if (!handler) { /* closing: the Python side is gone */
-        if (mdg_msg_replyable(msg))
-            mdg_msg_fail(msg, "'%s' not handled: closing", mdg_msg_command(msg));
-        PyGILState_Release(g);
-        return;
-    }
-    Py_INCREF(handler);
-    mdgpy_message *m = mdgpy_message_new(msg, o);
-    PyObject *r = m ? PyObject_CallOneArg(handler, (PyObject *)m) : NULL;
+    /* The Message first: its command is the handlers' key, so a message
+     * makes one str of its name, not a second one for the lookup. */
+    mdgpy_message *m = o && o->handlers ? mdgpy_message_new(msg, o) : NULL;
+    PyObject *handler = m ? Py_XNewRef(PyDict_GetItemWithError(o->handlers, m->command)) : NULL;
+    PyObject *r = NULL;
+    if (handler)
+        r = PyObject_CallOneArg(handler, (PyObject *)m);
+    else if (!PyErr_Occurred() && mdg_msg_replyable(msg)) /* closing: the Python side is gone */
+        mdg_msg_fail(msg, "'%s' not handled: closing", mdg_msg_command(msg));
     if (r)
         Py_DECREF(r);
-    else
+    else if (PyErr_Occurred()) /* the handler raised, or the Message could not be made */
         handler_failed(msg, handler);
     if (m) {
         mdgpy_message_release(m);
         Py_DECREF(m);
     }
-    Py_DECREF(handler);
+    Py_XDECREF(handler);
     PyGILState_Release(g);
 }

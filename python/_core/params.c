@@ -1,7 +1,8 @@
 /* params.c - Python values <-> CBOR params maps.
  *
  * None, bool, int (64-bit), float, str, bytes (and other bytes-like
- * objects), list/tuple and dict travel; anything else is a TypeError that
+ * objects), list/tuple and dict travel (an array comes back a list, or a
+ * tuple as a map's key); anything else is a TypeError that
  * names the param. Public keys travel as 32-byte bytes, as the C peers
  * send them.
  */
@@ -211,7 +212,7 @@ mdg_params *mdgpy_params_from_dict(PyObject *dict, const char *what)
     return p;
 }
 
-static PyObject *from_cbor(const cbor_item_t *it, int depth);
+static PyObject *from_cbor(const cbor_item_t *it, int depth, bool key);
 
 static PyObject *chunks_to_py(const cbor_item_t *it, bool text)
 {
@@ -233,7 +234,9 @@ static PyObject *chunks_to_py(const cbor_item_t *it, bool text)
     return out;
 }
 
-static PyObject *from_cbor(const cbor_item_t *it, int depth)
+/* key: the value is a map's key, so an array is a tuple (hashable; a
+ * Python tuple key travels as an array). */
+static PyObject *from_cbor(const cbor_item_t *it, int depth, bool key)
 {
     if (depth > MAX_DEPTH) {
         PyErr_Format(PyExc_ValueError, "a received value is nested deeper than %d levels", MAX_DEPTH);
@@ -262,24 +265,26 @@ static PyObject *from_cbor(const cbor_item_t *it, int depth)
                                     (Py_ssize_t)cbor_string_length(it), "replace");
     case CBOR_TYPE_ARRAY: {
         size_t n = cbor_array_size(it);
-        PyObject *list = PyList_New((Py_ssize_t)n);
-        for (size_t i = 0; list && i < n; i++) {
-            PyObject *v = from_cbor(cbor_array_handle(it)[i], depth + 1);
+        PyObject *seq = key ? PyTuple_New((Py_ssize_t)n) : PyList_New((Py_ssize_t)n);
+        for (size_t i = 0; seq && i < n; i++) {
+            PyObject *v = from_cbor(cbor_array_handle(it)[i], depth + 1, key);
             if (!v)
-                Py_CLEAR(list);
+                Py_CLEAR(seq);
+            else if (key)
+                PyTuple_SET_ITEM(seq, (Py_ssize_t)i, v);
             else
-                PyList_SET_ITEM(list, (Py_ssize_t)i, v);
+                PyList_SET_ITEM(seq, (Py_ssize_t)i, v);
         }
-        return list;
+        return seq;
     }
     case CBOR_TYPE_MAP: {
         size_t n = cbor_map_size(it);
         struct cbor_pair *pairs = cbor_map_handle(it);
         PyObject *d = PyDict_New();
         for (size_t i = 0; d && i < n; i++) {
-            PyObject *k = from_cbor(pairs[i].key, depth + 1);
-            PyObject *v = k ? from_cbor(pairs[i].value, depth + 1) : NULL;
-            if (!v || PyDict_SetItem(d, k, v) < 0) /* an unhashable key: TypeError */
+            PyObject *k = from_cbor(pairs[i].key, depth + 1, true);
+            PyObject *v = k ? from_cbor(pairs[i].value, depth + 1, false) : NULL;
+            if (!v || PyDict_SetItem(d, k, v) < 0) /* a map as a key: TypeError */
                 Py_CLEAR(d);
             Py_XDECREF(k);
             Py_XDECREF(v);
@@ -287,7 +292,7 @@ static PyObject *from_cbor(const cbor_item_t *it, int depth)
         return d;
     }
     case CBOR_TYPE_TAG:
-        return from_cbor(cbor_tag_item(it), depth + 1); /* the tag itself is not kept */
+        return from_cbor(cbor_tag_item(it), depth + 1, key); /* the tag itself is not kept */
     case CBOR_TYPE_FLOAT_CTRL:
         if (cbor_float_ctrl_is_ctrl(it)) {
             if (cbor_is_bool(it))
@@ -304,7 +309,7 @@ PyObject *mdgpy_dict_from_params(const mdg_params *p)
     const cbor_item_t *map = p ? mdg_params_map(p) : NULL;
     if (!map)
         return PyDict_New();
-    return from_cbor(map, 0);
+    return from_cbor(map, 0, false);
 }
 
 int mdgpy_key_arg(PyObject *o, const char *what, uint8_t out[MDG_KEY_BYTES])

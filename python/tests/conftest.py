@@ -42,12 +42,25 @@ def make_broker(keys, controller, model=None, **kw):
     return b
 
 
-def make_conn(broker, keys=None, start=True, **kw):
+def make_conn(broker, keys=None, start=True, controller=None, **kw):
+    """A connection to broker; with controller, its commands are registered
+    before it starts."""
     keys = keys or KeyPair.new()
     c = Connection('127.0.0.1', server_pk=broker.keys.public, keys=keys, port=broker.port, **kw)
+    if controller is not None:
+        c.register_commands(controller, controller.commands)
     if start:
         c.start().wait_until_ready(TIMEOUT)
     return c
+
+
+def broker_and_conn(keys, controller, closing):
+    """A broker serving controller and a connection to it, both in closing."""
+    b = make_broker(keys, controller)
+    closing.append(b)
+    c = make_conn(b)
+    closing.append(c)
+    return b, c
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 import pytest
 
 import messidge
-from conftest import TIMEOUT, make_broker, make_conn
+from conftest import TIMEOUT, broker_and_conn, make_broker, make_conn
 from messidge import KeyPair
 from messidge.broker.bases import ModelMinimal
 from messidge.broker.broker import Broker, cmd
@@ -17,11 +17,7 @@ class Echo:
 
 @pytest.fixture
 def conn(broker_keys, closing):
-    b = make_broker(broker_keys, Echo())
-    closing.append(b)
-    c = make_conn(b)
-    closing.append(c)
-    return c
+    return broker_and_conn(broker_keys, Echo(), closing)[1]
 
 
 @pytest.mark.parametrize('params,exc,text', [

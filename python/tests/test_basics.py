@@ -1,15 +1,16 @@
 """A broker and connections in one process: commands declared the guide's
 way, fire and forget, blocking calls, reply callbacks, the ValueError round
-trip, the checks a command table makes, and the resource offer."""
+trip, the checks a command table makes, the resource offer, and commands
+the broker sends to a session or a node."""
 import threading
 
 import pytest
 
 import messidge
 from conftest import TIMEOUT, make_broker, make_conn, wait_for
-from messidge.broker.bases import ModelMinimal
 from messidge.broker.broker import cmd
 from messidge.client.connection import cmd as client_cmd
+from messidge.identity import ROLE_NODE
 
 
 class Notes:
@@ -76,7 +77,8 @@ def test_stamped_identity(conn):
 def test_values_round_trip(conn):
     values = {'none': None, 't': True, 'f': False, 'int': -5, 'big': 2 ** 64 - 1, 'neg': -2 ** 63,
               'float': 1.5, 'str': 'héllo', 'bytes': b'\x00\xff', 'list': [1, [2, 'x']],
-              'map': {'a': {'b': 1}}, 'tuple': (1, 2), 'empty': {}}
+              'map': {'a': {'b': 1}}, 'tuple': (1, 2), 'empty': {},
+              'keys': {1: 'int', (1, (2, 'x')): 'a tuple key comes back a tuple'}}
     r = conn.send_blocking_cmd(b'echo', values, bulk=b'bulk data' * 1000)
     for k, v in values.items():
         assert r.params[k] == (list(v) if isinstance(v, tuple) else v), k
@@ -133,10 +135,8 @@ def test_resource_offer(broker, closing):
             self.offers.append(msg.params['nodes'])
         commands = {b'resource_offer': client_cmd(['nodes'])}
     ctl = Client()
-    c = make_conn(broker, start=False)
+    c = make_conn(broker, controller=ctl)
     closing.append(c)
-    c.register_commands(ctl, Client.commands)
-    c.start().wait_until_ready(TIMEOUT)
     wait_for(lambda: ctl.offers, what="the resource offer")
     assert ctl.offers == [[]]  # ModelMinimal offers the connected nodes: none
 
@@ -161,3 +161,33 @@ def test_timeout(broker, closing):
     closing.append(c)
     with pytest.raises(TimeoutError, match="no reply to 'hold' within 0.2 s"):
         c.send_blocking_cmd(b'hold', timeout=0.2)
+
+
+def test_broker_send_cmd(broker, closing):
+    class Client:
+        def __init__(self):
+            self.got = []
+
+        def _pushed(self, msg):
+            self.got.append((dict(msg.params), msg.bulk))
+        commands = {b'pushed': client_cmd(['n'])}
+    ctl = Client()
+    c = make_conn(broker, controller=ctl)
+    closing.append(c)
+    wait_for(lambda: c.session_id in broker.model.sessions, what="the session in the model")
+    broker.send_cmd(c.session_id, b'pushed', {'n': 1}, b'bulk')
+    wait_for(lambda: ctl.got, what="the command the broker sent")
+    assert ctl.got == [({'n': 1}, b'bulk')]
+    # to a node: send_cmd takes its key as the rid
+    node_keys = messidge.KeyPair.new()
+    broker.allow(node_keys.public, ROLE_NODE)
+    node_ctl = Client()
+    closing.append(make_conn(broker, keys=node_keys, controller=node_ctl))
+    wait_for(lambda: node_keys.public in broker.model.nodes, what="the node in the model")
+    broker.send_cmd(node_keys.public, 'pushed', {'n': 2})
+    wait_for(lambda: node_ctl.got, what="the command the broker sent the node")
+    assert node_ctl.got == [({'n': 2}, None)] and len(ctl.got) == 1
+    with pytest.raises(ValueError, match="a node's key is 32 bytes, not 5"):
+        broker.send_node(b'short', 'pushed')
+    with pytest.raises(messidge.Error, match="pushed: bad target or command"):
+        broker.send_session(b'no such session', 'pushed', {'n': 2})

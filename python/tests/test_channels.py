@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from conftest import TIMEOUT, make_broker, make_conn, wait_for
+from conftest import TIMEOUT, broker_and_conn, wait_for
 from messidge.broker.broker import cmd
 
 
@@ -37,10 +37,7 @@ class Streams:
 @pytest.fixture
 def setup(broker_keys, closing):
     ctl = Streams()
-    b = make_broker(broker_keys, ctl)
-    closing.append(b)
-    c = make_conn(b)
-    closing.append(c)
+    _, c = broker_and_conn(broker_keys, ctl, closing)
     return ctl, c
 
 

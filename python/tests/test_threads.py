@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import TIMEOUT, make_broker, make_conn, wait_for
+from conftest import TIMEOUT, broker_and_conn, make_conn, wait_for
 from messidge import KeyPair
 from messidge.broker.broker import cmd
 from messidge.client.connection import Connection, cmd as node_cmd
@@ -36,10 +36,7 @@ class Ctl:
 @pytest.fixture
 def setup(broker_keys, closing):
     ctl = Ctl()
-    b = make_broker(broker_keys, ctl)
-    closing.append(b)
-    c = make_conn(b)
-    closing.append(c)
+    b, c = broker_and_conn(broker_keys, ctl, closing)
     return ctl, b, c
 
 
@@ -86,11 +83,8 @@ def test_nested_blocking_call_in_a_handler(setup, closing):
             r = node.send_blocking_cmd(b'echo', {'x': msg.params['x'] * 2}, timeout=TIMEOUT)
             msg.reply({'y': r.params['x']})
         commands = {b'relay': node_cmd(['x'], needs_reply=True)}
-    node = Connection('127.0.0.1', server_pk=b.keys.public, keys=node_keys, port=b.port,
-                      reflect_value_errors=True)
+    node = make_conn(b, keys=node_keys, controller=NodeCtl(), reflect_value_errors=True)
     closing.append(node)
-    node.register_commands(NodeCtl(), NodeCtl.commands)
-    node.start().wait_until_ready(TIMEOUT)
     assert user.send_blocking_cmd(b'relay', {'node': node_keys.public, 'x': 21},
                                   timeout=TIMEOUT).params == {'y': 42}
 
@@ -178,9 +172,7 @@ def test_closing_from_a_handler_and_another_thread(setup, closing):
         def _shutdown(self, msg):
             node.disconnect()
         commands = {b'shutdown': node_cmd([])}
-    node = Connection('127.0.0.1', server_pk=b.keys.public, keys=node_keys, port=b.port)
-    node.register_commands(NodeCtl(), NodeCtl.commands)
-    node.start().wait_until_ready(TIMEOUT)
+    node = make_conn(b, keys=node_keys, controller=NodeCtl())
     user.send_cmd(b'shutdown', {'node': node_keys.public})
     assert node.wait_until_complete(TIMEOUT) is True
     assert node.closed
