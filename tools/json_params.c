@@ -11,63 +11,6 @@
 
 /* ------------------------------------------------------------ CBOR -> JSON */
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    size_t len;
-    uint32_t cp;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        len = 2;
-        cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        len = 3;
-        cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        len = 4;
-        cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    /* overlong forms, surrogates and past U+10FFFF are not UTF-8 */
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
-/* A JSON string of n bytes of text, invalid UTF-8 replaced by U+FFFD. */
-static json_t *text_to_json(const unsigned char *s, size_t n)
-{
-    char *clean = malloc(n * 3 + 1); /* one bad byte -> 3 bytes */
-    size_t o = 0;
-    if (!clean)
-        return NULL;
-    for (size_t i = 0; i < n;) {
-        size_t k = utf8_seq(s + i, n - i);
-        if (k) {
-            memcpy(clean + o, s + i, k);
-            o += k;
-            i += k;
-        } else {
-            memcpy(clean + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i++;
-        }
-    }
-    json_t *v = json_stringn(clean, o);
-    free(clean);
-    return v;
-}
-
 /* "b64:..." for n bytes. */
 static json_t *bytes_to_json(const unsigned char *b, size_t n)
 {
@@ -80,37 +23,6 @@ static json_t *bytes_to_json(const unsigned char *b, size_t n)
     json_t *v = json_string(text);
     free(text);
     return v;
-}
-
-/* The bytes of a definite or chunked string (text or bytes): *out is
- * borrowed (definite) or malloc'd (*owned). */
-static bool string_bytes(const cbor_item_t *it, unsigned char **out, size_t *n, bool *owned)
-{
-    bool text = cbor_isa_string(it);
-    *owned = false;
-    if (text ? cbor_string_is_definite(it) : cbor_bytestring_is_definite(it)) {
-        *out = text ? cbor_string_handle(it) : cbor_bytestring_handle(it);
-        *n = text ? cbor_string_length(it) : cbor_bytestring_length(it);
-        return true;
-    }
-    size_t count = text ? cbor_string_chunk_count(it) : cbor_bytestring_chunk_count(it);
-    cbor_item_t **chunks = text ? cbor_string_chunks_handle(it) : cbor_bytestring_chunks_handle(it);
-    size_t total = 0;
-    for (size_t i = 0; i < count; i++)
-        total += text ? cbor_string_length(chunks[i]) : cbor_bytestring_length(chunks[i]);
-    unsigned char *buf = malloc(total + 1);
-    if (!buf)
-        return false;
-    total = 0;
-    for (size_t i = 0; i < count; i++) {
-        size_t k = text ? cbor_string_length(chunks[i]) : cbor_bytestring_length(chunks[i]);
-        memcpy(buf + total, text ? cbor_string_handle(chunks[i]) : cbor_bytestring_handle(chunks[i]), k);
-        total += k;
-    }
-    *out = buf;
-    *n = total;
-    *owned = true;
-    return true;
 }
 
 static json_t *cbor_to_json(const cbor_item_t *it, int depth);
@@ -151,18 +63,12 @@ static json_t *cbor_to_json(const cbor_item_t *it, int depth)
         uint64_t u = cbor_get_int(it); /* the value is -1 - u */
         return u <= INT64_MAX ? json_integer(-1 - (json_int_t)u) : json_real(-1.0 - (double)u);
     }
+    /* Params hold definite strings and UTF-8 text only: the library's
+     * checks refuse the rest, from the network and from the setters. */
     case CBOR_TYPE_BYTESTRING:
-    case CBOR_TYPE_STRING: {
-        unsigned char *b;
-        size_t n;
-        bool owned;
-        if (!string_bytes(it, &b, &n, &owned))
-            return NULL;
-        json_t *v = cbor_isa_string(it) ? text_to_json(b, n) : bytes_to_json(b, n);
-        if (owned)
-            free(b);
-        return v;
-    }
+        return bytes_to_json(cbor_bytestring_handle(it), cbor_bytestring_length(it));
+    case CBOR_TYPE_STRING:
+        return json_stringn((const char *)cbor_string_handle(it), cbor_string_length(it));
     case CBOR_TYPE_ARRAY: {
         json_t *a = json_array();
         cbor_item_t **items = cbor_array_handle(it);

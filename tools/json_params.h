@@ -6,10 +6,10 @@
  *   byte strings             "b64:" + standard base64 (as mdg_params_to_text)
  *   NaN, +-infinity          null
  *   map keys not text        their JSON text ("1", "b64:...", "[1, 2]")
- *   text not valid UTF-8     each bad byte becomes U+FFFD
  *   tags                     the tagged item; undefined and other simple
  *                            values: null; integers past int64: a float
- */
+ * Text in params is always UTF-8 (the library refuses anything else), as
+ * JSON needs. */
 #ifndef MDG_JSON_PARAMS_H
 #define MDG_JSON_PARAMS_H
 
