@@ -593,11 +593,11 @@ static PyObject *conn_wait_until_complete(mdgpy_conn *self, PyObject *args, PyOb
     int64_t deadline;
     int rc;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:wait_until_complete", kwlist, &timeout) ||
-        timeout_arg(timeout, &deadline) < 0 || need_conn(self) < 0)
+        timeout_arg(timeout, &deadline) < 0)
         return NULL;
     for (;;) {
         int ms = slice_ms(deadline);
-        if (!self->conn) /* disconnected by another thread meanwhile */
+        if (!self->conn) /* disconnected, maybe by a handler before we came: complete */
             Py_RETURN_TRUE;
         mdg_conn *c = self->conn;
         mdgpy_shim *busy = mdgpy_busy_enter(&self->o);
