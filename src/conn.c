@@ -64,6 +64,7 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     }
     memcpy(c->server_pk, server_pk, MDG_KEY_BYTES);
     pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->drive, NULL);
     pthread_cond_init(&c->state_cond, NULL);
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
@@ -167,6 +168,14 @@ bool conn_on_loop_thread(mdg_conn *c)
     return c->thread_started && pthread_equal(pthread_self(), c->thread);
 }
 
+/* The connection this thread leads, if any (see lead_begin). */
+static _Thread_local mdg_conn *leading;
+
+bool conn_leads(mdg_conn *c)
+{
+    return leading == c;
+}
+
 void conn_event(mdg_conn *c, int ev, const char *detail)
 {
     static const char *names[] = {"?", "connected", "disconnected", "session recovered", "session lost"};
@@ -242,9 +251,12 @@ static void *conn_thread(void *arg)
 {
     pthread_setname_np(pthread_self(), "mdg-conn"); /* as top -H and perf show it */
     mdg_conn *c = arg;
+    pthread_mutex_lock(&c->drive);
     c->transport->hello(c);
+    pthread_mutex_unlock(&c->drive);
     if (mdg_loop_run(c->loop) != 0)
         mdg_log(MDG_LOG_ERROR, "connection loop failed: %s", mdg_last_error());
+    pthread_mutex_lock(&c->drive); /* a leader may still be giving it back */
     pthread_mutex_lock(&c->lock);
     c->state = C_CLOSED;
     c->closing = true;
@@ -259,6 +271,7 @@ static void *conn_thread(void *arg)
     while (conn_pop_deferred(c, &in))
         mdg_inbound_close(&in);
     conn_close_socket(c, false); /* the goodbye may still be on its way */
+    pthread_mutex_unlock(&c->drive);
     return NULL;
 }
 
@@ -275,6 +288,8 @@ int mdg_conn_start(mdg_conn *c)
         return rc;
     mdg_loop_on_wake(c->loop, on_wake, c);
     mdg_loop_on_turn(c->loop, on_turn, c);
+    if ((rc = mdg_loop_share(c->loop, &c->drive)) != 0)
+        return rc;
     if (mdg_loop_timer(c->loop, c->opts.heartbeat_ms, true, conn_on_keepalive, c) < 0)
         return mdg_fail(MDG_ENOMEM, "no room for the keepalive timer");
     c->state = C_CONNECTING;
@@ -421,30 +436,45 @@ int mdg_conn_send_cb(mdg_conn *c, const char *command, mdg_params *params, const
     return rc;
 }
 
-/* A blocking call on the loop thread: read the socket here until the reply
- * comes, answering other blocking calls' replies and deferring the rest. */
-static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
+/* Serve the socket on this thread until pd's reply comes: the loop thread
+ * in a nested blocking call, or a leader (lead_begin). Replies to blocking
+ * calls are dispatched here, the rest kept for the loop thread in arrival
+ * order. The loop thread waits here until the reply or an error (< 0). A
+ * leader returns 1 as soon as the loop thread is needed (something kept
+ * for it, its wake-up, a timer, the link's events, the deadline): it then
+ * waits as any caller does. */
+static int drive_wait(mdg_conn *c, pending *pd, int64_t deadline, bool leader)
 {
     while (!pd->done) {
         conn_flush(c); /* the call, and what the replies read here made */
         int64_t left = deadline < 0 ? -1 : deadline - mdg_now_ms();
         if (deadline >= 0 && left <= 0)
-            return MDG_ETIMEDOUT;
+            return leader ? 1 : MDG_ETIMEDOUT;
         if (!c->sock)
-            return mdg_fail(MDG_ECLOSED, "the link to the broker is down");
-        zmq_pollitem_t it = {.socket = c->sock, .events = ZMQ_POLLIN};
-        long wait = c->rx_frames.n ? 0 : left < 0 ? 100 : (long)(left < 100 ? left : 100);
-        if (zmq_poll(&it, 1, wait) < 0 && errno != EINTR)
-            return mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
+            return leader ? 1 : mdg_fail(MDG_ECLOSED, "the link to the broker is down");
+        /* the loop thread wakes every 100 ms for its keepalive; a leader's
+         * wait ends at the loop's next timer anyway */
+        long wait = c->rx_frames.n ? 0 : leader ? (long)left : left < 0 ? 100 : (long)(left < 100 ? left : 100);
+        if (leader) {
+            if (mdg_loop_lead_poll(c->loop, c->sock, wait) != 1 && !c->rx_frames.n)
+                return 1;
+        } else {
+            zmq_pollitem_t it = {.socket = c->sock, .events = ZMQ_POLLIN};
+            if (zmq_poll(&it, 1, wait) < 0 && errno != EINTR)
+                return mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
+        }
         pthread_mutex_lock(&c->lock);
         bool closing = c->closing;
         pthread_mutex_unlock(&c->lock);
         if (closing)
-            return mdg_fail(MDG_ECLOSED, "connection closing");
-        conn_on_keepalive(c->loop, c, 0); /* the loop's timers do not run meanwhile */
+            return leader ? 1 : mdg_fail(MDG_ECLOSED, "connection closing");
+        if (!leader)
+            conn_on_keepalive(c->loop, c, 0); /* the loop's timers do not run meanwhile */
         mdg_inbound in;
         mdg_inbound_init(&in);
-        while (!pd->done && conn_next_inbound(c, &in)) {
+        /* a leader also reads the rest of the reply's frame, if only to
+         * see that nothing is left: the loop thread need not wake for it */
+        while ((!pd->done || (leader && c->rx_frames.n)) && conn_next_inbound(c, &in)) {
             bool answers_blocking = false;
             if ((in.h.kind == MDG_K_REPLY || in.h.kind == MDG_K_ERROR) && in.h.corr) {
                 pthread_mutex_lock(&c->lock);
@@ -458,8 +488,46 @@ static int nested_wait(mdg_conn *c, pending *pd, int64_t deadline)
                 conn_defer(c, &in);
             mdg_inbound_close(&in);
         }
+        if (leader && c->def_head)
+            return 1;
     }
     return 0;
+}
+
+/* Leading: a blocking call from an application thread, while the loop
+ * thread sleeps, sends and waits for its reply on the socket itself, as a
+ * raw libzmq caller does: the loop thread's wake-up to send and the
+ * condition variable to hand the reply over are the two thread hand-offs
+ * it saves. Only when all is quiet: a session, no message kept for the
+ * loop thread, room in the queue. */
+static bool lead_begin(mdg_conn *c)
+{
+    if (conn_on_loop_thread(c) || !c->thread_started || !mdg_loop_lead(c->loop))
+        return false;
+    pthread_mutex_lock(&c->lock);
+    bool quiet = c->state == C_READY && !c->closing && !c->fail_err &&
+                 c->backlog < (size_t)c->opts.queue_limit;
+    pthread_mutex_unlock(&c->lock);
+    if (!quiet || mdg_loop_stopping(c->loop) || c->def_head || c->rx_frames.n || !c->sock ||
+        !mdg_loop_lead_serve(c->loop, c->sock)) {
+        mdg_loop_lead_end(c->loop, false);
+        return false;
+    }
+    leading = c;
+    return true;
+}
+
+/* Give the lead back: the loop thread is woken for what the leader left
+ * (messages kept for it, or still in the socket, whose fd may not signal
+ * them again once the leader has read from it). */
+static void lead_end(mdg_conn *c)
+{
+    leading = NULL;
+    int events = 0;
+    size_t len = sizeof events;
+    bool left = c->def_head || c->rx_frames.n ||
+                (c->sock && zmq_getsockopt(c->sock, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN));
+    mdg_loop_lead_end(c->loop, left);
 }
 
 int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
@@ -474,12 +542,19 @@ int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const vo
     *reply = NULL;
     pthread_cond_init(&pd.cond, NULL);
     int64_t deadline = deadline_of(timeout_ms);
-    if ((rc = send_cmd(c, command, params, bulk, bulk_len, &pd)) != 0) {
+    bool lead = c && lead_begin(c);
+    rc = send_cmd(c, command, params, bulk, bulk_len, &pd);
+    if (lead) {
+        if (rc == 0)
+            drive_wait(c, &pd, deadline, true);
+        lead_end(c);
+    }
+    if (rc != 0) {
         pthread_cond_destroy(&pd.cond);
         return rc;
     }
     if (conn_on_loop_thread(c))
-        rc = nested_wait(c, &pd, deadline);
+        rc = drive_wait(c, &pd, deadline, false);
     pthread_mutex_lock(&c->lock);
     while (rc == 0 && !pd.done && wait_locked(c, &pd.cond, deadline))
         ;
@@ -608,6 +683,7 @@ void mdg_conn_destroy(mdg_conn **pc)
     pthread_cond_destroy(&c->state_cond);
     pthread_cond_destroy(&c->room_cond);
     pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->drive);
     free(c);
     *pc = NULL;
 }

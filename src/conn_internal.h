@@ -93,6 +93,11 @@ struct mdg_conn {
     pthread_t thread;
     bool thread_started;
 
+    /* Held by the thread that uses the socket and the "loop thread only"
+     * fields below: the loop thread but while it sleeps in poll, or an
+     * application thread's blocking call leading while it sleeps (conn.c). */
+    pthread_mutex_t drive;
+
     /* shared with application threads, under lock */
     pthread_mutex_t lock;
     pthread_cond_t state_cond; /* state changes */
@@ -190,6 +195,8 @@ extern const conn_transport conn_legacy_transport;
 
 /* conn.c: the public API, pending calls */
 bool conn_on_loop_thread(mdg_conn *c);
+/* This thread leads c's loop (a blocking call of its own, conn.c). */
+bool conn_leads(mdg_conn *c);
 void conn_event(mdg_conn *c, int ev, const char *detail);
 void conn_fail_pending(mdg_conn *c, int err, const char *text);
 

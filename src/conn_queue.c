@@ -100,7 +100,8 @@ static void out_release(mdg_conn *c, out_item *o)
  * waiting is not allowed. */
 int conn_enqueue(mdg_conn *c, out_item *o)
 {
-    bool loop = conn_on_loop_thread(c);
+    /* a leader flushes it itself, and must not wait: it holds the drive */
+    bool loop = conn_on_loop_thread(c) || conn_leads(c);
     pthread_mutex_lock(&c->lock);
     /* The loop thread is never refused: it cannot wait (the acks that make
      * room come through it), and refusing a handler's reply would lose it.

@@ -1,6 +1,12 @@
 /* loop.c - a small reactor over zmq_poll. The wake-up is an eventfd that
  * zmq_poll watches like any other fd, so another thread (or a signal
- * handler) can interrupt the poll without a ZMQ socket of its own. */
+ * handler) can interrupt the poll without a ZMQ socket of its own.
+ *
+ * A shared loop (mdg_loop_share) lets another thread lead it while it
+ * sleeps: the loop thread holds the lock but while it polls, and polls the
+ * sockets' ZMQ_FDs as plain fds, reading ZMQ_EVENTS only under the lock
+ * (a ZMQ socket is used by one thread at a time; zmq_poll would read
+ * ZMQ_EVENTS while a leader uses the socket). */
 #include "loop.h"
 
 #include "internal.h"
@@ -9,6 +15,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -48,12 +55,33 @@ struct mdg_loop {
     mdg_loop_fn turn_fn;
     void *turn_arg;
     bool changed; /* the watch list changed during dispatch: re-poll */
+    /* shared loops only */
+    pthread_mutex_t *lock;
+    int epfd; /* what the loop thread sleeps in, without the lock */
+    void *led;            /* the socket a leader serves (muted in epfd) */
+    int64_t sleeps_until; /* when the loop thread's poll times out; -1: never */
+    bool wake_after_lead; /* a leader made a timer due before that, or saw
+                             what the loop thread must serve */
 };
 
 /* The next size of an array of cap elements that is full. */
 static int grown(int cap)
 {
     return cap ? 2 * cap : 8;
+}
+
+static int epoll_set(mdg_loop *l, int op, const zmq_pollitem_t *it, bool muted);
+
+/* A shared loop watches its items with epoll (socket items by their
+ * ZMQ_FD, kept in the item's unused fd). */
+static int share_item(mdg_loop *l, zmq_pollitem_t *it)
+{
+    if (it->socket) {
+        size_t len = sizeof it->fd;
+        if (zmq_getsockopt(it->socket, ZMQ_FD, &it->fd, &len) != 0)
+            return -1;
+    }
+    return epoll_set(l, EPOLL_CTL_ADD, it, false);
 }
 
 int mdg_loop_watch(mdg_loop *l, void *socket, int fd, short events, mdg_loop_fn fn, void *arg)
@@ -71,6 +99,8 @@ int mdg_loop_watch(mdg_loop *l, void *socket, int fd, short events, mdg_loop_fn 
         l->items_cap = cap;
     }
     l->items[l->nitems] = (zmq_pollitem_t){.socket = socket, .fd = fd, .events = events};
+    if (l->lock && share_item(l, &l->items[l->nitems]) != 0)
+        return MDG_ESYS;
     l->watches[l->nitems] = (watch){fn, arg};
     l->nitems++;
     return 0;
@@ -81,6 +111,7 @@ mdg_loop *mdg_loop_new(void)
     mdg_loop *l = calloc(1, sizeof *l);
     if (!l)
         return NULL;
+    l->epfd = -1;
     l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     /* items[0]: the wake-up, served by mdg_loop_run itself */
     if (l->wake_fd < 0 || mdg_loop_watch(l, NULL, l->wake_fd, ZMQ_POLLIN, NULL, NULL)) {
@@ -97,6 +128,8 @@ void mdg_loop_destroy(mdg_loop **pl)
     mdg_loop *l = *pl;
     if (l->wake_fd >= 0)
         close(l->wake_fd);
+    if (l->epfd >= 0)
+        close(l->epfd);
     free(l->items);
     free(l->watches);
     free(l->timers);
@@ -109,6 +142,8 @@ void mdg_loop_unwatch(mdg_loop *l, void *socket, int fd)
     for (int i = 1; i < l->nitems; i++) {
         if (l->items[i].socket != socket || (!socket && l->items[i].fd != fd))
             continue;
+        if (l->lock)
+            epoll_ctl(l->epfd, EPOLL_CTL_DEL, l->items[i].fd, NULL);
         memmove(&l->items[i], &l->items[i + 1], (size_t)(l->nitems - i - 1) * sizeof l->items[0]);
         memmove(&l->watches[i], &l->watches[i + 1], (size_t)(l->nitems - i - 1) * sizeof l->watches[0]);
         l->nitems--;
@@ -120,8 +155,11 @@ void mdg_loop_unwatch(mdg_loop *l, void *socket, int fd)
 void mdg_loop_set_events(mdg_loop *l, void *socket, int fd, short events)
 {
     for (int i = 1; i < l->nitems; i++)
-        if (l->items[i].socket == socket && (socket || l->items[i].fd == fd))
+        if (l->items[i].socket == socket && (socket || l->items[i].fd == fd)) {
             l->items[i].events = events;
+            if (l->lock && !socket)
+                epoll_set(l, EPOLL_CTL_MOD, &l->items[i], false);
+        }
 }
 
 static timer *find_timer(mdg_loop *l, int id)
@@ -156,6 +194,8 @@ int mdg_loop_timer(mdg_loop *l, int interval_ms, bool repeat, mdg_loop_fn fn, vo
     l->last_timer_id = id;
     *t = (timer){.id = id, .interval = interval_ms, .repeat = repeat,
                  .due = mdg_now_ms() + interval_ms, .pass = l->pass, .fn = fn, .arg = arg};
+    if (l->lock && (l->sleeps_until < 0 || t->due < l->sleeps_until))
+        l->wake_after_lead = true; /* made by a leader: the sleeping loop thread must know */
     return id;
 }
 
@@ -236,14 +276,90 @@ static int run_timers(mdg_loop *l)
     return 0;
 }
 
+static short zmq_events(void *socket)
+{
+    int events = 0;
+    size_t len = sizeof events;
+    return zmq_getsockopt(socket, ZMQ_EVENTS, &events, &len) == 0 ? (short)events : 0;
+}
+
+/* What epoll watches for item it: a socket's ZMQ_FD signals any change of
+ * its ZMQ_EVENTS; a muted one (led) nothing. */
+static uint32_t epoll_events(const zmq_pollitem_t *it, bool muted)
+{
+    if (it->socket)
+        return muted ? 0 : EPOLLIN;
+    return (it->events & ZMQ_POLLIN ? EPOLLIN : 0) | (it->events & ZMQ_POLLOUT ? EPOLLOUT : 0);
+}
+
+static int epoll_set(mdg_loop *l, int op, const zmq_pollitem_t *it, bool muted)
+{
+    struct epoll_event ev = {.events = epoll_events(it, muted), .data.fd = it->fd};
+    return epoll_ctl(l->epfd, op, it->fd, &ev);
+}
+
+int mdg_loop_share(mdg_loop *l, pthread_mutex_t *lock)
+{
+    if ((l->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        return mdg_fail(MDG_ESYS, "epoll_create1: %s", strerror(errno));
+    l->lock = lock;
+    for (int i = 0; i < l->nitems; i++)
+        if (share_item(l, &l->items[i]) != 0)
+            return mdg_fail(MDG_ESYS, "cannot watch an fd: %s", strerror(errno));
+    return 0;
+}
+
+/* A shared loop's poll: what zmq_poll does, with the lock released only
+ * while the loop thread sleeps in epoll_wait. Called and returns with it
+ * held. */
+static int shared_poll(mdg_loop *l, long timeout)
+{
+    for (int i = 1; i < l->nitems; i++)
+        if (l->items[i].socket && (zmq_events(l->items[i].socket) & l->items[i].events))
+            timeout = 0; /* ready already: its fd may never signal it */
+    l->sleeps_until = timeout < 0 ? -1 : mdg_now_ms() + timeout;
+    l->wake_after_lead = false;
+    struct epoll_event evs[16];
+    pthread_mutex_unlock(l->lock);
+    int n = epoll_wait(l->epfd, evs, 16, (int)timeout);
+    int err = errno;
+    pthread_mutex_lock(l->lock);
+    if (n < 0) {
+        errno = err;
+        return -1;
+    }
+    /* a leader may have changed the watches meanwhile: read what is there now */
+    int ready = 0;
+    for (int i = 0; i < l->nitems; i++) {
+        zmq_pollitem_t *it = &l->items[i];
+        it->revents = 0;
+        if (it->socket) {
+            it->revents = (short)(zmq_events(it->socket) & it->events);
+        } else {
+            for (int k = 0; k < n; k++)
+                if (evs[k].data.fd == it->fd)
+                    it->revents = (short)(((evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ? ZMQ_POLLIN : 0) |
+                                          ((evs[k].events & EPOLLOUT) ? ZMQ_POLLOUT : 0)) &
+                                  it->events;
+        }
+        ready += it->revents != 0;
+    }
+    return ready;
+}
+
 int mdg_loop_run(mdg_loop *l)
 {
+    if (l->lock)
+        pthread_mutex_lock(l->lock);
+    int rc = 0;
     while (!l->stop) {
-        int n = zmq_poll(l->items, l->nitems, next_timeout(l, mdg_now_ms()));
+        long timeout = next_timeout(l, mdg_now_ms());
+        int n = l->lock ? shared_poll(l, timeout) : zmq_poll(l->items, l->nitems, timeout);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
+            rc = mdg_fail(MDG_ESYS, "poll: %s", zmq_strerror(errno));
+            break;
         }
         if (l->items[0].revents) {
             uint64_t v;
@@ -255,15 +371,84 @@ int mdg_loop_run(mdg_loop *l)
                 break;
         }
         l->changed = false;
-        for (int i = 1; i < l->nitems && !l->stop && !l->changed; i++) {
+        bool ended = false;
+        for (int i = 1; i < l->nitems && !l->stop && !l->changed && !ended; i++) {
             short re = l->items[i].revents;
-            if (re && l->watches[i].fn(l, l->watches[i].arg, re))
-                return 0;
+            ended = re && l->watches[i].fn(l, l->watches[i].arg, re);
         }
-        if (run_timers(l))
+        if (ended || run_timers(l))
             break;
         if (l->turn_fn && l->turn_fn(l, l->turn_arg, 0))
             break;
     }
-    return 0;
+    l->stop = 1; /* however it ended: a leader must not take a loop that is gone */
+    if (l->lock)
+        pthread_mutex_unlock(l->lock);
+    return rc;
+}
+
+static zmq_pollitem_t *find_socket(mdg_loop *l, void *socket)
+{
+    for (int i = 1; i < l->nitems; i++)
+        if (l->items[i].socket == socket)
+            return &l->items[i];
+    return NULL;
+}
+
+bool mdg_loop_lead(mdg_loop *l)
+{
+    return l->lock && pthread_mutex_trylock(l->lock) == 0;
+}
+
+bool mdg_loop_lead_serve(mdg_loop *l, void *socket)
+{
+    zmq_pollitem_t *it = find_socket(l, socket);
+    if (!it || epoll_set(l, EPOLL_CTL_MOD, it, true) != 0)
+        return false;
+    l->led = socket;
+    return true;
+}
+
+int mdg_loop_lead_poll(mdg_loop *l, void *socket, long timeout_ms)
+{
+    int64_t now = mdg_now_ms();
+    long next = next_timeout(l, now);
+    if (next == 0) {
+        l->wake_after_lead = true;
+        return 2;
+    }
+    bool capped = next > 0 && (timeout_ms < 0 || next <= timeout_ms);
+    if (capped)
+        timeout_ms = next;
+    if (zmq_poll(l->items, l->nitems, timeout_ms) < 0)
+        return errno == EINTR ? 0 : mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
+    int ready = 0;
+    for (int i = 0; i < l->nitems; i++) {
+        if (!l->items[i].revents)
+            continue;
+        if (l->items[i].socket != socket || !socket)
+            ready = 2; /* its wake-up or another watch: the loop thread's to serve */
+        else if (!ready)
+            ready = 1;
+    }
+    if (!ready && capped && next_timeout(l, mdg_now_ms()) == 0)
+        ready = 2;
+    /* zmq_poll read the other sockets' ZMQ_EVENTS, which may have taken
+     * the signal on their fds the sleeping loop thread waits for */
+    if (ready == 2)
+        l->wake_after_lead = true;
+    return ready;
+}
+
+void mdg_loop_lead_end(mdg_loop *l, bool wake)
+{
+    zmq_pollitem_t *it = l->led ? find_socket(l, l->led) : NULL;
+    if (it && epoll_set(l, EPOLL_CTL_MOD, it, false) != 0)
+        wake = true; /* cannot happen for an fd it watched; if it did, the loop reads it at least once */
+    l->led = NULL;
+    bool needed = l->wake_after_lead;
+    l->wake_after_lead = false;
+    pthread_mutex_unlock(l->lock);
+    if (wake || needed)
+        mdg_loop_wake(l);
 }

@@ -4,6 +4,7 @@
 #ifndef MDG_LOOP_H
 #define MDG_LOOP_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -44,5 +45,26 @@ int mdg_loop_run(mdg_loop *loop);
 void mdg_loop_wake(mdg_loop *loop);
 void mdg_loop_stop(mdg_loop *loop);
 bool mdg_loop_stopping(mdg_loop *loop);
+
+/* Leading: another thread may serve a shared loop while the loop thread
+ * sleeps (a blocking call that sends and waits for its reply itself saves
+ * two thread hand-offs). The loop thread then holds lock but while it
+ * sleeps in poll; whoever holds it may use the loop's sockets and state.
+ * Before mdg_loop_run. */
+int mdg_loop_share(mdg_loop *loop, pthread_mutex_t *lock);
+/* Take the lead if the loop thread sleeps (never waits): true if taken. */
+bool mdg_loop_lead(mdg_loop *loop);
+/* The leader serves socket (one of the loop's watches): the loop thread no
+ * longer wakes for it until mdg_loop_lead_end. False if it cannot. */
+bool mdg_loop_lead_serve(mdg_loop *loop, void *socket);
+/* For the leader: wait up to timeout_ms (< 0: no limit) for socket (one
+ * of the loop's watches) to be ready. 1: it is; 0: the time is up; 2:
+ * something else needs the loop thread (its wake-up, another watch, a
+ * timer due): end the lead; < 0: error. */
+int mdg_loop_lead_poll(mdg_loop *loop, void *socket, long timeout_ms);
+/* Give the lead back, waking the loop thread if wake (it has work the
+ * leader left, e.g. what the socket still holds) or if the leader made a
+ * timer due before the loop thread's poll ends. */
+void mdg_loop_lead_end(mdg_loop *loop, bool wake);
 
 #endif
