@@ -6,8 +6,9 @@ pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)
 pkg_check_modules(CURL REQUIRED IMPORTED_TARGET libcurl)
 
 target_sources(messidge_obj PRIVATE
-  src/identity.c          # layer 6: identity store (SQLite, WAL): opening and reading it
-  src/identity_changes.c  # layer 6: identity store: invitations, adding keys, revocation
+  src/identity.c          # layer 6: identity store: the API, checks and texts both backends share
+  src/identity_sqlite.c   # layer 6: its SQLite backend (WAL): opening and reading it
+  src/identity_sqlite_changes.c # layer 6: SQLite: invitations, adding keys, revocation
   src/account_server.c    # layer 6: invitation confirmation over HTTP
   src/account_client.c    # layer 6: create_account (libcurl)
   src/http_listen.c       # where a libmicrohttpd server listens (account and metrics)

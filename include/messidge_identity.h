@@ -56,8 +56,20 @@ typedef struct mdg_identity mdg_identity;
  * with mode 0700 and the database file with 0600. Fails with MDG_EIO and
  * a clear text when the path is not a directory, the database is corrupt
  * or not an SQLite file, or it cannot be written (read-only file or
- * directory); MDG_EPROTO when its schema is newer than this library. */
+ * directory); MDG_EPROTO when its schema is newer than this library.
+ * The same as mdg_identity_open_ex(out, state_dir, MDG_IDENTITY_CREATE). */
 MDG_EXPORT int mdg_identity_open(mdg_identity **out, const char *state_dir);
+
+enum mdg_identity_open_flags {
+    /* Make the store when there is none (SQLite: the directory and the
+     * database file; PostgreSQL: the tables). Without it a missing store
+     * is MDG_ENOENT: a mistyped location should not make an empty store
+     * that admits no one. */
+    MDG_IDENTITY_CREATE = 1u << 0,
+};
+/* Open the store in location (a state directory, as above) with flags
+ * (enum mdg_identity_open_flags). */
+MDG_EXPORT int mdg_identity_open_ex(mdg_identity **out, const char *location, unsigned flags);
 /* Close the store. Accepts NULL and a pointer to NULL. */
 MDG_EXPORT void mdg_identity_destroy(mdg_identity **id);
 
