@@ -100,6 +100,12 @@ static int check_key(const uint8_t pk[MDG_KEY_BYTES])
 
 /* ---------------------------------------------------------------- opening */
 
+/* libpq's URI schemes; anything else is a state directory. */
+static bool is_pg_uri(const char *location)
+{
+    return strncmp(location, "postgresql://", 13) == 0 || strncmp(location, "postgres://", 11) == 0;
+}
+
 int mdg_identity_open_ex(mdg_identity **out, const char *location, unsigned flags)
 {
     mdg_identity *id;
@@ -119,7 +125,8 @@ int mdg_identity_open_ex(mdg_identity **out, const char *location, unsigned flag
     id = calloc(1, sizeof *id);
     if (!id)
         return mdg_fail_plain(MDG_ENOMEM);
-    rc = identity_sqlite_open(id, location, flags);
+    rc = is_pg_uri(location) ? identity_pg_open(id, location, flags)
+                             : identity_sqlite_open(id, location, flags);
     if (rc) {
         mdg_identity_destroy(&id);
         return rc;

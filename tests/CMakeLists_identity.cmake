@@ -29,3 +29,12 @@ if(TARGET messidge-admin AND TARGET messidge_cli)
                    ${CMAKE_CURRENT_SOURCE_DIR}/legacy/peer.py)
   set_tests_properties(test_mixed_demo PROPERTIES TIMEOUT 180)
 endif()
+
+# The same identity tests on PostgreSQL, in a server the test starts
+# (pgserver.c: initdb and postgres as nobody when run as root).
+add_executable(test_identity_pg test_identity.c pgserver.c)
+target_compile_definitions(test_identity_pg PRIVATE MDG_TEST_PG)
+target_link_libraries(test_identity_pg PRIVATE messidge_static)
+target_include_directories(test_identity_pg PRIVATE ${CMAKE_SOURCE_DIR}/src)
+add_test(NAME test_identity_pg COMMAND test_identity_pg)
+set_tests_properties(test_identity_pg PROPERTIES TIMEOUT 180)
