@@ -42,12 +42,22 @@ void pg_conn_params(const char *uri, const char *name, const char **kw, const ch
     kw[i] = NULL, val[i] = NULL;
 }
 
-/* libpq's messages end in a newline: trimmed copy for ours. */
-static const char *pg_message(const char *m, char *buf, size_t len)
+const char *pg_message(const char *m, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s", m && *m ? m : "unknown error");
-    for (size_t n = strlen(buf); n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '); n--)
-        buf[n - 1] = '\0';
+    size_t n = 0;
+    bool space = false;
+    for (const char *p = m && *m ? m : "unknown error"; *p && n + 1 < len; p++) {
+        bool ws = *p == '\n' || *p == '\t' || *p == '\r' || *p == ' ';
+        if (ws) {
+            space = n > 0;
+            continue;
+        }
+        if (space && n + 2 < len)
+            buf[n++] = ' ';
+        space = false;
+        buf[n++] = *p;
+    }
+    buf[n] = '\0';
     return buf;
 }
 

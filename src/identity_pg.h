@@ -36,6 +36,8 @@ static inline pg_store *pg_of(const mdg_identity *id)
  * that the URI's own settings win; name is the fallback application_name
  * (what pg_stat_activity shows). kw and val need 8 slots. */
 void pg_conn_params(const char *uri, const char *name, const char **kw, const char **val);
+/* libpq's message m on one line (its own are several, with tabs), in buf. */
+const char *pg_message(const char *m, char *buf, size_t len);
 /* Connect (blocking): 0, or < 0 with the reason in mdg_last_error(). */
 int pg_connect(const mdg_identity *id, const char *name, PGconn **out);
 /* Run one statement with text parameters (NULL: SQL NULL). 0 when it

@@ -64,9 +64,7 @@ static int rewatch(pg_listener *l, short events)
 static void lost(pg_listener *l, const char *why)
 {
     char buf[512];
-    snprintf(buf, sizeof buf, "%s", why && *why ? why : "connection closed");
-    for (size_t n = strlen(buf); n > 0 && buf[n - 1] == '\n'; n--)
-        buf[n - 1] = '\0';
+    pg_message(why && *why ? why : "connection closed", buf, sizeof buf);
     if (l->fd >= 0)
         mdg_loop_unwatch(l->loop, NULL, l->fd);
     l->fd = -1;

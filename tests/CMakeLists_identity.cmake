@@ -38,3 +38,18 @@ target_link_libraries(test_identity_pg PRIVATE messidge_static)
 target_include_directories(test_identity_pg PRIVATE ${CMAKE_SOURCE_DIR}/src)
 add_test(NAME test_identity_pg COMMAND test_identity_pg)
 set_tests_properties(test_identity_pg PROPERTIES TIMEOUT 180)
+# A PostgreSQL store behind running brokers: revocations by LISTEN/NOTIFY
+# (and after the listening connection is ended), the account server, and
+# the tools end to end with --store URI.
+add_executable(test_identity_pg_broker test_identity_pg_broker.c pgserver.c)
+target_link_libraries(test_identity_pg_broker PRIVATE messidge_static)
+target_include_directories(test_identity_pg_broker PRIVATE ${CMAKE_SOURCE_DIR}/src)
+add_test(NAME test_identity_pg_broker COMMAND test_identity_pg_broker)
+set_tests_properties(test_identity_pg_broker PROPERTIES TIMEOUT 180)
+if(TARGET messidge-broker AND TARGET messidge-admin AND TARGET messidge_cli)
+  add_dependencies(test_identity_pg_broker messidge-broker messidge-admin messidge_cli)
+  target_compile_definitions(test_identity_pg_broker PRIVATE
+    MDG_BROKER_BIN="$<TARGET_FILE:messidge-broker>"
+    MDG_ADMIN_BIN="$<TARGET_FILE:messidge-admin>"
+    MDG_CLI_BIN="$<TARGET_FILE:messidge_cli>")
+endif()
