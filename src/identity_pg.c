@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define RESET_EVERY_MS 1000
+
 /* ----------------------------------------------------------------- helpers */
 
 void pg_conn_params(const char *uri, const char *name, const char **kw, const char **val)
@@ -100,18 +102,41 @@ int64_t pg_get_int64(const PGresult *r, int row, int col)
     return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
 }
 
+/* When a unit of work may make a broken connection again: at most once
+ * per RESET_EVERY_MS for each, so that while the server cannot be reached
+ * a caller (the broker's loop, for a lookup) is not held for libpq's
+ * connect_timeout at every call; in between, calls fail at once. */
+static bool may_reset(const mdg_identity *id, PGconn *c)
+{
+    pg_store *s = pg_of(id);
+    int64_t *at = c == s->rd ? &s->rd_reset_ms : c == s->wr ? &s->wr_reset_ms : NULL;
+    int64_t now = mdg_now_ms();
+    if (!at || (*at && now - *at < RESET_EVERY_MS))
+        return false;
+    *at = now;
+    return true;
+}
+
 int pg_run(const mdg_identity *id, PGconn *c, const char *sql, int n, const char *const *params,
            const char *what, bool retry, PGresult **out)
 {
     char buf[512];
-    PGresult *r;
+    PGresult *r = NULL;
     if (out)
         *out = NULL;
-    for (;;) {
-        /* A connection that broke since its last use (the server restarted)
-         * is made again before a unit of work begins. */
-        if (PQstatus(c) == CONNECTION_BAD)
+    for (int attempt = 0; attempt < 2; attempt++) {
+        /* Only where a unit of work begins: a connection that broke since
+         * its last use (the server restarted) is made again. Within a
+         * transaction a broken connection fails the unit. */
+        if (retry && PQstatus(c) == CONNECTION_BAD) {
+            if (!may_reset(id, c)) {
+                int rc = mdg_fail(MDG_EIO, "identity database %s: %s: the connection is lost (%s)",
+                                  id->where, what, pg_message(PQerrorMessage(c), buf, sizeof buf));
+                return rc;
+            }
             PQreset(c);
+        }
+        PQclear(r);
         r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
         ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
         if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
@@ -121,12 +146,8 @@ int pg_run(const mdg_identity *id, PGconn *c, const char *sql, int n, const char
                 PQclear(r);
             return 0;
         }
-        if (retry && PQstatus(c) == CONNECTION_BAD) {
-            PQclear(r);
-            retry = false;
-            continue;
-        }
-        break;
+        if (!retry || PQstatus(c) != CONNECTION_BAD)
+            break;
     }
     int rc = mdg_fail(MDG_EIO, "identity database %s: %s: %s", id->where, what,
                       pg_message(r ? PQresultErrorMessage(r) : PQerrorMessage(c), buf, sizeof buf));

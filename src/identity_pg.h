@@ -23,6 +23,7 @@ typedef struct pg_store {
     PGconn *rd, *wr;
     pthread_mutex_t rd_lock, wr_lock;
     char *uri;             /* as given, for new connections */
+    int64_t rd_reset_ms, wr_reset_ms; /* when each was last made again */
     pg_listener *listener; /* mdg_identity_attach's */
 } pg_store;
 
@@ -43,8 +44,9 @@ int pg_connect(const mdg_identity *id, const char *name, PGconn **out);
 /* Run one statement with text parameters (NULL: SQL NULL). 0 when it
  * succeeded; else < 0 with the reason in mdg_last_error(). With out, the
  * result (success or not: its SQLSTATE tells why) is left there for the
- * caller to PQclear. retry: the statement begins a unit of work, so on a
- * connection found broken it may be run again once on a new one. */
+ * caller to PQclear. retry: the statement begins a unit of work, so a
+ * broken connection may be made again first (at most once a second) and
+ * the statement run again once if the connection breaks under it. */
 int pg_run(const mdg_identity *id, PGconn *c, const char *sql, int n, const char *const *params,
            const char *what, bool retry, PGresult **out);
 /* Whether a failed result carries this SQLSTATE. */

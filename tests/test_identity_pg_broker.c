@@ -6,7 +6,7 @@
  *     store in well under the SQLite poll's second;
  *   - the broker's listening connection, ended by the server
  *     (pg_terminate_backend), is made again and revocations made during
- *     and after the outage still arrive;
+ *     and after the outage still arrive; so are its reader and writer;
  *   - the account server confirms invitations into the store;
  *   - the tools end to end: messidge-admin --store URI invite,
  *     messidge confirm, messidge-broker --store URI, messidge call, and a
@@ -41,6 +41,11 @@ static bool has(const char *out, const char *needle)
     if (!ok)
         fprintf(stderr, "  output lacks \"%s\":\n%s\n", needle, out);
     return ok;
+}
+
+static bool has_quiet(const char *out, const char *needle)
+{
+    return strstr(out, needle) != NULL;
 }
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
@@ -125,6 +130,21 @@ static void test_fan_out(const char *uri)
     printf("revocation after the listener came back arrived in %lld ms\n", (long long)took);
     CHECK(took >= 0 && took < PROMISE_MS);
 
+    /* Every reader and writer connection ended by the server (as by a
+     * restart): the next unit of work on each makes it again, so a new
+     * user is registered (admin's writer) and admitted (the broker's
+     * reader, in its ZAP lookup) at once. */
+    char out[32] = "";
+    CHECK(t_pg_exec(uri,
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'messidge' AND datname = current_database()",
+                    out, sizeof out) == 0);
+    CHECK(atoi(out) == 4); /* two handles, a reader and a writer each */
+    mdg_keys *k4 = NULL;
+    mdg_conn *c4 = user_session(admin, b, bkeys, &k4);
+    mdg_conn_destroy(&c4);
+    mdg_keys_destroy(&k4);
+
     /* A revoked key is refused at the next handshake, too. */
     mdg_conn *again = NULL;
     mdg_conn_options co = {.port = mdg_broker_port(b)};
@@ -180,20 +200,33 @@ static void test_account(const char *uri)
 
 static pid_t broker_pid;
 
-static void stop_broker(void)
+/* SIGTERM, and the broker's exit status (-1: killed, or not running). */
+static int stop_broker_status(void)
 {
-    int status;
+    int status = -1;
     if (broker_pid <= 0)
-        return;
+        return -1;
     kill(broker_pid, SIGTERM);
     int64_t deadline = now_ms() + 10000;
-    while (waitpid(broker_pid, &status, WNOHANG) == 0 && now_ms() < deadline)
+    pid_t done = 0;
+    while ((done = waitpid(broker_pid, &status, WNOHANG)) == 0 && now_ms() < deadline)
         usleep(10 * 1000);
+    if (done == broker_pid) {
+        broker_pid = 0;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
     if (waitpid(broker_pid, &status, WNOHANG) == 0) {
         kill(broker_pid, SIGKILL);
         waitpid(broker_pid, &status, 0);
+        status = -1;
     }
     broker_pid = 0;
+    return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void stop_broker(void)
+{
+    stop_broker_status();
 }
 
 static bool read_file(const char *path, char *buf, size_t len)
@@ -269,6 +302,20 @@ static void test_tools(const char *uri)
     CHECK(t_run(out, sizeof out, "%s --store '%s' list", MDG_ADMIN_BIN, uri) == 0);
     CHECK(has(out, "alice@example.com"));
 
+    /* add-node (the broker's key from its prefix), add-user, export-1x */
+    CHECK(t_run(out, sizeof out, "%s --store '%s' --prefix %s add-node divide --port %d",
+                MDG_ADMIN_BIN, uri, bprefix, port) == 0);
+    CHECK(has(out, "node \"divide\" registered") && !has_quiet(out, "BROKER_PK "));
+    CHECK(t_run(out, sizeof out, "%s --store '%s' add-user carol@example.com "
+                "'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE='", MDG_ADMIN_BIN, uri) == 0);
+    CHECK(t_run(out, sizeof out, "%s --store '%s' add-user carol@example.com "
+                "'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE='", MDG_ADMIN_BIN, uri) == 1);
+    CHECK(has(out, "already registered"));
+    CHECK(t_run(out, sizeof out, "%s --store '%s' list", MDG_ADMIN_BIN, uri) == 0);
+    CHECK(has(out, "divide") && has(out, "carol@example.com"));
+    CHECK(t_run(out, sizeof out, "%s --store '%s' export-1x %s/export.sqlite3", MDG_ADMIN_BIN,
+                uri, base) == 0);
+
     /* A live session of alice's, on that broker, ended by messidge-admin. */
     CHECK_RC(mdg_keys_load(&mine, "127.0.0.1", prefix), 0);
     mdg_conn *c = NULL;
@@ -286,7 +333,8 @@ static void test_tools(const char *uri)
                 port) != 0);
     mdg_conn_destroy(&c);
     mdg_keys_destroy(&mine);
-    stop_broker();
+    /* a clean stop: the store's connections closed, nothing leaked */
+    CHECK(stop_broker_status() == 0);
 }
 #endif
 
