@@ -14,14 +14,16 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 DEBS = build-essential cmake pkg-config libzmq3-dev libsodium-dev libcbor-dev \
-       libsqlite3-dev libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev clang libclang-rt-14-dev \
+       libsqlite3-dev libpq-dev libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev clang libclang-rt-14-dev \
        python3-dev
 # What `make bench` needs on top: the NATS baseline (server, C client) and
 # openssl for its TLS certificate.
 BENCH_DEBS = nats-server libnats-dev openssl
 # What `make test` needs on top: the Messidge 1.x interop peers (Python,
-# with Debian's own modules; no PyPI), and pytest for messidge for Python.
-TEST_DEBS = python3 python3-zmq python3-libnacl python3-cbor python3-pytest
+# with Debian's own modules; no PyPI), pytest for messidge for Python, and
+# a PostgreSQL server for the shared identity store's tests (each starts
+# its own, on loopback, in a temporary directory).
+TEST_DEBS = python3 python3-zmq python3-libnacl python3-cbor python3-pytest postgresql
 
 .PHONY: all deps build demo test fuzz install clean bench python
 

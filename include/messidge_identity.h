@@ -32,18 +32,29 @@ extern "C" {
 
 /* ---------------------------------------------------------- identity store */
 
-/* The store: an SQLite database (WAL mode) PATH/identity.sqlite3 in a state
- * directory. Thread-safe: one handle may be used from the broker's loop
- * thread (ZAP) and the account server's thread at once, and several
- * processes (the broker, messidge-admin) may open the same directory.
- * Lookups never wait for a writer. */
+/* The store, in one of two databases with the same tables and meaning:
+ *
+ *   - SQLite (the default): PATH/identity.sqlite3 in a state directory, in
+ *     WAL mode; for one broker and the tools on its host. Lookups never
+ *     wait for a writer.
+ *   - PostgreSQL: a connection URI, postgresql://USER@HOST:PORT/DB (or
+ *     postgres://, with anything libpq's URIs take, such as ?sslmode=),
+ *     for several brokers sharing one store. The tables live in the
+ *     connection's current schema (search_path). A password is best kept
+ *     in ~/.pgpass or PGPASSWORD; messages never show it.
+ *
+ * Thread-safe: one handle may be used from the broker's loop thread (ZAP)
+ * and the account server's thread at once, and several processes (brokers,
+ * messidge-admin) may open the same store. Every function below behaves
+ * alike, with the same error codes and texts, on both. */
 typedef struct mdg_identity mdg_identity;
 
 #define MDG_DEFAULT_STATE_DIR "./messidge-state"
 #define MDG_IDENTITY_DB_FILE "identity.sqlite3"
-/* Current schema version (PRAGMA user_version). Older databases, including
- * the original Messidge 1.x identity.sqlite3 (version 0 with tables users,
- * nodes, pending), are migrated on open; newer ones are refused. */
+/* Current schema version (SQLite: PRAGMA user_version; PostgreSQL: the
+ * table messidge_schema). Older databases, including the original Messidge
+ * 1.x identity.sqlite3 (version 0 with tables users, nodes, pending), are
+ * migrated on open; newer ones are refused. */
 #define MDG_IDENTITY_SCHEMA 1
 
 /* Invitation tokens: 24 random bytes as unpadded URL-safe base64. */
@@ -51,13 +62,31 @@ typedef struct mdg_identity mdg_identity;
 #define MDG_TOKEN_LEN 32
 #define MDG_INVITE_DEFAULT_TTL (7 * 24 * 3600) /* seconds */
 
-/* Open (creating if needed) the store in state_dir; NULL means
- * MDG_DEFAULT_STATE_DIR. The directory (only its last component) is made
- * with mode 0700 and the database file with 0600. Fails with MDG_EIO and
- * a clear text when the path is not a directory, the database is corrupt
- * or not an SQLite file, or it cannot be written (read-only file or
- * directory); MDG_EPROTO when its schema is newer than this library. */
-MDG_EXPORT int mdg_identity_open(mdg_identity **out, const char *state_dir);
+/* Open (creating if needed) the store at location: a state directory
+ * (SQLite; NULL means MDG_DEFAULT_STATE_DIR) or a postgresql:// or
+ * postgres:// URI (PostgreSQL). The same as mdg_identity_open_ex(out,
+ * location, MDG_IDENTITY_CREATE).
+ *
+ * SQLite: the directory (only its last component) is made with mode 0700
+ * and the database file with 0600. Fails with MDG_EIO and a clear text
+ * when the path is not a directory, the database is corrupt or not an
+ * SQLite file, or it cannot be written (read-only file or directory).
+ * PostgreSQL: the database must exist (the tables are made in it); fails
+ * with MDG_EIO and a clear text when the URI is invalid or the server
+ * cannot be reached or refuses. Both: MDG_EPROTO when the schema is newer
+ * than this library. */
+MDG_EXPORT int mdg_identity_open(mdg_identity **out, const char *location);
+
+enum mdg_identity_open_flags {
+    /* Make the store when there is none (SQLite: the directory and the
+     * database file; PostgreSQL: the tables, in the existing database).
+     * Without it a missing store is MDG_ENOENT: a mistyped location should
+     * not make an empty store that admits no one. */
+    MDG_IDENTITY_CREATE = 1u << 0,
+};
+/* Open the store at location (as mdg_identity_open) with flags (enum
+ * mdg_identity_open_flags). */
+MDG_EXPORT int mdg_identity_open_ex(mdg_identity **out, const char *location, unsigned flags);
 /* Close the store. Accepts NULL and a pointer to NULL. */
 MDG_EXPORT void mdg_identity_destroy(mdg_identity **id);
 
@@ -74,11 +103,18 @@ MDG_EXPORT int mdg_identity_role(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTE
 MDG_EXPORT int mdg_identity_auth(const uint8_t pk[MDG_KEY_BYTES], void *identity);
 
 /* Make the store the broker's identity, the usual set-up: the broker's ZAP
- * handler admits keys by mdg_identity_auth, and once a second (on the
- * broker's loop thread) the store is asked what was revoked since, and the
- * sessions of those keys are closed with the reason "key revoked" (their
- * clients are told). Only revocations made after this call count. Before
- * mdg_broker_start / run; id is borrowed and must outlive the broker. */
+ * handler admits keys by mdg_identity_auth, and the sessions of keys
+ * revoked from then on are closed with the reason "key revoked" (their
+ * clients are told), on the broker's loop thread:
+ *   - SQLite: the store is asked once a second what was revoked since;
+ *   - PostgreSQL: a connection of the store's own LISTENs for the NOTIFY
+ *     that every revocation sends, whoever made it, and the broker's loop
+ *     watches it: sessions close within moments. If that connection drops
+ *     it is made again (logged, with backoff) and what was revoked
+ *     meanwhile is read from the store's log. MDG_ESTATE when the store is
+ *     attached already (one broker per handle; open one for each).
+ * Only revocations made after this call count. Before mdg_broker_start /
+ * run; id is borrowed and must outlive the broker. */
 MDG_EXPORT int mdg_identity_attach(mdg_identity *id, mdg_broker *b);
 
 /* Invite a user: store a pending invitation for email (non-empty, at most
@@ -116,7 +152,7 @@ MDG_EXPORT int mdg_identity_add_user(mdg_identity *id, const char *email,
  * key, MDG_ESTATE when it was already revoked. */
 MDG_EXPORT int mdg_identity_revoke(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES]);
 
-/* For a running broker, polled (e.g. every second): calls fn(pk, arg) for
+/* For a running broker (mdg_identity_attach uses it): calls fn(pk, arg) for
  * each revocation recorded after *cursor, in order, then advances *cursor.
  * Start with *cursor = 0 to see every revocation ever made, or pass fn
  * NULL once to move the cursor to the present without calls. fn runs on

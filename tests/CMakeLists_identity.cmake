@@ -29,3 +29,27 @@ if(TARGET messidge-admin AND TARGET messidge_cli)
                    ${CMAKE_CURRENT_SOURCE_DIR}/legacy/peer.py)
   set_tests_properties(test_mixed_demo PROPERTIES TIMEOUT 180)
 endif()
+
+# The same identity tests on PostgreSQL, in a server the test starts
+# (pgserver.c: initdb and postgres as nobody when run as root).
+add_executable(test_identity_pg test_identity.c pgserver.c)
+target_compile_definitions(test_identity_pg PRIVATE MDG_TEST_PG)
+target_link_libraries(test_identity_pg PRIVATE messidge_static)
+target_include_directories(test_identity_pg PRIVATE ${CMAKE_SOURCE_DIR}/src)
+add_test(NAME test_identity_pg COMMAND test_identity_pg)
+set_tests_properties(test_identity_pg PROPERTIES TIMEOUT 180)
+# A PostgreSQL store behind running brokers: revocations by LISTEN/NOTIFY
+# (and after the listening connection is ended), the account server, and
+# the tools end to end with --store URI.
+add_executable(test_identity_pg_broker test_identity_pg_broker.c pgserver.c)
+target_link_libraries(test_identity_pg_broker PRIVATE messidge_static)
+target_include_directories(test_identity_pg_broker PRIVATE ${CMAKE_SOURCE_DIR}/src)
+add_test(NAME test_identity_pg_broker COMMAND test_identity_pg_broker)
+set_tests_properties(test_identity_pg_broker PROPERTIES TIMEOUT 180)
+if(TARGET messidge-broker AND TARGET messidge-admin AND TARGET messidge_cli)
+  add_dependencies(test_identity_pg_broker messidge-broker messidge-admin messidge_cli)
+  target_compile_definitions(test_identity_pg_broker PRIVATE
+    MDG_BROKER_BIN="$<TARGET_FILE:messidge-broker>"
+    MDG_ADMIN_BIN="$<TARGET_FILE:messidge-admin>"
+    MDG_CLI_BIN="$<TARGET_FILE:messidge_cli>")
+endif()

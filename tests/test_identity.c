@@ -2,7 +2,12 @@
  * invitations (single use, expiry), nodes and users, revocation and the
  * revocation cursor, listing, concurrent invites and confirms from many
  * threads and handles, and the clear errors for a corrupt database, a
- * state "directory" that is a file, and a read-only database. */
+ * state "directory" that is a file, and a read-only database.
+ *
+ * Built twice: test_identity runs it on SQLite; test_identity_pg
+ * (MDG_TEST_PG) runs the same body (test_store) on PostgreSQL, in a server
+ * of its own (pgserver.h), with what differs there: the schema made only
+ * when asked, a newer schema refused, and bad or unreachable URIs. */
 #include "messidge_identity.h"
 #include "testutil.h"
 
@@ -16,6 +21,9 @@
 
 #include <sqlite3.h>
 
+#ifdef MDG_TEST_PG
+#include "pgserver.h"
+#else
 static char base[] = "/tmp/mdg-test-identity-XXXXXX";
 
 static void path_in(char *out, size_t len, const char *name)
@@ -33,6 +41,7 @@ static void rm_rf(const char *p)
 {
     nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
+#endif
 
 static void new_key(uint8_t pk[32])
 {
@@ -43,6 +52,7 @@ static void new_key(uint8_t pk[32])
     mdg_keys_destroy(&k);
 }
 
+#ifndef MDG_TEST_PG
 /* user_version of a database file, read with SQLite directly. */
 static int schema_version(const char *db_path)
 {
@@ -71,6 +81,8 @@ static int count_rows(const char *db_path, const char *sql)
     return v;
 }
 
+#endif
+
 static bool last_error_has(const char *needle)
 {
     bool ok = strstr(mdg_last_error(), needle) != NULL;
@@ -80,6 +92,7 @@ static bool last_error_has(const char *needle)
 }
 
 /* ------------------------------------------------------------ open, schema */
+#ifndef MDG_TEST_PG
 
 static void test_open(void)
 {
@@ -191,6 +204,8 @@ static void test_legacy_migration(void)
     CHECK(last_error_has("schema version 99"));
     CHECK(id == NULL);
 }
+
+#endif
 
 /* --------------------------------------------------- invitations, roles */
 
@@ -470,7 +485,18 @@ static void test_concurrency(mdg_identity *id, const char *dir)
     CHECK_RC(mdg_identity_confirm(id, R.invite_tokens[THREADS - 1][INVITES_PER_THREAD - 1], pk), 0);
 }
 
+/* ---------------------------------------------------- both backends alike */
+
+static void test_store(mdg_identity *id, const char *location)
+{
+    test_invitations(id);
+    test_nodes_and_revocation(id);
+    test_concurrency(id, location);
+    test_expiry(id);
+}
+
 /* ------------------------------------------------------------- bad stores */
+#ifndef MDG_TEST_PG
 
 static void test_bad_stores(void)
 {
@@ -587,13 +613,131 @@ int main(void)
         fprintf(stderr, "cannot open the store: %s\n", mdg_last_error());
         return 2;
     }
-    test_invitations(id);
-    test_nodes_and_revocation(id);
-    test_concurrency(id, dir);
-    test_expiry(id);
+    test_store(id, dir);
     mdg_identity_destroy(&id);
     test_bad_stores();
 
     rm_rf(base);
     return t_done("test_identity");
 }
+
+#else /* MDG_TEST_PG */
+
+/* Open, create only when asked, reopen, two handles, a newer schema. */
+static void test_pg_open(const t_pg *pg)
+{
+    char uri[256], out[64];
+    uint8_t pk[32];
+    mdg_identity *id = NULL, *a = NULL, *b = NULL;
+
+    if (t_pg_new_db(pg, "open", uri, sizeof uri) != 0) {
+        CHECK(!"cannot make a database");
+        return;
+    }
+    /* An empty database is not a store: a wrong URI must not become one. */
+    CHECK_RC(mdg_identity_open_ex(&id, uri, 0), MDG_ENOENT);
+    CHECK(last_error_has("no identity store"));
+    CHECK(id == NULL);
+    CHECK(t_pg_exec(uri, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", out,
+                    sizeof out) == 0 &&
+          strcmp(out, "0") == 0);
+    CHECK_RC(mdg_identity_open_ex(&id, uri, MDG_IDENTITY_CREATE), 0);
+    CHECK(t_pg_exec(uri, "SELECT version FROM messidge_schema", out, sizeof out) == 0 &&
+          atoi(out) == MDG_IDENTITY_SCHEMA);
+    new_key(pk);
+    CHECK_RC(mdg_identity_add_user(id, "keep@example.org", pk, NULL), 0);
+    mdg_identity_destroy(&id);
+    for (int i = 0; i < 3; i++) {
+        CHECK_RC(mdg_identity_open_ex(&id, uri, 0), 0);
+        CHECK(mdg_identity_role(id, pk, NULL) == MDG_ROLE_USER);
+        mdg_identity_destroy(&id);
+    }
+    CHECK(t_pg_exec(uri, "SELECT count(*) FROM users", out, sizeof out) == 0 &&
+          strcmp(out, "1") == 0);
+    CHECK_RC(mdg_identity_open(&a, uri), 0);
+    CHECK_RC(mdg_identity_open(&b, uri), 0);
+    CHECK(mdg_identity_role(b, pk, NULL) == MDG_ROLE_USER);
+    mdg_identity_destroy(&a);
+    mdg_identity_destroy(&b);
+
+    /* A schema from the future is refused. */
+    CHECK(t_pg_exec(uri, "UPDATE messidge_schema SET version = 99", NULL, 0) == 0);
+    CHECK_RC(mdg_identity_open(&id, uri), MDG_EPROTO);
+    CHECK(last_error_has("schema version 99"));
+    CHECK(id == NULL);
+}
+
+/* Concurrent first opens with MDG_IDENTITY_CREATE: one makes the tables,
+ * the others wait and find them. */
+static void *opener(void *arg)
+{
+    mdg_identity *id = NULL;
+    intptr_t rc = mdg_identity_open((mdg_identity **)&id, arg);
+    mdg_identity_destroy(&id);
+    return (void *)rc;
+}
+
+static void test_pg_create_race(const t_pg *pg)
+{
+    char uri[256];
+    pthread_t th[4];
+    if (t_pg_new_db(pg, "race", uri, sizeof uri) != 0) {
+        CHECK(!"cannot make a database");
+        return;
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, opener, uri);
+    for (int i = 0; i < 4; i++) {
+        void *rc;
+        pthread_join(th[i], &rc);
+        CHECK((intptr_t)rc == 0);
+    }
+}
+
+static void test_pg_bad(const t_pg *pg)
+{
+    char uri[256];
+    mdg_identity *id = NULL;
+
+    CHECK_RC(mdg_identity_open(&id, "postgresql://[::1/db"), MDG_EIO);
+    CHECK(last_error_has("invalid PostgreSQL connection URI"));
+    CHECK_RC(mdg_identity_open(&id, "postgresql://localhost/db?nosuchoption=1"), MDG_EIO);
+    CHECK(last_error_has("invalid PostgreSQL connection URI"));
+    /* Nothing listens there: refused at once. */
+    snprintf(uri, sizeof uri, "postgresql://messidge@127.0.0.1:%d/x", t_free_port());
+    CHECK_RC(mdg_identity_open(&id, uri), MDG_EIO);
+    CHECK(last_error_has("cannot connect to identity database"));
+    CHECK(last_error_has("127.0.0.1"));
+    /* A database that is not there, and no password shown in messages. */
+    snprintf(uri, sizeof uri, "postgresql://messidge:secret@127.0.0.1:%d/nosuchdb", pg->port);
+    CHECK_RC(mdg_identity_open(&id, uri), MDG_EIO);
+    CHECK(last_error_has("nosuchdb"));
+    CHECK(strstr(mdg_last_error(), "secret") == NULL);
+    CHECK(id == NULL);
+}
+
+int main(void)
+{
+    char uri[256];
+    mdg_identity *id = NULL;
+    t_pg pg;
+
+    t_capture_log();
+    if (t_pg_start(&pg) != 0) {
+        fprintf(stderr, "test_identity_pg: cannot start a PostgreSQL server (see above)\n");
+        return 1;
+    }
+    test_pg_open(&pg);
+    test_pg_create_race(&pg);
+    test_pg_bad(&pg);
+    if (t_pg_new_db(&pg, "main", uri, sizeof uri) != 0 || mdg_identity_open(&id, uri) != 0) {
+        fprintf(stderr, "cannot open the store: %s\n", mdg_last_error());
+        t_pg_stop(&pg);
+        return 1;
+    }
+    test_store(id, uri);
+    mdg_identity_destroy(&id);
+    t_pg_stop(&pg);
+    return t_done("test_identity_pg");
+}
+#endif

@@ -19,6 +19,7 @@
 struct broker_builtin {
     mdg_broker *b;
     _Atomic(mdg_identity *) id; /* NULL until the port is bound */
+    atomic_bool poll;           /* read the revocation log every second */
     int64_t revoke_cursor;      /* loop thread */
     uint8_t (*nodes)[MDG_KEY_BYTES]; /* connected nodes, in joining order */
     size_t n_nodes, cap_nodes;
@@ -44,12 +45,14 @@ static void poll_revocations(mdg_broker *b, void *arg)
 {
     broker_builtin *bb = arg;
     mdg_identity *id = atomic_load(&bb->id);
-    if (id && mdg_identity_revoked_since(id, &bb->revoke_cursor, on_revoked, b) != 0)
+    if (id && atomic_load(&bb->poll) &&
+        mdg_identity_revoked_since(id, &bb->revoke_cursor, on_revoked, b) != 0)
         cli_log(MDG_LOG_WARN, "cannot read revocations: %s", mdg_last_error());
 }
 
-int broker_builtin_set_store(broker_builtin *bb, mdg_identity *id)
+int broker_builtin_set_store(broker_builtin *bb, mdg_identity *id, bool poll)
 {
+    atomic_store(&bb->poll, poll);
     /* revocations before now are the store's past: start after them (the
      * timer reads the cursor only once the store is published) */
     int rc = mdg_identity_revoked_since(id, &bb->revoke_cursor, NULL, NULL);

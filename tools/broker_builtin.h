@@ -2,7 +2,8 @@
  * commands (ping, nodes), the nodes it tracks for `nodes`, and the
  * identity store admitted late: the store is opened only once the port is
  * bound (nothing is written before), so the auth function and the
- * revocation poll take it from here when it comes. */
+ * revocation poll take it from here when it comes. A PostgreSQL store,
+ * opened before the broker starts, is attached to it instead. */
 #ifndef MDG_BROKER_BUILTIN_H
 #define MDG_BROKER_BUILTIN_H
 
@@ -16,8 +17,10 @@ typedef struct broker_builtin broker_builtin;
  * 0 or an MDG_E code. */
 int broker_builtin_new(broker_builtin **out, mdg_broker *b);
 /* Admit the keys of id from now on (any thread; id borrowed, it must
- * outlive the broker). 0 or an MDG_E code. */
-int broker_builtin_set_store(broker_builtin *bb, mdg_identity *id);
+ * outlive the broker); with poll, read its revocations once a second and
+ * close their sessions (without: mdg_identity_attach does, as for a
+ * PostgreSQL store, which tells the broker itself). 0 or an MDG_E code. */
+int broker_builtin_set_store(broker_builtin *bb, mdg_identity *id, bool poll);
 /* After mdg_broker_destroy. */
 void broker_builtin_destroy(broker_builtin **bb);
 

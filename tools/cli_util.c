@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -113,4 +114,10 @@ bool cli_signal_waiter_stop(cli_signal_waiter *w)
         w->started = false;
     }
     return atomic_load(&w->signalled);
+}
+
+bool cli_store_is_uri(const char *location)
+{
+    return location && (strncmp(location, "postgresql://", 13) == 0 ||
+                        strncmp(location, "postgres://", 11) == 0);
 }

@@ -17,6 +17,10 @@ int cli_parse_port(const char *text);
 /* An integer in [lo, hi] from an option, or -1. */
 int cli_parse_int(const char *text, int lo, int hi);
 
+/* Whether an identity store location (--store) is a PostgreSQL
+ * connection URI rather than a state directory (SQLite). */
+bool cli_store_is_uri(const char *location);
+
 /* Write the port (or a pid) to path via a temporary file and rename, so that a script
  * polling for the file never reads it half written. 0 or -1. */
 int cli_write_port_file(const char *path, int port);

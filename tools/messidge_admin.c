@@ -1,14 +1,17 @@
 /* messidge-admin - manage who may connect to a Messidge broker.
  *
- * Works on the identity store in the broker's state directory; it may run
- * while the broker runs (SQLite in WAL mode, one transaction per change).
+ * Works on the broker's identity store: SQLite in its state directory, or
+ * PostgreSQL by connection URI (shared by several brokers); it may run
+ * while brokers run (one transaction per change; a revocation reaches
+ * brokers on PostgreSQL at once, on SQLite within a second).
  *
- *   messidge-admin [--state DIR] invite EMAIL [--ttl SECONDS]
- *   messidge-admin [--state DIR] [--prefix DIR] add-node [NAME] [--port N]
- *   messidge-admin [--state DIR] add-user EMAIL PK_B64
- *   messidge-admin [--state DIR] list
- *   messidge-admin [--state DIR] revoke PK_B64
- *   messidge-admin [--state DIR] export-1x FILE
+ *   messidge-admin [--store DIR|URI] invite EMAIL [--ttl SECONDS]
+ *   messidge-admin [--store DIR|URI] [--prefix DIR] add-node [NAME] [--port N]
+ *   messidge-admin [--store DIR|URI] add-user EMAIL PK_B64
+ *   messidge-admin [--store DIR|URI] list
+ *   messidge-admin [--store DIR|URI] revoke PK_B64
+ *   messidge-admin [--store DIR|URI] export-1x FILE
+ * (--state DIR is the SQLite spelling of --store.)
  */
 #include "messidge.h"
 #include "messidge_identity.h"
@@ -24,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #define DEFAULT_BROKER_KEY "localhost_broker"
@@ -35,8 +37,9 @@ static const char usage_text[] =
     "usage: messidge-admin [OPTIONS] COMMAND [ARGS]\n"
     "\n"
     "Manage who may connect to a Messidge broker: users (invited, then confirmed\n"
-    "with `messidge confirm`), nodes, and revocations. Works on the identity store\n"
-    "in the broker's state directory, also while the broker runs.\n"
+    "with `messidge confirm`), nodes, and revocations. Works on the broker's\n"
+    "identity store (a state directory, or a PostgreSQL database shared by\n"
+    "several brokers), also while brokers run.\n"
     "\n"
     "Commands:\n"
     "  invite EMAIL [--ttl SECONDS]\n"
@@ -59,19 +62,27 @@ static const char usage_text[] =
     "      Show users, nodes (with revocation times) and pending invitations.\n"
     "  revoke PK_B64\n"
     "      Revoke a user or node key. It stays listed, with the time; the\n"
-    "      broker refuses it from then on and ends its live sessions.\n"
+    "      broker refuses it from then on and ends its live sessions (every\n"
+    "      broker of a PostgreSQL store at once; of a state directory, within\n"
+    "      a second).\n"
     "  export-1x FILE\n"
     "      Write the admitted users and nodes to a new SQLite FILE with the\n"
     "      original Python Messidge 1.x schema, for its admin scripts and broker:\n"
     "      opening a 1.x store migrates it, one way. Revoked keys and pending\n"
     "      invitations (only their tokens' hashes are kept) are left out.\n"
+    "      Works from either kind of store; FILE is always SQLite.\n"
     "\n"
     "Options:\n"
-    "  --state DIR       the broker's state directory (default " MDG_DEFAULT_STATE_DIR ")\n"
+    "  --store LOCATION  the broker's identity store: its state directory\n"
+    "                    (default " MDG_DEFAULT_STATE_DIR ") or a PostgreSQL\n"
+    "                    connection URI, postgresql://USER@HOST:PORT/DB (libpq's\n"
+    "                    syntax; a password is best kept in ~/.pgpass)\n"
+    "  --state DIR       the same, for a state directory\n"
     "  --prefix DIR      key directory with the broker's key (default\n"
     "                    $MESSIDGE_PREFIX or ~/.messidge)\n"
     "  --create          make the identity store if there is none yet (else a\n"
-    "                    missing store is an error: wrong --state?)\n"
+    "                    missing store is an error: wrong --store?); with a URI,\n"
+    "                    its tables in an existing database\n"
     "  --help            show this text\n"
     "  --version         print the version and exit\n"
     "\n"
@@ -283,6 +294,7 @@ int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"state", required_argument, NULL, 's'},
+        {"store", required_argument, NULL, 's'},
         {"prefix", required_argument, NULL, 'p'},
         {"ttl", required_argument, NULL, 't'},
         {"location", required_argument, NULL, 'l'},
@@ -337,20 +349,17 @@ int main(int argc, char **argv)
         strcmp(cmd, "list") && strcmp(cmd, "revoke") && strcmp(cmd, "export-1x"))
         return usage_error("unknown command \"%s\"", cmd);
 
-    /* Opening makes a store where there is none: in the wrong directory
-     * that would hide the broker's real one, so only on request. */
-    char db[PATH_MAX];
-    struct stat st;
-    snprintf(db, sizeof db, "%s/%s", o.state ? o.state : MDG_DEFAULT_STATE_DIR,
-             MDG_IDENTITY_DB_FILE);
-    if (!o.create && stat(db, &st) != 0) {
+    /* Opening makes a store where there is none: in the wrong place that
+     * would hide the broker's real one, so only on request. */
+    rc = mdg_identity_open_ex(&id, o.state, o.create ? MDG_IDENTITY_CREATE : 0);
+    if (rc == MDG_ENOENT) {
         fprintf(stderr,
-                "messidge-admin: no identity store at %s: pass the broker's --state DIR "
+                "messidge-admin: %s: pass the broker's --store DIR or URI "
                 "(or --create to make a new one)\n",
-                db);
+                mdg_last_error());
         return 1;
     }
-    if ((rc = mdg_identity_open(&id, o.state)) != 0)
+    if (rc != 0)
         return fail("cannot open the identity store", rc);
     char **args = argv + optind + 1;
     if (strcmp(cmd, "invite") == 0)

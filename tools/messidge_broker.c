@@ -5,7 +5,10 @@
  * program a new user runs first.
  *
  * Nothing is written before the port is bound: a broker that cannot start
- * (port taken, mistyped --state) leaves no new key files nor store. */
+ * (port taken, mistyped --state) leaves no new key files nor store. A
+ * PostgreSQL store (--store postgresql://...) is opened before the broker
+ * starts instead, to attach it: revocations made anywhere reach this
+ * broker's sessions through LISTEN/NOTIFY (mdg_identity_attach). */
 #include "messidge.h"
 #include "messidge_identity.h"
 
@@ -44,9 +47,14 @@ static void usage(FILE *out)
             "  -k, --key NAME        broker key pair name (default localhost_broker);\n"
             "                        made and saved on first run\n"
             "  -P, --prefix DIR      key directory (default $MESSIDGE_PREFIX or ~/.messidge)\n"
-            "  -s, --state DIR       identity store directory (default ./messidge-state);\n"
-            "                        it must exist (see messidge-admin) unless --create\n"
-            "      --create          make the identity store if there is none yet\n"
+            "  -s, --store LOCATION  the identity store: a state directory (SQLite; default\n"
+            "                        ./messidge-state) or a PostgreSQL connection URI\n"
+            "                        (postgresql://USER@HOST:PORT/DB, libpq's syntax), which\n"
+            "                        several brokers may share; it must exist (see\n"
+            "                        messidge-admin) unless --create\n"
+            "      --state DIR       the same, for a state directory\n"
+            "      --create          make the identity store if there is none yet (with a\n"
+            "                        URI: its tables, in an existing database)\n"
             "      --account-port N  account server port (default base port + 1; 0 = free)\n"
             "      --no-accounts     do not run the account server\n"
             "      --legacy-port N   also admit unmodified Messidge 1.x (Python) users and\n"
@@ -129,6 +137,7 @@ int main(int argc, char **argv)
         {"key", required_argument, NULL, 'k'},
         {"prefix", required_argument, NULL, 'P'},
         {"state", required_argument, NULL, 's'},
+        {"store", required_argument, NULL, 's'},
         {"create", no_argument, NULL, OPT_CREATE},
         {"syslog", no_argument, NULL, OPT_SYSLOG},
         {"metrics-port", required_argument, NULL, OPT_METRICS_PORT},
@@ -229,10 +238,11 @@ int main(int argc, char **argv)
 
     /* A mistyped --state would make an empty store that refuses every
      * client: only with --create (as messidge-admin). */
+    bool shared = cli_store_is_uri(state);
     char db[4096];
     struct stat st;
     snprintf(db, sizeof db, "%s/%s", state ? state : MDG_DEFAULT_STATE_DIR, MDG_IDENTITY_DB_FILE);
-    if (!create && stat(db, &st) != 0) {
+    if (!shared && !create && stat(db, &st) != 0) {
         cli_log(MDG_LOG_ERROR, "no identity store at %s: pass the right --state DIR (or --create to make a new one)",
                 db);
         goto out;
@@ -260,12 +270,26 @@ int main(int argc, char **argv)
         fail("cannot make the broker", rc);
         goto out;
     }
+    /* A shared store is attached before the broker runs (its listening
+     * connection joins the broker's loop); it writes nothing locally. */
+    if (shared && (rc = mdg_identity_open_ex(&id, state, create ? MDG_IDENTITY_CREATE : 0))) {
+        if (rc == MDG_ENOENT)
+            cli_log(MDG_LOG_ERROR, "%s: pass the right --store URI (or --create to make the store there)",
+                    mdg_last_error());
+        else
+            fail("cannot open the identity store", rc);
+        goto out;
+    }
+    if (shared && ((rc = broker_builtin_set_store(bb, id, false)) || (rc = mdg_identity_attach(id, b)))) {
+        fail("cannot attach the identity store", rc);
+        goto out;
+    }
     if ((rc = mdg_broker_start(b))) {
         fail("cannot start the broker", rc);
         goto out;
     }
     /* bound: now the store and the keys may be written */
-    if ((rc = mdg_identity_open(&id, state)) || (rc = broker_builtin_set_store(bb, id))) {
+    if (!shared && ((rc = mdg_identity_open(&id, state)) || (rc = broker_builtin_set_store(bb, id, true)))) {
         fail("cannot open the identity store", rc);
         goto out;
     }

@@ -204,7 +204,7 @@ PyTypeObject mdgpy_IdentityType = {
     .tp_basicsize = sizeof(mdgpy_identity),
     .tp_dealloc = (destructor)identity_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Identity(state_dir=None): the identity store (SQLite) of a broker.",
+    .tp_doc = "Identity(state_dir=None): the identity store of a broker (a state directory, SQLite, or a postgresql:// URI).",
     .tp_methods = identity_methods,
     .tp_init = (initproc)identity_init,
     .tp_new = PyType_GenericNew,

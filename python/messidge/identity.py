@@ -2,7 +2,9 @@
 
 The original Python Messidge's Identity, Authenticate and
 AccountConfirmationServer, on libmessidge's identity store (an SQLite
-database, STATE_DIR/identity.sqlite3, the one `messidge-admin` edits):
+database, STATE_DIR/identity.sqlite3, or a PostgreSQL one that several
+brokers share, given as a postgresql:// URI: the one `messidge-admin`
+edits):
 
     identity = Identity('./messidge-state')
     token = identity.invite('someone@example.com')   # single use, expires
@@ -22,7 +24,8 @@ AccountServer = _core.AccountServer
 
 
 class Identity(_core.Identity):
-    """Identity(state_dir=None): open (creating) the store; None means ./messidge-state."""
+    """Identity(state_dir=None): open (creating) the store in a state directory
+    or a postgresql:// URI; None means ./messidge-state."""
 
     def role(self, pk):
         """(ROLE_USER / ROLE_NODE / ROLE_NONE, config JSON text or None) of a key."""
