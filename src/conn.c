@@ -487,9 +487,9 @@ static int drive_wait(mdg_conn *c, pending *pd, int64_t deadline, bool leader)
             else
                 conn_defer(c, &in);
             mdg_inbound_close(&in);
+            if (leader && c->def_head)
+                return 1; /* the rest is the loop thread's, read in place */
         }
-        if (leader && c->def_head)
-            return 1;
     }
     return 0;
 }
@@ -500,9 +500,14 @@ static int drive_wait(mdg_conn *c, pending *pd, int64_t deadline, bool leader)
  * condition variable to hand the reply over are the two thread hand-offs
  * it saves. Only when all is quiet: a session, no message kept for the
  * loop thread, room in the queue. */
+/* How long a caller waits for the loop thread to end its turn: a turn is a
+ * few microseconds; a caller that waited in vain is sent at that turn's
+ * end anyway, as the loop thread flushes the queue then. */
+#define LEAD_WAIT_US 100
+
 static bool lead_begin(mdg_conn *c)
 {
-    if (conn_on_loop_thread(c) || !c->thread_started || !mdg_loop_lead(c->loop))
+    if (conn_on_loop_thread(c) || !c->thread_started || !mdg_loop_lead(c->loop, LEAD_WAIT_US))
         return false;
     pthread_mutex_lock(&c->lock);
     bool quiet = c->state == C_READY && !c->closing && !c->fail_err &&

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -395,9 +396,20 @@ static zmq_pollitem_t *find_socket(mdg_loop *l, void *socket)
     return NULL;
 }
 
-bool mdg_loop_lead(mdg_loop *l)
+bool mdg_loop_lead(mdg_loop *l, long wait_us)
 {
-    return l->lock && pthread_mutex_trylock(l->lock) == 0;
+    if (!l->lock)
+        return false;
+    if (pthread_mutex_trylock(l->lock) == 0)
+        return true;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += wait_us * 1000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    return pthread_mutex_timedlock(l->lock, &until) == 0;
 }
 
 bool mdg_loop_lead_serve(mdg_loop *l, void *socket)

@@ -52,8 +52,9 @@ bool mdg_loop_stopping(mdg_loop *loop);
  * sleeps in poll; whoever holds it may use the loop's sockets and state.
  * Before mdg_loop_run. */
 int mdg_loop_share(mdg_loop *loop, pthread_mutex_t *lock);
-/* Take the lead if the loop thread sleeps (never waits): true if taken. */
-bool mdg_loop_lead(mdg_loop *loop);
+/* Take the lead if the loop thread sleeps, or goes to sleep within
+ * wait_us (the end of a short turn): true if taken. */
+bool mdg_loop_lead(mdg_loop *loop, long wait_us);
 /* The leader serves socket (one of the loop's watches): the loop thread no
  * longer wakes for it until mdg_loop_lead_end. False if it cannot. */
 bool mdg_loop_lead_serve(mdg_loop *loop, void *socket);
