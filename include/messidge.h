@@ -579,7 +579,9 @@ MDG_EXPORT int mdg_conn_send_cb(mdg_conn *c, const char *command, mdg_params *pa
  * *reply is the caller's (mdg_msg_destroy). When the handler failed the
  * message the result is MDG_EREMOTE, *reply is NULL and mdg_last_error()
  * holds the remote text. Safe from any thread, including inside handlers
- * and reply callbacks. */
+ * and reply callbacks. From another thread, while the loop thread has
+ * nothing to do, the caller sends and reads its reply on the socket itself
+ * (faster); handlers and callbacks still run only on the loop thread. */
 MDG_EXPORT int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
                              size_t bulk_len, int timeout_ms, mdg_msg **reply);
 
