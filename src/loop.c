@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -432,22 +433,37 @@ int mdg_loop_lead_poll(mdg_loop *l, void *socket, long timeout_ms)
     bool capped = next > 0 && (timeout_ms < 0 || next <= timeout_ms);
     if (capped)
         timeout_ms = next;
-    if (zmq_poll(l->items, l->nitems, timeout_ms) < 0)
-        return errno == EINTR ? 0 : mdg_fail(MDG_ESYS, "zmq_poll: %s", zmq_strerror(errno));
+    /* poll() over the watches' fds, not zmq_poll: only the led socket was
+     * used since the loop thread slept, so only its ZMQ_EVENTS can hold
+     * what its fd no longer signals; the others' fds say when to look */
+    struct pollfd pfd[8];
+    int n = l->nitems < 8 ? l->nitems : 8, led = -1;
+    for (int i = 0; i < n; i++) {
+        pfd[i] = (struct pollfd){.fd = l->items[i].fd, .events = POLLIN};
+        if (l->items[i].socket == socket)
+            led = i;
+        else if (!l->items[i].socket)
+            pfd[i].events = (short)((l->items[i].events & ZMQ_POLLIN ? POLLIN : 0) |
+                                    (l->items[i].events & ZMQ_POLLOUT ? POLLOUT : 0));
+    }
+    if (led < 0 || n < l->nitems)
+        return 2; /* not a loop this was made for: the loop thread serves it */
+    if (zmq_events(socket) & l->items[led].events)
+        return 1;
+    if (poll(pfd, (nfds_t)n, (int)timeout_ms) < 0)
+        return errno == EINTR ? 0 : mdg_fail(MDG_ESYS, "poll: %s", strerror(errno));
     int ready = 0;
-    for (int i = 0; i < l->nitems; i++) {
-        if (!l->items[i].revents)
+    for (int i = 0; i < n; i++) {
+        if (!pfd[i].revents)
             continue;
-        if (l->items[i].socket != socket || !socket)
+        if (i != led)
             ready = 2; /* its wake-up or another watch: the loop thread's to serve */
-        else if (!ready)
+        else if (!ready && (zmq_events(socket) & l->items[led].events))
             ready = 1;
     }
     if (!ready && capped && next_timeout(l, mdg_now_ms()) == 0)
         ready = 2;
-    /* zmq_poll read the other sockets' ZMQ_EVENTS, which may have taken
-     * the signal on their fds the sleeping loop thread waits for */
-    if (ready == 2)
+    if (ready == 2) /* the loop thread must look, and may not have been woken */
         l->wake_after_lead = true;
     return ready;
 }
