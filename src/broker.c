@@ -432,6 +432,7 @@ static int bind_sockets(mdg_broker *b)
         return mdg_fail(MDG_ESYS, "cannot bind the ZAP handler: %s", zmq_strerror(errno));
     if ((rc = mdg_loop_watch(b->loop, b->zap, -1, ZMQ_POLLIN, broker_on_zap, b)))
         return rc;
+    mdg_loop_set_quiet(b->loop, b->zap); /* broker_on_zap reads it dry */
     for (int i = 0; i < BROKER_LISTENERS; i++)
         if (b->listeners[i].on && (rc = b->listeners[i].ops->bind(b, &b->listeners[i])))
             return rc;

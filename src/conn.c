@@ -288,8 +288,7 @@ int mdg_conn_start(mdg_conn *c)
         return rc;
     mdg_loop_on_wake(c->loop, on_wake, c);
     mdg_loop_on_turn(c->loop, on_turn, c);
-    if ((rc = mdg_loop_share(c->loop, &c->drive)) != 0)
-        return rc;
+    mdg_loop_share(c->loop, &c->drive);
     if (mdg_loop_timer(c->loop, c->opts.heartbeat_ms, true, conn_on_keepalive, c) < 0)
         return mdg_fail(MDG_ENOMEM, "no room for the keepalive timer");
     c->state = C_CONNECTING;
@@ -530,8 +529,9 @@ static void lead_end(mdg_conn *c)
     leading = NULL;
     int events = 0;
     size_t len = sizeof events;
+    short wanted = (short)(ZMQ_POLLIN | (c->pollout ? ZMQ_POLLOUT : 0));
     bool left = c->def_head || c->rx_frames.n ||
-                (c->sock && zmq_getsockopt(c->sock, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN));
+                (c->sock && zmq_getsockopt(c->sock, ZMQ_EVENTS, &events, &len) == 0 && (events & wanted));
     mdg_loop_lead_end(c->loop, left);
 }
 

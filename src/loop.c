@@ -1,12 +1,16 @@
-/* loop.c - a small reactor over zmq_poll. The wake-up is an eventfd that
- * zmq_poll watches like any other fd, so another thread (or a signal
- * handler) can interrupt the poll without a ZMQ socket of its own.
+/* loop.c - a small reactor over epoll. It sleeps on the watched fds and
+ * the ZMQ sockets' ZMQ_FDs, and reads a socket's ZMQ_EVENTS (what
+ * zmq_poll does) only where it may have changed: after its fd signalled,
+ * or before sleeping for a socket the turn may have used (a ZMQ_FD does
+ * not signal again what an operation on the socket already took in). The
+ * wake-up is an eventfd watched like any other fd, so another thread (or
+ * a signal handler) can interrupt the wait without a ZMQ socket of its
+ * own.
  *
  * A shared loop (mdg_loop_share) lets another thread lead it while it
- * sleeps: the loop thread holds the lock but while it polls, and polls the
- * sockets' ZMQ_FDs as plain fds, reading ZMQ_EVENTS only under the lock
- * (a ZMQ socket is used by one thread at a time; zmq_poll would read
- * ZMQ_EVENTS while a leader uses the socket). */
+ * sleeps: the loop thread holds the lock but while it sleeps in
+ * epoll_wait, and reads ZMQ_EVENTS only under the lock (a ZMQ socket is
+ * used by one thread at a time). */
 #include "loop.h"
 
 #include "internal.h"
@@ -25,6 +29,7 @@
 typedef struct watch {
     mdg_loop_fn fn;
     void *arg;
+    bool quiet; /* used only by its callback, which reads it dry */
 } watch;
 
 typedef struct timer {
@@ -42,7 +47,7 @@ typedef struct timer {
  * while the loop walks them, so the walks index the arrays afresh at each
  * step and never hold a pointer across a callback. */
 struct mdg_loop {
-    zmq_pollitem_t *items; /* what zmq_poll takes; [0] is the wake-up fd */
+    zmq_pollitem_t *items; /* [0] is the wake-up fd; a socket's fd is its ZMQ_FD */
     watch *watches;        /* watches[i] serves items[i] */
     int nitems, items_cap;
     timer *timers;
@@ -57,9 +62,9 @@ struct mdg_loop {
     mdg_loop_fn turn_fn;
     void *turn_arg;
     bool changed; /* the watch list changed during dispatch: re-poll */
+    int epfd; /* what the loop thread sleeps in (without the lock) */
     /* shared loops only */
     pthread_mutex_t *lock;
-    int epfd; /* what the loop thread sleeps in, without the lock */
     void *led;            /* the socket a leader serves (muted in epfd) */
     int64_t sleeps_until; /* when the loop thread's poll times out; -1: never */
     bool wake_after_lead; /* a leader made a timer due before that, or saw
@@ -74,9 +79,9 @@ static int grown(int cap)
 
 static int epoll_set(mdg_loop *l, int op, const zmq_pollitem_t *it, bool muted);
 
-/* A shared loop watches its items with epoll (socket items by their
- * ZMQ_FD, kept in the item's unused fd). */
-static int share_item(mdg_loop *l, zmq_pollitem_t *it)
+/* Watch an item with epoll (a socket by its ZMQ_FD, kept in the item's
+ * fd, which zmq_pollitem_t leaves unused for sockets). */
+static int epoll_add(mdg_loop *l, zmq_pollitem_t *it)
 {
     if (it->socket) {
         size_t len = sizeof it->fd;
@@ -101,9 +106,9 @@ int mdg_loop_watch(mdg_loop *l, void *socket, int fd, short events, mdg_loop_fn 
         l->items_cap = cap;
     }
     l->items[l->nitems] = (zmq_pollitem_t){.socket = socket, .fd = fd, .events = events};
-    if (l->lock && share_item(l, &l->items[l->nitems]) != 0)
+    if (epoll_add(l, &l->items[l->nitems]) != 0)
         return MDG_ESYS;
-    l->watches[l->nitems] = (watch){fn, arg};
+    l->watches[l->nitems] = (watch){fn, arg, false};
     l->nitems++;
     return 0;
 }
@@ -113,10 +118,10 @@ mdg_loop *mdg_loop_new(void)
     mdg_loop *l = calloc(1, sizeof *l);
     if (!l)
         return NULL;
-    l->epfd = -1;
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
     l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     /* items[0]: the wake-up, served by mdg_loop_run itself */
-    if (l->wake_fd < 0 || mdg_loop_watch(l, NULL, l->wake_fd, ZMQ_POLLIN, NULL, NULL)) {
+    if (l->epfd < 0 || l->wake_fd < 0 || mdg_loop_watch(l, NULL, l->wake_fd, ZMQ_POLLIN, NULL, NULL)) {
         mdg_loop_destroy(&l);
         return NULL;
     }
@@ -144,8 +149,7 @@ void mdg_loop_unwatch(mdg_loop *l, void *socket, int fd)
     for (int i = 1; i < l->nitems; i++) {
         if (l->items[i].socket != socket || (!socket && l->items[i].fd != fd))
             continue;
-        if (l->lock)
-            epoll_ctl(l->epfd, EPOLL_CTL_DEL, l->items[i].fd, NULL);
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, l->items[i].fd, NULL);
         memmove(&l->items[i], &l->items[i + 1], (size_t)(l->nitems - i - 1) * sizeof l->items[0]);
         memmove(&l->watches[i], &l->watches[i + 1], (size_t)(l->nitems - i - 1) * sizeof l->watches[0]);
         l->nitems--;
@@ -159,7 +163,7 @@ void mdg_loop_set_events(mdg_loop *l, void *socket, int fd, short events)
     for (int i = 1; i < l->nitems; i++)
         if (l->items[i].socket == socket && (socket || l->items[i].fd == fd)) {
             l->items[i].events = events;
-            if (l->lock && !socket)
+            if (!socket)
                 epoll_set(l, EPOLL_CTL_MOD, &l->items[i], false);
         }
 }
@@ -300,44 +304,64 @@ static int epoll_set(mdg_loop *l, int op, const zmq_pollitem_t *it, bool muted)
     return epoll_ctl(l->epfd, op, it->fd, &ev);
 }
 
-int mdg_loop_share(mdg_loop *l, pthread_mutex_t *lock)
+void mdg_loop_share(mdg_loop *l, pthread_mutex_t *lock)
 {
-    if ((l->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
-        return mdg_fail(MDG_ESYS, "epoll_create1: %s", strerror(errno));
     l->lock = lock;
-    for (int i = 0; i < l->nitems; i++)
-        if (share_item(l, &l->items[i]) != 0)
-            return mdg_fail(MDG_ESYS, "cannot watch an fd: %s", strerror(errno));
-    return 0;
 }
 
-/* A shared loop's poll: what zmq_poll does, with the lock released only
- * while the loop thread sleeps in epoll_wait. Called and returns with it
- * held. */
-static int shared_poll(mdg_loop *l, long timeout)
+void mdg_loop_set_quiet(mdg_loop *l, void *socket)
 {
     for (int i = 1; i < l->nitems; i++)
-        if (l->items[i].socket && (zmq_events(l->items[i].socket) & l->items[i].events))
-            timeout = 0; /* ready already: its fd may never signal it */
+        if (l->items[i].socket == socket)
+            l->watches[i].quiet = true;
+}
+
+static bool fired(const struct epoll_event *evs, int n, int fd)
+{
+    for (int k = 0; k < n; k++)
+        if (evs[k].data.fd == fd)
+            return true;
+    return false;
+}
+
+/* Wait for events (what zmq_poll does), the lock of a shared loop released
+ * only while sleeping in epoll_wait; the items' revents are set. */
+static int wait_events(mdg_loop *l, long timeout)
+{
+    /* a socket the turn may have used can hold what its fd will not
+     * signal again: look before sleeping (revents marks it to look again) */
+    for (int i = 1; i < l->nitems; i++) {
+        zmq_pollitem_t *it = &l->items[i];
+        it->revents = 0;
+        if (it->socket && !l->watches[i].quiet && (zmq_events(it->socket) & it->events)) {
+            it->revents = 1;
+            timeout = 0;
+        }
+    }
     l->sleeps_until = timeout < 0 ? -1 : mdg_now_ms() + timeout;
     l->wake_after_lead = false;
     struct epoll_event evs[16];
-    pthread_mutex_unlock(l->lock);
+    if (l->lock)
+        pthread_mutex_unlock(l->lock);
     int n = epoll_wait(l->epfd, evs, 16, (int)timeout);
     int err = errno;
-    pthread_mutex_lock(l->lock);
+    if (l->lock)
+        pthread_mutex_lock(l->lock);
     if (n < 0) {
         errno = err;
         return -1;
     }
-    /* a leader may have changed the watches meanwhile: read what is there now */
+    /* A leader may have used any socket meanwhile (and it wakes the loop
+     * thread when it gives the lead back): then look at them all. */
+    bool led = l->lock && fired(evs, n, l->wake_fd);
     int ready = 0;
     for (int i = 0; i < l->nitems; i++) {
         zmq_pollitem_t *it = &l->items[i];
-        it->revents = 0;
         if (it->socket) {
-            it->revents = (short)(zmq_events(it->socket) & it->events);
+            bool look = it->revents || led || fired(evs, n, it->fd);
+            it->revents = look ? (short)(zmq_events(it->socket) & it->events) : 0;
         } else {
+            it->revents = 0;
             for (int k = 0; k < n; k++)
                 if (evs[k].data.fd == it->fd)
                     it->revents = (short)(((evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ? ZMQ_POLLIN : 0) |
@@ -356,7 +380,7 @@ int mdg_loop_run(mdg_loop *l)
     int rc = 0;
     while (!l->stop) {
         long timeout = next_timeout(l, mdg_now_ms());
-        int n = l->lock ? shared_poll(l, timeout) : zmq_poll(l->items, l->nitems, timeout);
+        int n = wait_events(l, timeout);
         if (n < 0) {
             if (errno == EINTR)
                 continue;

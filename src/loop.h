@@ -1,4 +1,4 @@
-/* loop.h - the event loop: zmq_poll over sockets and fds, timers, and a
+/* loop.h - the event loop: epoll over sockets and fds, timers, and a
  * wake-up that other threads (and signal handlers) can trigger. One loop
  * per broker or connection, run by one thread. */
 #ifndef MDG_LOOP_H
@@ -23,6 +23,10 @@ void mdg_loop_destroy(mdg_loop **loop);
 
 /* Watch a zmq socket (fd < 0) or a file descriptor for ZMQ_POLLIN/OUT. */
 int mdg_loop_watch(mdg_loop *loop, void *socket, int fd, short events, mdg_loop_fn fn, void *arg);
+/* The socket is used only by its callback, which reads it until it has
+ * nothing (a monitor, a ZAP handler): the loop reads its ZMQ_EVENTS only
+ * when its fd signals, not before every sleep. */
+void mdg_loop_set_quiet(mdg_loop *loop, void *socket);
 /* Stop watching a socket / fd (before closing it). */
 void mdg_loop_unwatch(mdg_loop *loop, void *socket, int fd);
 /* Change the events watched on a socket / fd. */
@@ -51,7 +55,7 @@ bool mdg_loop_stopping(mdg_loop *loop);
  * two thread hand-offs). The loop thread then holds lock but while it
  * sleeps in poll; whoever holds it may use the loop's sockets and state.
  * Before mdg_loop_run. */
-int mdg_loop_share(mdg_loop *loop, pthread_mutex_t *lock);
+void mdg_loop_share(mdg_loop *loop, pthread_mutex_t *lock);
 /* Take the lead if the loop thread sleeps, or goes to sleep within
  * wait_us (the end of a short turn): true if taken. */
 bool mdg_loop_lead(mdg_loop *loop, long wait_us);
