@@ -1,0 +1,422 @@
+/* test_fleet.c - brokers in a fleet over NATS (docs/fleet.md): a user of
+ * broker A calls a node of broker B as if it were local. Each run starts
+ * its own nats-server on loopback (natsserver.c) and two brokers in this
+ * process.
+ *   - the guide's divide node: 10/5 = 2.0, and its error reflected
+ *   - the node sees the same provenance as from a user of its own broker
+ *   - a stream of 10,000 replies, in order, none lost
+ *   - nats-server restarted mid-stream: nothing lost, nothing doubled
+ *   - a NATS client that is not a broker (garbage, forged, unknown key)
+ *     is refused and logged, and the fleet goes on
+ *   - a node that leaves B leaves A's offers and node list; a broker
+ *     that leaves takes its nodes with it */
+#include "natsserver.h"
+#include "testutil.h"
+
+#include <nats/nats.h>
+#include <sodium.h>
+
+#define STREAM_PARTS 10000
+
+/* -------------------------------------------------------------- the node */
+
+static void h_whoami(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
+    const uint8_t *v;
+    size_t len;
+    if (mdg_params_get_bytes(mdg_msg_params(m), "user", &v, &len) == 0)
+        mdg_params_set_bytes(r, "user", v, len);
+    if (mdg_params_get_bytes(mdg_msg_params(m), "session", &v, &len) == 0)
+        mdg_params_set_bytes(r, "session", v, len);
+    mdg_params_set_int(r, "count", (int64_t)mdg_params_count(mdg_msg_params(m)));
+    mdg_params_set_bool(r, "saw_node", mdg_params_has(mdg_msg_params(m), "node"));
+    mdg_msg_reply(m, r, NULL, 0);
+}
+
+typedef struct stream_job {
+    mdg_msg *m;
+    int64_t n, pace_us;
+} stream_job;
+
+/* n replies numbered by "i" from another thread, the last one final;
+ * pace_us between replies (a stream that lasts a while). */
+static void *stream_thread(void *arg)
+{
+    stream_job *j = arg;
+    for (int64_t i = 0; i < j->n; i++) {
+        mdg_params *r = mdg_params_new();
+        mdg_params_set_int(r, "i", i);
+        if (i + 1 < j->n)
+            mdg_msg_reply_more(j->m, r, NULL, 0);
+        else
+            mdg_msg_reply(j->m, r, NULL, 0);
+        if (j->pace_us)
+            usleep((useconds_t)j->pace_us);
+    }
+    mdg_msg_destroy(&j->m);
+    free(j);
+    return NULL;
+}
+
+static void h_stream(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    stream_job *j = calloc(1, sizeof *j);
+    j->n = STREAM_PARTS;
+    mdg_params_get_int(mdg_msg_params(m), "n", &j->n);
+    mdg_params_get_int(mdg_msg_params(m), "pace_us", &j->pace_us);
+    j->m = mdg_msg_keep(m);
+    pthread_t t;
+    pthread_create(&t, NULL, stream_thread, j);
+    pthread_detach(t);
+}
+
+static const mdg_cmd node_cmds[] = {
+    {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
+    {"whoami", h_whoami, NULL, MDG_CMD_NEEDS_REPLY},
+    {"stream", h_stream, NULL, MDG_CMD_NEEDS_REPLY},
+    MDG_CMD_END,
+};
+
+/* ------------------------------------------------------------ the brokers */
+
+/* A broker command: how many nodes it routes to, and whether pk is one. */
+static void count_node(const uint8_t pk[MDG_KEY_BYTES], bool local, void *arg)
+{
+    (void)local;
+    mdg_params *r = arg;
+    char b64[MDG_KEY_B64_LEN + 1];
+    mdg_pk_to_b64(pk, b64);
+    mdg_params_set_bool(r, b64, true);
+}
+
+static void h_fleet_nodes(mdg_msg *m, void *arg)
+{
+    mdg_broker *b = *(mdg_broker **)arg;
+    mdg_params *r = mdg_params_new();
+    mdg_broker_each_node(b, count_node, r);
+    mdg_msg_reply(m, r, NULL, 0);
+}
+
+static const mdg_cmd broker_cmds[] = {
+    {"fleet_nodes", h_fleet_nodes, NULL, MDG_CMD_NEEDS_REPLY},
+    MDG_CMD_END,
+};
+
+typedef struct side {
+    mdg_keys *keys;
+    mdg_broker *b;
+} side;
+
+static void make_broker(side *s, const char *url, const uint8_t *node_pk)
+{
+    mdg_broker_options o = {.bind_address = "127.0.0.1", .port = 0};
+    mdg_fleet_options fo = {.url = url, .name = "test-fleet", .beat_ms = 100, .silence_ms = 5000};
+    if (mdg_broker_new(&s->b, s->keys, &o) || mdg_broker_join_fleet(s->b, &fo) ||
+        mdg_broker_set_commands(s->b, broker_cmds, &s->b) || mdg_broker_allow_any(s->b) ||
+        (node_pk && mdg_broker_allow(s->b, node_pk, MDG_ROLE_NODE))) {
+        fprintf(stderr, "cannot make a broker: %s\n", mdg_last_error());
+        exit(2);
+    }
+}
+
+static void start_broker(side *s)
+{
+    if (mdg_broker_start(s->b)) {
+        fprintf(stderr, "cannot start a broker: %s\n", mdg_last_error());
+        exit(2);
+    }
+}
+
+static mdg_params *to_node(const uint8_t *pk)
+{
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_bytes(p, "node", pk, MDG_KEY_BYTES);
+    return p;
+}
+
+/* Whether broker s lists node pk (asked through user u of it). */
+static bool lists_node(mdg_conn *u, const uint8_t *pk)
+{
+    mdg_msg *r = NULL;
+    char b64[MDG_KEY_B64_LEN + 1];
+    mdg_pk_to_b64(pk, b64);
+    if (mdg_conn_call(u, "fleet_nodes", NULL, NULL, 0, 5000, &r) != 0)
+        return false;
+    bool has = mdg_params_has(mdg_msg_params(r), b64);
+    mdg_msg_destroy(&r);
+    return has;
+}
+
+#define WAIT_UNTIL(cond, ms)                                      \
+    do {                                                          \
+        for (int64_t w_until = now_ms() + (ms); !(cond) && now_ms() < w_until;) \
+            usleep(20000);                                        \
+    } while (0)
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---------------------------------------------------------------- offers */
+
+typedef struct offer_seen {
+    pthread_mutex_t lock;
+    atomic_int got;
+    bool has_node;
+    const uint8_t *node;
+} offer_seen;
+
+static void h_offer(mdg_msg *m, void *arg)
+{
+    offer_seen *o = arg;
+    cbor_item_t *list = mdg_params_get(mdg_msg_params(m), "nodes");
+    bool has = false;
+    for (size_t i = 0; list && cbor_isa_array(list) && i < cbor_array_size(list); i++) {
+        cbor_item_t *b = cbor_array_handle(list)[i];
+        if (cbor_isa_bytestring(b) && cbor_bytestring_length(b) == 32 &&
+            memcmp(cbor_bytestring_handle(b), o->node, 32) == 0)
+            has = true;
+    }
+    pthread_mutex_lock(&o->lock);
+    o->has_node = has;
+    pthread_mutex_unlock(&o->lock);
+    atomic_store(&o->got, 1);
+}
+
+static const mdg_cmd user_cmds[] = {
+    {"resource_offer", h_offer, NULL, 0},
+    MDG_CMD_END,
+};
+
+/* A new user of broker s: whether its resource offer lists node. -1: no offer came. */
+static int offer_lists(side *s, const uint8_t *node)
+{
+    offer_seen o = {.lock = PTHREAD_MUTEX_INITIALIZER, .node = node};
+    mdg_conn *u = t_client(s->b, s->keys, NULL, user_cmds, &o);
+    mdg_conn_start(u);
+    WAIT_UNTIL(atomic_load(&o.got), 5000);
+    int r = atomic_load(&o.got) ? o.has_node : -1;
+    mdg_conn_disconnect(u);
+    mdg_conn_destroy(&u);
+    return r;
+}
+
+/* --------------------------------------------------- a NATS client, not a broker */
+
+static void intruder(const char *url, side *a, side *b)
+{
+    natsConnection *nc = NULL;
+    char hex[65], subject[160];
+    sodium_bin2hex(hex, sizeof hex, mdg_keys_public(a->keys), 32);
+    snprintf(subject, sizeof subject, "mdg.fleet.test-fleet.%s", hex);
+    CHECK(natsConnection_ConnectTo(&nc, url) == NATS_OK);
+    if (!nc)
+        return;
+    /* garbage */
+    natsConnection_PublishString(nc, subject, "hello, I am not a broker");
+    /* B's key in the envelope, sealed with a key that is not B's */
+    uint8_t msg[200], fake_sk[32], fake_pk[32], shared[crypto_box_BEFORENMBYTES];
+    memset(msg, 0, sizeof msg);
+    msg[0] = 'M';
+    msg[1] = 'F';
+    msg[2] = 1;
+    memcpy(msg + 3, mdg_keys_public(b->keys), 32);
+    crypto_box_keypair(fake_pk, fake_sk);
+    CHECK(crypto_box_beforenm(shared, mdg_keys_public(a->keys), fake_sk) == 0);
+    uint8_t plain[100] = {0};
+    randombytes_buf(msg + 35, 24);
+    crypto_box_easy_afternm(msg + 59, plain, sizeof plain, msg + 35, shared);
+    natsConnection_Publish(nc, subject, msg, 59 + 16 + (int)sizeof plain);
+    /* a well-made envelope from a key that is not a member */
+    memcpy(msg + 3, fake_pk, 32);
+    natsConnection_Publish(nc, subject, msg, 59 + 16 + (int)sizeof plain);
+    natsConnection_FlushTimeout(nc, 2000);
+    natsConnection_Destroy(nc);
+}
+
+/* ------------------------------------------------------------------- main */
+
+int main(void)
+{
+    t_capture_log();
+    if (sodium_init() < 0)
+        return 2;
+    t_nats nats;
+    if (t_nats_start(&nats, 0) != 0)
+        return 2;
+    side A = {0}, B = {0};
+    mdg_keys *nkeys = NULL;
+    mdg_keys_new(&A.keys);
+    mdg_keys_new(&B.keys);
+    mdg_keys_new(&nkeys);
+    const uint8_t *npk = mdg_keys_public(nkeys);
+    make_broker(&A, nats.url, NULL);
+    make_broker(&B, nats.url, npk);
+    CHECK_RC(mdg_broker_fleet_member(A.b, mdg_keys_public(B.keys)), 0);
+    CHECK_RC(mdg_broker_fleet_member(B.b, mdg_keys_public(A.keys)), 0);
+    start_broker(&A);
+    start_broker(&B);
+
+    /* the node on B, a user on each */
+    mdg_conn *node = NULL;
+    mdg_conn_options no = {.port = mdg_broker_port(B.b), .reflect_errors = true};
+    if (mdg_conn_new_with_keys(&node, "127.0.0.1", mdg_keys_public(B.keys), nkeys, &no) ||
+        mdg_conn_register_commands(node, node_cmds, NULL) || mdg_conn_start(node) ||
+        mdg_conn_wait_until_ready(node, 5000)) {
+        fprintf(stderr, "node failed to start: %s\n", mdg_last_error());
+        return 2;
+    }
+    mdg_conn *ua = t_client(A.b, A.keys, NULL, NULL, NULL), *ub = t_client(B.b, B.keys, NULL, NULL, NULL);
+    CHECK_RC(mdg_conn_start(ua), 0);
+    CHECK_RC(mdg_conn_start(ub), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(ua, 5000), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(ub, 5000), 0);
+
+    /* one directory: A learns of B's node */
+    WAIT_UNTIL(lists_node(ua, npk), 10000);
+    CHECK(lists_node(ua, npk));
+    CHECK(offer_lists(&A, npk) == 1);
+
+    /* the guide's divide, across the fleet */
+    mdg_msg *r = NULL;
+    mdg_params *p = to_node(npk);
+    mdg_params_set_double(p, "dividend", 10);
+    mdg_params_set_double(p, "devisor", 5);
+    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), 0);
+    double q = 0;
+    CHECK(r && mdg_params_get_double(mdg_msg_params(r), "quotient", &q) == 0 && q == 2.0);
+    mdg_msg_destroy(&r);
+    p = to_node(npk);
+    mdg_params_set_double(p, "dividend", 10);
+    mdg_params_set_double(p, "devisor", 0);
+    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "Devisor cannot be zero") != NULL);
+    printf("divide across the fleet: 10/5 = %g, and the error reflected\n", q);
+
+    /* provenance: as the node's own broker would stamp it */
+    const uint8_t *v;
+    size_t len, sid_len;
+    mdg_keys *ua_keys = NULL;
+    (void)ua_keys;
+    CHECK_RC(mdg_conn_call(ua, "whoami", to_node(npk), NULL, 0, 10000, &r), 0);
+    mdg_msg *rb = NULL;
+    CHECK_RC(mdg_conn_call(ub, "whoami", to_node(npk), NULL, 0, 10000, &rb), 0);
+    if (r && rb) {
+        const uint8_t *sid = mdg_conn_session_id(ua, &sid_len);
+        int64_t ca = -1, cb = -1;
+        bool saw = true;
+        CHECK(mdg_params_get_bytes(mdg_msg_params(r), "session", &v, &len) == 0 && len == 16 && sid_len == 16 &&
+              memcmp(v, sid, 16) == 0);
+        CHECK(mdg_params_get_bytes(mdg_msg_params(r), "user", &v, &len) == 0 && len == 32);
+        CHECK(mdg_params_get_bool(mdg_msg_params(r), "saw_node", &saw) == 0 && !saw);
+        mdg_params_get_int(mdg_msg_params(r), "count", &ca);
+        mdg_params_get_int(mdg_msg_params(rb), "count", &cb);
+        CHECK(ca == cb && ca == 2); /* user and session, nothing else */
+        sid = mdg_conn_session_id(ub, &sid_len);
+        CHECK(mdg_params_get_bytes(mdg_msg_params(rb), "session", &v, &len) == 0 && memcmp(v, sid, 16) == 0);
+    }
+    mdg_msg_destroy(&r);
+    mdg_msg_destroy(&rb);
+    /* the user key stamped is the caller's own: a call with a forged one */
+    p = to_node(npk);
+    uint8_t forged[32] = {1, 2, 3};
+    mdg_params_set_bytes(p, "user", forged, 32);
+    CHECK_RC(mdg_conn_call(ua, "whoami", p, NULL, 0, 10000, &r), 0);
+    CHECK(r && mdg_params_get_bytes(mdg_msg_params(r), "user", &v, &len) == 0 && memcmp(v, forged, 32) != 0);
+    mdg_msg_destroy(&r);
+
+    /* a stream of 10,000 replies back to the caller, in order */
+    t_reader rd = {0};
+    CHECK_RC(mdg_conn_send_cb(ua, "stream", to_node(npk), NULL, 0, t_on_part, &rd), 0);
+    WAIT_UNTIL(atomic_load(&rd.done), 60000);
+    CHECK(atomic_load(&rd.done) && atomic_load(&rd.next) == STREAM_PARTS && atomic_load(&rd.bad) == 0 &&
+          atomic_load(&rd.errors) == 0);
+    printf("stream across the fleet: %ld replies, %ld out of order\n", (long)atomic_load(&rd.next),
+           (long)atomic_load(&rd.bad));
+
+    /* nats-server restarted in the middle of a stream */
+    t_reader rr = {0};
+    p = to_node(npk);
+    mdg_params_set_int(p, "n", 20000);
+    mdg_params_set_int(p, "pace_us", 150);
+    CHECK_RC(mdg_conn_send_cb(ua, "stream", p, NULL, 0, t_on_part, &rr), 0);
+    WAIT_UNTIL(atomic_load(&rr.next) >= 2000, 30000);
+    CHECK(atomic_load(&rr.next) >= 2000 && !atomic_load(&rr.done));
+    long at_stop = (long)atomic_load(&rr.next);
+    t_nats_stop(&nats);
+    CHECK(t_nats_start(&nats, nats.port) == 0);
+    WAIT_UNTIL(atomic_load(&rr.done), 90000);
+    CHECK(atomic_load(&rr.done) && atomic_load(&rr.next) == 20000 && atomic_load(&rr.bad) == 0 &&
+          atomic_load(&rr.errors) == 0);
+    printf("nats-server restarted at reply %ld: %ld of 20000 replies, %ld out of order or doubled\n", at_stop,
+           (long)atomic_load(&rr.next), (long)atomic_load(&rr.bad));
+    /* and calls go on */
+    p = to_node(npk);
+    mdg_params_set_double(p, "dividend", 9);
+    mdg_params_set_double(p, "devisor", 3);
+    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), 0);
+    mdg_msg_destroy(&r);
+
+    /* a NATS client that is not a broker */
+    t_clear_log();
+    intruder(nats.url, &A, &B);
+    WAIT_UNTIL(t_logged("not a fleet message") && t_logged("does not open"), 5000);
+    CHECK(t_logged("not a fleet message"));
+    CHECK(t_logged("does not open")); /* the forged one: B's key, not sealed by B */
+    WAIT_UNTIL(t_logged("not a member of the fleet"), 3000); /* rate-limited: within a second */
+    CHECK(t_logged("not a member of the fleet"));
+    p = to_node(npk);
+    mdg_params_set_double(p, "dividend", 1);
+    mdg_params_set_double(p, "devisor", 4);
+    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), 0);
+    CHECK(r && mdg_params_get_double(mdg_msg_params(r), "quotient", &q) == 0 && q == 0.25);
+    mdg_msg_destroy(&r);
+
+    /* the node leaves B: it leaves A's list and offers */
+    mdg_conn_disconnect(node);
+    mdg_conn_destroy(&node);
+    WAIT_UNTIL(!lists_node(ua, npk), 10000);
+    CHECK(!lists_node(ua, npk));
+    CHECK(offer_lists(&A, npk) == 0);
+    p = to_node(npk);
+    mdg_params_set_double(p, "dividend", 1);
+    mdg_params_set_double(p, "devisor", 1);
+    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "not connected") != NULL);
+
+    /* a broker that leaves takes its nodes with it, at once */
+    node = NULL;
+    if (mdg_conn_new_with_keys(&node, "127.0.0.1", mdg_keys_public(B.keys), nkeys, &no) ||
+        mdg_conn_register_commands(node, node_cmds, NULL) || mdg_conn_start(node) ||
+        mdg_conn_wait_until_ready(node, 5000)) {
+        fprintf(stderr, "node failed to start again: %s\n", mdg_last_error());
+        return 2;
+    }
+    WAIT_UNTIL(lists_node(ua, npk), 10000);
+    CHECK(lists_node(ua, npk));
+    mdg_conn_disconnect(ub);
+    mdg_conn_destroy(&ub);
+    mdg_broker_destroy(&B.b);
+    int64_t t0 = now_ms();
+    WAIT_UNTIL(!lists_node(ua, npk), 4000); /* well within silence_ms: its goodbye */
+    CHECK(!lists_node(ua, npk));
+    printf("broker B left: its node withdrawn from A in %lld ms\n", (long long)(now_ms() - t0));
+
+    mdg_conn_destroy(&node);
+    mdg_conn_disconnect(ua);
+    mdg_conn_destroy(&ua);
+    mdg_broker_destroy(&A.b);
+    t_nats_stop(&nats);
+    unlink(nats.log);
+    mdg_keys_destroy(&A.keys);
+    mdg_keys_destroy(&B.keys);
+    mdg_keys_destroy(&nkeys);
+    nats_Close();
+    return t_done("test_fleet");
+}
