@@ -482,8 +482,13 @@ static void relay_to_fleet(mdg_broker *b, fwd *fw, mdg_inbound *in)
     if (!fw->ended && mdg_inbound_encoded_params(in, &pm) == 0) {
         mdg_header out = {.kind = in->h.kind, .corr = fw->user_corr, .flags = in->h.flags};
         bool has_bulk = mdg_inbound_take_bulk(in, &bm);
-        if (fleet_send(b->fleet, fw->from, &out, &pm, has_bulk ? &bm : NULL) != 0)
-            mdg_log(MDG_LOG_ERROR, "reply to '%s' not sent back to its broker: %s", fw->command, mdg_last_error());
+        if (fleet_send(b->fleet, fw->from, &out, &pm, has_bulk ? &bm : NULL) != 0) {
+            char why[300];
+            snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
+            mdg_log(MDG_LOG_ERROR, "%s", why);
+            fleet_send_error(b->fleet, fw->from, fw->user_corr, fw->command, why); /* the caller still hears */
+            final = true;
+        }
         zmq_msg_close(&pm);
     } else if (!fw->ended) {
         fleet_send_error(b->fleet, fw->from, fw->user_corr, fw->command, "the node's reply was malformed");

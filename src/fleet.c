@@ -133,6 +133,15 @@ int fleet_send(fleet *f, fleet_member *m, const mdg_header *h, zmq_msg_t *params
         return mdg_fail(MDG_ECLOSED, "that broker of the fleet is not reachable");
     }
     size_t plen = zmq_msg_size(params);
+    /* one that NATS would refuse would be sent again for ever: refused here */
+    int64_t max = f->nc ? natsConnection_GetMaxPayload(f->nc) : 0;
+    size_t need = FLEET_WIRE_OVERHEAD + MDG_HEADER_BOUND(h->command_len) + plen + (bulk ? zmq_msg_size(bulk) : 0);
+    if (max > 0 && need > (uint64_t)max) {
+        if (bulk)
+            zmq_msg_close(bulk);
+        return mdg_fail(MDG_EINVAL, "%zu bytes: larger than the NATS server's max_payload (%lld)", need,
+                        (long long)max);
+    }
     fleet_kept *k = calloc(1, sizeof *k + plen);
     if (!k) {
         if (bulk)

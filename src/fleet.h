@@ -98,7 +98,7 @@ typedef struct fleet_envelope {
     mdg_frames frames; /* part[0] empty, part[1] the head frame, part[2] the bulk if any */
 } fleet_envelope;
 #define FLEET_WIRE_VERSION 1
-#define FLEET_WIRE_OVERHEAD (3 + MDG_KEY_BYTES + crypto_box_NONCEBYTES + crypto_box_MACBYTES + 8 + 8 + 4)
+#define FLEET_WIRE_OVERHEAD (3 + MDG_KEY_BYTES + crypto_box_NONCEBYTES + crypto_box_MACBYTES + 8 + 8 + 1 + 4)
 /* The sender's key of a payload (not yet authenticated), or NULL. */
 const uint8_t *fleet_wire_sender(const void *data, size_t len);
 /* Seal head (and bulk, may be NULL) for the member whose shared key is

@@ -331,6 +331,16 @@ int main(void)
     CHECK(r && mdg_params_get_bytes(mdg_msg_params(r), "user", &v, &len) == 0 && memcmp(v, forged, 32) != 0);
     mdg_msg_destroy(&r);
 
+    /* a call larger than the NATS server's max_payload (1 MiB by default)
+     * is refused at once, not sent again for ever */
+    size_t big_len = 2u << 20;
+    uint8_t *big = calloc(1, big_len);
+    CHECK_RC(mdg_conn_call(ua, "whoami", to_node(npk), big, big_len, 10000, &r), MDG_EREMOTE);
+    CHECK(strstr(mdg_last_error(), "max_payload") != NULL);
+    free(big);
+    CHECK_RC(mdg_conn_call(ua, "whoami", to_node(npk), "small", 5, 10000, &r), 0);
+    mdg_msg_destroy(&r);
+
     /* a stream of 10,000 replies back to the caller, in order */
     t_reader rd = {0};
     CHECK_RC(mdg_conn_send_cb(ua, "stream", to_node(npk), NULL, 0, t_on_part, &rd), 0);
