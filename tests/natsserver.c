@@ -51,19 +51,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
 static const char *binary(void)
 {
     static const char *const places[] = {"/usr/sbin/nats-server", "/usr/bin/nats-server",
@@ -112,8 +99,7 @@ static void print_log(const t_nats *n)
 
 int t_nats_start(t_nats *n, int port)
 {
-    if (!port) {
-        memset(n, 0, sizeof *n);
+    if (!n->log[0]) { /* a first start: its log */
         snprintf(n->log, sizeof n->log, "/tmp/mdg-nats-XXXXXX");
         int fd = mkstemp(n->log);
         if (fd < 0) {
@@ -121,7 +107,6 @@ int t_nats_start(t_nats *n, int port)
             return -1;
         }
         close(fd);
-        port = free_port();
     }
     n->port = port;
     snprintf(n->url, sizeof n->url, "nats://127.0.0.1:%d", port);

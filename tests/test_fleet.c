@@ -20,21 +20,6 @@
 
 /* -------------------------------------------------------------- the node */
 
-static void h_whoami(mdg_msg *m, void *arg)
-{
-    (void)arg;
-    mdg_params *r = mdg_params_new();
-    const uint8_t *v;
-    size_t len;
-    if (mdg_params_get_bytes(mdg_msg_params(m), "user", &v, &len) == 0)
-        mdg_params_set_bytes(r, "user", v, len);
-    if (mdg_params_get_bytes(mdg_msg_params(m), "session", &v, &len) == 0)
-        mdg_params_set_bytes(r, "session", v, len);
-    mdg_params_set_int(r, "count", (int64_t)mdg_params_count(mdg_msg_params(m)));
-    mdg_params_set_bool(r, "saw_node", mdg_params_has(mdg_msg_params(m), "node"));
-    mdg_msg_reply(m, r, NULL, 0);
-}
-
 typedef struct stream_job {
     mdg_msg *m;
     int64_t n, pace_us;
@@ -75,7 +60,7 @@ static void h_stream(mdg_msg *m, void *arg)
 
 static const mdg_cmd node_cmds[] = {
     {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
-    {"whoami", h_whoami, NULL, MDG_CMD_NEEDS_REPLY},
+    {"whoami", t_whoami, NULL, MDG_CMD_NEEDS_REPLY},
     {"stream", h_stream, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
@@ -247,8 +232,8 @@ int main(void)
     t_capture_log();
     if (sodium_init() < 0)
         return 2;
-    t_nats nats;
-    if (t_nats_start(&nats, 0) != 0)
+    t_nats nats = {0};
+    if (t_nats_start(&nats, t_free_port()) != 0)
         return 2;
     side A = {0}, B = {0};
     mdg_keys *nkeys = NULL;

@@ -173,6 +173,25 @@ static inline void t_divide(mdg_msg *m, void *arg)
     mdg_msg_reply(m, r, bulk, blen);
 }
 
+/* Say who the broker says called: the user and session it stamped, how
+ * many params came, whether a "node" came (it must not); any bulk echoed. */
+static inline void t_whoami(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
+    const uint8_t *v;
+    size_t len;
+    if (mdg_params_get_bytes(mdg_msg_params(m), "user", &v, &len) == 0)
+        mdg_params_set_bytes(r, "user", v, len);
+    if (mdg_params_get_bytes(mdg_msg_params(m), "session", &v, &len) == 0)
+        mdg_params_set_bytes(r, "session", v, len);
+    mdg_params_set_int(r, "count", (int64_t)mdg_params_count(mdg_msg_params(m)));
+    mdg_params_set_bool(r, "saw_node", mdg_params_has(mdg_msg_params(m), "node"));
+    size_t blen;
+    const void *bulk = mdg_msg_bulk(m, &blen);
+    mdg_msg_reply(m, r, bulk, blen);
+}
+
 /* A caller reading a stream of replies numbered by param "i": counts them
  * in order; while hold is set its callback stalls (a caller that stopped
  * reading). The callback of mdg_conn_send_cb(..., t_on_part, &reader). */
