@@ -266,7 +266,9 @@ static int on_beat_timer(mdg_loop *loop, void *arg, short revents)
         fleet_member *m = f->members[i];
         if (m->up && now - m->last_rx > f->silence_ms)
             forget(f, m, "is silent");
-        if (m->chan.len && now - m->progress_at > RESEND_MS) {
+        /* (while NATS is away, all goes again when it is back: on_inbox) */
+        if (m->chan.len && now - m->progress_at > RESEND_MS &&
+            natsConnection_Status(f->nc) == NATS_CONN_STATUS_CONNECTED) {
             /* nothing acknowledged for a while: lost on the way (a NATS
              * restart), so all of it again; duplicates are dropped there */
             mdg_chan_rewind(&m->chan);

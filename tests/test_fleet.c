@@ -95,9 +95,10 @@ typedef struct side {
     mdg_broker *b;
 } side;
 
-static void make_broker(side *s, const char *url, const uint8_t *node_pk)
+/* port 0: a free one */
+static void make_broker(side *s, const char *url, const uint8_t *node_pk, int port)
 {
-    mdg_broker_options o = {.bind_address = "127.0.0.1", .port = 0};
+    mdg_broker_options o = {.bind_address = "127.0.0.1", .port = port};
     mdg_fleet_options fo = {.url = url, .name = "test-fleet", .beat_ms = 100, .silence_ms = 5000};
     if (mdg_broker_new(&s->b, s->keys, &o) || mdg_broker_join_fleet(s->b, &fo) ||
         mdg_broker_set_commands(s->b, broker_cmds, &s->b) || mdg_broker_allow_any(s->b) ||
@@ -241,8 +242,8 @@ int main(void)
     mdg_keys_new(&B.keys);
     mdg_keys_new(&nkeys);
     const uint8_t *npk = mdg_keys_public(nkeys);
-    make_broker(&A, nats.url, NULL);
-    make_broker(&B, nats.url, npk);
+    make_broker(&A, nats.url, NULL, 0);
+    make_broker(&B, nats.url, npk, 0);
     CHECK_RC(mdg_broker_fleet_member(A.b, mdg_keys_public(B.keys)), 0);
     CHECK_RC(mdg_broker_fleet_member(B.b, mdg_keys_public(A.keys)), 0);
     start_broker(&A);
@@ -397,13 +398,30 @@ int main(void)
     CHECK(lists_node(ua, npk));
     mdg_conn_disconnect(ub);
     mdg_conn_destroy(&ub);
+    int b_port = mdg_broker_port(B.b);
     mdg_broker_destroy(&B.b);
     int64_t t0 = now_ms();
     WAIT_UNTIL(!lists_node(ua, npk), 4000); /* well within silence_ms: its goodbye */
     CHECK(!lists_node(ua, npk));
     printf("broker B left: its node withdrawn from A in %lld ms\n", (long long)(now_ms() - t0));
 
+    /* B starts again (same keys, a new incarnation): A hears it at once,
+     * and its node is back in A's list with calls through it */
+    make_broker(&B, nats.url, npk, b_port); /* where the node reconnects */
+    CHECK_RC(mdg_broker_fleet_member(B.b, mdg_keys_public(A.keys)), 0);
+    start_broker(&B);
+    WAIT_UNTIL(lists_node(ua, npk), 15000); /* the node reconnects with its backoff */
+    CHECK(lists_node(ua, npk));
+    p = to_node(npk);
+    mdg_params_set_double(p, "dividend", 7);
+    mdg_params_set_double(p, "devisor", 2);
+    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), 0);
+    CHECK(r && mdg_params_get_double(mdg_msg_params(r), "quotient", &q) == 0 && q == 3.5);
+    mdg_msg_destroy(&r);
+    printf("broker B restarted: its node listed at A and called through it again\n");
+
     mdg_conn_destroy(&node);
+    mdg_broker_destroy(&B.b);
     mdg_conn_disconnect(ua);
     mdg_conn_destroy(&ua);
     mdg_broker_destroy(&A.b);
