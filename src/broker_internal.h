@@ -330,6 +330,7 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_inbound *in);
 void broker_route_fleet_reply(mdg_broker *b, struct fleet_member *m, mdg_inbound *in);
 void broker_route_fleet_call(mdg_broker *b, struct fleet_member *m, mdg_inbound *in);
 void broker_end_fwd(mdg_broker *b, fwd *f, const char *why);
+void broker_fleet_flow(mdg_broker *b, fwd *f, const char *state);
 /* Calls waiting on node pk fail to their callers (it is gone). */
 void broker_drop_node_fwds(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES]);
 

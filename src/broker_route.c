@@ -140,6 +140,32 @@ void broker_end_fwd(mdg_broker *b, fwd *f, const char *why)
         end_fwd(b, f, NULL, why);
 }
 
+/* Pause or resume call f at its node: a local node is told itself, one at
+ * another broker through that broker (FLEET_FLOW). */
+static void flow_fwd(mdg_broker *b, fwd *f, const char *state)
+{
+    if (f->via) {
+        mdg_params *p = mdg_params_new();
+        if (p && mdg_params_set_str(p, "state", state) == 0)
+            fleet_send_params(b->fleet, f->via, MDG_K_CMD, f->id, 0, FLEET_FLOW, p);
+        else
+            mdg_params_destroy(&p);
+        return;
+    }
+    peer *node = mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES);
+    if (node && node->transport->flow)
+        send_flow(b, node, f->id, state, NULL);
+}
+
+/* At the node's broker: the caller's broker pauses or resumes call f (one
+ * that came from it) because its caller is not reading, or reads again. */
+void broker_fleet_flow(mdg_broker *b, fwd *f, const char *state)
+{
+    peer *node = mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES);
+    if (!f->ended && node && node->transport->flow)
+        send_flow(b, node, f->id, state, NULL);
+}
+
 /* A session that was not reading has caught up: the nodes paused for it
  * may send its replies again. */
 void broker_resume_paused_fwds(mdg_broker *b, peer *p)
@@ -148,9 +174,8 @@ void broker_resume_paused_fwds(mdg_broker *b, peer *p)
     mdg_map_each(b->fwds, scan_one, &s);
     for (size_t i = 0; i < s.found.n; i++) {
         fwd *f = s.found.v[i];
-        peer *node = f->paused ? mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES) : NULL;
-        if (node)
-            send_flow(b, node, f->id, "resume", NULL);
+        if (f->paused)
+            flow_fwd(b, f, "resume");
         f->paused = false;
     }
     p->paused_fwds = 0;
@@ -550,15 +575,14 @@ static void deliver_reply(mdg_broker *b, fwd *fw, mdg_inbound *in, peer *node)
         if (node)
             broker_send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
     }
-    /* a node at another broker is not paused: its broker's channel to this
-     * one carries its replies (docs/fleet.md) */
     if (final) {
         broker_fwd_free(b, fw);
-    } else if (node && caller->chan.len >= broker_over_limit(b, 6) && !fw->paused && node->transport->flow) {
+    } else if (caller->chan.len >= broker_over_limit(b, 6) && !fw->paused &&
+               (fw->via || node->transport->flow)) {
         fw->paused = true;
         fw->since_pause = 0;
         caller->paused_fwds++;
-        send_flow(b, node, fw->id, "pause", NULL);
+        flow_fwd(b, fw, "pause");
     }
 }
 

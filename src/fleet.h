@@ -23,6 +23,7 @@
 #define FLEET_DIR "mdg.dir"       /* nodes added / removed, or the full list */
 #define FLEET_DIR_ASK "mdg.dirq"  /* send me your full list */
 #define FLEET_END "mdg.end"       /* the origin ended call corr (its caller left) */
+#define FLEET_FLOW "mdg.flow"     /* pause or resume call corr ({"state": ...}): its caller reads or not */
 #define FLEET_BEAT "mdg.beat"     /* unnumbered: alive, and what I received */
 #define FLEET_BYE "mdg.bye"       /* unnumbered: this broker is leaving */
 

@@ -1,7 +1,8 @@
 /* fleet_route.c - calls between brokers of a fleet, as they come off a
  * pair channel: a call to one of our nodes (broker_route.c forwards it
  * with the calling broker's stamps), a reply or an error to one of our
- * calls, the end of a call whose caller left; and what becomes of calls
+ * calls, the end of a call whose caller left, a pause or a resume of one
+ * whose caller does not read; and what becomes of calls
  * when a broker or one of its nodes goes. */
 #include "fleet.h"
 
@@ -30,13 +31,26 @@ void fleet_route_receive(fleet *f, fleet_member *m, mdg_inbound *in)
     mdg_broker *b = f->b;
     if (in->h.kind == MDG_K_REPLY || in->h.kind == MDG_K_ERROR) {
         broker_route_fleet_reply(b, m, in);
-    } else if (strcmp(in->h.command, FLEET_END) == 0) {
+    } else if (strcmp(in->h.command, FLEET_END) == 0 || strcmp(in->h.command, FLEET_FLOW) == 0) {
+        bool end = strcmp(in->h.command, FLEET_END) == 0;
+        mdg_params *p = NULL;
+        const char *state = NULL;
+        if (!end && (mdg_inbound_take_params(in, &p) != 0 || mdg_params_get_str(p, "state", &state) != 0 ||
+                     (strcmp(state, "pause") != 0 && strcmp(state, "resume") != 0))) {
+            fleet_refuse(f, FLEET_REFUSED_CONTENT, "a flow message without a state: refused");
+            mdg_params_destroy(&p);
+            return;
+        }
         route_scan s = {.m = m, .corr = in->h.corr};
         if (in->h.corr)
             mdg_map_each(b->fwds, scan_fwd, &s);
         for (size_t i = 0; i < s.found.n; i++)
-            broker_end_fwd(b, s.found.v[i], "its caller has gone");
+            if (end)
+                broker_end_fwd(b, s.found.v[i], "its caller has gone");
+            else
+                broker_fleet_flow(b, s.found.v[i], state);
         mdg_ptrs_free(&s.found);
+        mdg_params_destroy(&p);
     } else if (strncmp(in->h.command, "mdg.", 4) == 0) {
         fleet_refuse(f, FLEET_REFUSED_CONTENT, "unknown fleet command '%s': refused", in->h.command);
     } else {

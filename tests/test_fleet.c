@@ -5,6 +5,7 @@
  *   - the guide's divide node: 10/5 = 2.0, and its error reflected
  *   - the node sees the same provenance as from a user of its own broker
  *   - a stream of 10,000 replies, in order, none lost
+ *   - a caller that stops reading has the node paused across the fleet
  *   - nats-server restarted mid-stream: nothing lost, nothing doubled
  *   - a NATS client that is not a broker (garbage, forged, unknown key)
  *     is refused and logged, and the fleet goes on
@@ -335,6 +336,27 @@ int main(void)
           atomic_load(&rd.errors) == 0);
     printf("stream across the fleet: %ld replies, %ld out of order\n", (long)atomic_load(&rd.next),
            (long)atomic_load(&rd.bad));
+
+    /* a caller that stops reading: its broker (A) has the node paused
+     * through the node's broker (B), and nothing is lost once it reads */
+    mdg_conn *slow = t_client(A.b, A.keys, NULL, NULL, NULL);
+    CHECK_RC(mdg_conn_start(slow), 0);
+    CHECK_RC(mdg_conn_wait_until_ready(slow, 5000), 0);
+    t_reader held = {.hold = 1};
+    p = to_node(npk);
+    mdg_params_set_int(p, "n", 40000);
+    t_clear_log();
+    CHECK_RC(mdg_conn_send_cb(slow, "stream", p, NULL, 0, t_on_part, &held), 0);
+    WAIT_UNTIL(t_logged("says pause for call"), 30000);
+    CHECK(t_logged("says pause for call"));
+    atomic_store(&held.hold, 0);
+    WAIT_UNTIL(atomic_load(&held.done), 60000);
+    CHECK(atomic_load(&held.next) == 40000 && atomic_load(&held.bad) == 0 && atomic_load(&held.errors) == 0);
+    CHECK(t_logged("says resume for call"));
+    printf("a caller at A that stopped reading: the node at B paused, then %ld of 40000 replies in order\n",
+           (long)atomic_load(&held.next));
+    mdg_conn_disconnect(slow);
+    mdg_conn_destroy(&slow);
 
     /* nats-server restarted in the middle of a stream */
     t_reader rr = {0};
