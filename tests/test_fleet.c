@@ -117,11 +117,41 @@ static void start_broker(side *s)
     }
 }
 
+/* The divide node, connected to broker s. */
+static mdg_conn *start_node(const side *s, const mdg_keys *nkeys)
+{
+    mdg_conn *node = NULL;
+    mdg_conn_options no = {.port = mdg_broker_port(s->b), .reflect_errors = true};
+    if (mdg_conn_new_with_keys(&node, "127.0.0.1", mdg_keys_public(s->keys), nkeys, &no) ||
+        mdg_conn_register_commands(node, node_cmds, NULL) || mdg_conn_start(node) ||
+        mdg_conn_wait_until_ready(node, 5000)) {
+        fprintf(stderr, "node failed to start: %s\n", mdg_last_error());
+        exit(2);
+    }
+    return node;
+}
+
 static mdg_params *to_node(const uint8_t *pk)
 {
     mdg_params *p = mdg_params_new();
     mdg_params_set_bytes(p, "node", pk, MDG_KEY_BYTES);
     return p;
+}
+
+/* dividend / devisor by the divide node pk, called through user u: the
+ * call's result, *q the quotient. */
+static int divide_via(mdg_conn *u, const uint8_t *pk, double dividend, double devisor, double *q)
+{
+    mdg_params *p = to_node(pk);
+    mdg_msg *r = NULL;
+    mdg_params_set_double(p, "dividend", dividend);
+    mdg_params_set_double(p, "devisor", devisor);
+    int rc = mdg_conn_call(u, "divide", p, NULL, 0, 10000, &r);
+    *q = -1;
+    if (rc == 0 && mdg_params_get_double(mdg_msg_params(r), "quotient", q) != 0)
+        rc = MDG_ETYPE;
+    mdg_msg_destroy(&r);
+    return rc;
 }
 
 /* Whether broker s lists node pk (asked through user u of it). */
@@ -251,14 +281,7 @@ int main(void)
     start_broker(&B);
 
     /* the node on B, a user on each */
-    mdg_conn *node = NULL;
-    mdg_conn_options no = {.port = mdg_broker_port(B.b), .reflect_errors = true};
-    if (mdg_conn_new_with_keys(&node, "127.0.0.1", mdg_keys_public(B.keys), nkeys, &no) ||
-        mdg_conn_register_commands(node, node_cmds, NULL) || mdg_conn_start(node) ||
-        mdg_conn_wait_until_ready(node, 5000)) {
-        fprintf(stderr, "node failed to start: %s\n", mdg_last_error());
-        return 2;
-    }
+    mdg_conn *node = start_node(&B, nkeys);
     mdg_conn *ua = t_client(A.b, A.keys, NULL, NULL, NULL), *ub = t_client(B.b, B.keys, NULL, NULL, NULL);
     CHECK_RC(mdg_conn_start(ua), 0);
     CHECK_RC(mdg_conn_start(ub), 0);
@@ -272,17 +295,11 @@ int main(void)
 
     /* the guide's divide, across the fleet */
     mdg_msg *r = NULL;
-    mdg_params *p = to_node(npk);
-    mdg_params_set_double(p, "dividend", 10);
-    mdg_params_set_double(p, "devisor", 5);
-    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), 0);
+    mdg_params *p;
     double q = 0;
-    CHECK(r && mdg_params_get_double(mdg_msg_params(r), "quotient", &q) == 0 && q == 2.0);
-    mdg_msg_destroy(&r);
-    p = to_node(npk);
-    mdg_params_set_double(p, "dividend", 10);
-    mdg_params_set_double(p, "devisor", 0);
-    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), MDG_EREMOTE);
+    CHECK_RC(divide_via(ua, npk, 10, 5, &q), 0);
+    CHECK(q == 2.0);
+    CHECK_RC(divide_via(ua, npk, 10, 0, &q), MDG_EREMOTE);
     CHECK(strstr(mdg_last_error(), "Devisor cannot be zero") != NULL);
     printf("divide across the fleet: 10/5 = %g, and the error reflected\n", q);
 
@@ -375,11 +392,8 @@ int main(void)
     printf("nats-server restarted at reply %ld: %ld of 20000 replies, %ld out of order or doubled\n", at_stop,
            (long)atomic_load(&rr.next), (long)atomic_load(&rr.bad));
     /* and calls go on */
-    p = to_node(npk);
-    mdg_params_set_double(p, "dividend", 9);
-    mdg_params_set_double(p, "devisor", 3);
-    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), 0);
-    mdg_msg_destroy(&r);
+    CHECK_RC(divide_via(ua, npk, 9, 3, &q), 0);
+    CHECK(q == 3.0);
 
     /* a NATS client that is not a broker */
     t_clear_log();
@@ -389,12 +403,8 @@ int main(void)
     CHECK(t_logged("does not open")); /* the forged one: B's key, not sealed by B */
     WAIT_UNTIL(t_logged("not a member of the fleet"), 3000); /* rate-limited: within a second */
     CHECK(t_logged("not a member of the fleet"));
-    p = to_node(npk);
-    mdg_params_set_double(p, "dividend", 1);
-    mdg_params_set_double(p, "devisor", 4);
-    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), 0);
-    CHECK(r && mdg_params_get_double(mdg_msg_params(r), "quotient", &q) == 0 && q == 0.25);
-    mdg_msg_destroy(&r);
+    CHECK_RC(divide_via(ua, npk, 1, 4, &q), 0);
+    CHECK(q == 0.25);
 
     /* the node leaves B: it leaves A's list and offers */
     mdg_conn_disconnect(node);
@@ -402,20 +412,11 @@ int main(void)
     WAIT_UNTIL(!lists_node(ua, npk), 10000);
     CHECK(!lists_node(ua, npk));
     CHECK(offer_lists(&A, npk) == 0);
-    p = to_node(npk);
-    mdg_params_set_double(p, "dividend", 1);
-    mdg_params_set_double(p, "devisor", 1);
-    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), MDG_EREMOTE);
+    CHECK_RC(divide_via(ua, npk, 1, 1, &q), MDG_EREMOTE);
     CHECK(strstr(mdg_last_error(), "not connected") != NULL);
 
     /* a broker that leaves takes its nodes with it, at once */
-    node = NULL;
-    if (mdg_conn_new_with_keys(&node, "127.0.0.1", mdg_keys_public(B.keys), nkeys, &no) ||
-        mdg_conn_register_commands(node, node_cmds, NULL) || mdg_conn_start(node) ||
-        mdg_conn_wait_until_ready(node, 5000)) {
-        fprintf(stderr, "node failed to start again: %s\n", mdg_last_error());
-        return 2;
-    }
+    node = start_node(&B, nkeys);
     WAIT_UNTIL(lists_node(ua, npk), 10000);
     CHECK(lists_node(ua, npk));
     mdg_conn_disconnect(ub);
@@ -434,12 +435,8 @@ int main(void)
     start_broker(&B);
     WAIT_UNTIL(lists_node(ua, npk), 15000); /* the node reconnects with its backoff */
     CHECK(lists_node(ua, npk));
-    p = to_node(npk);
-    mdg_params_set_double(p, "dividend", 7);
-    mdg_params_set_double(p, "devisor", 2);
-    CHECK_RC(mdg_conn_call(ua, "divide", p, NULL, 0, 10000, &r), 0);
-    CHECK(r && mdg_params_get_double(mdg_msg_params(r), "quotient", &q) == 0 && q == 3.5);
-    mdg_msg_destroy(&r);
+    CHECK_RC(divide_via(ua, npk, 7, 2, &q), 0);
+    CHECK(q == 3.5);
     printf("broker B restarted: its node listed at A and called through it again\n");
 
     mdg_conn_destroy(&node);

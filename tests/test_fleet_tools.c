@@ -28,16 +28,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static bool read_file(const char *path, char *buf, size_t len)
-{
-    int fd = open(path, O_RDONLY);
-    ssize_t n = fd >= 0 ? read(fd, buf, len - 1) : -1;
-    if (fd >= 0)
-        close(fd);
-    buf[n > 0 ? n : 0] = '\0';
-    return n > 0;
-}
-
 /* SIGTERM, and the exit status (-1: killed, or not running). */
 static int stop(int i)
 {
@@ -85,7 +75,7 @@ static int start_broker(int i, const char *uri, const char *nats_url, const char
     for (int64_t until = now_ms() + WAIT_MS; now_ms() < until; usleep(20000)) {
         const char *at;
         int port;
-        if (read_file(out_path, text, sizeof text) && (at = strstr(text, "listening on port ")) != NULL &&
+        if (t_read_file(out_path, text, sizeof text) && (at = strstr(text, "listening on port ")) != NULL &&
             sscanf(at, "listening on port %d", &port) == 1)
             return port;
         if (waitpid(pids[i], NULL, WNOHANG) == pids[i]) {
@@ -93,7 +83,7 @@ static int start_broker(int i, const char *uri, const char *nats_url, const char
             break;
         }
     }
-    read_file(err_path, text, sizeof text);
+    t_read_file(err_path, text, sizeof text);
     fprintf(stderr, "messidge-broker %d did not start:\n%s\n", i, text);
     return 0;
 }

@@ -129,6 +129,18 @@ static inline int t_run(char *out, size_t len, const char *fmt, ...)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* The start of a (small) file, NUL-terminated, into buf: true when it
+ * had something. */
+static inline bool t_read_file(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, len - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    return n > 0;
+}
+
 /* A loopback port nothing listens on (bound to port 0, read, closed),
  * or 0 when no socket could be bound. */
 static inline int t_free_port(void)
