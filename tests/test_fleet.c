@@ -11,6 +11,7 @@
  *     is refused and logged, and the fleet goes on
  *   - a node that leaves B leaves A's offers and node list; a broker
  *     that leaves takes its nodes with it */
+#include "fleet.h"
 #include "natsserver.h"
 #include "testutil.h"
 
@@ -237,22 +238,35 @@ static void intruder(const char *url, side *a, side *b)
         return;
     /* garbage */
     natsConnection_PublishString(nc, subject, "hello, I am not a broker");
-    /* B's key in the envelope, sealed with a key that is not B's */
-    uint8_t msg[200], fake_sk[32], fake_pk[32], shared[crypto_box_BEFORENMBYTES];
-    memset(msg, 0, sizeof msg);
-    msg[0] = 'M';
-    msg[1] = 'F';
-    msg[2] = 1;
-    memcpy(msg + 3, mdg_keys_public(b->keys), 32);
+    /* a forged call to B's node "from B": B's key in the envelope, a real
+     * call's head frame inside, claiming a newest incarnation (that would
+     * make A forget B), but sealed with a key that is not B's */
+    uint8_t fake_sk[32], fake_pk[32], shared[crypto_box_BEFORENMBYTES];
     crypto_box_keypair(fake_pk, fake_sk);
     CHECK(crypto_box_beforenm(shared, mdg_keys_public(a->keys), fake_sk) == 0);
-    uint8_t plain[100] = {0};
-    randombytes_buf(msg + 35, 24);
-    crypto_box_easy_afternm(msg + 59, plain, sizeof plain, msg + 35, shared);
-    natsConnection_Publish(nc, subject, msg, 59 + 16 + (int)sizeof plain);
-    /* a well-made envelope from a key that is not a member */
-    memcpy(msg + 3, fake_pk, 32);
-    natsConnection_Publish(nc, subject, msg, 59 + 16 + (int)sizeof plain);
+    mdg_params *p = to_node(mdg_keys_public(b->keys));
+    mdg_params_set_double(p, "dividend", 1);
+    mdg_params_set_double(p, "devisor", 1);
+    mdg_header h = {.kind = MDG_K_CMD, .seq = 1, .corr = 99};
+    mdg_header_set_command(&h, "divide");
+    zmq_msg_t pm, head;
+    uint8_t *msg = NULL;
+    size_t len = 0;
+    CHECK(mdg_params_encode(p, &pm) == 0 && mdg_wire_encode_head(&h, zmq_msg_data(&pm), zmq_msg_size(&pm), &head) == 0);
+    CHECK(fleet_wire_seal(shared, mdg_keys_public(b->keys), UINT64_MAX, 0, zmq_msg_data(&head), zmq_msg_size(&head),
+                          NULL, 0, &msg, &len) == 0);
+    if (msg)
+        natsConnection_Publish(nc, subject, msg, (int)len);
+    free(msg);
+    /* the same from a well-made key that is not a member */
+    CHECK(fleet_wire_seal(shared, fake_pk, UINT64_MAX, 0, zmq_msg_data(&head), zmq_msg_size(&head), NULL, 0, &msg,
+                          &len) == 0);
+    if (msg)
+        natsConnection_Publish(nc, subject, msg, (int)len);
+    free(msg);
+    zmq_msg_close(&head);
+    zmq_msg_close(&pm);
+    mdg_params_destroy(&p);
     natsConnection_FlushTimeout(nc, 2000);
     natsConnection_Destroy(nc);
 }
@@ -343,6 +357,9 @@ int main(void)
     CHECK(strstr(mdg_last_error(), "max_payload") != NULL);
     free(big);
     CHECK_RC(mdg_conn_call(ua, "whoami", to_node(npk), "small", 5, 10000, &r), 0);
+    size_t blen = 0;
+    const void *bulk = r ? mdg_msg_bulk(r, &blen) : NULL;
+    CHECK(bulk && blen == 5 && memcmp(bulk, "small", 5) == 0); /* a bulk part crosses both ways */
     mdg_msg_destroy(&r);
 
     /* a stream of 10,000 replies back to the caller, in order */
