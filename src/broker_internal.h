@@ -12,7 +12,9 @@
  *   broker_route.c                      dispatch to a handler, or forward to a node;
  *                                       replies and the nodes' answers routed back
  *   broker_auth.c                       who may connect (ZAP, allow-list, budget)
- *   broker.c                            lifecycle and the public API */
+ *   broker.c                            lifecycle and the public API
+ *   fleet*.c (fleet.h)                  in a fleet: the other brokers over NATS,
+ *                                       and calls to and from their nodes */
 #ifndef MDG_BROKER_INTERNAL_H
 #define MDG_BROKER_INTERNAL_H
 

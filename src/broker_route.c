@@ -4,7 +4,9 @@
  * that called; the replies of the broker's handlers. Fairness: one session
  * has at most node_window messages at a node at once (its share), and a
  * caller that does not read has its nodes paused (MDG_FLOW_COMMAND), then its
- * calls ended. */
+ * calls ended. In a fleet (fleet.h), a node of another broker is reached
+ * the same way through that broker's pair channel, and calls from other
+ * brokers to our nodes come in here too. */
 #include "broker_internal.h"
 #include "fleet.h"
 #include "params_view.h"
