@@ -25,6 +25,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Other brokers of a fleet given with --fleet-member, at most. */
+#define FLEET_MEMBERS_MAX 256
 /* The soft open-file limit goes up to this at most (from the hard one). */
 #define NOFILE_CEILING (1 << 20)
 
@@ -184,7 +186,7 @@ int main(int argc, char **argv)
     mdg_account_server *as = NULL;
     broker_builtin *bb = NULL;
     mdg_fleet_options fo = {0};
-    uint8_t (*members)[MDG_KEY_BYTES] = NULL;
+    static uint8_t members[FLEET_MEMBERS_MAX][MDG_KEY_BYTES]; /* not on the heap: any early exit is clean */
     size_t n_members = 0;
 
     while ((opt = getopt_long(argc, argv, "p:b:k:P:s:vh", longopts, NULL)) != -1) {
@@ -235,21 +237,17 @@ int main(int argc, char **argv)
         case OPT_PORT_FILE: port_file = optarg; break;
         case OPT_FLEET: fo.url = optarg; break;
         case OPT_FLEET_NAME: fo.name = optarg; break;
-        case OPT_FLEET_MEMBER: {
-            void *grown = realloc(members, (n_members + 1) * sizeof *members);
-            if (!grown) {
-                free(members);
-                return 1;
+        case OPT_FLEET_MEMBER:
+            if (n_members == FLEET_MEMBERS_MAX) {
+                fprintf(stderr, "messidge-broker: at most %d --fleet-member\n", FLEET_MEMBERS_MAX);
+                return 2;
             }
-            members = grown;
             if (mdg_pk_from_b64(members[n_members], optarg) != 0) {
                 fprintf(stderr, "messidge-broker: bad fleet member key \"%s\" (base64 of 32 bytes)\n", optarg);
-                free(members);
                 return 2;
             }
             n_members++;
             break;
-        }
         case 'v': verbose++; break;
         case 'h': usage(stdout); return 0;
         case OPT_VERSION: cli_print_version("messidge-broker"); return 0;
@@ -258,12 +256,10 @@ int main(int argc, char **argv)
     }
     if (optind != argc) {
         usage(stderr);
-        free(members);
         return 2;
     }
     if (!fo.url && (fo.name || n_members)) {
         fprintf(stderr, "messidge-broker: --fleet-name and --fleet-member need --fleet URL\n");
-        free(members);
         return 2;
     }
     if (use_syslog)
@@ -403,7 +399,6 @@ out:
     broker_builtin_destroy(&bb);
     mdg_identity_destroy(&id);
     mdg_keys_destroy(&keys);
-    free(members);
     if (status == 0)
         cli_log(MDG_LOG_INFO, "stopped");
     return status;
