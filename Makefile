@@ -14,7 +14,7 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 DEBS = build-essential cmake pkg-config libzmq3-dev libsodium-dev libcbor-dev \
-       libsqlite3-dev libpq-dev libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev clang libclang-rt-14-dev \
+       libnats-dev libsqlite3-dev libpq-dev libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev clang libclang-rt-14-dev \
        python3-dev
 # What `make bench` needs on top: the NATS baseline (server, C client) and
 # openssl for its TLS certificate.
@@ -22,8 +22,9 @@ BENCH_DEBS = nats-server libnats-dev openssl
 # What `make test` needs on top: the Messidge 1.x interop peers (Python,
 # with Debian's own modules; no PyPI), pytest for messidge for Python, and
 # a PostgreSQL server for the shared identity store's tests (each starts
-# its own, on loopback, in a temporary directory).
-TEST_DEBS = python3 python3-zmq python3-libnacl python3-cbor python3-pytest postgresql
+# its own, on loopback, in a temporary directory), and a NATS server for
+# the fleet's tests (each starts its own, on loopback).
+TEST_DEBS = python3 python3-zmq python3-libnacl python3-cbor python3-pytest postgresql nats-server
 
 .PHONY: all deps build demo test fuzz install clean bench python
 

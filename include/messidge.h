@@ -334,7 +334,8 @@ typedef struct mdg_broker_hooks {
     /* The resource offer pushed to each new session as the command
      * "resource_offer": return new params (taken by the broker), or NULL
      * to send none. Without this hook the broker offers
-     * {"nodes": [pk, ...]}, the connected nodes' keys as bytes. */
+     * {"nodes": [pk, ...]}, the connected nodes' keys as bytes (in a
+     * fleet: every broker's, see mdg_broker_each_node). */
     mdg_params *(*resources)(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *arg);
 } mdg_broker_hooks;
 
@@ -441,6 +442,41 @@ MDG_EXPORT int mdg_broker_disconnect_key(mdg_broker *b, const uint8_t pk[MDG_KEY
 typedef void (*mdg_broker_timer_fn)(mdg_broker *b, void *arg);
 MDG_EXPORT int mdg_broker_add_timer(mdg_broker *b, int interval_ms, mdg_broker_timer_fn fn,
                                     void *arg);
+
+/* A fleet (docs/fleet.md): brokers that look like one service. Each
+ * broker joins through a NATS server or cluster; a user of any broker
+ * calls a node of any other as if it were local (same params and
+ * provenance, replies, streams and errors back to it), and the resource
+ * offers and the node list are the fleet's. Between two brokers, messages
+ * run on the project's reliable numbered channel over NATS subjects, each
+ * sealed with libsodium (crypto_box) from the sending broker's key to the
+ * receiving one's: only the member keys given here are heard. */
+typedef struct mdg_fleet_options {
+    /* NATS server URL(s), comma-separated ("nats://127.0.0.1:4222"; a
+     * tls:// URL, or user:password@ in it, as libnats takes them). */
+    const char *url;
+    /* The fleet's name: brokers of one fleet share it; letters, digits,
+     * '-' and '_' (default "messidge"). */
+    const char *name;
+    /* A broker says it is alive every beat_ms (default 500) and is taken
+     * as gone, its nodes withdrawn and calls to them failed, after
+     * silence_ms without a word (default 10000). */
+    int beat_ms;
+    int silence_ms;
+} mdg_fleet_options;
+
+/* Before start / run: join a fleet (copied). A broker that never joins
+ * needs no NATS and behaves as one broker alone. */
+MDG_EXPORT int mdg_broker_join_fleet(mdg_broker *b, const mdg_fleet_options *opts);
+/* Before start / run: the public key of another broker of the fleet
+ * (its CURVE key, mdg_keys_public). Messages from keys not listed are
+ * refused and logged. */
+MDG_EXPORT int mdg_broker_fleet_member(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES]);
+/* Call fn for every node the broker can route to: its own (local true)
+ * and, in a fleet, those of the other brokers. Loop thread only (handlers,
+ * hooks, timers). Returns how many. */
+typedef void (*mdg_node_fn)(const uint8_t pk[MDG_KEY_BYTES], bool local, void *arg);
+MDG_EXPORT size_t mdg_broker_each_node(const mdg_broker *b, mdg_node_fn fn, void *arg);
 
 /* Number of connected user sessions and nodes (loop thread, or approximate). */
 MDG_EXPORT size_t mdg_broker_session_count(const mdg_broker *b);

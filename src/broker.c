@@ -11,6 +11,7 @@
  * command against the application's table before its handler runs, or
  * its forwarding to a node (broker_route.c). */
 #include "broker_internal.h"
+#include "fleet.h"
 
 #include <errno.h>
 #include <sodium.h>
@@ -444,7 +445,7 @@ static int bind_sockets(mdg_broker *b)
     mdg_loop_on_wake(b->loop, on_wake, b);
     mdg_loop_on_turn(b->loop, broker_flush_turn, b);
     broker_set_budget(b);
-    return 0;
+    return b->fleet ? fleet_start(b->fleet) : 0;
 }
 
 /* The loop has ended: every session is closed (hooks fired), once. */
@@ -469,6 +470,7 @@ static int run_loop(mdg_broker *b)
     b->loop_thread = pthread_self();
     __atomic_store_n(&b->loop_running, true, __ATOMIC_RELEASE);
     int rc = mdg_loop_run(b->loop);
+    fleet_leave(b->fleet); /* first: the others withdraw our nodes at once, not after a silence */
     close_all_sessions(b);
     __atomic_store_n(&b->loop_running, false, __ATOMIC_RELEASE);
     return rc;
@@ -521,8 +523,10 @@ void mdg_broker_destroy(mdg_broker **pb)
         mdg_loop_stop(b->loop);
         pthread_join(b->thread, NULL);
     } else if (b->sessions) {
+        fleet_leave(b->fleet);
         close_all_sessions(b);
     }
+    fleet_destroy(&b->fleet); /* before the loop it watches goes */
     for (int i = BROKER_LISTENERS - 1; i >= 0; i--) {
         if (b->listeners[i].mon)
             zmq_close(b->listeners[i].mon);

@@ -12,7 +12,9 @@
  *   broker_route.c                      dispatch to a handler, or forward to a node;
  *                                       replies and the nodes' answers routed back
  *   broker_auth.c                       who may connect (ZAP, allow-list, budget)
- *   broker.c                            lifecycle and the public API */
+ *   broker.c                            lifecycle and the public API
+ *   fleet*.c (fleet.h)                  in a fleet: the other brokers over NATS,
+ *                                       and calls to and from their nodes */
 #ifndef MDG_BROKER_INTERNAL_H
 #define MDG_BROKER_INTERNAL_H
 
@@ -224,6 +226,7 @@ struct mdg_broker {
         mdg_broker *b;
         struct broker_timer *next;
     } *timers; /* mdg_broker_add_timer's, each its own block: the loop keeps pointers */
+    struct fleet *fleet; /* the fleet it joined (fleet.h), or NULL */
 };
 
 /* A call forwarded to a node: only that node may answer it, and its
@@ -240,6 +243,10 @@ typedef struct fwd {
      * late replies are dropped quietly until ended_at + TOMBSTONE_MS */
     bool ended;
     int64_t ended_at;
+    /* fleet (docs/fleet.md): the broker the node is at, when not this one;
+     * or, at the node's broker, the one the call came from, whose forward
+     * id is user_corr (session_id is then the caller's there) */
+    struct fleet_member *via, *from;
 } fwd;
 
 /* One session's share of one node: what it has there at once (open calls,
@@ -320,6 +327,14 @@ void broker_resume_paused_fwds(mdg_broker *b, peer *p);
 void broker_drop_fwds(mdg_broker *b, peer *p);
 bool broker_dispatch_command(mdg_broker *b, peer *p, mdg_inbound *in);
 bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_inbound *in);
+/* fleet: a reply or error from member m to our call f->id; a call from m
+ * to one of our nodes (its params stamped by m, "node" naming the target) */
+void broker_route_fleet_reply(mdg_broker *b, struct fleet_member *m, mdg_inbound *in);
+void broker_route_fleet_call(mdg_broker *b, struct fleet_member *m, mdg_inbound *in);
+void broker_end_fwd(mdg_broker *b, fwd *f, const char *why);
+void broker_fleet_flow(mdg_broker *b, fwd *f, const char *state);
+/* Calls waiting on node pk fail to their callers (it is gone). */
+void broker_drop_node_fwds(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES]);
 
 /* broker_native.c: the native listener */
 extern const broker_listener_ops broker_native_listener;

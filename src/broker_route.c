@@ -4,8 +4,11 @@
  * that called; the replies of the broker's handlers. Fairness: one session
  * has at most node_window messages at a node at once (its share), and a
  * caller that does not read has its nodes paused (MDG_FLOW_COMMAND), then its
- * calls ended. */
+ * calls ended. In a fleet (fleet.h), a node of another broker is reached
+ * the same way through that broker's pair channel, and calls from other
+ * brokers to our nodes come in here too. */
 #include "broker_internal.h"
+#include "fleet.h"
 #include "params_view.h"
 
 #include <stdlib.h>
@@ -119,9 +122,11 @@ static void end_fwd(mdg_broker *b, fwd *f, peer *caller, const char *why)
 {
     if (caller)
         broker_send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
-    peer *node = mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES);
+    peer *node = f->via ? NULL : mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES);
     if (node)
         send_flow(b, node, f->id, "end", why);
+    else if (f->via && f->via->up) /* the node's broker ends it there */
+        fleet_send_params(b->fleet, f->via, MDG_K_CMD, f->id, 0, FLEET_END, NULL);
     if (f->paused && caller)
         caller->paused_fwds--;
     f->paused = false;
@@ -129,6 +134,38 @@ static void end_fwd(mdg_broker *b, fwd *f, peer *caller, const char *why)
     f->ended_at = mdg_now_ms();
     b->tombstones++;
     broker_share_release(b, f->session_id, f->node_pk);
+}
+
+void broker_end_fwd(mdg_broker *b, fwd *f, const char *why)
+{
+    if (!f->ended)
+        end_fwd(b, f, NULL, why);
+}
+
+/* Pause or resume call f at its node: a local node is told itself, one at
+ * another broker through that broker (FLEET_FLOW). */
+static void flow_fwd(mdg_broker *b, fwd *f, const char *state)
+{
+    if (f->via) {
+        mdg_params *p = mdg_params_new();
+        if (p && mdg_params_set_str(p, "state", state) == 0)
+            fleet_send_params(b->fleet, f->via, MDG_K_CMD, f->id, 0, FLEET_FLOW, p);
+        else
+            mdg_params_destroy(&p);
+        return;
+    }
+    peer *node = mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES);
+    if (node && node->transport->flow)
+        send_flow(b, node, f->id, state, NULL);
+}
+
+/* At the node's broker: the caller's broker pauses or resumes call f (one
+ * that came from it) because its caller is not reading, or reads again. */
+void broker_fleet_flow(mdg_broker *b, fwd *f, const char *state)
+{
+    peer *node = mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES);
+    if (!f->ended && node && node->transport->flow)
+        send_flow(b, node, f->id, state, NULL);
 }
 
 /* A session that was not reading has caught up: the nodes paused for it
@@ -139,9 +176,8 @@ void broker_resume_paused_fwds(mdg_broker *b, peer *p)
     mdg_map_each(b->fwds, scan_one, &s);
     for (size_t i = 0; i < s.found.n; i++) {
         fwd *f = s.found.v[i];
-        peer *node = f->paused ? mdg_map_get(b->nodes, f->node_pk, MDG_KEY_BYTES) : NULL;
-        if (node)
-            send_flow(b, node, f->id, "resume", NULL);
+        if (f->paused)
+            flow_fwd(b, f, "resume");
         f->paused = false;
     }
     p->paused_fwds = 0;
@@ -153,22 +189,34 @@ void broker_resume_paused_fwds(mdg_broker *b, peer *p)
  * (the nodes are told to stop their replies). */
 void broker_drop_fwds(mdg_broker *b, peer *p)
 {
-    fwd_scan s = {.key = p->role == MDG_ROLE_NODE ? p->pk : p->session_id,
-                  .by_node = p->role == MDG_ROLE_NODE};
+    if (p->role == MDG_ROLE_NODE) {
+        broker_drop_node_fwds(b, p->pk);
+        return;
+    }
+    fwd_scan s = {.key = p->session_id};
     mdg_map_each(b->fwds, scan_one, &s);
     for (size_t i = 0; i < s.found.n; i++) {
         fwd *f = s.found.v[i];
-        if (!s.by_node) {
-            if (!f->ended)
-                end_fwd(b, f, NULL, "the caller's session has closed");
-            continue;
-        }
-        peer *caller = f->ended ? NULL : mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
+        if (!f->ended)
+            end_fwd(b, f, NULL, "the caller's session has closed");
+    }
+    mdg_ptrs_free(&s.found);
+}
+
+void broker_drop_node_fwds(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES])
+{
+    fwd_scan s = {.key = pk, .by_node = true};
+    mdg_map_each(b->fwds, scan_one, &s);
+    for (size_t i = 0; i < s.found.n; i++) {
+        fwd *f = s.found.v[i];
+        char who[MDG_KEY_B64_LEN + 1], why[160];
+        mdg_pk_to_b64(f->node_pk, who);
+        snprintf(why, sizeof why, "node %s went away before answering", who);
+        peer *caller = f->ended || f->from ? NULL : mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
         if (caller) {
-            char who[MDG_KEY_B64_LEN + 1], why[160];
-            mdg_pk_to_b64(f->node_pk, who);
-            snprintf(why, sizeof why, "node %s went away before answering", who);
             broker_send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
+        } else if (f->from && !f->ended) { /* the caller is at another broker */
+            fleet_send_error(b->fleet, f->from, f->user_corr, f->command, why);
         }
         broker_fwd_free(b, f);
     }
@@ -261,6 +309,80 @@ static bool peer_full(const mdg_broker *b, const peer *p)
     return p->chan.len >= (size_t)b->queue_limit;
 }
 
+/* A forward record for call m of session p to node_pk: in b->fwds under
+ * the next id, or NULL when out of memory. */
+static fwd *new_fwd(mdg_broker *b, const uint8_t *node_pk, const uint8_t *session_id, uint64_t corr,
+                    const char *command)
+{
+    fwd *f = calloc(1, sizeof *f);
+    if (!f || mdg_map_put_u64(b->fwds, b->next_fwd + 1, f) != 0) {
+        free(f);
+        return NULL;
+    }
+    f->id = ++b->next_fwd;
+    memcpy(f->node_pk, node_pk, MDG_KEY_BYTES);
+    memcpy(f->session_id, session_id, SESSION_ID_BYTES);
+    f->user_corr = corr;
+    snprintf(f->command, sizeof f->command, "%.63s", command);
+    return f;
+}
+
+/* A user's call to a node of another broker of the fleet (home): stamped
+ * here as for a local node, with "node" put back for the home broker to
+ * know which of its nodes (it takes it out again), and sent on the pair
+ * channel. The caller's share of the node is counted here, as for a local
+ * one. */
+static bool forward_to_fleet(mdg_broker *b, peer *p, mdg_msg *m, fleet_member *home, const uint8_t *pk)
+{
+    uint8_t node_pk[MDG_KEY_BYTES];
+    char why[200], who[MDG_KEY_B64_LEN + 1];
+    memcpy(node_pk, pk, MDG_KEY_BYTES); /* pk points into the params the stamp changes */
+    if (strncmp(m->h.command, "mdg.", 4) == 0) {
+        refuse(b, p, &m->h, "command names beginning 'mdg.' are reserved");
+        return true;
+    }
+    int rc = share_take(b, p->session_id, node_pk);
+    if (rc == MDG_EAGAIN)
+        return false;
+    zmq_msg_t pm, bm;
+    fwd *f = NULL;
+    if (rc || stamp_identity(m, p, true) != 0 || mdg_params_set_bytes(m->params, "node", node_pk, MDG_KEY_BYTES) ||
+        mdg_params_encode(m->params, &pm) != 0) {
+        if (rc == 0)
+            broker_share_release(b, p->session_id, node_pk);
+        refuse(b, p, &m->h, "broker out of memory");
+        return true;
+    }
+    if (m->h.corr && !(f = new_fwd(b, node_pk, p->session_id, m->h.corr, m->h.command))) {
+        zmq_msg_close(&pm);
+        broker_share_release(b, p->session_id, node_pk);
+        refuse(b, p, &m->h, "broker out of memory");
+        return true;
+    }
+    if (f)
+        f->via = home;
+    mdg_header h = {.kind = MDG_K_CMD, .corr = f ? f->id : 0};
+    mdg_header_set_command(&h, m->h.command);
+    if (m->has_bulk) {
+        zmq_msg_init(&bm);
+        zmq_msg_move(&bm, &m->bulk);
+    }
+    rc = fleet_send(b->fleet, home, &h, &pm, m->has_bulk ? &bm : NULL);
+    zmq_msg_close(&pm);
+    if (rc != 0 || !f) /* a fire-and-forget command is done once on the channel */
+        broker_share_release(b, p->session_id, node_pk);
+    if (rc != 0) {
+        if (f) {
+            f->ended = true; /* its share was released just above */
+            b->tombstones++;
+            broker_fwd_free(b, f);
+        }
+        snprintf(why, sizeof why, "node %s cannot take the call: %s", pk_short(node_pk, who), mdg_last_error());
+        refuse(b, p, &m->h, why);
+    }
+    return true;
+}
+
 /* A user's call to a node: check the node, stamp who calls, remember who
  * may answer, and pass it on (the bulk frame is moved, not copied).
  * Returns false when the node cannot take more now: the call waits. */
@@ -276,6 +398,9 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
     }
     const uint8_t *pk = v.data;
     peer *node = mdg_map_get(b->nodes, pk, MDG_KEY_BYTES);
+    fleet_member *home = node || !b->fleet ? NULL : fleet_node_home(b->fleet, pk);
+    if (home)
+        return forward_to_fleet(b, p, m, home, pk);
     if (!node) {
         mdg_pk_to_b64(pk, who);
         snprintf(why, sizeof why, "node %s is not connected", who);
@@ -306,20 +431,11 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
         return true;
     }
     fwd *f = NULL;
-    if (m->h.corr) {
-        f = calloc(1, sizeof *f);
-        if (!f || mdg_map_put_u64(b->fwds, b->next_fwd + 1, f) != 0) {
-            free(f);
-            zmq_msg_close(&pm);
-            broker_share_release(b, p->session_id, node->pk);
-            refuse(b, p, &m->h, "broker out of memory");
-            return true;
-        }
-        f->id = ++b->next_fwd;
-        memcpy(f->node_pk, node->pk, MDG_KEY_BYTES);
-        memcpy(f->session_id, p->session_id, SESSION_ID_BYTES);
-        f->user_corr = m->h.corr;
-        snprintf(f->command, sizeof f->command, "%.63s", m->h.command);
+    if (m->h.corr && !(f = new_fwd(b, node->pk, p->session_id, m->h.corr, m->h.command))) {
+        zmq_msg_close(&pm);
+        broker_share_release(b, p->session_id, node->pk);
+        refuse(b, p, &m->h, "broker out of memory");
+        return true;
     }
     mdg_header h = {.kind = MDG_K_CMD, .corr = f ? f->id : 0};
     mdg_header_set_command(&h, m->h.command);
@@ -342,6 +458,9 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
     return true;
 }
 
+static void relay_to_fleet(mdg_broker *b, fwd *fw, mdg_inbound *in);
+static void deliver_reply(mdg_broker *b, fwd *fw, mdg_inbound *in, peer *node);
+
 /* A node's reply: only the node the call went to may answer, and the reply
  * goes to the calling session only. Its params are passed on as they came
  * (a native node's never decoded), its bulk moved. */
@@ -360,16 +479,70 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_inbound *in)
         broker_send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: no such call pending for this node");
         return true;
     }
+    if (fw->from) { /* the caller is at another broker of the fleet */
+        relay_to_fleet(b, fw, in);
+        return true;
+    }
+    deliver_reply(b, fw, in, node);
+    return true;
+}
+
+/* A reply from a member of the fleet to a call we forwarded to one of its
+ * nodes: only the broker the call went to may answer it. */
+void broker_route_fleet_reply(mdg_broker *b, fleet_member *m, mdg_inbound *in)
+{
+    fwd *fw = mdg_map_get_u64(b->fwds, in->h.corr);
+    if (!fw || fw->via != m) {
+        fleet_refuse(b->fleet, FLEET_REFUSED_CONTENT, "%s to call %llu from a broker it was not sent to (or not pending): refused",
+                     mdg_kind_name(in->h.kind), (unsigned long long)in->h.corr);
+        return;
+    }
+    deliver_reply(b, fw, in, NULL);
+}
+
+/* A reply of one of our nodes to a call from another broker: back there,
+ * under that broker's forward id. */
+static void relay_to_fleet(mdg_broker *b, fwd *fw, mdg_inbound *in)
+{
+    bool final = !(in->h.flags & MDG_F_MORE);
+    zmq_msg_t pm, bm;
+    if (!fw->ended && mdg_inbound_encoded_params(in, &pm) == 0) {
+        mdg_header out = {.kind = in->h.kind, .corr = fw->user_corr, .flags = in->h.flags};
+        bool has_bulk = mdg_inbound_take_bulk(in, &bm);
+        if (fleet_send(b->fleet, fw->from, &out, &pm, has_bulk ? &bm : NULL) != 0) {
+            char why[300];
+            snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
+            mdg_log(MDG_LOG_ERROR, "%s", why);
+            fleet_send_error(b->fleet, fw->from, fw->user_corr, fw->command, why); /* the caller still hears */
+            final = true;
+        }
+        zmq_msg_close(&pm);
+    } else if (!fw->ended) {
+        fleet_send_error(b->fleet, fw->from, fw->user_corr, fw->command, "the node's reply was malformed");
+        final = true;
+    }
+    if (final)
+        broker_fwd_free(b, fw);
+}
+
+/* A reply for call fw, from its node (local) or from the broker of its
+ * node (node NULL), to the calling session. */
+static void deliver_reply(mdg_broker *b, fwd *fw, mdg_inbound *in, peer *node)
+{
+    const mdg_header *h = &in->h;
+    char who[MDG_KEY_B64_LEN + 1];
+    pk_short(fw->node_pk, who);
     if (fw->ended) { /* on its way before the node heard that the call was ended */
         if (!(h->flags & MDG_F_MORE))
             broker_fwd_free(b, fw);
-        return true;
+        return;
     }
     zmq_msg_t pm, bm;
     if (mdg_inbound_encoded_params(in, &pm) != 0) {
-        mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", pk_short(node->pk, who));
-        broker_send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
-        return true;
+        mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", who);
+        if (node)
+            broker_send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
+        return;
     }
     /* A node is never paused for one caller: its replies to a caller that
      * does not read wait in that caller's queue, past queue_limit. At 1.5
@@ -384,34 +557,92 @@ bool broker_route_node_reply(mdg_broker *b, peer *node, mdg_inbound *in)
     if (!caller) {
         zmq_msg_close(&pm);
         broker_fwd_free(b, fw);
-        return true;
+        return;
     }
     if (!final && fw->paused && ++fw->since_pause > overshoot) {
         char why[300];
         snprintf(why, sizeof why, "the broker ended '%s': its caller is not reading (%zu messages wait for it)",
                  fw->command, caller->chan.len);
-        mdg_log(MDG_LOG_WARN, "from node %s: %s", pk_short(node->pk, who), why);
+        mdg_log(MDG_LOG_WARN, "from node %s: %s", who, why);
         zmq_msg_close(&pm);
         end_fwd(b, fw, caller, why);
-        return true;
+        return;
     }
     mdg_header out = {.kind = h->kind, .corr = fw->user_corr, .flags = h->flags};
     bool has_bulk = mdg_inbound_take_bulk(in, &bm);
     if (broker_send_frames_max(b, caller, &out, &pm, has_bulk ? &bm : NULL, SIZE_MAX, NULL) != 0) {
         char why[300];
         snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
-        mdg_log(MDG_LOG_ERROR, "from node %s: %s", pk_short(node->pk, who), why);
-        broker_send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
+        mdg_log(MDG_LOG_ERROR, "from node %s: %s", who, why);
+        if (node)
+            broker_send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
     }
     if (final) {
         broker_fwd_free(b, fw);
-    } else if (caller->chan.len >= broker_over_limit(b, 6) && !fw->paused && node->transport->flow) {
+    } else if (caller->chan.len >= broker_over_limit(b, 6) && !fw->paused &&
+               (fw->via || node->transport->flow)) {
         fw->paused = true;
         fw->since_pause = 0;
         caller->paused_fwds++;
-        send_flow(b, node, fw->id, "pause", NULL);
+        flow_fwd(b, fw, "pause");
     }
-    return true;
+}
+
+/* A call from a member of the fleet to one of our nodes: its params were
+ * stamped by that broker (user, session) and name the node; they go to the
+ * node as they are but for "node", taken out as a local call's is. */
+void broker_route_fleet_call(mdg_broker *b, fleet_member *m, mdg_inbound *in)
+{
+    const mdg_header *h = &in->h;
+    mdg_params *params = NULL;
+    const uint8_t *pk = NULL;
+    uint8_t node_pk[MDG_KEY_BYTES], sid[SESSION_ID_BYTES] = {0};
+    size_t len = 0;
+    char why[200], who[MDG_KEY_B64_LEN + 1];
+    if (mdg_inbound_take_params(in, &params) != 0 || mdg_params_get_bytes(params, "node", &pk, &len) != 0 ||
+        len != MDG_KEY_BYTES) {
+        fleet_refuse(b->fleet, FLEET_REFUSED_CONTENT, "call '%s' from a broker without a node's key: refused", h->command);
+        if (h->corr)
+            fleet_send_error(b->fleet, m, h->corr, h->command, "param 'node' must be a node's public key (32 bytes)");
+        mdg_params_destroy(&params);
+        return;
+    }
+    memcpy(node_pk, pk, MDG_KEY_BYTES);
+    if (mdg_params_get_bytes(params, "session", &pk, &len) == 0 && len == SESSION_ID_BYTES)
+        memcpy(sid, pk, SESSION_ID_BYTES);
+    peer *node = mdg_map_get(b->nodes, node_pk, MDG_KEY_BYTES);
+    zmq_msg_t pm, bm;
+    fwd *f = NULL;
+    if (!node) {
+        snprintf(why, sizeof why, "node %s is not connected", pk_short(node_pk, who));
+    } else if (mdg_params_remove(params, "node") != 0 || mdg_params_encode(params, &pm) != 0) {
+        snprintf(why, sizeof why, "broker out of memory");
+        node = NULL;
+    } else if (h->corr && !(f = new_fwd(b, node_pk, sid, h->corr, h->command))) {
+        zmq_msg_close(&pm);
+        snprintf(why, sizeof why, "broker out of memory");
+        node = NULL;
+    }
+    mdg_params_destroy(&params);
+    if (!node) {
+        if (h->corr)
+            fleet_send_error(b->fleet, m, h->corr, h->command, why);
+        return;
+    }
+    if (f)
+        f->from = m;
+    mdg_header out = {.kind = MDG_K_CMD, .corr = f ? f->id : 0};
+    mdg_header_set_command(&out, h->command);
+    bool has_bulk = mdg_inbound_take_bulk(in, &bm);
+    /* past queue_limit too: the calling broker bounds what each of its
+     * sessions has at a node (node_window) */
+    if (broker_send_frames_max(b, node, &out, &pm, has_bulk ? &bm : NULL, SIZE_MAX, NULL) != 0) {
+        snprintf(why, sizeof why, "node %s cannot take the call: %s", pk_short(node_pk, who), mdg_last_error());
+        if (f) {
+            fleet_send_error(b->fleet, m, h->corr, h->command, why);
+            broker_fwd_free(b, f);
+        }
+    }
 }
 
 /* Returns false when the message must wait (its node is full). */

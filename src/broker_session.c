@@ -4,6 +4,7 @@
  * period, by a goodbye, or when the broker stops. The link monitor says
  * when a connection drops; the grace timer closes what was not resumed. */
 #include "broker_internal.h"
+#include "fleet.h"
 
 #include <sodium.h>
 #include <stdlib.h>
@@ -50,8 +51,11 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     if (p->attached && mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
     mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
-    if (p->role == MDG_ROLE_NODE && mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p)
+    if (p->role == MDG_ROLE_NODE && mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p) {
         mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
+        if (b->fleet) /* the other brokers withdraw it */
+            fleet_node_left(b->fleet, p->pk);
+    }
     publish_counts(b);
     mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
     mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
@@ -133,29 +137,30 @@ bool broker_stray_first(broker_listener *l, int fd)
     return true;
 }
 
-static void collect_node(void *value, void *arg)
+static void collect_node(const uint8_t node_pk[MDG_KEY_BYTES], bool local, void *arg)
 {
-    peer *p = value;
     cbor_item_t *list = arg;
-    cbor_item_t *pk = cbor_build_bytestring(p->pk, MDG_KEY_BYTES);
+    cbor_item_t *pk = cbor_build_bytestring(node_pk, MDG_KEY_BYTES);
+    (void)local;
     if (pk) {
         cbor_array_push(list, pk);
         cbor_decref(&pk);
     }
 }
 
-/* The default resource offer: the keys of the connected nodes. */
+/* The default resource offer: the keys of the connected nodes (in a
+ * fleet, every broker's). */
 static mdg_params *default_offer(mdg_broker *b)
 {
     mdg_params *o = mdg_params_new();
-    cbor_item_t *list = cbor_new_definite_array(mdg_map_size(b->nodes));
+    cbor_item_t *list = cbor_new_definite_array(mdg_broker_each_node(b, NULL, NULL));
     if (!o || !list) {
         mdg_params_destroy(&o);
         if (list)
             cbor_decref(&list);
         return NULL;
     }
-    mdg_map_each(b->nodes, collect_node, list);
+    mdg_broker_each_node(b, collect_node, list);
     mdg_params_set_item(o, "nodes", list);
     return o;
 }
@@ -213,6 +218,8 @@ void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, 
         return;
     }
     publish_counts(b);
+    if (p->role == MDG_ROLE_NODE && b->fleet) /* the other brokers route to it */
+        fleet_node_joined(b->fleet, p->pk);
     broker_count(&b->metrics.opened[p->role], 1);
     if (p->role == MDG_ROLE_NODE && b->hooks.node_joined)
         p->data = b->hooks.node_joined(b, p->pk, b->hook_arg);

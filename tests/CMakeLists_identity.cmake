@@ -53,3 +53,17 @@ if(TARGET messidge-broker AND TARGET messidge-admin AND TARGET messidge_cli)
     MDG_ADMIN_BIN="$<TARGET_FILE:messidge-admin>"
     MDG_CLI_BIN="$<TARGET_FILE:messidge_cli>")
 endif()
+
+# messidge-broker --fleet end to end: two broker processes sharing a
+# PostgreSQL store, one nats-server; node names resolve fleet-wide.
+if(TARGET messidge-broker AND TARGET messidge_cli)
+  add_executable(test_fleet_tools test_fleet_tools.c pgserver.c natsserver.c)
+  target_link_libraries(test_fleet_tools PRIVATE messidge_static)
+  target_include_directories(test_fleet_tools PRIVATE ${CMAKE_SOURCE_DIR}/src)
+  add_dependencies(test_fleet_tools messidge-broker messidge_cli)
+  target_compile_definitions(test_fleet_tools PRIVATE
+    MDG_BROKER_BIN="$<TARGET_FILE:messidge-broker>"
+    MDG_CLI_BIN="$<TARGET_FILE:messidge_cli>")
+  add_test(NAME test_fleet_tools COMMAND test_fleet_tools)
+  set_tests_properties(test_fleet_tools PROPERTIES TIMEOUT 180)
+endif()

@@ -14,7 +14,12 @@
  *  - decoded params re-encode, decode again, and print the same text;
  *  - a Messidge 1.x frame that parses and opens in clear rebuilds into a
  *    frame with the same fields; opening under a key or reading it as a
- *    hello answer never crashes. */
+ *    hello answer never crashes;
+ *  - a fleet payload (fleet_wire.c) as it came never opens without its
+ *    key; the input sealed as a payload's inside (so the layout behind the
+ *    box is the fuzzer's) opens into frames that add up to what was
+ *    sealed, or is refused. */
+#include "fleet.h"
 #include "legacy.h"
 #include "params.h"
 #include "wire.h"
@@ -191,6 +196,43 @@ static void batch_walk(const uint8_t *data, size_t size)
     }
 }
 
+/* A fleet payload: the input as it came, then the input as the sealed
+ * inside of one from a fixed member. */
+static void fleet_open(const uint8_t *data, size_t size)
+{
+    static uint8_t pk[crypto_box_PUBLICKEYBYTES], sk[crypto_box_SECRETKEYBYTES];
+    static uint8_t shared[crypto_box_BEFORENMBYTES];
+    static bool ready;
+    if (!ready) {
+        if (sodium_init() < 0)
+            abort();
+        crypto_box_keypair(pk, sk);
+        if (crypto_box_beforenm(shared, pk, sk) != 0)
+            abort();
+        ready = true;
+    }
+    fleet_envelope env;
+    if (fleet_wire_open(shared, data, size, &env) == 0)
+        fail("a fleet payload opened without being sealed", data, size);
+    size_t prefix = 3 + MDG_KEY_BYTES + crypto_box_NONCEBYTES;
+    uint8_t *msg = malloc(prefix + crypto_box_MACBYTES + size);
+    if (!msg)
+        return;
+    memcpy(msg, "MF\1", 3);
+    memcpy(msg + 3, pk, MDG_KEY_BYTES);
+    memset(msg + 3 + MDG_KEY_BYTES, 7, crypto_box_NONCEBYTES);
+    crypto_box_easy_afternm(msg + prefix, data, size, msg + 3 + MDG_KEY_BYTES, shared);
+    if (fleet_wire_open(shared, msg, prefix + crypto_box_MACBYTES + size, &env) == 0) {
+        size_t got = 0;
+        for (int i = 1; i < env.frames.n; i++)
+            got += zmq_msg_size(&env.frames.part[i]);
+        if (env.frames.n < 2 || got + 21 != size)
+            fail("an opened fleet payload's frames do not add up", data, size);
+        mdg_frames_close(&env.frames);
+    }
+    free(msg);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -200,5 +242,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     batch_walk(data, size);
     params_round_trip(data, size);
     legacy_round_trip(data, size);
+    fleet_open(data, size);
     return 0;
 }

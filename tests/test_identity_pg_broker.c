@@ -229,16 +229,6 @@ static void stop_broker(void)
     stop_broker_status();
 }
 
-static bool read_file(const char *path, char *buf, size_t len)
-{
-    int fd = open(path, O_RDONLY);
-    ssize_t n = fd >= 0 ? read(fd, buf, len - 1) : -1;
-    if (fd >= 0)
-        close(fd);
-    buf[n > 0 ? n : 0] = '\0';
-    return n > 0;
-}
-
 /* messidge-broker --store uri, its stdout and stderr in files; the ports
  * from its "listening on port N, accounts on port M" line. */
 static bool start_broker(const char *uri, const char *prefix, int *port, int *account_port)
@@ -258,7 +248,7 @@ static bool start_broker(const char *uri, const char *prefix, int *port, int *ac
     }
     for (int64_t deadline = now_ms() + WAIT_MS; now_ms() < deadline; usleep(20 * 1000)) {
         const char *at;
-        if (read_file(out_path, text, sizeof text) &&
+        if (t_read_file(out_path, text, sizeof text) &&
             (at = strstr(text, "listening on port ")) != NULL &&
             sscanf(at, "listening on port %d, accounts on port %d", port, account_port) == 2)
             return true;
@@ -267,7 +257,7 @@ static bool start_broker(const char *uri, const char *prefix, int *port, int *ac
             break;
         }
     }
-    read_file(err_path, text, sizeof text);
+    t_read_file(err_path, text, sizeof text);
     fprintf(stderr, "messidge-broker did not start:\n%s\n", text);
     return false;
 }

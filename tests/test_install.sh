@@ -64,7 +64,7 @@ export PKG_CONFIG_PATH=$LIBDIR/pkgconfig
 cflags=$(pkg-config --cflags libmessidge) || die "pkg-config --cflags libmessidge"
 case $cflags in *krb5* | *pgm* | *libxml2*) die "libzmq's flags in --cflags: $cflags" ;; esac
 static=$(pkg-config --static --libs libmessidge) || die "pkg-config --static --libs"
-for lib in -lzmq -lsodium -lsqlite3 -lpq -lmicrohttpd -lcurl; do
+for lib in -lzmq -lsodium -lnats -lsqlite3 -lpq -lmicrohttpd -lcurl; do
     case " $static " in *" $lib "*) ;; *) die "$lib not in --static --libs: $static" ;; esac
 done
 # shellcheck disable=SC2046,SC2086

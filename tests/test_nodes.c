@@ -64,23 +64,6 @@ typedef struct node_state {
     mdg_msg *hung;     /* a call we never answer */
 } node_state;
 
-/* Say who the broker says called: user and session stamped, no node. */
-static void h_whoami(mdg_msg *m, void *arg)
-{
-    (void)arg;
-    mdg_params *r = mdg_params_new();
-    const uint8_t *v;
-    size_t len;
-    if (mdg_params_get_bytes(mdg_msg_params(m), "user", &v, &len) == 0)
-        mdg_params_set_bytes(r, "user", v, len);
-    if (mdg_params_get_bytes(mdg_msg_params(m), "session", &v, &len) == 0)
-        mdg_params_set_bytes(r, "session", v, len);
-    mdg_params_set_bool(r, "saw_node", mdg_params_has(mdg_msg_params(m), "node"));
-    size_t blen;
-    const void *bulk = mdg_msg_bulk(m, &blen);
-    mdg_msg_reply(m, r, bulk, blen);
-}
-
 /* A long-term channel: many replies from another thread, then a final one. */
 static void *stream_thread(void *arg)
 {
@@ -120,7 +103,7 @@ static void h_pushed(mdg_msg *m, void *arg)
 
 static const mdg_cmd node_cmds[] = {
     {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
-    {"whoami", h_whoami, NULL, MDG_CMD_NEEDS_REPLY},
+    {"whoami", t_whoami, NULL, MDG_CMD_NEEDS_REPLY},
     {"stream", h_stream, NULL, MDG_CMD_NEEDS_REPLY},
     {"hang", h_hang, NULL, MDG_CMD_NEEDS_REPLY},
     {"pushed", h_pushed, NULL, 0},

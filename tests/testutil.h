@@ -129,6 +129,18 @@ static inline int t_run(char *out, size_t len, const char *fmt, ...)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* The start of a (small) file, NUL-terminated, into buf: true when it
+ * had something. */
+static inline bool t_read_file(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, len - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    return n > 0;
+}
+
 /* A loopback port nothing listens on (bound to port 0, read, closed),
  * or 0 when no socket could be bound. */
 static inline int t_free_port(void)
@@ -170,6 +182,25 @@ static inline void t_divide(mdg_msg *m, void *arg)
     }
     mdg_params *r = mdg_params_new();
     mdg_params_set_double(r, "quotient", a / b);
+    mdg_msg_reply(m, r, bulk, blen);
+}
+
+/* Say who the broker says called: the user and session it stamped, how
+ * many params came, whether a "node" came (it must not); any bulk echoed. */
+static inline void t_whoami(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    mdg_params *r = mdg_params_new();
+    const uint8_t *v;
+    size_t len;
+    if (mdg_params_get_bytes(mdg_msg_params(m), "user", &v, &len) == 0)
+        mdg_params_set_bytes(r, "user", v, len);
+    if (mdg_params_get_bytes(mdg_msg_params(m), "session", &v, &len) == 0)
+        mdg_params_set_bytes(r, "session", v, len);
+    mdg_params_set_int(r, "count", (int64_t)mdg_params_count(mdg_msg_params(m)));
+    mdg_params_set_bool(r, "saw_node", mdg_params_has(mdg_msg_params(m), "node"));
+    size_t blen;
+    const void *bulk = mdg_msg_bulk(m, &blen);
     mdg_msg_reply(m, r, bulk, blen);
 }
 

@@ -3,7 +3,9 @@
  *   ping            -> {"pong": true, "version": "0.1.0"}
  *   nodes           -> {"nodes": [{"name": "divide", "pk": "B64"}, ...]}
  *                      the connected nodes (what a new session is offered),
- *                      named as `messidge-admin add-node NAME` registered them
+ *                      named as `messidge-admin add-node NAME` registered them;
+ *                      in a fleet, the other brokers' nodes follow ours (their
+ *                      names from our store: a shared PostgreSQL one names all)
  *
  * Everything but broker_builtin_set_store runs on the broker's loop thread
  * (handlers, hooks, timers, the auth function), so the node list needs no
@@ -148,11 +150,30 @@ static cbor_item_t *node_entry(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES]
     return m;
 }
 
+typedef struct fleet_nodes {
+    mdg_identity *id;
+    cbor_item_t *list;
+    bool ok;
+} fleet_nodes;
+
+/* The nodes of the other brokers of a fleet, after our own. */
+static void add_fleet_node(const uint8_t pk[MDG_KEY_BYTES], bool local, void *arg)
+{
+    fleet_nodes *fn = arg;
+    if (local || !fn->ok)
+        return;
+    cbor_item_t *e = node_entry(fn->id, pk);
+    fn->ok = e && cbor_array_push(fn->list, e);
+    if (e)
+        cbor_decref(&e);
+}
+
 static void h_nodes(mdg_msg *msg, void *arg)
 {
     broker_builtin *bb = arg;
     mdg_identity *id = atomic_load(&bb->id);
-    cbor_item_t *list = cbor_new_definite_array(bb->n_nodes);
+    size_t all = mdg_broker_each_node(bb->b, NULL, NULL);
+    cbor_item_t *list = cbor_new_definite_array(all > bb->n_nodes ? all : bb->n_nodes);
     mdg_params *r = mdg_params_new();
     bool ok = list && r;
     for (size_t i = 0; ok && i < bb->n_nodes; i++) {
@@ -161,6 +182,10 @@ static void h_nodes(mdg_msg *msg, void *arg)
         if (e)
             cbor_decref(&e);
     }
+    fleet_nodes fn = {id, list, ok};
+    if (ok)
+        mdg_broker_each_node(bb->b, add_fleet_node, &fn);
+    ok = fn.ok;
     if (!ok || mdg_params_set_item(r, "nodes", list) != 0) {
         if (!ok && list)
             cbor_decref(&list);

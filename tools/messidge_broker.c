@@ -25,6 +25,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Other brokers of a fleet given with --fleet-member, at most. */
+#define FLEET_MEMBERS_MAX 256
 /* The soft open-file limit goes up to this at most (from the hard one). */
 #define NOFILE_CEILING (1 << 20)
 
@@ -78,6 +80,14 @@ static void usage(FILE *out)
             "      --metrics-bind ADDR  address of the metrics server (default 127.0.0.1)\n"
             "      --pid-file FILE   write the broker's pid to FILE once serving (removed\n"
             "                        on a clean stop)\n"
+            "      --fleet URL       join a fleet of brokers through the NATS server(s) at\n"
+            "                        URL (nats://HOST:PORT, comma-separated for a cluster):\n"
+            "                        users of any broker call nodes of any other, and\n"
+            "                        offers and nodes list the fleet's (docs/fleet.md)\n"
+            "      --fleet-name NAME the fleet's name (default messidge)\n"
+            "      --fleet-member KEY  another broker of the fleet, by its public key\n"
+            "                        (base64, as it prints it); once for each. Fleet\n"
+            "                        messages from other keys are refused\n"
             "      --syslog          log to syslog (the journal under systemd) instead of\n"
             "                        stderr\n"
             "  -v, --verbose         log sessions and refusals (-vv: debug)\n"
@@ -130,6 +140,9 @@ int main(int argc, char **argv)
         OPT_METRICS_PORT,
         OPT_METRICS_BIND,
         OPT_PID_FILE,
+        OPT_FLEET,
+        OPT_FLEET_NAME,
+        OPT_FLEET_MEMBER,
     };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, 'p'},
@@ -143,6 +156,9 @@ int main(int argc, char **argv)
         {"metrics-port", required_argument, NULL, OPT_METRICS_PORT},
         {"metrics-bind", required_argument, NULL, OPT_METRICS_BIND},
         {"pid-file", required_argument, NULL, OPT_PID_FILE},
+        {"fleet", required_argument, NULL, OPT_FLEET},
+        {"fleet-name", required_argument, NULL, OPT_FLEET_NAME},
+        {"fleet-member", required_argument, NULL, OPT_FLEET_MEMBER},
         {"account-port", required_argument, NULL, OPT_ACCOUNT_PORT},
         {"no-accounts", no_argument, NULL, OPT_NO_ACCOUNTS},
         {"port-file", required_argument, NULL, OPT_PORT_FILE},
@@ -169,6 +185,9 @@ int main(int argc, char **argv)
     mdg_broker *b = NULL;
     mdg_account_server *as = NULL;
     broker_builtin *bb = NULL;
+    mdg_fleet_options fo = {0};
+    static uint8_t members[FLEET_MEMBERS_MAX][MDG_KEY_BYTES]; /* not on the heap: any early exit is clean */
+    size_t n_members = 0;
 
     while ((opt = getopt_long(argc, argv, "p:b:k:P:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
@@ -216,6 +235,19 @@ int main(int argc, char **argv)
             }
             break;
         case OPT_PORT_FILE: port_file = optarg; break;
+        case OPT_FLEET: fo.url = optarg; break;
+        case OPT_FLEET_NAME: fo.name = optarg; break;
+        case OPT_FLEET_MEMBER:
+            if (n_members == FLEET_MEMBERS_MAX) {
+                fprintf(stderr, "messidge-broker: at most %d --fleet-member\n", FLEET_MEMBERS_MAX);
+                return 2;
+            }
+            if (mdg_pk_from_b64(members[n_members], optarg) != 0) {
+                fprintf(stderr, "messidge-broker: bad fleet member key \"%s\" (base64 of 32 bytes)\n", optarg);
+                return 2;
+            }
+            n_members++;
+            break;
         case 'v': verbose++; break;
         case 'h': usage(stdout); return 0;
         case OPT_VERSION: cli_print_version("messidge-broker"); return 0;
@@ -224,6 +256,10 @@ int main(int argc, char **argv)
     }
     if (optind != argc) {
         usage(stderr);
+        return 2;
+    }
+    if (!fo.url && (fo.name || n_members)) {
+        fprintf(stderr, "messidge-broker: --fleet-name and --fleet-member need --fleet URL\n");
         return 2;
     }
     if (use_syslog)
@@ -270,6 +306,15 @@ int main(int argc, char **argv)
         fail("cannot make the broker", rc);
         goto out;
     }
+    if (fo.url && (rc = mdg_broker_join_fleet(b, &fo))) {
+        fail("cannot join the fleet", rc);
+        goto out;
+    }
+    for (size_t i = 0; i < n_members; i++)
+        if ((rc = mdg_broker_fleet_member(b, members[i]))) {
+            fail("cannot add a fleet member", rc);
+            goto out;
+        }
     /* A shared store is attached before the broker runs (its listening
      * connection joins the broker's loop); it writes nothing locally. */
     if (shared && (rc = mdg_identity_open_ex(&id, state, create ? MDG_IDENTITY_CREATE : 0))) {
@@ -324,6 +369,8 @@ int main(int argc, char **argv)
         printf(", Messidge 1.x on port %d", mdg_broker_legacy_port(b));
     if (ms)
         printf(", metrics on port %d", mdg_metrics_server_port(ms));
+    if (fo.url)
+        printf(", fleet \"%s\" through %s", fo.name ? fo.name : "messidge", fo.url);
     printf("\nmessidge-broker: broker public key %s\n", pk_b64);
     fflush(stdout);
     if (port_file && cli_write_port_file(port_file, port) != 0) {
