@@ -65,7 +65,7 @@ fuzz: deps
 	CC=clang cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DMDG_SANITIZE=ON -DMDG_FUZZ=ON >/dev/null
 	cmake --build build-test -j $(JOBS) --target fuzz_wire
 	mkdir -p build-test/fuzz-corpus
-	build-test/tests/fuzz_wire -max_total_time=$(FUZZ_SECONDS) build-test/fuzz-corpus tests/fuzz-seeds
+	build-test/tests/fuzz_wire -max_total_time=$(FUZZ_SECONDS) build-test/fuzz-corpus tests/fuzz-inputs
 
 # No apt-get and no tests: what a packager or `sudo make install` expects.
 install:

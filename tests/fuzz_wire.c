@@ -3,7 +3,7 @@
  * params), the CBOR pre-check, and the params decoder (with the text form
  * and a re-encode round trip).
  *
- * Run: fuzz_wire -max_total_time=60 CORPUS_DIR tests/fuzz-seeds
+ * Run: fuzz_wire -max_total_time=60 CORPUS_DIR tests/fuzz-inputs
  * Properties checked beyond "no crash, no leak, no UB":
  *  - a decoded header re-encodes and decodes to the same fields;
  *  - a head frame's params start after its header, inside the frame, and

@@ -258,17 +258,17 @@ typedef struct cutter {
 static void *cut_loop(void *arg)
 {
     cutter *c = arg;
-    unsigned seed = 12345;
+    unsigned rng = 12345;
     long last = 0;
     if (getenv("MDG_TEST_NO_CUTS"))
         return NULL;
     while (!atomic_load(&c->stop)) {
-        usleep(30000 + (useconds_t)(rand_r(&seed) % 120000)); /* 30..150 ms */
+        usleep(30000 + (useconds_t)(rand_r(&rng) % 120000)); /* 30..150 ms */
         while (!atomic_load(&c->stop) && delivered(c->bs, c->ns, c->us) < last + CUT_PROGRESS &&
                !floods_done(c->bs, c->us))
             usleep(1000);
         last = delivered(c->bs, c->ns, c->us);
-        fp_cut(c->fps[rand_r(&seed) % 2]);
+        fp_cut(c->fps[rand_r(&rng) % 2]);
     }
     return NULL;
 }

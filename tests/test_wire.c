@@ -2,7 +2,7 @@
  * decode, what the header decoder refuses, the CBOR pre-check that stands
  * between the network and libcbor's loader, and params decoding.
  *
- * `test_wire --write-seeds DIR` writes the fuzzer's seed corpus (valid
+ * `test_wire --write-inputs DIR` writes the fuzzer's starting inputs (valid
  * headers and params made by the library's own encoders) into DIR. */
 #include "testutil.h"
 
@@ -610,7 +610,7 @@ static void test_decode_params(void)
     mdg_params_destroy(&p);
 }
 
-/* -------------------------------------------------------- fuzzer seeds */
+/* -------------------------------------------------------- fuzzer inputs */
 
 static int write_file(const char *dir, const char *name, const void *data, size_t len)
 {
@@ -676,7 +676,7 @@ static int write_params(const char *dir, const char *name, mdg_params *p)
     return rc;
 }
 
-static int write_seeds(const char *dir)
+static int write_inputs(const char *dir)
 {
     int rc = 0;
     mkdir(dir, 0755);
@@ -723,8 +723,8 @@ static int write_seeds(const char *dir)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0)
-        return write_seeds(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "--write-inputs") == 0)
+        return write_inputs(argv[2]);
     test_header_round_trip();
     test_header_refused();
     test_head();
