@@ -67,7 +67,7 @@ static int publish(fleet *f, fleet_member *m, const void *head, size_t head_len,
     size_t len;
     if (!f->nc)
         return mdg_fail(MDG_ECLOSED, "not connected to NATS");
-    int rc = fleet_wire_seal(m->shared, mdg_keys_public(f->b->keys), f->inc, m->inc, head, head_len,
+    int rc = fleet_wire_seal(m->tx, mdg_keys_public(f->b->keys), f->inc, m->inc, head, head_len,
                              has_bulk ? (bulk ? bulk : "") : NULL, bulk_len, &msg, &len);
     if (rc)
         return rc;
@@ -371,7 +371,7 @@ static void take_payload(fleet *f, const uint8_t *data, size_t len)
         return;
     }
     fleet_envelope env;
-    if (fleet_wire_open(m->shared, data, len, &env) != 0) {
+    if (fleet_wire_open(m->rx, data, len, &env) != 0) {
         fleet_refuse(f, FLEET_REFUSED_FORGED, "from broker %s: %s: refused", (short_key(m->pk, who), who), mdg_last_error());
         return;
     }
@@ -573,6 +573,19 @@ int fleet_new(fleet **out, mdg_broker *b, const mdg_fleet_options *o)
     return 0;
 }
 
+/* The box key for messages from `from` to `to`: the pair's crypto_box key
+ * hashed (BLAKE2b, keyed) with both public keys in that order. The pair's
+ * key is the same both ways; without this, a NATS client could send a
+ * broker's message back to it under the other's name and have it opened. */
+static void direction_key(uint8_t out[crypto_box_BEFORENMBYTES], const uint8_t *shared, const uint8_t *from,
+                          const uint8_t *to)
+{
+    uint8_t both[2 * MDG_KEY_BYTES];
+    memcpy(both, from, MDG_KEY_BYTES);
+    memcpy(both + MDG_KEY_BYTES, to, MDG_KEY_BYTES);
+    crypto_generichash(out, crypto_box_BEFORENMBYTES, both, sizeof both, shared, crypto_box_BEFORENMBYTES);
+}
+
 int fleet_add_member(fleet *f, const uint8_t pk[MDG_KEY_BYTES])
 {
     if (memcmp(pk, mdg_keys_public(f->b->keys), MDG_KEY_BYTES) == 0 || member_of(f, pk))
@@ -587,10 +600,14 @@ int fleet_add_member(fleet *f, const uint8_t pk[MDG_KEY_BYTES])
     }
     f->members = grown;
     memcpy(m->pk, pk, MDG_KEY_BYTES);
-    if (crypto_box_beforenm(m->shared, pk, mdg_keys_secret(f->b->keys)) != 0) {
+    uint8_t shared[crypto_box_BEFORENMBYTES];
+    if (crypto_box_beforenm(shared, pk, mdg_keys_secret(f->b->keys)) != 0) {
         free(m);
         return mdg_fail(MDG_EINVAL, "that key cannot be a fleet member's (a weak public key)");
     }
+    direction_key(m->tx, shared, mdg_keys_public(f->b->keys), pk);
+    direction_key(m->rx, shared, pk, mdg_keys_public(f->b->keys));
+    sodium_memzero(shared, sizeof shared);
     subject_of(f, pk, m->subject);
     m->f = f;
     mdg_chan_init(&m->chan, &pair_link, m);

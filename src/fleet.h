@@ -30,7 +30,10 @@
 /* Another broker of the fleet, as this one knows it. */
 typedef struct fleet_member {
     uint8_t pk[MDG_KEY_BYTES];
-    uint8_t shared[crypto_box_BEFORENMBYTES]; /* our secret and its public key */
+    /* the pair's crypto_box key (our secret, its public key) bound to one
+     * direction each: both ends compute the same box key, so a message of
+     * ours sent back to us as its own must not open (fleet.c, add_member) */
+    uint8_t tx[crypto_box_BEFORENMBYTES], rx[crypto_box_BEFORENMBYTES];
     char subject[FLEET_SUBJECT_MAX];         /* where it listens */
     uint64_t inc;        /* its incarnation as last heard; 0: never heard */
     bool up;             /* heard within silence_ms */

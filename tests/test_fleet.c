@@ -267,6 +267,33 @@ static void intruder(const char *url, side *a, side *b)
     zmq_msg_close(&head);
     zmq_msg_close(&pm);
     mdg_params_destroy(&p);
+    /* a real message of each broker to the other, sent back to it under
+     * the other's name: the pair's box key is the same both ways, so only
+     * keys bound to a direction refuse it (else the one with the newer
+     * incarnation would take its own message for the other's restart) */
+    side *ends[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        side *from = ends[i], *to = ends[1 - i];
+        char to_subject[160], from_subject[160];
+        sodium_bin2hex(hex, sizeof hex, mdg_keys_public(to->keys), 32);
+        snprintf(to_subject, sizeof to_subject, "mdg.fleet.test-fleet.%s", hex);
+        sodium_bin2hex(hex, sizeof hex, mdg_keys_public(from->keys), 32);
+        snprintf(from_subject, sizeof from_subject, "mdg.fleet.test-fleet.%s", hex);
+        natsSubscription *sub = NULL;
+        natsMsg *seen = NULL;
+        CHECK(natsConnection_SubscribeSync(&sub, nc, to_subject) == NATS_OK);
+        CHECK(sub && natsSubscription_NextMsg(&seen, sub, 5000) == NATS_OK); /* a beat comes every 500 ms */
+        if (seen && natsMsg_GetDataLength(seen) > 3 + 32) {
+            size_t n = (size_t)natsMsg_GetDataLength(seen);
+            uint8_t *back = malloc(n);
+            memcpy(back, natsMsg_GetData(seen), n);
+            memcpy(back + 3, mdg_keys_public(to->keys), 32); /* "from the other" */
+            natsConnection_Publish(nc, from_subject, back, (int)n);
+            free(back);
+        }
+        natsMsg_Destroy(seen);
+        natsSubscription_Destroy(sub);
+    }
     natsConnection_FlushTimeout(nc, 2000);
     natsConnection_Destroy(nc);
 }
@@ -418,6 +445,7 @@ int main(void)
     WAIT_UNTIL(t_logged("not a fleet message") && t_logged("does not open"), 5000);
     CHECK(t_logged("not a fleet message"));
     CHECK(t_logged("does not open")); /* the forged one: B's key, not sealed by B */
+    CHECK(!t_logged("restarted") && !t_logged("joined")); /* a message sent back was not taken */
     WAIT_UNTIL(t_logged("not a member of the fleet"), 3000); /* rate-limited: within a second */
     CHECK(t_logged("not a member of the fleet"));
     CHECK_RC(divide_via(ua, npk, 1, 4, &q), 0);
