@@ -585,12 +585,14 @@ MDG_EXPORT int mdg_conn_new_with_keys(mdg_conn **out, const char *location,
  * over to, at location:port (port 0: opts.port) with its own public key
  * (copied; e.g. mdg_server_pk_load of its location). Up to 16 in all, the
  * one given to mdg_conn_new first. When the link to the current broker
- * stays down for failover_ms, or it refuses our key, the connection tries
- * the next, in turn, and so on round. A new broker does not know the
+ * stays down for failover_ms, or it refuses our key or the handshake
+ * (docs/protocol.md 1.1), the connection tries the next, in turn, and so
+ * on round. A new broker does not know the
  * session: MDG_EV_LOST ("the broker at X went away; now connected to Y:
  * session lost"), pending calls fail with MDG_ECLOSED and that text, then
- * MDG_EV_CONNECTED and the new broker's resource offer. A key refused by
- * every broker in turn is final (MDG_EAUTH). Not in legacy mode. */
+ * MDG_EV_CONNECTED and the new broker's resource offer. Refused by every
+ * broker in a row: MDG_EAUTH or MDG_EHANDSHAKE as with one broker. Not in
+ * legacy mode. Any thread, before mdg_conn_start. */
 MDG_EXPORT int mdg_conn_add_broker(mdg_conn *c, const char *location, int port,
                                    const uint8_t server_pk[MDG_KEY_BYTES]);
 /* Disconnects if needed, joins the loop thread, frees everything. Pending

@@ -151,7 +151,7 @@ struct mdg_conn {
     int reconnect_timer; /* pending reconnect, or 0 */
     int broker_at;       /* brokers[] index of endpoint */
     int64_t down_since;  /* when the link to this broker went down, or 0 */
-    int refused_in_row;  /* brokers that refused our key since the last session */
+    int refused_in_row;  /* brokers in a row that turned us down (key or handshake refused) */
     char session_at[ENDPOINT_MAX]; /* the broker that opened the session */
     int64_t last_tx; /* when we last sent anything (keepalive) */
     int64_t close_deadline;

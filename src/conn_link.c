@@ -51,8 +51,7 @@ static void next_broker_if_due(mdg_conn *c)
     if (c->n_brokers < 2 || !c->down_since || now - c->down_since < c->opts.failover_ms)
         return;
     const conn_broker *br = &c->brokers[(c->broker_at + 1) % c->n_brokers];
-    mdg_log(MDG_LOG_WARN, "%s unreachable for %lld ms: trying %s", c->endpoint, (long long)(now - c->down_since),
-            br->endpoint);
+    mdg_log(MDG_LOG_WARN, "no session at %s: trying %s", c->endpoint, br->endpoint);
     pthread_mutex_lock(&c->lock);
     c->broker_at = (c->broker_at + 1) % c->n_brokers;
     memcpy(c->endpoint, br->endpoint, sizeof c->endpoint);
@@ -62,6 +61,19 @@ static void next_broker_if_due(mdg_conn *c)
     c->attempt = 0;
     c->hs_closed = 0;
     c->hs_reset = 0;
+}
+
+/* A broker turned us down (why): with several, the next one at once, and
+ * true; false when there is one, or every one did in a row (a verdict). */
+static bool try_another_broker(mdg_conn *c, const char *why)
+{
+    if (c->n_brokers < 2 || ++c->refused_in_row >= c->n_brokers) {
+        c->refused_in_row = 0;
+        return false;
+    }
+    mdg_log(MDG_LOG_WARN, "%s: %s; trying another broker", c->endpoint, why);
+    c->down_since = mdg_now_ms() - c->opts.failover_ms; /* due now */
+    return true;
 }
 
 /* Time for a new link (after a backoff, or at once for a resync). */
@@ -215,7 +227,7 @@ static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
     c->links_failed++;
     snprintf(c->link_seen, sizeof c->link_seen, "%s", seen);
     pthread_mutex_unlock(&c->lock);
-    if (!c->had_session && (verdict || c->hs_closed >= HS_VERDICT_AFTER)) {
+    if (!c->had_session && (verdict || c->hs_closed >= HS_VERDICT_AFTER) && !try_another_broker(c, seen)) {
         char text[300];
         if (verdict)
             snprintf(text, sizeof text, "%s", verdict);
@@ -265,14 +277,10 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
                 conn_link_lost(c, "the broker is at its connection limit");
                 return 0;
             }
-            if (c->n_brokers > 1 && ++c->refused_in_row < c->n_brokers) {
-                /* another broker of the fleet may know us: the next one now */
-                mdg_log(MDG_LOG_WARN, "%s refused our key: trying another broker", c->endpoint);
-                c->down_since = mdg_now_ms() - c->opts.failover_ms;
+            if (try_another_broker(c, "the broker refused our key")) { /* another may know us */
                 conn_link_lost(c, "the broker refused our key");
                 return 0;
             }
-            c->refused_in_row = 0;
             conn_fatal(c, MDG_EAUTH, "the broker refused our key");
             /* before the first session, try again now and then: the key
              * may be admitted later */

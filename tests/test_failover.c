@@ -9,7 +9,8 @@
  *     work again within seconds
  *   - a node given [A, B] whose broker A dies re-registers on B: a user of
  *     B calls it again, and a new user of B is offered it
- *   - a user given [A, B] while A is dead gets its first session at B
+ *   - a user given [A, B] while A is dead gets its first session at B, and
+ *     one given B under a wrong broker key first, then the right one
  * Every wait has a deadline; nothing sleeps a fixed time. */
 #include "natsserver.h"
 #include "testutil.h"
@@ -332,6 +333,14 @@ int main(int argc, char **argv)
     mdg_conn *late = client(NULL, port_a, apk, port_b, bpk, NULL, NULL);
     CHECK_RC(mdg_conn_wait_until_ready(late, 15000), 0);
     CHECK(divides(late, n1, 5000));
+
+    /* a user given B under a wrong key first, then rightly: at B all the same */
+    uint8_t wrong[MDG_KEY_BYTES];
+    randombytes_buf(wrong, sizeof wrong);
+    mdg_conn *astray = client(NULL, port_b, wrong, port_b, bpk, NULL, NULL);
+    CHECK_RC(mdg_conn_wait_until_ready(astray, 15000), 0);
+    CHECK(divides(astray, n1, 5000));
+    mdg_conn_destroy(&astray);
 
     /* the API's refusals */
     mdg_conn *c = NULL;
