@@ -544,6 +544,12 @@ typedef struct mdg_conn_options {
      * may be lost). A user refuses a broker that does not box it a session
      * key (MDG_EHANDSHAKE): that would turn encryption off. */
     int legacy;
+    /* With several brokers (mdg_conn_add_broker): how long the link to the
+     * current one may stay down before the next is tried. Default 3000 ms.
+     * A broker back within it keeps the session (within its grace); past
+     * it the session is lost either way, and another broker gives a new
+     * one. */
+    int failover_ms;
 } mdg_conn_options;
 
 enum mdg_legacy_mode {
@@ -553,7 +559,9 @@ enum mdg_legacy_mode {
 
 /* What happens to the link and the session, for mdg_conn_set_event_handler. */
 enum mdg_conn_event {
-    MDG_EV_CONNECTED = 1, /* first session open */
+    MDG_EV_CONNECTED = 1, /* first session open; after MDG_EV_LOST
+                             when the new session is at another broker
+                             (failover: detail names both) */
     MDG_EV_DISCONNECTED,  /* the link dropped; reconnecting with backoff */
     MDG_EV_RECOVERED,     /* reconnected and the session resumed: nothing lost */
     MDG_EV_LOST,          /* reconnected but the broker no longer had the
@@ -573,6 +581,20 @@ MDG_EXPORT int mdg_conn_new(mdg_conn **out, const char *location, const char *pr
 MDG_EXPORT int mdg_conn_new_with_keys(mdg_conn **out, const char *location,
                                       const uint8_t server_pk[MDG_KEY_BYTES], const mdg_keys *keys,
                                       const mdg_conn_options *opts);
+/* Before start: another broker of the same fleet (docs/fleet.md) to fail
+ * over to, at location:port (port 0: opts.port) with its own public key
+ * (copied; e.g. mdg_server_pk_load of its location). Up to 16 in all, the
+ * one given to mdg_conn_new first. When the link to the current broker
+ * stays down for failover_ms, or it refuses our key or the handshake
+ * (docs/protocol.md 1.1), the connection tries the next, in turn, and so
+ * on round. A new broker does not know the
+ * session: MDG_EV_LOST ("the broker at X went away; now connected to Y:
+ * session lost"), pending calls fail with MDG_ECLOSED and that text, then
+ * MDG_EV_CONNECTED and the new broker's resource offer. Refused by every
+ * broker in a row: MDG_EAUTH or MDG_EHANDSHAKE as with one broker. Not in
+ * legacy mode. Any thread, before mdg_conn_start. */
+MDG_EXPORT int mdg_conn_add_broker(mdg_conn *c, const char *location, int port,
+                                   const uint8_t server_pk[MDG_KEY_BYTES]);
 /* Disconnects if needed, joins the loop thread, frees everything. Pending
  * blocking calls return MDG_ECLOSED. */
 MDG_EXPORT void mdg_conn_destroy(mdg_conn **c);

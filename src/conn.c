@@ -52,16 +52,15 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
         o->reconnect_min_ms = 100;
     if (o->reconnect_max_ms < o->reconnect_min_ms)
         o->reconnect_max_ms = o->reconnect_min_ms > 5000 ? o->reconnect_min_ms : 5000;
-    if (o->port < 1 || o->port > 65535) {
-        int bad = o->port;
+    if (o->failover_ms <= 0)
+        o->failover_ms = 3000;
+    int rc = conn_broker_set(&c->brokers[0], location, o->port, server_pk);
+    if (rc) {
         free(c);
-        return mdg_fail(MDG_EINVAL, "port %d out of range", bad);
+        return rc;
     }
-    if (snprintf(c->endpoint, sizeof c->endpoint, "tcp://%s:%d", location, o->port) >=
-        (int)sizeof c->endpoint) {
-        free(c);
-        return mdg_fail(MDG_EINVAL, "location too long");
-    }
+    c->n_brokers = 1;
+    memcpy(c->endpoint, c->brokers[0].endpoint, sizeof c->endpoint);
     memcpy(c->server_pk, server_pk, MDG_KEY_BYTES);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->drive, NULL);
@@ -78,7 +77,7 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
         mdg_conn_destroy(&c);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the connection");
     }
-    int rc = c->transport->init ? c->transport->init(c) : 0;
+    rc = c->transport->init ? c->transport->init(c) : 0;
     if (rc) {
         mdg_conn_destroy(&c);
         return rc;
@@ -123,6 +122,34 @@ static int before_start(const mdg_conn *c, const char *what)
         return MDG_EINVAL;
     if (c->state != C_NEW)
         return mdg_fail(MDG_ESTATE, "%s before mdg_conn_start", what);
+    return 0;
+}
+
+/* "tcp://location:port" and the broker's key into br. */
+int conn_broker_set(conn_broker *br, const char *location, int port, const uint8_t pk[MDG_KEY_BYTES])
+{
+    if (!location || !*location || !pk)
+        return mdg_fail(MDG_EINVAL, "a broker needs a location and its key");
+    if (port < 1 || port > 65535)
+        return mdg_fail(MDG_EINVAL, "port %d out of range", port);
+    if (snprintf(br->endpoint, sizeof br->endpoint, "tcp://%s:%d", location, port) >= (int)sizeof br->endpoint)
+        return mdg_fail(MDG_EINVAL, "location too long");
+    memcpy(br->pk, pk, MDG_KEY_BYTES);
+    return 0;
+}
+
+int mdg_conn_add_broker(mdg_conn *c, const char *location, int port, const uint8_t server_pk[MDG_KEY_BYTES])
+{
+    int rc = before_start(c, "add a broker");
+    if (rc)
+        return rc;
+    if (c->opts.legacy) /* a Messidge 1.x broker is alone: no fleet to move to */
+        return mdg_fail(MDG_EINVAL, "a legacy connection has one broker");
+    if (c->n_brokers == CONN_BROKERS_MAX)
+        return mdg_fail(MDG_EINVAL, "at most %d brokers", CONN_BROKERS_MAX);
+    if ((rc = conn_broker_set(&c->brokers[c->n_brokers], location, port ? port : c->opts.port, server_pk)) != 0)
+        return rc;
+    c->n_brokers++;
     return 0;
 }
 

@@ -37,6 +37,7 @@
 #define ENDPOINT_MAX 300  /* "tcp://" location ":" port */
 #define WHY_MAX 300       /* of a reason's text in fail_text: room for it with the endpoint */
 #define CLOSE_FLUSH_MS 2000  /* disconnect waits this long for acks */
+#define CONN_BROKERS_MAX 16  /* locations one connection may be given */
 #define FLOW_PAUSED ((void *)1)
 #define FLOW_ENDED ((void *)2)
 
@@ -70,7 +71,7 @@ typedef struct pending {
      * cannot mark a last reply is kept past its first, marked done */
     bool done;
     int err;
-    char why[256]; /* with err: why the call ended */
+    char why[2 * ENDPOINT_MAX + 200]; /* with err: why the call ended (a failover names two brokers) */
     mdg_msg *reply;
 } pending;
 
@@ -80,9 +81,19 @@ typedef struct deferred {
     mdg_inbound in;
 } deferred;
 
+/* One broker location a connection may use (mdg_conn_add_broker). */
+typedef struct conn_broker {
+    char endpoint[ENDPOINT_MAX];
+    uint8_t pk[MDG_KEY_BYTES];
+} conn_broker;
+
 struct mdg_conn {
+    /* the broker of the current link: one of brokers[], switched by the
+     * loop thread under lock (application threads read it in errors) */
     char endpoint[ENDPOINT_MAX];
     uint8_t server_pk[MDG_KEY_BYTES];
+    conn_broker brokers[CONN_BROKERS_MAX]; /* set before start */
+    int n_brokers;
     mdg_keys *keys;
     mdg_conn_options opts;
     const conn_transport *transport; /* how we speak to the broker, chosen at set-up */
@@ -138,6 +149,10 @@ struct mdg_conn {
     int attempt;     /* reconnects since the last session */
     int ack_timer;
     int reconnect_timer; /* pending reconnect, or 0 */
+    int broker_at;       /* brokers[] index of endpoint */
+    int64_t down_since;  /* when the link to this broker went down, or 0 */
+    int refused_in_row;  /* brokers in a row that turned us down (key or handshake refused) */
+    char session_at[ENDPOINT_MAX]; /* the broker that opened the session */
     int64_t last_tx; /* when we last sent anything (keepalive) */
     int64_t close_deadline;
     deferred *def_head, *def_tail;
@@ -237,5 +252,6 @@ void conn_close_socket(mdg_conn *c, bool discard);
 void conn_resync(mdg_conn *c, const char *why);
 void conn_link_lost(mdg_conn *c, const char *why);
 void conn_fatal(mdg_conn *c, int err, const char *text);
+int conn_broker_set(conn_broker *br, const char *location, int port, const uint8_t pk[MDG_KEY_BYTES]);
 
 #endif

@@ -3,7 +3,8 @@
  * reconnect and never by libzmq; its monitor; the transport's hello first
  * on each new link; a new link after a backoff when one drops; and what a
  * failed handshake means: a key refused, a broker at its connection limit,
- * a peer that speaks another protocol. Loop thread only. */
+ * a peer that speaks another protocol; given several brokers, the next one
+ * when this one stays unreachable (failover). Loop thread only. */
 #include "conn_internal.h"
 
 #include <errno.h>
@@ -40,6 +41,41 @@ void conn_close_socket(mdg_conn *c, bool discard)
     conn_drop_rx(c);
 }
 
+/* Several brokers: the link to this one has been down failover_ms, so
+ * the next one, in turn. A broker given a session keeps it for its grace
+ * only: one away longer has lost it anyway, and another gives a new one
+ * (conn_session_open says MDG_EV_LOST). */
+static void next_broker_if_due(mdg_conn *c)
+{
+    int64_t now = mdg_now_ms();
+    if (c->n_brokers < 2 || !c->down_since || now - c->down_since < c->opts.failover_ms)
+        return;
+    const conn_broker *br = &c->brokers[(c->broker_at + 1) % c->n_brokers];
+    mdg_log(MDG_LOG_WARN, "no session at %s: trying %s", c->endpoint, br->endpoint);
+    pthread_mutex_lock(&c->lock);
+    c->broker_at = (c->broker_at + 1) % c->n_brokers;
+    memcpy(c->endpoint, br->endpoint, sizeof c->endpoint);
+    memcpy(c->server_pk, br->pk, MDG_KEY_BYTES);
+    pthread_mutex_unlock(&c->lock);
+    c->down_since = now; /* its own failover_ms */
+    c->attempt = 0;
+    c->hs_closed = 0;
+    c->hs_reset = 0;
+}
+
+/* A broker turned us down (why): with several, the next one at once, and
+ * true; false when there is one, or every one did in a row (a verdict). */
+static bool try_another_broker(mdg_conn *c, const char *why)
+{
+    if (c->n_brokers < 2 || ++c->refused_in_row >= c->n_brokers) {
+        c->refused_in_row = 0;
+        return false;
+    }
+    mdg_log(MDG_LOG_WARN, "%s: %s; trying another broker", c->endpoint, why);
+    c->down_since = mdg_now_ms() - c->opts.failover_ms; /* due now */
+    return true;
+}
+
 /* Time for a new link (after a backoff, or at once for a resync). */
 static int on_reconnect_timer(mdg_loop *loop, void *arg, short revents)
 {
@@ -49,6 +85,7 @@ static int on_reconnect_timer(mdg_loop *loop, void *arg, short revents)
     c->reconnect_timer = 0;
     if (c->sock)
         return 0;
+    next_broker_if_due(c);
     if (conn_open_socket(c) != 0) {
         mdg_log(MDG_LOG_ERROR, "cannot remake the socket: %s", mdg_last_error());
         c->reconnect_timer = mdg_loop_timer(c->loop, c->opts.reconnect_max_ms, false, on_reconnect_timer, c);
@@ -96,6 +133,13 @@ void conn_link_lost(mdg_conn *c, const char *why)
         delay = c->opts.reconnect_max_ms;
     delay = delay / 2 + (long)randombytes_uniform((uint32_t)delay + 1); /* 50%..150% */
     c->attempt++;
+    if (!c->down_since)
+        c->down_since = mdg_now_ms();
+    if (c->n_brokers > 1) { /* no later than the failover is due */
+        long due = (long)(c->down_since + c->opts.failover_ms - mdg_now_ms());
+        if (delay > due)
+            delay = due > 0 ? due : 0;
+    }
     if (was_ready)
         conn_event(c, MDG_EV_DISCONNECTED, why);
     if (c->reconnect_timer) /* one reconnect at a time */
@@ -183,7 +227,7 @@ static void handshake_failed(mdg_conn *c, uint16_t ev, uint32_t value)
     c->links_failed++;
     snprintf(c->link_seen, sizeof c->link_seen, "%s", seen);
     pthread_mutex_unlock(&c->lock);
-    if (!c->had_session && (verdict || c->hs_closed >= HS_VERDICT_AFTER)) {
+    if (!c->had_session && (verdict || c->hs_closed >= HS_VERDICT_AFTER) && !try_another_broker(c, seen)) {
         char text[300];
         if (verdict)
             snprintf(text, sizeof text, "%s", verdict);
@@ -231,6 +275,10 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
             if (value == 500) { /* not to our key: it is full (docs/protocol.md 1.1) */
                 broker_busy(c, "the broker is at its connection limit");
                 conn_link_lost(c, "the broker is at its connection limit");
+                return 0;
+            }
+            if (try_another_broker(c, "the broker refused our key")) { /* another may know us */
+                conn_link_lost(c, "the broker refused our key");
                 return 0;
             }
             conn_fatal(c, MDG_EAUTH, "the broker refused our key");

@@ -44,6 +44,7 @@ int conn_in_order(mdg_conn *c, const mdg_header *h)
 void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed, int64_t ack)
 {
     int ev = MDG_EV_CONNECTED;
+    char moved[2 * ENDPOINT_MAX + 60] = "";
     if (c->had_session && resumed) {
         /* the broker has what we sent up to ack: resend the rest, in order */
         mdg_chan_resume(&c->chan, (uint64_t)ack); /* sent by conn_flush() below, before anything new */
@@ -61,9 +62,16 @@ void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed
                     stale, stale == 1 ? "y" : "ies");
         size_t lost = mdg_chan_reset(&c->chan); /* numbered from 1 again */
         conn_room_made(c);
-        char why[200];
-        snprintf(why, sizeof why, "the broker no longer knew our session (restarted, or away longer "
-                                  "than its grace period); %zu unacknowledged message(s) not delivered", lost);
+        char why[2 * ENDPOINT_MAX + 200];
+        if (strcmp(c->session_at, c->endpoint) != 0) { /* failover: another broker of the fleet */
+            snprintf(why, sizeof why, "the broker at %s went away; now connected to %s: session lost; "
+                     "%zu unacknowledged message(s) not delivered", c->session_at, c->endpoint, lost);
+            snprintf(moved, sizeof moved, "now connected to %s (the broker at %s went away)", c->endpoint,
+                     c->session_at);
+        } else {
+            snprintf(why, sizeof why, "the broker no longer knew our session (restarted, or away longer "
+                                      "than its grace period); %zu unacknowledged message(s) not delivered", lost);
+        }
         /* the new session and the event first: a caller woken by the
          * failure below already sees both */
         pthread_mutex_lock(&c->lock);
@@ -77,7 +85,7 @@ void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed
             ;
         pthread_cond_broadcast(&c->room_cond);
         pthread_mutex_unlock(&c->lock);
-        ev = 0;
+        ev = moved[0] ? MDG_EV_CONNECTED : 0; /* a session at another broker */
     }
     pthread_mutex_lock(&c->lock);
     memcpy(c->session_id, sid, len);
@@ -92,8 +100,11 @@ void conn_session_open(mdg_conn *c, const uint8_t *sid, size_t len, bool resumed
     c->attempt = 0;
     c->hs_closed = 0;
     c->hs_reset = 0;
+    c->down_since = 0;
+    c->refused_in_row = 0;
+    memcpy(c->session_at, c->endpoint, sizeof c->session_at);
     if (ev)
-        conn_event(c, ev, ev == MDG_EV_RECOVERED ? c->transport->recovered_note : NULL);
+        conn_event(c, ev, ev == MDG_EV_RECOVERED ? c->transport->recovered_note : moved[0] ? moved : NULL);
     conn_flush(c);
 }
 

@@ -1,5 +1,5 @@
-/* proc_broker.c - a broker in a process of its own, for test_restart and
- * test_limits.
+/* proc_broker.c - a broker in a process of its own, for test_restart,
+ * test_limits and test_failover.
  *
  * The test kills it (SIGKILL) and starts it again on the same port with
  * the same key pair, or stops it (SIGTERM) and checks that it exits 0.
@@ -9,6 +9,7 @@
  *   proc_broker --port N [--node-grace MS] [--session-grace MS]
  *               [--allow-user B64]... [--allow-node B64]... [--allow-any]
  *               [--max-connections N] [--verbose]
+ *               [--fleet NATS_URL --fleet-member B64...]  (fleet "test-fleet")
  *
  * Commands:
  *   echo {i?}        reply {i, pid}: pid tells a restarted broker apart
@@ -211,7 +212,8 @@ static int number(const char *s, int lo, int hi, int *out)
 
 int main(int argc, char **argv)
 {
-    enum { O_PORT = 1, O_NODE_GRACE, O_SESSION_GRACE, O_USER, O_NODE, O_VERBOSE, O_ANY, O_MAX_CONNS };
+    enum { O_PORT = 1, O_NODE_GRACE, O_SESSION_GRACE, O_USER, O_NODE, O_VERBOSE, O_ANY, O_MAX_CONNS,
+           O_FLEET, O_MEMBER };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, O_PORT},
         {"node-grace", required_argument, NULL, O_NODE_GRACE},
@@ -221,11 +223,14 @@ int main(int argc, char **argv)
         {"verbose", no_argument, NULL, O_VERBOSE},
         {"allow-any", no_argument, NULL, O_ANY},
         {"max-connections", required_argument, NULL, O_MAX_CONNS},
+        {"fleet", required_argument, NULL, O_FLEET},
+        {"fleet-member", required_argument, NULL, O_MEMBER},
         {NULL, 0, NULL, 0},
     };
     mdg_broker_options bo = {.bind_address = "127.0.0.1", .node_grace_ms = 500};
-    uint8_t allow[64][MDG_KEY_BYTES];
-    int roles[64], n_allow = 0, opt, rc;
+    uint8_t allow[64][MDG_KEY_BYTES], members[8][MDG_KEY_BYTES];
+    int roles[64], n_allow = 0, n_members = 0, opt, rc;
+    mdg_fleet_options fo = {.name = "test-fleet", .beat_ms = 100, .silence_ms = 5000};
     bool verbose = false, any = false;
 
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -245,6 +250,14 @@ int main(int argc, char **argv)
         case O_VERBOSE: verbose = true; break;
         case O_ANY: any = true; break;
         case O_MAX_CONNS: field = &bo.max_connections; break;
+        case O_FLEET: fo.url = optarg; break;
+        case O_MEMBER:
+            if (n_members == 8 || mdg_pk_from_b64(members[n_members], optarg) != 0) {
+                fprintf(stderr, "proc_broker: bad or too many fleet members: %s\n", optarg);
+                return 2;
+            }
+            n_members++;
+            break;
         default: return 2;
         }
         if (field && number(optarg, 1, opt == O_PORT ? 65535 : 3600000, field) != 0) {
@@ -279,6 +292,10 @@ int main(int argc, char **argv)
         rc = mdg_broker_allow(b, allow[i], roles[i]);
     if (rc == 0 && any)
         rc = mdg_broker_allow_any(b);
+    if (rc == 0 && fo.url)
+        rc = mdg_broker_join_fleet(b, &fo);
+    for (int i = 0; rc == 0 && i < n_members; i++)
+        rc = mdg_broker_fleet_member(b, members[i]);
     if (rc == 0)
         rc = mdg_broker_start(b);
     if (rc != 0) {

@@ -479,6 +479,18 @@ static void test_cli(int port, const char *prefix, const char *node_pk_b64)
     v = json_loads(out, 0, &err);
     CHECK(json_is_true(json_object_get(v, "pong")) && str_is(json_object_get(v, "version"), mdg_version()));
     json_decref(v);
+    /* --broker: 127.0.0.2 (the same keys; the broker listens on 127.0.0.1
+     * only) refuses, so the connection fails over to 127.0.0.1 */
+    CHECK(t_run(out, sizeof out, "cd %s && cp 127.0.0.1 127.0.0.2 && cp 127.0.0.1.pub 127.0.0.2.pub && "
+                "cp 127.0.0.1.spub 127.0.0.2.spub", prefix) == 0);
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --location 127.0.0.2 --broker 127.0.0.1 ping",
+                MDG_CLI_BIN, prefix, port) == 0);
+    v = json_loads(out, 0, &err);
+    CHECK(json_is_true(json_object_get(v, "pong")));
+    CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --broker nosuch ping", MDG_CLI_BIN, prefix,
+                port) == 1);
+    CHECK(has(out, "nosuch"));
+    json_decref(v);
     CHECK(t_run(out, sizeof out, "%s call --prefix %s --port %d --node divide divide dividend=10.0 devisor=5.0",
               MDG_CLI_BIN, prefix, port) == 0);
     CHECK(has(out, "\"quotient\": 2.0"));

@@ -2,9 +2,9 @@
  *
  *   messidge confirm LOCATION TOKEN [--port N] [--prefix DIR] [--force]
  *   messidge keygen NAME [--prefix DIR] [--force]
- *   messidge call [--location L] [--port N] [--prefix DIR] [--node NAME|PK_B64]
+ *   messidge call [--location L] [--broker L2]... [--port N] [--prefix DIR] [--node NAME|PK_B64]
  *                 [--timeout MS] [--params JSON] [--legacy] COMMAND [key=value|key:=JSON ...]
- *   messidge nodes [--location L] [--port N] [--prefix DIR] [--timeout MS]
+ *   messidge nodes [--location L] [--broker L2]... [--port N] [--prefix DIR] [--timeout MS]
  *
  * Options are parsed by hand rather than with getopt: invitation tokens are
  * URL-safe base64 and may start with '-', which getopt would take for an
@@ -39,6 +39,7 @@
  * address before leaving it to the connection (and its timeout). */
 #define PROBE_MS 1000
 #define MAX_POSITIONAL 256
+#define MAX_BROKERS 15 /* --broker: with --location, the connection's 16 */
 
 static const char usage_text[] =
     "usage: messidge COMMAND [ARGS] [OPTIONS]\n"
@@ -54,7 +55,7 @@ static const char usage_text[] =
     "  keygen NAME [--prefix DIR] [--force]\n"
     "      Make a key pair PREFIX/NAME (secret, mode 0600) and NAME.pub, and print\n"
     "      the public key. Refuses to replace an existing NAME unless --force.\n"
-    "  call [--location L] [--port N] [--prefix DIR] [--node NAME|PK_B64]\n"
+    "  call [--location L] [--broker L2]... [--port N] [--prefix DIR] [--node NAME|PK_B64]\n"
     "       [--timeout MS] [--params JSON] [--legacy] COMMAND [key=value|key:=JSON ...]\n"
     "      Connect to the broker at L (default: PREFIX/default_location) on\n"
     "      port N (default 2020) with the key files for L, send COMMAND with\n"
@@ -62,7 +63,10 @@ static const char usage_text[] =
     "      10000, for connecting and again for the reply) and print its params\n"
     "      as JSON (bytes as \"b64:...\", NaN and infinities as null). A broker\n"
     "      that refuses the connection or cannot be reached is reported at\n"
-    "      once. --node adds the param node = that node's key, to address a\n"
+    "      once. --broker L2 (repeated) names another broker of the same fleet\n"
+    "      on the same port, its key read from PREFIX/L2.spub: when L cannot be\n"
+    "      reached the connection fails over to L2, and so on (no probe first).\n"
+    "      --node adds the param node = that node's key, to address a\n"
     "      node: its name (as `messidge-admin add-node NAME` registered it,\n"
     "      see `messidge nodes`) or its public key. messidge-broker's own\n"
     "      commands: ping, nodes. --params takes a JSON object of params;\n"
@@ -79,7 +83,7 @@ static const char usage_text[] =
     "          anything else   a string\n"
     "      When the handler fails the call, its error text goes to stderr and\n"
     "      the exit status is 1.\n"
-    "  nodes [--location L] [--port N] [--prefix DIR] [--timeout MS] [--legacy]\n"
+    "  nodes [--location L] [--broker L2]... [--port N] [--prefix DIR] [--timeout MS] [--legacy]\n"
     "      List the nodes connected to the broker (messidge-broker's `nodes`\n"
     "      command): one line each, name and public key.\n"
     "  help\n"
@@ -99,6 +103,8 @@ static const char usage_text[] =
 typedef struct args {
     const char *port, *prefix, *location, *node, *timeout, *params;
     bool force, legacy;
+    const char *brokers[MAX_BROKERS]; /* --broker, in order */
+    int nbrokers;
     char *pos[MAX_POSITIONAL];
     int npos;
 } args;
@@ -142,6 +148,7 @@ static int parse(int argc, char **argv, const char *allowed, args *a)
         {"location", offsetof(args, location), false}, {"node", offsetof(args, node), false},
         {"timeout", offsetof(args, timeout), false}, {"params", offsetof(args, params), false},
         {"force", offsetof(args, force), true}, {"legacy", offsetof(args, legacy), true},
+        {"broker", 0, false}, /* repeated: appended to brokers */
     };
     bool options_done = false;
 
@@ -188,6 +195,12 @@ static int parse(int argc, char **argv, const char *allowed, args *a)
             if (i + 1 >= argc)
                 return usage_error("option --%s needs a value", name);
             value = argv[++i];
+        }
+        if (strcmp(name, "broker") == 0) {
+            if (a->nbrokers == MAX_BROKERS)
+                return usage_error("at most %d --broker", MAX_BROKERS);
+            a->brokers[a->nbrokers++] = value;
+            continue;
         }
         *(const char **)((char *)a + opts[k].field) = value;
     }
@@ -426,10 +439,20 @@ static int open_conn(const args *a, long timeout, mdg_conn **out)
     } else if ((rc = mdg_default_location(location, sizeof location, a->prefix)) != 0) {
         return fail("no --location and no default location (run `messidge confirm` first)", rc);
     }
-    if (probe_broker(location, co.port, timeout < PROBE_MS ? (int)timeout : PROBE_MS) != 0)
+    /* with other brokers to fail over to, the first may well be down */
+    if (!a->nbrokers && probe_broker(location, co.port, timeout < PROBE_MS ? (int)timeout : PROBE_MS) != 0)
         return 1;
     if ((rc = mdg_conn_new(out, location, a->prefix, &co)) != 0)
         return fail("cannot set up the connection", rc);
+    for (int i = 0; i < a->nbrokers; i++) {
+        uint8_t pk[MDG_KEY_BYTES];
+        if ((rc = mdg_server_pk_load(pk, a->brokers[i], a->prefix)) != 0 ||
+            (rc = mdg_conn_add_broker(*out, a->brokers[i], 0, pk)) != 0) {
+            fail(a->brokers[i], rc);
+            close_conn(out);
+            return 1;
+        }
+    }
     if ((rc = mdg_conn_start(*out)) != 0) {
         fail("cannot start the connection", rc);
     } else if ((rc = mdg_conn_wait_until_ready(*out, (int)timeout)) != 0) {
@@ -507,7 +530,7 @@ static int cmd_call(int argc, char **argv)
     args a;
     int rc, status = 1;
 
-    if ((rc = parse(argc, argv, "location port prefix node timeout params legacy", &a)) != 0)
+    if ((rc = parse(argc, argv, "location broker port prefix node timeout params legacy", &a)) != 0)
         return rc;
     if (a.npos < 1)
         return usage_error("call needs a COMMAND");
@@ -573,7 +596,7 @@ static int cmd_nodes(int argc, char **argv)
     args a;
     int rc;
 
-    if ((rc = parse(argc, argv, "location port prefix timeout legacy", &a)) != 0)
+    if ((rc = parse(argc, argv, "location broker port prefix timeout legacy", &a)) != 0)
         return rc;
     if (a.npos != 0)
         return usage_error("nodes takes no arguments");
