@@ -67,3 +67,12 @@ if(TARGET messidge-broker AND TARGET messidge_cli)
   add_test(NAME test_fleet_tools COMMAND test_fleet_tools)
   set_tests_properties(test_fleet_tools PROPERTIES TIMEOUT 180)
 endif()
+
+# A fleet on a NATS cluster of three with one PostgreSQL store: a server
+# killed mid-stream loses and doubles nothing; a revocation through the
+# store ends the user's sessions on every broker.
+add_executable(test_fleet_cluster test_fleet_cluster.c pgserver.c natsserver.c)
+target_link_libraries(test_fleet_cluster PRIVATE messidge_static)
+target_include_directories(test_fleet_cluster PRIVATE ${CMAKE_SOURCE_DIR}/src)
+add_test(NAME test_fleet_cluster COMMAND test_fleet_cluster)
+set_tests_properties(test_fleet_cluster PROPERTIES TIMEOUT 180)
