@@ -1,8 +1,9 @@
 /* test_fleet_cluster.c - a fleet on a NATS cluster of three servers
  * (natsserver.h) with one PostgreSQL identity store (pgserver.h) shared
  * by two brokers in this process, each attached to it with a handle of its
- * own (mdg_identity_attach). Broker A is given server 1's URL, broker B
- * server 2's; the node is at B, the user at A.
+ * own (mdg_identity_attach). Broker A is given the URLs of servers 1 and
+ * 3 (a list, as for a cluster), broker B server 2's only; the node is at
+ * B, the user at A.
  *   - one NATS server of three killed (SIGKILL) in the middle of a stream
  *     of replies from B to A, the one B is connected to: B moves to another
  *     server of the cluster, and the stream arrives whole: 0 lost, 0
@@ -106,7 +107,9 @@ static void run(const char *uri, t_nats *nats)
     CHECK_RC(mdg_identity_add_user(admin, "ann@example.com", mdg_keys_public(uk), NULL), 0);
     CHECK_RC(mdg_identity_add_user(admin, "rex@example.com", mdg_keys_public(rk), NULL), 0);
 
-    start_broker(&A, nats[0].url, uri);
+    char a_urls[160];
+    snprintf(a_urls, sizeof a_urls, "%s, %s", nats[0].url, nats[2].url);
+    start_broker(&A, a_urls, uri);
     start_broker(&B, nats[1].url, uri);
     CHECK_RC(mdg_broker_fleet_member(A.b, mdg_keys_public(B.keys)), 0);
     CHECK_RC(mdg_broker_fleet_member(B.b, mdg_keys_public(A.keys)), 0);
@@ -122,6 +125,7 @@ static void run(const char *uri, t_nats *nats)
         rc = divide_via(ua, npk, 10, 5, &q);
     CHECK_RC(rc, 0);
     CHECK(q == 2.0);
+    CHECK(!t_logged("is not there yet")); /* A's list of two URLs was taken whole */
 
     /* server 2, B's, killed in the middle of a stream from B to A */
     t_reader rd = {0};
