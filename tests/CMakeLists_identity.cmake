@@ -76,3 +76,12 @@ target_link_libraries(test_fleet_cluster PRIVATE messidge_static)
 target_include_directories(test_fleet_cluster PRIVATE ${CMAKE_SOURCE_DIR}/src)
 add_test(NAME test_fleet_cluster COMMAND test_fleet_cluster)
 set_tests_properties(test_fleet_cluster PROPERTIES TIMEOUT 180)
+
+# `make fleet-demo` itself, on the programs of this build: the guide's demo
+# at broker 2 calling the divide node at broker 1, over a NATS cluster of
+# three and PostgreSQL; it exits 0 only when every step did.
+if(TARGET messidge-admin AND TARGET messidge_cli)
+  add_test(NAME test_fleet_demo
+           COMMAND bash ${CMAKE_SOURCE_DIR}/demo/run-fleet-demo.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(test_fleet_demo PROPERTIES TIMEOUT 180)
+endif()
