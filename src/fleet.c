@@ -641,6 +641,11 @@ int fleet_start(fleet *f)
      * background, for ever: the broker serves its own clients meanwhile */
     if ((s = natsOptions_Create(&o)) != NATS_OK || (s = set_servers(o, f->url)) != NATS_OK ||
         (s = natsOptions_SetName(o, "messidge-broker")) != NATS_OK ||
+        /* each publish is already a batch (a loop turn's messages for one
+         * broker): out at once, not after libnats's flusher wakes up,
+         * which cost about a millisecond each way (fleet node RTT p50 2.0
+         * ms, 0.6 ms with this, in bench/) */
+        (s = natsOptions_SetSendAsap(o, true)) != NATS_OK ||
         (s = natsOptions_SetMaxReconnect(o, -1)) != NATS_OK ||
         (s = natsOptions_SetReconnectWait(o, 250)) != NATS_OK ||
         (s = natsOptions_SetReconnectedCB(o, on_reconnected, f->in)) != NATS_OK ||
