@@ -202,16 +202,16 @@ int t_nats_start_cluster(t_nats *n, size_t count)
     char cluster[T_NATS_CLUSTER_MAX][48], routes[T_NATS_CLUSTER_MAX * 48];
     if (count < 2 || count > T_NATS_CLUSTER_MAX)
         return -1;
-    for (size_t i = 0; i < count; i++) {
+    for (size_t i = 0; i < count; i++)
         snprintf(cluster[i], sizeof cluster[i], "nats://127.0.0.1:%d", n[i].cluster_port);
-    }
     for (size_t i = 0; i < count; i++) {
         routes[0] = '\0';
-        for (size_t j = 0; j < count; j++)
-            if (j != i) {
-                size_t at = strlen(routes);
-                snprintf(routes + at, sizeof routes - at, "%s%s", at ? "," : "", cluster[j]);
-            }
+        for (size_t j = 0; j < count; j++) {
+            size_t at = strlen(routes);
+            int k = j == i ? 0 : snprintf(routes + at, sizeof routes - at, "%s%s", at ? "," : "", cluster[j]);
+            if (k < 0 || (size_t)k >= sizeof routes - at)
+                return -1; /* cannot happen: room for every route */
+        }
         char *extra[] = {"--cluster_name", "mdg-test", "--cluster", cluster[i], "--routes", routes, NULL};
         if (start_with(&n[i], n[i].port, extra) != 0) {
             for (size_t j = 0; j < i; j++)
