@@ -1,5 +1,7 @@
 # libmessidge: the two commands.
 #   make demo   install what is missing, build, run the notes demo on loopback
+#   make fleet-demo   the same demo across two brokers in a fleet: a NATS
+#                  cluster of three and PostgreSQL, on loopback (docs/fleet.md)
 #   make test   install what is missing, build with ASan+UBSan, run ctest
 #   make fuzz   run the wire-decoder fuzzer for FUZZ_SECONDS (default 60)
 #   make install   Release build of what is installed (library, headers, tools,
@@ -26,7 +28,10 @@ BENCH_DEBS = nats-server libnats-dev openssl
 # the fleet's tests (each starts its own, on loopback).
 TEST_DEBS = python3 python3-zmq python3-libnacl python3-cbor python3-pytest postgresql nats-server
 
-.PHONY: all deps build demo test fuzz install clean bench python
+# What `make fleet-demo` needs on top: the NATS servers and PostgreSQL.
+FLEET_DEMO_DEBS = nats-server postgresql
+
+.PHONY: all deps build demo fleet-demo test fuzz install clean bench python
 
 all: build
 
@@ -47,6 +52,10 @@ build: deps
 
 demo: build
 	./demo/run-demo.sh build
+
+fleet-demo:
+	$(MAKE) build EXTRA_DEBS="$(FLEET_DEMO_DEBS)"
+	./demo/run-fleet-demo.sh build
 
 # messidge for Python: the package in build/python (PYTHONPATH=build/python),
 # also built by `make build`; installed by `make install`.

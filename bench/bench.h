@@ -72,6 +72,8 @@ typedef struct spec {
     size_t bulk;  /* RTT: bulk bytes each way (0 = 64-byte params) */
     bool tls;     /* NATS: the TLS server */
     int other;    /* fairness: who shares the node with the normal user */
+    bool fleet;   /* node path, libmessidge: the node at a second broker of a
+                     fleet over the plain nats-server, the user at the first */
 } spec;
 
 /* The other user of the fairness scenario. */

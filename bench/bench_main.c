@@ -5,7 +5,7 @@
  *   mdg_bench [--runs N] [--secs S] [--sessions N] [--only LIST] [--impl LIST]
  *             [--nats URL] [--nats-tls URL --nats-ca CERT]
  *             [--json FILE] [--table FILE]
- *   --only: comma-separated of rtt,tput,node,bulk,connect,scale,fairness
+ *   --only: comma-separated of rtt,tput,node,fleet,bulk,connect,scale,fairness
  *   --impl: comma-separated of mdg,zmq,nats,tls (to profile one of them)
  *
  * (mdg_bench serve-mdg / serve-zmq are the scale scenario's child servers.) */
@@ -36,6 +36,7 @@ typedef struct group {
     spec s;
     bool has[NV];
     int nats_from; /* reuse NATS figures of this group (NATS has one path) */
+    const char *also; /* another --only word that runs it (a target's reference) */
 } group;
 
 /* What each group measured, by group index. */
@@ -49,19 +50,23 @@ typedef struct measured {
 #define OURS {true, true, false, false}
 #define MDG_ONLY {true, false, false, false}
 static group groups[] = {
-    {"broker_rtt", "broker RTT, 64 B", "rtt", {K_RTT, P_BROKER, 1, 0, false, O_NONE}, ALL, -1},
-    {"broker_tput1", "broker pipelined, 1 client", "tput", {K_TPUT, P_BROKER, 1, 0, false, O_NONE}, ALL, -1},
-    {"broker_tput8", "broker pipelined, 8 clients", "tput", {K_TPUT, P_BROKER, 8, 0, false, O_NONE}, ALL, -1},
-    {"node_rtt", "node RTT, 64 B", "node", {K_RTT, P_NODE, 1, 0, false, O_NONE}, OURS, 0},
-    {"node_tput1", "node pipelined, 1 client", "node", {K_TPUT, P_NODE, 1, 0, false, O_NONE}, OURS, 1},
-    {"node_tput8", "node pipelined, 8 clients", "node", {K_TPUT, P_NODE, 8, 0, false, O_NONE}, OURS, 2},
-    {"node_bulk", "bulk 1 MiB via node", "bulk", {K_RTT, P_NODE, 1, BULK_BYTES, false, O_NONE}, ALL, -1},
-    {"broker_bulk", "bulk 1 MiB via broker", "bulk", {K_RTT, P_BROKER, 1, BULK_BYTES, false, O_NONE}, OURS, 6},
-    {"connect", "connect (new session)", "connect", {K_CONNECT, P_BROKER, 0, 0, false, O_NONE}, OURS, -1},
+    {"broker_rtt", "broker RTT, 64 B", "rtt", {K_RTT, P_BROKER, 1, 0, false, O_NONE, false}, ALL, -1, NULL},
+    {"broker_tput1", "broker pipelined, 1 client", "tput", {K_TPUT, P_BROKER, 1, 0, false, O_NONE, false}, ALL, -1, NULL},
+    {"broker_tput8", "broker pipelined, 8 clients", "tput", {K_TPUT, P_BROKER, 8, 0, false, O_NONE, false}, ALL, -1, NULL},
+    {"node_rtt", "node RTT, 64 B", "node", {K_RTT, P_NODE, 1, 0, false, O_NONE, false}, OURS, 0, "fleet"},
+    {"node_tput1", "node pipelined, 1 client", "node", {K_TPUT, P_NODE, 1, 0, false, O_NONE, false}, OURS, 1, "fleet"},
+    {"node_tput8", "node pipelined, 8 clients", "node", {K_TPUT, P_NODE, 8, 0, false, O_NONE, false}, OURS, 2, NULL},
+    {"node_bulk", "bulk 1 MiB via node", "bulk", {K_RTT, P_NODE, 1, BULK_BYTES, false, O_NONE, false}, ALL, -1, NULL},
+    {"broker_bulk", "bulk 1 MiB via broker", "bulk", {K_RTT, P_BROKER, 1, BULK_BYTES, false, O_NONE, false}, OURS, 6, NULL},
+    /* the user at broker A, the node at broker B of a fleet (docs/fleet.md) */
+    {"fleet_rtt", "fleet node RTT, 64 B", "fleet", {K_RTT, P_NODE, 1, 0, false, O_NONE, true}, MDG_ONLY, -1, NULL},
+    {"fleet_tput1", "fleet node pipelined, 1 client", "fleet", {K_TPUT, P_NODE, 1, 0, false, O_NONE, true},
+     MDG_ONLY, -1, NULL},
+    {"connect", "connect (new session)", "connect", {K_CONNECT, P_BROKER, 0, 0, false, O_NONE, false}, OURS, -1, NULL},
     /* fairness: the normal user's node calls alone, then beside another user */
-    {"fair_alone", "alone", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_NONE}, MDG_ONLY, -1},
-    {"fair_flood", "beside a flooder", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_FLOOD}, MDG_ONLY, -1},
-    {"fair_stall", "beside a stalled reader", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_STALL}, MDG_ONLY, -1},
+    {"fair_alone", "alone", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_NONE, false}, MDG_ONLY, -1, NULL},
+    {"fair_flood", "beside a flooder", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_FLOOD, false}, MDG_ONLY, -1, NULL},
+    {"fair_stall", "beside a stalled reader", "fairness", {K_FAIR, P_NODE, 1, 0, false, O_STALL, false}, MDG_ONLY, -1, NULL},
 };
 #define NGROUPS ((int)(sizeof groups / sizeof groups[0]))
 static measured meas[NGROUPS];
@@ -81,6 +86,11 @@ static bool in_list(const char *list, const char *what)
 static bool selected(const char *what)
 {
     return in_list(cfg.only, what);
+}
+
+static bool group_selected(const group *g)
+{
+    return selected(g->only) || (g->also && cfg.only && in_list(cfg.only, g->also));
 }
 
 /* A group's index, by its id (which must exist). */
@@ -188,7 +198,7 @@ static void build_lines(void)
     for (int i = 0; i < NGROUPS; i++) {
         const group *g = &groups[i];
         const measured *M = &meas[i];
-        if (!selected(g->only))
+        if (!group_selected(g))
             continue;
         char label[64];
         switch (g->s.kind) {
@@ -236,20 +246,34 @@ typedef struct target {
 static target targets[32];
 static int ntargets;
 
-/* ratio a/b compared with limit: max (ratio <= limit) or min (>= limit). */
-static void target_ratio(const char *text, const char *id, int a, int b, double limit, bool max)
+/* The ratio a/b compared with limit: max (ratio <= limit) or min (>=);
+ * n/a when either is (NAN) or b is 0. */
+static void target_of(const char *text, double a, double b, double limit, bool max)
 {
-    const line *l = find_line(id);
     target *t = &targets[ntargets++];
     snprintf(t->text, sizeof t->text, "%s", text);
-    if (!l || isnan(l->v[a]) || isnan(l->v[b]) || l->v[b] == 0) {
+    if (isnan(a) || isnan(b) || b == 0) {
         t->result = "n/a";
         snprintf(t->value, sizeof t->value, "n/a");
         return;
     }
-    double r = l->v[a] / l->v[b];
+    double r = a / b;
     snprintf(t->value, sizeof t->value, "%.2fx", r);
     t->result = (max ? r <= limit : r >= limit) ? "PASS" : "FAIL";
+}
+
+/* Implementation a over implementation b on one line. */
+static void target_ratio(const char *text, const char *id, int a, int b, double limit, bool max)
+{
+    const line *l = find_line(id);
+    target_of(text, l ? l->v[a] : NAN, l ? l->v[b] : NAN, limit, max);
+}
+
+/* libmessidge's figure on line a over its figure on line b. */
+static void target_between(const char *text, const char *a, const char *b, double limit, bool max)
+{
+    const line *la = find_line(a), *lb = find_line(b);
+    target_of(text, la ? la->v[V_MDG] : NAN, lb ? lb->v[V_MDG] : NAN, limit, max);
 }
 
 static const char *num(char *buf, size_t len, double v);
@@ -283,6 +307,11 @@ static void build_targets(const scale_res *sc, bool scale_ran)
     target_ratio("bulk 1 MiB via node >= 1.0x raw zmq relay", "node_bulk", V_MDG, V_ZMQ, 1.0, false);
     target_ratio("bulk 1 MiB via node >= 1.0x NATS TLS", "node_bulk", V_MDG, V_TLS, 1.0, false);
     target_ratio("connect (new session) p50 <= 1.1x raw zmq", "connect.p50", V_MDG, V_ZMQ, 1.1, true);
+    /* issue #16's: the user and the node at two brokers of a fleet */
+    if (selected("fleet")) {
+        target_between("fleet node RTT p50 <= 2.0x one broker", "fleet_rtt.p50", "node_rtt.p50", 2.0, true);
+        target_between("fleet node pipelined >= 0.5x one broker", "fleet_tput1", "node_tput1", 0.5, false);
+    }
     if (selected("fairness")) {
         target_fair("fairness p99 beside a flooder <= 2.0x alone", "fair_flood", 2.0);
         target_fair("fairness p99 beside a stalled reader <= 2.0x alone", "fair_stall", 2.0);
@@ -584,7 +613,7 @@ static int usage(void)
     fprintf(stderr, "usage: mdg_bench [--runs N] [--secs S] [--sessions N] [--only LIST] [--impl LIST]\n"
                     "                 [--nats URL] [--nats-tls URL --nats-ca CERT]\n"
                     "                 [--json FILE] [--table FILE]\n"
-                    "  --only: comma-separated of rtt,tput,node,bulk,connect,scale,fairness\n"
+                    "  --only: comma-separated of rtt,tput,node,fleet,bulk,connect,scale,fairness\n"
                     "  --impl: comma-separated of mdg,zmq,nats,tls\n");
     return 2;
 }
@@ -639,7 +668,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < NGROUPS; i++) {
             group *g = &groups[i];
             measured *M = &meas[i];
-            if (!selected(g->only))
+            if (!group_selected(g))
                 continue;
             for (int v = 0; v < NV; v++) {
                 if (!g->has[v] || !in_list(impl, vshort[v]) ||

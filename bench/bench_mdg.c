@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 /* ------------------------------------------------------------- handlers */
@@ -92,6 +93,9 @@ static const mdg_cmd user_cmds[] = {
 typedef struct env {
     mdg_keys *bkeys, *ukeys, *nkeys;
     mdg_broker *b;
+    /* the fleet scenario: the node's broker, another one of the fleet */
+    mdg_keys *hkeys;
+    mdg_broker *home;
     mdg_conn *node;
     mdg_conn *user[MAX_CLIENTS];
     int nusers;
@@ -103,17 +107,20 @@ static void env_down(env *e)
         mdg_conn_destroy(&e->user[i]);
     mdg_conn_destroy(&e->node);
     mdg_broker_destroy(&e->b);
+    mdg_broker_destroy(&e->home);
     mdg_keys_destroy(&e->bkeys);
+    mdg_keys_destroy(&e->hkeys);
     mdg_keys_destroy(&e->ukeys);
     mdg_keys_destroy(&e->nkeys);
 }
 
-/* on_error: where the broker's error notices go (NULL: logged). */
-static int conn_up(env *e, mdg_conn **c, const mdg_keys *keys, const mdg_cmd *cmds, void *arg,
-                   mdg_error_fn on_error)
+/* A client of broker b; on_error: where the broker's error notices go
+ * (NULL: logged). */
+static int conn_up_at(const mdg_broker *b, const mdg_keys *bkeys, mdg_conn **c, const mdg_keys *keys,
+                      const mdg_cmd *cmds, void *arg, mdg_error_fn on_error)
 {
-    mdg_conn_options o = {.port = mdg_broker_port(e->b)};
-    int rc = mdg_conn_new_with_keys(c, "127.0.0.1", mdg_keys_public(e->bkeys), keys, &o);
+    mdg_conn_options o = {.port = mdg_broker_port(b)};
+    int rc = mdg_conn_new_with_keys(c, "127.0.0.1", mdg_keys_public(bkeys), keys, &o);
     if (!rc && cmds)
         rc = mdg_conn_register_commands(*c, cmds, arg);
     if (!rc && on_error)
@@ -125,21 +132,71 @@ static int conn_up(env *e, mdg_conn **c, const mdg_keys *keys, const mdg_cmd *cm
     return rc;
 }
 
-/* A broker, a node when the path needs one, and nusers user sessions. */
-static bres env_up(env *e, int path, int nusers)
+/* A client of the users' broker. */
+static int conn_up(env *e, mdg_conn **c, const mdg_keys *keys, const mdg_cmd *cmds, void *arg,
+                   mdg_error_fn on_error)
+{
+    return conn_up_at(e->b, e->bkeys, c, keys, cmds, arg, on_error);
+}
+
+/* A broker on a free loopback port that admits anyone, and the node; in
+ * the fleet through cfg.nats_url when fleet. */
+static int broker_up(mdg_broker **b, const mdg_keys *keys, const mdg_keys *nkeys, bool fleet)
 {
     mdg_broker_options o = {.bind_address = "127.0.0.1", .port = 0};
-    *e = (env){0};
-    if (mdg_keys_new(&e->bkeys) || mdg_keys_new(&e->ukeys) || mdg_keys_new(&e->nkeys) ||
-        mdg_broker_new(&e->b, e->bkeys, &o) || mdg_broker_set_commands(e->b, broker_cmds, NULL) ||
-        mdg_broker_allow_any(e->b) ||
-        mdg_broker_allow(e->b, mdg_keys_public(e->nkeys), MDG_ROLE_NODE) || mdg_broker_start(e->b))
-        return na("cannot start a broker: %s", mdg_last_error());
-    if (path == P_NODE && conn_up(e, &e->node, e->nkeys, node_cmds, NULL, NULL))
+    mdg_fleet_options fo = {.url = cfg.nats_url, .name = "bench"};
+    return mdg_broker_new(b, keys, &o) || mdg_broker_set_commands(*b, broker_cmds, NULL) ||
+           mdg_broker_allow_any(*b) || mdg_broker_allow(*b, mdg_keys_public(nkeys), MDG_ROLE_NODE) ||
+           (fleet && mdg_broker_join_fleet(*b, &fo));
+}
+
+#define FLEET_READY_MS 10000 /* until the users' broker routes to the other's node */
+
+/* The fleet scenario: the node at another broker (e->home) of a fleet
+ * over the plain nats-server; ready once a call through e->b reaches it. */
+static bres fleet_up(env *e)
+{
+    if (broker_up(&e->home, e->hkeys, e->nkeys, true) || mdg_broker_fleet_member(e->home, mdg_keys_public(e->bkeys)) || mdg_broker_start(e->home))
+        return na("cannot start the node's broker: %s", mdg_last_error());
+    if (conn_up_at(e->home, e->hkeys, &e->node, e->nkeys, node_cmds, NULL, NULL))
         return na("the node cannot connect: %s", mdg_last_error());
+    return (bres){.ok = true};
+}
+
+static mdg_params *request(const env *e, int path, bool with_d, bool probe);
+
+/* A broker, a node when the path needs one (with fleet, at a second
+ * broker of a fleet), and nusers user sessions. */
+static bres env_up(env *e, int path, int nusers, bool fleet)
+{
+    *e = (env){0};
+    if (fleet && !cfg.nats_url)
+        return na("no nats-server (--nats URL)");
+    if (mdg_keys_new(&e->bkeys) || mdg_keys_new(&e->ukeys) || mdg_keys_new(&e->nkeys) ||
+        (fleet && mdg_keys_new(&e->hkeys)) || broker_up(&e->b, e->bkeys, e->nkeys, fleet) ||
+        (fleet && mdg_broker_fleet_member(e->b, mdg_keys_public(e->hkeys))) || mdg_broker_start(e->b))
+        return na("cannot start a broker: %s", mdg_last_error());
+    if (fleet) {
+        bres r = fleet_up(e);
+        if (!r.ok)
+            return r;
+    } else if (path == P_NODE && conn_up(e, &e->node, e->nkeys, node_cmds, NULL, NULL)) {
+        return na("the node cannot connect: %s", mdg_last_error());
+    }
     for (; e->nusers < nusers; e->nusers++)
         if (conn_up(e, &e->user[e->nusers], e->ukeys, NULL, NULL, NULL))
             return na("a user cannot connect: %s", mdg_last_error());
+    /* the fleet's directory: the users' broker learns of the node */
+    for (uint64_t until = now_ns() + FLEET_READY_MS * 1000000ull; fleet && nusers > 0;) {
+        mdg_msg *r = NULL;
+        int rc = mdg_conn_call(e->user[0], NODE_COMMAND, request(e, P_NODE, true, false), NULL, 0, 1000, &r);
+        mdg_msg_destroy(&r);
+        if (rc == 0)
+            break;
+        if (now_ns() > until)
+            return na("the node at the other broker was not reachable within %d ms", FLEET_READY_MS);
+        usleep(20000); /* polling the directory, with the deadline above */
+    }
     return (bres){.ok = true};
 }
 
@@ -704,7 +761,7 @@ static bres run_fair(const spec *s)
     fair F = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
     atomic_store(&fair_errors, 0);
     mdg_set_log(fair_log, NULL, MDG_LOG_ERROR);
-    bres r = env_up(&e, P_BROKER, 1);
+    bres r = env_up(&e, P_BROKER, 1, false);
     if (r.ok && conn_up(&e, &e.node, e.nkeys, fair_node_cmds, &F, on_node_error))
         r = na("the node cannot connect: %s", mdg_last_error());
     if (r.ok)
@@ -739,7 +796,7 @@ bres mdg_run(const spec *s)
     if (s->kind == K_FAIR)
         return run_fair(s);
     int users = s->kind == K_TPUT ? s->clients : s->kind == K_RTT ? 1 : 0;
-    bres r = env_up(&e, s->kind == K_CONNECT ? P_BROKER : s->path, users);
+    bres r = env_up(&e, s->kind == K_CONNECT ? P_BROKER : s->path, users, s->fleet);
     if (r.ok) {
         switch (s->kind) {
         case K_RTT: r = run_rtt(&e, s); break;
@@ -760,7 +817,7 @@ int mdg_serve_child(bool with_node)
 {
     env e;
     mdg_set_log(quiet_log, NULL, MDG_LOG_ERROR);
-    bres r = env_up(&e, with_node ? P_NODE : P_BROKER, 0);
+    bres r = env_up(&e, with_node ? P_NODE : P_BROKER, 0, false);
     if (!r.ok) {
         fprintf(stderr, "%s\n", r.why);
         env_down(&e);

@@ -19,8 +19,14 @@
  * the base port + 1, and `messidge-admin add-node` registers nodes. The
  * store is polled every second for revocations, which end live sessions.
  *
- *   notes_broker [--prefix DIR] [--state DIR] [--port N] [--port-file FILE]
+ * With --store postgresql://... several brokers share one store, and with
+ * --fleet they form a fleet over NATS (docs/fleet.md): a user of one calls
+ * the nodes of the others, and its resource offer lists them
+ * (demo/run-fleet-demo.sh).
+ *
+ *   notes_broker [--prefix DIR] [--state DIR | --store LOCATION] [--port N] [--port-file FILE]
  *                [--account-port N] [--bind ADDR] [--verbose]
+ *                [--fleet URL [--fleet-name NAME] [--fleet-member KEY ...]]
  *
  * Once serving it prints on stdout
  *   notes_broker: listening on port N, accounts on port M
@@ -39,6 +45,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#define FLEET_MEMBERS_MAX 64 /* other brokers of a fleet, at most (--fleet-member) */
 
 /* ------------------------------------------------------------------ logging */
 
@@ -306,18 +314,42 @@ static void on_node_left(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *d
     free(n);
 }
 
+/* The nodes of the other brokers of a fleet (mdg_broker_each_node), as
+ * CBOR byte strings pushed onto list; only counted when list is NULL. */
+typedef struct fleet_nodes {
+    cbor_item_t *list;
+    size_t count;
+    bool ok;
+} fleet_nodes;
+
+static void add_fleet_node(const uint8_t pk[MDG_KEY_BYTES], bool local, void *arg)
+{
+    fleet_nodes *f = arg;
+    if (local) /* ours: the model has them */
+        return;
+    f->count++;
+    if (f->list && f->ok) {
+        cbor_item_t *key = cbor_build_bytestring(pk, MDG_KEY_BYTES);
+        f->ok = key && cbor_array_push(f->list, key);
+        if (key)
+            cbor_decref(&key);
+    }
+}
+
 /* The original Python Messidge's model.resources(pk): what to offer a new session, pushed to it
  * as the command resource_offer. Here every user is offered every connected
- * node, {"nodes": [pk, ...]} with the keys as bytes; pk (the user's key)
- * could be used to offer each user only some. Without this hook the broker
- * offers the same by default; it is written out to show the API. */
+ * node, {"nodes": [pk, ...]} with the keys as bytes, and in a fleet
+ * (--fleet) the nodes of the other brokers too; pk (the user's key) could
+ * be used to offer each user only some. Without this hook the broker offers
+ * the same by default; it is written out to show the API. */
 static mdg_params *on_resources(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void *arg)
 {
-    (void)b;
     (void)pk;
     model *m = arg;
+    fleet_nodes fleet = {.ok = true};
+    mdg_broker_each_node(b, add_fleet_node, &fleet); /* counts them */
     mdg_params *offer = mdg_params_new();
-    cbor_item_t *list = cbor_new_definite_array(m->n_nodes);
+    cbor_item_t *list = cbor_new_definite_array(m->n_nodes + fleet.count);
     bool ok = offer && list;
 
     for (size_t i = 0; ok && i < m->n_nodes; i++) {
@@ -326,6 +358,10 @@ static mdg_params *on_resources(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], 
         if (key)
             cbor_decref(&key); /* the array holds its own reference */
     }
+    fleet = (fleet_nodes){.list = list, .ok = ok};
+    if (ok) /* the same loop-thread turn: the same nodes as counted */
+        mdg_broker_each_node(b, add_fleet_node, &fleet);
+    ok = fleet.ok;
     /* set_item takes the list's reference, even when it fails */
     if (ok && mdg_params_set_item(offer, "nodes", list) == 0)
         return offer; /* taken by the broker */
@@ -355,6 +391,12 @@ static void usage(FILE *f)
             "                      nodes on port N (they use 2020: run --port 3030\n"
             "                      --legacy-port 2020; 0 = any free port); see\n"
             "                      docs/compatibility.md for what 1.x links lack\n"
+            "  --store LOCATION    the same, or a PostgreSQL URI (postgresql://USER@HOST:PORT/DB)\n"
+            "                      that several brokers share\n"
+            "  --fleet URL         join a fleet of brokers through the NATS server(s) at URL\n"
+            "                      (several: comma-separated); offers list the fleet's nodes\n"
+            "  --fleet-name NAME   the fleet's name (default messidge)\n"
+            "  --fleet-member KEY  another broker of the fleet, by its public key (repeat)\n"
             "  --verbose           debug logging\n"
             "  --help              this text\n"
             "Prints 'notes_broker: listening on port N, accounts on port M' on stdout once\n"
@@ -390,10 +432,15 @@ static int broker_keys(mdg_keys **keys, const char *prefix)
 
 int main(int argc, char **argv)
 {
-    enum { O_PREFIX = 1, O_STATE, O_PORT, O_ACCOUNT_PORT, O_PORT_FILE, O_BIND, O_VERBOSE, O_HELP, O_LEGACY_PORT };
+    enum { O_PREFIX = 1, O_STATE, O_PORT, O_ACCOUNT_PORT, O_PORT_FILE, O_BIND, O_VERBOSE, O_HELP, O_LEGACY_PORT,
+           O_FLEET, O_FLEET_NAME, O_FLEET_MEMBER };
     static const struct option longopts[] = {
         {"prefix", required_argument, NULL, O_PREFIX},
         {"state", required_argument, NULL, O_STATE},
+        {"store", required_argument, NULL, O_STATE},
+        {"fleet", required_argument, NULL, O_FLEET},
+        {"fleet-name", required_argument, NULL, O_FLEET_NAME},
+        {"fleet-member", required_argument, NULL, O_FLEET_MEMBER},
         {"port", required_argument, NULL, O_PORT},
         {"account-port", required_argument, NULL, O_ACCOUNT_PORT},
         {"port-file", required_argument, NULL, O_PORT_FILE},
@@ -407,6 +454,9 @@ int main(int argc, char **argv)
     int port = MDG_DEFAULT_PORT, account_port = -1; /* -1: base port + 1 */
     int legacy_port = -1;                           /* -1: no Messidge 1.x listener */
     int opt, rc, status = 1;
+    mdg_fleet_options fo = {0};
+    uint8_t members[FLEET_MEMBERS_MAX][MDG_KEY_BYTES];
+    size_t n_members = 0;
     char pk_b64[MDG_KEY_B64_LEN + 1];
     mdg_keys *keys = NULL;
     mdg_identity *id = NULL;
@@ -440,12 +490,21 @@ int main(int argc, char **argv)
         }
         case O_PORT_FILE: port_file = optarg; break;
         case O_BIND: bind_addr = optarg; break;
+        case O_FLEET: fo.url = optarg; break;
+        case O_FLEET_NAME: fo.name = optarg; break;
+        case O_FLEET_MEMBER:
+            if (n_members == FLEET_MEMBERS_MAX || mdg_pk_from_b64(members[n_members], optarg) != 0) {
+                fprintf(stderr, "notes_broker: bad or too many --fleet-member \"%s\"\n", optarg);
+                return 1;
+            }
+            n_members++;
+            break;
         case O_VERBOSE: log_level = MDG_LOG_DEBUG; break;
         case O_HELP: usage(stdout); return 0;
         default: usage(stderr); return 1;
         }
     }
-    if (optind < argc) {
+    if (optind < argc || (!fo.url && (fo.name || n_members))) {
         usage(stderr);
         return 1;
     }
@@ -477,6 +536,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "notes_broker: %s\n", mdg_last_error());
         goto done;
     }
+    /* In a fleet (docs/fleet.md), a user here calls a node of another
+     * broker as one of ours: nothing else in this program changes. */
+    if (fo.url && (rc = mdg_broker_join_fleet(b, &fo)) != 0) {
+        fprintf(stderr, "notes_broker: cannot join the fleet: %s\n", mdg_last_error());
+        goto done;
+    }
+    for (size_t i = 0; i < n_members; i++)
+        if ((rc = mdg_broker_fleet_member(b, members[i])) != 0) {
+            fprintf(stderr, "notes_broker: cannot add a fleet member: %s\n", mdg_last_error());
+            goto done;
+        }
 
     /* Signals are blocked while the broker's and the account server's
      * threads start, so they inherit a blocked mask and the signals are

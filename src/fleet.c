@@ -620,6 +620,27 @@ static int nats_fail(const char *what, natsStatus s)
     return mdg_fail(MDG_ESYS, "fleet: %s: %s", what, natsStatus_GetText(s));
 }
 
+#define FLEET_URLS_MAX 32 /* servers in one --fleet URL list, at most */
+
+/* The server URL, or the list of them separated by commas (a cluster):
+ * libnats's natsOptions_SetURL takes one URL only (with a list it finds
+ * no server), so a list goes in through natsOptions_SetServers. */
+static natsStatus set_servers(natsOptions *o, const char *url)
+{
+    char *copy = strdup(url), *save = NULL;
+    const char *servers[FLEET_URLS_MAX];
+    int n = 0;
+    natsStatus s = NATS_INVALID_ARG;
+    if (!copy)
+        return NATS_NO_MEMORY;
+    for (char *t = strtok_r(copy, ", ", &save); t && n < FLEET_URLS_MAX; t = strtok_r(NULL, ", ", &save))
+        servers[n++] = t;
+    if (n > 0) /* libnats copies them */
+        s = n == 1 ? natsOptions_SetURL(o, servers[0]) : natsOptions_SetServers(o, servers, n);
+    free(copy);
+    return s;
+}
+
 int fleet_start(fleet *f)
 {
     natsOptions *o = NULL;
@@ -635,8 +656,13 @@ int fleet_start(fleet *f)
         return mdg_fail(MDG_ENOMEM, "no room for the fleet's timers");
     /* a NATS server that is not there yet is tried again in the
      * background, for ever: the broker serves its own clients meanwhile */
-    if ((s = natsOptions_Create(&o)) != NATS_OK || (s = natsOptions_SetURL(o, f->url)) != NATS_OK ||
+    if ((s = natsOptions_Create(&o)) != NATS_OK || (s = set_servers(o, f->url)) != NATS_OK ||
         (s = natsOptions_SetName(o, "messidge-broker")) != NATS_OK ||
+        /* each publish is already a batch (a loop turn's messages for one
+         * broker): out at once, not after libnats's flusher wakes up,
+         * which cost about a millisecond each way (fleet node RTT p50 2.0
+         * ms, 0.6 ms with this, in bench/) */
+        (s = natsOptions_SetSendAsap(o, true)) != NATS_OK ||
         (s = natsOptions_SetMaxReconnect(o, -1)) != NATS_OK ||
         (s = natsOptions_SetReconnectWait(o, 250)) != NATS_OK ||
         (s = natsOptions_SetReconnectedCB(o, on_reconnected, f->in)) != NATS_OK ||

@@ -67,3 +67,21 @@ if(TARGET messidge-broker AND TARGET messidge_cli)
   add_test(NAME test_fleet_tools COMMAND test_fleet_tools)
   set_tests_properties(test_fleet_tools PROPERTIES TIMEOUT 180)
 endif()
+
+# A fleet on a NATS cluster of three with one PostgreSQL store: a server
+# killed mid-stream loses and doubles nothing; a revocation through the
+# store ends the user's sessions on every broker.
+add_executable(test_fleet_cluster test_fleet_cluster.c pgserver.c natsserver.c)
+target_link_libraries(test_fleet_cluster PRIVATE messidge_static)
+target_include_directories(test_fleet_cluster PRIVATE ${CMAKE_SOURCE_DIR}/src)
+add_test(NAME test_fleet_cluster COMMAND test_fleet_cluster)
+set_tests_properties(test_fleet_cluster PROPERTIES TIMEOUT 180)
+
+# `make fleet-demo` itself, on the programs of this build: the guide's demo
+# at broker 2 calling the divide node at broker 1, over a NATS cluster of
+# three and PostgreSQL; it exits 0 only when every step did.
+if(TARGET messidge-admin AND TARGET messidge_cli)
+  add_test(NAME test_fleet_demo
+           COMMAND bash ${CMAKE_SOURCE_DIR}/demo/run-fleet-demo.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(test_fleet_demo PROPERTIES TIMEOUT 180)
+endif()

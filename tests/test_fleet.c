@@ -18,52 +18,14 @@
 #include <nats/nats.h>
 #include <sodium.h>
 
-#define STREAM_PARTS 10000
+#define STREAM_PARTS T_STREAM_PARTS
 
 /* -------------------------------------------------------------- the node */
-
-typedef struct stream_job {
-    mdg_msg *m;
-    int64_t n, pace_us;
-} stream_job;
-
-/* n replies numbered by "i" from another thread, the last one final;
- * pace_us between replies (a stream that lasts a while). */
-static void *stream_thread(void *arg)
-{
-    stream_job *j = arg;
-    for (int64_t i = 0; i < j->n; i++) {
-        mdg_params *r = mdg_params_new();
-        mdg_params_set_int(r, "i", i);
-        if (i + 1 < j->n)
-            mdg_msg_reply_more(j->m, r, NULL, 0);
-        else
-            mdg_msg_reply(j->m, r, NULL, 0);
-        if (j->pace_us)
-            usleep((useconds_t)j->pace_us);
-    }
-    mdg_msg_destroy(&j->m);
-    free(j);
-    return NULL;
-}
-
-static void h_stream(mdg_msg *m, void *arg)
-{
-    (void)arg;
-    stream_job *j = calloc(1, sizeof *j);
-    j->n = STREAM_PARTS;
-    mdg_params_get_int(mdg_msg_params(m), "n", &j->n);
-    mdg_params_get_int(mdg_msg_params(m), "pace_us", &j->pace_us);
-    j->m = mdg_msg_keep(m);
-    pthread_t t;
-    pthread_create(&t, NULL, stream_thread, j);
-    pthread_detach(t);
-}
 
 static const mdg_cmd node_cmds[] = {
     {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
     {"whoami", t_whoami, NULL, MDG_CMD_NEEDS_REPLY},
-    {"stream", h_stream, NULL, MDG_CMD_NEEDS_REPLY},
+    {"stream", t_stream, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 

@@ -204,6 +204,47 @@ static inline void t_whoami(mdg_msg *m, void *arg)
     mdg_msg_reply(m, r, bulk, blen);
 }
 
+/* A node command "stream": n replies (param "n", default T_STREAM_PARTS)
+ * numbered by "i", sent from a thread of its own, the last one final;
+ * "pace_us" between replies (a stream that lasts a while). */
+#define T_STREAM_PARTS 10000
+
+typedef struct t_stream_job {
+    mdg_msg *m;
+    int64_t n, pace_us;
+} t_stream_job;
+
+static inline void *t_stream_thread(void *arg)
+{
+    t_stream_job *j = arg;
+    for (int64_t i = 0; i < j->n; i++) {
+        mdg_params *r = mdg_params_new();
+        mdg_params_set_int(r, "i", i);
+        if (i + 1 < j->n)
+            mdg_msg_reply_more(j->m, r, NULL, 0);
+        else
+            mdg_msg_reply(j->m, r, NULL, 0);
+        if (j->pace_us)
+            usleep((useconds_t)j->pace_us);
+    }
+    mdg_msg_destroy(&j->m);
+    free(j);
+    return NULL;
+}
+
+static inline void t_stream(mdg_msg *m, void *arg)
+{
+    (void)arg;
+    t_stream_job *j = calloc(1, sizeof *j);
+    j->n = T_STREAM_PARTS;
+    mdg_params_get_int(mdg_msg_params(m), "n", &j->n);
+    mdg_params_get_int(mdg_msg_params(m), "pace_us", &j->pace_us);
+    j->m = mdg_msg_keep(m);
+    pthread_t t;
+    pthread_create(&t, NULL, t_stream_thread, j);
+    pthread_detach(t);
+}
+
 /* A caller reading a stream of replies numbered by param "i": counts them
  * in order; while hold is set its callback stalls (a caller that stopped
  * reading). The callback of mdg_conn_send_cb(..., t_on_part, &reader). */
