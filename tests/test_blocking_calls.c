@@ -10,12 +10,6 @@
 
 #define SLOW_MS 3000
 
-static mdg_params *to_node(const uint8_t *pk)
-{
-    mdg_params *p = mdg_params_new();
-    mdg_params_set_bytes(p, "node", pk, 32);
-    return p;
-}
 
 /* the broker's own command: the caller's number back */
 static void h_echo(mdg_msg *m, void *arg)
@@ -160,7 +154,7 @@ int main(void)
     int pings_before_slow_done = 0;
     for (int i = 0; i < 5; i++) {
         mdg_msg *r = NULL;
-        CHECK_RC(mdg_conn_call(user, "ping", to_node(mdg_keys_public(nkeys)), NULL, 0, 10000, &r), 0);
+        CHECK_RC(mdg_conn_call(user, "ping", t_to_node(mdg_keys_public(nkeys)), NULL, 0, 10000, &r), 0);
         mdg_msg_destroy(&r);
         pings_before_slow_done += !atomic_load(&sc.done);
     }

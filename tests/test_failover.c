@@ -194,17 +194,11 @@ static mdg_conn *client(const mdg_keys *k, int first, const uint8_t *fpk, int se
     return c;
 }
 
-static mdg_params *to_node(const uint8_t *pk)
-{
-    mdg_params *p = mdg_params_new();
-    mdg_params_set_bytes(p, "node", pk, MDG_KEY_BYTES);
-    return p;
-}
 
 /* 10/5 by node pk through u answers 2.0 (within timeout_ms). */
 static bool divides(mdg_conn *u, const uint8_t *pk, int timeout_ms)
 {
-    mdg_params *p = to_node(pk);
+    mdg_params *p = t_to_node(pk);
     mdg_msg *r = NULL;
     double q = -1;
     mdg_params_set_double(p, "dividend", 10);
@@ -228,7 +222,7 @@ static void *hold_thread(void *arg)
 {
     hold_call *h = arg;
     mdg_msg *r = NULL;
-    h->rc = mdg_conn_call(h->u, "hold", to_node(h->node), NULL, 0, 60000, &r);
+    h->rc = mdg_conn_call(h->u, "hold", t_to_node(h->node), NULL, 0, 60000, &r);
     snprintf(h->text, sizeof h->text, "%s", mdg_last_error());
     mdg_msg_destroy(&r);
     return NULL;

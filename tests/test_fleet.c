@@ -94,28 +94,7 @@ static mdg_conn *start_node(const side *s, const mdg_keys *nkeys)
     return node;
 }
 
-static mdg_params *to_node(const uint8_t *pk)
-{
-    mdg_params *p = mdg_params_new();
-    mdg_params_set_bytes(p, "node", pk, MDG_KEY_BYTES);
-    return p;
-}
 
-/* dividend / devisor by the divide node pk, called through user u: the
- * call's result, *q the quotient. */
-static int divide_via(mdg_conn *u, const uint8_t *pk, double dividend, double devisor, double *q)
-{
-    mdg_params *p = to_node(pk);
-    mdg_msg *r = NULL;
-    mdg_params_set_double(p, "dividend", dividend);
-    mdg_params_set_double(p, "devisor", devisor);
-    int rc = mdg_conn_call(u, "divide", p, NULL, 0, 10000, &r);
-    *q = -1;
-    if (rc == 0 && mdg_params_get_double(mdg_msg_params(r), "quotient", q) != 0)
-        rc = MDG_ETYPE;
-    mdg_msg_destroy(&r);
-    return rc;
-}
 
 /* Whether broker s lists node pk (asked through user u of it). */
 static bool lists_node(mdg_conn *u, const uint8_t *pk)
@@ -206,7 +185,7 @@ static void intruder(const char *url, side *a, side *b)
     uint8_t fake_sk[32], fake_pk[32], shared[crypto_box_BEFORENMBYTES];
     crypto_box_keypair(fake_pk, fake_sk);
     CHECK(crypto_box_beforenm(shared, mdg_keys_public(a->keys), fake_sk) == 0);
-    mdg_params *p = to_node(mdg_keys_public(b->keys));
+    mdg_params *p = t_to_node(mdg_keys_public(b->keys));
     mdg_params_set_double(p, "dividend", 1);
     mdg_params_set_double(p, "devisor", 1);
     mdg_header h = {.kind = MDG_K_CMD, .seq = 1, .corr = 99};
@@ -300,9 +279,9 @@ int main(void)
     mdg_msg *r = NULL;
     mdg_params *p;
     double q = 0;
-    CHECK_RC(divide_via(ua, npk, 10, 5, &q), 0);
+    CHECK_RC(t_divide_via(ua, npk, 10, 5, 10000, &q), 0);
     CHECK(q == 2.0);
-    CHECK_RC(divide_via(ua, npk, 10, 0, &q), MDG_EREMOTE);
+    CHECK_RC(t_divide_via(ua, npk, 10, 0, 10000, &q), MDG_EREMOTE);
     CHECK(strstr(mdg_last_error(), "Devisor cannot be zero") != NULL);
     printf("divide across the fleet: 10/5 = %g, and the error reflected\n", q);
 
@@ -311,9 +290,9 @@ int main(void)
     size_t len, sid_len;
     mdg_keys *ua_keys = NULL;
     (void)ua_keys;
-    CHECK_RC(mdg_conn_call(ua, "whoami", to_node(npk), NULL, 0, 10000, &r), 0);
+    CHECK_RC(mdg_conn_call(ua, "whoami", t_to_node(npk), NULL, 0, 10000, &r), 0);
     mdg_msg *rb = NULL;
-    CHECK_RC(mdg_conn_call(ub, "whoami", to_node(npk), NULL, 0, 10000, &rb), 0);
+    CHECK_RC(mdg_conn_call(ub, "whoami", t_to_node(npk), NULL, 0, 10000, &rb), 0);
     if (r && rb) {
         const uint8_t *sid = mdg_conn_session_id(ua, &sid_len);
         int64_t ca = -1, cb = -1;
@@ -331,7 +310,7 @@ int main(void)
     mdg_msg_destroy(&r);
     mdg_msg_destroy(&rb);
     /* the user key stamped is the caller's own: a call with a forged one */
-    p = to_node(npk);
+    p = t_to_node(npk);
     uint8_t forged[32] = {1, 2, 3};
     mdg_params_set_bytes(p, "user", forged, 32);
     CHECK_RC(mdg_conn_call(ua, "whoami", p, NULL, 0, 10000, &r), 0);
@@ -342,10 +321,10 @@ int main(void)
      * is refused at once, not sent again for ever */
     size_t big_len = 2u << 20;
     uint8_t *big = calloc(1, big_len);
-    CHECK_RC(mdg_conn_call(ua, "whoami", to_node(npk), big, big_len, 10000, &r), MDG_EREMOTE);
+    CHECK_RC(mdg_conn_call(ua, "whoami", t_to_node(npk), big, big_len, 10000, &r), MDG_EREMOTE);
     CHECK(strstr(mdg_last_error(), "max_payload") != NULL);
     free(big);
-    CHECK_RC(mdg_conn_call(ua, "whoami", to_node(npk), "small", 5, 10000, &r), 0);
+    CHECK_RC(mdg_conn_call(ua, "whoami", t_to_node(npk), "small", 5, 10000, &r), 0);
     size_t blen = 0;
     const void *bulk = r ? mdg_msg_bulk(r, &blen) : NULL;
     CHECK(bulk && blen == 5 && memcmp(bulk, "small", 5) == 0); /* a bulk part crosses both ways */
@@ -353,7 +332,7 @@ int main(void)
 
     /* a stream of 10,000 replies back to the caller, in order */
     t_reader rd = {0};
-    CHECK_RC(mdg_conn_send_cb(ua, "stream", to_node(npk), NULL, 0, t_on_part, &rd), 0);
+    CHECK_RC(mdg_conn_send_cb(ua, "stream", t_to_node(npk), NULL, 0, t_on_part, &rd), 0);
     WAIT_UNTIL(atomic_load(&rd.done), 60000);
     CHECK(atomic_load(&rd.done) && atomic_load(&rd.next) == STREAM_PARTS && atomic_load(&rd.bad) == 0 &&
           atomic_load(&rd.errors) == 0);
@@ -366,7 +345,7 @@ int main(void)
     CHECK_RC(mdg_conn_start(slow), 0);
     CHECK_RC(mdg_conn_wait_until_ready(slow, 5000), 0);
     t_reader held = {.hold = 1};
-    p = to_node(npk);
+    p = t_to_node(npk);
     mdg_params_set_int(p, "n", 40000);
     t_clear_log();
     CHECK_RC(mdg_conn_send_cb(slow, "stream", p, NULL, 0, t_on_part, &held), 0);
@@ -383,7 +362,7 @@ int main(void)
 
     /* nats-server restarted in the middle of a stream */
     t_reader rr = {0};
-    p = to_node(npk);
+    p = t_to_node(npk);
     mdg_params_set_int(p, "n", 20000);
     mdg_params_set_int(p, "pace_us", 150);
     CHECK_RC(mdg_conn_send_cb(ua, "stream", p, NULL, 0, t_on_part, &rr), 0);
@@ -398,7 +377,7 @@ int main(void)
     printf("nats-server restarted at reply %ld: %ld of 20000 replies, %ld out of order or doubled\n", at_stop,
            (long)atomic_load(&rr.next), (long)atomic_load(&rr.bad));
     /* and calls go on */
-    CHECK_RC(divide_via(ua, npk, 9, 3, &q), 0);
+    CHECK_RC(t_divide_via(ua, npk, 9, 3, 10000, &q), 0);
     CHECK(q == 3.0);
 
     /* a NATS client that is not a broker */
@@ -410,7 +389,7 @@ int main(void)
     CHECK(!t_logged("restarted") && !t_logged("joined")); /* a message sent back was not taken */
     WAIT_UNTIL(t_logged("not a member of the fleet"), 3000); /* rate-limited: within a second */
     CHECK(t_logged("not a member of the fleet"));
-    CHECK_RC(divide_via(ua, npk, 1, 4, &q), 0);
+    CHECK_RC(t_divide_via(ua, npk, 1, 4, 10000, &q), 0);
     CHECK(q == 0.25);
 
     /* the node leaves B: it leaves A's list and offers */
@@ -419,7 +398,7 @@ int main(void)
     WAIT_UNTIL(!lists_node(ua, npk), 10000);
     CHECK(!lists_node(ua, npk));
     CHECK(offer_lists(&A, npk) == 0);
-    CHECK_RC(divide_via(ua, npk, 1, 1, &q), MDG_EREMOTE);
+    CHECK_RC(t_divide_via(ua, npk, 1, 1, 10000, &q), MDG_EREMOTE);
     CHECK(strstr(mdg_last_error(), "not connected") != NULL);
 
     /* a broker that leaves takes its nodes with it, at once */
@@ -442,7 +421,7 @@ int main(void)
     start_broker(&B);
     WAIT_UNTIL(lists_node(ua, npk), 15000); /* the node reconnects with its backoff */
     CHECK(lists_node(ua, npk));
-    CHECK_RC(divide_via(ua, npk, 7, 2, &q), 0);
+    CHECK_RC(t_divide_via(ua, npk, 7, 2, 10000, &q), 0);
     CHECK(q == 3.5);
     printf("broker B restarted: its node listed at A and called through it again\n");
 

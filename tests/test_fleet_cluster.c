@@ -69,27 +69,7 @@ static mdg_conn *connect_to(const side *s, const mdg_keys *k, const mdg_cmd *cmd
     return c;
 }
 
-static mdg_params *to_node(const uint8_t *pk)
-{
-    mdg_params *p = mdg_params_new();
-    mdg_params_set_bytes(p, "node", pk, MDG_KEY_BYTES);
-    return p;
-}
 
-/* dividend / devisor through user u at node pk: the call's result. */
-static int divide_via(mdg_conn *u, const uint8_t *pk, double dividend, double devisor, double *q)
-{
-    mdg_params *p = to_node(pk);
-    mdg_msg *r = NULL;
-    mdg_params_set_double(p, "dividend", dividend);
-    mdg_params_set_double(p, "devisor", devisor);
-    int rc = mdg_conn_call(u, "divide", p, NULL, 0, WAIT_MS, &r);
-    *q = -1;
-    if (rc == 0 && mdg_params_get_double(mdg_msg_params(r), "quotient", q) != 0)
-        rc = MDG_ETYPE;
-    mdg_msg_destroy(&r);
-    return rc;
-}
 
 static void run(const char *uri, t_nats *nats)
 {
@@ -122,14 +102,14 @@ static void run(const char *uri, t_nats *nats)
     double q = 0;
     int rc = -1;
     for (int64_t until = now_ms() + WAIT_MS; rc != 0 && now_ms() < until; usleep(50000))
-        rc = divide_via(ua, npk, 10, 5, &q);
+        rc = t_divide_via(ua, npk, 10, 5, WAIT_MS, &q);
     CHECK_RC(rc, 0);
     CHECK(q == 2.0);
     CHECK(!t_logged("is not there yet")); /* A's list of two URLs was taken whole */
 
     /* server 2, B's, killed in the middle of a stream from B to A */
     t_reader rd = {0};
-    mdg_params *p = to_node(npk);
+    mdg_params *p = t_to_node(npk);
     mdg_params_set_int(p, "n", PARTS);
     mdg_params_set_int(p, "pace_us", 150);
     CHECK_RC(mdg_conn_send_cb(ua, "stream", p, NULL, 0, t_on_part, &rd), 0);
@@ -145,13 +125,13 @@ static void run(const char *uri, t_nats *nats)
           atomic_load(&rd.errors) == 0);
     printf("NATS server 2 of 3 killed at reply %ld: %ld of %d replies, %ld out of order or doubled\n", at_kill,
            (long)atomic_load(&rd.next), PARTS, (long)atomic_load(&rd.bad));
-    CHECK_RC(divide_via(ua, npk, 9, 3, &q), 0);
+    CHECK_RC(t_divide_via(ua, npk, 9, 3, WAIT_MS, &q), 0);
     CHECK(q == 3.0);
 
     /* a revocation through the store ends the user's sessions on both
      * brokers; the client at B is told why */
     mdg_conn *ra = connect_to(&A, rk, NULL), *rb = connect_to(&B, rk, NULL);
-    CHECK_RC(divide_via(rb, npk, 1, 4, &q), 0);
+    CHECK_RC(t_divide_via(rb, npk, 1, 4, WAIT_MS, &q), 0);
     int before = t_log_count("session closed by the broker: key revoked");
     int64_t t0 = now_ms();
     CHECK_RC(mdg_identity_revoke(admin, mdg_keys_public(rk)), 0);
@@ -161,7 +141,7 @@ static void run(const char *uri, t_nats *nats)
     printf("revoked through the store: its sessions at A and at B closed (\"key revoked\") in %lld ms\n",
            (long long)took);
     /* and the other user goes on */
-    CHECK_RC(divide_via(ua, npk, 7, 2, &q), 0);
+    CHECK_RC(t_divide_via(ua, npk, 7, 2, WAIT_MS, &q), 0);
     CHECK(q == 3.5);
 
     mdg_conn_destroy(&ra);

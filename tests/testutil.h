@@ -273,6 +273,30 @@ static inline void t_on_part(mdg_msg *r, void *arg)
         atomic_store(&rd->done, 1);
 }
 
+/* Params that address node pk: the "node" param the broker routes by. */
+static inline mdg_params *t_to_node(const uint8_t *pk)
+{
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_bytes(p, "node", pk, MDG_KEY_BYTES);
+    return p;
+}
+
+/* dividend / devisor at the divide node pk, called through u (waiting up
+ * to ms): the call's result, *q the quotient (-1 without one). */
+static inline int t_divide_via(mdg_conn *u, const uint8_t *pk, double dividend, double devisor, int ms, double *q)
+{
+    mdg_params *p = t_to_node(pk);
+    mdg_msg *r = NULL;
+    mdg_params_set_double(p, "dividend", dividend);
+    mdg_params_set_double(p, "devisor", devisor);
+    int rc = mdg_conn_call(u, "divide", p, NULL, 0, ms, &r);
+    *q = -1;
+    if (rc == 0 && mdg_params_get_double(mdg_msg_params(r), "quotient", q) != 0)
+        rc = MDG_ETYPE;
+    mdg_msg_destroy(&r);
+    return rc;
+}
+
 /* A started broker on 127.0.0.1 on a free port. */
 static inline mdg_broker *t_broker(mdg_keys **bkeys, const mdg_cmd *cmds, void *arg,
                                    const mdg_broker_hooks *hooks, bool allow_any)
