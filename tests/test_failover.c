@@ -13,6 +13,7 @@
  *     one given B under a wrong broker key first, then the right one
  * Every wait has a deadline; nothing sleeps a fixed time. */
 #include "natsserver.h"
+#include "spawn.h"
 #include "testutil.h"
 
 #include <fcntl.h>
@@ -24,12 +25,6 @@
 
 #define FAILOVER_MS 1000
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 #define WAIT_UNTIL(cond, ms)                                                    \
     do {                                                                        \
@@ -39,66 +34,28 @@ static int64_t now_ms(void)
 
 /* ---------------------------------------------------------- broker A */
 
-static pid_t broker_a; /* 0 once killed */
+static child broker_a = {.name = "broker A", .out = -1};
 
 static void kill_broker_a(void)
 {
-    if (broker_a > 0) {
-        kill(broker_a, SIGKILL);
-        waitpid(broker_a, NULL, 0);
-        broker_a = 0;
-    }
+    kill_hard(&broker_a);
 }
 
 /* proc_broker with args, its key pair in the environment; returns once it
  * printed its ready line (within 10 s), or exits the test. */
 static void start_broker_a(const char *path, char *const args[], const mdg_keys *keys)
 {
-    char pk[MDG_KEY_B64_LEN + 1], sk[MDG_KEY_B64_LEN + 1];
-    mdg_pk_to_b64(mdg_keys_public(keys), pk);
-    mdg_pk_to_b64(mdg_keys_secret(keys), sk);
-    /* prepared before fork: the child only calls async-signal-safe functions */
-    setenv("MDG_BROKER_PK", pk, 1);
-    setenv("MDG_BROKER_SK", sk, 1);
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-        perror("pipe2");
-        exit(2);
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        exit(2);
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
-        if (getppid() != parent)
-            _exit(127);
-        dup2(fds[1], 1);
-        execv(path, args);
-        _exit(127);
-    }
-    close(fds[1]);
-    broker_a = pid;
+    static char pk[16 + MDG_KEY_B64_LEN + 1], sk[16 + MDG_KEY_B64_LEN + 1];
+    char b64[MDG_KEY_B64_LEN + 1];
+    mdg_pk_to_b64(mdg_keys_public(keys), b64);
+    snprintf(pk, sizeof pk, "MDG_BROKER_PK=%s", b64);
+    mdg_pk_to_b64(mdg_keys_secret(keys), b64);
+    snprintf(sk, sizeof sk, "MDG_BROKER_SK=%s", b64);
+    char *const env[] = {pk, sk, NULL};
+    spawn(&broker_a, path, args, env);
     atexit(kill_broker_a);
-    char line[256];
-    size_t len = 0;
-    int64_t deadline = now_ms() + 10000;
-    while (now_ms() < deadline && len < sizeof line - 1) {
-        struct pollfd pf = {.fd = fds[0], .events = POLLIN};
-        if (poll(&pf, 1, (int)(deadline - now_ms())) <= 0 || read(fds[0], line + len, 1) != 1)
-            break;
-        if (line[len] == '\n')
-            break;
-        len++;
-    }
-    line[len] = '\0';
-    close(fds[0]);
-    if (!strstr(line, ": ready")) {
-        fprintf(stderr, "broker A not ready within 10 s: '%s'\n", line);
+    if (wait_ready(&broker_a, 10000) != 0)
         exit(2);
-    }
 }
 
 /* ---------------------------------------------------------- the nodes */

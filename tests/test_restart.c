@@ -30,6 +30,7 @@
  * Usage: test_restart [PROC_BROKER PROC_NODE] (default: next to this
  * program). Every child is killed on every way out (cleanup at exit, and
  * PR_SET_PDEATHSIG should this process die). */
+#include "spawn.h"
 #include "testutil.h"
 
 #include <errno.h>
@@ -47,23 +48,9 @@
 #define NODE_GRACE_MS 2000 /* the broker's node_grace_ms */
 #define GRACE_CHECK_MS 250 /* how often the broker looks for expired sessions */
 
-extern char **environ;
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------ children */
 
-typedef struct child {
-    const char *name;
-    pid_t pid; /* 0: not running */
-    int out;   /* read end of its stdout */
-    int64_t started;
-} child;
 
 static child broker_proc = {.name = "proc_broker", .out = -1};
 static child node_proc = {.name = "proc_node", .out = -1};
@@ -73,93 +60,6 @@ static char bpk[MDG_KEY_B64_LEN + 1], bsk[MDG_KEY_B64_LEN + 1];
 static char npk[MDG_KEY_B64_LEN + 1], nsk[MDG_KEY_B64_LEN + 1];
 static char upk[MDG_KEY_B64_LEN + 1], upk2[MDG_KEY_B64_LEN + 1]; /* users A and B */
 
-/* Start path with args and the environment plus extra ("K=V", NULL-ended).
- * Everything is prepared before fork: the child, a copy of a threaded
- * process, only calls async-signal-safe functions before exec. */
-static void spawn(child *c, const char *path, char *const args[], char *const extra[])
-{
-    static char *envp[512];
-    int n = 0;
-    for (char **e = environ; *e && n < 480; e++)
-        envp[n++] = *e;
-    for (int i = 0; extra[i] && n < 511; i++)
-        envp[n++] = extra[i];
-    envp[n] = NULL;
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-        perror("pipe2");
-        exit(2);
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        exit(2);
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
-        if (getppid() != parent)
-            _exit(127);
-        dup2(fds[1], 1); /* dup2 clears close-on-exec on 1 */
-        execve(path, args, envp);
-        _exit(127);
-    }
-    close(fds[1]);
-    c->pid = pid;
-    c->out = fds[0];
-    c->started = now_ms();
-}
-
-/* Wait up to ms for the child's "NAME: ready ..." line; its pid is in it.
- * The read end stays open until the child is reaped (no SIGPIPE). */
-static int wait_ready(child *c, int ms)
-{
-    char line[256];
-    size_t len = 0;
-    int64_t deadline = now_ms() + ms;
-    while (now_ms() < deadline && len < sizeof line - 1) {
-        struct pollfd pf = {.fd = c->out, .events = POLLIN};
-        if (poll(&pf, 1, (int)(deadline - now_ms())) <= 0)
-            continue;
-        ssize_t r = read(c->out, line + len, 1);
-        if (r <= 0)
-            break; /* it exited */
-        if (line[len] == '\n') {
-            line[len] = '\0';
-            return strstr(line, ": ready") ? 0 : -1;
-        }
-        len++;
-    }
-    fprintf(stderr, "%s (pid %d) not ready within %d ms\n", c->name, (int)c->pid, ms);
-    return -1;
-}
-
-/* Reap the child within ms: its wait status, or -1 (still running). */
-static int reap(child *c, int ms)
-{
-    int status = 0;
-    int64_t deadline = now_ms() + ms;
-    for (;;) {
-        pid_t r = waitpid(c->pid, &status, WNOHANG);
-        if (r == c->pid || (r < 0 && errno == ECHILD))
-            break;
-        if (now_ms() >= deadline)
-            return -1;
-        usleep(5000);
-    }
-    close(c->out);
-    c->out = -1;
-    c->pid = 0;
-    return status;
-}
-
-static void kill_hard(child *c)
-{
-    if (c->pid > 0) {
-        kill(c->pid, SIGKILL);
-        reap(c, 10000);
-    }
-}
 
 /* Every way out: no child is left behind. */
 static void cleanup(void)
