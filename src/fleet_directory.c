@@ -202,6 +202,7 @@ void fleet_dir_receive(fleet *f, fleet_member *m, mdg_inbound *in)
 }
 
 typedef struct dir_walk {
+    const mdg_map *local; /* the broker's own nodes */
     mdg_node_fn fn;
     void *arg;
     size_t n;
@@ -211,7 +212,9 @@ static void walk_one(void *value, void *arg)
 {
     dir_entry *e = value;
     dir_walk *w = arg;
-    if (!e->home->up)
+    /* a node that moved here from a broker that died is ours now: the dead
+     * one's entry stays until its silence, and must not list it twice */
+    if (!e->home->up || mdg_map_get(w->local, e->pk, MDG_KEY_BYTES))
         return;
     w->n++;
     if (w->fn)
@@ -220,7 +223,7 @@ static void walk_one(void *value, void *arg)
 
 size_t fleet_dir_each(const fleet *f, mdg_node_fn fn, void *arg)
 {
-    dir_walk w = {fn, arg, 0};
+    dir_walk w = {f->b->nodes, fn, arg, 0};
     mdg_map_each(f->dir, walk_one, &w);
     return w.n;
 }

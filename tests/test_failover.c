@@ -86,6 +86,7 @@ typedef struct seen {
     /* offers */
     const uint8_t *node;
     bool offered_node;
+    int offered_times; /* in the last offer */
 } seen;
 
 static void on_event(mdg_conn *c, int ev, const char *detail, void *arg)
@@ -107,15 +108,16 @@ static void h_offer(mdg_msg *m, void *arg)
 {
     seen *s = arg;
     cbor_item_t *list = mdg_params_get(mdg_msg_params(m), "nodes");
+    int times = 0;
     for (size_t i = 0; s->node && list && cbor_isa_array(list) && i < cbor_array_size(list); i++) {
         cbor_item_t *b = cbor_array_handle(list)[i];
-        if (cbor_isa_bytestring(b) && cbor_bytestring_length(b) == MDG_KEY_BYTES &&
-            memcmp(cbor_bytestring_handle(b), s->node, MDG_KEY_BYTES) == 0) {
-            pthread_mutex_lock(&s->lock);
-            s->offered_node = true;
-            pthread_mutex_unlock(&s->lock);
-        }
+        times += cbor_isa_bytestring(b) && cbor_bytestring_length(b) == MDG_KEY_BYTES &&
+                 memcmp(cbor_bytestring_handle(b), s->node, MDG_KEY_BYTES) == 0;
     }
+    pthread_mutex_lock(&s->lock);
+    s->offered_times = times;
+    s->offered_node = s->offered_node || times > 0;
+    pthread_mutex_unlock(&s->lock);
 }
 
 static const mdg_cmd user_cmds[] = {
@@ -279,6 +281,13 @@ int main(int argc, char **argv)
     mdg_conn *fresh = client(NULL, port_b, bpk, 0, NULL, user_cmds, &offer);
     WAIT_UNTIL(seen_flag(&offer, &offer.offered_node), 10000);
     CHECK(seen_flag(&offer, &offer.offered_node));
+    /* once: as B's own now, not also as the dead A's, which B hears of
+     * only after its silence */
+    pthread_mutex_lock(&offer.lock);
+    CHECK(offer.offered_times == 1);
+    if (offer.offered_times != 1)
+        fprintf(stderr, "the moved node is offered %d times\n", offer.offered_times);
+    pthread_mutex_unlock(&offer.lock);
 
     /* a user given [A, B] while A is dead: its first session at B */
     mdg_conn *late = client(NULL, port_a, apk, port_b, bpk, NULL, NULL);
