@@ -260,15 +260,15 @@ static int conn_init(mdgpy_conn *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"location", "server_pk", "public", "secret", "prefix", "port",
                              "reflect_errors", "queue_limit", "nonblocking", "heartbeat_ms",
-                             "reconnect_min_ms", "reconnect_max_ms", NULL};
+                             "reconnect_min_ms", "reconnect_max_ms", "failover_ms", NULL};
     const char *location = NULL, *prefix = NULL;
     PyObject *server_pk = Py_None, *pk = Py_None, *sk = Py_None;
     mdg_conn_options co = {0};
     int reflect = 0, nonblocking = 0, rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|zOOOzipiiiii:Connection", kwlist, &location,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|zOOOzipiiiiii:Connection", kwlist, &location,
                                      &server_pk, &pk, &sk, &prefix, &co.port, &reflect,
                                      &co.queue_limit, &nonblocking, &co.heartbeat_ms,
-                                     &co.reconnect_min_ms, &co.reconnect_max_ms))
+                                     &co.reconnect_min_ms, &co.reconnect_max_ms, &co.failover_ms))
         return -1;
     if (self->conn) {
         PyErr_SetString(PyExc_RuntimeError, "Connection.__init__ called twice");
@@ -617,6 +617,27 @@ static PyObject *conn_wait_until_complete(mdgpy_conn *self, PyObject *args, PyOb
     Py_RETURN_TRUE;
 }
 
+/* Another broker of the fleet to fail over to (mdg_conn_add_broker). */
+static PyObject *conn_add_broker(mdgpy_conn *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"location", "server_pk", "port", NULL};
+    const char *location = NULL;
+    PyObject *server_pk = NULL;
+    int port = 0;
+    uint8_t spk[MDG_KEY_BYTES];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sO|i:add_broker", kwlist, &location, &server_pk, &port) ||
+        need_conn(self) < 0 || mdgpy_key_arg(server_pk, "server_pk", spk) < 0)
+        return NULL;
+    if (port < 0 || port > 65535) {
+        PyErr_Format(PyExc_ValueError, "port must be 1..65535 (0: the connection's), not %d", port);
+        return NULL;
+    }
+    int rc = mdg_conn_add_broker(self->conn, location, port, spk);
+    if (rc != 0)
+        return mdgpy_raise(rc, "add_broker", NULL);
+    Py_RETURN_NONE;
+}
+
 /* Say goodbye and close. From a handler the loop cannot be joined there:
  * it ends, and the connection is freed by a thread of its own. */
 static PyObject *conn_disconnect(mdgpy_conn *self, PyObject *unused)
@@ -649,6 +670,8 @@ static PyMethodDef conn_methods[] = {
      "set_event_handler(f): before start; f(event, detail) on the loop thread"},
     {"set_error_handler", (PyCFunction)conn_set_error_handler, METH_O,
      "set_error_handler(f): f(command, text) for errors the broker reports on sends"},
+    {"add_broker", (PyCFunction)(void (*)(void))conn_add_broker, METH_VARARGS | METH_KEYWORDS,
+     "add_broker(location, server_pk, port=0): before start; another broker to fail over to"},
     {"start", (PyCFunction)conn_start, METH_NOARGS, "start the loop thread and connect"},
     {"wait_until_ready", (PyCFunction)(void (*)(void))conn_wait_until_ready,
      METH_VARARGS | METH_KEYWORDS, "wait_until_ready(timeout=None)"},

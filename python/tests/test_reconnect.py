@@ -91,3 +91,41 @@ def test_pending_call_when_closed(broker_keys, closing):
         c.send_blocking_cmd(b'hold')
     with pytest.raises(messidge.Error, match="closed"):
         c.send_cmd(b'write_note', {'note': 'x'})
+
+
+def test_failover_to_another_broker(closing):
+    """A connection given a second broker moves to it when its broker goes:
+    a new session there ('lost', then 'connected'), its pending call failed
+    with the reason, and calls work again at once."""
+    at_a = Notes()
+    a, b = make_broker(KeyPair.new(), at_a), make_broker(KeyPair.new(), Notes())
+    closing.extend([b, a])
+    events = []
+    c = Connection('127.0.0.1', server_pk=a.keys.public, keys=KeyPair.new(), port=a.port,
+                   reconnect_min_ms=20, reconnect_max_ms=200, failover_ms=500,
+                   on_event=lambda ev, detail: events.append((ev, detail)))
+    c.add_broker('127.0.0.1', b.keys.public, port=b.port)
+    closing.append(c)
+    c.start().wait_until_ready(TIMEOUT)
+    c.send_cmd(b'write_note', {'note': 'at A'})
+    assert c.send_blocking_cmd(b'fetch_notes', timeout=TIMEOUT).params['notes'] == ['at A']
+
+    failed = []
+
+    def pending():
+        try:
+            c.send_blocking_cmd(b'hold', timeout=TIMEOUT)
+        except messidge.ClosedError as e:
+            failed.append(str(e))
+    t = threading.Thread(target=pending)
+    t.start()
+    wait_for(at_a.held.is_set, what="the call at A")
+    a.stop()
+    closing.remove(a)
+    t.join(TIMEOUT)
+    assert failed and 'went away' in failed[0] and 'session lost' in failed[0], failed
+    wait_for(lambda: [ev for ev, _ in events][-2:] == ['lost', 'connected'], what="the move to B")
+    lost = [detail for ev, detail in events if ev == 'lost'][0]
+    assert 'now connected to' in lost
+    c.send_cmd(b'write_note', {'note': 'at B'})
+    assert c.send_blocking_cmd(b'fetch_notes', timeout=TIMEOUT).params['notes'] == ['at B']

@@ -36,8 +36,13 @@ class Connection(_core.Connection):
     handlers goes back to the caller with its text (else only "the handler
     failed"). Keyword options: port (2020), prefix (the key directory),
     queue_limit, nonblocking, heartbeat_ms, reconnect_min_ms,
-    reconnect_max_ms; on_event=f(event, detail) with event one of
-    'connected', 'disconnected', 'recovered', 'lost'.
+    reconnect_max_ms, failover_ms; on_event=f(event, detail) with event one
+    of 'connected', 'disconnected', 'recovered', 'lost'.
+
+    add_broker(location, server_pk, port=0), before start(): another broker
+    of the fleet to move to when this one stays unreachable for failover_ms
+    (3000 by default) or refuses us: a new session there ('lost', pending
+    calls failed, then 'connected').
     """
 
     def __init__(self, location=None, server_pk=None, keys=None, reflect_value_errors=False, *,
