@@ -166,6 +166,10 @@ typedef struct broker_metrics {
     /* gauges, taken by a loop timer (broker_metrics_start) */
     _Atomic uint64_t sessions[3][2]; /* [role][attached] */
     _Atomic uint64_t held_senders, held_msgs, queued, queue_max, in_flight, conns;
+    /* in a fleet: members up and down, the other brokers' nodes, whether
+     * NATS is connected (gauges); fleet messages refused by reason
+     * (enum fleet_refusal; counted before the rate-limited log line) */
+    _Atomic uint64_t fleet_up, fleet_down, fleet_nodes, fleet_nats, fleet_refused[8];
     _Atomic int64_t started_ms, refreshed_ms; /* mdg_now_ms; 0: not started */
 } broker_metrics;
 

@@ -8,6 +8,7 @@
  * table. /healthz is healthy while the loop runs and that timer keeps
  * coming round: a stuck loop shows as stale. */
 #include "broker_internal.h"
+#include "fleet.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -77,6 +78,15 @@ static int refresh(mdg_loop *loop, void *arg, short revents)
     set_gauge(&m->queue_max, t.queue_max);
     set_gauge(&m->in_flight, mdg_map_size(b->fwds) - b->tombstones);
     set_gauge(&m->conns, b->live_conns > 0 ? (uint64_t)b->live_conns : 0);
+    if (b->fleet) {
+        uint64_t up, down, nodes;
+        bool nats;
+        fleet_gauges(b->fleet, &up, &down, &nodes, &nats);
+        set_gauge(&m->fleet_up, up);
+        set_gauge(&m->fleet_down, down);
+        set_gauge(&m->fleet_nodes, nodes);
+        set_gauge(&m->fleet_nats, nats);
+    }
     atomic_store(&m->refreshed_ms, mdg_now_ms());
     return 0;
 }
@@ -193,6 +203,21 @@ char *mdg_broker_metrics_text(const mdg_broker *b)
     single(&t, "queued_messages", "gauge", "Messages sent and not yet acknowledged, all peers.", &m->queued);
     single(&t, "queue_depth_max", "gauge", "The longest queue of unacknowledged messages to one peer.", &m->queue_max);
     single(&t, "node_calls_in_flight", "gauge", "Calls forwarded to nodes and not yet finally answered.", &m->in_flight);
+    if (b->fleet) { /* set before start, so safe to read from this thread */
+        static const char *const fleet_refusal[FLEET_REFUSALS] = {
+            [FLEET_REFUSED_GARBAGE] = "garbage", [FLEET_REFUSED_STRANGER] = "not_a_member",
+            [FLEET_REFUSED_FORGED] = "forged",   [FLEET_REFUSED_CONTENT] = "content",
+        };
+        head(&t, "fleet_members", "gauge", "Other brokers of the fleet, heard within silence_ms (up) or not (down).");
+        put(&t, "messidge_fleet_members{state=\"up\"} %llu\n", (unsigned long long)get(&m->fleet_up));
+        put(&t, "messidge_fleet_members{state=\"down\"} %llu\n", (unsigned long long)get(&m->fleet_down));
+        single(&t, "fleet_remote_nodes", "gauge", "Nodes of the other brokers of the fleet, as listed here.", &m->fleet_nodes);
+        single(&t, "fleet_nats_connected", "gauge", "1 while the broker is connected to NATS.", &m->fleet_nats);
+        head(&t, "fleet_refusals_total", "counter", "Messages on the broker's fleet subject refused, by reason.");
+        for (int r = 0; r < FLEET_REFUSALS; r++)
+            put(&t, "messidge_fleet_refusals_total{reason=\"%s\"} %llu\n", fleet_refusal[r],
+                (unsigned long long)get(&m->fleet_refused[r]));
+    }
     if (t.failed) {
         free(t.buf);
         return NULL;

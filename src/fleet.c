@@ -200,9 +200,12 @@ void fleet_each_member(fleet *f, void (*fn)(fleet_member *m, void *arg), void *a
             fn(f->members[i], arg);
 }
 
+_Static_assert(FLEET_REFUSALS <= 8, "broker_metrics.fleet_refused has room for 8 reasons");
+
 void fleet_refuse(fleet *f, int why, const char *fmt, ...)
 {
     unsigned held = 0;
+    broker_count(&f->b->metrics.fleet_refused[why], 1);
     if (!mdg_ratelog_due(&f->refuse_log[why], REFUSE_LOG_MS, &held))
         return;
     char text[400];
@@ -789,6 +792,15 @@ static void walk_local(void *value, void *arg)
 {
     local_walk *w = arg;
     w->fn(((peer *)value)->pk, true, w->arg);
+}
+
+void fleet_gauges(fleet *f, uint64_t *up, uint64_t *down, uint64_t *nodes, bool *nats)
+{
+    *up = *down = 0;
+    for (size_t i = 0; i < f->n_members; i++)
+        (*(f->members[i]->up ? up : down))++;
+    *nodes = fleet_dir_each(f, NULL, NULL);
+    *nats = f->nc && natsConnection_Status(f->nc) == NATS_CONN_STATUS_CONNECTED;
 }
 
 size_t mdg_broker_each_node(const mdg_broker *b, mdg_node_fn fn, void *arg)

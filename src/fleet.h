@@ -91,7 +91,10 @@ int fleet_send_params(fleet *f, fleet_member *m, int kind, uint64_t corr, uint32
 void fleet_send_error(fleet *f, fleet_member *m, uint64_t corr, const char *command, const char *text);
 /* Each member that is up. */
 void fleet_each_member(fleet *f, void (*fn)(fleet_member *m, void *arg), void *arg);
-/* A refusal of something a fleet peer sent: logged, rate-limited. */
+/* For /metrics (loop thread): members up and down, the other brokers'
+ * nodes listed, whether NATS is connected. */
+void fleet_gauges(fleet *f, uint64_t *up, uint64_t *down, uint64_t *nodes, bool *nats);
+/* A refusal of something a fleet peer sent: counted, logged rate-limited. */
 void fleet_refuse(fleet *f, int why, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* fleet_wire.c: one NATS payload, "MF" 1, sender pk, nonce, box of:

@@ -166,6 +166,17 @@ static int offer_lists(side *s, const uint8_t *node)
     return r;
 }
 
+/* Whether broker b's /metrics text has the line "NAME value" with value >= min. */
+static bool metric_at_least(mdg_broker *b, const char *name, unsigned long long min)
+{
+    char *text = mdg_broker_metrics_text(b), line[200];
+    snprintf(line, sizeof line, "\n%s", name); /* a value's line, not its # HELP */
+    const char *at = text ? strstr(text, line) : NULL;
+    bool ok = at && strtoull(at + strlen(line), NULL, 10) >= min;
+    free(text);
+    return ok;
+}
+
 /* --------------------------------------------------- a NATS client, not a broker */
 
 static void intruder(const char *url, side *a, side *b)
@@ -387,6 +398,15 @@ int main(void)
     CHECK(t_logged("not a fleet message"));
     CHECK(t_logged("does not open")); /* the forged one: B's key, not sealed by B */
     CHECK(!t_logged("restarted") && !t_logged("joined")); /* a message sent back was not taken */
+    /* /metrics counts every refusal (the log lines are rate-limited) and
+     * shows the fleet's health */
+    WAIT_UNTIL(metric_at_least(A.b, "messidge_fleet_refusals_total{reason=\"forged\"} ", 2), 5000);
+    CHECK(metric_at_least(A.b, "messidge_fleet_refusals_total{reason=\"forged\"} ", 2)); /* the forgery, B's sent back */
+    CHECK(metric_at_least(A.b, "messidge_fleet_refusals_total{reason=\"garbage\"} ", 1));
+    CHECK(metric_at_least(A.b, "messidge_fleet_refusals_total{reason=\"not_a_member\"} ", 1));
+    CHECK(metric_at_least(A.b, "messidge_fleet_members{state=\"up\"} ", 1));
+    CHECK(metric_at_least(A.b, "messidge_fleet_nats_connected ", 1));
+    CHECK(metric_at_least(A.b, "messidge_fleet_remote_nodes ", 1));
     WAIT_UNTIL(t_logged("not a member of the fleet"), 3000); /* rate-limited: within a second */
     CHECK(t_logged("not a member of the fleet"));
     CHECK_RC(t_divide_via(ua, npk, 1, 4, 10000, &q), 0);
