@@ -151,9 +151,7 @@ int broker_on_zap(mdg_loop *loop, void *arg, short revents)
     (void)loop;
     (void)revents;
     mdg_broker *b = arg;
-    int events = 0;
-    size_t len = sizeof events;
-    while (zmq_getsockopt(b->zap, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN))
+    while (mdg_loop_socket_events(b->zap) & ZMQ_POLLIN)
         zap_request(b);
     return 0;
 }

@@ -498,9 +498,7 @@ static int drive_wait(mdg_conn *c, pending *pd, int64_t deadline, bool leader)
             conn_on_keepalive(c->loop, c, 0); /* the loop's timers do not run meanwhile */
         mdg_inbound in;
         mdg_inbound_init(&in);
-        /* a leader also reads the rest of the reply's frame, if only to
-         * see that nothing is left: the loop thread need not wake for it */
-        while ((!pd->done || (leader && c->rx_frames.n)) && conn_next_inbound(c, &in)) {
+        while (!pd->done && conn_next_inbound(c, &in)) {
             bool answers_blocking = false;
             if ((in.h.kind == MDG_K_REPLY || in.h.kind == MDG_K_ERROR) && in.h.corr) {
                 pthread_mutex_lock(&c->lock);
@@ -554,11 +552,8 @@ static bool lead_begin(mdg_conn *c)
 static void lead_end(mdg_conn *c)
 {
     leading = NULL;
-    int events = 0;
-    size_t len = sizeof events;
     short wanted = (short)(ZMQ_POLLIN | (c->pollout ? ZMQ_POLLOUT : 0));
-    bool left = c->def_head || c->rx_frames.n ||
-                (c->sock && zmq_getsockopt(c->sock, ZMQ_EVENTS, &events, &len) == 0 && (events & wanted));
+    bool left = c->def_head || c->rx_frames.n || (c->sock && (mdg_loop_socket_events(c->sock) & wanted));
     mdg_loop_lead_end(c->loop, left);
 }
 

@@ -124,6 +124,10 @@ static int native_ingest(mdg_conn *c, mdg_frames *f, mdg_inbound *in)
         conn_drop_rx(c);
         return -1;
     }
+    /* its last message (in holds its own references): a frame kept means
+     * messages are left in it, for whoever reads next */
+    if (c->rx_at.off >= zmq_msg_size(&rf->part[0]))
+        conn_drop_rx(c);
     return 0;
 }
 

@@ -282,7 +282,7 @@ static int run_timers(mdg_loop *l)
     return 0;
 }
 
-static short zmq_events(void *socket)
+short mdg_loop_socket_events(void *socket)
 {
     int events = 0;
     size_t len = sizeof events;
@@ -316,12 +316,13 @@ void mdg_loop_set_quiet(mdg_loop *l, void *socket)
             l->watches[i].quiet = true;
 }
 
-static bool fired(const struct epoll_event *evs, int n, int fd)
+/* What epoll_wait said of fd (0: nothing). */
+static uint32_t fired(const struct epoll_event *evs, int n, int fd)
 {
     for (int k = 0; k < n; k++)
         if (evs[k].data.fd == fd)
-            return true;
-    return false;
+            return evs[k].events;
+    return 0;
 }
 
 /* Wait for events (what zmq_poll does), the lock of a shared loop released
@@ -333,7 +334,7 @@ static int wait_events(mdg_loop *l, long timeout)
     for (int i = 1; i < l->nitems; i++) {
         zmq_pollitem_t *it = &l->items[i];
         it->revents = 0;
-        if (it->socket && !l->watches[i].quiet && (zmq_events(it->socket) & it->events)) {
+        if (it->socket && !l->watches[i].quiet && (mdg_loop_socket_events(it->socket) & it->events)) {
             it->revents = 1;
             timeout = 0;
         }
@@ -359,14 +360,12 @@ static int wait_events(mdg_loop *l, long timeout)
         zmq_pollitem_t *it = &l->items[i];
         if (it->socket) {
             bool look = it->revents || led || fired(evs, n, it->fd);
-            it->revents = look ? (short)(zmq_events(it->socket) & it->events) : 0;
+            it->revents = look ? (short)(mdg_loop_socket_events(it->socket) & it->events) : 0;
         } else {
-            it->revents = 0;
-            for (int k = 0; k < n; k++)
-                if (evs[k].data.fd == it->fd)
-                    it->revents = (short)(((evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ? ZMQ_POLLIN : 0) |
-                                          ((evs[k].events & EPOLLOUT) ? ZMQ_POLLOUT : 0)) &
-                                  it->events;
+            uint32_t ev = fired(evs, n, it->fd);
+            it->revents = (short)(((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) ? ZMQ_POLLIN : 0) |
+                                  ((ev & EPOLLOUT) ? ZMQ_POLLOUT : 0)) &
+                          it->events;
         }
         ready += it->revents != 0;
     }
@@ -472,7 +471,7 @@ int mdg_loop_lead_poll(mdg_loop *l, void *socket, long timeout_ms)
     }
     if (led < 0 || n < l->nitems)
         return 2; /* not a loop this was made for: the loop thread serves it */
-    if (zmq_events(socket) & l->items[led].events)
+    if (mdg_loop_socket_events(socket) & l->items[led].events)
         return 1;
     if (poll(pfd, (nfds_t)n, (int)timeout_ms) < 0)
         return errno == EINTR ? 0 : mdg_fail(MDG_ESYS, "poll: %s", strerror(errno));
@@ -482,7 +481,7 @@ int mdg_loop_lead_poll(mdg_loop *l, void *socket, long timeout_ms)
             continue;
         if (i != led)
             ready = 2; /* its wake-up or another watch: the loop thread's to serve */
-        else if (!ready && (zmq_events(socket) & l->items[led].events))
+        else if (!ready && (mdg_loop_socket_events(socket) & l->items[led].events))
             ready = 1;
     }
     if (!ready && capped && next_timeout(l, mdg_now_ms()) == 0)

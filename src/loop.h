@@ -27,6 +27,9 @@ int mdg_loop_watch(mdg_loop *loop, void *socket, int fd, short events, mdg_loop_
  * nothing (a monitor, a ZAP handler): the loop reads its ZMQ_EVENTS only
  * when its fd signals, not before every sleep. */
 void mdg_loop_set_quiet(mdg_loop *loop, void *socket);
+/* A ZMQ socket's ZMQ_EVENTS (ZMQ_POLLIN/OUT), 0 if it cannot be read.
+ * Reading it may take the signal on its ZMQ_FD: look before sleeping. */
+short mdg_loop_socket_events(void *socket);
 /* Stop watching a socket / fd (before closing it). */
 void mdg_loop_unwatch(mdg_loop *loop, void *socket, int fd);
 /* Change the events watched on a socket / fd. */
