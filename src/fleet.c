@@ -35,6 +35,10 @@
 #define NACK_MS 100        /* at most one "send again" per member this often */
 #define REFUSE_LOG_MS 1000 /* refusals of fleet messages are logged at most this often */
 #define CLOSE_WAIT_MS 2000 /* for libnats to be done with our callbacks */
+/* payload bytes waiting for the loop, at most: past it (a flood on our
+ * subject while the loop is busy) a payload is dropped as if lost on the
+ * way, and a member's is sent again; memory stays bounded */
+#define INBOX_MAX_BYTES (128u << 20)
 
 /* What libnats's threads hand to the loop. */
 typedef struct inmsg {
@@ -47,6 +51,8 @@ struct inbox {
     pthread_mutex_t lock;
     pthread_cond_t done;
     inmsg *head, *tail;
+    size_t bytes;    /* the payloads' between head and tail */
+    uint64_t dropped; /* payloads dropped for INBOX_MAX_BYTES since the loop last looked */
     int efd;
     bool reconnected;
     bool sub_done, conn_closed; /* libnats will not call us again */
@@ -425,9 +431,19 @@ static int on_inbox(mdg_loop *loop, void *arg, short revents)
     pthread_mutex_lock(&f->in->lock);
     inmsg *list = f->in->head;
     bool reconnected = f->in->reconnected;
+    uint64_t dropped = f->in->dropped;
     f->in->head = f->in->tail = NULL;
+    f->in->bytes = 0;
+    f->in->dropped = 0;
     f->in->reconnected = false;
     pthread_mutex_unlock(&f->in->lock);
+    unsigned held;
+    f->dropped += dropped;
+    if (f->dropped && mdg_ratelog_due(&f->drop_log, REFUSE_LOG_MS, &held)) {
+        mdg_log(MDG_LOG_WARN, "fleet: %llu message(s) dropped since the last line: more than %u MiB waited for the loop",
+                (unsigned long long)f->dropped, INBOX_MAX_BYTES >> 20);
+        f->dropped = 0;
+    }
     if (reconnected) {
         mdg_log(MDG_LOG_INFO, "fleet: connected to NATS again: unacknowledged messages go again");
         for (size_t i = 0; i < f->n_members; i++) {
@@ -467,13 +483,20 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         q->len = (size_t)len;
         memcpy(q->data, natsMsg_GetData(msg), (size_t)len);
         pthread_mutex_lock(&in->lock);
-        bool was_empty = !in->head;
-        if (in->tail)
-            in->tail->next = q;
-        else
-            in->head = q;
-        in->tail = q;
+        bool was_empty = !in->head, room = in->bytes + q->len <= INBOX_MAX_BYTES;
+        if (!room) {
+            in->dropped++;
+        } else {
+            if (in->tail)
+                in->tail->next = q;
+            else
+                in->head = q;
+            in->tail = q;
+            in->bytes += q->len;
+        }
         pthread_mutex_unlock(&in->lock);
+        if (!room)
+            free(q);
         if (was_empty)
             wake(in);
     } /* out of memory: as lost on the way; the sender sends it again */

@@ -70,6 +70,8 @@ typedef struct fleet {
     struct inbox *in; /* what libnats's threads hand to the loop */
     bool watching, flush_due, leaving;
     mdg_ratelog refuse_log[FLEET_REFUSALS];
+    mdg_ratelog drop_log; /* payloads dropped for want of room (fleet.c) */
+    uint64_t dropped;     /* and how many since its last line */
 } fleet;
 
 /* fleet.c */
