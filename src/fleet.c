@@ -248,18 +248,12 @@ static void send_beat(fleet *f, fleet_member *m, const char *command, bool resen
     mdg_params_destroy(&p);
 }
 
-static void short_key(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1])
-{
-    pk_short(pk, out);
-}
-
 /* m is gone for now (silent, left) or for good (restarted): its nodes are
  * withdrawn and the calls both ways end. */
 static void forget(fleet *f, fleet_member *m, const char *why)
 {
     char who[MDG_KEY_B64_LEN + 1];
-    short_key(m->pk, who);
-    mdg_log(MDG_LOG_WARN, "fleet: broker %s %s: its nodes withdrawn, calls with it ended", who, why);
+    mdg_log(MDG_LOG_WARN, "fleet: broker %s %s: its nodes withdrawn, calls with it ended", pk_short(m->pk, who), why);
     m->up = false;
     fleet_dir_forget(f, m);
     fleet_route_forget(f, m);
@@ -325,7 +319,7 @@ static bool hear(fleet *f, fleet_member *m, uint64_t inc)
         m->inc = inc;
         m->up = true;
         m->last_rx = m->progress_at = now;
-        mdg_log(MDG_LOG_INFO, "fleet: broker %s joined", (short_key(m->pk, who), who));
+        mdg_log(MDG_LOG_INFO, "fleet: broker %s joined", pk_short(m->pk, who));
         send_beat(f, m, FLEET_BEAT, false);
         fleet_dir_send_full(f, m);
         return true;
@@ -333,7 +327,7 @@ static bool hear(fleet *f, fleet_member *m, uint64_t inc)
     m->last_rx = now;
     if (!m->up) { /* back from silence: the channel went on, the lists did not */
         m->up = true;
-        mdg_log(MDG_LOG_INFO, "fleet: broker %s is back", (short_key(m->pk, who), who));
+        mdg_log(MDG_LOG_INFO, "fleet: broker %s is back", pk_short(m->pk, who));
         fleet_dir_send_full(f, m);
         fleet_send_params(f, m, MDG_K_CMD, 0, 0, FLEET_DIR_ASK, NULL);
     }
@@ -376,12 +370,12 @@ static void take_payload(fleet *f, const uint8_t *data, size_t len)
         return;
     }
     if (!m) {
-        fleet_refuse(f, FLEET_REFUSED_STRANGER, "a message from key %s, not a member of the fleet: refused", (short_key(pk, who), who));
+        fleet_refuse(f, FLEET_REFUSED_STRANGER, "a message from key %s, not a member of the fleet: refused", pk_short(pk, who));
         return;
     }
     fleet_envelope env;
     if (fleet_wire_open(m->rx, data, len, &env) != 0) {
-        fleet_refuse(f, FLEET_REFUSED_FORGED, "from broker %s: %s: refused", (short_key(m->pk, who), who), mdg_last_error());
+        fleet_refuse(f, FLEET_REFUSED_FORGED, "from broker %s: %s: refused", pk_short(m->pk, who), mdg_last_error());
         return;
     }
     if (hear(f, m, env.src_inc)) {
@@ -410,7 +404,7 @@ static void take_payload(fleet *f, const uint8_t *data, size_t len)
             mdg_inbound_close(&in);
         }
         if (rc < 0) {
-            fleet_refuse(f, FLEET_REFUSED_CONTENT, "from broker %s: %s: refused", (short_key(m->pk, who), who), mdg_last_error());
+            fleet_refuse(f, FLEET_REFUSED_CONTENT, "from broker %s: %s: refused", pk_short(m->pk, who), mdg_last_error());
             mdg_inbound_close(&in);
         }
         if (mdg_chan_ack_due(&m->chan))
@@ -511,11 +505,6 @@ static void on_reconnected(natsConnection *nc, void *closure)
     in->reconnected = true;
     pthread_mutex_unlock(&in->lock);
     wake(in);
-}
-
-static void on_connected(natsConnection *nc, void *closure)
-{
-    on_reconnected(nc, closure); /* a first connection made in the background */
 }
 
 static void on_sub_done(void *closure)
@@ -693,7 +682,8 @@ int fleet_start(fleet *f)
         (s = natsOptions_SetReconnectWait(o, 250)) != NATS_OK ||
         (s = natsOptions_SetReconnectedCB(o, on_reconnected, f->in)) != NATS_OK ||
         (s = natsOptions_SetClosedCB(o, on_closed, f->in)) != NATS_OK ||
-        (s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, f->in)) != NATS_OK) {
+        /* a first connection made in the background: as a reconnection */
+        (s = natsOptions_SetRetryOnFailedConnect(o, true, on_reconnected, f->in)) != NATS_OK) {
         natsOptions_Destroy(o);
         return nats_fail("bad NATS options", s);
     }
