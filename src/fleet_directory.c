@@ -38,7 +38,8 @@ fleet_member *fleet_node_home(const fleet *f, const uint8_t pk[MDG_KEY_BYTES])
 static mdg_params *dir_params(const char *key, cbor_item_t *list, bool full)
 {
     mdg_params *p = mdg_params_new();
-    if (!p || mdg_params_set_item(p, key, list) != 0 || (full && mdg_params_set_bool(p, "full", true) != 0)) {
+    /* set_item takes the list, and frees it when p is NULL */
+    if (mdg_params_set_item(p, key, list) != 0 || (full && mdg_params_set_bool(p, "full", true) != 0)) {
         mdg_params_destroy(&p);
         return NULL;
     }
@@ -56,34 +57,40 @@ static void push_pk(cbor_item_t *list, const uint8_t *pk)
 
 typedef struct change {
     fleet *f;
-    const char *key;
-    const uint8_t *pk;
+    mdg_header h;
+    zmq_msg_t params;
 } change;
 
 static void send_change(fleet_member *m, void *arg)
 {
     change *c = arg;
-    cbor_item_t *list = cbor_new_definite_array(1);
+    fleet_send(c->f, m, &c->h, &c->params, NULL); /* params borrowed: the same for each */
+}
+
+/* {key: [pk]} to every member up: made and encoded once for them all. */
+static void tell_members(fleet *f, const char *key, const uint8_t pk[MDG_KEY_BYTES])
+{
+    change c = {.f = f, .h = {.kind = MDG_K_CMD}};
+    cbor_item_t *list = f->leaving ? NULL : cbor_new_definite_array(1);
     if (!list)
         return;
-    push_pk(list, c->pk);
-    mdg_params *p = dir_params(c->key, list, false);
-    if (p)
-        fleet_send_params(c->f, m, MDG_K_CMD, 0, 0, FLEET_DIR, p);
+    push_pk(list, pk);
+    mdg_params *p = dir_params(key, list, false);
+    if (p && mdg_header_set_command(&c.h, FLEET_DIR) == 0 && mdg_params_encode(p, &c.params) == 0) {
+        fleet_each_member(f, send_change, &c);
+        zmq_msg_close(&c.params);
+    }
+    mdg_params_destroy(&p);
 }
 
 void fleet_node_joined(fleet *f, const uint8_t pk[MDG_KEY_BYTES])
 {
-    change c = {f, "add", pk};
-    if (!f->leaving)
-        fleet_each_member(f, send_change, &c);
+    tell_members(f, "add", pk);
 }
 
 void fleet_node_left(fleet *f, const uint8_t pk[MDG_KEY_BYTES])
 {
-    change c = {f, "del", pk};
-    if (!f->leaving)
-        fleet_each_member(f, send_change, &c);
+    tell_members(f, "del", pk);
 }
 
 static void collect_local(void *value, void *arg)
