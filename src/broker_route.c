@@ -85,6 +85,8 @@ static void scan_one(void *value, void *arg)
 void broker_fwd_free(mdg_broker *b, fwd *f)
 {
     mdg_map_take_u64(b->fwds, f->id);
+    if (f->from)
+        fleet_route_untrack(b->fleet, f);
     if (f->ended) {
         b->tombstones--;
     } else {
@@ -621,7 +623,10 @@ void broker_route_fleet_call(mdg_broker *b, fleet_member *m, mdg_inbound *in)
     } else if (mdg_params_remove(params, "node") != 0 || mdg_params_encode_at(params, stack, sizeof stack, &pm) != 0) {
         snprintf(why, sizeof why, "broker out of memory");
         node = NULL;
-    } else if (h->corr && !(f = new_fwd(b, node_pk, sid, h->corr, h->command))) {
+    } else if (h->corr && (!(f = new_fwd(b, node_pk, sid, h->corr, h->command)) ||
+                           fleet_route_track(b->fleet, m, f) != 0)) {
+        if (f)
+            broker_fwd_free(b, f);
         zmq_msg_close(&pm);
         snprintf(why, sizeof why, "broker out of memory");
         node = NULL;
@@ -632,8 +637,6 @@ void broker_route_fleet_call(mdg_broker *b, fleet_member *m, mdg_inbound *in)
             fleet_send_error(b->fleet, m, h->corr, h->command, why);
         return;
     }
-    if (f)
-        f->from = m;
     mdg_header out = {.kind = MDG_K_CMD, .corr = f ? f->id : 0};
     mdg_header_set_command(&out, h->command);
     bool has_bulk = mdg_inbound_take_bulk(in, &bm);

@@ -580,7 +580,7 @@ int fleet_new(fleet **out, mdg_broker *b, const mdg_fleet_options *o)
     randombytes_buf(&r, sizeof r);
     f->inc = ((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000) << 16 | r;
     subject_of(f, mdg_keys_public(b->keys), f->subject);
-    if (fleet_dir_init(f) != 0) {
+    if (fleet_dir_init(f) != 0 || !(f->calls_from = mdg_map_new())) {
         fleet_destroy(&f);
         return mdg_fail(MDG_ENOMEM, "out of memory joining a fleet");
     }
@@ -765,6 +765,7 @@ void fleet_destroy(fleet **fp)
     }
     free(f->members);
     fleet_dir_free(f);
+    mdg_map_destroy(&f->calls_from); /* the fwds are the broker's */
     free(f->url);
     free(f);
     *fp = NULL;
