@@ -85,6 +85,8 @@ static void scan_one(void *value, void *arg)
 void broker_fwd_free(mdg_broker *b, fwd *f)
 {
     mdg_map_take_u64(b->fwds, f->id);
+    if (f->from)
+        fleet_route_untrack(b->fleet, f);
     if (f->ended) {
         b->tombstones--;
     } else {
@@ -345,9 +347,10 @@ static bool forward_to_fleet(mdg_broker *b, peer *p, mdg_msg *m, fleet_member *h
     if (rc == MDG_EAGAIN)
         return false;
     zmq_msg_t pm, bm;
+    uint8_t stack[MDG_PARAMS_STACK]; /* fleet_send copies the params */
     fwd *f = NULL;
     if (rc || stamp_identity(m, p, true) != 0 || mdg_params_set_bytes(m->params, "node", node_pk, MDG_KEY_BYTES) ||
-        mdg_params_encode(m->params, &pm) != 0) {
+        mdg_params_encode_at(m->params, stack, sizeof stack, &pm) != 0) {
         if (rc == 0)
             broker_share_release(b, p->session_id, node_pk);
         refuse(b, p, &m->h, "broker out of memory");
@@ -595,30 +598,35 @@ void broker_route_fleet_call(mdg_broker *b, fleet_member *m, mdg_inbound *in)
 {
     const mdg_header *h = &in->h;
     mdg_params *params = NULL;
-    const uint8_t *pk = NULL;
     uint8_t node_pk[MDG_KEY_BYTES], sid[SESSION_ID_BYTES] = {0};
-    size_t len = 0;
     char why[200], who[MDG_KEY_B64_LEN + 1];
-    if (mdg_inbound_take_params(in, &params) != 0 || mdg_params_get_bytes(params, "node", &pk, &len) != 0 ||
-        len != MDG_KEY_BYTES) {
+    /* read without a lend, as forward_to_node does: the remove below
+     * then changes the params in place, not a copy of them */
+    mdg_cbor_value v;
+    if (mdg_inbound_take_params(in, &params) != 0 || mdg_params_lookup(params, "node", &v) != 0 ||
+        v.kind != MDG_CBOR_BYTES || v.len != MDG_KEY_BYTES) {
         fleet_refuse(b->fleet, FLEET_REFUSED_CONTENT, "call '%s' from a broker without a node's key: refused", h->command);
         if (h->corr)
             fleet_send_error(b->fleet, m, h->corr, h->command, "param 'node' must be a node's public key (32 bytes)");
         mdg_params_destroy(&params);
         return;
     }
-    memcpy(node_pk, pk, MDG_KEY_BYTES);
-    if (mdg_params_get_bytes(params, "session", &pk, &len) == 0 && len == SESSION_ID_BYTES)
-        memcpy(sid, pk, SESSION_ID_BYTES);
+    memcpy(node_pk, v.data, MDG_KEY_BYTES);
+    if (mdg_params_lookup(params, "session", &v) == 0 && v.kind == MDG_CBOR_BYTES && v.len == SESSION_ID_BYTES)
+        memcpy(sid, v.data, SESSION_ID_BYTES);
     peer *node = mdg_map_get(b->nodes, node_pk, MDG_KEY_BYTES);
     zmq_msg_t pm, bm;
+    uint8_t stack[MDG_PARAMS_STACK]; /* the node's channel copies the params */
     fwd *f = NULL;
     if (!node) {
         snprintf(why, sizeof why, "node %s is not connected", pk_short(node_pk, who));
-    } else if (mdg_params_remove(params, "node") != 0 || mdg_params_encode(params, &pm) != 0) {
+    } else if (mdg_params_remove(params, "node") != 0 || mdg_params_encode_at(params, stack, sizeof stack, &pm) != 0) {
         snprintf(why, sizeof why, "broker out of memory");
         node = NULL;
-    } else if (h->corr && !(f = new_fwd(b, node_pk, sid, h->corr, h->command))) {
+    } else if (h->corr && (!(f = new_fwd(b, node_pk, sid, h->corr, h->command)) ||
+                           fleet_route_track(b->fleet, m, f) != 0)) {
+        if (f)
+            broker_fwd_free(b, f);
         zmq_msg_close(&pm);
         snprintf(why, sizeof why, "broker out of memory");
         node = NULL;
@@ -629,8 +637,6 @@ void broker_route_fleet_call(mdg_broker *b, fleet_member *m, mdg_inbound *in)
             fleet_send_error(b->fleet, m, h->corr, h->command, why);
         return;
     }
-    if (f)
-        f->from = m;
     mdg_header out = {.kind = MDG_K_CMD, .corr = f ? f->id : 0};
     mdg_header_set_command(&out, h->command);
     bool has_bulk = mdg_inbound_take_bulk(in, &bm);

@@ -51,11 +51,9 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     if (p->attached && mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
     mdg_map_take(b->sessions, p->session_id, SESSION_ID_BYTES);
-    if (p->role == MDG_ROLE_NODE && mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p) {
+    bool listed = p->role == MDG_ROLE_NODE && mdg_map_get(b->nodes, p->pk, MDG_KEY_BYTES) == p;
+    if (listed)
         mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
-        if (b->fleet) /* the other brokers withdraw it */
-            fleet_node_left(b->fleet, p->pk);
-    }
     publish_counts(b);
     mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
     mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
@@ -74,6 +72,11 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
         free(hm);
     }
     broker_drop_fwds(b, p);
+    /* the other brokers withdraw it, told after the errors for their calls
+     * to it (above): on the pair channel those come first and answer the
+     * calls, instead of finding them failed by the withdrawal */
+    if (listed && b->fleet)
+        fleet_node_left(b->fleet, p->pk);
     if (p->chan.len)
         mdg_log(MDG_LOG_WARN, "%s %s: %zu queued message(s) not delivered: its session closed (%s)",
                 p->role == MDG_ROLE_NODE ? "node" : "user", who, p->chan.len, why);

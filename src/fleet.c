@@ -35,6 +35,10 @@
 #define NACK_MS 100        /* at most one "send again" per member this often */
 #define REFUSE_LOG_MS 1000 /* refusals of fleet messages are logged at most this often */
 #define CLOSE_WAIT_MS 2000 /* for libnats to be done with our callbacks */
+/* payload bytes waiting for the loop, at most: past it (a flood on our
+ * subject while the loop is busy) a payload is dropped as if lost on the
+ * way, and a member's is sent again; memory stays bounded */
+#define INBOX_MAX_BYTES (128u << 20)
 
 /* What libnats's threads hand to the loop. */
 typedef struct inmsg {
@@ -47,6 +51,8 @@ struct inbox {
     pthread_mutex_t lock;
     pthread_cond_t done;
     inmsg *head, *tail;
+    size_t bytes;    /* the payloads' between head and tail */
+    uint64_t dropped; /* payloads dropped for INBOX_MAX_BYTES since the loop last looked */
     int efd;
     bool reconnected;
     bool sub_done, conn_closed; /* libnats will not call us again */
@@ -242,18 +248,12 @@ static void send_beat(fleet *f, fleet_member *m, const char *command, bool resen
     mdg_params_destroy(&p);
 }
 
-static void short_key(const uint8_t pk[MDG_KEY_BYTES], char out[MDG_KEY_B64_LEN + 1])
-{
-    pk_short(pk, out);
-}
-
 /* m is gone for now (silent, left) or for good (restarted): its nodes are
  * withdrawn and the calls both ways end. */
 static void forget(fleet *f, fleet_member *m, const char *why)
 {
     char who[MDG_KEY_B64_LEN + 1];
-    short_key(m->pk, who);
-    mdg_log(MDG_LOG_WARN, "fleet: broker %s %s: its nodes withdrawn, calls with it ended", who, why);
+    mdg_log(MDG_LOG_WARN, "fleet: broker %s %s: its nodes withdrawn, calls with it ended", pk_short(m->pk, who), why);
     m->up = false;
     fleet_dir_forget(f, m);
     fleet_route_forget(f, m);
@@ -319,7 +319,7 @@ static bool hear(fleet *f, fleet_member *m, uint64_t inc)
         m->inc = inc;
         m->up = true;
         m->last_rx = m->progress_at = now;
-        mdg_log(MDG_LOG_INFO, "fleet: broker %s joined", (short_key(m->pk, who), who));
+        mdg_log(MDG_LOG_INFO, "fleet: broker %s joined", pk_short(m->pk, who));
         send_beat(f, m, FLEET_BEAT, false);
         fleet_dir_send_full(f, m);
         return true;
@@ -327,7 +327,7 @@ static bool hear(fleet *f, fleet_member *m, uint64_t inc)
     m->last_rx = now;
     if (!m->up) { /* back from silence: the channel went on, the lists did not */
         m->up = true;
-        mdg_log(MDG_LOG_INFO, "fleet: broker %s is back", (short_key(m->pk, who), who));
+        mdg_log(MDG_LOG_INFO, "fleet: broker %s is back", pk_short(m->pk, who));
         fleet_dir_send_full(f, m);
         fleet_send_params(f, m, MDG_K_CMD, 0, 0, FLEET_DIR_ASK, NULL);
     }
@@ -370,12 +370,12 @@ static void take_payload(fleet *f, const uint8_t *data, size_t len)
         return;
     }
     if (!m) {
-        fleet_refuse(f, FLEET_REFUSED_STRANGER, "a message from key %s, not a member of the fleet: refused", (short_key(pk, who), who));
+        fleet_refuse(f, FLEET_REFUSED_STRANGER, "a message from key %s, not a member of the fleet: refused", pk_short(pk, who));
         return;
     }
     fleet_envelope env;
     if (fleet_wire_open(m->rx, data, len, &env) != 0) {
-        fleet_refuse(f, FLEET_REFUSED_FORGED, "from broker %s: %s: refused", (short_key(m->pk, who), who), mdg_last_error());
+        fleet_refuse(f, FLEET_REFUSED_FORGED, "from broker %s: %s: refused", pk_short(m->pk, who), mdg_last_error());
         return;
     }
     if (hear(f, m, env.src_inc)) {
@@ -404,7 +404,7 @@ static void take_payload(fleet *f, const uint8_t *data, size_t len)
             mdg_inbound_close(&in);
         }
         if (rc < 0) {
-            fleet_refuse(f, FLEET_REFUSED_CONTENT, "from broker %s: %s: refused", (short_key(m->pk, who), who), mdg_last_error());
+            fleet_refuse(f, FLEET_REFUSED_CONTENT, "from broker %s: %s: refused", pk_short(m->pk, who), mdg_last_error());
             mdg_inbound_close(&in);
         }
         if (mdg_chan_ack_due(&m->chan))
@@ -425,9 +425,19 @@ static int on_inbox(mdg_loop *loop, void *arg, short revents)
     pthread_mutex_lock(&f->in->lock);
     inmsg *list = f->in->head;
     bool reconnected = f->in->reconnected;
+    uint64_t dropped = f->in->dropped;
     f->in->head = f->in->tail = NULL;
+    f->in->bytes = 0;
+    f->in->dropped = 0;
     f->in->reconnected = false;
     pthread_mutex_unlock(&f->in->lock);
+    unsigned held;
+    f->dropped += dropped;
+    if (f->dropped && mdg_ratelog_due(&f->drop_log, REFUSE_LOG_MS, &held)) {
+        mdg_log(MDG_LOG_WARN, "fleet: %llu message(s) dropped since the last line: more than %u MiB waited for the loop",
+                (unsigned long long)f->dropped, INBOX_MAX_BYTES >> 20);
+        f->dropped = 0;
+    }
     if (reconnected) {
         mdg_log(MDG_LOG_INFO, "fleet: connected to NATS again: unacknowledged messages go again");
         for (size_t i = 0; i < f->n_members; i++) {
@@ -467,13 +477,20 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         q->len = (size_t)len;
         memcpy(q->data, natsMsg_GetData(msg), (size_t)len);
         pthread_mutex_lock(&in->lock);
-        bool was_empty = !in->head;
-        if (in->tail)
-            in->tail->next = q;
-        else
-            in->head = q;
-        in->tail = q;
+        bool was_empty = !in->head, room = in->bytes + q->len <= INBOX_MAX_BYTES;
+        if (!room) {
+            in->dropped++;
+        } else {
+            if (in->tail)
+                in->tail->next = q;
+            else
+                in->head = q;
+            in->tail = q;
+            in->bytes += q->len;
+        }
         pthread_mutex_unlock(&in->lock);
+        if (!room)
+            free(q);
         if (was_empty)
             wake(in);
     } /* out of memory: as lost on the way; the sender sends it again */
@@ -488,11 +505,6 @@ static void on_reconnected(natsConnection *nc, void *closure)
     in->reconnected = true;
     pthread_mutex_unlock(&in->lock);
     wake(in);
-}
-
-static void on_connected(natsConnection *nc, void *closure)
-{
-    on_reconnected(nc, closure); /* a first connection made in the background */
 }
 
 static void on_sub_done(void *closure)
@@ -568,7 +580,7 @@ int fleet_new(fleet **out, mdg_broker *b, const mdg_fleet_options *o)
     randombytes_buf(&r, sizeof r);
     f->inc = ((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000) << 16 | r;
     subject_of(f, mdg_keys_public(b->keys), f->subject);
-    if (fleet_dir_init(f) != 0) {
+    if (fleet_dir_init(f) != 0 || !(f->calls_from = mdg_map_new())) {
         fleet_destroy(&f);
         return mdg_fail(MDG_ENOMEM, "out of memory joining a fleet");
     }
@@ -670,7 +682,8 @@ int fleet_start(fleet *f)
         (s = natsOptions_SetReconnectWait(o, 250)) != NATS_OK ||
         (s = natsOptions_SetReconnectedCB(o, on_reconnected, f->in)) != NATS_OK ||
         (s = natsOptions_SetClosedCB(o, on_closed, f->in)) != NATS_OK ||
-        (s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, f->in)) != NATS_OK) {
+        /* a first connection made in the background: as a reconnection */
+        (s = natsOptions_SetRetryOnFailedConnect(o, true, on_reconnected, f->in)) != NATS_OK) {
         natsOptions_Destroy(o);
         return nats_fail("bad NATS options", s);
     }
@@ -752,6 +765,7 @@ void fleet_destroy(fleet **fp)
     }
     free(f->members);
     fleet_dir_free(f);
+    mdg_map_destroy(&f->calls_from); /* the fwds are the broker's */
     free(f->url);
     free(f);
     *fp = NULL;

@@ -65,11 +65,14 @@ typedef struct fleet {
     fleet_member **members;
     size_t n_members;
     mdg_map *dir; /* node pk -> dir_entry (fleet_directory.c): the others' nodes */
+    mdg_map *calls_from; /* (member, its forward id) -> fwd (fleet_route.c): its calls at our nodes */
     struct __natsConnection *nc; /* libnats's natsConnection */
     struct __natsSubscription *sub; /* and natsSubscription */
     struct inbox *in; /* what libnats's threads hand to the loop */
     bool watching, flush_due, leaving;
     mdg_ratelog refuse_log[FLEET_REFUSALS];
+    mdg_ratelog drop_log; /* payloads dropped for want of room (fleet.c) */
+    uint64_t dropped;     /* and how many since its last line */
 } fleet;
 
 /* fleet.c */
@@ -141,5 +144,10 @@ void fleet_route_receive(fleet *f, fleet_member *m, mdg_inbound *in);
 void fleet_route_forget(fleet *f, fleet_member *m);
 /* Node pk of member m has gone: calls waiting on it fail to their callers. */
 void fleet_route_node_gone(fleet *f, fleet_member *m, const uint8_t pk[MDG_KEY_BYTES]);
+/* Call fw came from member m (fw->from set): found by m's forward id
+ * (fw->user_corr) when m ends, pauses or resumes it. 0 or MDG_ENOMEM. */
+int fleet_route_track(fleet *f, fleet_member *m, fwd *fw);
+/* Call fw from another broker is over (broker_fwd_free). */
+void fleet_route_untrack(fleet *f, fwd *fw);
 
 #endif

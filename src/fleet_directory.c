@@ -12,6 +12,7 @@
 typedef struct dir_entry {
     uint8_t pk[MDG_KEY_BYTES];
     fleet_member *home;
+    bool stale; /* while a full list is read: not (yet) in it */
 } dir_entry;
 
 int fleet_dir_init(fleet *f)
@@ -37,7 +38,8 @@ fleet_member *fleet_node_home(const fleet *f, const uint8_t pk[MDG_KEY_BYTES])
 static mdg_params *dir_params(const char *key, cbor_item_t *list, bool full)
 {
     mdg_params *p = mdg_params_new();
-    if (!p || mdg_params_set_item(p, key, list) != 0 || (full && mdg_params_set_bool(p, "full", true) != 0)) {
+    /* set_item takes the list, and frees it when p is NULL */
+    if (mdg_params_set_item(p, key, list) != 0 || (full && mdg_params_set_bool(p, "full", true) != 0)) {
         mdg_params_destroy(&p);
         return NULL;
     }
@@ -55,34 +57,40 @@ static void push_pk(cbor_item_t *list, const uint8_t *pk)
 
 typedef struct change {
     fleet *f;
-    const char *key;
-    const uint8_t *pk;
+    mdg_header h;
+    zmq_msg_t params;
 } change;
 
 static void send_change(fleet_member *m, void *arg)
 {
     change *c = arg;
-    cbor_item_t *list = cbor_new_definite_array(1);
+    fleet_send(c->f, m, &c->h, &c->params, NULL); /* params borrowed: the same for each */
+}
+
+/* {key: [pk]} to every member up: made and encoded once for them all. */
+static void tell_members(fleet *f, const char *key, const uint8_t pk[MDG_KEY_BYTES])
+{
+    change c = {.f = f, .h = {.kind = MDG_K_CMD}};
+    cbor_item_t *list = f->leaving ? NULL : cbor_new_definite_array(1);
     if (!list)
         return;
-    push_pk(list, c->pk);
-    mdg_params *p = dir_params(c->key, list, false);
-    if (p)
-        fleet_send_params(c->f, m, MDG_K_CMD, 0, 0, FLEET_DIR, p);
+    push_pk(list, pk);
+    mdg_params *p = dir_params(key, list, false);
+    if (p && mdg_header_set_command(&c.h, FLEET_DIR) == 0 && mdg_params_encode(p, &c.params) == 0) {
+        fleet_each_member(f, send_change, &c);
+        zmq_msg_close(&c.params);
+    }
+    mdg_params_destroy(&p);
 }
 
 void fleet_node_joined(fleet *f, const uint8_t pk[MDG_KEY_BYTES])
 {
-    change c = {f, "add", pk};
-    if (!f->leaving)
-        fleet_each_member(f, send_change, &c);
+    tell_members(f, "add", pk);
 }
 
 void fleet_node_left(fleet *f, const uint8_t pk[MDG_KEY_BYTES])
 {
-    change c = {f, "del", pk};
-    if (!f->leaving)
-        fleet_each_member(f, send_change, &c);
+    tell_members(f, "del", pk);
 }
 
 static void collect_local(void *value, void *arg)
@@ -132,17 +140,6 @@ void fleet_dir_forget(fleet *f, fleet_member *m)
     mdg_ptrs_free(&s.found);
 }
 
-static bool list_has(cbor_item_t *list, const uint8_t *pk)
-{
-    for (size_t i = 0; list && i < cbor_array_size(list); i++) {
-        cbor_item_t *b = cbor_array_handle(list)[i];
-        if (cbor_isa_bytestring(b) && cbor_bytestring_is_definite(b) && cbor_bytestring_length(b) == MDG_KEY_BYTES &&
-            memcmp(cbor_bytestring_handle(b), pk, MDG_KEY_BYTES) == 0)
-            return true;
-    }
-    return false;
-}
-
 void fleet_dir_receive(fleet *f, fleet_member *m, mdg_inbound *in)
 {
     mdg_params *p = NULL;
@@ -160,13 +157,14 @@ void fleet_dir_receive(fleet *f, fleet_member *m, mdg_inbound *in)
         mdg_params_destroy(&p);
         return;
     }
-    if (full) { /* what it no longer lists has gone */
-        dir_scan s = {.home = m};
+    /* a full list: what it no longer lists has gone. Its entries are
+     * marked, the list clears the marks of those it names, and the marked
+     * ones go after it (one pass each, however long the list) */
+    dir_scan s = {.home = m};
+    if (full) {
         mdg_map_each(f->dir, scan_home, &s);
         for (size_t i = 0; i < s.found.n; i++)
-            if (!list_has(add, ((dir_entry *)s.found.v[i])->pk))
-                withdraw(f, s.found.v[i], true);
-        mdg_ptrs_free(&s.found);
+            ((dir_entry *)s.found.v[i])->stale = true;
     }
     for (size_t i = 0; del && i < cbor_array_size(del); i++) {
         cbor_item_t *b = cbor_array_handle(del)[i];
@@ -174,7 +172,7 @@ void fleet_dir_receive(fleet *f, fleet_member *m, mdg_inbound *in)
                                cbor_bytestring_length(b) == MDG_KEY_BYTES
                            ? mdg_map_get(f->dir, cbor_bytestring_handle(b), MDG_KEY_BYTES)
                            : NULL;
-        if (e && e->home == m)
+        if (e && e->home == m && !e->stale) /* a marked one goes below, unless listed */
             withdraw(f, e, true);
     }
     for (size_t i = 0; add && i < cbor_array_size(add); i++) {
@@ -184,20 +182,25 @@ void fleet_dir_receive(fleet *f, fleet_member *m, mdg_inbound *in)
         dir_entry *e = mdg_map_get(f->dir, cbor_bytestring_handle(b), MDG_KEY_BYTES);
         if (e) { /* moved from one broker to another: the newest word wins */
             e->home = m;
+            e->stale = false;
             continue;
         }
         if (!(e = calloc(1, sizeof *e)))
-            break;
+            continue; /* the rest may still clear their marks */
         memcpy(e->pk, cbor_bytestring_handle(b), MDG_KEY_BYTES);
         e->home = m;
         if (mdg_map_put(f->dir, e->pk, MDG_KEY_BYTES, e) != 0) {
             free(e);
-            break;
+            continue;
         }
         char node[MDG_KEY_B64_LEN + 1];
         pk_short(e->pk, node);
         mdg_log(MDG_LOG_INFO, "fleet: node %s is at broker %s", node, pk_short(m->pk, who));
     }
+    for (size_t i = 0; i < s.found.n; i++)
+        if (((dir_entry *)s.found.v[i])->stale)
+            withdraw(f, s.found.v[i], true);
+    mdg_ptrs_free(&s.found);
     mdg_params_destroy(&p);
 }
 

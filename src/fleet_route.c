@@ -11,7 +11,6 @@
 typedef struct route_scan {
     fleet_member *m;
     const uint8_t *node_pk; /* NULL: any */
-    uint64_t corr;          /* from m with this user_corr, when set */
     mdg_ptrs found;
 } route_scan;
 
@@ -19,11 +18,40 @@ static void scan_fwd(void *value, void *arg)
 {
     fwd *fw = value;
     route_scan *s = arg;
-    bool match = s->corr ? fw->from == s->m && fw->user_corr == s->corr
-                         : (fw->via == s->m && (!s->node_pk || memcmp(fw->node_pk, s->node_pk, MDG_KEY_BYTES) == 0)) ||
-                               (!s->node_pk && fw->from == s->m);
+    bool match = (fw->via == s->m && (!s->node_pk || memcmp(fw->node_pk, s->node_pk, MDG_KEY_BYTES) == 0)) ||
+                 (!s->node_pk && fw->from == s->m);
     if (match)
         mdg_ptrs_push(&s->found, fw);
+}
+
+/* ------------------------------------------ calls from other brokers, by id */
+
+#define FROM_KEY (sizeof(fleet_member *) + sizeof(uint64_t))
+
+static void from_key(uint8_t key[FROM_KEY], const fleet_member *m, uint64_t corr)
+{
+    memcpy(key, &m, sizeof m);
+    memcpy(key + sizeof m, &corr, sizeof corr);
+}
+
+int fleet_route_track(fleet *f, fleet_member *m, fwd *fw)
+{
+    uint8_t key[FROM_KEY];
+    from_key(key, m, fw->user_corr);
+    /* a tombstone of m's earlier life under the same id is replaced: only
+     * the live call is still to be ended or paused */
+    if (mdg_map_put(f->calls_from, key, sizeof key, fw) != 0)
+        return mdg_fail(MDG_ENOMEM, "out of memory");
+    fw->from = m;
+    return 0;
+}
+
+void fleet_route_untrack(fleet *f, fwd *fw)
+{
+    uint8_t key[FROM_KEY];
+    from_key(key, fw->from, fw->user_corr);
+    if (mdg_map_get(f->calls_from, key, sizeof key) == fw)
+        mdg_map_take(f->calls_from, key, sizeof key);
 }
 
 void fleet_route_receive(fleet *f, fleet_member *m, mdg_inbound *in)
@@ -41,15 +69,13 @@ void fleet_route_receive(fleet *f, fleet_member *m, mdg_inbound *in)
             mdg_params_destroy(&p);
             return;
         }
-        route_scan s = {.m = m, .corr = in->h.corr};
-        if (in->h.corr)
-            mdg_map_each(b->fwds, scan_fwd, &s);
-        for (size_t i = 0; i < s.found.n; i++)
-            if (end)
-                broker_end_fwd(b, s.found.v[i], "its caller has gone");
-            else
-                broker_fleet_flow(b, s.found.v[i], state);
-        mdg_ptrs_free(&s.found);
+        uint8_t key[FROM_KEY];
+        from_key(key, m, in->h.corr);
+        fwd *fw = mdg_map_get(f->calls_from, key, sizeof key);
+        if (fw && end)
+            broker_end_fwd(b, fw, "its caller has gone");
+        else if (fw)
+            broker_fleet_flow(b, fw, state);
         mdg_params_destroy(&p);
     } else if (strncmp(in->h.command, "mdg.", 4) == 0) {
         fleet_refuse(f, FLEET_REFUSED_CONTENT, "unknown fleet command '%s': refused", in->h.command);

@@ -48,13 +48,12 @@ int fleet_wire_seal(const uint8_t *shared, const uint8_t sender_pk[MDG_KEY_BYTES
                     uint8_t **out, size_t *out_len)
 {
     size_t plain_len = PLAIN_HEAD + head_len + bulk_len;
-    uint8_t *plain = malloc(plain_len);
-    uint8_t *msg = malloc(PREFIX_LEN + crypto_box_MACBYTES + plain_len);
-    if (!plain || !msg || head_len > UINT32_MAX) {
-        free(plain);
-        free(msg);
+    uint8_t *msg = head_len <= UINT32_MAX ? malloc(PREFIX_LEN + crypto_box_MACBYTES + plain_len) : NULL;
+    if (!msg)
         return mdg_fail(MDG_ENOMEM, "out of memory sealing a fleet message");
-    }
+    /* the plain text is laid out where its box goes and sealed in place
+     * (libsodium's _easy functions allow it): one buffer, one copy */
+    uint8_t *plain = msg + PREFIX_LEN + crypto_box_MACBYTES;
     put_u64(plain, src_inc);
     put_u64(plain + 8, dst_inc);
     plain[16] = bulk ? 1 : 0;
@@ -70,8 +69,6 @@ int fleet_wire_seal(const uint8_t *shared, const uint8_t sender_pk[MDG_KEY_BYTES
     uint8_t *nonce = msg + MAGIC_LEN + MDG_KEY_BYTES;
     randombytes_buf(nonce, crypto_box_NONCEBYTES);
     crypto_box_easy_afternm(msg + PREFIX_LEN, plain, plain_len, nonce, shared);
-    sodium_memzero(plain, plain_len);
-    free(plain);
     *out = msg;
     *out_len = PREFIX_LEN + crypto_box_MACBYTES + plain_len;
     return 0;

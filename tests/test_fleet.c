@@ -9,7 +9,8 @@
  *   - nats-server restarted mid-stream: nothing lost, nothing doubled
  *   - a NATS client that is not a broker (garbage, forged, unknown key)
  *     is refused and logged, and the fleet goes on
- *   - a node that leaves B leaves A's offers and node list; a broker
+ *   - a node that leaves B leaves A's offers and node list (a call to
+ *     it pending fails to its caller, once); a broker
  *     that leaves takes its nodes with it */
 #include "fleet.h"
 #include "natsserver.h"
@@ -22,10 +23,21 @@
 
 /* -------------------------------------------------------------- the node */
 
+/* "hang": taken, never answered (a call pending when the node leaves) */
+static atomic_int hangs;
+
+static void h_hang(mdg_msg *m, void *arg)
+{
+    (void)m;
+    (void)arg;
+    atomic_fetch_add(&hangs, 1);
+}
+
 static const mdg_cmd node_cmds[] = {
     {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
     {"whoami", t_whoami, NULL, MDG_CMD_NEEDS_REPLY},
     {"stream", t_stream, NULL, MDG_CMD_NEEDS_REPLY},
+    {"hang", h_hang, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
 
@@ -412,11 +424,21 @@ int main(void)
     CHECK_RC(t_divide_via(ua, npk, 1, 4, 10000, &q), 0);
     CHECK(q == 0.25);
 
-    /* the node leaves B: it leaves A's list and offers */
+    /* the node leaves B with a call from A pending: the caller hears
+     * why, and B's error for the call is taken at A as its answer, not
+     * refused as one for a call not pending there */
+    t_reader hung = {0};
+    CHECK_RC(mdg_conn_send_cb(ua, "hang", t_to_node(npk), NULL, 0, t_on_part, &hung), 0);
+    WAIT_UNTIL(atomic_load(&hangs) == 1, 10000);
+    CHECK(atomic_load(&hangs) == 1);
+    t_clear_log();
     mdg_conn_disconnect(node);
     mdg_conn_destroy(&node);
+    WAIT_UNTIL(atomic_load(&hung.done), 10000);
+    CHECK(atomic_load(&hung.errors) == 1);
     WAIT_UNTIL(!lists_node(ua, npk), 10000);
     CHECK(!lists_node(ua, npk));
+    CHECK(!t_logged("not pending"));
     CHECK(offer_lists(&A, npk) == 0);
     CHECK_RC(t_divide_via(ua, npk, 1, 1, 10000, &q), MDG_EREMOTE);
     CHECK(strstr(mdg_last_error(), "not connected") != NULL);

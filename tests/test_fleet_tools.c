@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -61,8 +62,12 @@ static int start_broker(int i, const char *uri, const char *nats_url, const char
     snprintf(prefix, sizeof prefix, "%s/broker%d", base, i);
     snprintf(out_path, sizeof out_path, "%s/broker%d.out", base, i);
     snprintf(err_path, sizeof err_path, "%s/broker%d.err", base, i);
+    pid_t parent = getpid();
     pids[i] = fork();
     if (pids[i] == 0) {
+        /* never outlive the test, even one that crashes or is killed (no atexit) */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+            _exit(127);
         int out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         int err = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(out, 1);
