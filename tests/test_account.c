@@ -464,12 +464,6 @@ static const mdg_cmd cmds[] = {
 #define PER_ADDRESS 2
 #define TRICKLE_CONNS (TRICKLERS * PER_ADDRESS)
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* A TCP connection from the loopback address src to the account server. */
 static int connect_from(const char *src)

@@ -26,11 +26,6 @@
 #define FAILOVER_MS 1000
 
 
-#define WAIT_UNTIL(cond, ms)                                                    \
-    do {                                                                        \
-        for (int64_t w_until = now_ms() + (ms); !(cond) && now_ms() < w_until;) \
-            usleep(20000);                                                      \
-    } while (0)
 
 /* ---------------------------------------------------------- broker A */
 

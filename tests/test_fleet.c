@@ -121,18 +121,7 @@ static bool lists_node(mdg_conn *u, const uint8_t *pk)
     return has;
 }
 
-#define WAIT_UNTIL(cond, ms)                                      \
-    do {                                                          \
-        for (int64_t w_until = now_ms() + (ms); !(cond) && now_ms() < w_until;) \
-            usleep(20000);                                        \
-    } while (0)
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---------------------------------------------------------------- offers */
 

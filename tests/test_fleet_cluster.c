@@ -35,12 +35,6 @@ static const mdg_cmd node_cmds[] = {
     MDG_CMD_END,
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* A broker on a free port in the fleet through url, its identity the
  * shared store (a handle of its own). */

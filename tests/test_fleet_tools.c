@@ -22,12 +22,6 @@
 static char base[] = "/tmp/mdg-test-fleet-tools-XXXXXX";
 static pid_t pids[2];
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* SIGTERM, and the exit status (-1: killed, or not running). */
 static int stop(int i)

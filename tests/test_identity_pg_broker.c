@@ -28,12 +28,6 @@
 static char base[] = "/tmp/mdg-test-identity-pg-XXXXXX";
 static t_pg pg;
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static bool has(const char *out, const char *needle)
 {

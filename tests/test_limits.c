@@ -48,12 +48,6 @@ static char log_path[] = "/tmp/mdg-test-limits-XXXXXX";
 static mdg_keys *bkeys;
 static char broker_path[PATH_MAX];
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Stop the test where it cannot go on (cleanup runs at exit). */
 static void need(bool ok, const char *what)

@@ -53,12 +53,6 @@ static char state[300], bprefix[300], uprefix[300], uprefix2[300], broker_err[30
 
 /* ----------------------------------------------------------------- helpers */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
 {

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static int t_checks, t_failed;
@@ -155,6 +156,21 @@ static inline int t_free_port(void)
         close(fd);
     return port;
 }
+
+static inline int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Poll for a condition until it holds or ms have passed by the clock
+ * (however long each look takes on a busy machine). */
+#define WAIT_UNTIL(cond, ms)                                                    \
+    do {                                                                        \
+        for (int64_t w_until = now_ms() + (ms); !(cond) && now_ms() < w_until;) \
+            usleep(20000);                                                      \
+    } while (0)
 
 /* Poll for a condition (other threads set it) for up to ms. */
 #define WAIT_FOR(cond, ms)                                       \
