@@ -119,25 +119,44 @@ printf 'Working in %s (removed at the end)\n' "$TMP"
 show "export MESSIDGE_PREFIX=$MESSIDGE_PREFIX"
 
 step "1. A NATS cluster of three servers on loopback, each routed to the two others"
-read -r N1 N2 N3 C1 C2 C3 PGPORT < <(free_ports 7)
-CLIENT_PORTS=("$N1" "$N2" "$N3")
-CLUSTER_PORTS=("$C1" "$C2" "$C3")
-for i in 0 1 2; do
-    routes=
-    for j in 0 1 2; do
-        [ "$i" = "$j" ] || routes="${routes:+$routes,}nats://127.0.0.1:${CLUSTER_PORTS[j]}"
+# Another program may take a free port before a server binds it (on a busy
+# machine): then the servers are stopped and started again on new ports.
+for attempt in 1 2 3; do
+    read -r N1 N2 N3 C1 C2 C3 < <(free_ports 6)
+    CLIENT_PORTS=("$N1" "$N2" "$N3")
+    CLUSTER_PORTS=("$C1" "$C2" "$C3")
+    NATS_PIDS=()
+    for i in 0 1 2; do
+        routes=
+        for j in 0 1 2; do
+            [ "$i" = "$j" ] || routes="${routes:+$routes,}nats://127.0.0.1:${CLUSTER_PORTS[j]}"
+        done
+        show nats-server -a 127.0.0.1 -p "${CLIENT_PORTS[i]}" --cluster_name messidge-demo \
+            --cluster "nats://127.0.0.1:${CLUSTER_PORTS[i]}" --routes "$routes" '&'
+        "$NATS_SERVER" -a 127.0.0.1 -p "${CLIENT_PORTS[i]}" --cluster_name messidge-demo \
+            --cluster "nats://127.0.0.1:${CLUSTER_PORTS[i]}" --routes "$routes" >"nats$((i + 1)).log" 2>&1 &
+        NATS_PIDS+=($!)
+        PIDS+=($!)
     done
-    show nats-server -a 127.0.0.1 -p "${CLIENT_PORTS[i]}" --cluster_name messidge-demo \
-        --cluster "nats://127.0.0.1:${CLUSTER_PORTS[i]}" --routes "$routes" '&'
-    "$NATS_SERVER" -a 127.0.0.1 -p "${CLIENT_PORTS[i]}" --cluster_name messidge-demo \
-        --cluster "nats://127.0.0.1:${CLUSTER_PORTS[i]}" --routes "$routes" >"nats$((i + 1)).log" 2>&1 &
-    PIDS+=($!)
-done
-for i in 0 1 2; do
-    others=()
-    for j in 0 1 2; do [ "$i" = "$j" ] || others+=("${CLIENT_PORTS[j]}"); done
-    until_ready 20 "${PIDS[i]}" "nats-server $((i + 1))" nats_routed "${CLIENT_PORTS[i]}" "${others[@]}" ||
-        { cat "nats$((i + 1)).log" >&2; exit 1; }
+    ready=1
+    for i in 0 1 2; do
+        others=()
+        for j in 0 1 2; do [ "$i" = "$j" ] || others+=("${CLIENT_PORTS[j]}"); done
+        until_ready 20 "${NATS_PIDS[i]}" "nats-server $((i + 1))" nats_routed "${CLIENT_PORTS[i]}" "${others[@]}" ||
+            { ready=0; failed=$((i + 1)); break; }
+    done
+    [ "$ready" = 1 ] && break
+    if [ "$attempt" -lt 3 ] && grep -q "address already in use" nats*.log; then
+        echo "run-fleet-demo: a port was taken meanwhile: the cluster again, on new ports" >&2
+        for pid in "${NATS_PIDS[@]}"; do
+            kill "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+        done
+        PIDS=()
+        continue
+    fi
+    cat "nats$failed.log" >&2
+    exit 1
 done
 NATS_URL="nats://127.0.0.1:$N1,nats://127.0.0.1:$N2,nats://127.0.0.1:$N3"
 echo "cluster up: every server offers the other two ($NATS_URL)"
@@ -153,12 +172,23 @@ fi
 show initdb -D pg/data -U messidge --auth=trust
 "${AS[@]}" "$PG_BIN/initdb" -D pg/data -U messidge --auth=trust -E UTF8 --no-sync \
     >pg/initdb.log 2>&1 || { cat pg/initdb.log >&2; die "initdb"; }
-show postgres -D pg/data -p "$PGPORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$TMP/pg" '&'
-"${AS[@]}" "$PG_BIN/postgres" -D pg/data -p "$PGPORT" -c listen_addresses=127.0.0.1 \
-    -c unix_socket_directories="$TMP/pg" >pg/server.log 2>&1 &
-PG_PID=$!
-until_ready 60 "$PG_PID" "PostgreSQL server" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" ||
-    { cat pg/server.log >&2; exit 1; }
+for attempt in 1 2 3; do
+    read -r PGPORT < <(free_ports 1)
+    show postgres -D pg/data -p "$PGPORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$TMP/pg" '&'
+    "${AS[@]}" "$PG_BIN/postgres" -D pg/data -p "$PGPORT" -c listen_addresses=127.0.0.1 \
+        -c unix_socket_directories="$TMP/pg" >pg/server.log 2>&1 &
+    PG_PID=$!
+    until_ready 60 "$PG_PID" "PostgreSQL server" "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && break
+    if [ "$attempt" -lt 3 ] && ! kill -0 "$PG_PID" 2>/dev/null &&
+        grep -qi "address already in use" pg/server.log; then
+        wait "$PG_PID" 2>/dev/null
+        PG_PID=
+        echo "run-fleet-demo: the port was taken meanwhile: PostgreSQL again, on a new port" >&2
+        continue
+    fi
+    cat pg/server.log >&2
+    exit 1
+done
 "$PG_BIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U messidge messidge || die "createdb"
 STORE="postgresql://messidge@127.0.0.1:$PGPORT/messidge"
 echo "store: $STORE"

@@ -413,7 +413,6 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---------------------------------------------------------------- life */
 
-/* The socket address to bind: NULL or "*" is every IPv4 interface. */
 /* Stop the watchdog thread (before the daemon: it shuts sockets down). */
 static void stop_watchdog(mdg_account_server *s)
 {

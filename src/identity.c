@@ -38,8 +38,10 @@ int identity_rows_push(identity_revocation **rows, size_t *n, size_t *cap, int64
                        const char *pk_b64)
 {
     uint8_t pk[MDG_KEY_BYTES];
+    /* A row edited by hand names no key: kept, all zeros (a key that is
+     * never registered), so that the cursor passes it. */
     if (!pk_b64 || mdg_pk_from_b64(pk, pk_b64) != 0)
-        return 0; /* a hand-edited row: nothing to cut */
+        memset(pk, 0, sizeof pk);
     if (*n == *cap) {
         size_t c = *cap ? *cap * 2 : 16;
         identity_revocation *grown = realloc(*rows, c * sizeof **rows);
@@ -189,7 +191,8 @@ int mdg_identity_revoked_since(mdg_identity *id, int64_t *cursor,
         return rc;
     /* The backend holds no lock now: fn may use the store. */
     for (size_t i = 0; i < n; i++) {
-        fn(rows[i].pk, arg);
+        if (!sodium_is_zero(rows[i].pk, MDG_KEY_BYTES))
+            fn(rows[i].pk, arg);
         *cursor = rows[i].seq;
     }
     free(rows);

@@ -48,7 +48,7 @@ enum identity_outcome {
 /* One row of the revocation log. */
 typedef struct identity_revocation {
     int64_t seq;
-    uint8_t pk[MDG_KEY_BYTES];
+    uint8_t pk[MDG_KEY_BYTES]; /* all zeros: the row names no key */
 } identity_revocation;
 
 typedef struct identity_ops {
@@ -89,7 +89,8 @@ void identity_token_hash(const char *token, size_t len, char out[HASH_B64_LEN + 
 /* Close the sessions of every key revoked after id->revoke_cursor (on the
  * broker's loop thread), advancing the cursor. */
 void identity_catch_up(mdg_identity *id, mdg_broker *b);
-/* Append a revocation to a growing array (*rows, *n, *cap). */
+/* Append a revocation to a growing array (*rows, *n, *cap); a pk_b64
+ * that is no key is appended as all zeros. */
 int identity_rows_push(identity_revocation **rows, size_t *n, size_t *cap, int64_t seq,
                        const char *pk_b64);
 

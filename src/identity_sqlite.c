@@ -169,33 +169,35 @@ static bool table_exists(sqlite3 *db, const char *name)
 /* Run an INSERT ... SELECT with ?1 = now and ?2 = the default TTL. */
 static int copy_rows(mdg_identity *id, const char *sql)
 {
+    sqlite_store *s = sqlite_of(id);
     sqlite3_stmt *st;
-    int rc = identity_prepare(id, sqlite_of(id)->wr, sql, &st);
+    int rc = identity_prepare(id, s->wr, sql, &st);
     if (rc)
         return rc;
     sqlite3_bind_int64(st, 1, identity_now());
     if (sqlite3_bind_parameter_count(st) >= 2)
         sqlite3_bind_int64(st, 2, MDG_INVITE_DEFAULT_TTL);
-    return identity_run(id, sqlite_of(id)->wr, st, "cannot migrate the Messidge 1.x tables");
+    return identity_run(id, s->wr, st, "cannot migrate the Messidge 1.x tables");
 }
 
 /* Migration 0 -> 1: an empty database, or the original library's. */
 static int migrate_0_to_1(mdg_identity *id)
 {
+    sqlite_store *s = sqlite_of(id);
     static const char *const old[] = {"users", "nodes", "pending"};
     bool legacy[3];
     char sql[128];
     int rc;
 
     for (int i = 0; i < 3; i++) {
-        legacy[i] = table_exists(sqlite_of(id)->wr, old[i]);
+        legacy[i] = table_exists(s->wr, old[i]);
         if (legacy[i]) {
             snprintf(sql, sizeof sql, "ALTER TABLE %s RENAME TO v0_%s", old[i], old[i]);
-            if ((rc = identity_exec(id, sqlite_of(id)->wr, sql, "cannot rename a Messidge 1.x table")) != 0)
+            if ((rc = identity_exec(id, s->wr, sql, "cannot rename a Messidge 1.x table")) != 0)
                 return rc;
         }
     }
-    if ((rc = identity_exec(id, sqlite_of(id)->wr, schema_v1, "cannot create the tables")) != 0)
+    if ((rc = identity_exec(id, s->wr, schema_v1, "cannot create the tables")) != 0)
         return rc;
     if (legacy[0] && (rc = copy_rows(id, migrate_v0_users)) != 0)
         return rc;
@@ -207,7 +209,7 @@ static int migrate_0_to_1(mdg_identity *id)
         if (!legacy[i])
             continue;
         snprintf(sql, sizeof sql, "DROP TABLE v0_%s", old[i]);
-        if ((rc = identity_exec(id, sqlite_of(id)->wr, sql, "cannot drop a Messidge 1.x table")) != 0)
+        if ((rc = identity_exec(id, s->wr, sql, "cannot drop a Messidge 1.x table")) != 0)
             return rc;
     }
     if (legacy[0] || legacy[1] || legacy[2])
@@ -223,16 +225,17 @@ static int (*const migrations[MDG_IDENTITY_SCHEMA])(mdg_identity *) = {migrate_0
  * wait for the write lock, then find the work done. */
 static int migrate(mdg_identity *id)
 {
+    sqlite_store *s = sqlite_of(id);
     sqlite3_stmt *st;
     int version, rc;
     char sql[64];
 
-    if ((rc = identity_exec(id, sqlite_of(id)->wr, "BEGIN IMMEDIATE", "cannot begin the schema check")) != 0)
+    if ((rc = identity_exec(id, s->wr, "BEGIN IMMEDIATE", "cannot begin the schema check")) != 0)
         return rc;
-    if ((rc = identity_prepare(id, sqlite_of(id)->wr, "PRAGMA user_version", &st)) != 0)
+    if ((rc = identity_prepare(id, s->wr, "PRAGMA user_version", &st)) != 0)
         goto fail;
     if (sqlite3_step(st) != SQLITE_ROW) {
-        rc = identity_db_fail(id, sqlite_of(id)->wr, "cannot read the schema version");
+        rc = identity_db_fail(id, s->wr, "cannot read the schema version");
         sqlite3_finalize(st);
         goto fail;
     }
@@ -246,7 +249,7 @@ static int migrate(mdg_identity *id)
         goto fail;
     }
     if (version == MDG_IDENTITY_SCHEMA) {
-        identity_rollback(sqlite_of(id)->wr);
+        identity_rollback(s->wr);
         return 0;
     }
     for (int v = version; v < MDG_IDENTITY_SCHEMA; v++) {
@@ -256,12 +259,12 @@ static int migrate(mdg_identity *id)
     }
     /* PRAGMA takes no bound parameters; the value is our own constant. */
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", MDG_IDENTITY_SCHEMA);
-    if ((rc = identity_exec(id, sqlite_of(id)->wr, sql, "cannot set the schema version")) != 0 ||
-        (rc = identity_exec(id, sqlite_of(id)->wr, "COMMIT", "cannot commit the schema")) != 0)
+    if ((rc = identity_exec(id, s->wr, sql, "cannot set the schema version")) != 0 ||
+        (rc = identity_exec(id, s->wr, "COMMIT", "cannot commit the schema")) != 0)
         goto fail;
     return 0;
 fail:
-    identity_rollback(sqlite_of(id)->wr);
+    identity_rollback(s->wr);
     return rc;
 }
 
@@ -290,42 +293,43 @@ static int ensure_db_file(const char *path)
 /* Open the read-write connection and check it really is writable. */
 static int open_writer(mdg_identity *id)
 {
+    sqlite_store *s = sqlite_of(id);
     sqlite3_stmt *st;
 
-    if (sqlite3_open_v2(id->where, &sqlite_of(id)->wr, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+    if (sqlite3_open_v2(id->where, &s->wr, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK)
-        return identity_db_fail(id, sqlite_of(id)->wr, "cannot open");
+        return identity_db_fail(id, s->wr, "cannot open");
     /* SQLite falls back to read-only when the file cannot be opened for
      * writing; an identity store must be writable. */
-    if (sqlite3_db_readonly(sqlite_of(id)->wr, "main") == 1)
+    if (sqlite3_db_readonly(s->wr, "main") == 1)
         return mdg_fail(MDG_EIO,
                         "identity database %s is read-only (check the file's permissions, "
                         "owner and attributes)",
                         id->where);
-    sqlite3_busy_timeout(sqlite_of(id)->wr, BUSY_TIMEOUT_MS);
-    sqlite3_extended_result_codes(sqlite_of(id)->wr, 1);
-    if (sqlite3_create_function(sqlite_of(id)->wr, "mdg_token_hash", 1,
+    sqlite3_busy_timeout(s->wr, BUSY_TIMEOUT_MS);
+    sqlite3_extended_result_codes(s->wr, 1);
+    if (sqlite3_create_function(s->wr, "mdg_token_hash", 1,
                                 SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL, sql_token_hash, NULL,
                                 NULL) != SQLITE_OK)
-        return identity_db_fail(id, sqlite_of(id)->wr, "cannot register a function");
+        return identity_db_fail(id, s->wr, "cannot register a function");
 
     /* The first real read of the file: this is where a file that is not a
      * database shows itself. */
-    if (sqlite3_prepare_v2(sqlite_of(id)->wr, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK ||
+    if (sqlite3_prepare_v2(s->wr, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW) {
-        int code = sqlite3_errcode(sqlite_of(id)->wr) & 0xff;
+        int code = sqlite3_errcode(s->wr) & 0xff;
         sqlite3_finalize(st);
         if (code == SQLITE_NOTADB || code == SQLITE_CORRUPT)
             return mdg_fail(MDG_EIO,
                             "identity database %s is corrupt or not an SQLite database (%s); "
                             "restore it from a backup or move it away",
-                            id->where, sqlite3_errmsg(sqlite_of(id)->wr));
+                            id->where, sqlite3_errmsg(s->wr));
         if (code == SQLITE_READONLY || code == SQLITE_CANTOPEN || code == SQLITE_PERM)
             return mdg_fail(MDG_EIO,
                             "identity database %s cannot be written (%s): the file and its "
                             "directory must be writable",
-                            id->where, sqlite3_errmsg(sqlite_of(id)->wr));
-        return identity_db_fail(id, sqlite_of(id)->wr, "cannot switch to WAL mode");
+                            id->where, sqlite3_errmsg(s->wr));
+        return identity_db_fail(id, s->wr, "cannot switch to WAL mode");
     }
     bool wal = sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
     sqlite3_finalize(st);
@@ -336,18 +340,19 @@ static int open_writer(mdg_identity *id)
 
 static int open_reader(mdg_identity *id)
 {
+    sqlite_store *s = sqlite_of(id);
     static const char role_sql[] =
         "SELECT 1, config FROM users WHERE pk = ?1 AND revoked IS NULL "
         "UNION ALL "
         "SELECT 2, config FROM nodes WHERE pk = ?1 AND revoked IS NULL LIMIT 1";
 
-    if (sqlite3_open_v2(id->where, &sqlite_of(id)->rd, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+    if (sqlite3_open_v2(id->where, &s->rd, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK)
-        return identity_db_fail(id, sqlite_of(id)->rd, "cannot open for reading");
-    sqlite3_busy_timeout(sqlite_of(id)->rd, BUSY_TIMEOUT_MS);
-    if (sqlite3_prepare_v3(sqlite_of(id)->rd, role_sql, -1, SQLITE_PREPARE_PERSISTENT, &sqlite_of(id)->role_stmt,
+        return identity_db_fail(id, s->rd, "cannot open for reading");
+    sqlite3_busy_timeout(s->rd, BUSY_TIMEOUT_MS);
+    if (sqlite3_prepare_v3(s->rd, role_sql, -1, SQLITE_PREPARE_PERSISTENT, &s->role_stmt,
                            NULL) != SQLITE_OK)
-        return identity_db_fail(id, sqlite_of(id)->rd, "cannot prepare the key lookup");
+        return identity_db_fail(id, s->rd, "cannot prepare the key lookup");
     return 0;
 }
 

@@ -14,10 +14,11 @@
 
 static int begin(mdg_identity *id)
 {
-    pthread_mutex_lock(&sqlite_of(id)->wr_lock);
-    if (sqlite3_exec(sqlite_of(id)->wr, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-        int rc = identity_db_fail(id, sqlite_of(id)->wr, "cannot begin a transaction");
-        pthread_mutex_unlock(&sqlite_of(id)->wr_lock);
+    sqlite_store *s = sqlite_of(id);
+    pthread_mutex_lock(&s->wr_lock);
+    if (sqlite3_exec(s->wr, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        int rc = identity_db_fail(id, s->wr, "cannot begin a transaction");
+        pthread_mutex_unlock(&s->wr_lock);
         return rc;
     }
     return 0;
@@ -26,11 +27,12 @@ static int begin(mdg_identity *id)
 /* Commit when rc is 0, else roll back; then release the writer. */
 static int finish(mdg_identity *id, int rc)
 {
-    if (rc == 0 && sqlite3_exec(sqlite_of(id)->wr, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-        rc = identity_db_fail(id, sqlite_of(id)->wr, "cannot commit");
+    sqlite_store *s = sqlite_of(id);
+    if (rc == 0 && sqlite3_exec(s->wr, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = identity_db_fail(id, s->wr, "cannot commit");
     if (rc != 0)
-        identity_rollback(sqlite_of(id)->wr);
-    pthread_mutex_unlock(&sqlite_of(id)->wr_lock);
+        identity_rollback(s->wr);
+    pthread_mutex_unlock(&s->wr_lock);
     return rc;
 }
 
@@ -38,9 +40,10 @@ static int finish(mdg_identity *id, int rc)
  * transaction on the writer. 1 yes, 0 no, < 0 error. */
 static int key_registered(mdg_identity *id, const char *b64)
 {
+    sqlite_store *s = sqlite_of(id);
     sqlite3_stmt *st;
     int rc = identity_prepare(
-        id, sqlite_of(id)->wr, "SELECT 1 FROM users WHERE pk = ?1 UNION ALL SELECT 1 FROM nodes WHERE pk = ?1",
+        id, s->wr, "SELECT 1 FROM users WHERE pk = ?1 UNION ALL SELECT 1 FROM nodes WHERE pk = ?1",
         &st);
     if (rc)
         return rc;
@@ -48,7 +51,7 @@ static int key_registered(mdg_identity *id, const char *b64)
     rc = sqlite3_step(st);
     rc = rc == SQLITE_ROW    ? 1
          : rc == SQLITE_DONE ? 0
-                             : identity_db_fail(id, sqlite_of(id)->wr, "cannot look up a key");
+                             : identity_db_fail(id, s->wr, "cannot look up a key");
     sqlite3_finalize(st);
     return rc;
 }
@@ -56,12 +59,13 @@ static int key_registered(mdg_identity *id, const char *b64)
 int sqlite_invite(mdg_identity *id, const char *hash, const char *email, int64_t now,
                   int64_t expires)
 {
+    sqlite_store *s = sqlite_of(id);
     sqlite3_stmt *st;
     int rc;
 
     if ((rc = begin(id)) != 0)
         return rc;
-    if ((rc = identity_prepare(id, sqlite_of(id)->wr,
+    if ((rc = identity_prepare(id, s->wr,
                                "INSERT INTO pending (token_hash, email, created, expires) "
                                "VALUES (?, ?, ?, ?)",
                                &st)) == 0) {
@@ -69,7 +73,7 @@ int sqlite_invite(mdg_identity *id, const char *hash, const char *email, int64_t
         sqlite3_bind_text(st, 2, email, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, now);
         sqlite3_bind_int64(st, 4, expires);
-        rc = identity_run(id, sqlite_of(id)->wr, st, "cannot store the invitation");
+        rc = identity_run(id, s->wr, st, "cannot store the invitation");
     }
     return finish(id, rc);
 }
@@ -202,6 +206,7 @@ static int revoke_in(mdg_identity *id, const char *sql, const char *b64, int64_t
 
 static int revoke_locked(mdg_identity *id, const char *b64, int64_t now)
 {
+    sqlite_store *s = sqlite_of(id);
     sqlite3_stmt *st;
     int rc;
 
@@ -216,12 +221,12 @@ static int revoke_locked(mdg_identity *id, const char *b64, int64_t now)
             return rc;
         return rc ? ID_ALREADY_REVOKED : ID_NOT_FOUND;
     }
-    if ((rc = identity_prepare(id, sqlite_of(id)->wr,
+    if ((rc = identity_prepare(id, s->wr,
                                "INSERT INTO revocations (pk, at) VALUES (?, ?)", &st)) != 0)
         return rc;
     sqlite3_bind_text(st, 1, b64, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
-    return identity_run(id, sqlite_of(id)->wr, st, "cannot log the revocation");
+    return identity_run(id, s->wr, st, "cannot log the revocation");
 }
 
 int sqlite_revoke(mdg_identity *id, const char *b64, int64_t now)

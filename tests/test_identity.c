@@ -498,6 +498,35 @@ static void test_store(mdg_identity *id, const char *location)
 /* ------------------------------------------------------------- bad stores */
 #ifndef MDG_TEST_PG
 
+/* A row of the revocation log edited by hand to name no key: passed over,
+ * and the cursor goes past it (not re-read at every poll). */
+static void test_revocation_log_bad_row(void)
+{
+    char dir[256], db[300];
+    uint8_t pk[32];
+    int64_t cursor = 0;
+    revoked_seen seen = {0};
+    mdg_identity *id = NULL;
+    sqlite3 *s = NULL;
+
+    path_in(dir, sizeof dir, "badrow");
+    snprintf(db, sizeof db, "%s/%s", dir, MDG_IDENTITY_DB_FILE);
+    CHECK_RC(mdg_identity_open(&id, dir), 0);
+    new_key(pk);
+    CHECK_RC(mdg_identity_add_user(id, "r@example.org", pk, NULL), 0);
+    CHECK_RC(mdg_identity_revoke(id, pk), 0);
+    CHECK(sqlite3_open(db, &s) == SQLITE_OK);
+    CHECK(sqlite3_exec(s, "INSERT INTO revocations (pk, at) VALUES ('not a key', 0)", NULL, NULL,
+                       NULL) == SQLITE_OK);
+    sqlite3_close(s);
+    int last = count_rows(db, "SELECT max(seq) FROM revocations");
+
+    CHECK_RC(mdg_identity_revoked_since(id, &cursor, on_revoked, &seen), 0);
+    CHECK(seen.n == 1 && memcmp(seen.pk[0], pk, 32) == 0);
+    CHECK(last > 0 && cursor == last);
+    mdg_identity_destroy(&id);
+}
+
 static void test_bad_stores(void)
 {
     char dir[256], db[300];
@@ -616,6 +645,7 @@ int main(void)
     test_store(id, dir);
     mdg_identity_destroy(&id);
     test_bad_stores();
+    test_revocation_log_bad_row();
 
     rm_rf(base);
     return t_done("test_identity");

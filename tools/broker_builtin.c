@@ -108,18 +108,41 @@ static void h_ping(mdg_msg *msg, void *arg)
     mdg_msg_reply(msg, r, NULL, 0);
 }
 
-typedef struct name_lookup {
-    const char *pk_b64;
+/* One node of the answer: its key, and its name once the store is read. */
+typedef struct node_row {
+    char b64[MDG_KEY_B64_LEN + 1];
     char name[256];
-} name_lookup;
+} node_row;
 
-static int find_name(const mdg_identity_entry *e, void *arg)
+typedef struct node_rows {
+    node_row *row;
+    size_t n, cap;
+} node_rows;
+
+static void push_row(node_rows *r, const uint8_t pk[MDG_KEY_BYTES])
 {
-    name_lookup *l = arg;
-    if (e->kind != MDG_ENTRY_NODE || strcmp(e->pk_b64, l->pk_b64) != 0)
+    if (r->n < r->cap) {
+        mdg_pk_to_b64(pk, r->row[r->n].b64);
+        r->row[r->n++].name[0] = '\0';
+    }
+}
+
+/* The nodes of the other brokers of a fleet, after our own. */
+static void push_fleet_node(const uint8_t pk[MDG_KEY_BYTES], bool local, void *arg)
+{
+    if (!local)
+        push_row(arg, pk);
+}
+
+static int name_rows(const mdg_identity_entry *e, void *arg)
+{
+    node_rows *r = arg;
+    if (e->kind != MDG_ENTRY_NODE)
         return 0;
-    snprintf(l->name, sizeof l->name, "%s", e->name ? e->name : "");
-    return 1;
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(e->pk_b64, r->row[i].b64) == 0)
+            snprintf(r->row[i].name, sizeof r->row[i].name, "%s", e->name ? e->name : "");
+    return 0;
 }
 
 /* m[k] = v, both strings (the map takes its own references). */
@@ -134,38 +157,20 @@ static bool map_put_str(cbor_item_t *m, const char *k, const char *v)
     return ok;
 }
 
-/* {"name": NAME, "pk": B64} for one node; NULL when out of memory. */
-static cbor_item_t *node_entry(mdg_identity *id, const uint8_t pk[MDG_KEY_BYTES])
+/* [{"name": NAME, "pk": B64}, ...]; NULL when out of memory. */
+static cbor_item_t *node_list(const node_rows *r)
 {
-    char b64[MDG_KEY_B64_LEN + 1];
-    mdg_pk_to_b64(pk, b64);
-    /* the store is read for each call: a node's name may be added while
-     * the broker runs, and `nodes` is an operator's command, not a hot path */
-    name_lookup l = {.pk_b64 = b64};
-    if (id)
-        mdg_identity_list(id, find_name, &l);
-    cbor_item_t *m = cbor_new_definite_map(2);
-    if (m && (!map_put_str(m, "name", l.name) || !map_put_str(m, "pk", b64)))
-        cbor_decref(&m);
-    return m;
-}
-
-typedef struct fleet_nodes {
-    mdg_identity *id;
-    cbor_item_t *list;
-    bool ok;
-} fleet_nodes;
-
-/* The nodes of the other brokers of a fleet, after our own. */
-static void add_fleet_node(const uint8_t pk[MDG_KEY_BYTES], bool local, void *arg)
-{
-    fleet_nodes *fn = arg;
-    if (local || !fn->ok)
-        return;
-    cbor_item_t *e = node_entry(fn->id, pk);
-    fn->ok = e && cbor_array_push(fn->list, e);
-    if (e)
-        cbor_decref(&e);
+    cbor_item_t *list = cbor_new_definite_array(r->n);
+    for (size_t i = 0; list && i < r->n; i++) {
+        cbor_item_t *m = cbor_new_definite_map(2);
+        bool ok = m && map_put_str(m, "name", r->row[i].name) && map_put_str(m, "pk", r->row[i].b64) &&
+                  cbor_array_push(list, m);
+        if (m)
+            cbor_decref(&m);
+        if (!ok)
+            cbor_decref(&list);
+    }
+    return list;
 }
 
 static void h_nodes(mdg_msg *msg, void *arg)
@@ -173,22 +178,22 @@ static void h_nodes(mdg_msg *msg, void *arg)
     broker_builtin *bb = arg;
     mdg_identity *id = atomic_load(&bb->id);
     size_t all = mdg_broker_each_node(bb->b, NULL, NULL);
-    cbor_item_t *list = cbor_new_definite_array(all > bb->n_nodes ? all : bb->n_nodes);
+    node_rows rows = {.cap = bb->n_nodes + all};
+    cbor_item_t *list = NULL;
     mdg_params *r = mdg_params_new();
-    bool ok = list && r;
-    for (size_t i = 0; ok && i < bb->n_nodes; i++) {
-        cbor_item_t *e = node_entry(id, bb->nodes[i]);
-        ok = e && cbor_array_push(list, e);
-        if (e)
-            cbor_decref(&e);
+
+    if (r && (rows.row = malloc((rows.cap ? rows.cap : 1) * sizeof *rows.row))) {
+        for (size_t i = 0; i < bb->n_nodes; i++)
+            push_row(&rows, bb->nodes[i]);
+        mdg_broker_each_node(bb->b, push_fleet_node, &rows);
+        /* The names: one reading of the store for the whole answer (a
+         * node's name may be added while the broker runs). */
+        if (id)
+            mdg_identity_list(id, name_rows, &rows);
+        list = node_list(&rows);
     }
-    fleet_nodes fn = {id, list, ok};
-    if (ok)
-        mdg_broker_each_node(bb->b, add_fleet_node, &fn);
-    ok = fn.ok;
-    if (!ok || mdg_params_set_item(r, "nodes", list) != 0) {
-        if (!ok && list)
-            cbor_decref(&list);
+    free(rows.row);
+    if (!list || mdg_params_set_item(r, "nodes", list) != 0) {
         mdg_params_destroy(&r);
         mdg_msg_fail(msg, "out of memory");
         return;

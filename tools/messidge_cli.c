@@ -469,36 +469,41 @@ static int open_conn(const args *a, long timeout, mdg_conn **out)
     return 0;
 }
 
-/* Call the broker's `nodes`: its reply (the caller destroys it), or NULL
- * after saying why. */
-static mdg_msg *call_nodes(mdg_conn *conn, long timeout)
+/* Call the broker's `nodes`: its "nodes" array read through JSON (the
+ * reply's shape is then checked by jansson's getters; the caller decrefs
+ * *reply), or 1 after saying why. */
+static int call_nodes(mdg_conn *conn, long timeout, json_t **reply, json_t **nodes)
 {
-    mdg_msg *reply = NULL;
-    int rc = mdg_conn_call(conn, "nodes", NULL, NULL, 0, (int)timeout, &reply);
+    mdg_msg *msg = NULL;
+    int rc = mdg_conn_call(conn, "nodes", NULL, NULL, 0, (int)timeout, &msg);
+    *reply = *nodes = NULL;
     if (rc == MDG_EREMOTE) {
         fprintf(stderr, "messidge: the broker has no `nodes` command (%s): is it messidge-broker?\n",
                 mdg_last_error());
-        return NULL;
+        return 1;
     }
-    if (rc != 0) {
-        fail("cannot list the nodes", rc);
-        return NULL;
+    if (rc != 0)
+        return fail("cannot list the nodes", rc);
+    char *text = json_params_text(mdg_msg_params(msg));
+    mdg_msg_destroy(&msg);
+    *reply = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    if (!*reply) {
+        fprintf(stderr, "messidge: cannot read the broker's list of nodes (out of memory)\n");
+        return 1;
     }
-    return reply;
+    *nodes = json_object_get(*reply, "nodes");
+    return 0;
 }
 
 /* --node NAME: the public key of the one connected node of that name. */
 static int node_by_name(mdg_conn *conn, long timeout, const char *name, uint8_t pk[MDG_KEY_BYTES])
 {
-    mdg_msg *reply = call_nodes(conn, timeout);
+    json_t *reply, *nodes, *e;
     int found = 0;
-    if (!reply)
-        return 1;
-    /* read through JSON: the reply's shape is checked by jansson's getters */
-    char *text = json_params_text(mdg_msg_params(reply));
-    json_t *v = text ? json_loads(text, 0, NULL) : NULL;
-    json_t *nodes = json_object_get(v, "nodes"), *e;
     size_t i;
+    if (call_nodes(conn, timeout, &reply, &nodes) != 0)
+        return 1;
     json_array_foreach(nodes, i, e)
     {
         const char *n = json_string_value(json_object_get(e, "name"));
@@ -506,9 +511,7 @@ static int node_by_name(mdg_conn *conn, long timeout, const char *name, uint8_t 
         if (n && k && strcmp(n, name) == 0 && mdg_pk_from_b64(pk, k) == 0)
             found++;
     }
-    json_decref(v);
-    free(text);
-    mdg_msg_destroy(&reply);
+    json_decref(reply);
     if (found == 1)
         return 0;
     if (found == 0)
@@ -604,23 +607,18 @@ static int cmd_nodes(int argc, char **argv)
         return rc;
     if ((rc = open_conn(&a, timeout, &conn)) != 0)
         return rc;
-    mdg_msg *reply = call_nodes(conn, timeout);
-    char *text = reply ? json_params_text(mdg_msg_params(reply)) : NULL;
-    json_t *v = text ? json_loads(text, 0, NULL) : NULL, *e;
-    size_t i, n = 0;
-    json_array_foreach(json_object_get(v, "nodes"), i, e)
+    json_t *reply, *nodes, *e;
+    size_t i;
+    rc = call_nodes(conn, timeout, &reply, &nodes);
+    json_array_foreach(nodes, i, e)
     {
         const char *name = json_string_value(json_object_get(e, "name"));
-        printf("%-20s %s\n", name && *name ? name : "(no name)",
-               json_string_value(json_object_get(e, "pk")) ? json_string_value(json_object_get(e, "pk")) : "?");
-        n++;
+        const char *pk = json_string_value(json_object_get(e, "pk"));
+        printf("%-20s %s\n", name && *name ? name : "(no name)", pk ? pk : "?");
     }
-    if (reply && n == 0)
+    if (rc == 0 && json_array_size(nodes) == 0)
         fprintf(stderr, "messidge: no nodes are connected\n");
-    json_decref(v);
-    free(text);
-    rc = reply ? 0 : 1;
-    mdg_msg_destroy(&reply);
+    json_decref(reply);
     close_conn(&conn);
     return rc;
 }
