@@ -96,6 +96,8 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
         }
     }
     pthread_mutex_init(&b->qlock, NULL);
+    mdg_pool_init(&b->fwd_pool, sizeof(fwd), 1024);
+    mdg_pool_init(&b->kept_pool, sizeof(kept) + KEPT_POOLED_PARAMS, 1024);
     bool maps = true;
     for (int i = 0; i < BROKER_LISTENERS; i++)
         maps = maps && (b->listeners[i].rids = mdg_map_new()) != NULL &&
@@ -541,7 +543,7 @@ void mdg_broker_destroy(mdg_broker **pb)
         close(b->spare[--b->n_spare]);
     fwd *f;
     while (b->fwds && (f = mdg_map_pop(b->fwds)) != NULL)
-        free(f);
+        mdg_pool_free(&b->fwd_pool, f);
     share *sh;
     while (b->shares && (sh = mdg_map_pop(b->shares)) != NULL)
         free(sh);
@@ -575,6 +577,8 @@ void mdg_broker_destroy(mdg_broker **pb)
     mdg_map_destroy(&b->ready);
     mdg_map_destroy(&b->allow);
     mdg_keys_destroy(&b->keys);
+    mdg_pool_clear(&b->fwd_pool);
+    mdg_pool_clear(&b->kept_pool);
     free(b);
     *pb = NULL;
 }

@@ -34,7 +34,10 @@ static void free_one_kept(mdg_broker *b, peer *p, kept *k)
     zmq_msg_close(&k->m.params);
     if (k->m.has_bulk)
         zmq_msg_close(&k->m.bulk);
-    free(k);
+    if (k->pooled)
+        mdg_pool_free(&b->kept_pool, k);
+    else
+        free(k);
 }
 
 static void chan_release(void *owner, mdg_chan_msg *m)
@@ -148,7 +151,8 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
      * for both); m.params is a libzmq message over those bytes that owns
      * nothing, safe because every send copies them into a frame of its own */
     size_t plen = zmq_msg_size(params);
-    kept *k = calloc(1, sizeof *k + plen);
+    bool pooled = plen <= KEPT_POOLED_PARAMS;
+    kept *k = pooled ? mdg_pool_alloc(&b->kept_pool) : calloc(1, sizeof *k + plen);
     if (!k) {
         zmq_msg_close(params);
         if (bulk)
@@ -156,6 +160,7 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
         return mdg_fail(MDG_ENOMEM, "out of memory queueing a message");
     }
     broker_count_out(b, h->kind, params, bulk);
+    k->pooled = pooled;
     k->m.h = *h;
     if (origin) {
         k->counted = true;

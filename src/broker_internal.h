@@ -23,6 +23,7 @@
 #include "internal.h"
 #include "loop.h"
 #include "map.h"
+#include "pool.h"
 #include "msg.h"
 #include "params.h"
 #include "wire.h"
@@ -140,9 +141,14 @@ typedef struct kept {
     /* a fire-and-forget command forwarded to a node: it counts in its
      * sender's share of that node until the node acknowledges it */
     bool counted;
+    bool pooled; /* from b->kept_pool (params of up to KEPT_POOLED_PARAMS bytes) */
     uint8_t origin[SESSION_ID_BYTES];
     uint8_t params[]; /* the encoded params, which m.params points at */
 } kept;
+
+/* Params up to this size are kept in a block of the broker's kept_pool:
+ * a call or a reply with a few keys and a 64-byte value, with the stamps. */
+#define KEPT_POOLED_PARAMS 256
 
 /* Why the broker refused something (broker_metrics.c names them). */
 enum broker_refusal {
@@ -201,6 +207,7 @@ struct mdg_broker {
     mdg_map *nodes;    /* node pk -> peer: one live connection per node */
     mdg_map *by_fd;    /* socket fd -> peer */
     mdg_map *fwds;     /* forwarded call id -> fwd */
+    mdg_pool fwd_pool, kept_pool; /* freed fwds and kept messages, for the next burst */
     uint64_t next_fwd; /* last id given; starts at random, see mdg_broker_new */
     size_t tombstones; /* ended channels among fwds */
     mdg_map *shares;   /* session id + node pk -> share */

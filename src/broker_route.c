@@ -95,7 +95,7 @@ void broker_fwd_free(mdg_broker *b, fwd *f)
             caller->paused_fwds--;
         broker_share_release(b, f->session_id, f->node_pk);
     }
-    free(f);
+    mdg_pool_free(&b->fwd_pool, f);
 }
 
 /* Tell a node about one of its calls (MDG_FLOW_COMMAND, numbered like any
@@ -316,16 +316,17 @@ static bool peer_full(const mdg_broker *b, const peer *p)
 static fwd *new_fwd(mdg_broker *b, const uint8_t *node_pk, const uint8_t *session_id, uint64_t corr,
                     const char *command)
 {
-    fwd *f = calloc(1, sizeof *f);
+    fwd *f = mdg_pool_alloc(&b->fwd_pool);
     if (!f || mdg_map_put_u64(b->fwds, b->next_fwd + 1, f) != 0) {
-        free(f);
+        mdg_pool_free(&b->fwd_pool, f);
         return NULL;
     }
     f->id = ++b->next_fwd;
     memcpy(f->node_pk, node_pk, MDG_KEY_BYTES);
     memcpy(f->session_id, session_id, SESSION_ID_BYTES);
     f->user_corr = corr;
-    snprintf(f->command, sizeof f->command, "%.63s", command);
+    size_t n = strnlen(command, sizeof f->command - 1); /* f is zeroed: NUL-terminated */
+    memcpy(f->command, command, n);
     return f;
 }
 

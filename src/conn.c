@@ -64,6 +64,8 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     memcpy(c->server_pk, server_pk, MDG_KEY_BYTES);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->drive, NULL);
+    mdg_pool_init(&c->out_pool, sizeof(out_item) + OUT_POOLED_PARAMS, 256);
+    mdg_pool_init(&c->pending_pool, sizeof(pending), 256);
     pthread_cond_init(&c->state_cond, NULL);
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
@@ -390,50 +392,55 @@ int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms)
 
 /* ---------------------------------------------------------------- sending */
 
-/* Common checks for every send: refuse early with the reason. */
-static int can_send(mdg_conn *c)
+/* Common checks for every send (under lock): refuse early with the reason. */
+static int send_refused(mdg_conn *c)
 {
     int rc = 0;
-    pthread_mutex_lock(&c->lock);
     if (c->state == C_NEW)
         rc = mdg_fail(MDG_ESTATE, "mdg_conn_start first");
     else if (c->fail_err)
         rc = mdg_fail(c->fail_err, "%s", c->fail_text);
     else if (c->state == C_CLOSED || c->closing)
         rc = mdg_fail(MDG_ECLOSED, "connection closed");
-    pthread_mutex_unlock(&c->lock);
     return rc;
 }
 
+/* Send a command. A call's record waits for its reply: a blocking
+ * caller's own (waiter), or one from the pool for a callback (cb). */
 static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
-                    size_t bulk_len, pending *pd)
+                    size_t bulk_len, pending *waiter, mdg_reply_fn cb, void *arg)
 {
     out_item *o;
+    pending *pd = waiter;
     int rc;
     if (!c || !command || !*command || (!bulk && bulk_len)) {
         mdg_params_destroy(&params);
         return mdg_fail(MDG_EINVAL, "a command needs a name");
     }
-    if ((rc = can_send(c)) != 0) {
+    pthread_mutex_lock(&c->lock);
+    rc = send_refused(c);
+    if (!rc && cb && !(pd = conn_pending_alloc_locked(c)))
+        rc = MDG_ENOMEM;
+    if (!rc && pd) { /* the record and its place in the map in one turn of the lock */
+        pd->cb = cb;
+        pd->arg = arg;
+        pd->corr = ++c->next_corr;
+        if ((rc = mdg_map_put_u64(c->pending, pd->corr, pd)) != 0 && pd != waiter)
+            conn_pending_free_locked(c, pd);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc) {
         mdg_params_destroy(&params);
         return rc;
     }
-    if ((rc = conn_out_new(&o, MDG_K_CMD, command, 0, 0, params, bulk, bulk_len)) != 0)
-        return rc;
-    if (pd) {
-        pthread_mutex_lock(&c->lock);
-        o->m.h.corr = pd->corr = ++c->next_corr;
-        rc = mdg_map_put_u64(c->pending, pd->corr, pd);
-        pthread_mutex_unlock(&c->lock);
-        if (rc) {
-            conn_out_free(o);
-            return rc;
+    if ((rc = conn_out_new(c, &o, MDG_K_CMD, command, pd ? pd->corr : 0, 0, params, bulk, bulk_len)) != 0 ||
+        (rc = conn_enqueue(c, o)) != 0) {
+        if (pd) {
+            pthread_mutex_lock(&c->lock);
+            if (mdg_map_take_u64(c->pending, pd->corr) == pd && pd != waiter)
+                conn_pending_free_locked(c, pd);
+            pthread_mutex_unlock(&c->lock);
         }
-    }
-    if ((rc = conn_enqueue(c, o)) != 0 && pd) {
-        pthread_mutex_lock(&c->lock);
-        mdg_map_take_u64(c->pending, pd->corr);
-        pthread_mutex_unlock(&c->lock);
     }
     return rc;
 }
@@ -441,25 +448,13 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
 int mdg_conn_send(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
                   size_t bulk_len)
 {
-    return send_cmd(c, command, params, bulk, bulk_len, NULL);
+    return send_cmd(c, command, params, bulk, bulk_len, NULL, NULL, NULL);
 }
 
 int mdg_conn_send_cb(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
                      size_t bulk_len, mdg_reply_fn cb, void *arg)
 {
-    if (!cb)
-        return send_cmd(c, command, params, bulk, bulk_len, NULL);
-    pending *pd = calloc(1, sizeof *pd);
-    if (!pd) {
-        mdg_params_destroy(&params);
-        return MDG_ENOMEM;
-    }
-    pd->cb = cb;
-    pd->arg = arg;
-    int rc = send_cmd(c, command, params, bulk, bulk_len, pd);
-    if (rc)
-        free(pd);
-    return rc;
+    return send_cmd(c, command, params, bulk, bulk_len, NULL, cb, arg);
 }
 
 /* Serve the socket on this thread until pd's reply comes: the loop thread
@@ -570,7 +565,7 @@ int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const vo
     pthread_cond_init(&pd.cond, NULL);
     int64_t deadline = deadline_of(timeout_ms);
     bool lead = c && lead_begin(c);
-    rc = send_cmd(c, command, params, bulk, bulk_len, &pd);
+    rc = send_cmd(c, command, params, bulk, bulk_len, &pd, NULL, NULL);
     if (lead) {
         if (rc == 0)
             drive_wait(c, &pd, deadline, true);
@@ -619,7 +614,7 @@ void conn_fail_pending(mdg_conn *c, int err, const char *text)
             pd->done = true;
             pthread_cond_signal(&pd->cond);
         } else if (pd->done) { /* a callback call that had its reply, kept for more */
-            free(pd);
+            conn_pending_free_locked(c, pd);
         } else {
             pd->reply = (mdg_msg *)cbs; /* chain through an unused field */
             cbs = pd;
@@ -632,7 +627,9 @@ void conn_fail_pending(mdg_conn *c, int err, const char *text)
         m.params = mdg_params_new();
         cbs->cb(&m, cbs->arg);
         mdg_params_destroy(&m.params);
-        free(cbs);
+        pthread_mutex_lock(&c->lock);
+        conn_pending_free_locked(c, cbs);
+        pthread_mutex_unlock(&c->lock);
         cbs = next;
     }
 }
@@ -684,7 +681,7 @@ void mdg_conn_destroy(mdg_conn **pc)
     size_t unsent = 0;
     for (out_item *o = c->out_head, *n; o; o = n) {
         n = (out_item *)o->m.next;
-        conn_out_free(o);
+        conn_out_free(c, o);
         unsent++;
     }
     mdg_chan_reset(&c->chan);
@@ -694,7 +691,7 @@ void mdg_conn_destroy(mdg_conn **pc)
         pending *pd;
         while ((pd = mdg_map_pop(c->pending)) != NULL)
             if (!pd->blocking)
-                free(pd);
+                conn_pending_free_locked(c, pd);
     }
     conn_close_socket(c, false);
     if (c->ctx)
@@ -709,6 +706,8 @@ void mdg_conn_destroy(mdg_conn **pc)
     mdg_keys_destroy(&c->keys);
     pthread_cond_destroy(&c->state_cond);
     pthread_cond_destroy(&c->room_cond);
+    mdg_pool_clear(&c->out_pool);
+    mdg_pool_clear(&c->pending_pool);
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->drive);
     free(c);

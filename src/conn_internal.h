@@ -28,6 +28,7 @@
 #include "map.h"
 #include "msg.h"
 #include "params.h"
+#include "pool.h"
 #include "wire.h"
 
 #include <pthread.h>
@@ -55,8 +56,13 @@ enum conn_state { C_NEW, C_CONNECTING, C_READY, C_RECONNECTING, C_CLOSED };
 typedef struct out_item {
     mdg_chan_msg m; /* first: the channel's part (kind, corr, flags, command, frames) */
     uint64_t epoch; /* a reply: the session of the command it answers */
+    bool pooled;    /* from c->out_pool (params of up to OUT_POOLED_PARAMS bytes) */
     uint8_t params[]; /* the encoded params, which m.params points at */
 } out_item;
+
+/* Params up to this size are queued in a block of the connection's
+ * out_pool: a call or a reply with a few keys and a 64-byte value. */
+#define OUT_POOLED_PARAMS 192
 
 /* A call of ours that waits for its reply (c->pending, by corr). */
 typedef struct pending {
@@ -120,6 +126,7 @@ struct mdg_conn {
     out_item *out_head, *out_tail; /* not yet sent */
     size_t backlog;                /* queued + sent-but-unacked */
     mdg_map *pending;              /* corr -> pending */
+    mdg_pool out_pool, pending_pool; /* freed out_items and pendings (under lock) */
     uint64_t next_corr;
     uint8_t session_id[SESSION_ID_MAX];
     size_t session_id_len;
@@ -216,8 +223,13 @@ void conn_event(mdg_conn *c, int ev, const char *detail);
 void conn_fail_pending(mdg_conn *c, int err, const char *text);
 
 /* conn_queue.c: the outgoing side */
-void conn_out_free(out_item *o);
-int conn_out_new(out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
+/* Free a queued message: under c->lock (_locked) or not. */
+void conn_out_free(mdg_conn *c, out_item *o);
+void conn_out_free_locked(mdg_conn *c, out_item *o);
+/* A callback call's record, from the pool, and back (under c->lock). */
+pending *conn_pending_alloc_locked(mdg_conn *c);
+void conn_pending_free_locked(mdg_conn *c, pending *pd);
+int conn_out_new(mdg_conn *c, out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
                  mdg_params *params, const void *bulk, size_t bulk_len);
 int conn_enqueue(mdg_conn *c, out_item *o);
 size_t conn_drop_stale_replies(mdg_conn *c);

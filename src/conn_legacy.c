@@ -282,12 +282,12 @@ static void legacy_linger(mdg_conn *c, uint64_t corr)
         return;
     pthread_mutex_lock(&c->lock);
     pending *pd = mdg_map_take_u64(c->pending, old);
+    if (pd)
+        conn_pending_free_locked(c, pd);
     pthread_mutex_unlock(&c->lock);
-    if (pd) {
+    if (pd)
         mdg_log(MDG_LOG_WARN, "more than %d answered 1.x calls kept for further replies: "
                               "the oldest (call %llu) forgotten", c->opts.queue_limit, (unsigned long long)old);
-        free(pd);
-    }
 }
 
 /* 1.x cannot mark a call's last reply (mdg_msg_more is always false): a

@@ -19,12 +19,38 @@
 
 /* ------------------------------------------------------------- the queue */
 
-void conn_out_free(out_item *o)
+/* The item's memory only (under lock). */
+static void out_block_free(mdg_conn *c, out_item *o)
+{
+    if (o->pooled)
+        mdg_pool_free(&c->out_pool, o);
+    else
+        free(o);
+}
+
+void conn_out_free_locked(mdg_conn *c, out_item *o)
 {
     zmq_msg_close(&o->m.params);
     if (o->m.has_bulk)
         zmq_msg_close(&o->m.bulk);
-    free(o);
+    out_block_free(c, o);
+}
+
+void conn_out_free(mdg_conn *c, out_item *o)
+{
+    pthread_mutex_lock(&c->lock);
+    conn_out_free_locked(c, o);
+    pthread_mutex_unlock(&c->lock);
+}
+
+pending *conn_pending_alloc_locked(mdg_conn *c)
+{
+    return mdg_pool_alloc(&c->pending_pool);
+}
+
+void conn_pending_free_locked(mdg_conn *c, pending *pd)
+{
+    mdg_pool_free(&c->pending_pool, pd);
 }
 
 /* Build an outgoing message; params taken, bulk copied. The params are
@@ -32,16 +58,25 @@ void conn_out_free(out_item *o)
  * libzmq message over those bytes that owns nothing (no free function),
  * which is safe because every way out copies them into a frame of its own
  * (a head frame, or a 1.x frame). */
-int conn_out_new(out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
+int conn_out_new(mdg_conn *c, out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
                  mdg_params *params, const void *bulk, size_t bulk_len)
 {
     int rc;
     size_t plen = mdg_params_encoded_size(params);
-    out_item *o = calloc(1, sizeof *o + plen);
+    bool pooled = plen <= OUT_POOLED_PARAMS;
+    out_item *o;
+    if (pooled) {
+        pthread_mutex_lock(&c->lock);
+        o = mdg_pool_alloc(&c->out_pool);
+        pthread_mutex_unlock(&c->lock);
+    } else {
+        o = calloc(1, sizeof *o + plen);
+    }
     if (!o) {
         mdg_params_destroy(&params);
         return MDG_ENOMEM;
     }
+    o->pooled = pooled;
     o->m.h.kind = (uint8_t)kind;
     o->m.h.corr = corr;
     o->m.h.flags = flags;
@@ -49,7 +84,9 @@ int conn_out_new(out_item **out, int kind, const char *command, uint64_t corr, u
     mdg_params_destroy(&params);
     if ((rc = mdg_header_set_command(&o->m.h, command)) != 0 ||
         zmq_msg_init_data(&o->m.params, o->params, plen, NULL, NULL) != 0) {
-        free(o);
+        pthread_mutex_lock(&c->lock);
+        out_block_free(c, o);
+        pthread_mutex_unlock(&c->lock);
         return rc ? rc : MDG_ENOMEM;
     }
     if (bulk_len) {
@@ -92,7 +129,7 @@ static void count_backlog(mdg_conn *c, const out_item *o, int delta)
 static void out_release(mdg_conn *c, out_item *o)
 {
     count_backlog(c, o, -1);
-    conn_out_free(o);
+    conn_out_free_locked(c, o);
 }
 
 /* Queue a message for the loop thread to send, within the backlog limit
@@ -113,8 +150,8 @@ int conn_enqueue(mdg_conn *c, out_item *o)
         if (c->opts.nonblocking) {
             bool full = c->backlog >= limit;
             size_t n = full ? c->backlog : in_flight(c, o);
+            conn_out_free_locked(c, o);
             pthread_mutex_unlock(&c->lock);
-            conn_out_free(o);
             return full ? mdg_fail(MDG_EAGAIN, "would block: %zu messages await the broker's acknowledgement (queue_limit)", n)
                         : mdg_fail(MDG_EAGAIN, "would block: %zu replies to this call await the broker's acknowledgement", n);
         }
@@ -125,8 +162,8 @@ int conn_enqueue(mdg_conn *c, out_item *o)
                  : c->closing ? mdg_fail(MDG_ECLOSED, "connection closed")
                               : mdg_fail(MDG_ECLOSED, "the session this call came in on has ended (the broker "
                                                       "no longer knew it): its caller cannot be answered");
+        conn_out_free_locked(c, o);
         pthread_mutex_unlock(&c->lock);
-        conn_out_free(o);
         return rc;
     }
     count_backlog(c, o, +1);
@@ -306,7 +343,7 @@ int conn_queue_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results, 
         mdg_params_destroy(&results);
         return 0;
     }
-    int rc = conn_out_new(&o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
+    int rc = conn_out_new(c, &o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
     if (rc)
         return rc;
     o->epoch = m->epoch;

@@ -199,15 +199,16 @@ void conn_on_reply(mdg_conn *c, mdg_msg *m)
         pthread_mutex_unlock(&c->lock);
         return;
     }
+    mdg_reply_fn cb = pd ? pd->cb : NULL;
+    void *arg = pd ? pd->arg : NULL;
+    if (pd && final) /* out of the map: no one else can reach it */
+        conn_pending_free_locked(c, pd);
     pthread_mutex_unlock(&c->lock);
-    if (!pd) {
+    if (!cb)
         mdg_log(MDG_LOG_INFO, "reply to call %llu that no one waits for (timed out?) dropped",
                 (unsigned long long)m->h.corr);
-    } else {
-        pd->cb(m, pd->arg);
-        if (final)
-            free(pd);
-    }
+    else
+        cb(m, arg);
     mdg_msg_destroy(&m);
 }
 
