@@ -71,6 +71,36 @@ void broker_flush_peer(mdg_broker *b, peer *p)
         broker_detach(b, p, "unroutable");
 }
 
+static bool *listed_flag(mdg_broker *b, mdg_map *list, peer *p)
+{
+    return list == b->to_flush ? &p->in_to_flush : &p->in_owed_ack;
+}
+
+void broker_list(mdg_broker *b, mdg_map *list, peer *p)
+{
+    bool *listed = listed_flag(b, list, p);
+    if (!*listed && mdg_map_put(list, p->session_id, SESSION_ID_BYTES, p) == 0)
+        *listed = true;
+}
+
+bool broker_unlist(mdg_broker *b, mdg_map *list, peer *p)
+{
+    bool *listed = listed_flag(b, list, p);
+    if (!*listed)
+        return false;
+    mdg_map_take(list, p->session_id, SESSION_ID_BYTES);
+    *listed = false;
+    return true;
+}
+
+peer *broker_list_pop(mdg_broker *b, mdg_map *list)
+{
+    peer *p = mdg_map_pop(list);
+    if (p)
+        *listed_flag(b, list, p) = false;
+    return p;
+}
+
 /* The end of a turn of the loop: what it gave each peer goes out. */
 int broker_flush_turn(mdg_loop *loop, void *arg, short revents)
 {
@@ -78,7 +108,7 @@ int broker_flush_turn(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_broker *b = arg;
     peer *p;
-    while ((p = mdg_map_pop(b->to_flush)) != NULL) {
+    while ((p = broker_list_pop(b, b->to_flush)) != NULL) {
         broker_flush_peer(b, p);
         if (p->attached && mdg_chan_ack_due(&p->chan)) /* nothing sent carried it */
             broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
@@ -122,7 +152,7 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
     if (!mdg_kind_sequenced(h->kind)) {
         /* never ahead of the numbered ones this turn gave the peer (a
          * goodbye after the last replies) */
-        if (mdg_map_take(b->to_flush, p->session_id, SESSION_ID_BYTES))
+        if (broker_unlist(b, b->to_flush, p))
             broker_flush_peer(b, p);
         h->seq = 0;
         mdg_chan_stamp(&p->chan, h);
@@ -180,7 +210,7 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
     /* sent at the end of this turn of the loop, with whatever else the turn
      * gives this peer: one frame for many, never a wait for a lone one */
     if (p->attached)
-        mdg_map_put(b->to_flush, p->session_id, SESSION_ID_BYTES, p);
+        broker_list(b, b->to_flush, p);
     return 0;
 }
 
@@ -341,9 +371,9 @@ static bool process(mdg_broker *b, peer *p, mdg_inbound *in, const char *who)
         /* at the end of this turn, unless what the turn sends p carries it
          * (an ACK now would send what p was given so far as a frame of its
          * own) */
-        mdg_map_put(b->to_flush, p->session_id, SESSION_ID_BYTES, p);
+        broker_list(b, b->to_flush, p);
     else if (numbered && mdg_chan_ack_owed(&p->chan)) /* not when a reply carried it */
-        mdg_map_put(b->owed_ack, p->session_id, SESSION_ID_BYTES, p);
+        broker_list(b, b->owed_ack, p);
     return done;
 }
 
@@ -436,7 +466,7 @@ int broker_on_ack_timer(mdg_loop *loop, void *arg, short revents)
     (void)revents;
     mdg_broker *b = arg;
     peer *p;
-    while ((p = mdg_map_pop(b->owed_ack)) != NULL)
+    while ((p = broker_list_pop(b, b->owed_ack)) != NULL)
         if (p->attached && mdg_chan_ack_owed(&p->chan))
             broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
     return 0;

@@ -55,6 +55,7 @@ typedef struct peer {
     int fd;          /* the connection's socket, to notice it closing */
     void *data;      /* the application's per-session / per-node data */
     bool attached;     /* has a live link (rid and fd are valid) */
+    bool in_to_flush, in_owed_ack; /* listed in b->to_flush / b->owed_ack (broker_list) */
     bool silent;       /* detached for silence, its link may still be open */
     int64_t detached_at;
     int64_t last_rx;   /* when it last sent anything */
@@ -314,6 +315,11 @@ int broker_on_grace_timer(mdg_loop *loop, void *arg, short revents);
 /* broker_channel.c: each session's numbered messages, both ways */
 void broker_chan_init(peer *p);
 void broker_flush_peer(mdg_broker *b, peer *p);
+/* List p in b->to_flush or b->owed_ack (once: a flag on p saves a lookup
+ * per message), take it off (whether it was listed), or pop any one. */
+void broker_list(mdg_broker *b, mdg_map *list, peer *p);
+bool broker_unlist(mdg_broker *b, mdg_map *list, peer *p);
+peer *broker_list_pop(mdg_broker *b, mdg_map *list);
 int broker_flush_turn(mdg_loop *loop, void *arg, short revents);
 size_t broker_over_limit(const mdg_broker *b, int quarters);
 int broker_send_frames(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *params, zmq_msg_t *bulk);

@@ -41,7 +41,7 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     char who[MDG_KEY_B64_LEN + 1];
     pk_short(p->pk, who);
     mdg_log(MDG_LOG_INFO, "%s %s: session closed: %s", p->role == MDG_ROLE_NODE ? "node" : "user", who, why);
-    if (mdg_map_take(b->to_flush, p->session_id, SESSION_ID_BYTES))
+    if (broker_unlist(b, b->to_flush, p))
         broker_flush_peer(b, p); /* what this turn gave it still goes */
     mdg_map *rids = rids_of(p);
     if (mdg_map_get(rids, p->rid, p->rid_len) == p)
@@ -55,7 +55,7 @@ void broker_close_session(mdg_broker *b, peer *p, const char *why)
     if (listed)
         mdg_map_take(b->nodes, p->pk, MDG_KEY_BYTES);
     publish_counts(b);
-    mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
+    broker_unlist(b, b->owed_ack, p);
     mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
     if (p->role == MDG_ROLE_NODE) {
         if (b->hooks.node_left)
@@ -103,7 +103,7 @@ void broker_detach(mdg_broker *b, peer *p, const char *why)
     p->stale_rid_len = p->rid_len;
     if (mdg_map_get(b->by_fd, &p->fd, sizeof p->fd) == p)
         mdg_map_take(b->by_fd, &p->fd, sizeof p->fd);
-    mdg_map_take(b->owed_ack, p->session_id, SESSION_ID_BYTES);
+    broker_unlist(b, b->owed_ack, p);
     mdg_map_take(b->backlog, p->session_id, SESSION_ID_BYTES);
     p->attached = false;
     p->silent = false;

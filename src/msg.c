@@ -4,14 +4,17 @@
 #include "internal.h"
 #include "params.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 int mdg_msg_from_inbound(mdg_msg **out, mdg_inbound *in)
 {
-    mdg_msg *m = calloc(1, sizeof *m);
+    _Static_assert(offsetof(mdg_msg, h) == 0, "the header comes first");
+    mdg_msg *m = malloc(sizeof *m); /* all but the header zeroed: it is copied below */
     if (!m)
         return MDG_ENOMEM;
+    memset((char *)m + sizeof m->h, 0, sizeof *m - sizeof m->h);
     int rc = mdg_inbound_take_params(in, &m->params);
     if (rc) {
         free(m);

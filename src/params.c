@@ -161,12 +161,18 @@ static head item_head(const mdg_params *p, size_t i)
     return h;
 }
 
-/* The pair whose key is key (klen bytes), or -1. */
+/* The pair whose key is key (klen bytes), or -1. A text key's last klen
+ * bytes are its text, so a key whose tail differs is passed over without
+ * decoding its head; a candidate is decoded to be sure (its head may say
+ * another length, or another type). */
 static long find(const mdg_params *p, const char *key, size_t klen)
 {
     if (!p || !key)
         return -1;
     for (size_t k = 0; k < p->n; k++) {
+        size_t start = p->at[2 * k], len = p->at[2 * k + 1] - start;
+        if (len <= klen || memcmp(p->buf + start + len - klen, key, klen) != 0)
+            continue;
         head h = item_head(p, 2 * k);
         if (h.kind == MDG_CBOR_TEXT && h.len == klen && memcmp(h.data, key, klen) == 0)
             return (long)k;

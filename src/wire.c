@@ -28,7 +28,9 @@ int mdg_header_set_command(mdg_header *h, const char *command)
     return 0;
 }
 
-size_t mdg_wire_encode_header(const mdg_header *h, uint8_t *buf, size_t cap)
+/* h with these flags (a message of a head frame has MDG_F_NEXT set or
+ * cleared without a copy of its header). */
+static size_t encode_header(const mdg_header *h, uint32_t flags, uint8_t *buf, size_t cap)
 {
     size_t n = 0;
 #define ENC(call)                   \
@@ -49,9 +51,14 @@ size_t mdg_wire_encode_header(const mdg_header *h, uint8_t *buf, size_t cap)
         return 0;
     memcpy(buf + n, h->command, h->command_len);
     n += h->command_len;
-    ENC(cbor_encode_uint(h->flags, buf + n, cap - n));
+    ENC(cbor_encode_uint(flags, buf + n, cap - n));
 #undef ENC
     return n;
+}
+
+size_t mdg_wire_encode_header(const mdg_header *h, uint8_t *buf, size_t cap)
+{
+    return encode_header(h, h->flags, buf, cap);
 }
 
 /* ---------------------------------------------------------- header decode */
@@ -158,7 +165,12 @@ static int decode_header_at(const void *buf, size_t len, mdg_header *h, size_t *
     hdr_state s = {.h = h, .field = -1};
     size_t off = 0;
 
-    memset(h, 0, sizeof *h);
+    /* every field the wire has (the command's bytes are written up to its NUL) */
+    h->kind = 0;
+    h->flags = 0;
+    h->seq = h->ack = h->corr = 0;
+    h->command_len = 0;
+    h->command[0] = '\0';
     /* 8 items: the array start and its 7 fields */
     for (int i = 0; i < 8 && !s.bad; i++) {
         struct cbor_decoder_result r =
@@ -211,9 +223,7 @@ int mdg_wire_read_head(const void *buf, size_t len, size_t *off, mdg_header *h, 
 size_t mdg_wire_put_head(uint8_t *buf, size_t cap, const mdg_header *h, bool next, const void *params,
                          size_t params_len)
 {
-    mdg_header nh = *h;
-    nh.flags = next ? nh.flags | MDG_F_NEXT : nh.flags & ~(uint32_t)MDG_F_NEXT;
-    size_t n = mdg_wire_encode_header(&nh, buf, cap);
+    size_t n = encode_header(h, next ? h->flags | MDG_F_NEXT : h->flags & ~(uint32_t)MDG_F_NEXT, buf, cap);
     if (!n || cap - n < params_len)
         return 0;
     if (params_len)
