@@ -385,6 +385,7 @@ static void legacy_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
         legacy_hello(b, l, mdg_map_get(l->rids, rid, rid_len), rid, rid_len, zmq_msg_get(&f->part[1], ZMQ_SRCFD),
                      &lf);
     } else if (!p) {
+        broker_on_monitor(b->loop, b, 0); /* as for 'auth' */
         if (broker_stray_first(l, zmq_msg_get(&f->part[1], ZMQ_SRCFD)))
             mdg_log(MDG_LOG_WARN, "1.x frame from a link without a session refused (say 'auth' first; said once "
                                   "per link, each one is refused)");

@@ -141,6 +141,7 @@ static void on_inbound(mdg_broker *b, broker_listener *l, peer *p, const sender 
         break;
     }
     if (!p) {
+        broker_on_monitor(b->loop, b, 0); /* drops first: a new link may reuse a closed fd */
         if (broker_stray_first(l, link_fd(s)))
             mdg_log(MDG_LOG_WARN, "%s '%s' from %s without a session (said once per link; each one is answered)",
                     mdg_kind_name(h->kind), h->command, who);
@@ -254,7 +255,10 @@ void broker_drain(broker_listener *l, void (*handle)(mdg_broker *, broker_listen
 {
     mdg_broker *b = l->broker;
     mdg_frames f;
-    broker_on_monitor(b->loop, b, 0);
+    /* Connection events are not read first here (a receive on each
+     * listener's monitor socket, a system call each, before every turn's
+     * messages): only a hello and a message without a session use the
+     * link's fd, and they read them first themselves. */
     for (int i = 0; i < MDG_LOOP_BATCH && mdg_frames_recv(l->sock, &f) == 0; i++) {
         handle(b, l, &f);
         mdg_frames_close(&f);
