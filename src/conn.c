@@ -410,30 +410,40 @@ static int send_refused(mdg_conn *c)
 static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
                     size_t bulk_len, pending *waiter, mdg_reply_fn cb, void *arg)
 {
-    out_item *o;
+    out_item *o = NULL;
     pending *pd = waiter;
     int rc;
     if (!c || !command || !*command || (!bulk && bulk_len)) {
         mdg_params_destroy(&params);
         return mdg_fail(MDG_EINVAL, "a command needs a name");
     }
+    size_t plen = mdg_params_encoded_size(params);
+    /* the checks, the call's record, its place in the map and the queued
+     * message's block in one turn of the lock */
     pthread_mutex_lock(&c->lock);
     rc = send_refused(c);
     if (!rc && cb && !(pd = conn_pending_alloc_locked(c)))
         rc = MDG_ENOMEM;
-    if (!rc && pd) { /* the record and its place in the map in one turn of the lock */
+    if (!rc && !(o = conn_out_alloc_locked(c, plen)))
+        rc = MDG_ENOMEM;
+    if (!rc && pd) {
         pd->cb = cb;
         pd->arg = arg;
         pd->corr = ++c->next_corr;
-        if ((rc = mdg_map_put_u64(c->pending, pd->corr, pd)) != 0 && pd != waiter)
+        rc = mdg_map_put_u64(c->pending, pd->corr, pd);
+    }
+    if (rc) {
+        if (pd && pd != waiter)
             conn_pending_free_locked(c, pd);
+        if (o)
+            conn_out_block_free_locked(c, o);
     }
     pthread_mutex_unlock(&c->lock);
     if (rc) {
         mdg_params_destroy(&params);
         return rc;
     }
-    if ((rc = conn_out_new(c, &o, MDG_K_CMD, command, pd ? pd->corr : 0, 0, params, bulk, bulk_len)) != 0 ||
+    if ((rc = conn_out_build(c, o, MDG_K_CMD, command, pd ? pd->corr : 0, 0, params, plen, bulk, bulk_len)) != 0 ||
         (rc = conn_enqueue(c, o)) != 0) {
         if (pd) {
             pthread_mutex_lock(&c->lock);

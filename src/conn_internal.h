@@ -153,6 +153,7 @@ struct mdg_conn {
     int hs_reset;    /* links in a row reset before their handshake completed */
     bool pollout;    /* waiting for room in the socket's queue */
     bool room_made;  /* the channel released messages: wake who waits for room */
+    bool acking;     /* conn_acked is releasing messages, under lock */
     int attempt;     /* reconnects since the last session */
     int ack_timer;
     int reconnect_timer; /* pending reconnect, or 0 */
@@ -226,11 +227,19 @@ void conn_fail_pending(mdg_conn *c, int err, const char *text);
 /* Free a queued message: under c->lock (_locked) or not. */
 void conn_out_free(mdg_conn *c, out_item *o);
 void conn_out_free_locked(mdg_conn *c, out_item *o);
+/* An item's block back, before it was built (under c->lock). */
+void conn_out_block_free_locked(mdg_conn *c, out_item *o);
 /* A callback call's record, from the pool, and back (under c->lock). */
 pending *conn_pending_alloc_locked(mdg_conn *c);
 void conn_pending_free_locked(mdg_conn *c, pending *pd);
 int conn_out_new(mdg_conn *c, out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
                  mdg_params *params, const void *bulk, size_t bulk_len);
+/* conn_out_new in two steps, for a caller that holds the lock anyway: a
+ * block for params of plen bytes (NULL when out of memory), then the
+ * message built in it (params taken; the block is freed on failure). */
+out_item *conn_out_alloc_locked(mdg_conn *c, size_t plen);
+int conn_out_build(mdg_conn *c, out_item *o, int kind, const char *command, uint64_t corr, uint32_t flags,
+                   mdg_params *params, size_t plen, const void *bulk, size_t bulk_len);
 int conn_enqueue(mdg_conn *c, out_item *o);
 size_t conn_drop_stale_replies(mdg_conn *c);
 void conn_chan_release(void *owner, mdg_chan_msg *m);

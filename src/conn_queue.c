@@ -20,7 +20,7 @@
 /* ------------------------------------------------------------- the queue */
 
 /* The item's memory only (under lock). */
-static void out_block_free(mdg_conn *c, out_item *o)
+void conn_out_block_free_locked(mdg_conn *c, out_item *o)
 {
     if (o->pooled)
         mdg_pool_free(&c->out_pool, o);
@@ -33,7 +33,7 @@ void conn_out_free_locked(mdg_conn *c, out_item *o)
     zmq_msg_close(&o->m.params);
     if (o->m.has_bulk)
         zmq_msg_close(&o->m.bulk);
-    out_block_free(c, o);
+    conn_out_block_free_locked(c, o);
 }
 
 void conn_out_free(mdg_conn *c, out_item *o)
@@ -58,25 +58,36 @@ void conn_pending_free_locked(mdg_conn *c, pending *pd)
  * libzmq message over those bytes that owns nothing (no free function),
  * which is safe because every way out copies them into a frame of its own
  * (a head frame, or a 1.x frame). */
+out_item *conn_out_alloc_locked(mdg_conn *c, size_t plen)
+{
+    bool pooled = plen <= OUT_POOLED_PARAMS;
+    out_item *o = pooled ? mdg_pool_alloc(&c->out_pool) : calloc(1, sizeof *o + plen);
+    if (o)
+        o->pooled = pooled;
+    return o;
+}
+
 int conn_out_new(mdg_conn *c, out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
                  mdg_params *params, const void *bulk, size_t bulk_len)
 {
-    int rc;
     size_t plen = mdg_params_encoded_size(params);
-    bool pooled = plen <= OUT_POOLED_PARAMS;
-    out_item *o;
-    if (pooled) {
-        pthread_mutex_lock(&c->lock);
-        o = mdg_pool_alloc(&c->out_pool);
-        pthread_mutex_unlock(&c->lock);
-    } else {
-        o = calloc(1, sizeof *o + plen);
-    }
+    pthread_mutex_lock(&c->lock);
+    out_item *o = conn_out_alloc_locked(c, plen);
+    pthread_mutex_unlock(&c->lock);
     if (!o) {
         mdg_params_destroy(&params);
         return MDG_ENOMEM;
     }
-    o->pooled = pooled;
+    int rc = conn_out_build(c, o, kind, command, corr, flags, params, plen, bulk, bulk_len);
+    if (rc == 0)
+        *out = o;
+    return rc;
+}
+
+int conn_out_build(mdg_conn *c, out_item *o, int kind, const char *command, uint64_t corr, uint32_t flags,
+                   mdg_params *params, size_t plen, const void *bulk, size_t bulk_len)
+{
+    int rc;
     o->m.h.kind = (uint8_t)kind;
     o->m.h.corr = corr;
     o->m.h.flags = flags;
@@ -85,7 +96,7 @@ int conn_out_new(mdg_conn *c, out_item **out, int kind, const char *command, uin
     if ((rc = mdg_header_set_command(&o->m.h, command)) != 0 ||
         zmq_msg_init_data(&o->m.params, o->params, plen, NULL, NULL) != 0) {
         pthread_mutex_lock(&c->lock);
-        out_block_free(c, o);
+        conn_out_block_free_locked(c, o);
         pthread_mutex_unlock(&c->lock);
         return rc ? rc : MDG_ENOMEM;
     }
@@ -94,7 +105,6 @@ int conn_out_new(mdg_conn *c, out_item **out, int kind, const char *command, uin
         zmq_msg_init_size(&o->m.bulk, bulk_len);
         memcpy(zmq_msg_data(&o->m.bulk), bulk, bulk_len);
     }
-    *out = o;
     return 0;
 }
 
@@ -209,6 +219,10 @@ size_t conn_drop_stale_replies(mdg_conn *c)
 void conn_chan_release(void *owner, mdg_chan_msg *m)
 {
     mdg_conn *c = owner;
+    if (c->acking) { /* conn_acked holds the lock for the whole batch */
+        out_release(c, (out_item *)m);
+        return;
+    }
     pthread_mutex_lock(&c->lock);
     out_release(c, (out_item *)m);
     c->room_made = true;
@@ -229,7 +243,12 @@ void conn_room_made(mdg_conn *c)
 /* The broker has ours up to ack; room for more. */
 void conn_acked(mdg_conn *c, uint64_t ack)
 {
-    mdg_chan_acked(&c->chan, ack);
+    pthread_mutex_lock(&c->lock); /* once for the batch, not per message */
+    c->acking = true;
+    if (mdg_chan_acked(&c->chan, ack))
+        pthread_cond_broadcast(&c->room_cond);
+    c->acking = false;
+    pthread_mutex_unlock(&c->lock);
     conn_room_made(c);
 }
 
