@@ -96,8 +96,8 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
         }
     }
     pthread_mutex_init(&b->qlock, NULL);
-    mdg_pool_init(&b->fwd_pool, sizeof(fwd), 1024);
-    mdg_pool_init(&b->kept_pool, sizeof(kept) + KEPT_POOLED_PARAMS, 1024);
+    mdg_pool_init(&b->fwd_pool, sizeof(fwd), sizeof(fwd), 1024);
+    mdg_pool_init(&b->kept_pool, sizeof(kept) + KEPT_POOLED_PARAMS, sizeof(kept), 1024); /* params written whole */
     bool maps = true;
     for (int i = 0; i < BROKER_LISTENERS; i++)
         maps = maps && (b->listeners[i].rids = mdg_map_new()) != NULL &&

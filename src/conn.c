@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <sodium.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -64,8 +65,8 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     memcpy(c->server_pk, server_pk, MDG_KEY_BYTES);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->drive, NULL);
-    mdg_pool_init(&c->out_pool, sizeof(out_item) + OUT_POOLED_PARAMS, 256);
-    mdg_pool_init(&c->pending_pool, sizeof(pending), 256);
+    mdg_pool_init(&c->out_pool, sizeof(out_item) + OUT_POOLED_PARAMS, sizeof(out_item), 256); /* params written whole */
+    mdg_pool_init(&c->pending_pool, sizeof(pending), offsetof(pending, why) + 1, 256); /* why: an empty string */
     pthread_cond_init(&c->state_cond, NULL);
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;

@@ -77,8 +77,9 @@ typedef struct pending {
      * cannot mark a last reply is kept past its first, marked done */
     bool done;
     int err;
-    char why[2 * ENDPOINT_MAX + 200]; /* with err: why the call ended (a failover names two brokers) */
     mdg_msg *reply;
+    char why[2 * ENDPOINT_MAX + 200]; /* with err: why the call ended (a failover names two brokers); last,
+                                         as the pool zeroes a record only up to its first byte */
 } pending;
 
 /* A message read during a nested wait, dispatched later in arrival order. */

@@ -20,10 +20,11 @@
 #define UNPOISON(b, n) ((void)(b), (void)(n))
 #endif
 
-void mdg_pool_init(mdg_pool *p, size_t size, size_t max)
+void mdg_pool_init(mdg_pool *p, size_t size, size_t zero, size_t max)
 {
     p->head = NULL;
     p->size = size < sizeof(void *) ? sizeof(void *) : size;
+    p->zero = zero < p->size ? zero : p->size;
     p->n = 0;
     p->max = max;
 }
@@ -31,12 +32,15 @@ void mdg_pool_init(mdg_pool *p, size_t size, size_t max)
 void *mdg_pool_alloc(mdg_pool *p)
 {
     void *b = p->head;
-    if (!b)
-        return calloc(1, p->size);
+    if (!b) {
+        if ((b = malloc(p->size)))
+            memset(b, 0, p->zero);
+        return b;
+    }
     UNPOISON(b, p->size);
     memcpy(&p->head, b, sizeof(void *));
     p->n--;
-    memset(b, 0, p->size);
+    memset(b, 0, p->zero);
     return b;
 }
 

@@ -16,12 +16,15 @@
 
 typedef struct mdg_pool {
     void *head; /* the freed blocks, each holding the next's address */
-    size_t size, n, max;
+    size_t size, zero, n, max;
 } mdg_pool;
 
-/* Blocks of size bytes; at most max kept when given back. */
-void mdg_pool_init(mdg_pool *p, size_t size, size_t max);
-/* A zeroed block of the pool's size, or NULL when out of memory. */
+/* Blocks of size bytes, of which the first zero are zeroed when given
+ * out (the rest is written by the owner before it is read); at most max
+ * kept when given back. */
+void mdg_pool_init(mdg_pool *p, size_t size, size_t zero, size_t max);
+/* A block of the pool's size, its first `zero` bytes zeroed, or NULL
+ * when out of memory. */
 void *mdg_pool_alloc(mdg_pool *p);
 /* Give a block of this pool back (NULL is ignored). */
 void mdg_pool_free(mdg_pool *p, void *blk);
