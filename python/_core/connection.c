@@ -68,7 +68,7 @@ static void on_reply(mdg_msg *reply, void *arg)
     bool final = !mdg_msg_more(reply);
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_shim_owner(ctx->shim); /* notes the loop thread, for nested calls */
     mdgpy_message *m = mdgpy_message_new(reply, NULL);
     PyObject *r = m ? PyObject_CallOneArg(ctx->callback, (PyObject *)m) : NULL;
@@ -115,7 +115,7 @@ static void on_blocking_reply(mdg_msg *reply, void *arg)
     bool final = !mdg_msg_more(reply);
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_shim_owner(w->shim);
     mdgpy_message *m = NULL;
     PyObject *error = NULL;
@@ -192,7 +192,7 @@ static void on_event(mdg_conn *c, int event, const char *detail, void *arg)
     (void)c;
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_conn *self = (mdgpy_conn *)mdgpy_shim_owner(arg);
     PyObject *fn = self ? self->on_event : NULL;
     if (fn) {
@@ -210,7 +210,7 @@ static void on_error(const char *command, const char *text, void *arg)
 {
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_conn *self = (mdgpy_conn *)mdgpy_shim_owner(arg);
     PyObject *fn = self ? self->on_error : NULL;
     if (fn) {

@@ -2,7 +2,7 @@
  * API: what its files share.
  *
  * Threads: the library calls handlers, hooks and reply callbacks on its
- * loop threads; every such entry takes the GIL (PyGILState_Ensure) for the
+ * loop threads; every such entry takes the GIL (mdgpy_gil_enter) for the
  * call. Every call into the library that may wait releases the GIL, and
  * waits that may be long wait in slices so that Ctrl-C (a pending signal,
  * PyErr_CheckSignals) ends them in the main thread.
@@ -114,6 +114,13 @@ void mdgpy_note_loop_thread(mdgpy_owner *o);
  * command's name, runs it with a Message; a ValueError fails the message
  * with its text. arg is the owner. */
 void mdgpy_dispatch(mdg_msg *msg, void *shim);
+/* PyGILState_Ensure for a library thread's callback (pair it with
+ * PyGILState_Release): a thread Python did not know keeps the thread state
+ * made at its first entry until it ends, instead of one made and deleted
+ * per callback (gil.c). */
+PyGILState_STATE mdgpy_gil_enter(void);
+/* _core._thread_states(): the interpreter's thread states (for the tests). */
+PyObject *mdgpy_thread_states(PyObject *self, PyObject *unused);
 /* Whether Python can be entered from a library thread (not finalizing). */
 bool mdgpy_python_alive(void);
 /* Report an exception raised in a callback, with where it came from. */
