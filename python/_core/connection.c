@@ -70,11 +70,13 @@ static void on_reply(mdg_msg *reply, void *arg)
         return;
     PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_shim_owner(ctx->shim); /* notes the loop thread, for nested calls */
-    mdgpy_message *m = mdgpy_message_new(reply, NULL);
+    mdgpy_message *m = mdgpy_message_lazy(reply);
     PyObject *r = m ? PyObject_CallOneArg(ctx->callback, (PyObject *)m) : NULL;
     if (!r)
         mdgpy_report_callback_error("reply callback", ctx->callback);
     Py_XDECREF(r);
+    if (m)
+        mdgpy_message_unlazy(m);
     Py_XDECREF(m);
     if (final) { /* the library calls no more for this call */
         Py_DECREF(ctx->callback);

@@ -133,12 +133,13 @@ extern PyTypeObject *mdgpy_ConnType; /* reply(conn, ...) skips a leading connect
 struct mdgpy_message {
     PyObject_HEAD
     mdg_msg *msg;         /* the library's message while it may be replied to */
+    mdg_msg *lazy;        /* a reply callback's, while it runs: the fields not yet made */
     mdgpy_owner *owner;   /* strong ref while kept */
     mdgpy_message *next;  /* in owner->kept */
     bool kept;
-    PyObject *command;    /* str */
-    PyObject *params;     /* dict */
-    PyObject *bulk;       /* bytes or None */
+    PyObject *command;    /* str (NULL until made, while lazy) */
+    PyObject *params;     /* dict (idem) */
+    PyObject *bulk;       /* bytes or None (idem) */
     PyObject *error;      /* str or None (error replies) */
     bool more;            /* more replies follow on this channel */
     bool replyable;
@@ -146,6 +147,11 @@ struct mdgpy_message {
 /* A Message for msg: borrowed (handler) when owner is given, else a
  * copy of a reply (msg stays the caller's). */
 mdgpy_message *mdgpy_message_new(mdg_msg *msg, mdgpy_owner *owner);
+/* A reply callback's Message: command, params and bulk are made from
+ * reply when first read; mdgpy_message_unlazy when the callback returns
+ * (reply is then the library's again) makes them if the Message lives on. */
+mdgpy_message *mdgpy_message_lazy(mdg_msg *reply);
+void mdgpy_message_unlazy(mdgpy_message *m);
 /* After the handler: a message not kept is no longer the library's. */
 void mdgpy_message_release(mdgpy_message *m);
 
