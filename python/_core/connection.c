@@ -428,18 +428,30 @@ static int send_args(mdgpy_conn *self, PyObject *command, PyObject *params, PyOb
     return 0;
 }
 
-static PyObject *conn_send(mdgpy_conn *self, PyObject *args, PyObject *kw)
+/* command, params, bulk and a fourth argument of send_cmd or
+ * send_blocking_cmd, Py_None where not given. */
+static int four_args(const char *fname, const char *fourth, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames, PyObject **out)
 {
-    static char *kwlist[] = {"command", "params", "bulk", "callback", NULL};
-    PyObject *command, *params = Py_None, *bulk = Py_None, *callback = Py_None;
+    const char *names[] = {"command", "params", "bulk", fourth};
+    if (mdgpy_fast_args(fname, args, nargs, kwnames, names, 4, 1, out) < 0)
+        return -1;
+    for (int i = 1; i < 4; i++)
+        if (!out[i])
+            out[i] = Py_None;
+    return 0;
+}
+
+static PyObject *conn_send(mdgpy_conn *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[4];
     const char *cmd;
     mdg_params *p;
     Py_buffer view;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOO:send", kwlist, &command, &params, &bulk,
-                                     &callback) ||
-        need_conn(self) < 0)
+    if (four_args("send_cmd", "reply_callback", args, nargs, kwnames, a) < 0 || need_conn(self) < 0)
         return NULL;
+    PyObject *command = a[0], *params = a[1], *bulk = a[2], *callback = a[3];
     if (callback != Py_None && !PyCallable_Check(callback)) {
         PyErr_Format(PyExc_TypeError, "the reply callback is not callable (%s)",
                      Py_TYPE(callback)->tp_name);
@@ -517,19 +529,19 @@ static PyObject *nested_call(mdgpy_conn *self, const char *cmd, mdg_params *p, P
     return m ? call_result(m, cmd) : NULL;
 }
 
-static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
+static PyObject *conn_call(mdgpy_conn *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    static char *kwlist[] = {"command", "params", "bulk", "timeout", NULL};
-    PyObject *command, *params = Py_None, *bulk = Py_None, *timeout = Py_None;
+    PyObject *a[4];
     const char *cmd;
     mdg_params *p;
     Py_buffer view;
     int64_t deadline;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOO:call", kwlist, &command, &params, &bulk,
-                                     &timeout) ||
-        timeout_arg(timeout, &deadline) < 0 || need_conn(self) < 0 ||
-        send_args(self, command, params, bulk, &cmd, &p, &view) < 0)
+    if (four_args("send_blocking_cmd", "timeout", args, nargs, kwnames, a) < 0)
+        return NULL;
+    PyObject *timeout = a[3];
+    if (timeout_arg(timeout, &deadline) < 0 || need_conn(self) < 0 ||
+        send_args(self, a[0], a[1], a[2], &cmd, &p, &view) < 0)
         return NULL;
     if (mdgpy_on_loop_thread(&self->o)) {
         PyObject *r = nested_call(self, cmd, p, &view, deadline);
@@ -677,10 +689,14 @@ static PyMethodDef conn_methods[] = {
     {"start", (PyCFunction)conn_start, METH_NOARGS, "start the loop thread and connect"},
     {"wait_until_ready", (PyCFunction)(void (*)(void))conn_wait_until_ready,
      METH_VARARGS | METH_KEYWORDS, "wait_until_ready(timeout=None)"},
-    {"send", (PyCFunction)(void (*)(void))conn_send, METH_VARARGS | METH_KEYWORDS,
-     "send(command, params=None, bulk=None, callback=None)"},
-    {"call", (PyCFunction)(void (*)(void))conn_call, METH_VARARGS | METH_KEYWORDS,
-     "call(command, params=None, bulk=None, timeout=None) -> Message"},
+    {"send_cmd", (PyCFunction)(void (*)(void))conn_send, METH_FASTCALL | METH_KEYWORDS,
+     "send_cmd(command, params=None, bulk=None, reply_callback=None)\n\n"
+     "Fire and forget, or with reply_callback(msg) called on the loop thread for each reply\n"
+     "(an error reply has msg.error set)."},
+    {"send_blocking_cmd", (PyCFunction)(void (*)(void))conn_call, METH_FASTCALL | METH_KEYWORDS,
+     "send_blocking_cmd(command, params=None, bulk=None, timeout=None) -> Message\n\n"
+     "Send and wait for the reply (a Message); a handler's failure raises ValueError with its\n"
+     "text. timeout in seconds (None: for ever; messidge.TimeoutError past it)."},
     {"wait_until_complete", (PyCFunction)(void (*)(void))conn_wait_until_complete,
      METH_VARARGS | METH_KEYWORDS, "wait_until_complete(timeout=None) -> True when ended"},
     {"disconnect", (PyCFunction)conn_disconnect, METH_NOARGS, "say goodbye and close"},

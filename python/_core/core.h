@@ -32,6 +32,14 @@ int mdgpy_errors_init(PyObject *module);
  * mdg_last_error() when NULL); returns NULL for `return mdgpy_raise(...)`. */
 PyObject *mdgpy_raise(int rc, const char *what, const char *detail);
 
+/* ------------------------------------------------------------ arguments */
+
+/* A METH_FASTCALL | METH_KEYWORDS method's arguments by position or by
+ * name (names[0..n-1]) into out[n], NULL where not given, the first
+ * `required` of them needed; -1 with a TypeError as Python's own says it. */
+int mdgpy_fast_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                    const char *const *names, int n, int required, PyObject **out);
+
 /* ---------------------------------------------------------------- params */
 
 /* dict (or None) -> params, new; NULL with a Python exception set. */
