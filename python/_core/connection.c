@@ -102,49 +102,63 @@ static void waiter_drop(waiter *w)
     pthread_mutex_lock(&w->lock);
     bool last = --w->holders == 0;
     pthread_mutex_unlock(&w->lock);
-    if (last) {
-        Py_XDECREF(w->reply); /* GIL held by both droppers */
-        Py_XDECREF(w->error);
-        pthread_cond_destroy(&w->cond);
-        pthread_mutex_destroy(&w->lock);
-        free(w);
+    if (!last)
+        return;
+    if (w->reply || w->error) { /* a reply the waiter left (timed out meanwhile) */
+        PyGILState_STATE g = mdgpy_gil_enter(); /* the loop thread's dropper has not got it */
+        Py_CLEAR(w->reply);
+        Py_CLEAR(w->error);
+        PyGILState_Release(g);
     }
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
 }
 
+/* The reply is made a Message under the GIL, which is dropped before the
+ * waiter is woken: woken first, it would wake only to wait for the GIL. */
 static void on_blocking_reply(mdg_msg *reply, void *arg)
 {
     waiter *w = arg;
     bool final = !mdg_msg_more(reply);
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = mdgpy_gil_enter();
-    mdgpy_shim_owner(w->shim);
-    mdgpy_message *m = NULL;
-    PyObject *error = NULL;
     pthread_mutex_lock(&w->lock);
     bool first = !w->done && w->holders == 2;
     pthread_mutex_unlock(&w->lock);
-    if (first && !(m = mdgpy_message_new(reply, NULL))) { /* the caller raises why */
-        PyObject *type, *tb;
-        PyErr_Fetch(&type, &error, &tb);
-        PyErr_NormalizeException(&type, &error, &tb);
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
+    if (first) {
+        PyGILState_STATE g = mdgpy_gil_enter();
+        mdgpy_shim_owner(w->shim);
+        PyObject *error = NULL;
+        mdgpy_message *m = mdgpy_message_new(reply, NULL);
+        if (!m) { /* the caller raises why */
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &error, &tb);
+            PyErr_NormalizeException(&type, &error, &tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+        }
+        pthread_mutex_lock(&w->lock);
+        bool stored = !w->done;
+        if (stored) {
+            w->reply = m;
+            w->error = error;
+            w->done = true;
+        }
+        pthread_mutex_unlock(&w->lock);
+        if (!stored) {
+            Py_XDECREF(m);
+            Py_XDECREF(error);
+        }
+        PyGILState_Release(g);
+        if (stored) { /* w is still ours: our hold goes only below */
+            pthread_mutex_lock(&w->lock);
+            pthread_cond_signal(&w->cond);
+            pthread_mutex_unlock(&w->lock);
+        }
     }
-    pthread_mutex_lock(&w->lock);
-    if (!w->done) {
-        w->reply = m;
-        w->error = error;
-        w->done = true;
-        pthread_cond_signal(&w->cond);
-    } else {
-        Py_XDECREF(m);
-        Py_XDECREF(error);
-    }
-    pthread_mutex_unlock(&w->lock);
     if (final)
         waiter_drop(w);
-    PyGILState_Release(g);
 }
 
 /* Wait for w in slices; 0 when done, 1 at the deadline, -1 on a signal's
