@@ -37,16 +37,31 @@ static mdgpy_message *message_alloc(mdg_msg *msg)
     return m;
 }
 
+/* Set *field to made (a new reference, or NULL: -1) unless another thread
+ * set it meanwhile: making may run Python code (the collector's
+ * finalizers) that lets another thread in to read the same field. */
+static int set_field(PyObject **field, PyObject *made)
+{
+    if (!made)
+        return -1;
+    if (*field)
+        Py_DECREF(made);
+    else
+        *field = made;
+    return 0;
+}
+
 /* command, params and bulk from msg; -1 with an exception set. */
 static int fill_from(mdgpy_message *m, mdg_msg *msg)
 {
     size_t len = 0;
     const void *bulk = mdg_msg_bulk(msg, &len);
-    if (!m->command && !(m->command = PyUnicode_FromString(mdg_msg_command(msg))))
+    if (!m->command && set_field(&m->command, PyUnicode_FromString(mdg_msg_command(msg))) < 0)
         return -1;
-    if (!m->params && !(m->params = mdgpy_dict_from_params(mdg_msg_params(msg))))
+    if (!m->params && set_field(&m->params, mdgpy_dict_from_params(mdg_msg_params(msg))) < 0)
         return -1;
-    if (!m->bulk && !(m->bulk = bulk ? PyBytes_FromStringAndSize(bulk, (Py_ssize_t)len) : Py_NewRef(Py_None)))
+    if (!m->bulk && set_field(&m->bulk, bulk ? PyBytes_FromStringAndSize(bulk, (Py_ssize_t)len)
+                                             : Py_NewRef(Py_None)) < 0)
         return -1;
     return 0;
 }
