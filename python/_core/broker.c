@@ -64,7 +64,7 @@ static void *h_session_new(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], const
     (void)b;
     if (!mdgpy_python_alive())
         return NULL;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     PyObject *r = call_hook((mdgpy_broker *)mdgpy_shim_owner(arg), "session_new", "(" PK_FMT "y#)",
                             PK_ARG(pk), (const char *)sid, (Py_ssize_t)id_len);
     PyGILState_Release(g);
@@ -77,7 +77,7 @@ static void h_session_recovered(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], 
     (void)b;
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     PyObject *r = call_hook((mdgpy_broker *)mdgpy_shim_owner(arg), "session_recovered",
                             "(" PK_FMT "O)", PK_ARG(pk), data ? (PyObject *)data : Py_None);
     Py_XDECREF(r);
@@ -91,7 +91,7 @@ static void closed_hook(const char *name, const uint8_t pk[MDG_KEY_BYTES], void 
 {
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     PyObject *r = call_hook((mdgpy_broker *)mdgpy_shim_owner(arg), name, "(" PK_FMT "O)", PK_ARG(pk),
                             data ? (PyObject *)data : Py_None);
     Py_XDECREF(r);
@@ -110,7 +110,7 @@ static void *h_node_joined(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], void 
     (void)b;
     if (!mdgpy_python_alive())
         return NULL;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     PyObject *r = call_hook((mdgpy_broker *)mdgpy_shim_owner(arg), "node_joined", "(" PK_FMT ")",
                             PK_ARG(pk));
     PyGILState_Release(g);
@@ -128,7 +128,7 @@ static mdg_params *h_resources(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], v
     (void)b;
     if (!mdgpy_python_alive())
         return NULL;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdg_params *p = NULL;
     PyObject *r = call_hook((mdgpy_broker *)mdgpy_shim_owner(arg), "resources", "(" PK_FMT ")",
                             PK_ARG(pk));

@@ -68,13 +68,15 @@ static void on_reply(mdg_msg *reply, void *arg)
     bool final = !mdg_msg_more(reply);
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_shim_owner(ctx->shim); /* notes the loop thread, for nested calls */
-    mdgpy_message *m = mdgpy_message_new(reply, NULL);
+    mdgpy_message *m = mdgpy_message_lazy(reply);
     PyObject *r = m ? PyObject_CallOneArg(ctx->callback, (PyObject *)m) : NULL;
     if (!r)
         mdgpy_report_callback_error("reply callback", ctx->callback);
     Py_XDECREF(r);
+    if (m)
+        mdgpy_message_unlazy(m);
     Py_XDECREF(m);
     if (final) { /* the library calls no more for this call */
         Py_DECREF(ctx->callback);
@@ -100,49 +102,63 @@ static void waiter_drop(waiter *w)
     pthread_mutex_lock(&w->lock);
     bool last = --w->holders == 0;
     pthread_mutex_unlock(&w->lock);
-    if (last) {
-        Py_XDECREF(w->reply); /* GIL held by both droppers */
-        Py_XDECREF(w->error);
-        pthread_cond_destroy(&w->cond);
-        pthread_mutex_destroy(&w->lock);
-        free(w);
+    if (!last)
+        return;
+    if (w->reply || w->error) { /* a reply the waiter left (timed out meanwhile) */
+        PyGILState_STATE g = mdgpy_gil_enter(); /* the loop thread's dropper has not got it */
+        Py_CLEAR(w->reply);
+        Py_CLEAR(w->error);
+        PyGILState_Release(g);
     }
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
 }
 
+/* The reply is made a Message under the GIL, which is dropped before the
+ * waiter is woken: woken first, it would wake only to wait for the GIL. */
 static void on_blocking_reply(mdg_msg *reply, void *arg)
 {
     waiter *w = arg;
     bool final = !mdg_msg_more(reply);
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
-    mdgpy_shim_owner(w->shim);
-    mdgpy_message *m = NULL;
-    PyObject *error = NULL;
     pthread_mutex_lock(&w->lock);
     bool first = !w->done && w->holders == 2;
     pthread_mutex_unlock(&w->lock);
-    if (first && !(m = mdgpy_message_new(reply, NULL))) { /* the caller raises why */
-        PyObject *type, *tb;
-        PyErr_Fetch(&type, &error, &tb);
-        PyErr_NormalizeException(&type, &error, &tb);
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
+    if (first) {
+        PyGILState_STATE g = mdgpy_gil_enter();
+        mdgpy_shim_owner(w->shim);
+        PyObject *error = NULL;
+        mdgpy_message *m = mdgpy_message_new(reply, NULL);
+        if (!m) { /* the caller raises why */
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &error, &tb);
+            PyErr_NormalizeException(&type, &error, &tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+        }
+        pthread_mutex_lock(&w->lock);
+        bool stored = !w->done;
+        if (stored) {
+            w->reply = m;
+            w->error = error;
+            w->done = true;
+        }
+        pthread_mutex_unlock(&w->lock);
+        if (!stored) {
+            Py_XDECREF(m);
+            Py_XDECREF(error);
+        }
+        PyGILState_Release(g);
+        if (stored) { /* w is still ours: our hold goes only below */
+            pthread_mutex_lock(&w->lock);
+            pthread_cond_signal(&w->cond);
+            pthread_mutex_unlock(&w->lock);
+        }
     }
-    pthread_mutex_lock(&w->lock);
-    if (!w->done) {
-        w->reply = m;
-        w->error = error;
-        w->done = true;
-        pthread_cond_signal(&w->cond);
-    } else {
-        Py_XDECREF(m);
-        Py_XDECREF(error);
-    }
-    pthread_mutex_unlock(&w->lock);
     if (final)
         waiter_drop(w);
-    PyGILState_Release(g);
 }
 
 /* Wait for w in slices; 0 when done, 1 at the deadline, -1 on a signal's
@@ -192,7 +208,7 @@ static void on_event(mdg_conn *c, int event, const char *detail, void *arg)
     (void)c;
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_conn *self = (mdgpy_conn *)mdgpy_shim_owner(arg);
     PyObject *fn = self ? self->on_event : NULL;
     if (fn) {
@@ -210,7 +226,7 @@ static void on_error(const char *command, const char *text, void *arg)
 {
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_conn *self = (mdgpy_conn *)mdgpy_shim_owner(arg);
     PyObject *fn = self ? self->on_error : NULL;
     if (fn) {
@@ -426,18 +442,30 @@ static int send_args(mdgpy_conn *self, PyObject *command, PyObject *params, PyOb
     return 0;
 }
 
-static PyObject *conn_send(mdgpy_conn *self, PyObject *args, PyObject *kw)
+/* command, params, bulk and a fourth argument of send_cmd or
+ * send_blocking_cmd, Py_None where not given. */
+static int four_args(const char *fname, const char *fourth, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames, PyObject **out)
 {
-    static char *kwlist[] = {"command", "params", "bulk", "callback", NULL};
-    PyObject *command, *params = Py_None, *bulk = Py_None, *callback = Py_None;
+    const char *names[] = {"command", "params", "bulk", fourth};
+    if (mdgpy_fast_args(fname, args, nargs, kwnames, names, 4, 1, out) < 0)
+        return -1;
+    for (int i = 1; i < 4; i++)
+        if (!out[i])
+            out[i] = Py_None;
+    return 0;
+}
+
+static PyObject *conn_send(mdgpy_conn *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[4];
     const char *cmd;
     mdg_params *p;
     Py_buffer view;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOO:send", kwlist, &command, &params, &bulk,
-                                     &callback) ||
-        need_conn(self) < 0)
+    if (four_args("send_cmd", "reply_callback", args, nargs, kwnames, a) < 0 || need_conn(self) < 0)
         return NULL;
+    PyObject *command = a[0], *params = a[1], *bulk = a[2], *callback = a[3];
     if (callback != Py_None && !PyCallable_Check(callback)) {
         PyErr_Format(PyExc_TypeError, "the reply callback is not callable (%s)",
                      Py_TYPE(callback)->tp_name);
@@ -515,19 +543,19 @@ static PyObject *nested_call(mdgpy_conn *self, const char *cmd, mdg_params *p, P
     return m ? call_result(m, cmd) : NULL;
 }
 
-static PyObject *conn_call(mdgpy_conn *self, PyObject *args, PyObject *kw)
+static PyObject *conn_call(mdgpy_conn *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    static char *kwlist[] = {"command", "params", "bulk", "timeout", NULL};
-    PyObject *command, *params = Py_None, *bulk = Py_None, *timeout = Py_None;
+    PyObject *a[4];
     const char *cmd;
     mdg_params *p;
     Py_buffer view;
     int64_t deadline;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOO:call", kwlist, &command, &params, &bulk,
-                                     &timeout) ||
-        timeout_arg(timeout, &deadline) < 0 || need_conn(self) < 0 ||
-        send_args(self, command, params, bulk, &cmd, &p, &view) < 0)
+    if (four_args("send_blocking_cmd", "timeout", args, nargs, kwnames, a) < 0)
+        return NULL;
+    PyObject *timeout = a[3];
+    if (timeout_arg(timeout, &deadline) < 0 || need_conn(self) < 0 ||
+        send_args(self, a[0], a[1], a[2], &cmd, &p, &view) < 0)
         return NULL;
     if (mdgpy_on_loop_thread(&self->o)) {
         PyObject *r = nested_call(self, cmd, p, &view, deadline);
@@ -675,10 +703,14 @@ static PyMethodDef conn_methods[] = {
     {"start", (PyCFunction)conn_start, METH_NOARGS, "start the loop thread and connect"},
     {"wait_until_ready", (PyCFunction)(void (*)(void))conn_wait_until_ready,
      METH_VARARGS | METH_KEYWORDS, "wait_until_ready(timeout=None)"},
-    {"send", (PyCFunction)(void (*)(void))conn_send, METH_VARARGS | METH_KEYWORDS,
-     "send(command, params=None, bulk=None, callback=None)"},
-    {"call", (PyCFunction)(void (*)(void))conn_call, METH_VARARGS | METH_KEYWORDS,
-     "call(command, params=None, bulk=None, timeout=None) -> Message"},
+    {"send_cmd", (PyCFunction)(void (*)(void))conn_send, METH_FASTCALL | METH_KEYWORDS,
+     "send_cmd(command, params=None, bulk=None, reply_callback=None)\n\n"
+     "Fire and forget, or with reply_callback(msg) called on the loop thread for each reply\n"
+     "(an error reply has msg.error set)."},
+    {"send_blocking_cmd", (PyCFunction)(void (*)(void))conn_call, METH_FASTCALL | METH_KEYWORDS,
+     "send_blocking_cmd(command, params=None, bulk=None, timeout=None) -> Message\n\n"
+     "Send and wait for the reply (a Message); a handler's failure raises ValueError with its\n"
+     "text. timeout in seconds (None: for ever; messidge.TimeoutError past it)."},
     {"wait_until_complete", (PyCFunction)(void (*)(void))conn_wait_until_complete,
      METH_VARARGS | METH_KEYWORDS, "wait_until_complete(timeout=None) -> True when ended"},
     {"disconnect", (PyCFunction)conn_disconnect, METH_NOARGS, "say goodbye and close"},

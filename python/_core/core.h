@@ -2,7 +2,7 @@
  * API: what its files share.
  *
  * Threads: the library calls handlers, hooks and reply callbacks on its
- * loop threads; every such entry takes the GIL (PyGILState_Ensure) for the
+ * loop threads; every such entry takes the GIL (mdgpy_gil_enter) for the
  * call. Every call into the library that may wait releases the GIL, and
  * waits that may be long wait in slices so that Ctrl-C (a pending signal,
  * PyErr_CheckSignals) ends them in the main thread.
@@ -31,6 +31,14 @@ int mdgpy_errors_init(PyObject *module);
 /* Raise the exception for rc with "what: detail" (detail from
  * mdg_last_error() when NULL); returns NULL for `return mdgpy_raise(...)`. */
 PyObject *mdgpy_raise(int rc, const char *what, const char *detail);
+
+/* ------------------------------------------------------------ arguments */
+
+/* A METH_FASTCALL | METH_KEYWORDS method's arguments by position or by
+ * name (names[0..n-1]) into out[n], NULL where not given, the first
+ * `required` of them needed; -1 with a TypeError as Python's own says it. */
+int mdgpy_fast_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                    const char *const *names, int n, int required, PyObject **out);
 
 /* ---------------------------------------------------------------- params */
 
@@ -114,6 +122,13 @@ void mdgpy_note_loop_thread(mdgpy_owner *o);
  * command's name, runs it with a Message; a ValueError fails the message
  * with its text. arg is the owner. */
 void mdgpy_dispatch(mdg_msg *msg, void *shim);
+/* PyGILState_Ensure for a library thread's callback (pair it with
+ * PyGILState_Release): a thread Python did not know keeps the thread state
+ * made at its first entry until it ends, instead of one made and deleted
+ * per callback (gil.c). */
+PyGILState_STATE mdgpy_gil_enter(void);
+/* _core._thread_states(): the interpreter's thread states (for the tests). */
+PyObject *mdgpy_thread_states(PyObject *self, PyObject *unused);
 /* Whether Python can be entered from a library thread (not finalizing). */
 bool mdgpy_python_alive(void);
 /* Report an exception raised in a callback, with where it came from. */
@@ -126,12 +141,13 @@ extern PyTypeObject *mdgpy_ConnType; /* reply(conn, ...) skips a leading connect
 struct mdgpy_message {
     PyObject_HEAD
     mdg_msg *msg;         /* the library's message while it may be replied to */
+    mdg_msg *lazy;        /* a reply callback's, while it runs: the fields not yet made */
     mdgpy_owner *owner;   /* strong ref while kept */
     mdgpy_message *next;  /* in owner->kept */
     bool kept;
-    PyObject *command;    /* str */
-    PyObject *params;     /* dict */
-    PyObject *bulk;       /* bytes or None */
+    PyObject *command;    /* str (NULL until made, while lazy) */
+    PyObject *params;     /* dict (idem) */
+    PyObject *bulk;       /* bytes or None (idem) */
     PyObject *error;      /* str or None (error replies) */
     bool more;            /* more replies follow on this channel */
     bool replyable;
@@ -139,6 +155,11 @@ struct mdgpy_message {
 /* A Message for msg: borrowed (handler) when owner is given, else a
  * copy of a reply (msg stays the caller's). */
 mdgpy_message *mdgpy_message_new(mdg_msg *msg, mdgpy_owner *owner);
+/* A reply callback's Message: command, params and bulk are made from
+ * reply when first read; mdgpy_message_unlazy when the callback returns
+ * (reply is then the library's again) makes them if the Message lives on. */
+mdgpy_message *mdgpy_message_lazy(mdg_msg *reply);
+void mdgpy_message_unlazy(mdgpy_message *m);
 /* After the handler: a message not kept is no longer the library's. */
 void mdgpy_message_release(mdgpy_message *m);
 

@@ -1,10 +1,14 @@
 /* message.c - messidge._core.Message: a received command or reply.
  *
- * command, params, bulk (and error, more for replies) are Python copies
- * made when the message arrives, so they stay valid for ever. A command
- * given to a handler can be replied to while its handler runs; msg.keep()
- * keeps it for replies later, from any thread (a long-term channel), until
- * the Message is freed or its broker / connection closes.
+ * command, params, bulk (and error, more for replies) are Python copies,
+ * so they stay valid for ever. A handler's Message and a blocking call's
+ * reply make them when the message arrives; a reply callback's makes them
+ * when first read (most callbacks read none: the params dict is what a
+ * reply cost most), and at the latest when the callback returns, if the
+ * Message outlives it. A command given to a handler can be replied to
+ * while its handler runs; msg.keep() keeps it for replies later, from any
+ * thread (a long-term channel), until the Message is freed or its broker /
+ * connection closes.
  */
 #include "core.h"
 
@@ -12,32 +16,99 @@
 
 PyTypeObject *mdgpy_ConnType;
 
-mdgpy_message *mdgpy_message_new(mdg_msg *msg, mdgpy_owner *owner)
+static mdgpy_message *message_alloc(mdg_msg *msg)
 {
     mdgpy_message *m = PyObject_New(mdgpy_message, &mdgpy_MessageType);
     if (!m)
         return NULL;
-    m->msg = owner ? msg : NULL;
+    m->msg = NULL;
+    m->lazy = NULL;
     m->owner = NULL;
     m->next = NULL;
     m->kept = false;
     m->more = mdg_msg_more(msg);
-    m->replyable = owner && mdg_msg_replyable(msg);
-    m->command = PyUnicode_FromString(mdg_msg_command(msg));
-    m->params = mdgpy_dict_from_params(mdg_msg_params(msg));
-    size_t len = 0;
-    const void *bulk = mdg_msg_bulk(msg, &len);
-    m->bulk = bulk ? PyBytes_FromStringAndSize(bulk, (Py_ssize_t)len) : Py_NewRef(Py_None);
+    m->replyable = false;
+    m->command = m->params = m->bulk = NULL;
     const char *err = mdg_msg_error(msg);
-    m->error = err ? PyUnicode_FromString(err) : Py_NewRef(Py_None);
-    if (owner)
-        m->owner = (mdgpy_owner *)Py_NewRef((PyObject *)owner);
-    if (!m->command || !m->params || !m->bulk || !m->error) {
-        m->msg = NULL;
+    if (!(m->error = err ? PyUnicode_FromString(err) : Py_NewRef(Py_None))) {
         Py_DECREF(m);
         return NULL;
     }
     return m;
+}
+
+/* Set *field to made (a new reference, or NULL: -1) unless another thread
+ * set it meanwhile: making may run Python code (the collector's
+ * finalizers) that lets another thread in to read the same field. */
+static int set_field(PyObject **field, PyObject *made)
+{
+    if (!made)
+        return -1;
+    if (*field)
+        Py_DECREF(made);
+    else
+        *field = made;
+    return 0;
+}
+
+/* command, params and bulk from msg; -1 with an exception set. */
+static int fill_from(mdgpy_message *m, mdg_msg *msg)
+{
+    size_t len = 0;
+    const void *bulk = mdg_msg_bulk(msg, &len);
+    if (!m->command && set_field(&m->command, PyUnicode_FromString(mdg_msg_command(msg))) < 0)
+        return -1;
+    if (!m->params && set_field(&m->params, mdgpy_dict_from_params(mdg_msg_params(msg))) < 0)
+        return -1;
+    if (!m->bulk && set_field(&m->bulk, bulk ? PyBytes_FromStringAndSize(bulk, (Py_ssize_t)len)
+                                             : Py_NewRef(Py_None)) < 0)
+        return -1;
+    return 0;
+}
+
+/* A reply callback's fields on first read: from the library's message
+ * while the callback runs. 0 once made, -1 with an exception set. */
+static int fill(mdgpy_message *m)
+{
+    if (m->command && m->params && m->bulk)
+        return 0;
+    if (!m->lazy) { /* could not be made when its callback ended */
+        PyErr_SetString(PyExc_MemoryError, "the message's fields could not be made");
+        return -1;
+    }
+    return fill_from(m, m->lazy);
+}
+
+mdgpy_message *mdgpy_message_new(mdg_msg *msg, mdgpy_owner *owner)
+{
+    mdgpy_message *m = message_alloc(msg);
+    if (!m)
+        return NULL;
+    if (fill_from(m, msg) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (owner) {
+        m->msg = msg;
+        m->replyable = mdg_msg_replyable(msg);
+        m->owner = (mdgpy_owner *)Py_NewRef((PyObject *)owner);
+    }
+    return m;
+}
+
+mdgpy_message *mdgpy_message_lazy(mdg_msg *reply)
+{
+    mdgpy_message *m = message_alloc(reply);
+    if (m)
+        m->lazy = reply;
+    return m;
+}
+
+void mdgpy_message_unlazy(mdgpy_message *m)
+{
+    if (Py_REFCNT(m) > 1 && fill(m) < 0) /* kept past the callback */
+        PyErr_WriteUnraisable((PyObject *)m);
+    m->lazy = NULL;
 }
 
 void mdgpy_message_release(mdgpy_message *m)
@@ -122,6 +193,8 @@ static PyObject *do_reply(mdgpy_message *m, PyObject *args, PyObject *kw, bool m
     if (!ok)
         return NULL;
     if (!m->msg) {
+        if (fill(m) < 0)
+            return NULL;
         PyErr_Format(PyExc_RuntimeError,
                      "cannot reply to '%U' here: reply from its handler, or call msg.keep() there "
                      "to reply later", m->command);
@@ -178,6 +251,8 @@ static PyObject *message_fail(mdgpy_message *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "s:fail", &text))
         return NULL;
     if (!m->msg) {
+        if (fill(m) < 0)
+            return NULL;
         PyErr_Format(PyExc_RuntimeError, "cannot fail '%U' here: from its handler, or keep() it",
                      m->command);
         return NULL;
@@ -190,6 +265,8 @@ static PyObject *message_fail(mdgpy_message *m, PyObject *args)
 
 static PyObject *message_repr(mdgpy_message *m)
 {
+    if (fill(m) < 0)
+        return NULL;
     if (m->error != Py_None)
         return PyUnicode_FromFormat("<messidge.Message error %R>", m->error);
     return PyUnicode_FromFormat("<messidge.Message %R params=%R>", m->command, m->params);
@@ -207,10 +284,23 @@ static PyMethodDef message_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* command, params, bulk: made on first read for a reply callback's. */
+static PyObject *message_field(mdgpy_message *m, void *offset)
+{
+    if (fill(m) < 0)
+        return NULL;
+    return Py_NewRef(*(PyObject **)((char *)m + (size_t)offset));
+}
+
+static PyGetSetDef message_getset[] = {
+    {"command", (getter)message_field, NULL, "command name (str); '' for a reply",
+     (void *)offsetof(mdgpy_message, command)},
+    {"params", (getter)message_field, NULL, "params (dict)", (void *)offsetof(mdgpy_message, params)},
+    {"bulk", (getter)message_field, NULL, "bulk data (bytes) or None", (void *)offsetof(mdgpy_message, bulk)},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMemberDef message_members[] = {
-    {"command", T_OBJECT, offsetof(mdgpy_message, command), READONLY, "command name (str); '' for a reply"},
-    {"params", T_OBJECT, offsetof(mdgpy_message, params), READONLY, "params (dict)"},
-    {"bulk", T_OBJECT, offsetof(mdgpy_message, bulk), READONLY, "bulk data (bytes) or None"},
     {"error", T_OBJECT, offsetof(mdgpy_message, error), READONLY, "an error reply's text, else None"},
     {"more", T_BOOL, offsetof(mdgpy_message, more), READONLY, "more replies follow on this channel"},
     {"replyable", T_BOOL, offsetof(mdgpy_message, replyable), READONLY, "the sender wants a reply"},
@@ -227,4 +317,5 @@ PyTypeObject mdgpy_MessageType = {
     .tp_doc = "A received command (handlers) or reply (calls, reply callbacks).",
     .tp_methods = message_methods,
     .tp_members = message_members,
+    .tp_getset = message_getset,
 };

@@ -204,6 +204,7 @@ static PyMethodDef module_methods[] = {
     {"create_account", (PyCFunction)(void (*)(void))py_create_account, METH_VARARGS | METH_KEYWORDS,
      "create_account(location, token, port=0, prefix=None, overwrite=False)"},
     {"set_log_level", py_set_log_level, METH_VARARGS, "set_log_level(0..3) of the library's stderr log"},
+    {"_thread_states", mdgpy_thread_states, METH_NOARGS, "_thread_states(): the interpreter's, for the tests"},
     {NULL, NULL, 0, NULL},
 };
 

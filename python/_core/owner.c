@@ -248,7 +248,7 @@ void mdgpy_dispatch(mdg_msg *msg, void *shim)
 {
     if (!mdgpy_python_alive())
         return;
-    PyGILState_STATE g = PyGILState_Ensure();
+    PyGILState_STATE g = mdgpy_gil_enter();
     mdgpy_owner *o = mdgpy_shim_owner(shim);
     /* The Message first: its command is the handlers' key, so a message
      * makes one str of its name, not a second one for the lookup. */

@@ -102,6 +102,31 @@ def test_reply_callback(conn):
     assert thread[0] != threading.get_ident()  # the loop thread
 
 
+def test_reply_kept_past_its_callback(conn):
+    """A reply callback's Message makes its params, bulk and command when
+    first read, or when the callback returns if it is kept: the same either
+    way, read in the callback or after it."""
+    kept, seen = [], []
+    done = threading.Event()
+
+    def keep(msg):
+        kept.append(msg)
+        done.set()
+
+    def read(msg):
+        seen.append((msg.command, msg.params, msg.bulk, repr(msg)))
+    conn.send_cmd(b'echo', {'a': [1, 'two'], 'b': b'3'}, bulk=b'bulk', reply_callback=read)
+    conn.send_cmd(b'echo', {'a': [1, 'two'], 'b': b'3'}, bulk=b'bulk', reply_callback=keep)
+    assert done.wait(TIMEOUT)
+    m = kept[0]
+    assert seen == [(m.command, m.params, m.bulk, repr(m))]
+    assert m.command == '' and m.params['a'] == [1, 'two'] and m.params['b'] == b'3'
+    assert m.bulk == b'bulk'
+    assert m.error is None and not m.more
+    with pytest.raises(RuntimeError, match="cannot reply to ''"):
+        m.reply({})
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the TypeError, reported
 def test_value_error_round_trip(conn):
     with pytest.raises(ValueError, match="^raise_exception was called$"):

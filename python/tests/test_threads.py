@@ -159,6 +159,24 @@ def test_no_leaks_over_100000_calls(setup):
     assert grown_rss < 8 * 1024, "RSS grew by %d KiB over 100,000 calls" % grown_rss
 
 
+def test_loop_threads_leave_no_thread_states(setup):
+    """A library thread keeps one Python thread state while it runs (not
+    one per callback): it goes when the thread ends, so connections and
+    brokers opened and closed leave none behind."""
+    from messidge import _core
+    ctl, b, c = setup
+    c.send_blocking_cmd(b'echo', timeout=TIMEOUT)
+    before = _core._thread_states()
+    for i in range(20):
+        other = make_conn(b)
+        got = threading.Event()
+        other.send_cmd(b'echo', reply_callback=lambda msg: got.set())
+        assert got.wait(TIMEOUT)
+        assert other.send_blocking_cmd(b'echo', {'i': i}, timeout=TIMEOUT).params['i'] == i
+        other.disconnect()
+    wait_for(lambda: _core._thread_states() <= before, what="the loop threads' states freed")
+
+
 def test_closing_from_a_handler_and_another_thread(setup, closing):
     """A node's handler disconnects it (its loop thread cannot join itself:
     a thread of its own closes it) while the main thread waits for the end,

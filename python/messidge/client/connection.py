@@ -80,16 +80,10 @@ class Connection(_core.Connection):
         super().wait_until_ready(timeout)
         return self
 
-    def send_cmd(self, command, params=None, bulk=None, reply_callback=None):
-        """Fire and forget, or with reply_callback(msg) called on the loop
-        thread for each reply (an error reply has msg.error set)."""
-        self.send(command, params, bulk, reply_callback)
-
-    def send_blocking_cmd(self, command, params=None, bulk=None, timeout=None):
-        """Send and wait for the reply (a Message); a handler's failure
-        raises ValueError with its text. timeout in seconds (None: for ever;
-        messidge.TimeoutError past it)."""
-        return self.call(command, params, bulk, timeout)
+    # send_cmd(command, params=None, bulk=None, reply_callback=None) and
+    # send_blocking_cmd(command, params=None, bulk=None, timeout=None) are
+    # _core.Connection's own: called once per message, they take no Python
+    # frame of their own here.
 
     def send_skt(self):
         """The original's socket factory: here the connection itself, which
