@@ -2,6 +2,7 @@
  * inbound.h): its params in the form they came, converted once on demand. */
 #include "inbound.h"
 
+#include "cbor_check.h"
 #include "internal.h"
 #include "params.h"
 
@@ -13,9 +14,19 @@
 void mdg_inbound_init(mdg_inbound *in)
 {
     in->has_encoded = in->params_checked = false;
+    in->nmarks = 0;
     in->params_off = in->params_len = 0;
     in->params = NULL;
     in->has_bulk = false;
+}
+
+/* The walk in mdg_wire_read_head_walk marks each key and value. */
+static void remember_mark(void *arg, size_t off)
+{
+    mdg_inbound *in = arg;
+    if (in->nmarks < MDG_INBOUND_MARKS)
+        in->marks[in->nmarks] = (uint32_t)off;
+    in->nmarks++;
 }
 
 int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, mdg_inbound_cursor *at)
@@ -28,13 +39,17 @@ int mdg_inbound_next(mdg_inbound *in, mdg_frames *f, int first, mdg_inbound_curs
     size_t size = zmq_msg_size(head);
     if (at->count && at->off >= size)
         return 1;
-    int rc = mdg_wire_read_head(zmq_msg_data(head), size, &at->off, &in->h, &in->params_off, &in->params_len);
+    mdg_cbor_walk walk = {.mark = remember_mark, .arg = in};
+    int rc = mdg_wire_read_head_walk(zmq_msg_data(head), size, &at->off, &in->h, &in->params_off, &in->params_len,
+                                     &walk);
     if (rc) {
         memset(&in->h, 0, sizeof in->h); /* kind 0: no header */
         at->off = size;
         return rc;
     }
     in->params_checked = at->off < size; /* walked to find the next message */
+    in->halves = walk.halves;
+    in->indefinite = walk.indefinite;
     bool alone = ++at->count == 1 && at->off == size;
     if (f->dropped || nparts > 2)
         rc = mdg_fail(MDG_EPROTO, TOO_MANY_PARTS);
@@ -67,8 +82,10 @@ int mdg_inbound_take_params(mdg_inbound *in, mdg_params **out)
     }
     if (!in->has_encoded || !in->params_len)
         return mdg_fail(MDG_EPROTO, NO_PARAMS);
-    int rc = mdg_params_decode((const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off, in->params_len,
-                                    out);
+    const uint8_t *data = (const uint8_t *)zmq_msg_data(&in->encoded) + in->params_off;
+    int rc = in->params_checked && in->nmarks <= MDG_INBOUND_MARKS
+                 ? mdg_params_decode_walked(data, in->params_len, in->marks, in->nmarks, in->halves, in->indefinite, out)
+                 : mdg_params_decode(data, in->params_len, out);
     if (rc == 0) {
         zmq_msg_close(&in->encoded);
         in->has_encoded = false;
@@ -124,6 +141,10 @@ void mdg_inbound_move(mdg_inbound *dst, mdg_inbound *src)
         dst->params_off = src->params_off;
         dst->params_len = src->params_len;
         dst->params_checked = src->params_checked;
+        dst->nmarks = src->nmarks;
+        memcpy(dst->marks, src->marks, sizeof dst->marks);
+        dst->halves = src->halves;
+        dst->indefinite = src->indefinite;
     }
     dst->params = src->params;
     dst->has_bulk = mdg_inbound_take_bulk(src, &dst->bulk);

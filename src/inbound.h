@@ -16,12 +16,21 @@
 
 #include "wire.h"
 
+/* The keys and values of a batched message's params remembered from the
+ * walk that found its end: 8 pairs, more than the usual call has. */
+#define MDG_INBOUND_MARKS 16
+
 typedef struct mdg_inbound {
     mdg_header h;
     zmq_msg_t encoded;  /* the head frame as it came (has_encoded)... */
     size_t params_off;  /* ...whose params start here... */
     size_t params_len;  /* ...and are this long, */
     bool params_checked; /* ...within cbor_check.h's limits (walked already) */
+    /* ...where that walk saw their keys and values start, so that decoding
+     * them does not walk again (more than MDG_INBOUND_MARKS: it does) */
+    uint32_t marks[MDG_INBOUND_MARKS];
+    size_t nmarks;
+    bool halves, indefinite;
     bool has_encoded;
     mdg_params *params; /* or the params decoded; never both, maybe neither */
     zmq_msg_t bulk;     /* the optional bulk frame (has_bulk) */

@@ -461,19 +461,14 @@ static int check_keys(const mdg_params *p)
     return rc;
 }
 
-static int decode(const void *buf, size_t len, bool check, mdg_params **out)
+/* Params from buf, walked by w, whose marks are in p->at (p->n of them):
+ * the checks a map must pass, and the pairs copied in. */
+static int build(mdg_params *p, const void *buf, size_t len, const mdg_cbor_walk *w, bool check, mdg_params **out)
 {
-    *out = NULL;
-    mdg_params *p = mdg_params_new();
-    if (!p)
-        return mdg_fail(MDG_ENOMEM, "out of memory decoding params");
-    mdg_cbor_walk w = {.mark = mark, .arg = p};
-    int rc = mdg_cbor_walk_item(buf, len, &w);
+    int rc;
     size_t marks = p->n;
     p->n = 0;
-    if (rc)
-        goto fail;
-    if (w.used != len) {
+    if (w->used != len) {
         rc = mdg_fail(MDG_EPROTO, "trailing bytes after CBOR item");
         goto fail;
     }
@@ -490,7 +485,7 @@ static int decode(const void *buf, size_t len, bool check, mdg_params **out)
         goto fail;
     }
     /* the pairs: after the map's head, before an indefinite map's break */
-    size_t end = len - (w.indefinite ? 1 : 0), first = marks ? p->at[0] : end;
+    size_t end = len - (w->indefinite ? 1 : 0), first = marks ? p->at[0] : end;
     if (!reserve(p, end - first, marks / 2)) {
         rc = mdg_fail(MDG_ENOMEM, "out of memory decoding params");
         goto fail;
@@ -501,7 +496,7 @@ static int decode(const void *buf, size_t len, bool check, mdg_params **out)
     p->n = marks / 2;
     p->len = end - first;
     p->at[marks] = (uint32_t)p->len;
-    p->views.halves = w.halves;
+    p->views.halves = w->halves;
     if (check && (rc = check_keys(p)) != 0)
         goto fail;
     *out = p;
@@ -510,6 +505,39 @@ fail:
     p->n = 0;
     mdg_params_destroy(&p);
     return rc;
+}
+
+static int decode(const void *buf, size_t len, bool check, mdg_params **out)
+{
+    *out = NULL;
+    mdg_params *p = mdg_params_new();
+    if (!p)
+        return mdg_fail(MDG_ENOMEM, "out of memory decoding params");
+    mdg_cbor_walk w = {.mark = mark, .arg = p};
+    int rc = mdg_cbor_walk_item(buf, len, &w);
+    if (rc) {
+        p->n = 0;
+        mdg_params_destroy(&p);
+        return rc;
+    }
+    return build(p, buf, len, &w, check, out);
+}
+
+int mdg_params_decode_walked(const void *buf, size_t len, const uint32_t *marks, size_t nmarks, bool halves,
+                             bool indefinite, mdg_params **out)
+{
+    *out = NULL;
+    mdg_params *p = mdg_params_new();
+    if (!p)
+        return mdg_fail(MDG_ENOMEM, "out of memory decoding params");
+    if (!grow((void **)&p->at, p->small_at, &p->at_cap, nmarks + 1, sizeof *p->at)) {
+        mdg_params_destroy(&p);
+        return mdg_fail(MDG_ENOMEM, "out of memory decoding params");
+    }
+    memcpy(p->at, marks, nmarks * sizeof *marks);
+    p->n = nmarks;
+    mdg_cbor_walk w = {.halves = halves, .indefinite = indefinite, .used = len};
+    return build(p, buf, len, &w, true, out);
 }
 
 int mdg_params_decode(const void *buf, size_t len, mdg_params **out)

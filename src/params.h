@@ -17,6 +17,10 @@
  * limits, whose keys are distinct text strings. On 0 *out is a new params
  * (the caller's); else MDG_EPROTO / MDG_ENOMEM with the reason. */
 int mdg_params_decode(const void *buf, size_t len, mdg_params **out);
+/* The same for params already walked (cbor_check.h's limits) by a walk
+ * whose marks, halves and indefinite are given: not walked again. */
+int mdg_params_decode_walked(const void *buf, size_t len, const uint32_t *marks, size_t nmarks, bool halves,
+                             bool indefinite, mdg_params **out);
 /* The encoded map (NULL = the empty map): its size, and writing it at buf
  * (returns the bytes written, 0 when cap is too small). */
 size_t mdg_params_encoded_size(const mdg_params *p);

@@ -203,14 +203,22 @@ int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h)
 int mdg_wire_read_head(const void *buf, size_t len, size_t *off, mdg_header *h, size_t *params_off,
                        size_t *params_len)
 {
+    return mdg_wire_read_head_walk(buf, len, off, h, params_off, params_len, NULL);
+}
+
+int mdg_wire_read_head_walk(const void *buf, size_t len, size_t *off, mdg_header *h, size_t *params_off,
+                            size_t *params_len, mdg_cbor_walk *walk)
+{
     size_t used;
     int rc = decode_header_at((const uint8_t *)buf + *off, len - *off, h, &used);
     if (rc)
         return rc;
     size_t ps = *off + used;
     if (h->flags & MDG_F_NEXT) {
-        if ((rc = mdg_cbor_item_len((const uint8_t *)buf + ps, len - ps, params_len)) != 0)
+        mdg_cbor_walk own = {0}, *w = walk ? walk : &own;
+        if ((rc = mdg_cbor_walk_item((const uint8_t *)buf + ps, len - ps, w)) != 0)
             return rc;
+        *params_len = w->used;
         h->flags &= ~(uint32_t)MDG_F_NEXT;
     } else {
         *params_len = len - ps;

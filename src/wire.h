@@ -89,6 +89,13 @@ int mdg_wire_decode_header(const void *buf, size_t len, mdg_header *h);
  * read. */
 int mdg_wire_read_head(const void *buf, size_t len, size_t *off, mdg_header *h, size_t *params_off,
                        size_t *params_len);
+/* The same, with the walk that finds a marked message's end made with
+ * walk (its mark callback sees the params' keys and values), so that
+ * decoding them later need not walk again. walk is used only when the
+ * message was marked MDG_F_NEXT (the last one's params are not walked). */
+struct mdg_cbor_walk;
+int mdg_wire_read_head_walk(const void *buf, size_t len, size_t *off, mdg_header *h, size_t *params_off,
+                            size_t *params_len, struct mdg_cbor_walk *walk);
 /* Write one message of a head frame at buf: h (MDG_F_NEXT set when next),
  * then params. Bytes written, or 0 when cap is too small. */
 size_t mdg_wire_put_head(uint8_t *buf, size_t cap, const mdg_header *h, bool next, const void *params,

@@ -19,7 +19,9 @@
  *    key; the input sealed as a payload's inside (so the layout behind the
  *    box is the fuzzer's) opens into frames that add up to what was
  *    sealed, or is refused. */
+#include "cbor_check.h"
 #include "fleet.h"
+#include "inbound.h"
 #include "legacy.h"
 #include "params.h"
 #include "wire.h"
@@ -182,17 +184,63 @@ static void head_round_trip(const uint8_t *data, size_t size)
 /* The input as a head frame of several messages: each read in turn, its
  * params inside the frame and after its header, until the frame ends or
  * one does not read. */
+/* The walk's marks, as mdg_inbound keeps them. */
+typedef struct marks {
+    uint32_t at[MDG_INBOUND_MARKS];
+    size_t n;
+} marks;
+
+static void keep_mark(void *arg, size_t off)
+{
+    marks *m = arg;
+    if (m->n < MDG_INBOUND_MARKS)
+        m->at[m->n] = (uint32_t)off;
+    m->n++;
+}
+
+/* Params decoded from the walk that found their end are the params
+ * decoded afresh: both refuse, or both give the same bytes. */
+static void walked_same(const uint8_t *data, size_t size, const uint8_t *p, size_t len, const marks *m,
+                        const mdg_cbor_walk *w)
+{
+    mdg_params *a = NULL, *b = NULL;
+    if (m->n > MDG_INBOUND_MARKS)
+        return;
+    int ra = mdg_params_decode(p, len, &a), rb = mdg_params_decode_walked(p, len, m->at, m->n, w->halves,
+                                                                            w->indefinite, &b);
+    if ((ra == 0) != (rb == 0))
+        fail("params decoded from the walk's marks differ from params decoded afresh", data, size);
+    if (ra == 0) {
+        size_t na = mdg_params_encoded_size(a), nb = mdg_params_encoded_size(b);
+        uint8_t *ea = malloc(na), *eb = malloc(nb);
+        if (!ea || !eb)
+            abort();
+        mdg_params_write(a, ea, na);
+        mdg_params_write(b, eb, nb);
+        if (na != nb || memcmp(ea, eb, na) != 0)
+            fail("params decoded from the walk's marks encode differently", data, size);
+        free(ea);
+        free(eb);
+    }
+    mdg_params_destroy(&a);
+    mdg_params_destroy(&b);
+}
+
 static void batch_walk(const uint8_t *data, size_t size)
 {
     size_t off = 0, poff, plen;
     mdg_header h;
     for (int n = 0; off < size && n < 1000; n++) {
         size_t at = off;
-        if (mdg_wire_read_head(data, size, &off, &h, &poff, &plen) != 0)
+        marks m = {.n = 0};
+        mdg_cbor_walk w = {.mark = keep_mark, .arg = &m};
+        if (mdg_wire_read_head_walk(data, size, &off, &h, &poff, &plen, &w) != 0)
             return;
         if (poff <= at || poff > size || plen > size - poff || off != poff + plen || (h.flags & MDG_F_NEXT))
             fail("batched message out of its frame", data, size);
         params_round_trip(data + poff, plen);
+        if (off < size) /* walked: not the last */
+            walked_same(data, size, data + poff, plen, &m, &w);
     }
 }
 
