@@ -65,8 +65,10 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     memcpy(c->server_pk, server_pk, MDG_KEY_BYTES);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->drive, NULL);
-    mdg_pool_init(&c->out_pool, sizeof(out_item) + OUT_POOLED_PARAMS, sizeof(out_item), 256); /* params written whole */
-    mdg_pool_init(&c->pending_pool, sizeof(pending), offsetof(pending, why) + 1, 256); /* why: an empty string */
+    /* a pipelining client has about a thousand calls in flight; at most
+     * about 700 KiB are kept for the next burst */
+    mdg_pool_init(&c->out_pool, sizeof(out_item) + OUT_POOLED_PARAMS, sizeof(out_item), 1024); /* params written whole */
+    mdg_pool_init(&c->pending_pool, sizeof(pending), sizeof(pending), 1024);
     pthread_cond_init(&c->state_cond, NULL);
     pthread_cond_init(&c->room_cond, NULL);
     c->state = C_NEW;
@@ -566,49 +568,50 @@ static void lead_end(mdg_conn *c)
 int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
                   size_t bulk_len, int timeout_ms, mdg_msg **reply)
 {
-    pending pd = {.blocking = true};
+    blocking_call bc = {.pd = {.blocking = true}};
+    pending *pd = &bc.pd;
     int rc;
     if (!reply) {
         mdg_params_destroy(&params);
         return mdg_fail(MDG_EINVAL, "mdg_conn_call needs somewhere to put the reply");
     }
     *reply = NULL;
-    pthread_cond_init(&pd.cond, NULL);
+    pthread_cond_init(&pd->cond, NULL);
     int64_t deadline = deadline_of(timeout_ms);
     bool lead = c && lead_begin(c);
-    rc = send_cmd(c, command, params, bulk, bulk_len, &pd, NULL, NULL);
+    rc = send_cmd(c, command, params, bulk, bulk_len, pd, NULL, NULL);
     if (lead) {
         if (rc == 0)
-            drive_wait(c, &pd, deadline, true);
+            drive_wait(c, pd, deadline, true);
         lead_end(c);
     }
     if (rc != 0) {
-        pthread_cond_destroy(&pd.cond);
+        pthread_cond_destroy(&pd->cond);
         return rc;
     }
     if (conn_on_loop_thread(c))
-        rc = drive_wait(c, &pd, deadline, false);
+        rc = drive_wait(c, pd, deadline, false);
     pthread_mutex_lock(&c->lock);
-    while (rc == 0 && !pd.done && wait_locked(c, &pd.cond, deadline))
+    while (rc == 0 && !pd->done && wait_locked(c, &pd->cond, deadline))
         ;
-    if (!pd.done) /* timed out: the late reply will find no one and be logged */
-        mdg_map_take_u64(c->pending, pd.corr);
+    if (!pd->done) /* timed out: the late reply will find no one and be logged */
+        mdg_map_take_u64(c->pending, pd->corr);
     bool link_down = c->state == C_RECONNECTING;
     pthread_mutex_unlock(&c->lock);
-    pthread_cond_destroy(&pd.cond);
+    pthread_cond_destroy(&pd->cond);
 
-    if (!pd.done)
+    if (!pd->done)
         return rc ? rc
                   : mdg_fail(MDG_ETIMEDOUT, "no reply to '%s' within %d ms%s", command, timeout_ms,
                              link_down ? " (the link to the broker is down; reconnecting)" : "");
-    if (pd.err)
-        return mdg_fail(pd.err, "'%s' not answered: %s", command, pd.why);
-    if (mdg_msg_is_error(pd.reply)) {
-        rc = mdg_fail(MDG_EREMOTE, "%s", mdg_msg_error(pd.reply));
-        mdg_msg_destroy(&pd.reply);
+    if (pd->err)
+        return mdg_fail(pd->err, "'%s' not answered: %s", command, bc.why);
+    if (mdg_msg_is_error(pd->reply)) {
+        rc = mdg_fail(MDG_EREMOTE, "%s", mdg_msg_error(pd->reply));
+        mdg_msg_destroy(&pd->reply);
         return rc;
     }
-    *reply = pd.reply;
+    *reply = pd->reply;
     return 0;
 }
 
@@ -621,7 +624,8 @@ void conn_fail_pending(mdg_conn *c, int err, const char *text)
     while ((pd = mdg_map_pop(c->pending)) != NULL) {
         if (pd->blocking) {
             pd->err = err;
-            snprintf(pd->why, sizeof pd->why, "%s", text);
+            blocking_call *bc = (blocking_call *)pd; /* a blocking call's pending is its first member */
+            snprintf(bc->why, sizeof bc->why, "%s", text);
             pd->done = true;
             pthread_cond_signal(&pd->cond);
         } else if (pd->done) { /* a callback call that had its reply, kept for more */

@@ -78,9 +78,15 @@ typedef struct pending {
     bool done;
     int err;
     mdg_msg *reply;
-    char why[2 * ENDPOINT_MAX + 200]; /* with err: why the call ended (a failover names two brokers); last,
-                                         as the pool zeroes a record only up to its first byte */
 } pending;
+
+/* A blocking call's record, on its caller's stack: a pending call and why
+ * it ended without a reply (with err: a failover names two brokers). A
+ * callback call's record (from c->pending_pool) is the pending alone. */
+typedef struct blocking_call {
+    pending pd; /* first: c->pending holds &pd */
+    char why[2 * ENDPOINT_MAX + 200];
+} blocking_call;
 
 /* A message read during a nested wait, dispatched later in arrival order. */
 typedef struct deferred {
