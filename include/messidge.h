@@ -369,7 +369,8 @@ typedef struct mdg_broker_options {
     /* Fairness at a node: what one session may have at one node at once,
      * calls not yet finally answered plus fire-and-forget commands the node
      * has not acknowledged. Default 64. A session past it waits (its further
-     * messages are held unprocessed), other sessions do not. */
+     * messages are held unprocessed), other sessions do not. A session
+     * alone at a node (no other in the last 100 ms) may have 4 times it. */
     int node_window;
     /* Messages the broker reads from one peer and holds unprocessed while
      * where they go is full (the peer is paused): default queue_limit.

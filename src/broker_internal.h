@@ -70,6 +70,11 @@ typedef struct peer {
     size_t held_len;
     bool resend_owed;  /* messages past hold_limit were not taken: ask for them once the held ones went */
     int paused_fwds;   /* calls to nodes told to pause because this session is not reading */
+    /* a node: the session whose message it was last given, when, and until
+     * when another session counts as about (share_take: a session alone
+     * gets more) */
+    uint8_t last_sharer[SESSION_ID_BYTES];
+    int64_t last_shared, shared_until;
     struct broker_listener *listener;         /* the one its link is on */
     const struct broker_transport *transport; /* how messages reach it: its listener's */
     void *transport_state; /* the transport's own state of this peer, or NULL */

@@ -24,14 +24,33 @@ static void share_key(uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES], const uint8
     memcpy(key + SESSION_ID_BYTES, node_pk, MDG_KEY_BYTES);
 }
 
-/* One more message of a session at a node: 0, MDG_EAGAIN when its share
- * is full (node_window), or MDG_ENOMEM. */
-static int share_take(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk)
+/* A session alone at a local node (no other session has given it a
+ * message for SHARED_MS) may have SOLO_WINDOWS times node_window there:
+ * nobody waits behind it, and a deep pipeline from one client is what
+ * fills the node's frames. A message from any other session makes the
+ * window node_window again for everyone, at once and for SHARED_MS after
+ * that session's last. */
+#define SOLO_WINDOWS 4
+#define SHARED_MS 100
+
+/* One more message of a session at a node (node: its session here, NULL
+ * for a node of another broker): 0, MDG_EAGAIN when its share is full, or
+ * MDG_ENOMEM. */
+static int share_take(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk, peer *node)
 {
     uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
     share_key(key, sid, node_pk);
+    int64_t now = node ? mdg_now_ms() : 0;
+    if (node) { /* a message that waits for room counts too: its session is about */
+        if (memcmp(node->last_sharer, sid, SESSION_ID_BYTES) != 0) {
+            node->shared_until = node->last_shared + SHARED_MS; /* the other was last here then */
+            memcpy(node->last_sharer, sid, SESSION_ID_BYTES);
+        }
+        node->last_shared = now;
+    }
     share *s = mdg_map_get(b->shares, key, sizeof key);
-    if (s && s->used >= b->node_window)
+    if (s && s->used >= b->node_window &&
+        (!node || s->used >= b->node_window * SOLO_WINDOWS || now < node->shared_until))
         return MDG_EAGAIN;
     if (!s) {
         if (!(s = calloc(1, sizeof *s)))
@@ -344,7 +363,7 @@ static bool forward_to_fleet(mdg_broker *b, peer *p, mdg_msg *m, fleet_member *h
         refuse(b, p, &m->h, "command names beginning 'mdg.' are reserved");
         return true;
     }
-    int rc = share_take(b, p->session_id, node_pk);
+    int rc = share_take(b, p->session_id, node_pk, NULL);
     if (rc == MDG_EAGAIN)
         return false;
     zmq_msg_t pm, bm;
@@ -422,7 +441,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
      * everyone else's calls at the node */
     if (peer_full(b, node))
         return false;
-    int rc = share_take(b, p->session_id, node->pk);
+    int rc = share_take(b, p->session_id, node->pk, node);
     if (rc == MDG_EAGAIN)
         return false;
     zmq_msg_t pm, bm;
