@@ -415,6 +415,8 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
 {
     out_item *o = NULL;
     pending *pd = waiter;
+    uint64_t corr = 0; /* pd's, read under the lock: once it is unlocked, a
+                        * failing link's conn_fail_pending may end pd */
     int rc;
     if (!c || !command || !*command || (!bulk && bulk_len)) {
         mdg_params_destroy(&params);
@@ -432,8 +434,8 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
     if (!rc && pd) {
         pd->cb = cb;
         pd->arg = arg;
-        pd->corr = ++c->next_corr;
-        rc = mdg_map_put_u64(c->pending, pd->corr, pd);
+        pd->corr = corr = ++c->next_corr;
+        rc = mdg_map_put_u64(c->pending, corr, pd);
     }
     if (rc) {
         if (pd && pd != waiter)
@@ -446,11 +448,11 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
         mdg_params_destroy(&params);
         return rc;
     }
-    if ((rc = conn_out_build(c, o, MDG_K_CMD, command, pd ? pd->corr : 0, 0, params, plen, bulk, bulk_len)) != 0 ||
+    if ((rc = conn_out_build(c, o, MDG_K_CMD, command, corr, 0, params, plen, bulk, bulk_len)) != 0 ||
         (rc = conn_enqueue(c, o)) != 0) {
         if (pd) {
             pthread_mutex_lock(&c->lock);
-            if (mdg_map_take_u64(c->pending, pd->corr) == pd && pd != waiter)
+            if (mdg_map_take_u64(c->pending, corr) == pd && pd != waiter)
                 conn_pending_free_locked(c, pd);
             pthread_mutex_unlock(&c->lock);
         }
