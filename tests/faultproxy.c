@@ -111,7 +111,7 @@ static ssize_t pump(int from, int to, size_t max)
     if (n <= 0)
         return 0;
     for (ssize_t off = 0; off < n;) {
-        ssize_t w = write(to, buf + off, (size_t)(n - off));
+        ssize_t w = send(to, buf + off, (size_t)(n - off), MSG_NOSIGNAL); /* a reset peer: EPIPE, not SIGPIPE */
         if (w < 0) {
             if (errno == EINTR)
                 continue;
