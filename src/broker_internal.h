@@ -41,6 +41,16 @@
 
 /* A session: a user's or a node's, on either listener. It outlives its
  * link for a grace period (attached false), so that a client can resume. */
+/* Who has lately given a node messages (share_take, broker_route.c): the
+ * session of the last message, when, and until when another session counts
+ * as about. A session alone at a node gets more than node_window. Kept with
+ * the node's session, or for a node of another broker with its directory
+ * entry (fleet_node_sharing). */
+typedef struct node_sharing {
+    uint8_t last_sharer[SESSION_ID_BYTES];
+    int64_t last_shared, shared_until;
+} node_sharing;
+
 typedef struct peer {
     uint8_t rid[255];
     uint8_t rid_len;
@@ -70,11 +80,7 @@ typedef struct peer {
     size_t held_len;
     bool resend_owed;  /* messages past hold_limit were not taken: ask for them once the held ones went */
     int paused_fwds;   /* calls to nodes told to pause because this session is not reading */
-    /* a node: the session whose message it was last given, when, and until
-     * when another session counts as about (share_take: a session alone
-     * gets more) */
-    uint8_t last_sharer[SESSION_ID_BYTES];
-    int64_t last_shared, shared_until;
+    node_sharing sharing; /* a node: who has lately given it messages */
     struct broker_listener *listener;         /* the one its link is on */
     const struct broker_transport *transport; /* how messages reach it: its listener's */
     void *transport_state; /* the transport's own state of this peer, or NULL */

@@ -24,7 +24,7 @@ static void share_key(uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES], const uint8
     memcpy(key + SESSION_ID_BYTES, node_pk, MDG_KEY_BYTES);
 }
 
-/* A session alone at a local node (no other session has given it a
+/* A session alone at a node (no other session of this broker has given it a
  * message for SHARED_MS) may have SOLO_WINDOWS times node_window there:
  * nobody waits behind it, and a deep pipeline from one client is what
  * fills the node's frames. A message from any other session makes the
@@ -33,24 +33,24 @@ static void share_key(uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES], const uint8
 #define SOLO_WINDOWS 4
 #define SHARED_MS 100
 
-/* One more message of a session at a node (node: its session here, NULL
- * for a node of another broker): 0, MDG_EAGAIN when its share is full, or
- * MDG_ENOMEM. */
-static int share_take(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk, peer *node)
+/* One more message of a session at a node (ns: who has lately given that
+ * node messages; NULL when not known): 0, MDG_EAGAIN when its share is
+ * full, or MDG_ENOMEM. */
+static int share_take(mdg_broker *b, const uint8_t *sid, const uint8_t *node_pk, node_sharing *ns)
 {
     uint8_t key[SESSION_ID_BYTES + MDG_KEY_BYTES];
     share_key(key, sid, node_pk);
-    int64_t now = node ? mdg_now_ms() : 0;
-    if (node) { /* a message that waits for room counts too: its session is about */
-        if (memcmp(node->last_sharer, sid, SESSION_ID_BYTES) != 0) {
-            node->shared_until = node->last_shared + SHARED_MS; /* the other was last here then */
-            memcpy(node->last_sharer, sid, SESSION_ID_BYTES);
+    int64_t now = ns ? mdg_now_ms() : 0;
+    if (ns) { /* a message that waits for room counts too: its session is about */
+        if (memcmp(ns->last_sharer, sid, SESSION_ID_BYTES) != 0) {
+            ns->shared_until = ns->last_shared + SHARED_MS; /* the other was last here then */
+            memcpy(ns->last_sharer, sid, SESSION_ID_BYTES);
         }
-        node->last_shared = now;
+        ns->last_shared = now;
     }
     share *s = mdg_map_get(b->shares, key, sizeof key);
     if (s && s->used >= b->node_window &&
-        (!node || s->used >= b->node_window * SOLO_WINDOWS || now < node->shared_until))
+        (!ns || s->used >= b->node_window * SOLO_WINDOWS || now < ns->shared_until))
         return MDG_EAGAIN;
     if (!s) {
         if (!(s = calloc(1, sizeof *s)))
@@ -363,7 +363,7 @@ static bool forward_to_fleet(mdg_broker *b, peer *p, mdg_msg *m, fleet_member *h
         refuse(b, p, &m->h, "command names beginning 'mdg.' are reserved");
         return true;
     }
-    int rc = share_take(b, p->session_id, node_pk, NULL);
+    int rc = share_take(b, p->session_id, node_pk, fleet_node_sharing(b->fleet, node_pk));
     if (rc == MDG_EAGAIN)
         return false;
     zmq_msg_t pm, bm;
@@ -441,7 +441,7 @@ static bool forward_to_node(mdg_broker *b, peer *p, mdg_msg *m)
      * everyone else's calls at the node */
     if (peer_full(b, node))
         return false;
-    int rc = share_take(b, p->session_id, node->pk, node);
+    int rc = share_take(b, p->session_id, node->pk, &node->sharing);
     if (rc == MDG_EAGAIN)
         return false;
     zmq_msg_t pm, bm;

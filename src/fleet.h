@@ -125,6 +125,9 @@ int fleet_dir_init(fleet *f);
 void fleet_dir_free(fleet *f);
 /* The member a node is connected to, or NULL (not a fleet node). */
 fleet_member *fleet_node_home(const fleet *f, const uint8_t pk[MDG_KEY_BYTES]);
+/* Who of this broker's sessions has lately given that node messages (the
+ * share rule of broker_route.c), or NULL (not a fleet node). */
+node_sharing *fleet_node_sharing(const fleet *f, const uint8_t pk[MDG_KEY_BYTES]);
 /* A local node joined or left: the others are told. */
 void fleet_node_joined(fleet *f, const uint8_t pk[MDG_KEY_BYTES]);
 void fleet_node_left(fleet *f, const uint8_t pk[MDG_KEY_BYTES]);

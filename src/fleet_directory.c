@@ -13,6 +13,7 @@ typedef struct dir_entry {
     uint8_t pk[MDG_KEY_BYTES];
     fleet_member *home;
     bool stale; /* while a full list is read: not (yet) in it */
+    node_sharing sharing;
 } dir_entry;
 
 int fleet_dir_init(fleet *f)
@@ -32,6 +33,12 @@ fleet_member *fleet_node_home(const fleet *f, const uint8_t pk[MDG_KEY_BYTES])
 {
     dir_entry *e = mdg_map_get(f->dir, pk, MDG_KEY_BYTES);
     return e && e->home->up ? e->home : NULL;
+}
+
+node_sharing *fleet_node_sharing(const fleet *f, const uint8_t pk[MDG_KEY_BYTES])
+{
+    dir_entry *e = f ? mdg_map_get(f->dir, pk, MDG_KEY_BYTES) : NULL;
+    return e ? &e->sharing : NULL;
 }
 
 /* {"add": [pk...]} or {"del": [pk...]} (with "full": true, the whole list). */
