@@ -1,8 +1,9 @@
 /* loop.c - a small reactor over epoll. It sleeps on the watched fds and
  * the ZMQ sockets' ZMQ_FDs, and reads a socket's ZMQ_EVENTS (what
  * zmq_poll does) only where it may have changed: after its fd signalled,
- * or before sleeping for a socket the turn may have used (a ZMQ_FD does
- * not signal again what an operation on the socket already took in). The
+ * and before sleeping for every socket but the quiet ones (a ZMQ_FD does
+ * not signal again what an operation on the socket already took in, and
+ * any callback, timer or wake-up may have sent on any socket). The
  * wake-up is an eventfd watched like any other fd, so another thread (or
  * a signal handler) can interrupt the wait without a ZMQ socket of its
  * own.
@@ -329,8 +330,9 @@ static uint32_t fired(const struct epoll_event *evs, int n, int fd)
  * only while sleeping in epoll_wait; the items' revents are set. */
 static int wait_events(mdg_loop *l, long timeout)
 {
-    /* a socket the turn may have used can hold what its fd will not
-     * signal again: look before sleeping (revents marks it to look again) */
+    /* a socket the turn may have used (any but a quiet one) can hold what
+     * its fd will not signal again: look before sleeping (revents marks it
+     * to look again) */
     for (int i = 1; i < l->nitems; i++) {
         zmq_pollitem_t *it = &l->items[i];
         it->revents = 0;
