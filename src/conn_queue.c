@@ -122,11 +122,13 @@ static size_t in_flight(const mdg_conn *c, const out_item *o)
     return (size_t)(uintptr_t)mdg_map_get_u64(c->in_flight, o->m.h.corr);
 }
 
-/* A message enters (+1) or leaves (-1) the backlog (under lock). */
+/* A message enters (+1) or leaves (-1) the backlog (under lock). A call's
+ * window counts the replies that say more follow: a call's final reply
+ * ends it (and is most replies: one per call), so it needs no map entry. */
 static void count_backlog(mdg_conn *c, const out_item *o, int delta)
 {
     c->backlog += (size_t)(ptrdiff_t)delta;
-    if (o->m.h.kind == MDG_K_CMD || !o->m.h.corr)
+    if (o->m.h.kind == MDG_K_CMD || !o->m.h.corr || !(o->m.h.flags & MDG_F_MORE))
         return;
     size_t n = in_flight(c, o);
     if (delta < 0 && n <= 1)
