@@ -4,6 +4,7 @@
 #define MDG_TESTUTIL_H
 
 #include "messidge.h"
+#include "testclock.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -140,28 +141,6 @@ static inline bool t_read_file(const char *path, char *buf, size_t len)
         fclose(f);
     buf[n] = '\0';
     return n > 0;
-}
-
-/* A loopback port nothing listens on (bound to port 0, read, closed),
- * or 0 when no socket could be bound. */
-static inline int t_free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-static inline int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Poll for a condition until it holds or ms have passed by the clock
