@@ -75,7 +75,7 @@ static mdg_conn *start_conn(mdg_broker *b, const mdg_keys *bkeys, const mdg_keys
 
 typedef struct slow_call {
     mdg_conn *c;
-    atomic_int started, done;
+    atomic_int done;
     int rc;
     char why[256];
 } slow_call;
@@ -84,7 +84,6 @@ static void *call_slow(void *arg)
 {
     slow_call *s = arg;
     mdg_msg *r = NULL;
-    atomic_store(&s->started, 1);
     s->rc = mdg_conn_call(s->c, "slow", NULL, NULL, 0, 20000, &r);
     snprintf(s->why, sizeof s->why, "%s", mdg_last_error());
     mdg_msg_destroy(&r);
@@ -149,8 +148,9 @@ int main(void)
     slow_call sc = {.c = node};
     pthread_t t;
     pthread_create(&t, NULL, call_slow, &sc);
-    WAIT_FOR(atomic_load(&sc.started), 5000);
-    usleep(100 * 1000); /* not a wait for an event: gives the call time to be on its way */
+    /* The broker has the call: the node's thread is waiting for the reply. */
+    WAIT_FOR(atomic_load(&n_answerers) == 1, 5000);
+    CHECK(atomic_load(&n_answerers) == 1);
     int pings_before_slow_done = 0;
     for (int i = 0; i < 5; i++) {
         mdg_msg *r = NULL;
@@ -190,8 +190,8 @@ int main(void)
      * with MDG_ECLOSED, without waiting for the reply. */
     slow_call sc2 = {.c = user};
     pthread_create(&t, NULL, call_slow, &sc2);
-    WAIT_FOR(atomic_load(&sc2.started), 5000);
-    usleep(100 * 1000);
+    WAIT_FOR(atomic_load(&n_answerers) == 2, 5000);
+    CHECK(atomic_load(&n_answerers) == 2);
     mdg_conn_disconnect(user);
     WAIT_FOR(atomic_load(&sc2.done), SLOW_MS - 500);
     CHECK(atomic_load(&sc2.done));
