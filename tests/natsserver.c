@@ -1,6 +1,6 @@
 /* natsserver.c - see natsserver.h. */
 #include "natsserver.h"
-#include "testclock.h"
+#include "testsys.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

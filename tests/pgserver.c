@@ -1,10 +1,9 @@
 /* pgserver.c - see pgserver.h. */
 #include "pgserver.h"
-#include "testclock.h"
+#include "testsys.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <glob.h>
 #include <grp.h>
 #include <pwd.h>
@@ -95,14 +94,6 @@ static void print_file(const char *path)
         fwrite(buf, 1, n, stderr);
     fprintf(stderr, "----\n");
     fclose(f);
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
 }
 
 static void stop_all(void)
@@ -224,7 +215,7 @@ void t_pg_stop(t_pg *pg)
         pg->pid = 0;
     }
     if (pg->dir[0]) {
-        nftw(pg->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        t_rm_tree(pg->dir);
         pg->dir[0] = '\0';
     }
     for (size_t i = 0; i < sizeof running / sizeof running[0]; i++)

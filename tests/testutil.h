@@ -4,7 +4,7 @@
 #define MDG_TESTUTIL_H
 
 #include "messidge.h"
-#include "testclock.h"
+#include "testsys.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

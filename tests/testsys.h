@@ -1,13 +1,15 @@
-/* testclock.h - what test programs and their helper servers (pgserver.c,
+/* testsys.h - what test programs and their helper servers (pgserver.c,
  * natsserver.c) share without testutil.h's checks and log capture: the
- * monotonic clock that deadlines are measured by, and a free loopback
- * port to start a server on. */
-#ifndef MDG_TESTCLOCK_H
-#define MDG_TESTCLOCK_H
+ * monotonic clock that deadlines are measured by, a free loopback port to
+ * start a server on, and removing a test's temporary directory. */
+#ifndef MDG_TESTSYS_H
+#define MDG_TESTSYS_H
 
 #include <arpa/inet.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +34,20 @@ static inline int t_free_port(void)
     if (fd >= 0)
         close(fd);
     return port;
+}
+
+static inline int t_rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+/* rm -rf dir, not following symbolic links; quietly, whatever is left. */
+static inline void t_rm_tree(const char *dir)
+{
+    nftw(dir, t_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 #endif
