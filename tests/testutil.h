@@ -335,4 +335,48 @@ static inline mdg_conn *t_client(const mdg_broker *b, const mdg_keys *bkeys, mdg
     return c;
 }
 
+/* A blocking call on a thread of its own, so that the test can act while
+ * it waits (close the connection under it, kill a broker). */
+typedef struct t_call {
+    mdg_conn *c;
+    const char *command;
+    mdg_params *params; /* taken by the call */
+    int timeout_ms;
+    int rc;
+    char text[512]; /* mdg_last_error() of a failed call, else "" */
+    int64_t pid;    /* the reply's "pid" (proc_broker answers with its own) */
+    int64_t ended;  /* now_ms() when the call returned */
+    atomic_int done;
+    pthread_t t;
+} t_call;
+
+static inline void *t_call_thread(void *arg)
+{
+    t_call *j = arg;
+    mdg_msg *r = NULL;
+    j->rc = mdg_conn_call(j->c, j->command, j->params, NULL, 0, j->timeout_ms, &r);
+    snprintf(j->text, sizeof j->text, "%s", j->rc ? mdg_last_error() : "");
+    if (r)
+        mdg_params_get_int(mdg_msg_params(r), "pid", &j->pid);
+    mdg_msg_destroy(&r);
+    j->ended = now_ms();
+    atomic_store(&j->done, 1);
+    return NULL;
+}
+
+/* Start the call; pthread_join(j->t, NULL) waits for it. */
+static inline void t_call_start(t_call *j, mdg_conn *c, const char *command, mdg_params *p,
+                                int timeout_ms)
+{
+    memset(j, 0, sizeof *j);
+    j->c = c;
+    j->command = command;
+    j->params = p;
+    j->timeout_ms = timeout_ms;
+    if (pthread_create(&j->t, NULL, t_call_thread, j) != 0) {
+        fprintf(stderr, "cannot start a call thread\n");
+        exit(2);
+    }
+}
+
 #endif
