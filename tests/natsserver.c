@@ -1,5 +1,6 @@
 /* natsserver.c - see natsserver.h. */
 #include "natsserver.h"
+#include "testsys.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -42,13 +43,6 @@ static void remember(pid_t pid, pid_t was)
             started[i] = pid;
             return;
         }
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static const char *binary(void)

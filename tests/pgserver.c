@@ -1,9 +1,9 @@
 /* pgserver.c - see pgserver.h. */
 #include "pgserver.h"
+#include "testsys.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <glob.h>
 #include <grp.h>
 #include <pwd.h>
@@ -18,22 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
 #include <libpq-fe.h>
 
 #define READY_DEADLINE_MS 60000
 #define STOP_DEADLINE_MS 20000
 
 static t_pg *running[4]; /* for the atexit handler */
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The newest installed server's bin directory. */
 static int find_bindir(char *out, size_t len)
@@ -60,19 +50,6 @@ static int find_bindir(char *out, size_t len)
     }
     globfree(&g);
     return 0;
-}
-
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t alen = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
 }
 
 /* Fork a child that becomes "nobody" when we are root, sends its output
@@ -119,14 +96,6 @@ static void print_file(const char *path)
     fclose(f);
 }
 
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 static void stop_all(void)
 {
     for (size_t i = 0; i < sizeof running / sizeof running[0]; i++)
@@ -144,7 +113,7 @@ static int start_server(t_pg *pg, const char *bindir)
     snprintf(data, sizeof data, "%s/data", pg->dir);
     snprintf(log, sizeof log, "%s/server.log", pg->dir);
     snprintf(sockdir, sizeof sockdir, "unix_socket_directories=%s", pg->dir);
-    pg->port = free_port();
+    pg->port = t_free_port();
     snprintf(port, sizeof port, "%d", pg->port);
     char *const argv[] = {postgres, "-D", data, "-p", port, "-c", "listen_addresses=127.0.0.1",
                           "-c", sockdir, "-c", "fsync=off", "-c", "synchronous_commit=off",
@@ -158,7 +127,7 @@ static int start_server(t_pg *pg, const char *bindir)
     snprintf(pg->base, sizeof pg->base, "postgresql://messidge@127.0.0.1:%d", pg->port);
     char uri[200];
     snprintf(uri, sizeof uri, "%s/postgres?connect_timeout=2", pg->base);
-    for (long long deadline = now_ms() + READY_DEADLINE_MS; now_ms() < deadline;) {
+    for (int64_t deadline = now_ms() + READY_DEADLINE_MS; now_ms() < deadline;) {
         int status;
         if (waitpid(pg->pid, &status, WNOHANG) == pg->pid) {
             pg->pid = 0;
@@ -233,7 +202,7 @@ void t_pg_stop(t_pg *pg)
     int status;
     if (pg->pid > 0) {
         kill(pg->pid, SIGINT); /* fast shutdown: sessions are ended */
-        long long deadline = now_ms() + STOP_DEADLINE_MS;
+        int64_t deadline = now_ms() + STOP_DEADLINE_MS;
         while (waitpid(pg->pid, &status, WNOHANG) == 0) {
             if (now_ms() > deadline) {
                 fprintf(stderr, "pgserver: %d did not stop: killed\n", (int)pg->pid);
@@ -246,7 +215,7 @@ void t_pg_stop(t_pg *pg)
         pg->pid = 0;
     }
     if (pg->dir[0]) {
-        nftw(pg->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        t_rm_tree(pg->dir);
         pg->dir[0] = '\0';
     }
     for (size_t i = 0; i < sizeof running / sizeof running[0]; i++)

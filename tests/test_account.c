@@ -14,7 +14,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -38,12 +37,6 @@ static char bpk_b64[MDG_KEY_B64_LEN + 1];
 static void path_in(char *out, size_t len, const char *name)
 {
     snprintf(out, len, "%s/%s", base, name);
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(p);
 }
 
 static bool exists(const char *path)
@@ -813,6 +806,6 @@ int main(void)
     mdg_identity_destroy(&id);
     mdg_keys_destroy(&bkeys);
     curl_global_cleanup();
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    t_rm_tree(base);
     return t_done("test_account");
 }

@@ -73,25 +73,6 @@ static mdg_conn *start_conn(mdg_broker *b, const mdg_keys *bkeys, const mdg_keys
     return c;
 }
 
-typedef struct slow_call {
-    mdg_conn *c;
-    atomic_int started, done;
-    int rc;
-    char why[256];
-} slow_call;
-
-static void *call_slow(void *arg)
-{
-    slow_call *s = arg;
-    mdg_msg *r = NULL;
-    atomic_store(&s->started, 1);
-    s->rc = mdg_conn_call(s->c, "slow", NULL, NULL, 0, 20000, &r);
-    snprintf(s->why, sizeof s->why, "%s", mdg_last_error());
-    mdg_msg_destroy(&r);
-    atomic_store(&s->done, 1);
-    return NULL;
-}
-
 typedef struct echo_caller {
     mdg_conn *c;
     int base, n;
@@ -146,11 +127,11 @@ int main(void)
     /* 1. While an application thread of the node waits SLOW_MS for a reply,
      * the node's handlers still answer at once: the waiting thread must
      * give the socket back when a command for a handler comes. */
-    slow_call sc = {.c = node};
-    pthread_t t;
-    pthread_create(&t, NULL, call_slow, &sc);
-    WAIT_FOR(atomic_load(&sc.started), 5000);
-    usleep(100 * 1000); /* not a wait for an event: gives the call time to be on its way */
+    t_call sc;
+    t_call_start(&sc, node, "slow", NULL, 20000);
+    /* The broker has the call: the node's thread is waiting for the reply. */
+    WAIT_FOR(atomic_load(&n_answerers) == 1, 5000);
+    CHECK(atomic_load(&n_answerers) == 1);
     int pings_before_slow_done = 0;
     for (int i = 0; i < 5; i++) {
         mdg_msg *r = NULL;
@@ -162,7 +143,7 @@ int main(void)
     if (pings_before_slow_done != 5)
         fprintf(stderr, "the node answered %d of 5 pings while its slow call was under way\n",
                 pings_before_slow_done);
-    pthread_join(t, NULL);
+    pthread_join(sc.t, NULL);
     CHECK(sc.rc == 0);
 
     /* 2. Many callers on one connection, and callback calls beside them:
@@ -188,17 +169,17 @@ int main(void)
 
     /* 3. A call under way when another thread closes the connection ends
      * with MDG_ECLOSED, without waiting for the reply. */
-    slow_call sc2 = {.c = user};
-    pthread_create(&t, NULL, call_slow, &sc2);
-    WAIT_FOR(atomic_load(&sc2.started), 5000);
-    usleep(100 * 1000);
+    t_call sc2;
+    t_call_start(&sc2, user, "slow", NULL, 20000);
+    WAIT_FOR(atomic_load(&n_answerers) == 2, 5000);
+    CHECK(atomic_load(&n_answerers) == 2);
     mdg_conn_disconnect(user);
     WAIT_FOR(atomic_load(&sc2.done), SLOW_MS - 500);
     CHECK(atomic_load(&sc2.done));
-    pthread_join(t, NULL);
+    pthread_join(sc2.t, NULL);
     CHECK(sc2.rc == MDG_ECLOSED);
     if (sc2.rc != MDG_ECLOSED)
-        fprintf(stderr, "the call under a disconnect ended with %d: %s\n", sc2.rc, sc2.why);
+        fprintf(stderr, "the call under a disconnect ended with %d: %s\n", sc2.rc, sc2.text);
 
     mdg_conn_destroy(&user);
     mdg_conn_destroy(&node);

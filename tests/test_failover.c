@@ -163,25 +163,6 @@ static bool divides(mdg_conn *u, const uint8_t *pk, int timeout_ms)
     return q == 2.0;
 }
 
-/* ------------------------------------------------ the pending call */
-
-typedef struct hold_call {
-    mdg_conn *u;
-    const uint8_t *node;
-    int rc;
-    char text[800];
-} hold_call;
-
-static void *hold_thread(void *arg)
-{
-    hold_call *h = arg;
-    mdg_msg *r = NULL;
-    h->rc = mdg_conn_call(h->u, "hold", t_to_node(h->node), NULL, 0, 60000, &r);
-    snprintf(h->text, sizeof h->text, "%s", mdg_last_error());
-    mdg_msg_destroy(&r);
-    return NULL;
-}
-
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -243,15 +224,14 @@ int main(int argc, char **argv)
     CHECK(divides(ub, n2, 5000));
 
     /* a call from u (at A) to n1 (at B) pending at the node when A dies */
-    hold_call h = {.u = u, .node = n1};
-    pthread_t t;
-    pthread_create(&t, NULL, hold_thread, &h);
+    t_call h;
+    t_call_start(&h, u, "hold", t_to_node(n1), 60000);
     WAIT_UNTIL(atomic_load(&held), 10000);
     CHECK(atomic_load(&held));
     int64_t killed_at = now_ms();
     kill_broker_a();
 
-    pthread_join(t, NULL);
+    pthread_join(h.t, NULL);
     CHECK_RC(h.rc, MDG_ECLOSED);
     CHECK(strstr(h.text, "went away") && strstr(h.text, "session lost"));
     CHECK(strstr(h.text, porta) != NULL);

@@ -13,7 +13,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdatomic.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -29,17 +28,6 @@ static char base[] = "/tmp/mdg-test-identity-XXXXXX";
 static void path_in(char *out, size_t len, const char *name)
 {
     snprintf(out, len, "%s/%s", base, name);
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(p);
-}
-
-static void rm_rf(const char *p)
-{
-    nftw(p, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 #endif
 
@@ -647,7 +635,7 @@ int main(void)
     test_bad_stores();
     test_revocation_log_bad_row();
 
-    rm_rf(base);
+    t_rm_tree(base);
     return t_done("test_identity");
 }
 

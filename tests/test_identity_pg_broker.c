@@ -17,7 +17,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -40,14 +39,6 @@ static bool has(const char *out, const char *needle)
 static bool has_quiet(const char *out, const char *needle)
 {
     return strstr(out, needle) != NULL;
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
 }
 
 /* A session of a new user (registered through admin) on broker b. */
@@ -351,6 +342,6 @@ int main(void)
         test_tools(uri);
 #endif
     t_pg_stop(&pg);
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    t_rm_tree(base);
     return t_done("test_identity_pg_broker");
 }

@@ -3,9 +3,9 @@
  * Works in a fresh directory under /tmp and removes it at the end. Exits
  * non-zero at the first failed check, printing where and what. */
 #include "messidge.h"
+#include "testsys.h"
 
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,19 +32,11 @@ static bool tmpdir_made;
 
 /* ------------------------------------------------------------ file helpers */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 /* Runs at exit, so a failed CHECK does not leave the directory behind. */
 static void cleanup(void)
 {
     if (tmpdir_made)
-        nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        t_rm_tree(tmpdir);
 }
 
 static char *path_in(char *buf, size_t len, const char *dir, const char *name)

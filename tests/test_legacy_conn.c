@@ -682,22 +682,6 @@ static void fake_nested(fake *fk)
     CHECK(atomic_load(&pinged) == before + 1);
 }
 
-typedef struct blocking_call {
-    mdg_conn *c;
-    int rc;
-    char err[128];
-} blocking_call;
-
-static void *call_thread(void *arg)
-{
-    blocking_call *bc = arg;
-    mdg_msg *r = NULL;
-    bc->rc = mdg_conn_call(bc->c, "boom", NULL, NULL, 0, 5000, &r);
-    snprintf(bc->err, sizeof bc->err, "%s", mdg_last_error());
-    mdg_msg_destroy(&r);
-    return NULL;
-}
-
 /* Calls from the user: sealed, a uuid only when replies are wanted, every
  * reply to a callback call delivered, exceptions as MDG_EREMOTE. */
 static void fake_calls(fake *fk, mdg_conn *user, user_state *us)
@@ -746,9 +730,8 @@ static void fake_calls(fake *fk, mdg_conn *user, user_state *us)
     CHECK(atomic_load(&us->replies) == 4 && us->got[0] == 0 && us->got[1] == 1 && us->got[2] == 2 &&
           us->got[3] == -1);
 
-    blocking_call bc = {.c = user};
-    pthread_t t;
-    pthread_create(&t, NULL, call_thread, &bc);
+    t_call bc;
+    t_call_start(&bc, user, "boom", NULL, 5000);
     CHECK(fake_expect(fk, &lf, &p, &bulk));
     snprintf(uuid, sizeof uuid, "%.*s", lf.item ? (int)lf.uuid_len : 0, lf.item ? (const char *)lf.uuid : "");
     mdg_legacy_frame_free(&lf);
@@ -757,9 +740,9 @@ static void fake_calls(fake *fk, mdg_conn *user, user_state *us)
     q = mdg_params_new();
     mdg_params_set_str(q, "exception", "boom was called");
     fake_frame(fk, "", uuid, q, NULL);
-    pthread_join(t, NULL);
+    pthread_join(bc.t, NULL);
     CHECK_RC(bc.rc, MDG_EREMOTE);
-    CHECK(strcmp(bc.err, "boom was called") == 0);
+    CHECK(strcmp(bc.text, "boom was called") == 0);
 
     /* an exception for nothing in particular: the error handler's */
     q = mdg_params_new();

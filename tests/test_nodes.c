@@ -266,23 +266,6 @@ static void raw_closed(void *s)
         }
 }
 
-typedef struct blocked_call {
-    mdg_conn *user;
-    const uint8_t *pk;
-    int rc;
-    char err[256];
-} blocked_call;
-
-static void *blocked_caller(void *arg)
-{
-    blocked_call *bc = arg;
-    mdg_msg *r = NULL;
-    bc->rc = mdg_conn_call(bc->user, "anything", to_node(bc->pk, 32), NULL, 0, 8000, &r);
-    snprintf(bc->err, sizeof bc->err, "%s", mdg_last_error());
-    mdg_msg_destroy(&r);
-    return NULL;
-}
-
 /* Forward ids are not handed out again by another broker (a restarted
  * broker process, here a second broker object): a node still answering a
  * call of the broker that has gone never names a call of the next one.
@@ -531,14 +514,13 @@ int main(void)
     /* a reply the broker passes on (a well-formed CBOR map) but the caller
      * cannot decode (a key that is not text): the call ends with an error
      * instead of waiting for ever */
-    blocked_call bm = {.user = user, .pk = mdg_keys_public(n2keys)};
-    pthread_t caller_t;
-    pthread_create(&caller_t, NULL, blocked_caller, &bm);
+    t_call bm;
+    t_call_start(&bm, user, "anything", to_node(mdg_keys_public(n2keys), 32), 8000);
     CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
     raw_send(rawn, MDG_K_REPLY, 4, h.corr, "", "\xa1\x01\x02", 3);
-    pthread_join(caller_t, NULL);
+    pthread_join(bm.t, NULL);
     CHECK_RC(bm.rc, MDG_EREMOTE);
-    CHECK(strstr(bm.err, "malformed reply from the broker") != NULL);
+    CHECK(strstr(bm.text, "malformed reply from the broker") != NULL);
 
     /* two replies in one head frame, the first's params not a map: the
      * broker walked them to find the second (so takes them as checked),
@@ -562,17 +544,17 @@ int main(void)
     /* a node that dies with a blocking call pending: the caller gets an
      * error quickly, not a hang (raw node closed without a goodbye, so the
      * broker learns it from the dropped connection) */
-    blocked_call bc = {.user = user, .pk = mdg_keys_public(n2keys)};
-    pthread_create(&caller_t, NULL, blocked_caller, &bc);
+    t_call bc;
+    t_call_start(&bc, user, "anything", to_node(mdg_keys_public(n2keys), 32), 8000);
     CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
     int64_t t0 = mdg_now_ms();
     raw_closed(rawn);
     zmq_close(rawn);
-    pthread_join(caller_t, NULL);
+    pthread_join(bc.t, NULL);
     CHECK_RC(bc.rc, MDG_EREMOTE);
-    CHECK(strstr(bc.err, "went away before answering") != NULL);
+    CHECK(strstr(bc.text, "went away before answering") != NULL);
     printf("call to a node that died: failed %lld ms after the link dropped (grace 300 ms): %s\n",
-           (long long)(mdg_now_ms() - t0), bc.err);
+           (long long)(mdg_now_ms() - t0), bc.text);
     CHECK(mdg_now_ms() - t0 < 3000); /* the node's grace (300 ms) plus the check interval */
 
     /* the same with a well-behaved node holding the call */

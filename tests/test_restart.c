@@ -235,47 +235,10 @@ static mdg_params *to_node(void)
 
 /* A blocking call on a thread of its own, so that the test can kill what
  * it waits for. */
-typedef struct call_job {
-    mdg_conn *c;
-    const char *command;
-    mdg_params *params; /* taken by the call */
-    int timeout_ms;
-    int rc;
-    char text[512];
-    int64_t pid; /* from the reply, if any */
-    int64_t ended;
-    atomic_int done;
-    pthread_t t;
-} call_job;
-
-static void *call_thread(void *arg)
-{
-    call_job *j = arg;
-    mdg_msg *r = NULL;
-    j->rc = mdg_conn_call(j->c, j->command, j->params, NULL, 0, j->timeout_ms, &r);
-    snprintf(j->text, sizeof j->text, "%s", j->rc ? mdg_last_error() : "");
-    if (r)
-        mdg_params_get_int(mdg_msg_params(r), "pid", &j->pid);
-    mdg_msg_destroy(&r);
-    j->ended = now_ms();
-    atomic_store(&j->done, 1);
-    return NULL;
-}
-
-static void start_call(call_job *j, mdg_conn *c, const char *command, mdg_params *p, int timeout_ms)
-{
-    memset(j, 0, sizeof *j);
-    j->c = c;
-    j->command = command;
-    j->params = p;
-    j->timeout_ms = timeout_ms;
-    need(pthread_create(&j->t, NULL, call_thread, j) == 0, "a call thread");
-}
-
 /* The same, waited for here. */
-static int call_now(mdg_conn *c, const char *command, mdg_params *p, int timeout_ms, call_job *j)
+static int call_now(mdg_conn *c, const char *command, mdg_params *p, int timeout_ms, t_call *j)
 {
-    start_call(j, c, command, p, timeout_ms);
+    t_call_start(j, c, command, p, timeout_ms);
     pthread_join(j->t, NULL);
     return j->rc;
 }
@@ -328,7 +291,7 @@ static void on_cb(mdg_msg *r, void *arg)
 
 /* Start a stream from the node and a call it never answers; wait until
  * the stream flows and the call has had time to reach the node. */
-static void stream_and_hang(mdg_conn *user, stream_state *st, call_job *hang)
+static void stream_and_hang(mdg_conn *user, stream_state *st, t_call *hang)
 {
     memset(st, 0, sizeof *st);
     mdg_params *p = to_node();
@@ -337,7 +300,7 @@ static void stream_and_hang(mdg_conn *user, stream_state *st, call_job *hang)
     CHECK_RC(mdg_conn_send_cb(user, "stream", p, NULL, 0, on_stream, st), 0);
     WAIT_FOR(atomic_load(&st->next) >= 50, 5000);
     CHECK(atomic_load(&st->next) >= 50);
-    start_call(hang, user, "hang", to_node(), 30000);
+    t_call_start(hang, user, "hang", to_node(), 30000);
     usleep(300000);
     CHECK(!atomic_load(&hang->done));
 }
@@ -345,7 +308,7 @@ static void stream_and_hang(mdg_conn *user, stream_state *st, call_job *hang)
 static void part_a(mdg_conn *user)
 {
     stream_state st;
-    call_job hang, j;
+    t_call hang, j;
     int n = -1;
     printf("a. node killed mid-stream, with a call pending (node_grace_ms %d)\n", NODE_GRACE_MS);
 
@@ -426,7 +389,7 @@ static void part_a(mdg_conn *user)
 
 static void part_b(mdg_conn *user, offers *uo)
 {
-    call_job slow, hang, quick, j;
+    t_call slow, hang, quick, j;
     cb_state cb = {0};
     printf("b. broker killed and restarted on port %d with the same keys\n", port);
     t_clear_log();
@@ -441,11 +404,11 @@ static void part_b(mdg_conn *user, offers *uo)
      * call to the broker, a blocking call to the node */
     mdg_params *p = mdg_params_new();
     mdg_params_set_int(p, "ms", 60000);
-    start_call(&slow, user, "slow", p, 30000);
+    t_call_start(&slow, user, "slow", p, 30000);
     p = mdg_params_new();
     mdg_params_set_int(p, "ms", 60000);
     CHECK_RC(mdg_conn_send_cb(user, "slow", p, NULL, 0, on_cb, &cb), 0);
-    start_call(&hang, user, "hang", to_node(), 30000);
+    t_call_start(&hang, user, "hang", to_node(), 30000);
     usleep(300000);
     CHECK(!atomic_load(&slow.done) && !atomic_load(&hang.done));
 
@@ -578,7 +541,7 @@ static int64_t node_streams_closed(mdg_conn *c, char *last, size_t len, int64_t 
 static void part_d(mdg_conn *a)
 {
     stream_state st;
-    call_job j;
+    t_call j;
     char last[512] = "";
     printf("d. broker killed and restarted under a live stream from a node thread to user A\n");
     int64_t refused_before = -1, refused = -1;

@@ -28,7 +28,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -53,14 +52,6 @@ static char state[300], bprefix[300], uprefix[300], uprefix2[300], broker_err[30
 
 /* ----------------------------------------------------------------- helpers */
 
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
 
 static bool has(const char *out, const char *needle)
 {
@@ -819,6 +810,6 @@ out:
         CHECK(!"the broker stopped cleanly");
     if (broker_out >= 0)
         close(broker_out);
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    t_rm_tree(base);
     return t_done("test_tools");
 }

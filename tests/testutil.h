@@ -4,6 +4,7 @@
 #define MDG_TESTUTIL_H
 
 #include "messidge.h"
+#include "testsys.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -140,28 +141,6 @@ static inline bool t_read_file(const char *path, char *buf, size_t len)
         fclose(f);
     buf[n] = '\0';
     return n > 0;
-}
-
-/* A loopback port nothing listens on (bound to port 0, read, closed),
- * or 0 when no socket could be bound. */
-static inline int t_free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-static inline int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Poll for a condition until it holds or ms have passed by the clock
@@ -354,6 +333,50 @@ static inline mdg_conn *t_client(const mdg_broker *b, const mdg_keys *bkeys, mdg
     else
         mdg_keys_destroy(&ck);
     return c;
+}
+
+/* A blocking call on a thread of its own, so that the test can act while
+ * it waits (close the connection under it, kill a broker). */
+typedef struct t_call {
+    mdg_conn *c;
+    const char *command;
+    mdg_params *params; /* taken by the call */
+    int timeout_ms;
+    int rc;
+    char text[512]; /* mdg_last_error() of a failed call, else "" */
+    int64_t pid;    /* the reply's "pid" (proc_broker answers with its own) */
+    int64_t ended;  /* now_ms() when the call returned */
+    atomic_int done;
+    pthread_t t;
+} t_call;
+
+static inline void *t_call_thread(void *arg)
+{
+    t_call *j = arg;
+    mdg_msg *r = NULL;
+    j->rc = mdg_conn_call(j->c, j->command, j->params, NULL, 0, j->timeout_ms, &r);
+    snprintf(j->text, sizeof j->text, "%s", j->rc ? mdg_last_error() : "");
+    if (r)
+        mdg_params_get_int(mdg_msg_params(r), "pid", &j->pid);
+    mdg_msg_destroy(&r);
+    j->ended = now_ms();
+    atomic_store(&j->done, 1);
+    return NULL;
+}
+
+/* Start the call; pthread_join(j->t, NULL) waits for it. */
+static inline void t_call_start(t_call *j, mdg_conn *c, const char *command, mdg_params *p,
+                                int timeout_ms)
+{
+    memset(j, 0, sizeof *j);
+    j->c = c;
+    j->command = command;
+    j->params = p;
+    j->timeout_ms = timeout_ms;
+    if (pthread_create(&j->t, NULL, t_call_thread, j) != 0) {
+        fprintf(stderr, "cannot start a call thread\n");
+        exit(2);
+    }
 }
 
 #endif
