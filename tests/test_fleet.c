@@ -5,6 +5,7 @@
  *   - the guide's divide node: 10/5 = 2.0, and its error reflected
  *   - the node sees the same provenance as from a user of its own broker
  *   - a stream of 10,000 replies, in order, none lost
+ *   - calls with params near max_payload among small ones: all answered
  *   - a caller that stops reading has the node paused across the fleet
  *   - nats-server restarted mid-stream: nothing lost, nothing doubled
  *   - a NATS client that is not a broker (garbage, forged, unknown key)
