@@ -361,8 +361,12 @@ void broker_route_fleet_reply(mdg_broker *b, struct fleet_member *m, mdg_inbound
 void broker_route_fleet_call(mdg_broker *b, struct fleet_member *m, mdg_inbound *in);
 void broker_end_fwd(mdg_broker *b, fwd *f, const char *why);
 void broker_fleet_flow(mdg_broker *b, fwd *f, const char *state);
-/* Calls waiting on node pk fail to their callers (it is gone). */
-void broker_drop_node_fwds(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES]);
+/* Call f cannot be answered: its caller (a session here, or the broker
+ * it came from) is told why, and it is forgotten. */
+void broker_fail_fwd(mdg_broker *b, fwd *f, const char *why);
+/* Calls waiting on node pk at broker via (NULL: a node of ours) fail to
+ * their callers (it is gone). */
+void broker_drop_node_fwds(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], struct fleet_member *via);
 
 /* broker_native.c: the native listener */
 extern const broker_listener_ops broker_native_listener;

@@ -85,7 +85,8 @@ void broker_share_release(mdg_broker *b, const uint8_t *sid, const uint8_t *node
  * while it is walked). */
 typedef struct fwd_scan {
     const uint8_t *key;
-    bool by_node; /* match node_pk, else session_id */
+    bool by_node; /* match node_pk (and via), else session_id */
+    const struct fleet_member *via; /* by_node: the node's broker (NULL: this one) */
     mdg_ptrs found;
 } fwd_scan;
 
@@ -93,7 +94,7 @@ static void scan_one(void *value, void *arg)
 {
     fwd *f = value;
     fwd_scan *s = arg;
-    bool match = s->by_node ? memcmp(f->node_pk, s->key, MDG_KEY_BYTES) == 0
+    bool match = s->by_node ? f->via == s->via && memcmp(f->node_pk, s->key, MDG_KEY_BYTES) == 0
                             : memcmp(f->session_id, s->key, SESSION_ID_BYTES) == 0;
     if (match)
         mdg_ptrs_push(&s->found, f);
@@ -211,7 +212,7 @@ void broker_resume_paused_fwds(mdg_broker *b, peer *p)
 void broker_drop_fwds(mdg_broker *b, peer *p)
 {
     if (p->role == MDG_ROLE_NODE) {
-        broker_drop_node_fwds(b, p->pk);
+        broker_drop_node_fwds(b, p->pk, NULL);
         return;
     }
     fwd_scan s = {.key = p->session_id};
@@ -224,23 +225,25 @@ void broker_drop_fwds(mdg_broker *b, peer *p)
     mdg_ptrs_free(&s.found);
 }
 
-void broker_drop_node_fwds(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES])
+void broker_fail_fwd(mdg_broker *b, fwd *f, const char *why)
 {
-    fwd_scan s = {.key = pk, .by_node = true};
+    peer *caller = f->ended || f->from ? NULL : mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
+    if (caller)
+        broker_send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
+    else if (f->from && !f->ended) /* the caller is at another broker */
+        fleet_send_error(b->fleet, f->from, f->user_corr, f->command, why);
+    broker_fwd_free(b, f);
+}
+
+void broker_drop_node_fwds(mdg_broker *b, const uint8_t pk[MDG_KEY_BYTES], struct fleet_member *via)
+{
+    char who[MDG_KEY_B64_LEN + 1], why[160];
+    mdg_pk_to_b64(pk, who);
+    snprintf(why, sizeof why, "node %s went away before answering", who);
+    fwd_scan s = {.key = pk, .by_node = true, .via = via};
     mdg_map_each(b->fwds, scan_one, &s);
-    for (size_t i = 0; i < s.found.n; i++) {
-        fwd *f = s.found.v[i];
-        char who[MDG_KEY_B64_LEN + 1], why[160];
-        mdg_pk_to_b64(f->node_pk, who);
-        snprintf(why, sizeof why, "node %s went away before answering", who);
-        peer *caller = f->ended || f->from ? NULL : mdg_map_get(b->sessions, f->session_id, SESSION_ID_BYTES);
-        if (caller) {
-            broker_send_error(b, caller->rid, caller->rid_len, caller, f->user_corr, f->command, why);
-        } else if (f->from && !f->ended) { /* the caller is at another broker */
-            fleet_send_error(b->fleet, f->from, f->user_corr, f->command, why);
-        }
-        broker_fwd_free(b, f);
-    }
+    for (size_t i = 0; i < s.found.n; i++)
+        broker_fail_fwd(b, s.found.v[i], why);
     mdg_ptrs_free(&s.found);
 }
 

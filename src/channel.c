@@ -57,13 +57,19 @@ static void sent(mdg_channel *ch, mdg_chan_msg *m)
 
 /* How many unsent messages from m on go in one head frame: none with a
  * bulk frame (that must follow its own head frame alone), within the
- * batch limits. *bytes: room the frame needs at most. */
+ * batch limits: a frame is one message, or at most MDG_CHAN_BATCH_BYTES
+ * (a link with a payload limit, NATS's, checks each message against it
+ * and can then take any batch). *bytes: room the frame needs at most. */
 static size_t batchable(const mdg_chan_msg *m, size_t *bytes)
 {
     size_t n = 0;
     *bytes = 0;
-    for (; m && !m->has_bulk && n < MDG_MAX_BATCH && *bytes < MDG_CHAN_BATCH_BYTES; m = m->next, n++)
-        *bytes += MDG_HEADER_BOUND(m->h.command_len) + zmq_msg_size((zmq_msg_t *)&m->params);
+    for (; m && !m->has_bulk && n < MDG_MAX_BATCH; m = m->next, n++) {
+        size_t one = MDG_HEADER_BOUND(m->h.command_len) + zmq_msg_size((zmq_msg_t *)&m->params);
+        if (n && *bytes + one > MDG_CHAN_BATCH_BYTES)
+            break;
+        *bytes += one;
+    }
     return n;
 }
 

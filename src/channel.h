@@ -26,9 +26,9 @@
 #define MDG_CHAN_ACK_EVERY 32
 #define MDG_CHAN_ACK_DELAY_MS 20
 /* Messages waiting for one peer go out together, as one head frame of at
- * most MDG_MAX_BATCH messages and about this many bytes: one CURVE box and
- * one libzmq message for all of them. Only what already waits is
- * coalesced. */
+ * most MDG_MAX_BATCH messages and this many bytes (a larger message goes
+ * alone): one CURVE box and one libzmq message for all of them. Only what
+ * already waits is coalesced. */
 #define MDG_CHAN_BATCH_BYTES (64 << 10)
 
 typedef struct mdg_chan_msg {

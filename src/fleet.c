@@ -40,11 +40,12 @@
  * way, and a member's is sent again; memory stays bounded */
 #define INBOX_MAX_BYTES (128u << 20)
 
-/* What libnats's threads hand to the loop. */
+/* What libnats's threads hand to the loop: the message itself, its payload
+ * read where libnats put it (natsMsg_Destroy may be called on any thread). */
 typedef struct inmsg {
     struct inmsg *next;
+    natsMsg *msg;
     size_t len;
-    uint8_t data[];
 } inmsg;
 
 struct inbox {
@@ -448,7 +449,8 @@ static int on_inbox(mdg_loop *loop, void *arg, short revents)
     }
     while (list) {
         inmsg *next = list->next;
-        take_payload(f, list->data, list->len);
+        take_payload(f, (const uint8_t *)natsMsg_GetData(list->msg), list->len);
+        natsMsg_Destroy(list->msg);
         free(list);
         list = next;
     }
@@ -471,11 +473,12 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     (void)sub;
     inbox *in = closure;
     int len = natsMsg_GetDataLength(msg);
-    inmsg *q = len >= 0 ? malloc(sizeof *q + (size_t)len) : NULL;
+    inmsg *q = len >= 0 ? malloc(sizeof *q) : NULL;
+    bool kept = false;
     if (q) {
         q->next = NULL;
+        q->msg = msg;
         q->len = (size_t)len;
-        memcpy(q->data, natsMsg_GetData(msg), (size_t)len);
         pthread_mutex_lock(&in->lock);
         bool was_empty = !in->head, room = in->bytes + q->len <= INBOX_MAX_BYTES;
         if (!room) {
@@ -487,6 +490,7 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
                 in->head = q;
             in->tail = q;
             in->bytes += q->len;
+            kept = true;
         }
         pthread_mutex_unlock(&in->lock);
         if (!room)
@@ -494,7 +498,8 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         if (was_empty)
             wake(in);
     } /* out of memory: as lost on the way; the sender sends it again */
-    natsMsg_Destroy(msg);
+    if (!kept) /* else the loop destroys it once read (on_inbox) */
+        natsMsg_Destroy(msg);
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
@@ -748,6 +753,7 @@ void fleet_destroy(fleet **fp)
     if (done) {
         while (in->head) {
             inmsg *next = in->head->next;
+            natsMsg_Destroy(in->head->msg);
             free(in->head);
             in->head = next;
         }

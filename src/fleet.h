@@ -145,8 +145,6 @@ void fleet_route_receive(fleet *f, fleet_member *m, mdg_inbound *in);
 /* A member is gone: calls to its nodes fail to their callers, calls from
  * it are ended at our nodes. */
 void fleet_route_forget(fleet *f, fleet_member *m);
-/* Node pk of member m has gone: calls waiting on it fail to their callers. */
-void fleet_route_node_gone(fleet *f, fleet_member *m, const uint8_t pk[MDG_KEY_BYTES]);
 /* Call fw came from member m (fw->from set): found by m's forward id
  * (fw->user_corr) when m ends, pauses or resumes it. 0 or MDG_ENOMEM. */
 int fleet_route_track(fleet *f, fleet_member *m, fwd *fw);

@@ -134,7 +134,7 @@ static void withdraw(fleet *f, dir_entry *e, bool calls)
     mdg_log(MDG_LOG_INFO, "fleet: node %s withdrawn", pk_short(e->pk, who));
     mdg_map_take(f->dir, e->pk, MDG_KEY_BYTES);
     if (calls)
-        fleet_route_node_gone(f, e->home, e->pk);
+        broker_drop_node_fwds(f->b, e->pk, e->home); /* its calls fail to their callers */
     free(e);
 }
 

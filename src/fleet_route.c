@@ -3,23 +3,22 @@
  * with the calling broker's stamps), a reply or an error to one of our
  * calls, the end of a call whose caller left, a pause or a resume of one
  * whose caller does not read; and what becomes of calls
- * when a broker or one of its nodes goes. */
+ * when a broker goes (a node gone: broker_drop_node_fwds). */
 #include "fleet.h"
 
 #include <string.h>
 
 typedef struct route_scan {
     fleet_member *m;
-    const uint8_t *node_pk; /* NULL: any */
     mdg_ptrs found;
 } route_scan;
 
+/* calls to m's nodes, or from m */
 static void scan_fwd(void *value, void *arg)
 {
     fwd *fw = value;
     route_scan *s = arg;
-    bool match = (fw->via == s->m && (!s->node_pk || memcmp(fw->node_pk, s->node_pk, MDG_KEY_BYTES) == 0)) ||
-                 (!s->node_pk && fw->from == s->m);
+    bool match = fw->via == s->m || fw->from == s->m;
     if (match)
         mdg_ptrs_push(&s->found, fw);
 }
@@ -84,16 +83,6 @@ void fleet_route_receive(fleet *f, fleet_member *m, mdg_inbound *in)
     }
 }
 
-/* Call fw, to a node at another broker, cannot be answered: its caller
- * is told why, and it is forgotten. */
-static void fail_call(mdg_broker *b, fwd *fw, const char *why)
-{
-    peer *caller = fw->ended ? NULL : mdg_map_get(b->sessions, fw->session_id, SESSION_ID_BYTES);
-    if (caller)
-        broker_send_error(b, caller->rid, caller->rid_len, caller, fw->user_corr, fw->command, why);
-    broker_fwd_free(b, fw);
-}
-
 void fleet_route_forget(fleet *f, fleet_member *m)
 {
     mdg_broker *b = f->b;
@@ -104,22 +93,9 @@ void fleet_route_forget(fleet *f, fleet_member *m)
     for (size_t i = 0; i < s.found.n; i++) {
         fwd *fw = s.found.v[i];
         if (fw->via == m)
-            fail_call(b, fw, why);
+            broker_fail_fwd(b, fw, why);
         else /* its caller's broker has gone: our node stops */
             broker_end_fwd(b, fw, "its caller's broker has gone");
     }
-    mdg_ptrs_free(&s.found);
-}
-
-void fleet_route_node_gone(fleet *f, fleet_member *m, const uint8_t pk[MDG_KEY_BYTES])
-{
-    mdg_broker *b = f->b;
-    char who[MDG_KEY_B64_LEN + 1], why[160];
-    mdg_pk_to_b64(pk, who);
-    snprintf(why, sizeof why, "node %s went away before answering", who);
-    route_scan s = {.m = m, .node_pk = pk};
-    mdg_map_each(b->fwds, scan_fwd, &s);
-    for (size_t i = 0; i < s.found.n; i++)
-        fail_call(b, s.found.v[i], why);
     mdg_ptrs_free(&s.found);
 }

@@ -13,6 +13,7 @@
  * the same decoder (mdg_inbound_next) reads it. */
 #include "fleet.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,6 +75,32 @@ int fleet_wire_seal(const uint8_t *shared, const uint8_t sender_pk[MDG_KEY_BYTES
     return 0;
 }
 
+/* An opened payload's plain text, one buffer that the head and the bulk
+ * frames point into (no copy of either): freed when both are closed,
+ * perhaps on libzmq's I/O thread once the bulk is sent on. */
+typedef struct opened {
+    atomic_int refs;
+    uint8_t plain[];
+} opened;
+
+static void release_opened(void *data, void *hint)
+{
+    (void)data;
+    opened *o = hint;
+    if (atomic_fetch_sub(&o->refs, 1) == 1)
+        free(o);
+}
+
+/* A frame of len bytes at data, inside o: 0, or -1 (out of memory) with
+ * o's reference for it dropped. */
+static int frame_in(zmq_msg_t *part, opened *o, uint8_t *data, size_t len)
+{
+    if (zmq_msg_init_data(part, data, len, release_opened, o) == 0)
+        return 0;
+    release_opened(data, o);
+    return -1;
+}
+
 int fleet_wire_open(const uint8_t *shared, const void *data, size_t len, fleet_envelope *env)
 {
     const uint8_t *d = data;
@@ -81,19 +108,20 @@ int fleet_wire_open(const uint8_t *shared, const void *data, size_t len, fleet_e
     if (!fleet_wire_sender(data, len))
         return mdg_fail(MDG_EPROTO, "not a fleet message (%zu bytes)", len);
     size_t plain_len = len - PREFIX_LEN - crypto_box_MACBYTES;
-    uint8_t *plain = malloc(plain_len);
-    if (!plain)
+    opened *o = malloc(sizeof *o + plain_len);
+    if (!o)
         return mdg_fail(MDG_ENOMEM, "out of memory opening a fleet message");
+    uint8_t *plain = o->plain;
     if (crypto_box_open_easy_afternm(plain, d + PREFIX_LEN, len - PREFIX_LEN, d + MAGIC_LEN + MDG_KEY_BYTES,
                                      shared) != 0) {
-        free(plain);
+        free(o);
         return mdg_fail(MDG_EPROTO, "a fleet message that does not open with its sender's key (forged or damaged)");
     }
     size_t head_len = (size_t)plain[17] | (size_t)plain[18] << 8 | (size_t)plain[19] << 16 | (size_t)plain[20] << 24;
     bool has_bulk = plain[16] & 1;
     if (head_len > plain_len - PLAIN_HEAD || head_len == 0 || (plain[16] & ~1u) ||
         (!has_bulk && head_len != plain_len - PLAIN_HEAD)) {
-        free(plain);
+        free(o);
         return mdg_fail(MDG_EPROTO, "a fleet message with a bad layout");
     }
     env->src_inc = get_u64(plain);
@@ -101,23 +129,18 @@ int fleet_wire_open(const uint8_t *shared, const void *data, size_t len, fleet_e
     mdg_frames *f = &env->frames;
     zmq_msg_init(&f->part[0]);
     f->n = 1;
-    if (zmq_msg_init_size(&f->part[1], head_len) != 0) {
-        free(plain);
+    atomic_init(&o->refs, has_bulk ? 2 : 1); /* one for each frame */
+    int rc = frame_in(&f->part[1], o, plain + PLAIN_HEAD, head_len);
+    if (rc == 0)
+        f->n = 2;
+    else if (has_bulk)
+        release_opened(NULL, o); /* the bulk's frame will not be made */
+    if (rc == 0 && has_bulk && (rc = frame_in(&f->part[2], o, plain + PLAIN_HEAD + head_len,
+                                               plain_len - PLAIN_HEAD - head_len)) == 0)
+        f->n = 3;
+    if (rc != 0) {
         mdg_frames_close(f);
         return mdg_fail(MDG_ENOMEM, "out of memory opening a fleet message");
     }
-    f->n = 2;
-    memcpy(zmq_msg_data(&f->part[1]), plain + PLAIN_HEAD, head_len);
-    if (has_bulk) {
-        size_t bulk_len = plain_len - PLAIN_HEAD - head_len;
-        if (zmq_msg_init_size(&f->part[2], bulk_len) != 0) {
-            free(plain);
-            mdg_frames_close(f);
-            return mdg_fail(MDG_ENOMEM, "out of memory opening a fleet message");
-        }
-        f->n = 3;
-        memcpy(zmq_msg_data(&f->part[2]), plain + PLAIN_HEAD + head_len, bulk_len);
-    }
-    free(plain);
     return 0;
 }

@@ -5,6 +5,7 @@
  *   - the guide's divide node: 10/5 = 2.0, and its error reflected
  *   - the node sees the same provenance as from a user of its own broker
  *   - a stream of 10,000 replies, in order, none lost
+ *   - calls with params near max_payload among small ones: all answered
  *   - a caller that stops reading has the node paused across the fleet
  *   - nats-server restarted mid-stream: nothing lost, nothing doubled
  *   - a NATS client that is not a broker (garbage, forged, unknown key)
@@ -40,6 +41,17 @@ static const mdg_cmd node_cmds[] = {
     {"hang", h_hang, NULL, MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
+
+/* answers (replies or errors) to pipelined calls */
+static atomic_int answered, answered_ok;
+
+static void on_answer(mdg_msg *r, void *arg)
+{
+    (void)arg;
+    if (!mdg_msg_is_error(r))
+        atomic_fetch_add(&answered_ok, 1);
+    atomic_fetch_add(&answered, 1);
+}
 
 /* ------------------------------------------------------------ the brokers */
 
@@ -341,6 +353,22 @@ int main(void)
     const void *bulk = r ? mdg_msg_bulk(r, &blen) : NULL;
     CHECK(bulk && blen == 5 && memcmp(bulk, "small", 5) == 0); /* a bulk part crosses both ways */
     mdg_msg_destroy(&r);
+
+    /* a call whose params are near max_payload in a pipeline of small
+     * ones: those waiting for room at the node go on together, and in
+     * one NATS message with it they would be over max_payload (refused
+     * by NATS, sent again for ever, none of them answered) */
+    size_t near_len = (1u << 20) - 600; /* max_payload less room for the head */
+    uint8_t *near = calloc(1, near_len);
+    for (int i = 0; i < 400; i++) {
+        p = t_to_node(npk);
+        if (i % 100 == 99)
+            CHECK_RC(mdg_params_set_bytes(p, "pad", near, near_len), 0);
+        CHECK_RC(mdg_conn_send_cb(ua, "whoami", p, NULL, 0, on_answer, NULL), 0);
+    }
+    free(near);
+    WAIT_UNTIL(atomic_load(&answered) == 400, 20000);
+    CHECK(atomic_load(&answered) == 400 && atomic_load(&answered_ok) == 400);
 
     /* a stream of 10,000 replies back to the caller, in order */
     t_reader rd = {0};
