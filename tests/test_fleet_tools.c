@@ -11,7 +11,6 @@
 #include "testutil.h"
 
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -91,14 +90,6 @@ static const mdg_cmd node_cmds[] = {
     {"divide", t_divide, MDG_REQUIRE("dividend", "devisor"), MDG_CMD_NEEDS_REPLY},
     MDG_CMD_END,
 };
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
 
 static void run(const char *uri, const char *nats_url)
 {
@@ -182,6 +173,6 @@ int main(void)
     t_nats_stop(&nats);
     unlink(nats.log);
     t_pg_stop(&pg);
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    t_rm_tree(base);
     return t_done("test_fleet_tools");
 }
