@@ -565,9 +565,16 @@ static void deliver_reply(mdg_broker *b, fwd *fw, mdg_inbound *in, peer *node)
     }
     zmq_msg_t pm, bm;
     if (mdg_inbound_encoded_params(in, &pm) != 0) {
-        mdg_log(MDG_LOG_WARN, "malformed reply from node %s refused", who);
+        /* the caller hears it too: its call is over, not left to time out */
+        char why[400];
+        snprintf(why, sizeof why, "the reply of node %s to '%s' was refused: %s", who, fw->command, mdg_last_error());
+        mdg_log(MDG_LOG_WARN, "%s", why);
         if (node)
-            broker_send_error(b, node->rid, node->rid_len, node, 0, "", "reply refused: malformed frames or params");
+            broker_send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
+        if (h->flags & MDG_F_MORE)
+            end_fwd(b, fw, mdg_map_get(b->sessions, fw->session_id, SESSION_ID_BYTES), why);
+        else
+            broker_fail_fwd(b, fw, why);
         return;
     }
     /* A node is never paused for one caller: its replies to a caller that

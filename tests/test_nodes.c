@@ -499,17 +499,25 @@ int main(void)
     CHECK(raw_recv(rawu, MDG_K_ERROR, &h, text, sizeof text, 5000));
     CHECK(h.corr == 78 && strstr(text, "unknown command") != NULL); /* nothing for 77 */
 
-    /* the raw node gets a real call and first answers garbage */
-    mdg_conn_call(user, "noop", to_node(mdg_keys_public(n2keys), 32), NULL, 0, 1, &r); /* times out: fine */
+    /* the raw node gets a real call and answers garbage: refused, and the
+     * caller hears it at once (it does not wait for an answer that the
+     * node believes it gave); a later answer finds no call */
+    t_call gc;
+    t_call_start(&gc, user, "noop", to_node(mdg_keys_public(n2keys), 32), 8000);
     CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
     uint64_t call_corr = h.corr;
     raw_send(rawn, MDG_K_REPLY, 2, call_corr, "", "\xff\xff", 2);
     CHECK(raw_recv(rawn, MDG_K_ERROR, &h, text, sizeof text, 5000));
-    CHECK(strstr(text, "malformed") != NULL);
-    CHECK(mdg_broker_forward_count(b) == 1); /* the call still waits for a proper answer */
-    raw_send(rawn, MDG_K_REPLY, 3, call_corr, "", "\xa0", 1);
+    CHECK(strstr(text, "was refused") != NULL);
+    pthread_join(gc.t, NULL);
+    printf("a node's garbage reply: the call failed with \"%s\"\n", gc.text);
+    CHECK_RC(gc.rc, MDG_EREMOTE);
+    CHECK(strstr(gc.text, "was refused") != NULL);
     WAIT_FOR(mdg_broker_forward_count(b) == 0, 2000);
     CHECK(mdg_broker_forward_count(b) == 0);
+    raw_send(rawn, MDG_K_REPLY, 3, call_corr, "", "\xa0", 1);
+    CHECK(raw_recv(rawn, MDG_K_ERROR, &h, text, sizeof text, 5000));
+    CHECK(strstr(text, "no such call") != NULL);
 
     /* a reply the broker passes on (a well-formed CBOR map) but the caller
      * cannot decode (a key that is not text): the call ends with an error
@@ -524,7 +532,8 @@ int main(void)
 
     /* two replies in one head frame, the first's params not a map: the
      * broker walked them to find the second (so takes them as checked),
-     * still refuses the first, and passes the second on */
+     * still refuses the first, which ends the call, and reads the second
+     * (for no call now) */
     mdg_conn_call(user, "noop", to_node(mdg_keys_public(n2keys), 32), NULL, 0, 1, &r); /* times out: fine */
     CHECK(raw_recv(rawn, MDG_K_CMD, &h, NULL, 0, 5000));
     {
@@ -537,9 +546,11 @@ int main(void)
         zmq_send(rawn, frame, n, 0);
     }
     CHECK(raw_recv(rawn, MDG_K_ERROR, &h, text, sizeof text, 5000));
-    CHECK(strstr(text, "malformed") != NULL);
+    CHECK(strstr(text, "was refused") != NULL && strstr(text, "must be a map") != NULL);
+    CHECK(raw_recv(rawn, MDG_K_ERROR, &h, text, sizeof text, 5000));
+    CHECK(strstr(text, "no such call") != NULL);
     WAIT_FOR(mdg_broker_forward_count(b) == 0, 2000);
-    CHECK(mdg_broker_forward_count(b) == 0); /* the second reply answered the call */
+    CHECK(mdg_broker_forward_count(b) == 0);
 
     /* a node that dies with a blocking call pending: the caller gets an
      * error quickly, not a hang (raw node closed without a goodbye, so the
