@@ -76,7 +76,7 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     /* the protocol, once: the rest of the connection calls through it */
     c->transport = o->legacy ? &conn_legacy_transport : &conn_native_transport;
     mdg_chan_init(&c->chan, c->transport->chan, c);
-    if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
+    if (mdg_keys_copy(&c->keys, keys) != 0 ||
         !(c->pending = mdg_map_new()) || !(c->flow = mdg_map_new()) ||
         !(c->in_flight = mdg_map_new()) || !(c->loop = mdg_loop_new())) {
         mdg_conn_destroy(&c);
