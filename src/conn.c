@@ -283,9 +283,6 @@ static void *conn_thread(void *arg)
 {
     pthread_setname_np(pthread_self(), "mdg-conn"); /* as top -H and perf show it */
     mdg_conn *c = arg;
-    pthread_mutex_lock(&c->drive);
-    c->transport->hello(c);
-    pthread_mutex_unlock(&c->drive);
     if (mdg_loop_run(c->loop) != 0)
         mdg_log(MDG_LOG_ERROR, "connection loop failed: %s", mdg_last_error());
     pthread_mutex_lock(&c->drive); /* a leader may still be giving it back */
@@ -323,6 +320,11 @@ int mdg_conn_start(mdg_conn *c)
     mdg_loop_share(c->loop, &c->drive);
     if (mdg_loop_timer(c->loop, c->opts.heartbeat_ms, true, conn_on_keepalive, c) < 0)
         return mdg_fail(MDG_ENOMEM, "no room for the keepalive timer");
+    /* The first hello goes into the socket here, before the loop thread
+     * exists (no other thread uses the socket yet): libzmq sends it the
+     * moment the handshake is done, even if the new thread has not been
+     * scheduled by then (a busy machine). */
+    c->transport->hello(c);
     c->state = C_CONNECTING;
     if (pthread_create(&c->thread, NULL, conn_thread, c) != 0) {
         c->state = C_CLOSED;
