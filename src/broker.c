@@ -102,7 +102,7 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
     for (int i = 0; i < BROKER_LISTENERS; i++)
         maps = maps && (b->listeners[i].rids = mdg_map_new()) != NULL &&
                (b->listeners[i].stray = mdg_map_new()) != NULL;
-    if (!maps || mdg_keys_from_raw(&b->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
+    if (!maps || mdg_keys_copy(&b->keys, keys) != 0 ||
         !(b->allow = mdg_map_new()) || !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
         !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
         !(b->owed_ack = mdg_map_new()) || !(b->to_flush = mdg_map_new()) || !(b->backlog = mdg_map_new()) || !(b->holding = mdg_map_new()) ||

@@ -76,7 +76,7 @@ static int conn_alloc(mdg_conn **out, const char *location, const uint8_t server
     /* the protocol, once: the rest of the connection calls through it */
     c->transport = o->legacy ? &conn_legacy_transport : &conn_native_transport;
     mdg_chan_init(&c->chan, c->transport->chan, c);
-    if (mdg_keys_from_raw(&c->keys, mdg_keys_public(keys), mdg_keys_secret(keys)) != 0 ||
+    if (mdg_keys_copy(&c->keys, keys) != 0 ||
         !(c->pending = mdg_map_new()) || !(c->flow = mdg_map_new()) ||
         !(c->in_flight = mdg_map_new()) || !(c->loop = mdg_loop_new())) {
         mdg_conn_destroy(&c);
@@ -283,9 +283,6 @@ static void *conn_thread(void *arg)
 {
     pthread_setname_np(pthread_self(), "mdg-conn"); /* as top -H and perf show it */
     mdg_conn *c = arg;
-    pthread_mutex_lock(&c->drive);
-    c->transport->hello(c);
-    pthread_mutex_unlock(&c->drive);
     if (mdg_loop_run(c->loop) != 0)
         mdg_log(MDG_LOG_ERROR, "connection loop failed: %s", mdg_last_error());
     pthread_mutex_lock(&c->drive); /* a leader may still be giving it back */
@@ -323,6 +320,11 @@ int mdg_conn_start(mdg_conn *c)
     mdg_loop_share(c->loop, &c->drive);
     if (mdg_loop_timer(c->loop, c->opts.heartbeat_ms, true, conn_on_keepalive, c) < 0)
         return mdg_fail(MDG_ENOMEM, "no room for the keepalive timer");
+    /* The first hello goes into the socket here, before the loop thread
+     * exists (no other thread uses the socket yet): libzmq sends it the
+     * moment the handshake is done, even if the new thread has not been
+     * scheduled by then (a busy machine). */
+    c->transport->hello(c);
     c->state = C_CONNECTING;
     if (pthread_create(&c->thread, NULL, conn_thread, c) != 0) {
         c->state = C_CLOSED;

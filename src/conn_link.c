@@ -263,9 +263,6 @@ static int on_monitor(mdg_loop *loop, void *arg, short revents)
         memcpy(&value, (uint8_t *)zmq_msg_data(&f.part[0]) + 2, 4);
         mdg_frames_close(&f);
         switch (ev) {
-        case ZMQ_EVENT_CONNECTED:
-            c->handshaken = false;
-            break;
         case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
             c->handshaken = true;
             c->hs_closed = 0;
@@ -345,10 +342,13 @@ int conn_open_socket(mdg_conn *c)
         (rc = conn_set_option(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)))
         goto fail;
     /* The monitor says when the link drops and why a handshake failed
-     * (refused key, wrong server key), so nothing just times out. */
+     * (refused key, wrong server key), so nothing just times out. Not
+     * ZMQ_EVENT_CONNECTED: a socket makes one link (its handshake starts
+     * unfinished), and that event would wake the loop thread in the middle
+     * of the handshake for nothing. */
     snprintf(mon_ep, sizeof mon_ep, "inproc://mdg-monitor-%p-%u", (void *)c, ++c->sock_gen);
     if (zmq_socket_monitor(c->sock, mon_ep,
-                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CLOSED |
+                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CLOSED |
                                ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
                                ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0 ||

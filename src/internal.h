@@ -34,6 +34,9 @@ typedef struct mdg_ratelog {
 } mdg_ratelog;
 bool mdg_ratelog_due(mdg_ratelog *r, int interval_ms, unsigned *held);
 
+/* A copy of a key pair, for a connection or a broker to keep (keys.c):
+ * the pair is not checked again. 0, MDG_EINVAL or MDG_ENOMEM. */
+int mdg_keys_copy(mdg_keys **out, const mdg_keys *keys);
 /* Create a private directory (0700, last component only) or check that it
  * is one (keys.c). what names it in errors. 0 or MDG_EIO. */
 int mdg_ensure_dir(const char *dir, const char *what);
