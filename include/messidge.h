@@ -244,7 +244,9 @@ MDG_EXPORT bool mdg_msg_more(const mdg_msg *m);
  * (MDG_EAGAIN with nonblocking), and so it does while 256 replies to this
  * call are still unacknowledged by the broker (one call's stream must not
  * fill the link ahead of the node's other callers); when the broker has ended it (the caller
- * has gone, or did not read) it returns MDG_ECLOSED: stop replying. */
+ * has gone, or did not read) it returns MDG_ECLOSED: stop replying. A
+ * reply larger than the broker's max_message is not sent: MDG_EINVAL, and
+ * the caller gets the reason as its call's error. */
 MDG_EXPORT int mdg_msg_reply(mdg_msg *m, mdg_params *results, const void *bulk, size_t bulk_len);
 MDG_EXPORT int mdg_msg_reply_more(mdg_msg *m, mdg_params *results, const void *bulk,
                                   size_t bulk_len);
@@ -363,8 +365,11 @@ typedef struct mdg_broker_options {
      * Off by default: 1.x node links are plaintext and unauthenticated. */
     bool legacy;
     int legacy_port;
-    /* Largest message accepted from a peer, params and bulk together:
-     * default 256 MiB. Bigger ones are refused (1.x) or drop the link. */
+    /* Largest message accepted from a peer: default 256 MiB. A native
+     * client learns it in the welcome and refuses a larger head frame
+     * (header and params) or bulk itself (MDG_EINVAL, where it is made);
+     * a larger 1.x frame is refused; any other larger frame drops the
+     * link (libzmq). */
     long long max_message;
     /* Fairness at a node: what one session may have at one node at once,
      * calls not yet finally answered plus fire-and-forget commands the node
@@ -628,7 +633,10 @@ MDG_EXPORT int mdg_conn_start(mdg_conn *c);
 MDG_EXPORT int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms);
 
 /* Fire and forget. params taken (NULL = empty); bulk copied. Messages from
- * one connection are processed in the order they were sent. */
+ * one connection are processed in the order they were sent. These and the
+ * calls below return MDG_EINVAL, sending nothing, for a head frame (header
+ * and params) or bulk larger than the broker's max_message, once its
+ * welcome has said it (docs/protocol.md section 5.1). */
 MDG_EXPORT int mdg_conn_send(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
                              size_t bulk_len);
 /* Send expecting replies: cb runs on the loop thread for each reply. */

@@ -290,7 +290,7 @@ static int native_bind(mdg_broker *b, broker_listener *l)
 {
     int one = 1, rc;
     char ep[160];
-    if ((rc = broker_new_router(b, &l->sock, b->max_message)) ||
+    if ((rc = broker_new_router(b, &l->sock, b->max_message + MDG_CURVE_OVERHEAD)) ||
         (rc = broker_setsock(l->sock, ZMQ_CURVE_SERVER, &one, sizeof one, "CURVE_SERVER")) ||
         (rc = broker_setsock(l->sock, ZMQ_CURVE_SECRETKEY, mdg_keys_secret(b->keys), MDG_KEY_BYTES, "CURVE_SECRETKEY")) ||
         (rc = broker_setsock(l->sock, ZMQ_ZAP_DOMAIN, "messidge", 8, "ZAP_DOMAIN")) ||

@@ -176,6 +176,9 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
         mdg_params_set_str(w, "role", p->role == MDG_ROLE_NODE ? "node" : "user");
         mdg_params_set_bool(w, "resumed", resumed);
         mdg_params_set_int(w, "ack", (int64_t)p->chan.rx_seq);
+        /* the largest frame we take: a client refuses a larger message
+         * itself (libzmq would drop its link, and it would send it again) */
+        mdg_params_set_int(w, "max_message", b->max_message);
     }
     broker_send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
 }

@@ -5,7 +5,7 @@
 
 void mdg_chan_init(mdg_channel *ch, const mdg_chan_ops *ops, void *owner)
 {
-    *ch = (mdg_channel){.ops = ops, .owner = owner};
+    *ch = (mdg_channel){.ops = ops, .owner = owner, .batch_bytes = MDG_CHAN_BATCH_BYTES};
 }
 
 static void keep(mdg_channel *ch, mdg_chan_msg *m)
@@ -57,16 +57,16 @@ static void sent(mdg_channel *ch, mdg_chan_msg *m)
 
 /* How many unsent messages from m on go in one head frame: none with a
  * bulk frame (that must follow its own head frame alone), within the
- * batch limits: a frame is one message, or at most MDG_CHAN_BATCH_BYTES
- * (a link with a payload limit, NATS's, checks each message against it
- * and can then take any batch). *bytes: room the frame needs at most. */
-static size_t batchable(const mdg_chan_msg *m, size_t *bytes)
+ * batch limits: a frame is one message, or at most ch->batch_bytes (a
+ * link with a payload limit, NATS's, checks each message against it and
+ * can then take any batch). *bytes: room the frame needs at most. */
+static size_t batchable(const mdg_channel *ch, const mdg_chan_msg *m, size_t *bytes)
 {
     size_t n = 0;
     *bytes = 0;
     for (; m && !m->has_bulk && n < MDG_MAX_BATCH; m = m->next, n++) {
         size_t one = MDG_HEADER_BOUND(m->h.command_len) + zmq_msg_size((zmq_msg_t *)&m->params);
-        if (n && *bytes + one > MDG_CHAN_BATCH_BYTES)
+        if (n && *bytes + one > ch->batch_bytes)
             break;
         *bytes += one;
     }
@@ -115,7 +115,7 @@ int mdg_chan_flush(mdg_channel *ch)
 {
     while (ch->unsent) {
         mdg_chan_msg *m = ch->unsent;
-        size_t bytes = 0, n = ch->ops->send_frame ? batchable(m, &bytes) : 1;
+        size_t bytes = 0, n = ch->ops->send_frame ? batchable(ch, m, &bytes) : 1;
         int rc;
         if (n == 0) /* a message with bulk goes alone */
             n = 1;

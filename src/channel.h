@@ -67,6 +67,10 @@ typedef struct mdg_channel {
     uint64_t rx_seq;   /* last number received in order */
     uint64_t acked;    /* last of ours the peer acknowledged */
     uint64_t ack_sent; /* last rx_seq the peer was told */
+    /* the most bytes a head frame of several messages may have: at most
+     * MDG_CHAN_BATCH_BYTES, less for a peer that takes less (the broker's
+     * max_message, from its welcome); a larger message still goes alone */
+    size_t batch_bytes;
 } mdg_channel;
 
 void mdg_chan_init(mdg_channel *ch, const mdg_chan_ops *ops, void *owner);

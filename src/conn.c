@@ -410,6 +410,16 @@ static int send_refused(mdg_conn *c)
     return rc;
 }
 
+int conn_too_large_locked(const mdg_conn *c, const char *what, size_t command_len, size_t plen, size_t bulk_len)
+{
+    long long max = c->broker_max;
+    size_t head = MDG_HEADER_BOUND(command_len) + plen;
+    if (!max || ((long long)head <= max && (long long)bulk_len <= max))
+        return 0;
+    return mdg_fail(MDG_EINVAL, "%s of %zu bytes (params) and %zu bytes (bulk) is larger than the broker takes "
+                    "(max_message %lld bytes)", what, plen, bulk_len, max);
+}
+
 /* Send a command. A call's record waits for its reply: a blocking
  * caller's own (waiter), or one from the pool for a callback (cb). */
 static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
@@ -429,6 +439,8 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
      * message's block in one turn of the lock */
     pthread_mutex_lock(&c->lock);
     rc = send_refused(c);
+    if (!rc)
+        rc = conn_too_large_locked(c, "a message", strlen(command), plen, bulk_len);
     if (!rc && cb && !(pd = conn_pending_alloc_locked(c)))
         rc = MDG_ENOMEM;
     if (!rc && !(o = conn_out_alloc_locked(c, plen)))

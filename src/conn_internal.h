@@ -132,6 +132,10 @@ struct mdg_conn {
     bool closing;
     out_item *out_head, *out_tail; /* not yet sent */
     size_t backlog;                /* queued + sent-but-unacked */
+    /* the broker's max_message, from its welcome (0 until then): a larger
+     * frame would make libzmq drop our link, and the message would go
+     * again on the next, for ever, so it is refused where it is made */
+    long long broker_max;
     mdg_map *pending;              /* corr -> pending */
     mdg_pool out_pool, pending_pool; /* freed out_items and pendings (under lock) */
     uint64_t next_corr;
@@ -239,6 +243,10 @@ void conn_out_block_free_locked(mdg_conn *c, out_item *o);
 /* A callback call's record, from the pool, and back (under c->lock). */
 pending *conn_pending_alloc_locked(mdg_conn *c);
 void conn_pending_free_locked(mdg_conn *c, pending *pd);
+/* MDG_EINVAL with the reason when a message of these sizes is larger than
+ * the broker takes (c->broker_max; what names it: "a message", "a
+ * reply"), else 0. Under c->lock. */
+int conn_too_large_locked(const mdg_conn *c, const char *what, size_t command_len, size_t plen, size_t bulk_len);
 int conn_out_new(mdg_conn *c, out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
                  mdg_params *params, const void *bulk, size_t bulk_len);
 /* conn_out_new in two steps, for a caller that holds the lock anyway: a

@@ -328,7 +328,7 @@ int conn_open_socket(mdg_conn *c)
      * libzmq ends the pipe when a link drops, and a message being read
      * frame by frame at that moment trips its assert (fq.cpp, !_more). */
     int no_reconnect = 3600 * 1000;
-    int64_t maxmsg = MDG_MAX_FRAME;
+    int64_t maxmsg = MDG_MAX_FRAME + MDG_CURVE_OVERHEAD;
     char mon_ep[80];
     if (!(c->sock = zmq_socket(c->ctx, ZMQ_DEALER)))
         return mdg_fail(MDG_ESYS, "cannot create the socket: %s", zmq_strerror(errno));

@@ -115,10 +115,17 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
     const uint8_t *sid = NULL;
     size_t len = 0;
     bool resumed = false;
-    int64_t ack = 0;
+    int64_t ack = 0, max = 0;
     mdg_params_get_bytes(m->params, "session", &sid, &len);
     mdg_params_get_bool(m->params, "resumed", &resumed);
     mdg_params_get_int(m->params, "ack", &ack);
+    if (mdg_params_get_int(m->params, "max_message", &max) == 0 && max > 0) {
+        pthread_mutex_lock(&c->lock);
+        c->broker_max = max;
+        pthread_mutex_unlock(&c->lock);
+        /* a head frame of several messages must fit too */
+        c->chan.batch_bytes = (size_t)max < MDG_CHAN_BATCH_BYTES ? (size_t)max : MDG_CHAN_BATCH_BYTES;
+    }
     if (!sid || len > SESSION_ID_MAX) {
         mdg_log(MDG_LOG_ERROR, "welcome without a session id from %s", c->endpoint);
         return;

@@ -33,6 +33,10 @@
 /* One frame, at both ends (ZMQ_MAXMSGSIZE: libzmq drops the connection of
  * a peer that sends more); the broker's max_message may lower it. */
 #define MDG_MAX_FRAME (256LL << 20)
+/* What CURVE adds to a frame (its MESSAGE command: name, nonce, flags and
+ * MAC): libzmq holds the frame as it came, encrypted, to ZMQ_MAXMSGSIZE,
+ * so a socket's limit is the plaintext's plus this. */
+#define MDG_CURVE_OVERHEAD 64
 /* Messages libzmq queues for one peer before it reports the pipe full
  * (ZMQ_SNDHWM); the channels keep the rest until there is room. */
 #define MDG_SEND_HWM 10000
