@@ -67,6 +67,11 @@ static void on_hello(mdg_broker *b, broker_listener *l, peer *p, const uint8_t *
         broker_close_session(b, p, "replaced by a new hello");
     if (!sid || !broker_resume_session(b, l, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms))
         broker_open_session(b, l, rid, rid_len, uid, fd, silence_ms, NULL);
+    /* what it takes in one head frame; the welcome waits in this turn's
+     * flush, so it goes under the client's own limit too */
+    peer *np = mdg_map_get(l->rids, rid, rid_len);
+    if (np)
+        mdg_chan_peer_batch(&np->chan, hp);
     mdg_params_destroy(&hp);
 }
 

@@ -179,6 +179,7 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
         /* the largest frame we take: a client refuses a larger message
          * itself (libzmq would drop its link, and it would send it again) */
         mdg_params_set_int(w, "max_message", b->max_message);
+        mdg_params_set_int(w, "max_batch", MDG_MAX_BATCH);
     }
     broker_send_to(b, NULL, 0, p, MDG_K_WELCOME, 0, 0, "", w, NULL, 0);
 }

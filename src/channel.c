@@ -5,7 +5,15 @@
 
 void mdg_chan_init(mdg_channel *ch, const mdg_chan_ops *ops, void *owner)
 {
-    *ch = (mdg_channel){.ops = ops, .owner = owner, .batch_bytes = MDG_CHAN_BATCH_BYTES};
+    *ch = (mdg_channel){.ops = ops, .owner = owner, .batch_bytes = MDG_CHAN_BATCH_BYTES, .batch_max = MDG_PEER_BATCH};
+}
+
+void mdg_chan_peer_batch(mdg_channel *ch, const mdg_params *said)
+{
+    int64_t n = 0;
+    if (!said || mdg_params_get_int(said, "max_batch", &n) != 0 || n < 1)
+        n = MDG_PEER_BATCH;
+    ch->batch_max = n < MDG_MAX_BATCH ? (size_t)n : MDG_MAX_BATCH;
 }
 
 static void keep(mdg_channel *ch, mdg_chan_msg *m)
@@ -64,7 +72,7 @@ static size_t batchable(const mdg_channel *ch, const mdg_chan_msg *m, size_t *by
 {
     size_t n = 0;
     *bytes = 0;
-    for (; m && !m->has_bulk && n < MDG_MAX_BATCH; m = m->next, n++) {
+    for (; m && !m->has_bulk && n < ch->batch_max; m = m->next, n++) {
         size_t one = MDG_HEADER_BOUND(m->h.command_len) + zmq_msg_size((zmq_msg_t *)&m->params);
         if (n && *bytes + one > ch->batch_bytes)
             break;

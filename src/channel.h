@@ -26,7 +26,7 @@
 #define MDG_CHAN_ACK_EVERY 32
 #define MDG_CHAN_ACK_DELAY_MS 20
 /* Messages waiting for one peer go out together, as one head frame of at
- * most MDG_MAX_BATCH messages and this many bytes (a larger message goes
+ * most batch_max messages and this many bytes (a larger message goes
  * alone): one CURVE box and one libzmq message for all of them. Only what
  * already waits is coalesced. */
 #define MDG_CHAN_BATCH_BYTES (64 << 10)
@@ -71,7 +71,14 @@ typedef struct mdg_channel {
      * MDG_CHAN_BATCH_BYTES, less for a peer that takes less (the broker's
      * max_message, from its welcome); a larger message still goes alone */
     size_t batch_bytes;
+    /* messages in such a frame: what the peer takes (its max_batch), at
+     * most MDG_MAX_BATCH; MDG_PEER_BATCH until it says */
+    size_t batch_max;
 } mdg_channel;
+
+/* What the peer said it takes in a head frame (hello or welcome params;
+ * absent: MDG_PEER_BATCH). */
+void mdg_chan_peer_batch(mdg_channel *ch, const mdg_params *said);
 
 void mdg_chan_init(mdg_channel *ch, const mdg_chan_ops *ops, void *owner);
 

@@ -58,6 +58,7 @@ static void native_hello(mdg_conn *c)
         mdg_params_set_int(p, "version", MDG_WIRE_VERSION);
         mdg_params_set_int(p, "ack", (int64_t)c->chan.rx_seq);
         mdg_params_set_int(p, "heartbeat", c->opts.heartbeat_ms);
+        mdg_params_set_int(p, "max_batch", MDG_MAX_BATCH);
         if (c->had_session)
             mdg_params_set_bytes(p, "session", c->session_id, c->session_id_len);
     }

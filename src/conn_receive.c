@@ -119,6 +119,7 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
     mdg_params_get_bytes(m->params, "session", &sid, &len);
     mdg_params_get_bool(m->params, "resumed", &resumed);
     mdg_params_get_int(m->params, "ack", &ack);
+    mdg_chan_peer_batch(&c->chan, m->params);
     if (mdg_params_get_int(m->params, "max_message", &max) == 0 && max > 0) {
         pthread_mutex_lock(&c->lock);
         c->broker_max = max;

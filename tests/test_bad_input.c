@@ -188,15 +188,21 @@ static int raw_recv(raw *r, mdg_header *h, mdg_params **p, int timeout_ms)
     }
 }
 
-/* HELLO, then WELCOME with a session in the role the key was admitted in. */
-static void raw_hello_as(raw *r, const char *want_role)
+/* HELLO (with params hp, taken; NULL: none), then WELCOME with a session
+ * in the role the key was admitted in. */
+static void raw_hello_with(raw *r, const char *want_role, mdg_params *hp)
 {
     uint8_t hb[MDG_MAX_HEADER];
-    const uint8_t empty = 0xa0;
+    zmq_msg_t pm;
+    if (!hp)
+        hp = mdg_params_new();
+    CHECK_RC(mdg_params_encode(hp, &pm), 0);
+    mdg_params_destroy(&hp);
     size_t hl = make_header(hb, MDG_K_HELLO, 0, 0, "");
-    const void *d[] = {hb, &empty};
-    size_t l[] = {hl, 1};
+    const void *d[] = {hb, zmq_msg_data(&pm)};
+    size_t l[] = {hl, zmq_msg_size(&pm)};
     raw_frames(r, 2, d, l);
+    zmq_msg_close(&pm);
     mdg_header h;
     mdg_params *p = NULL;
     const uint8_t *sid = NULL;
@@ -213,6 +219,11 @@ static void raw_hello_as(raw *r, const char *want_role)
     CHECK_RC(mdg_params_get_bool(p, "resumed", &resumed), 0);
     CHECK(!resumed);
     mdg_params_destroy(&p);
+}
+
+static void raw_hello_as(raw *r, const char *want_role)
+{
+    raw_hello_with(r, want_role, NULL);
 }
 
 static void raw_hello(raw *r)
@@ -703,11 +714,67 @@ static void test_batched(raw *r, mdg_conn *good)
     int answered = replies_in_order(r, corr, MDG_MAX_BATCH);
     printf("a head frame of %d messages: %d answered in order, then: ", MDG_MAX_BATCH + 1, answered);
     CHECK(answered == MDG_MAX_BATCH);
-    EXPECT_ERROR(r, corr + MDG_MAX_BATCH, "echo", "more than 64 messages in one head frame", "too many frames");
+    EXPECT_ERROR(r, corr + MDG_MAX_BATCH, "echo", "more than " MDG_STR(MDG_MAX_BATCH) " messages in one head frame",
+                 "too many frames");
     printf("refused\n");
     r->seq -= 1; /* the last was not taken */
     RAW_STILL_WORKS(r);
     GOOD_STILL_WORKS(good);
+}
+
+/* The most replies the broker put in one head frame, reading n replies
+ * straight off the socket. -1 when fewer came. */
+static int largest_reply_frame(raw *r, int n)
+{
+    t_wire_reader_close(&r->rd);
+    int seen = 0, largest = 0;
+    while (seen < n) {
+        zmq_pollitem_t it = {.socket = r->sock, .events = ZMQ_POLLIN};
+        mdg_frames f;
+        if (zmq_poll(&it, 1, 5000) != 1 || mdg_frames_recv(r->sock, &f) != 0)
+            break;
+        mdg_inbound_cursor at = {0};
+        mdg_inbound in;
+        int in_frame = 0;
+        while (mdg_inbound_next(&in, &f, 0, &at) == 0) {
+            if (in.h.kind == MDG_K_REPLY) {
+                in_frame++;
+                r->rx_seq = in.h.seq;
+            }
+            mdg_inbound_close(&in);
+        }
+        mdg_inbound_close(&in);
+        mdg_frames_close(&f);
+        seen += in_frame;
+        if (in_frame > largest)
+            largest = in_frame;
+    }
+    return seen == n ? largest : -1;
+}
+
+/* A head frame holds what the receiver said it takes (max_batch in its
+ * hello), and no more than MDG_PEER_BATCH for a client that did not say
+ * (an older libmessidge, which refuses the rest of a longer frame). */
+static void test_batch_size(const mdg_broker *b, const mdg_keys *bkeys)
+{
+    for (int says = 0; says < 2; says++) {
+        raw x;
+        raw_open(&x, b, bkeys);
+        mdg_params *hp = NULL;
+        if (says) {
+            hp = mdg_params_new();
+            mdg_params_set_int(hp, "max_batch", MDG_MAX_BATCH);
+        }
+        raw_hello_with(&x, "user", hp);
+        RAW_STILL_WORKS(&x);
+        raw_batch(&x, 100, false);
+        int largest = largest_reply_frame(&x, 100);
+        printf("100 calls in one frame from a client that %s: at most %d replies a frame\n",
+               says ? "takes " MDG_STR(MDG_MAX_BATCH) : "did not say", largest);
+        CHECK(says ? largest > MDG_PEER_BATCH : largest > 0 && largest <= MDG_PEER_BATCH);
+        RAW_STILL_WORKS(&x);
+        raw_close(&x);
+    }
 }
 
 /* A command before HELLO: "no session". */
@@ -1048,6 +1115,7 @@ int main(void)
     test_bad_headers(&r, good);
     test_frames(&r, good, b, bkeys);
     test_batched(&r, good);
+    test_batch_size(b, bkeys);
     test_no_session(b, bkeys, good);
     test_version_1(b, bkeys);
     test_forgery(&r, good, gkeys);
