@@ -410,9 +410,9 @@ static int send_refused(mdg_conn *c)
     return rc;
 }
 
-int conn_too_large_locked(const mdg_conn *c, const char *what, size_t command_len, size_t plen, size_t bulk_len)
+int conn_too_large(mdg_conn *c, const char *what, size_t command_len, size_t plen, size_t bulk_len)
 {
-    long long max = c->broker_max;
+    long long max = atomic_load_explicit(&c->broker_max, memory_order_relaxed);
     size_t head = MDG_HEADER_BOUND(command_len) + plen;
     if (!max || ((long long)head <= max && (long long)bulk_len <= max))
         return 0;
@@ -437,10 +437,12 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
     size_t plen = mdg_params_encoded_size(params);
     /* the checks, the call's record, its place in the map and the queued
      * message's block in one turn of the lock */
+    if ((rc = conn_too_large(c, "a message", strlen(command), plen, bulk_len)) != 0) {
+        mdg_params_destroy(&params);
+        return rc;
+    }
     pthread_mutex_lock(&c->lock);
     rc = send_refused(c);
-    if (!rc)
-        rc = conn_too_large_locked(c, "a message", strlen(command), plen, bulk_len);
     if (!rc && cb && !(pd = conn_pending_alloc_locked(c)))
         rc = MDG_ENOMEM;
     if (!rc && !(o = conn_out_alloc_locked(c, plen)))

@@ -32,6 +32,7 @@
 #include "wire.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <zmq.h>
 
 #define SESSION_ID_MAX 64
@@ -134,8 +135,9 @@ struct mdg_conn {
     size_t backlog;                /* queued + sent-but-unacked */
     /* the broker's max_message, from its welcome (0 until then): a larger
      * frame would make libzmq drop our link, and the message would go
-     * again on the next, for ever, so it is refused where it is made */
-    long long broker_max;
+     * again on the next, for ever, so it is refused where it is made.
+     * Atomic: read on every send without the lock. */
+    atomic_llong broker_max;
     mdg_map *pending;              /* corr -> pending */
     mdg_pool out_pool, pending_pool; /* freed out_items and pendings (under lock) */
     uint64_t next_corr;
@@ -245,8 +247,8 @@ pending *conn_pending_alloc_locked(mdg_conn *c);
 void conn_pending_free_locked(mdg_conn *c, pending *pd);
 /* MDG_EINVAL with the reason when a message of these sizes is larger than
  * the broker takes (c->broker_max; what names it: "a message", "a
- * reply"), else 0. Under c->lock. */
-int conn_too_large_locked(const mdg_conn *c, const char *what, size_t command_len, size_t plen, size_t bulk_len);
+ * reply"), else 0. Any thread. */
+int conn_too_large(mdg_conn *c, const char *what, size_t command_len, size_t plen, size_t bulk_len);
 int conn_out_new(mdg_conn *c, out_item **out, int kind, const char *command, uint64_t corr, uint32_t flags,
                  mdg_params *params, const void *bulk, size_t bulk_len);
 /* conn_out_new in two steps, for a caller that holds the lock anyway: a

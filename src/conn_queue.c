@@ -364,9 +364,7 @@ int conn_queue_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results, 
         mdg_params_destroy(&results);
         return 0;
     }
-    pthread_mutex_lock(&c->lock);
-    int rc = conn_too_large_locked(c, "a reply", 0, mdg_params_encoded_size(results), bulk_len);
-    pthread_mutex_unlock(&c->lock);
+    int rc = conn_too_large(c, "a reply", 0, mdg_params_encoded_size(results), bulk_len);
     if (rc) { /* the caller hears why instead of the reply, and its call ends */
         char why[300];
         snprintf(why, sizeof why, "%s", mdg_last_error());

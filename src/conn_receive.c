@@ -121,9 +121,7 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
     mdg_params_get_int(m->params, "ack", &ack);
     mdg_chan_peer_batch(&c->chan, m->params);
     if (mdg_params_get_int(m->params, "max_message", &max) == 0 && max > 0) {
-        pthread_mutex_lock(&c->lock);
-        c->broker_max = max;
-        pthread_mutex_unlock(&c->lock);
+        atomic_store_explicit(&c->broker_max, max, memory_order_relaxed);
         /* a head frame of several messages must fit too */
         c->chan.batch_bytes = (size_t)max < MDG_CHAN_BATCH_BYTES ? (size_t)max : MDG_CHAN_BATCH_BYTES;
     }
