@@ -636,7 +636,8 @@ MDG_EXPORT int mdg_conn_wait_until_ready(mdg_conn *c, int timeout_ms);
  * one connection are processed in the order they were sent. These and the
  * calls below return MDG_EINVAL, sending nothing, for a head frame (header
  * and params) or bulk larger than the broker's max_message, once its
- * welcome has said it (docs/protocol.md section 5.1). */
+ * welcome has said it; one made before is failed with that text when the
+ * welcome comes (docs/protocol.md section 5.1). */
 MDG_EXPORT int mdg_conn_send(mdg_conn *c, const char *command, mdg_params *params, const void *bulk,
                              size_t bulk_len);
 /* Send expecting replies: cb runs on the loop thread for each reply. */

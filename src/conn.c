@@ -633,6 +633,39 @@ int mdg_conn_call(mdg_conn *c, const char *command, mdg_params *params, const vo
     return 0;
 }
 
+/* A pending call taken out of the map fails (under the lock): a blocking
+ * caller wakes with err; a callback call is returned for fail_callback
+ * (NULL when there is nothing more to do). */
+static pending *fail_taken_locked(mdg_conn *c, pending *pd, int err, const char *text)
+{
+    if (pd->blocking) {
+        pd->err = err;
+        blocking_call *bc = (blocking_call *)pd; /* a blocking call's pending is its first member */
+        snprintf(bc->why, sizeof bc->why, "%s", text);
+        pd->done = true;
+        pthread_cond_signal(&pd->cond);
+        return NULL;
+    }
+    if (pd->done) { /* a callback call that had its reply, kept for more */
+        conn_pending_free_locked(c, pd);
+        return NULL;
+    }
+    return pd;
+}
+
+/* A callback call gets an error reply, then its record goes (not under
+ * the lock). */
+static void fail_callback(mdg_conn *c, pending *pd, const char *text)
+{
+    mdg_msg m = {.h = {.kind = MDG_K_ERROR, .corr = pd->corr}, .error = text};
+    m.params = mdg_params_new();
+    pd->cb(&m, pd->arg);
+    mdg_params_destroy(&m.params);
+    pthread_mutex_lock(&c->lock);
+    conn_pending_free_locked(c, pd);
+    pthread_mutex_unlock(&c->lock);
+}
+
 /* Fail every pending call: blocking ones wake with err, callbacks get an
  * error reply. Loop thread (or after it ended). */
 void conn_fail_pending(mdg_conn *c, int err, const char *text)
@@ -640,15 +673,7 @@ void conn_fail_pending(mdg_conn *c, int err, const char *text)
     pending *cbs = NULL, *pd;
     pthread_mutex_lock(&c->lock);
     while ((pd = mdg_map_pop(c->pending)) != NULL) {
-        if (pd->blocking) {
-            pd->err = err;
-            blocking_call *bc = (blocking_call *)pd; /* a blocking call's pending is its first member */
-            snprintf(bc->why, sizeof bc->why, "%s", text);
-            pd->done = true;
-            pthread_cond_signal(&pd->cond);
-        } else if (pd->done) { /* a callback call that had its reply, kept for more */
-            conn_pending_free_locked(c, pd);
-        } else {
+        if ((pd = fail_taken_locked(c, pd, err, text)) != NULL) {
             pd->reply = (mdg_msg *)cbs; /* chain through an unused field */
             cbs = pd;
         }
@@ -656,15 +681,20 @@ void conn_fail_pending(mdg_conn *c, int err, const char *text)
     pthread_mutex_unlock(&c->lock);
     while (cbs) {
         pending *next = (pending *)cbs->reply;
-        mdg_msg m = {.h = {.kind = MDG_K_ERROR, .corr = cbs->corr}, .error = text};
-        m.params = mdg_params_new();
-        cbs->cb(&m, cbs->arg);
-        mdg_params_destroy(&m.params);
-        pthread_mutex_lock(&c->lock);
-        conn_pending_free_locked(c, cbs);
-        pthread_mutex_unlock(&c->lock);
+        fail_callback(c, cbs, text);
         cbs = next;
     }
+}
+
+void conn_fail_call(mdg_conn *c, uint64_t corr, int err, const char *text)
+{
+    pthread_mutex_lock(&c->lock);
+    pending *pd = mdg_map_take_u64(c->pending, corr);
+    if (pd)
+        pd = fail_taken_locked(c, pd, err, text);
+    pthread_mutex_unlock(&c->lock);
+    if (pd)
+        fail_callback(c, pd, text);
 }
 
 /* ------------------------------------------------------------- shutdown */

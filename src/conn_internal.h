@@ -245,6 +245,9 @@ void conn_out_block_free_locked(mdg_conn *c, out_item *o);
 /* A callback call's record, from the pool, and back (under c->lock). */
 pending *conn_pending_alloc_locked(mdg_conn *c);
 void conn_pending_free_locked(mdg_conn *c, pending *pd);
+/* Fail the pending call corr, if any, as conn_fail_pending fails them all.
+ * Loop thread. */
+void conn_fail_call(mdg_conn *c, uint64_t corr, int err, const char *text);
 /* MDG_EINVAL with the reason when a message of these sizes is larger than
  * the broker takes (c->broker_max; what names it: "a message", "a
  * reply"), else 0. Any thread. */

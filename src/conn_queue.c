@@ -270,6 +270,26 @@ static void cannot_send(const char *command)
             mdg_last_error());
 }
 
+/* A command queued before the broker's welcome said its max_message was
+ * not checked against it when it was made: one too large is refused here,
+ * before it has a number, and its call fails with the reason. */
+static bool refused_queued(mdg_conn *c, out_item *o)
+{
+    if (o->m.h.kind != MDG_K_CMD ||
+        conn_too_large(c, "a message", o->m.h.command_len, zmq_msg_size(&o->m.params),
+                       o->m.has_bulk ? zmq_msg_size(&o->m.bulk) : 0) == 0)
+        return false;
+    char why[300], command[MDG_MAX_COMMAND + 1];
+    snprintf(why, sizeof why, "%s", mdg_last_error());
+    snprintf(command, sizeof command, "%s", o->m.h.command);
+    uint64_t corr = o->m.h.corr;
+    conn_chan_release(c, &o->m); /* as if the broker had it: its room is made */
+    mdg_log(MDG_LOG_WARN, "'%s' not sent: %s", command, why);
+    if (corr)
+        conn_fail_call(c, corr, MDG_EINVAL, why);
+    return true;
+}
+
 /* Send what is queued, in order, once the session is open: first what a
  * resume asked to send again, then the application's queue. On a full
  * socket queue the rest waits for POLLOUT. Loop thread only. */
@@ -296,7 +316,8 @@ void conn_flush(mdg_conn *c)
         if (!n)
             break;
         for (size_t i = 0; i < n; i++)
-            mdg_chan_append(&c->chan, batch[i]);
+            if (!refused_queued(c, (out_item *)batch[i]))
+                mdg_chan_append(&c->chan, batch[i]);
     }
     if (c->state == C_READY && mdg_chan_ack_due(&c->chan)) /* nothing sent above carried it */
         conn_send_control(c, MDG_K_ACK, NULL);

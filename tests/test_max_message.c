@@ -12,8 +12,13 @@
  *     (a batch of them would be over it), and all are answered;
  *  c. a node's reply too large: the handler gets MDG_EINVAL, the caller
  *     the reason as its call's error, and the node's next reply goes;
- *  d. a bulk of exactly max_message goes. */
+ *  d. a bulk of exactly max_message goes;
+ *  e. calls made before the welcome (the limit not known yet): one too
+ *     large fails with the reason when the welcome comes, before it has a
+ *     number, and the others go. */
 #include "testutil.h"
+
+#include "testsys.h"
 
 #include <stdatomic.h>
 
@@ -143,6 +148,36 @@ int main(void)
     CHECK(len == MAX_MESSAGE);
     mdg_msg_destroy(&r);
     CHECK_RC(call_sized(u, npk, MAX_MESSAGE, why, sizeof why), 0);
+
+    /* e. before the welcome: queued, then checked. The broker starts only
+     * once the calls are queued, so none of them can see its welcome. */
+    mdg_conn *early = NULL;
+    mdg_keys *ekeys = NULL;
+    mdg_broker *late = NULL;
+    mdg_keys_new(&ekeys);
+    mdg_broker_options lo = {.bind_address = "127.0.0.1", .port = t_free_port(), .max_message = MAX_MESSAGE};
+    CHECK_RC(mdg_broker_new(&late, bkeys, &lo), 0);
+    mdg_broker_set_commands(late, broker_cmds, NULL);
+    mdg_broker_allow(late, mdg_keys_public(ekeys), MDG_ROLE_USER);
+    mdg_conn_options eo = {.port = lo.port};
+    CHECK_RC(mdg_conn_new_with_keys(&early, "127.0.0.1", mdg_keys_public(bkeys), ekeys, &eo), 0);
+    CHECK_RC(mdg_conn_start(early), 0);
+    atomic_store(&answered, 0);
+    atomic_store(&failed, 0);
+    CHECK_RC(mdg_conn_send_cb(early, "echo", mdg_params_new(), "a", 1, on_reply, NULL), 0);
+    CHECK_RC(mdg_conn_send_cb(early, "echo", mdg_params_new(), big, 2 * MAX_MESSAGE, on_reply, NULL), 0);
+    CHECK_RC(mdg_conn_send_cb(early, "echo", mdg_params_new(), "b", 1, on_reply, NULL), 0);
+    CHECK_RC(mdg_broker_start(late), 0);
+    WAIT_UNTIL(atomic_load(&answered) + atomic_load(&failed) == 3, 10000);
+    printf("3 calls made before the welcome, the second too large: %d answered, %d failed\n",
+           atomic_load(&answered), atomic_load(&failed));
+    CHECK(atomic_load(&answered) == 2 && atomic_load(&failed) == 1);
+    CHECK(t_logged("not sent"));
+    CHECK_RC(mdg_conn_call(early, "echo", mdg_params_new(), "c", 1, 10000, &r), 0);
+    mdg_msg_destroy(&r);
+    mdg_conn_destroy(&early);
+    mdg_broker_destroy(&late);
+    mdg_keys_destroy(&ekeys);
 
     mdg_conn_destroy(&u);
     mdg_conn_destroy(&node);
