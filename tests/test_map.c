@@ -83,5 +83,24 @@ int main(void)
         n += mdg_map_get(m, key, key_of(i, key)) == ref[i];
     CHECK(n == KEYS && mdg_map_size(m) == live);
     mdg_map_destroy(&m);
+
+    /* emptied by popping, with puts between pops: every value comes out
+     * once (pop looks on round the table from where it last found one) */
+    enum { MANY = 20000 };
+    static uint8_t seen[2 * MANY];
+    m = mdg_map_new();
+    for (uint64_t i = 0; m && i < MANY; i++)
+        mdg_map_put_u64(m, i, (void *)(uintptr_t)(i + 1));
+    size_t popped = 0, twice = 0;
+    void *v;
+    while (m && (v = mdg_map_pop(m)) != NULL) {
+        size_t i = (size_t)(uintptr_t)v - 1;
+        twice += seen[i]++ != 0;
+        if (++popped % 1000 == 0 && popped <= MANY) /* a new one now and then */
+            mdg_map_put_u64(m, MANY + popped / 1000, (void *)(uintptr_t)(MANY + popped / 1000 + 1));
+    }
+    printf("popped %zu entries, %zu twice\n", popped, twice);
+    CHECK(popped == MANY + MANY / 1000 && twice == 0 && m && mdg_map_size(m) == 0);
+    mdg_map_destroy(&m);
     return t_done("test_map");
 }
