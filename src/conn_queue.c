@@ -385,26 +385,26 @@ int conn_queue_reply(mdg_msg *m, int kind, uint32_t flags, mdg_params *results, 
         mdg_params_destroy(&results);
         return 0;
     }
-    int rc = conn_too_large(c, "a reply", 0, mdg_params_encoded_size(results), bulk_len);
-    if (rc) { /* the caller hears why instead of the reply, and its call ends */
-        char why[300];
+    char why[300] = "";
+    if (conn_too_large(c, "a reply", 0, mdg_params_encoded_size(results), bulk_len) != 0) {
+        /* the caller hears why in its place, and its call ends */
         snprintf(why, sizeof why, "%s", mdg_last_error());
         mdg_log(MDG_LOG_WARN, "reply to '%s' not sent: %s", m->h.command, why);
         mdg_params_destroy(&results);
-        mdg_params *e = mdg_params_new();
-        if (e && mdg_params_set_str(e, "error", why) != 0)
-            mdg_params_destroy(&e);
-        if (e && conn_out_new(c, &o, MDG_K_ERROR, "", m->h.corr, 0, e, NULL, 0) == 0) { /* e taken */
-            o->epoch = m->epoch;
-            conn_enqueue(c, o);
-        }
-        return mdg_fail(MDG_EINVAL, "%s", why);
+        if ((results = mdg_params_new()) && mdg_params_set_str(results, "error", why) != 0)
+            mdg_params_destroy(&results);
+        if (!results)
+            return mdg_fail(MDG_EINVAL, "%s", why);
+        kind = MDG_K_ERROR;
+        flags = 0;
+        bulk_len = 0;
     }
-    rc = conn_out_new(c, &o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
-    if (rc)
-        return rc;
-    o->epoch = m->epoch;
-    return conn_enqueue(c, o);
+    int rc = conn_out_new(c, &o, kind, "", m->h.corr, flags, results, bulk, bulk_len);
+    if (rc == 0) {
+        o->epoch = m->epoch;
+        rc = conn_enqueue(c, o);
+    }
+    return *why ? mdg_fail(MDG_EINVAL, "%s", why) : rc;
 }
 
 /* Replies to a call the broker paused (its caller is not reading) wait
