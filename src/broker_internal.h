@@ -39,8 +39,6 @@
 #define TOMBSTONE_MS 10000                 /* an ended channel's late replies are dropped quietly this long */
 #define SPARE_FDS 4                        /* descriptors kept to clear the accept backlog with */
 
-/* A session: a user's or a node's, on either listener. It outlives its
- * link for a grace period (attached false), so that a client can resume. */
 /* Who has lately given a node messages (share_take, broker_route.c): the
  * session of the last message, when, and until when another session counts
  * as about. A session alone at a node gets more than node_window. Kept with
@@ -51,6 +49,8 @@ typedef struct node_sharing {
     int64_t last_shared, shared_until;
 } node_sharing;
 
+/* A session: a user's or a node's, on either listener. It outlives its
+ * link for a grace period (attached false), so that a client can resume. */
 typedef struct peer {
     uint8_t rid[255];
     uint8_t rid_len;
@@ -314,11 +314,18 @@ void broker_set_budget(mdg_broker *b);
 /* broker_session.c: the session table */
 void broker_close_session(mdg_broker *b, peer *p, const char *why);
 void broker_detach(mdg_broker *b, peer *p, const char *why);
+/* What a hello says of its link, for the session on it: silent this long =
+ * gone (from its heartbeat), and the messages it takes in one head frame
+ * (mdg_chan_said_batch). Set before the welcome goes. */
+typedef struct hello_terms {
+    int silence_ms;
+    size_t max_batch;
+} hello_terms;
 void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
-                         const char *user_id, int fd, int silence_ms, void *state);
+                         const char *user_id, int fd, const hello_terms *terms, void *state);
 bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
                            const char *uid, int fd, const uint8_t *sid, size_t sid_len, uint64_t ack,
-                           int silence_ms);
+                           const hello_terms *terms);
 bool broker_stray_first(broker_listener *l, int fd);
 int broker_on_monitor(mdg_loop *loop, void *arg, short revents);
 int broker_on_grace_timer(mdg_loop *loop, void *arg, short revents);

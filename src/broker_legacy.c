@@ -249,10 +249,11 @@ static void legacy_hello(mdg_broker *b, broker_listener *l, peer *p, const uint8
         broker_close_session(b, p, "replaced by a new 1.x hello");
     /* 1.x peers do not beat: libzmq's heartbeats on this socket notice a
      * dead link instead of our silence check */
-    if (!sid_len || !broker_resume_session(b, l, rid, rid_len, uid, fd, sid, sid_len, 0, INT_MAX)) {
+    hello_terms terms = {.silence_ms = INT_MAX, .max_batch = MDG_PEER_BATCH}; /* no head frames in 1.x */
+    if (!sid_len || !broker_resume_session(b, l, rid, rid_len, uid, fd, sid, sid_len, 0, &terms)) {
         legacy_link *link = legacy_link_new((size_t)b->queue_limit);
         if (link)
-            broker_open_session(b, l, rid, rid_len, uid, fd, INT_MAX, link);
+            broker_open_session(b, l, rid, rid_len, uid, fd, &terms, link);
         else
             mdg_log(MDG_LOG_ERROR, "cannot open a 1.x session: out of memory");
     }

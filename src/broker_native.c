@@ -62,16 +62,11 @@ static void on_hello(mdg_broker *b, broker_listener *l, peer *p, const uint8_t *
      * taken as gone, as its own side takes a silent broker. */
     if (hb < 100 || hb > 600000)
         hb = 2000;
-    int silence_ms = (int)(3 * hb + 1000);
+    hello_terms terms = {.silence_ms = (int)(3 * hb + 1000), .max_batch = mdg_chan_said_batch(hp)};
     if (p && !(sid && sid_len == SESSION_ID_BYTES && memcmp(sid, p->session_id, SESSION_ID_BYTES) == 0))
         broker_close_session(b, p, "replaced by a new hello");
-    if (!sid || !broker_resume_session(b, l, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, silence_ms))
-        broker_open_session(b, l, rid, rid_len, uid, fd, silence_ms, NULL);
-    /* what it takes in one head frame; the welcome waits in this turn's
-     * flush, so it goes under the client's own limit too */
-    peer *np = mdg_map_get(l->rids, rid, rid_len);
-    if (np)
-        mdg_chan_peer_batch(&np->chan, hp);
+    if (!sid || !broker_resume_session(b, l, rid, rid_len, uid, fd, sid, sid_len, (uint64_t)ack, &terms))
+        broker_open_session(b, l, rid, rid_len, uid, fd, &terms, NULL);
     mdg_params_destroy(&hp);
 }
 

@@ -187,7 +187,7 @@ static void welcome(mdg_broker *b, peer *p, bool resumed)
 /* l: the listener the hello came on; state: its transport's own state of
  * this peer (taken), or NULL. */
 void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
-                         const char *user_id, int fd, int silence_ms, void *state)
+                         const char *user_id, int fd, const hello_terms *terms, void *state)
 {
     const broker_transport *tp = l->ops->transport;
     peer *p = calloc(1, sizeof *p);
@@ -204,7 +204,8 @@ void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, 
     broker_chan_init(p);
     snprintf(p->user_id, sizeof p->user_id, "%s", user_id);
     p->role = user_id[0] == 'N' ? MDG_ROLE_NODE : MDG_ROLE_USER;
-    p->silence_ms = silence_ms;
+    p->silence_ms = terms->silence_ms;
+    p->chan.batch_max = terms->max_batch;
     p->last_rx = mdg_now_ms();
     randombytes_buf(p->session_id, sizeof p->session_id);
     if (p->role == MDG_ROLE_NODE) {
@@ -250,7 +251,7 @@ void broker_open_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, 
  * resume (the client gets a new session). */
 bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid, size_t rid_len,
                            const char *uid, int fd, const uint8_t *sid, size_t sid_len, uint64_t ack,
-                           int silence_ms)
+                           const hello_terms *terms)
 {
     peer *p = sid_len == SESSION_ID_BYTES ? mdg_map_get(b->sessions, sid, sid_len) : NULL;
     if (!p) {
@@ -273,7 +274,8 @@ bool broker_resume_session(mdg_broker *b, broker_listener *l, const uint8_t *rid
         broker_close_session(b, p, "out of memory");
         return false;
     }
-    p->silence_ms = silence_ms;
+    p->silence_ms = terms->silence_ms;
+    p->chan.batch_max = terms->max_batch; /* before what goes again now */
     mdg_chan_resume(&p->chan, ack); /* everything kept goes again, but what the client has */
     broker_room_made(b, p);
     char who[MDG_KEY_B64_LEN + 1];

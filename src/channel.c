@@ -8,12 +8,17 @@ void mdg_chan_init(mdg_channel *ch, const mdg_chan_ops *ops, void *owner)
     *ch = (mdg_channel){.ops = ops, .owner = owner, .batch_bytes = MDG_CHAN_BATCH_BYTES, .batch_max = MDG_PEER_BATCH};
 }
 
-void mdg_chan_peer_batch(mdg_channel *ch, const mdg_params *said)
+size_t mdg_chan_said_batch(const mdg_params *said)
 {
     int64_t n = 0;
     if (!said || mdg_params_get_int(said, "max_batch", &n) != 0 || n < 1)
-        n = MDG_PEER_BATCH;
-    ch->batch_max = n < MDG_MAX_BATCH ? (size_t)n : MDG_MAX_BATCH;
+        return MDG_PEER_BATCH;
+    return n < MDG_MAX_BATCH ? (size_t)n : MDG_MAX_BATCH;
+}
+
+void mdg_chan_limit_frame(mdg_channel *ch, size_t max_bytes)
+{
+    ch->batch_bytes = max_bytes < MDG_CHAN_BATCH_BYTES ? max_bytes : MDG_CHAN_BATCH_BYTES;
 }
 
 static void keep(mdg_channel *ch, mdg_chan_msg *m)

@@ -76,9 +76,13 @@ typedef struct mdg_channel {
     size_t batch_max;
 } mdg_channel;
 
-/* What the peer said it takes in a head frame (hello or welcome params;
- * absent: MDG_PEER_BATCH). */
-void mdg_chan_peer_batch(mdg_channel *ch, const mdg_params *said);
+/* How many messages the peer said it takes in a head frame (max_batch in
+ * its hello or welcome params), within 1..MDG_MAX_BATCH; MDG_PEER_BATCH
+ * when it did not say. For batch_max. */
+size_t mdg_chan_said_batch(const mdg_params *said);
+/* The peer takes frames of at most max_bytes: so is a head frame of
+ * several messages (batch_bytes, MDG_CHAN_BATCH_BYTES at most). */
+void mdg_chan_limit_frame(mdg_channel *ch, size_t max_bytes);
 
 void mdg_chan_init(mdg_channel *ch, const mdg_chan_ops *ops, void *owner);
 

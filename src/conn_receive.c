@@ -119,11 +119,10 @@ static void on_welcome(mdg_conn *c, mdg_msg *m)
     mdg_params_get_bytes(m->params, "session", &sid, &len);
     mdg_params_get_bool(m->params, "resumed", &resumed);
     mdg_params_get_int(m->params, "ack", &ack);
-    mdg_chan_peer_batch(&c->chan, m->params);
+    c->chan.batch_max = mdg_chan_said_batch(m->params);
     if (mdg_params_get_int(m->params, "max_message", &max) == 0 && max > 0) {
         atomic_store_explicit(&c->broker_max, max, memory_order_relaxed);
-        /* a head frame of several messages must fit too */
-        c->chan.batch_bytes = (size_t)max < MDG_CHAN_BATCH_BYTES ? (size_t)max : MDG_CHAN_BATCH_BYTES;
+        mdg_chan_limit_frame(&c->chan, (size_t)max);
     }
     if (!sid || len > SESSION_ID_MAX) {
         mdg_log(MDG_LOG_ERROR, "welcome without a session id from %s", c->endpoint);

@@ -162,9 +162,35 @@ static void test_batches(void)
     zmq_msg_close(&last_frame);
 }
 
+/* What a peer says it takes in a head frame comes from the network: kept
+ * within 1..MDG_MAX_BATCH, and MDG_PEER_BATCH when it is missing or not a
+ * count. */
+static void test_said_batch(void)
+{
+    const struct {
+        const char *key;
+        int64_t n;
+        size_t want;
+    } cases[] = {{"max_batch", 100, 100},        {"max_batch", 1, 1},
+                 {"max_batch", 0, MDG_PEER_BATCH}, {"max_batch", -5, MDG_PEER_BATCH},
+                 {"max_batch", 1 << 30, MDG_MAX_BATCH}, {"other", 100, MDG_PEER_BATCH}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mdg_params *p = mdg_params_new();
+        mdg_params_set_int(p, cases[i].key, cases[i].n);
+        CHECK(mdg_chan_said_batch(p) == cases[i].want);
+        mdg_params_destroy(&p);
+    }
+    mdg_params *p = mdg_params_new();
+    mdg_params_set_str(p, "max_batch", "128");
+    CHECK(mdg_chan_said_batch(p) == MDG_PEER_BATCH);
+    mdg_params_destroy(&p);
+    CHECK(mdg_chan_said_batch(NULL) == MDG_PEER_BATCH);
+}
+
 int main(void)
 {
     test_batches();
+    test_said_batch();
     test_link l = {.room = 2};
     mdg_channel ch;
     mdg_chan_init(&ch, &native, &l);
