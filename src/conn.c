@@ -435,12 +435,12 @@ static int send_cmd(mdg_conn *c, const char *command, mdg_params *params, const 
         return mdg_fail(MDG_EINVAL, "a command needs a name");
     }
     size_t plen = mdg_params_encoded_size(params);
-    /* the checks, the call's record, its place in the map and the queued
-     * message's block in one turn of the lock */
     if ((rc = conn_too_large(c, "a message", strlen(command), plen, bulk_len)) != 0) {
         mdg_params_destroy(&params);
         return rc;
     }
+    /* the checks, the call's record, its place in the map and the queued
+     * message's block in one turn of the lock */
     pthread_mutex_lock(&c->lock);
     rc = send_refused(c);
     if (!rc && cb && !(pd = conn_pending_alloc_locked(c)))
