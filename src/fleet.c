@@ -35,10 +35,13 @@
 #define NACK_MS 100        /* at most one "send again" per member this often */
 #define REFUSE_LOG_MS 1000 /* refusals of fleet messages are logged at most this often */
 #define CLOSE_WAIT_MS 2000 /* for libnats to be done with our callbacks */
-/* payload bytes waiting for the loop, at most: past it (a flood on our
- * subject while the loop is busy) a payload is dropped as if lost on the
- * way, and a member's is sent again; memory stays bounded */
+/* bytes waiting for the loop, at most: past it (a flood on our subject
+ * while the loop is busy) a payload is dropped as if lost on the way, and
+ * a member's is sent again; memory stays bounded */
 #define INBOX_MAX_BYTES (128u << 20)
+/* what a waiting message costs besides its payload (our entry, the kept
+ * natsMsg and its subject), so that a flood of empty ones is bounded too */
+#define INMSG_OVERHEAD 256u
 
 /* What libnats's threads hand to the loop: the message itself, its payload
  * read where libnats put it (natsMsg_Destroy may be called on any thread). */
@@ -52,7 +55,7 @@ struct inbox {
     pthread_mutex_t lock;
     pthread_cond_t done;
     inmsg *head, *tail;
-    size_t bytes;    /* the payloads' between head and tail */
+    size_t bytes;    /* the messages' between head and tail, with INMSG_OVERHEAD each */
     uint64_t dropped; /* payloads dropped for INBOX_MAX_BYTES since the loop last looked */
     int efd;
     bool reconnected;
@@ -484,7 +487,8 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         q->msg = msg;
         q->len = (size_t)len;
         pthread_mutex_lock(&in->lock);
-        bool was_empty = !in->head, room = in->bytes + q->len <= INBOX_MAX_BYTES;
+        size_t cost = q->len + INMSG_OVERHEAD;
+        bool was_empty = !in->head, room = in->bytes + cost <= INBOX_MAX_BYTES;
         if (!room) {
             in->dropped++;
         } else {
@@ -493,7 +497,7 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
             else
                 in->head = q;
             in->tail = q;
-            in->bytes += q->len;
+            in->bytes += cost;
             kept = true;
         }
         pthread_mutex_unlock(&in->lock);

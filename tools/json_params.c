@@ -130,9 +130,14 @@ static bool reals_exact(const json_t *v, int precision)
     return true;
 }
 
+json_t *json_params_value(const mdg_params *p)
+{
+    return cbor_to_json(mdg_params_map(p), 0);
+}
+
 char *json_params_text(const mdg_params *p)
 {
-    json_t *v = cbor_to_json(mdg_params_map(p), 0);
+    json_t *v = json_params_value(p);
     if (!v)
         return NULL;
     /* 0.1 prints as 0.1, yet every float reads back exactly */

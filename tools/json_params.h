@@ -22,6 +22,10 @@
  * same (15 to 17). */
 char *json_params_text(const mdg_params *p);
 
+/* The params as a JSON object (the caller's reference), or NULL when out
+ * of memory: for reading a reply with jansson's getters. */
+json_t *json_params_value(const mdg_params *p);
+
 /* A JSON value as a new CBOR item (the caller's reference), or NULL when
  * out of memory. Integers stay integers, other numbers are floats. */
 cbor_item_t *json_params_to_cbor(const json_t *v);

@@ -469,7 +469,7 @@ static int open_conn(const args *a, long timeout, mdg_conn **out)
     return 0;
 }
 
-/* Call the broker's `nodes`: its "nodes" array read through JSON (the
+/* Call the broker's `nodes`: 0 with its "nodes" array read as JSON (the
  * reply's shape is then checked by jansson's getters; the caller decrefs
  * *reply), or 1 after saying why. */
 static int call_nodes(mdg_conn *conn, long timeout, json_t **reply, json_t **nodes)
@@ -484,10 +484,8 @@ static int call_nodes(mdg_conn *conn, long timeout, json_t **reply, json_t **nod
     }
     if (rc != 0)
         return fail("cannot list the nodes", rc);
-    char *text = json_params_text(mdg_msg_params(msg));
+    *reply = json_params_value(mdg_msg_params(msg));
     mdg_msg_destroy(&msg);
-    *reply = text ? json_loads(text, 0, NULL) : NULL;
-    free(text);
     if (!*reply) {
         fprintf(stderr, "messidge: cannot read the broker's list of nodes (out of memory)\n");
         return 1;
