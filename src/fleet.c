@@ -152,10 +152,8 @@ int fleet_send(fleet *f, fleet_member *m, const mdg_header *h, zmq_msg_t *params
         return mdg_fail(MDG_EINVAL, "%zu bytes: larger than the NATS server's max_payload (%lld)", need,
                         (long long)max);
     }
-    if (max > FLEET_WIRE_OVERHEAD) { /* a batch of several must fit too */
-        size_t room = (size_t)max - FLEET_WIRE_OVERHEAD;
-        m->chan.batch_bytes = room < MDG_CHAN_BATCH_BYTES ? room : MDG_CHAN_BATCH_BYTES;
-    }
+    if (max > FLEET_WIRE_OVERHEAD) /* a batch of several must fit too (the server's, after a reconnect) */
+        mdg_chan_limit_frame(&m->chan, (size_t)max - FLEET_WIRE_OVERHEAD);
     fleet_kept *k = calloc(1, sizeof *k + plen);
     if (!k) {
         if (bulk)
