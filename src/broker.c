@@ -169,7 +169,7 @@ int broker_queue_send(mdg_broker *b, bool to_node, const uint8_t *key, size_t ke
     q->to_node = to_node;
     memcpy(q->key, key, key_len);
     q->key_len = key_len;
-    q->h = *h;
+    mdg_header_copy(&q->h, h);
     if (bulk_len) {
         q->has_bulk = true;
         zmq_msg_init_size(&q->bulk, bulk_len);

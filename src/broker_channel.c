@@ -191,7 +191,7 @@ int broker_send_frames_max(mdg_broker *b, peer *p, mdg_header *h, zmq_msg_t *par
     }
     broker_count_out(b, h->kind, params, bulk);
     k->pooled = pooled;
-    k->m.h = *h;
+    mdg_header_copy(&k->m.h, h);
     if (origin) {
         k->counted = true;
         memcpy(k->origin, origin, SESSION_ID_BYTES);

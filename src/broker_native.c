@@ -86,12 +86,15 @@ static peer *peer_of(mdg_broker *b, broker_listener *l, const uint8_t *rid, size
 }
 
 /* Who sent a message: its link and its key. */
+#define WHO_LEN 12 /* characters of the User-Id (after its prefix) that name a sender in logs */
+
 typedef struct sender {
     const uint8_t *rid;
     size_t rid_len;
     const char *uid; /* the User-Id our ZAP reply gave the link */
-    char who[16];    /* the key's start, for log lines */
+    char who[WHO_LEN + 1]; /* the key's start, for log lines */
     const zmq_msg_t *header; /* its head frame: the link's socket fd, when needed */
+    int64_t at;              /* when it was read (one clock read for the frame's messages) */
 } sender;
 
 /* The socket of the sender's link (a metadata lookup: not for every message). */
@@ -156,7 +159,7 @@ static void on_inbound(mdg_broker *b, broker_listener *l, peer *p, const sender 
         }
         return;
     }
-    p->last_rx = mdg_now_ms();
+    p->last_rx = s->at;
     if (!p->attached && p->silent && s->rid_len == p->rid_len && memcmp(s->rid, p->rid, s->rid_len) == 0) {
         /* it was only quiet: the link never dropped */
         mdg_log(MDG_LOG_INFO, "%s %s speaks again on its link", p->role == MDG_ROLE_NODE ? "node" : "user", who);
@@ -216,12 +219,15 @@ static void handle_message(mdg_broker *b, broker_listener *l, mdg_frames *f)
         return;
     }
     sender s = {.rid = zmq_msg_data(&f->part[0]), .rid_len = zmq_msg_size(&f->part[0]),
-                .uid = zmq_msg_gets(&f->part[1], "User-Id"), .header = &f->part[1]};
+                .uid = zmq_msg_gets(&f->part[1], "User-Id"), .header = &f->part[1], .at = mdg_now_ms()};
     if (!s.uid || strlen(s.uid) != USER_ID_LEN) {
         mdg_log(MDG_LOG_ERROR, "message without an authenticated key dropped");
         return;
     }
-    snprintf(s.who, sizeof s.who, "%.12s", s.uid + 1);
+    /* for log lines: a copy, not snprintf, which cost 4% of the broker
+     * thread's time per message */
+    memcpy(s.who, s.uid + 1, WHO_LEN);
+    s.who[WHO_LEN] = '\0';
 
     peer *p = peer_of(b, l, s.rid, s.rid_len, s.uid);
 

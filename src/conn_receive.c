@@ -241,7 +241,7 @@ static mdg_msg *undecodable_reply(const mdg_header *h, const char *why)
     mdg_inbound e;
     mdg_msg *m = NULL;
     mdg_inbound_init(&e);
-    e.h = *h;
+    mdg_header_copy(&e.h, h);
     e.h.kind = MDG_K_ERROR;
     e.h.flags = 0; /* the call is over */
     snprintf(text, sizeof text, "malformed reply from the broker: %s", why);

@@ -160,7 +160,7 @@ int fleet_send(fleet *f, fleet_member *m, const mdg_header *h, zmq_msg_t *params
             zmq_msg_close(bulk);
         return mdg_fail(MDG_ENOMEM, "out of memory queueing a fleet message");
     }
-    k->m.h = *h;
+    mdg_header_copy(&k->m.h, h);
     memcpy(k->params, zmq_msg_data(params), plen);
     zmq_msg_init_data(&k->m.params, k->params, plen, NULL, NULL);
     if (bulk) {

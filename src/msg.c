@@ -20,7 +20,7 @@ int mdg_msg_from_inbound(mdg_msg **out, mdg_inbound *in)
         free(m);
         return rc;
     }
-    m->h = in->h;
+    mdg_header_copy(&m->h, &in->h);
     m->has_bulk = mdg_inbound_take_bulk(in, &m->bulk);
     if (m->h.kind == MDG_K_ERROR) {
         if (mdg_params_get_str(m->params, "error", &m->error) != 0)

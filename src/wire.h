@@ -14,6 +14,8 @@
 #include "messidge.h"
 #include "params.h"
 
+#include <stddef.h>
+#include <string.h>
 #include <zmq.h>
 
 #define MDG_WIRE_VERSION 2
@@ -78,6 +80,14 @@ typedef struct mdg_header {
     uint8_t command_len;
     char command[MDG_MAX_COMMAND + 1];
 } mdg_header;
+
+/* Copy a header: its fields and the command's bytes, not the rest of the
+ * 256-byte command buffer (a header is copied for every message kept,
+ * queued or handed to a handler; the whole struct is 296 bytes). */
+static inline void mdg_header_copy(mdg_header *dst, const mdg_header *src)
+{
+    memcpy(dst, src, offsetof(mdg_header, command) + (size_t)src->command_len + 1);
+}
 
 /* Whether kind carries a sequence number. */
 static inline bool mdg_kind_sequenced(int kind)
