@@ -556,8 +556,7 @@ static void relay_to_fleet(mdg_broker *b, fwd *fw, mdg_inbound *in)
 static void deliver_reply(mdg_broker *b, fwd *fw, mdg_inbound *in, peer *node)
 {
     const mdg_header *h = &in->h;
-    char who[MDG_KEY_B64_LEN + 1];
-    pk_short(fw->node_pk, who);
+    char who[MDG_KEY_B64_LEN + 1]; /* the node's name, made only for a log line */
     if (fw->ended) { /* on its way before the node heard that the call was ended */
         if (!(h->flags & MDG_F_MORE))
             broker_fwd_free(b, fw);
@@ -567,7 +566,7 @@ static void deliver_reply(mdg_broker *b, fwd *fw, mdg_inbound *in, peer *node)
     if (mdg_inbound_encoded_params(in, &pm) != 0) {
         /* the caller hears it too: its call is over, not left to time out */
         char why[400];
-        snprintf(why, sizeof why, "the reply of node %s to '%s' was refused: %s", who, fw->command, mdg_last_error());
+        snprintf(why, sizeof why, "the reply of node %s to '%s' was refused: %s", pk_short(fw->node_pk, who), fw->command, mdg_last_error());
         mdg_log(MDG_LOG_WARN, "%s", why);
         if (node)
             broker_send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
@@ -596,7 +595,7 @@ static void deliver_reply(mdg_broker *b, fwd *fw, mdg_inbound *in, peer *node)
         char why[300];
         snprintf(why, sizeof why, "the broker ended '%s': its caller is not reading (%zu messages wait for it)",
                  fw->command, caller->chan.len);
-        mdg_log(MDG_LOG_WARN, "from node %s: %s", who, why);
+        mdg_log(MDG_LOG_WARN, "from node %s: %s", pk_short(fw->node_pk, who), why);
         zmq_msg_close(&pm);
         end_fwd(b, fw, caller, why);
         return;
@@ -606,7 +605,7 @@ static void deliver_reply(mdg_broker *b, fwd *fw, mdg_inbound *in, peer *node)
     if (broker_send_frames_max(b, caller, &out, &pm, has_bulk ? &bm : NULL, SIZE_MAX, NULL) != 0) {
         char why[300];
         snprintf(why, sizeof why, "reply to '%s' not delivered: %s", fw->command, mdg_last_error());
-        mdg_log(MDG_LOG_ERROR, "from node %s: %s", who, why);
+        mdg_log(MDG_LOG_ERROR, "from node %s: %s", pk_short(fw->node_pk, who), why);
         if (node)
             broker_send_error(b, node->rid, node->rid_len, node, 0, fw->command, why);
     }
