@@ -103,10 +103,13 @@ int mdg_broker_new(mdg_broker **out, const mdg_keys *keys, const mdg_broker_opti
         maps = maps && (b->listeners[i].rids = mdg_map_new()) != NULL &&
                (b->listeners[i].stray = mdg_map_new()) != NULL;
     if (!maps || mdg_keys_copy(&b->keys, keys) != 0 ||
-        !(b->allow = mdg_map_new()) || !(b->sessions = mdg_map_new()) || !(b->nodes = mdg_map_new()) ||
-        !(b->by_fd = mdg_map_new()) || !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) ||
-        !(b->owed_ack = mdg_map_new()) || !(b->to_flush = mdg_map_new()) || !(b->backlog = mdg_map_new()) || !(b->holding = mdg_map_new()) ||
-        !(b->shares = mdg_map_new()) || !(b->ready = mdg_map_new()) || !(b->ctx = zmq_ctx_new())) {
+        !(b->allow = mdg_map_new()) || !(b->nodes = mdg_map_new()) || !(b->by_fd = mdg_map_new()) ||
+        !(b->fwds = mdg_map_new()) || !(b->loop = mdg_loop_new()) || !(b->ctx = zmq_ctx_new()) ||
+        /* keyed by our random session ids (shares: the session's, then a node's key) */
+        !(b->sessions = mdg_map_new_own_keys()) || !(b->owed_ack = mdg_map_new_own_keys()) ||
+        !(b->to_flush = mdg_map_new_own_keys()) || !(b->backlog = mdg_map_new_own_keys()) ||
+        !(b->holding = mdg_map_new_own_keys()) || !(b->shares = mdg_map_new_own_keys()) ||
+        !(b->ready = mdg_map_new_own_keys())) {
         mdg_broker_destroy(&b);
         return mdg_fail(MDG_ENOMEM, "cannot allocate the broker");
     }

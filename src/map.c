@@ -11,6 +11,7 @@
 #include "internal.h"
 
 #include <sodium.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,23 +40,40 @@ struct mdg_map {
     size_t pop_at; /* where mdg_map_pop found one last (it looks on from there) */
     uint8_t sipkey[crypto_shorthash_KEYBYTES];
     uint64_t mixkey; /* secret per map, like sipkey, for 8-byte keys */
+    bool own_keys;   /* every key starts with 8 or more random bytes of ours */
 };
 
+static uint64_t mix64(uint64_t h)
+{
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL; /* the splitmix64 finaliser */
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+    return h ^ (h >> 31);
+}
+
 /* Keys of 8 bytes are the library's own counters (call and forward ids),
- * never chosen by a peer: the key xor a secret of the map, through the
- * splitmix64 finaliser, spreads them for a fraction of SipHash's cost,
- * which the hot path paid on every message.
- * Every other key (session ids, public keys, routing ids) may come from
- * the network and gets SipHash with the map's secret key. */
+ * and the keys of a map made by mdg_map_new_own_keys start with a random
+ * id of ours (a session id): never chosen by a peer, so each 8-byte word,
+ * xored into the map's secret, through the splitmix64 finaliser, spreads
+ * them for a fraction of SipHash's cost, which the hot path paid several
+ * times on every message.
+ * Every other key (public keys, routing ids) may come from the network and
+ * gets SipHash with the map's secret key. */
 static uint64_t hash_key(const mdg_map *m, const void *key, size_t klen)
 {
-    uint64_t h;
-    if (klen == sizeof h) {
-        memcpy(&h, key, sizeof h);
-        h ^= m->mixkey;
-        h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
-        h ^= h >> 31;
+    uint64_t h, w;
+    if (klen == sizeof h || (m->own_keys && klen >= sizeof h)) {
+        const uint8_t *k = key;
+        size_t i = 0;
+        h = m->mixkey;
+        for (; i + sizeof w <= klen; i += sizeof w) {
+            memcpy(&w, k + i, sizeof w);
+            h = mix64(h ^ w);
+        }
+        if (i < klen) { /* the last few bytes, and the length */
+            w = (uint64_t)klen << 56;
+            memcpy(&w, k + i, klen - i);
+            h = mix64(h ^ w);
+        }
     } else {
         crypto_shorthash((unsigned char *)&h, key, klen, m->sipkey);
     }
@@ -77,6 +95,27 @@ mdg_map *mdg_map_new(void)
 fail:
     free(m);
     return NULL;
+}
+
+size_t mdg_map_longest_run(const mdg_map *m)
+{
+    size_t longest = 0, run = 0;
+    for (size_t i = 0; i < 2 * m->cap; i++) { /* twice round: a run may wrap */
+        run = m->slots[i & (m->cap - 1)].hash ? run + 1 : 0;
+        if (run > longest)
+            longest = run;
+        if (run == m->cap)
+            break;
+    }
+    return longest;
+}
+
+mdg_map *mdg_map_new_own_keys(void)
+{
+    mdg_map *m = mdg_map_new();
+    if (m)
+        m->own_keys = true;
+    return m;
 }
 
 void mdg_map_destroy(mdg_map **pm)

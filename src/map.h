@@ -2,7 +2,8 @@
  *
  * Used for the broker's peers (by routing id) and the connection's pending
  * replies (by correlation id). Keys are hashed with SipHash under a random
- * key so that a peer cannot choose colliding routing ids. Not thread-safe:
+ * key so that a peer cannot choose colliding routing ids (ids of our own
+ * with a cheaper keyed mix, see map.c). Not thread-safe:
  * each map belongs to one thread or is guarded by its owner's lock. */
 #ifndef MDG_MAP_H
 #define MDG_MAP_H
@@ -13,6 +14,11 @@
 typedef struct mdg_map mdg_map;
 
 mdg_map *mdg_map_new(void);
+/* A map whose keys all start with at least 8 random bytes the library made
+ * itself (session ids): hashed with a keyed mix instead of SipHash, which
+ * is safe only because no peer chooses those bytes. A shorter key is
+ * hashed as in any map. */
+mdg_map *mdg_map_new_own_keys(void);
 /* Frees the map only; values are the owner's. */
 void mdg_map_destroy(mdg_map **m);
 /* 0, or MDG_ENOMEM. An existing key gets the new value. */
@@ -25,6 +31,9 @@ size_t mdg_map_size(const mdg_map *m);
 void mdg_map_each(const mdg_map *m, void (*fn)(void *value, void *arg), void *arg);
 /* Removes and returns any one value, or NULL when empty (for draining). */
 void *mdg_map_pop(mdg_map *m);
+/* The most slots in a row that are taken: what a lookup may have to probe
+ * (for tests of how well keys spread). */
+size_t mdg_map_longest_run(const mdg_map *m);
 
 /* A growable array of pointers: values collected from a map before the
  * map is changed (it cannot change while mdg_map_each walks it). */
