@@ -424,6 +424,9 @@ int broker_listen_on(mdg_broker *b, broker_listener *l, mdg_loop_fn on_input, ch
     if ((rc = mdg_loop_watch(b->loop, l->mon, -1, ZMQ_POLLIN, broker_on_monitor, b)) ||
         (rc = mdg_loop_watch(b->loop, l->sock, -1, ZMQ_POLLIN, on_input, l)))
         return rc;
+    /* broker_on_monitor reads it dry (or says to look again): not a
+     * ZMQ_EVENTS system call before every sleep */
+    mdg_loop_set_quiet(b->loop, l->mon);
     return 0;
 }
 

@@ -327,6 +327,8 @@ int broker_on_monitor(mdg_loop *loop, void *arg, short revents)
                     broker_detach(b, p, "connection lost");
             }
         }
+        if (fails >= MONITOR_FAILS_MAX) /* the rest next turn: it is a quiet socket */
+            mdg_loop_look_again(b->loop, l->mon);
     }
     return 0;
 }

@@ -363,6 +363,9 @@ int conn_open_socket(mdg_conn *c)
     if ((rc = mdg_loop_watch(c->loop, c->sock, -1, ZMQ_POLLIN, conn_on_socket, c)) ||
         (rc = mdg_loop_watch(c->loop, c->mon, -1, ZMQ_POLLIN, on_monitor, c)))
         goto fail;
+    /* on_monitor reads it dry, or closes it with the link: not a
+     * ZMQ_EVENTS system call before every sleep */
+    mdg_loop_set_quiet(c->loop, c->mon);
     return 0;
 fail:
     conn_close_socket(c, true);

@@ -31,6 +31,7 @@ typedef struct watch {
     mdg_loop_fn fn;
     void *arg;
     bool quiet; /* used only by its callback, which reads it dry */
+    bool look;  /* quiet, but left with something to read: look before sleeping */
 } watch;
 
 typedef struct timer {
@@ -109,7 +110,7 @@ int mdg_loop_watch(mdg_loop *l, void *socket, int fd, short events, mdg_loop_fn 
     l->items[l->nitems] = (zmq_pollitem_t){.socket = socket, .fd = fd, .events = events};
     if (epoll_add(l, &l->items[l->nitems]) != 0)
         return MDG_ESYS;
-    l->watches[l->nitems] = (watch){fn, arg, false};
+    l->watches[l->nitems] = (watch){.fn = fn, .arg = arg};
     l->nitems++;
     return 0;
 }
@@ -313,8 +314,20 @@ void mdg_loop_share(mdg_loop *l, pthread_mutex_t *lock)
 void mdg_loop_set_quiet(mdg_loop *l, void *socket)
 {
     for (int i = 1; i < l->nitems; i++)
-        if (l->items[i].socket == socket)
+        if (l->items[i].socket == socket) {
+            /* looked at once: a fresh pipe does not signal its first
+             * message (libzmq takes its reader as awake until a read
+             * finds it empty, which ZMQ_EVENTS does) */
             l->watches[i].quiet = true;
+            l->watches[i].look = true;
+        }
+}
+
+void mdg_loop_look_again(mdg_loop *l, void *socket)
+{
+    for (int i = 1; i < l->nitems; i++)
+        if (l->items[i].socket == socket)
+            l->watches[i].look = true;
 }
 
 /* What epoll_wait said of fd (0: nothing). */
@@ -336,7 +349,9 @@ static int wait_events(mdg_loop *l, long timeout)
     for (int i = 1; i < l->nitems; i++) {
         zmq_pollitem_t *it = &l->items[i];
         it->revents = 0;
-        if (it->socket && !l->watches[i].quiet && (mdg_loop_socket_events(it->socket) & it->events)) {
+        bool look = !l->watches[i].quiet || l->watches[i].look;
+        l->watches[i].look = false;
+        if (it->socket && look && (mdg_loop_socket_events(it->socket) & it->events)) {
             it->revents = 1;
             timeout = 0;
         }

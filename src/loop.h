@@ -27,6 +27,9 @@ int mdg_loop_watch(mdg_loop *loop, void *socket, int fd, short events, mdg_loop_
  * nothing (a monitor, a ZAP handler): the loop reads its ZMQ_EVENTS only
  * when its fd signals, not before every sleep. */
 void mdg_loop_set_quiet(mdg_loop *loop, void *socket);
+/* A quiet socket's callback stopped before it had read everything: the
+ * loop looks at it once more before it sleeps. */
+void mdg_loop_look_again(mdg_loop *loop, void *socket);
 /* A ZMQ socket's ZMQ_EVENTS (ZMQ_POLLIN/OUT), 0 if it cannot be read.
  * Reading it may take the signal on its ZMQ_FD: look before sleeping. */
 short mdg_loop_socket_events(void *socket);
