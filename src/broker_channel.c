@@ -8,7 +8,6 @@
  * listener decoded (an mdg_inbound) and hands it on to broker_route.c.
  * The connection (conn.c) has the other end. */
 #include "broker_internal.h"
-#include "fleet.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -114,8 +113,6 @@ int broker_flush_turn(mdg_loop *loop, void *arg, short revents)
         if (p->attached && mdg_chan_ack_due(&p->chan)) /* nothing sent carried it */
             broker_send_to(b, NULL, 0, p, MDG_K_ACK, 0, 0, "", NULL, NULL, 0);
     }
-    if (b->fleet)
-        fleet_turn(b->fleet);
     return 0;
 }
 

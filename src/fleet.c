@@ -18,20 +18,12 @@
  * messages name the receiver's incarnation, so none meant for an earlier
  * one is taken.
  *
- * NATS's socket is the broker loop's (libnats in event-loop mode): the
- * loop reads it, libnats parses what came into our synchronous
- * subscription and the loop takes each message there and then, with no
- * thread between the socket and take_payload; what a turn publishes goes
- * out in one write at its end (fleet_turn). libnats's own threads (the
- * one that connects and reconnects, its timers for pings, its callbacks)
- * only say that the socket changed or that NATS is back: under a lock,
- * and with an eventfd that wakes the loop (on_wake), which makes the
- * change. */
+ * libnats calls on_msg on its own threads: it only queues the payload and
+ * wakes the loop (an eventfd watched by the broker's loop); everything
+ * else runs on the loop thread. */
 #include "fleet.h"
 
-#include <fcntl.h>
 #include <nats/nats.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,36 +35,33 @@
 #define NACK_MS 100        /* at most one "send again" per member this often */
 #define REFUSE_LOG_MS 1000 /* refusals of fleet messages are logged at most this often */
 #define CLOSE_WAIT_MS 2000 /* for libnats to be done with our callbacks */
-#define LEAVE_WAIT_MS 500  /* for our byes to reach the NATS server */
-/* Payload bytes parsed and waiting in our subscription, at most (libnats's
- * pending limits): past it a payload is dropped as if lost on the way, and
- * a member's is sent again. The loop takes them after each read of the
- * socket (at most libnats's 32 KiB buffer), so it is a safety net; while
- * the loop is busy, what comes waits in the socket and at the server. */
-#define PENDING_MAX_BYTES (128 << 20)
-/* and messages, so that a flood of empty ones is bounded too (a natsMsg
- * and its subject cost about 256 bytes besides the payload) */
-#define PENDING_MAX_MSGS (PENDING_MAX_BYTES / 256)
+/* bytes waiting for the loop, at most: past it (a flood on our subject
+ * while the loop is busy) a payload is dropped as if lost on the way, and
+ * a member's is sent again; memory stays bounded */
+#define INBOX_MAX_BYTES (128u << 20)
+/* what a waiting message costs besides its payload (our entry, the kept
+ * natsMsg and its subject), so that a flood of empty ones is bounded too */
+#define INMSG_OVERHEAD 256u
 
-/* What libnats's threads hand to the loop thread: its socket (attached on
- * the thread that connects or reconnects, given up on whichever found it
- * broken, asked to write by a ping on the timer thread) and a
- * reconnection. The loop is not thread-safe: it makes the change itself
- * (io_settle). */
-struct nats_io {
+/* What libnats's threads hand to the loop: the message itself, its payload
+ * read where libnats put it (natsMsg_Destroy may be called on any thread). */
+typedef struct inmsg {
+    struct inmsg *next;
+    natsMsg *msg;
+    size_t len;
+} inmsg;
+
+struct inbox {
     pthread_mutex_t lock;
     pthread_cond_t done;
+    inmsg *head, *tail;
+    size_t bytes;    /* the messages' between head and tail, with INMSG_OVERHEAD each */
+    uint64_t dropped; /* payloads dropped for INBOX_MAX_BYTES since the loop last looked */
     int efd;
-    /* a copy (dup) of a socket libnats attached, not yet taken by the
-     * loop; -1: none. Ours to close: libnats closing its own cannot make
-     * the loop watch another file under the same number. */
-    int new_fd;
-    bool want_read, want_write; /* what libnats asked for last */
-    bool changed;               /* since the loop took them (atomic) */
     bool reconnected;
-    bool conn_closed; /* libnats will not call us again */
+    bool sub_done, conn_closed; /* libnats will not call us again */
 };
-typedef struct nats_io nats_io;
+typedef struct inbox inbox;
 
 /* ---------------------------------------------------------- the channels */
 
@@ -286,7 +275,7 @@ static int on_beat_timer(mdg_loop *loop, void *arg, short revents)
         fleet_member *m = f->members[i];
         if (m->up && now - m->last_rx > f->silence_ms)
             forget(f, m, "is silent");
-        /* (while NATS is away, all goes again when it is back: on_wake) */
+        /* (while NATS is away, all goes again when it is back: on_inbox) */
         if (m->chan.len && now - m->progress_at > RESEND_MS &&
             natsConnection_Status(f->nc) == NATS_CONN_STATUS_CONNECTED) {
             /* nothing acknowledged for a while: lost on the way (a NATS
@@ -430,164 +419,31 @@ static void take_payload(fleet *f, const uint8_t *data, size_t len)
     mdg_frames_close(&env.frames);
 }
 
-/* ---------------------------------------------------- NATS's socket, loop */
-
-/* Our copy of NATS's socket is no longer watched (libnats gave it up, or
- * attached another). */
-static void io_drop(fleet *f)
-{
-    if (f->io_fd < 0)
-        return;
-    mdg_loop_unwatch(f->b->loop, NULL, f->io_fd);
-    close(f->io_fd);
-    f->io_fd = -1;
-}
-
-static int on_nats_io(mdg_loop *loop, void *arg, short revents);
-
-/* Take what libnats asked for since the last look: a new socket watched,
- * a gone one dropped, whether it has bytes to write. */
-static void io_take(fleet *f)
-{
-    nats_io *io = f->io;
-    pthread_mutex_lock(&io->lock);
-    __atomic_store_n(&io->changed, false, __ATOMIC_RELAXED);
-    int fd = io->new_fd;
-    io->new_fd = -1;
-    bool rd = io->want_read;
-    f->write_wanted = io->want_write;
-    pthread_mutex_unlock(&io->lock);
-    if (fd >= 0 || !rd)
-        io_drop(f);
-    if (fd < 0)
-        return;
-    if (mdg_loop_watch(f->b->loop, NULL, fd, ZMQ_POLLIN, on_nats_io, f) != 0) {
-        mdg_log(MDG_LOG_ERROR, "fleet: cannot watch the NATS connection: %s", mdg_last_error());
-        close(fd);
-        return;
-    }
-    f->io_fd = fd;
-    f->io_events = ZMQ_POLLIN;
-}
-
-/* Make what libnats asked for: its bytes written now if the socket takes
- * them (it nearly always does: no turn of the loop waits for POLLOUT),
- * else when it can. */
-static void io_settle(fleet *f)
-{
-    io_take(f);
-    if (f->write_wanted && f->io_fd >= 0) {
-        natsConnection_ProcessWriteEvent(f->nc); /* says write-remove once all is out */
-        io_take(f);
-    }
-    short events = (short)(ZMQ_POLLIN | (f->write_wanted ? ZMQ_POLLOUT : 0));
-    if (f->io_fd >= 0 && events != f->io_events) {
-        mdg_loop_set_events(f->b->loop, NULL, f->io_fd, events);
-        f->io_events = events;
-    }
-}
-
-static bool io_changed(const fleet *f)
-{
-    return __atomic_load_n(&f->io->changed, __ATOMIC_ACQUIRE);
-}
-
-void fleet_turn(fleet *f)
-{
-    if (io_changed(f))
-        io_settle(f);
-}
-
-/* Payloads dropped by libnats for PENDING_MAX_*: logged, rate-limited. */
-static void count_drops(fleet *f)
-{
-    int64_t total = 0;
-    unsigned held;
-    if (natsSubscription_GetDropped(f->sub, &total) == NATS_OK && total > f->drops_counted) {
-        f->dropped += (uint64_t)(total - f->drops_counted);
-        f->drops_counted = total;
-    }
-    if (f->dropped && mdg_ratelog_due(&f->drop_log, REFUSE_LOG_MS, &held)) {
-        mdg_log(MDG_LOG_WARN, "fleet: %llu message(s) dropped since the last line: more than %d MiB waited for the loop",
-                (unsigned long long)f->dropped, PENDING_MAX_BYTES >> 20);
-        f->dropped = 0;
-    }
-}
-
-/* What the last read parsed into our subscription, each message to fn
- * (taken on the loop, or looked at while leaving). */
-static void take_parsed(fleet *f, void (*fn)(fleet *f, const uint8_t *data, size_t len, void *arg), void *arg)
-{
-    int n = 0;
-    /* as many as wait, then no more: a timeout of 0 does not wait, but an
-     * empty subscription would set libnats's error text each turn */
-    if (natsSubscription_GetPending(f->sub, &n, NULL) != NATS_OK)
-        return;
-    for (int i = 0; i < n; i++) {
-        natsMsg *msg = NULL;
-        natsStatus s = natsSubscription_NextMsg(&msg, f->sub, 0);
-        if (s == NATS_SLOW_CONSUMER) { /* said once after drops; the message is still there */
-            count_drops(f);
-            s = natsSubscription_NextMsg(&msg, f->sub, 0);
-        }
-        if (s != NATS_OK)
-            return;
-        int len = natsMsg_GetDataLength(msg);
-        fn(f, (const uint8_t *)natsMsg_GetData(msg), len > 0 ? (size_t)len : 0, arg);
-        natsMsg_Destroy(msg);
-    }
-}
-
-static void take_one(fleet *f, const uint8_t *data, size_t len, void *arg)
-{
-    (void)arg;
-    take_payload(f, data, len);
-}
-
-/* While leaving: our empty message is back. */
-static void look_for_empty(fleet *f, const uint8_t *data, size_t len, void *arg)
-{
-    (void)f;
-    (void)data;
-    if (len == 0)
-        *(bool *)arg = true;
-}
-
-static int on_nats_io(mdg_loop *loop, void *arg, short revents)
-{
-    (void)loop;
-    fleet *f = arg;
-    if (io_changed(f)) /* the socket given up since? (reading the new one instead is harmless) */
-        io_settle(f);
-    if (f->io_fd < 0)
-        return 0;
-    if (revents & ZMQ_POLLIN) {
-        /* one read (libnats's buffer full at most): the rest at the next
-         * turn, the loop's other work between */
-        natsConnection_ProcessReadEvent(f->nc);
-        take_parsed(f, take_one, NULL);
-    }
-    if ((revents & ZMQ_POLLOUT) && f->write_wanted)
-        natsConnection_ProcessWriteEvent(f->nc);
-    if (io_changed(f))
-        io_settle(f);
-    return 0;
-}
-
-static int on_wake(mdg_loop *loop, void *arg, short revents)
+static int on_inbox(mdg_loop *loop, void *arg, short revents)
 {
     (void)loop;
     (void)revents;
     fleet *f = arg;
     uint64_t n;
-    if (read(f->io->efd, &n, sizeof n) < 0) {
+    if (read(f->in->efd, &n, sizeof n) < 0) {
         /* nothing to read: woken for what an earlier turn took */
     }
-    pthread_mutex_lock(&f->io->lock);
-    bool reconnected = f->io->reconnected;
-    f->io->reconnected = false;
-    pthread_mutex_unlock(&f->io->lock);
-    io_settle(f);
+    pthread_mutex_lock(&f->in->lock);
+    inmsg *list = f->in->head;
+    bool reconnected = f->in->reconnected;
+    uint64_t dropped = f->in->dropped;
+    f->in->head = f->in->tail = NULL;
+    f->in->bytes = 0;
+    f->in->dropped = 0;
+    f->in->reconnected = false;
+    pthread_mutex_unlock(&f->in->lock);
+    unsigned held;
+    f->dropped += dropped;
+    if (f->dropped && mdg_ratelog_due(&f->drop_log, REFUSE_LOG_MS, &held)) {
+        mdg_log(MDG_LOG_WARN, "fleet: %llu message(s) dropped since the last line: more than %u MiB waited for the loop",
+                (unsigned long long)f->dropped, INBOX_MAX_BYTES >> 20);
+        f->dropped = 0;
+    }
     if (reconnected) {
         mdg_log(MDG_LOG_INFO, "fleet: connected to NATS again: unacknowledged messages go again");
         for (size_t i = 0; i < f->n_members; i++) {
@@ -596,101 +452,89 @@ static int on_wake(mdg_loop *loop, void *arg, short revents)
             send_beat(f, f->members[i], FLEET_BEAT, false);
         }
     }
+    while (list) {
+        inmsg *next = list->next;
+        take_payload(f, (const uint8_t *)natsMsg_GetData(list->msg), list->len);
+        natsMsg_Destroy(list->msg);
+        free(list);
+        list = next;
+    }
     return 0;
 }
 
-/* ------------------------------------------------- libnats's threads too */
+/* ------------------------------------------------- libnats's threads only */
 
-static void wake(nats_io *io)
+static void wake(inbox *in)
 {
     uint64_t one = 1;
-    if (write(io->efd, &one, sizeof one) < 0) {
+    if (write(in->efd, &one, sizeof one) < 0) {
         /* the counter is full: the loop is awake anyway */
     }
 }
 
-/* After a change of f->io under its lock: the loop thread makes it at the
- * end of its turn (fleet_turn); another thread wakes it. */
-static void hand_over(fleet *f)
-{
-    __atomic_store_n(&f->io->changed, true, __ATOMIC_RELEASE);
-    if (!broker_on_loop(f->b))
-        wake(f->io);
-}
-
-/* The event-loop callbacks: libnats calls them with its connection locked,
- * on the loop thread (a publish asks to write) or its own (connecting,
- * reconnecting, pings, closing). */
-static natsStatus ev_attach(void **user, void *loop, natsConnection *nc, natsSock sock)
+static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     (void)nc;
-    fleet *f = loop;
-    int fd = fcntl(sock, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0)
-        return NATS_SYS_ERROR;
-    pthread_mutex_lock(&f->io->lock);
-    if (f->io->new_fd >= 0) /* an earlier one the loop never took */
-        close(f->io->new_fd);
-    f->io->new_fd = fd;
-    f->io->want_read = true;
-    f->io->want_write = false;
-    pthread_mutex_unlock(&f->io->lock);
-    *user = f;
-    hand_over(f);
-    return NATS_OK;
-}
-
-static natsStatus ev_read(void *user, bool add)
-{
-    fleet *f = user;
-    pthread_mutex_lock(&f->io->lock);
-    f->io->want_read = add;
-    pthread_mutex_unlock(&f->io->lock);
-    hand_over(f);
-    return NATS_OK;
-}
-
-static natsStatus ev_write(void *user, bool add)
-{
-    fleet *f = user;
-    pthread_mutex_lock(&f->io->lock);
-    f->io->want_write = add;
-    pthread_mutex_unlock(&f->io->lock);
-    hand_over(f);
-    return NATS_OK;
-}
-
-static natsStatus ev_detach(void *user)
-{
-    fleet *f = user;
-    pthread_mutex_lock(&f->io->lock);
-    f->io->want_read = f->io->want_write = false;
-    if (f->io->new_fd >= 0)
-        close(f->io->new_fd);
-    f->io->new_fd = -1;
-    pthread_mutex_unlock(&f->io->lock);
-    hand_over(f);
-    return NATS_OK;
+    (void)sub;
+    inbox *in = closure;
+    int len = natsMsg_GetDataLength(msg);
+    inmsg *q = len >= 0 ? malloc(sizeof *q) : NULL;
+    bool kept = false;
+    if (q) {
+        q->next = NULL;
+        q->msg = msg;
+        q->len = (size_t)len;
+        pthread_mutex_lock(&in->lock);
+        size_t cost = q->len + INMSG_OVERHEAD;
+        bool was_empty = !in->head, room = in->bytes + cost <= INBOX_MAX_BYTES;
+        if (!room) {
+            in->dropped++;
+        } else {
+            if (in->tail)
+                in->tail->next = q;
+            else
+                in->head = q;
+            in->tail = q;
+            in->bytes += cost;
+            kept = true;
+        }
+        pthread_mutex_unlock(&in->lock);
+        if (!room)
+            free(q);
+        if (was_empty)
+            wake(in);
+    } /* out of memory: as lost on the way; the sender sends it again */
+    if (!kept) /* else the loop destroys it once read (on_inbox) */
+        natsMsg_Destroy(msg);
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    nats_io *io = closure;
-    pthread_mutex_lock(&io->lock);
-    io->reconnected = true;
-    pthread_mutex_unlock(&io->lock);
-    wake(io);
+    inbox *in = closure;
+    pthread_mutex_lock(&in->lock);
+    in->reconnected = true;
+    pthread_mutex_unlock(&in->lock);
+    wake(in);
+}
+
+static void on_sub_done(void *closure)
+{
+    inbox *in = closure;
+    pthread_mutex_lock(&in->lock);
+    in->sub_done = true;
+    pthread_cond_broadcast(&in->done);
+    pthread_mutex_unlock(&in->lock);
 }
 
 static void on_closed(natsConnection *nc, void *closure)
 {
     (void)nc;
-    nats_io *io = closure;
-    pthread_mutex_lock(&io->lock);
-    io->conn_closed = true;
-    pthread_cond_broadcast(&io->done);
-    pthread_mutex_unlock(&io->lock);
+    inbox *in = closure;
+    pthread_mutex_lock(&in->lock);
+    in->conn_closed = true;
+    pthread_cond_broadcast(&in->done);
+    pthread_mutex_unlock(&in->lock);
 }
 
 /* ------------------------------------------------------------- lifecycle */
@@ -723,20 +567,19 @@ int fleet_new(fleet **out, mdg_broker *b, const mdg_fleet_options *o)
         return mdg_fail(MDG_EINVAL, "bad fleet name \"%s\": 1 to %d letters, digits, '-' or '_'", name,
                         FLEET_NAME_MAX);
     fleet *f = calloc(1, sizeof *f);
-    nats_io *io = calloc(1, sizeof *io);
-    if (!f || !io || !(f->url = strdup(o->url))) {
-        free(io);
+    inbox *in = calloc(1, sizeof *in);
+    if (!f || !in || !(f->url = strdup(o->url))) {
+        free(in);
         if (f)
             free(f->url);
         free(f);
         return mdg_fail(MDG_ENOMEM, "out of memory joining a fleet");
     }
     f->b = b;
-    f->io = io;
-    f->io_fd = -1;
-    io->efd = io->new_fd = -1;
-    pthread_mutex_init(&io->lock, NULL);
-    pthread_cond_init(&io->done, NULL);
+    f->in = in;
+    in->efd = -1;
+    pthread_mutex_init(&in->lock, NULL);
+    pthread_cond_init(&in->done, NULL);
     snprintf(f->name, sizeof f->name, "%s", name);
     f->beat_ms = o->beat_ms > 0 ? o->beat_ms : 500;
     f->silence_ms = o->silence_ms > 0 ? o->silence_ms : 10000;
@@ -829,9 +672,9 @@ int fleet_start(fleet *f)
     natsOptions *o = NULL;
     natsStatus s;
     int rc = 0;
-    if ((f->io->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+    if ((f->in->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         return mdg_fail(MDG_ESYS, "fleet: cannot make an eventfd");
-    if ((rc = mdg_loop_watch(f->b->loop, NULL, f->io->efd, ZMQ_POLLIN, on_wake, f)) != 0)
+    if ((rc = mdg_loop_watch(f->b->loop, NULL, f->in->efd, ZMQ_POLLIN, on_inbox, f)) != 0)
         return rc;
     f->watching = true;
     if (mdg_loop_timer(f->b->loop, f->beat_ms, true, on_beat_timer, f) < 0 ||
@@ -841,21 +684,17 @@ int fleet_start(fleet *f)
      * background, for ever: the broker serves its own clients meanwhile */
     if ((s = natsOptions_Create(&o)) != NATS_OK || (s = set_servers(o, f->url)) != NATS_OK ||
         (s = natsOptions_SetName(o, "messidge-broker")) != NATS_OK ||
-        /* the socket read and written by the broker's loop: no thread
-         * between NATS and the loop (about 4 hand-offs fewer per call
-         * across the fleet) */
-        (s = natsOptions_SetEventLoop(o, f, ev_attach, ev_read, ev_write, ev_detach)) != NATS_OK ||
-        /* each publish asks for a write at once (written at the end of the
-         * turn, fleet_turn), not after libnats's flusher thread wakes up,
+        /* each publish is already a batch (a loop turn's messages for one
+         * broker): out at once, not after libnats's flusher wakes up,
          * which cost about a millisecond each way (fleet node RTT p50 2.0
          * ms, 0.6 ms with this, in bench/) */
         (s = natsOptions_SetSendAsap(o, true)) != NATS_OK ||
         (s = natsOptions_SetMaxReconnect(o, -1)) != NATS_OK ||
         (s = natsOptions_SetReconnectWait(o, 250)) != NATS_OK ||
-        (s = natsOptions_SetReconnectedCB(o, on_reconnected, f->io)) != NATS_OK ||
-        (s = natsOptions_SetClosedCB(o, on_closed, f->io)) != NATS_OK ||
+        (s = natsOptions_SetReconnectedCB(o, on_reconnected, f->in)) != NATS_OK ||
+        (s = natsOptions_SetClosedCB(o, on_closed, f->in)) != NATS_OK ||
         /* a first connection made in the background: as a reconnection */
-        (s = natsOptions_SetRetryOnFailedConnect(o, true, on_reconnected, f->io)) != NATS_OK) {
+        (s = natsOptions_SetRetryOnFailedConnect(o, true, on_reconnected, f->in)) != NATS_OK) {
         natsOptions_Destroy(o);
         return nats_fail("bad NATS options", s);
     }
@@ -865,9 +704,9 @@ int fleet_start(fleet *f)
         return nats_fail("cannot connect to NATS", s);
     if (s == NATS_NOT_YET_CONNECTED)
         mdg_log(MDG_LOG_WARN, "fleet: NATS at %s is not there yet: trying again in the background", f->url);
-    /* synchronous: what a read parses waits there for the loop (take_parsed) */
-    if ((s = natsConnection_SubscribeSync(&f->sub, f->nc, f->subject)) != NATS_OK ||
-        (s = natsSubscription_SetPendingLimits(f->sub, PENDING_MAX_MSGS, PENDING_MAX_BYTES)) != NATS_OK)
+    if ((s = natsConnection_Subscribe(&f->sub, f->nc, f->subject, on_msg, f->in)) != NATS_OK ||
+        (s = natsSubscription_SetPendingLimits(f->sub, -1, -1)) != NATS_OK ||
+        (s = natsSubscription_SetOnCompleteCB(f->sub, on_sub_done, f->in)) != NATS_OK)
         return nats_fail("cannot subscribe", s);
     mdg_log(MDG_LOG_INFO, "fleet \"%s\": listening on %s, %zu other member(s)", f->name, f->subject,
             f->n_members);
@@ -886,23 +725,7 @@ void fleet_leave(fleet *f)
     for (size_t i = 0; i < f->n_members; i++)
         if (f->members[i]->inc)
             send_beat(f, f->members[i], FLEET_BYE, false);
-    /* the loop no longer turns: the byes written here, and followed by an
-     * empty message to ourselves, back once the server has had them (it
-     * keeps a connection's order): natsConnection_Flush would wait for a
-     * PONG that only this thread could read */
-    bool back = natsConnection_Publish(f->nc, f->subject, NULL, 0) != NATS_OK;
-    int64_t until = mdg_now_ms() + LEAVE_WAIT_MS;
-    while (!back) {
-        io_settle(f);
-        int64_t left = until - mdg_now_ms();
-        if (f->io_fd < 0 || left <= 0)
-            break;
-        struct pollfd p = {.fd = f->io_fd, .events = (short)(POLLIN | (f->write_wanted ? POLLOUT : 0))};
-        if (poll(&p, 1, (int)left) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
-            natsConnection_ProcessReadEvent(f->nc);
-            take_parsed(f, look_for_empty, &back); /* the others' are dropped: we leave */
-        }
-    }
+    natsConnection_FlushTimeout(f->nc, 500);
 }
 
 void fleet_destroy(fleet **fp)
@@ -910,42 +733,43 @@ void fleet_destroy(fleet **fp)
     fleet *f = fp ? *fp : NULL;
     if (!f)
         return;
-    nats_io *io = f->io;
-    bool wait_conn = f->nc != NULL;
+    inbox *in = f->in;
+    bool wait_sub = f->sub != NULL, wait_conn = f->nc != NULL;
     if (f->sub)
         natsSubscription_Unsubscribe(f->sub);
-    /* the event-loop callbacks end here (detach); the closed one comes on
-     * libnats's thread after */
     if (f->nc)
         natsConnection_Close(f->nc);
-    /* libnats may be about to call on_closed on its thread: io lives until
-     * it has */
+    /* libnats may be inside on_msg on its thread: the inbox lives until
+     * it says it will not call again */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += CLOSE_WAIT_MS / 1000;
     bool done = true;
-    pthread_mutex_lock(&io->lock);
-    while (wait_conn && !io->conn_closed)
-        if (pthread_cond_timedwait(&io->done, &io->lock, &until) != 0) {
+    pthread_mutex_lock(&in->lock);
+    while ((wait_sub && !in->sub_done) || (wait_conn && !in->conn_closed))
+        if (pthread_cond_timedwait(&in->done, &in->lock, &until) != 0) {
             done = false;
             break;
         }
-    pthread_mutex_unlock(&io->lock);
-    natsSubscription_Destroy(f->sub); /* and the messages still in it */
+    pthread_mutex_unlock(&in->lock);
+    natsSubscription_Destroy(f->sub);
     natsConnection_Destroy(f->nc);
-    io_drop(f);
     if (f->watching)
-        mdg_loop_unwatch(f->b->loop, NULL, io->efd);
+        mdg_loop_unwatch(f->b->loop, NULL, in->efd);
     if (done) {
-        if (io->new_fd >= 0)
-            close(io->new_fd);
-        if (io->efd >= 0)
-            close(io->efd);
-        pthread_mutex_destroy(&io->lock);
-        pthread_cond_destroy(&io->done);
-        free(io);
+        while (in->head) {
+            inmsg *next = in->head->next;
+            natsMsg_Destroy(in->head->msg);
+            free(in->head);
+            in->head = next;
+        }
+        if (in->efd >= 0)
+            close(in->efd);
+        pthread_mutex_destroy(&in->lock);
+        pthread_cond_destroy(&in->done);
+        free(in);
     } else {
-        mdg_log(MDG_LOG_WARN, "fleet: libnats did not say it was done with us: its part is left allocated");
+        mdg_log(MDG_LOG_WARN, "fleet: libnats did not say it was done with us: its inbox is left allocated");
     }
     for (size_t i = 0; i < f->n_members; i++) {
         mdg_chan_reset(&f->members[i]->chan);

@@ -2,9 +2,8 @@
  * not installed. A broker in a fleet talks to each other member over NATS
  * on one reliable numbered channel per pair (channel.h), every message
  * sealed from its key to theirs (fleet_wire.c). Everything here runs on
- * the broker's loop thread, NATS's socket included (libnats in event-loop
- * mode), but fleet.c's libnats callbacks, which only hand a change of
- * that socket or a reconnection to the loop.
+ * the broker's loop thread but fleet.c's NATS callbacks, which only queue
+ * what came for the loop.
  *
  *   fleet.c            joining, NATS, members, beats, the pair channels
  *   fleet_wire.c       one NATS payload: sealed, opened, into frames
@@ -69,15 +68,11 @@ typedef struct fleet {
     mdg_map *calls_from; /* (member, its forward id) -> fwd (fleet_route.c): its calls at our nodes */
     struct __natsConnection *nc; /* libnats's natsConnection */
     struct __natsSubscription *sub; /* and natsSubscription */
-    struct nats_io *io; /* what libnats's threads hand to the loop */
-    int io_fd;          /* our copy of NATS's socket, watched by the loop; -1: none */
-    short io_events;    /* what the loop watches it for */
-    bool write_wanted;  /* libnats has bytes for it (loop thread's view) */
+    struct inbox *in; /* what libnats's threads hand to the loop */
     bool watching, flush_due, leaving;
     mdg_ratelog refuse_log[FLEET_REFUSALS];
     mdg_ratelog drop_log; /* payloads dropped for want of room (fleet.c) */
     uint64_t dropped;     /* and how many since its last line */
-    int64_t drops_counted; /* libnats's count of them, as far as logged */
 } fleet;
 
 /* fleet.c */
@@ -86,9 +81,6 @@ int fleet_add_member(fleet *f, const uint8_t pk[MDG_KEY_BYTES]);
 /* Connect to NATS and listen (at bind time; a NATS server not there yet
  * is retried in the background). */
 int fleet_start(fleet *f);
-/* The end of a turn of the loop: what it published goes out (one write
- * for the turn's messages to every member). */
-void fleet_turn(fleet *f);
 /* The loop has ended: tell the others we leave. */
 void fleet_leave(fleet *f);
 void fleet_destroy(fleet **f);
