@@ -85,9 +85,9 @@ static peer *peer_of(mdg_broker *b, broker_listener *l, const uint8_t *rid, size
     return NULL;
 }
 
-/* Who sent a message: its link and its key. */
 #define WHO_LEN 12 /* characters of the User-Id (after its prefix) that name a sender in logs */
 
+/* Who sent a message: its link and its key. */
 typedef struct sender {
     const uint8_t *rid;
     size_t rid_len;
